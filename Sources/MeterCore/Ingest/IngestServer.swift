@@ -1,0 +1,107 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// Where and how the ingest listener accepts meters.
+package struct IngestServerConfiguration: Sendable {
+    package var host: String
+    package var port: Int
+    package var limits: LineLimits
+    package var maximumKwh: Double
+
+    package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000) {
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self.maximumKwh = maximumKwh
+    }
+}
+
+/// The TCP listener meters push readings to (SPEC.md section 2).
+///
+/// On graceful shutdown it stops accepting, stops reading, waits until the pipeline has
+/// committed and acknowledged everything received, then closes each connection after its last ack.
+package struct IngestServer: Service {
+    private let configuration: IngestServerConfiguration
+    private let pipeline: IngestPipeline
+    private let eventLoopGroup: any EventLoopGroup
+    private let logger: Logger
+    private let onListening: @Sendable (SocketAddress) async -> Void
+    private let connections = ConnectionRegistry()
+
+    package init(configuration: IngestServerConfiguration, pipeline: IngestPipeline,
+                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+                 onListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }) {
+        self.configuration = configuration
+        self.pipeline = pipeline
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    package func run() async throws {
+        let parser = ReadingParser(maximumKwh: self.configuration.maximumKwh)
+        let limits = self.configuration.limits
+        let pipeline = self.pipeline
+        let statistics = pipeline.statistics
+        let connections = self.connections
+        let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
+            .serverChannelOption(.backlog, value: 4096)
+            // A busy loop otherwise accepts only a few meters per pass: 10 k reconnecting meters would queue.
+            .serverChannelOption(.maxMessagesPerRead, value: 256)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // The adaptive default grows each connection's buffer to 64 KB and keeps it: 10 k meters, 600+ MB.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 2048, maximum: 16_384))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics) { event in
+                        switch event {
+                        case .opened(let receiver): connections.insert(receiver)
+                        case .closed(let receiver): connections.remove(receiver)
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        let address = server.localAddress!
+        self.logger.info("Ingest server listening", metadata: ["ingest.address": "\(address)"])
+        await self.onListening(address)
+
+        // Returns on graceful shutdown; throws on cancellation, which ends the same way, faster.
+        try? await gracefulShutdown()
+        self.logger.info("Ingest server stopping: committing and acknowledging what was received")
+        try? await server.close()
+        for receiver in connections.all {
+            let handler = receiver.handler
+            receiver.channel.eventLoop.execute { handler.value?.stopReading() }
+        }
+        await pipeline.drain()
+        let closing = connections.all.map { receiver in
+            let handler = receiver.handler
+            return receiver.channel.eventLoop.submit { handler.value?.finish() }.flatMap { receiver.channel.closeFuture }
+        }
+        for future in closing { try? await future.get() }
+        self.logger.info("Ingest server stopped")
+    }
+}
+
+/// The live connections, so shutdown can reach each one.
+final class ConnectionRegistry: Sendable {
+    private let receivers = Mutex<[ObjectIdentifier: ConnectionAckReceiver]>([:])
+
+    func insert(_ receiver: ConnectionAckReceiver) {
+        self.receivers.withLock { $0[ObjectIdentifier(receiver)] = receiver }
+    }
+
+    func remove(_ receiver: ConnectionAckReceiver) {
+        _ = self.receivers.withLock { $0.removeValue(forKey: ObjectIdentifier(receiver)) }
+    }
+
+    var all: [ConnectionAckReceiver] {
+        self.receivers.withLock { Array($0.values) }
+    }
+}

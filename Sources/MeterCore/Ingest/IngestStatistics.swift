@@ -1,0 +1,108 @@
+import Synchronization
+
+/// Live counters of the ingest path, read by the status socket and metrics; cheap to bump from any thread.
+package final class IngestStatistics: Sendable {
+    package let stored = Atomic<Int>(0)
+    package let duplicates = Atomic<Int>(0)
+    package let acks = Atomic<Int>(0)
+    package let busySignals = Atomic<Int>(0)
+    package let connections = Atomic<Int>(0)
+    package let commits = Atomic<Int>(0)
+    package let lastCommitMs = Atomic<Int64>(0)
+    private let rejects = Mutex<[RejectionCode: Int]>([:])
+    package let latency = LatencyWindow()
+    package let throughput = RateWindow()
+
+    package init() {}
+
+    package func countReject(_ code: RejectionCode, count: Int = 1) {
+        self.rejects.withLock { $0[code, default: 0] += count }
+    }
+
+    package func rejects(_ code: RejectionCode) -> Int {
+        self.rejects.withLock { $0[code] ?? 0 }
+    }
+
+    package var rejectsByCode: [RejectionCode: Int] {
+        self.rejects.withLock { $0 }
+    }
+
+    package var rejectsTotal: Int {
+        self.rejects.withLock { $0.values.reduce(0, +) }
+    }
+}
+
+/// Reading latencies over the last five minutes, in logarithmic buckets, for p50/p99 in `status`.
+package final class LatencyWindow: Sendable {
+    /// Upper bounds in milliseconds; the last bucket takes everything above.
+    package static let bucketBounds: [Int64] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 3_600_000, .max]
+    private static let slotSeconds: Int64 = 60
+    private static let slots = 5
+
+    private struct Slot {
+        var minute: Int64 = -1
+        var counts = [Int](repeating: 0, count: LatencyWindow.bucketBounds.count)
+    }
+
+    private let state = Mutex<[Slot]>(Array(repeating: Slot(), count: LatencyWindow.slots))
+
+    package init() {}
+
+    package func record(_ latenciesMs: [Int64], nowMs: Int64) {
+        guard !latenciesMs.isEmpty else { return }
+        let minute = nowMs / 1000 / Self.slotSeconds
+        self.state.withLock { slots in
+            let index = Int(minute % Int64(Self.slots))
+            if slots[index].minute != minute { slots[index] = Slot(minute: minute) }
+            for latency in latenciesMs {
+                let bucket = Self.bucketBounds.firstIndex { latency <= $0 }!
+                slots[index].counts[bucket] += 1
+            }
+        }
+    }
+
+    /// The upper bound of the bucket holding the given quantile (0...1), or `nil` with no data.
+    package func quantile(_ q: Double, nowMs: Int64) -> Int64? {
+        let minute = nowMs / 1000 / Self.slotSeconds
+        let counts = self.state.withLock { slots in
+            slots.filter { minute - $0.minute < Int64(Self.slots) && $0.minute >= 0 }
+                .reduce(into: [Int](repeating: 0, count: Self.bucketBounds.count)) { total, slot in
+                    for index in total.indices { total[index] += slot.counts[index] }
+                }
+        }
+        let total = counts.reduce(0, +)
+        guard total > 0 else { return nil }
+        let rank = max(1, Int((Double(total) * q).rounded(.up)))
+        var seen = 0
+        for (index, count) in counts.enumerated() {
+            seen += count
+            if seen >= rank { return Self.bucketBounds[index] == .max ? Self.bucketBounds[index - 1] : Self.bucketBounds[index] }
+        }
+        return nil
+    }
+}
+
+/// Events per second averaged over the last ten whole seconds.
+package final class RateWindow: Sendable {
+    private static let seconds = 10
+    private let state = Mutex<[(second: Int64, count: Int)]>(Array(repeating: (-1, 0), count: RateWindow.seconds + 1))
+
+    package init() {}
+
+    package func record(_ count: Int, nowMs: Int64) {
+        let second = nowMs / 1000
+        self.state.withLock { slots in
+            let index = Int(second % Int64(slots.count))
+            if slots[index].second != second { slots[index] = (second, 0) }
+            slots[index].count += count
+        }
+    }
+
+    package func perSecond(nowMs: Int64) -> Double {
+        let current = nowMs / 1000
+        let total = self.state.withLock { slots in
+            slots.filter { $0.second < current && current - $0.second <= Int64(Self.seconds) }.reduce(0) { $0 + $1.count }
+        }
+        return Double(total) / Double(Self.seconds)
+    }
+}

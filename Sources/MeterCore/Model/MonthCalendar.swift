@@ -1,0 +1,95 @@
+import Foundation
+
+/// A calendar month, `YYYY-MM`, stored as `year * 100 + month` (202611 for November 2026).
+package struct Month: Hashable, Comparable, Sendable, CustomStringConvertible {
+    package var key: Int
+
+    package init(year: Int, month: Int) {
+        self.key = year * 100 + month
+    }
+
+    package init(key: Int) {
+        self.key = key
+    }
+
+    /// Parses `YYYY-MM`; `nil` for anything else.
+    package init?(_ text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts[0].count == 4, parts[1].count == 2,
+            let year = Int(parts[0]), let month = Int(parts[1]), (1...12).contains(month), year >= 1
+        else { return nil }
+        self.init(year: year, month: month)
+    }
+
+    package var year: Int { self.key / 100 }
+    package var month: Int { self.key % 100 }
+
+    package func adding(months: Int) -> Month {
+        let index = self.year * 12 + (self.month - 1) + months
+        return Month(year: index / 12, month: index % 12 + 1)
+    }
+
+    /// Months from `self` to `other`, inclusive of both.
+    package func through(_ other: Month) -> [Month] {
+        guard self <= other else { return [] }
+        var months: [Month] = []
+        var month = self
+        while month <= other {
+            months.append(month)
+            month = month.adding(months: 1)
+        }
+        return months
+    }
+
+    package var description: String {
+        let month = self.month < 10 ? "0\(self.month)" : "\(self.month)"
+        return "\(self.year)-\(month)"
+    }
+
+    package static func < (lhs: Month, rhs: Month) -> Bool { lhs.key < rhs.key }
+}
+
+/// Maps instants to calendar months of one IANA time zone, so a late reading lands in the month of its `ts`.
+///
+/// Month boundaries come from Foundation once and are cached: the hot path is a range check.
+package struct MonthCalendar: Sendable {
+    package let timeZone: TimeZone
+    private var calendar: Calendar
+    /// The month of the last lookup and its bounds in epoch milliseconds, `[start, end)`.
+    private var cached: (month: Month, start: Int64, end: Int64)?
+
+    package init(timeZone: TimeZone) {
+        self.timeZone = timeZone
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = timeZone
+        self.calendar = calendar
+    }
+
+    /// The month holding an instant given in milliseconds since the Unix epoch.
+    package mutating func month(ofMilliseconds ms: Int64) -> Month {
+        if let cached = self.cached, ms >= cached.start, ms < cached.end { return cached.month }
+        let date = Date(timeIntervalSince1970: Double(ms) / 1000)
+        let components = self.calendar.dateComponents([.year, .month], from: date)
+        let month = Month(year: components.year!, month: components.month!)
+        let bounds = self.bounds(of: month)
+        self.cached = (month, bounds.start, bounds.end)
+        return month
+    }
+
+    /// The month holding an instant, without touching the cache.
+    package func month(of date: Date) -> Month {
+        let components = self.calendar.dateComponents([.year, .month], from: date)
+        return Month(year: components.year!, month: components.month!)
+    }
+
+    /// First and one-past-last millisecond of a month in this zone.
+    package func bounds(of month: Month) -> (start: Int64, end: Int64) {
+        (self.startMilliseconds(of: month), self.startMilliseconds(of: month.adding(months: 1)))
+    }
+
+    private func startMilliseconds(of month: Month) -> Int64 {
+        let components = DateComponents(year: month.year, month: month.month, day: 1, hour: 0, minute: 0, second: 0)
+        let date = self.calendar.date(from: components)!
+        return Int64((date.timeIntervalSince1970 * 1000).rounded())
+    }
+}

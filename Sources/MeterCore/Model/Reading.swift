@@ -1,0 +1,86 @@
+/// A meter's health as it reports it with each reading.
+package enum MeterHealth: UInt8, Sendable, CaseIterable, Comparable {
+    case good = 0
+    case fair = 1
+    case poor = 2
+
+    package var name: String {
+        switch self {
+        case .good: "good"
+        case .fair: "fair"
+        case .poor: "poor"
+        }
+    }
+
+    package init?(name: String) {
+        switch name.lowercased() {
+        case "good": self = .good
+        case "fair": self = .fair
+        case "poor": self = .poor
+        default: return nil
+        }
+    }
+
+    package static func < (lhs: MeterHealth, rhs: MeterHealth) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// One validated reading, as a meter sent it (SPEC.md section 2).
+package struct Reading: Sendable, Equatable {
+    /// Meter id: 1–64 characters of `A-Z a-z 0-9 . _ : -`.
+    package var meter: String
+    /// Per-meter sequence number; a resent reading keeps its seq.
+    package var seq: Int64
+    /// Measurement time on the meter's clock, in milliseconds since the Unix epoch.
+    package var timestampMs: Int64
+    /// Energy consumed since the meter's previous reading.
+    package var kwh: Double
+    package var status: MeterHealth
+    package var fault: String?
+    package var voltage: Double?
+
+    package init(
+        meter: String, seq: Int64, timestampMs: Int64, kwh: Double,
+        status: MeterHealth = .good, fault: String? = nil, voltage: Double? = nil
+    ) {
+        self.meter = meter
+        self.seq = seq
+        self.timestampMs = timestampMs
+        self.kwh = kwh
+        self.status = status
+        self.fault = fault
+        self.voltage = voltage
+    }
+
+    /// The reading as one protocol line, newline included: what a meter sends.
+    package var line: String {
+        var text = "{\"meter\":\"\(self.meter)\",\"seq\":\(self.seq),\"ts\":\"\(RFC3339.format(millisecondsSinceEpoch: self.timestampMs))\",\"kwh\":\(self.kwh)"
+        if self.status != .good { text += ",\"status\":\"\(self.status.name)\"" }
+        if let fault = self.fault { text += ",\"fault\":\"\(fault)\"" }
+        if let voltage = self.voltage { text += ",\"v\":\(voltage)" }
+        text += "}\n"
+        return text
+    }
+}
+
+/// Why a line was rejected: the protocol's error codes (SPEC.md section 2).
+package enum RejectionCode: String, Sendable, CaseIterable {
+    case invalidJSON = "invalid_json"
+    case missingField = "missing_field"
+    case invalidField = "invalid_field"
+    case lineTooLong = "line_too_long"
+    case unknownMeter = "unknown_meter"
+    case clockSkew = "clock_skew"
+}
+
+/// A rejected line: its code and a sentence saying what was wrong.
+package struct Rejection: Error, Sendable, Equatable, CustomStringConvertible {
+    package var code: RejectionCode
+    package var detail: String
+
+    package init(_ code: RejectionCode, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+
+    package var description: String { "\(self.code.rawValue): \(self.detail)" }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import GRDB
+
+/// How hard a commit pushes data to stable storage before meters are acknowledged.
+package enum Durability: String, Sendable, CaseIterable {
+    /// `synchronous=FULL`: an acknowledged reading survives power loss. The default.
+    case full
+    /// `synchronous=NORMAL`: survives a crash of meterd, may lose the last commits on power loss.
+    case normal
+}
+
+/// Errors opening the database, phrased for an operator.
+package enum DatabaseOpenError: Error, CustomStringConvertible {
+    case corrupt(path: String, detail: String)
+    case cannotOpen(path: String, underlying: any Error)
+
+    package var description: String {
+        switch self {
+        case .corrupt(let path, let detail):
+            "The database at \(path) is corrupt (\(detail)); restore it from a backup (meterctl backup) or move it aside."
+        case .cannotOpen(let path, let underlying):
+            "Cannot open the database at \(path): \(underlying)"
+        }
+    }
+}
+
+/// The SQLite file of one meterd node: opened once per process, migrated on open.
+///
+/// One `DatabasePool` in WAL mode: a single writer connection (the ingest pipeline) while the
+/// status socket and dashboard read concurrently.
+package final class MeterDatabase: Sendable {
+    package let pool: DatabasePool
+    package let path: String
+
+    /// Opens (creating if needed) and migrates the database.
+    package init(path: String, durability: Durability = .full) throws {
+        self.path = path
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        configuration.label = "meterd"
+        do {
+            self.pool = try DatabasePool(path: path, configuration: configuration)
+        } catch {
+            throw DatabaseOpenError.cannotOpen(path: path, underlying: error)
+        }
+        let synchronous = durability == .full ? "FULL" : "NORMAL"
+        try self.pool.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            // Checkpoints run in the writer's commit: fewer, larger ones keep ack latency steady.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 4000")
+            let check = try String.fetchAll(db, sql: "PRAGMA quick_check")
+            guard check == ["ok"] else {
+                throw DatabaseOpenError.corrupt(path: path, detail: check.prefix(3).joined(separator: "; "))
+            }
+        }
+        try Self.migrator.migrate(self.pool)
+    }
+
+    /// The `synchronous` pragma the writer connection runs with (1 = NORMAL, 2 = FULL).
+    package func synchronousLevel() throws -> Int {
+        try self.pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    }
+
+    /// Size of the database and its WAL in bytes.
+    package func sizeInBytes() -> Int64 {
+        let manager = FileManager.default
+        return [self.path, self.path + "-wal"].reduce(0) { total, file in
+            let size = (try? manager.attributesOfItem(atPath: file)[.size] as? NSNumber)?.int64Value ?? 0
+            return total + size
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-ingest") { db in
+            try db.execute(sql: """
+                CREATE TABLE customer (
+                    id INTEGER PRIMARY KEY,
+                    region TEXT NOT NULL,
+                    installed_on TEXT
+                );
+                CREATE TABLE meter (
+                    id INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL UNIQUE,
+                    customer_id INTEGER REFERENCES customer(id),
+                    region TEXT NOT NULL DEFAULT 'Unassigned',
+                    hwm_seq INTEGER NOT NULL DEFAULT -1,
+                    first_seen_ms INTEGER,
+                    last_received_ms INTEGER,
+                    last_ts_ms INTEGER,
+                    last_status INTEGER,
+                    last_fault TEXT,
+                    readings_total INTEGER NOT NULL DEFAULT 0,
+                    faults_total INTEGER NOT NULL DEFAULT 0,
+                    duplicates_total INTEGER NOT NULL DEFAULT 0,
+                    inactive_since_ms INTEGER
+                );
+                -- Append-only: duplicates are caught by meter.hwm_seq, so no per-meter index has to
+                -- be maintained on the hot path (an index here dirties a page per meter per commit).
+                CREATE TABLE reading (
+                    meter_id INTEGER NOT NULL,
+                    seq INTEGER NOT NULL,
+                    ts_ms INTEGER NOT NULL,
+                    received_ms INTEGER NOT NULL,
+                    kwh REAL NOT NULL,
+                    status INTEGER NOT NULL,
+                    fault TEXT,
+                    voltage REAL
+                );
+                CREATE TABLE meter_month (
+                    meter_id INTEGER NOT NULL,
+                    month INTEGER NOT NULL,
+                    kwh REAL NOT NULL DEFAULT 0,
+                    revenue REAL NOT NULL DEFAULT 0,
+                    readings INTEGER NOT NULL DEFAULT 0,
+                    faults INTEGER NOT NULL DEFAULT 0,
+                    good INTEGER NOT NULL DEFAULT 0,
+                    fair INTEGER NOT NULL DEFAULT 0,
+                    poor INTEGER NOT NULL DEFAULT 0,
+                    latency_sum_ms INTEGER NOT NULL DEFAULT 0,
+                    latency_count INTEGER NOT NULL DEFAULT 0,
+                    latency_max_ms INTEGER NOT NULL DEFAULT 0,
+                    imported_status INTEGER,
+                    PRIMARY KEY (meter_id, month)
+                ) WITHOUT ROWID;
+                CREATE TABLE quarantine (
+                    id INTEGER PRIMARY KEY,
+                    received_ms INTEGER NOT NULL,
+                    peer TEXT NOT NULL,
+                    line INTEGER NOT NULL,
+                    code TEXT NOT NULL,
+                    detail TEXT NOT NULL,
+                    raw BLOB NOT NULL
+                );
+                """)
+        }
+        return migrator
+    }
+}
