@@ -1,1 +1,89 @@
-@main struct M { static func main() {} }
+import ArgumentParser
+import Foundation
+import Logging
+import MeterCore
+
+@main
+struct MeterDaemonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meterd",
+        abstract: "Ingests smart-meter readings over TCP into SQLite and keeps the company's KPIs live.",
+        discussion: """
+            Meters send one JSON reading per line; meterd acknowledges each only after it is durably \
+            committed. Settings come from defaults, then --config FILE, then these flags.
+
+            Config file keys (key = value; [tariff] section for per-region rates):
+            \(DaemonConfiguration.keys.map { "  \($0.key): \($0.help)" }.joined(separator: "\n"))
+            """)
+
+    @Option(help: "Config file of key = value lines (see the keys below).")
+    var config: String?
+    @Option(help: "Directory of the database, kpi.json and ports.json (default ./meterd-data).")
+    var dataDir: String?
+    @Option(help: ArgumentHelp("HOST:PORT meters connect to (default 127.0.0.1:7700; port 0 picks one).", valueName: "host:port"))
+    var ingest: String?
+    @Option(help: ArgumentHelp("HOST:PORT of the dashboard, API and metrics (default 127.0.0.1:8080).", valueName: "host:port"))
+    var http: String?
+    @Option(help: "Path of the status socket (default <runtime dir>/status.sock).")
+    var statusSocket: String?
+    @Option(help: ArgumentHelp("IANA time zone of the calendar months (default UTC).", valueName: "iana-name"))
+    var timezone: String?
+    @Option(help: ArgumentHelp("Seconds of silence before a meter is inactive (default 900).", valueName: "seconds"))
+    var inactiveAfter: String?
+    @Option(help: ArgumentHelp("Seconds between KPI snapshots (default 60).", valueName: "seconds"))
+    var snapshotInterval: String?
+    @Option(help: "full (default; acked readings survive power loss) or normal (survive a crash of meterd only).")
+    var synchronous: String?
+    @Option(help: ArgumentHelp("Longest accepted line in bytes (default 4096).", valueName: "bytes"))
+    var maxLineLength: String?
+    @Option(help: ArgumentHelp("Seconds a reading's ts may be ahead of the daemon's clock (default 300).", valueName: "seconds"))
+    var clockSkew: String?
+    @Option(help: ArgumentHelp("Largest kwh one reading may carry (default 1000).", valueName: "kwh"))
+    var maxKwh: String?
+    @Option(help: "register (default) or reject readings from meters the company data does not know.")
+    var unknownMeters: String?
+    @Option(help: ArgumentHelp("Readings waiting for the writer before meters are told busy (default 50000).", valueName: "readings"))
+    var queueCapacity: String?
+    @Option(help: ArgumentHelp("Shortest time between two commits (default 5).", valueName: "ms"))
+    var commitIntervalMs: String?
+    @Option(help: "Minimum log level: trace, debug, info, notice, warning, error, critical (default info).")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: self.logLevel) else {
+            Self.fail(ConfigurationError(key: "log_level", "expected trace, debug, info, notice, warning, error or critical, got \"\(self.logLevel)\""))
+        }
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        var logger = Logger(label: "meterd")
+        logger.logLevel = level
+
+        let flags: [(String, String?)] = [
+            ("data_dir", self.dataDir), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
+            ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
+            ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
+            ("max_kwh", self.maxKwh), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
+            ("commit_interval_ms", self.commitIntervalMs),
+        ]
+        let configuration: DaemonConfiguration
+        do {
+            configuration = try DaemonConfiguration.resolve(
+                configFile: self.config, overrides: flags.compactMap { key, value in value.map { (key, $0) } },
+                environment: ProcessInfo.processInfo.environment)
+        } catch {
+            Self.fail(error)
+        }
+        let daemon: MeterCore.MeterDaemon
+        do {
+            daemon = try MeterCore.MeterDaemon(configuration: configuration, logger: logger)
+        } catch {
+            Self.fail(error)
+        }
+        try await daemon.run()
+    }
+
+    /// One line naming the problem, then exit 2: systemd and scripts see a clear failure.
+    static func fail(_ error: any Error) -> Never {
+        FileHandle.standardError.write(Data("meterd: \(error)\n".utf8))
+        Foundation.exit(2)
+    }
+}

@@ -45,6 +45,7 @@ package final class IngestPipeline: Service, Sendable {
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var failure: String?
         var lastProgressMs: Int64 = 0
+        var tasks: [@Sendable (IngestWriter) -> Void] = []
     }
 
     package let statistics: IngestStatistics
@@ -107,6 +108,23 @@ package final class IngestPipeline: Service, Sendable {
         }
     }
 
+    /// Runs work on the writer thread between two group commits: the single writer applies
+    /// imports and other changes too, so they never contend with ingest for the database.
+    ///
+    /// The work gets the ``IngestWriter``; it should call ``IngestWriter/reloadMeters()`` after
+    /// changing meters or customers.
+    package func perform<T: Sendable>(_ work: @escaping @Sendable (IngestWriter) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let signal = self.state.withLock { state -> Bool in
+                state.tasks.append { writer in continuation.resume(with: Result { try work(writer) }) }
+                let signal = state.writerWaiting
+                state.writerWaiting = false
+                return signal
+            }
+            if signal { self.wakeup.signal() }
+        }
+    }
+
     /// Runs the writer thread until graceful shutdown, then commits what is queued and returns.
     package func run() async throws {
         await withGracefulShutdownHandler {
@@ -139,11 +157,13 @@ package final class IngestPipeline: Service, Sendable {
         var retryDelay = Duration.milliseconds(50)
         while true {
             enum Step {
+                case task(@Sendable (IngestWriter) -> Void)
                 case wait(ContinuousClock.Instant?)
                 case commit([IngestSubmission], weight: Int)
                 case exit
             }
             let step = self.state.withLock { state -> Step in
+                if !state.tasks.isEmpty { return .task(state.tasks.removeFirst()) }
                 if state.queue.isEmpty {
                     if state.stopping { return .exit }
                     state.writerWaiting = true
@@ -165,7 +185,14 @@ package final class IngestPipeline: Service, Sendable {
                 return .commit(batch, weight: weight)
             }
             switch step {
+            case .task(let task):
+                self.writer.withLock { writer in task(writer!) }
             case .exit:
+                let tasks = self.state.withLock { state in
+                    defer { state.tasks = [] }
+                    return state.tasks
+                }
+                self.writer.withLock { writer in tasks.forEach { $0(writer!) } }
                 self.finishWaiters()
                 return
             case .wait(let deadline):

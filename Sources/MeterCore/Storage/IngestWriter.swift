@@ -25,7 +25,7 @@ package final class IngestWriter {
         package var latenciesMs: [Int64] = []
     }
 
-    private let database: MeterDatabase
+    package let database: MeterDatabase
     private var calendar: MonthCalendar
     private let tariff: Tariff
     private let unknownMeters: UnknownMeterPolicy

@@ -1,0 +1,210 @@
+import Foundation
+
+/// A host and port to listen on, written `HOST:PORT` (`[::1]:7700` for IPv6).
+package struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    package var host: String
+    package var port: Int
+
+    package init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    package init?(_ text: String) {
+        let host: Substring
+        let port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let number = Int(port), (0...65_535).contains(number) else { return nil }
+        self.init(host: String(host), port: number)
+    }
+
+    package var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+}
+
+/// A configuration value that could not be used; names the key, as the operator wrote it.
+package struct ConfigurationError: Error, CustomStringConvertible, Equatable {
+    package var key: String
+    package var message: String
+
+    package init(key: String, _ message: String) {
+        self.key = key
+        self.message = message
+    }
+
+    package var description: String { "invalid configuration: \(self.key): \(self.message)" }
+}
+
+/// Everything meterd is told at start-up (SPEC.md section 7): defaults, then the config file, then flags.
+package struct DaemonConfiguration: Sendable {
+    package var dataDirectory = "./meterd-data"
+    /// Where the status socket goes by default; the data directory unless systemd gives a runtime directory.
+    package var runtimeDirectory: String?
+    package var ingest = ListenAddress(host: "127.0.0.1", port: 7700)
+    package var http = ListenAddress(host: "127.0.0.1", port: 8080)
+    package var statusSocket: String?
+    package var timeZone = TimeZone(identifier: "UTC")!
+    package var inactiveAfterSeconds = 900
+    package var snapshotIntervalSeconds = 60
+    package var durability = Durability.full
+    package var pipeline = PipelineConfiguration()
+    package var limits = LineLimits()
+    package var maximumKwh = 1_000.0
+    package var unknownMeters = UnknownMeterPolicy.register
+    package var tariff = Tariff()
+
+    package init() {}
+
+    /// Path of the SQLite database inside the data directory.
+    package var databasePath: String { (self.dataDirectory as NSString).appendingPathComponent("meterd.sqlite") }
+
+    /// Path of the status socket.
+    package var statusSocketPath: String {
+        self.statusSocket ?? ((self.runtimeDirectory ?? self.dataDirectory) as NSString).appendingPathComponent("status.sock")
+    }
+
+    /// Keys a config file and the command line may set, with what each means (for `--help` and README).
+    package static let keys: [(key: String, help: String)] = [
+        ("data_dir", "Directory of the database, kpi.json and ports.json (default ./meterd-data; $STATE_DIRECTORY under systemd)."),
+        ("ingest", "HOST:PORT meters connect to (default 127.0.0.1:7700; port 0 picks a free one)."),
+        ("http", "HOST:PORT of the dashboard, API and metrics (default 127.0.0.1:8080)."),
+        ("status_socket", "Path of the status socket (default <runtime dir>/status.sock)."),
+        ("timezone", "IANA time zone whose calendar months the aggregates follow (default UTC)."),
+        ("inactive_after", "Seconds of silence after which a meter counts as inactive (default 900)."),
+        ("snapshot_interval", "Seconds between KPI snapshots (default 60)."),
+        ("synchronous", "full (default: an acked reading survives power loss) or normal (survives a crash of meterd only)."),
+        ("max_line_length", "Longest accepted line in bytes (default 4096)."),
+        ("clock_skew", "Seconds a reading's ts may be ahead of the daemon's clock (default 300)."),
+        ("max_kwh", "Largest kwh one reading may carry (default 1000)."),
+        ("unknown_meters", "register (default: keep them, unassigned) or reject (answer unknown_meter)."),
+        ("queue_capacity", "Readings that may wait for the writer before meters are told busy (default 50000)."),
+        ("commit_interval_ms", "Shortest time between two commits in milliseconds (default 5)."),
+        ("commit_max_readings", "Most readings in one transaction (default 5000)."),
+        ("tariff.default", "Currency units per kWh for live revenue (default 0.15)."),
+        ("tariff.REGION", "Currency units per kWh in one region, e.g. tariff.North = 0.14."),
+    ]
+
+    /// Applies one setting by its key, validating the value.
+    package mutating func set(_ key: String, to value: String) throws(ConfigurationError) {
+        func positiveInt(_ maximum: Int = .max) throws(ConfigurationError) -> Int {
+            guard let number = Int(value), number > 0, number <= maximum else {
+                throw ConfigurationError(key: key, "expected a whole number between 1 and \(maximum), got \"\(value)\"")
+            }
+            return number
+        }
+        func positiveDouble() throws(ConfigurationError) -> Double {
+            guard let number = Double(value), number.isFinite, number > 0 else {
+                throw ConfigurationError(key: key, "expected a number greater than 0, got \"\(value)\"")
+            }
+            return number
+        }
+        func address() throws(ConfigurationError) -> ListenAddress {
+            guard let address = ListenAddress(value) else {
+                throw ConfigurationError(key: key, "expected HOST:PORT with a port from 0 to 65535, got \"\(value)\"")
+            }
+            return address
+        }
+        func path() throws(ConfigurationError) -> String {
+            guard !value.isEmpty else { throw ConfigurationError(key: key, "expected a path, got an empty value") }
+            return value
+        }
+        switch key {
+        case "data_dir": self.dataDirectory = try path()
+        case "runtime_dir": self.runtimeDirectory = try path()
+        case "ingest": self.ingest = try address()
+        case "http": self.http = try address()
+        case "status_socket": self.statusSocket = try path()
+        case "timezone":
+            guard let zone = TimeZone(identifier: value), !value.isEmpty else {
+                throw ConfigurationError(key: key, "unknown IANA time zone \"\(value)\" (for example Europe/Berlin)")
+            }
+            self.timeZone = zone
+        case "inactive_after": self.inactiveAfterSeconds = try positiveInt(31_536_000)
+        case "snapshot_interval": self.snapshotIntervalSeconds = try positiveInt(86_400)
+        case "synchronous":
+            guard let durability = Durability(rawValue: value.lowercased()) else {
+                throw ConfigurationError(key: key, "expected full or normal, got \"\(value)\"")
+            }
+            self.durability = durability
+        case "max_line_length": self.limits.maximumLineLength = try positiveInt(1 << 20)
+        case "clock_skew": self.limits.clockSkewMs = Int64(try positiveInt(31_536_000)) * 1000
+        case "max_kwh": self.maximumKwh = try positiveDouble()
+        case "unknown_meters":
+            guard let policy = UnknownMeterPolicy(rawValue: value.lowercased()) else {
+                throw ConfigurationError(key: key, "expected register or reject, got \"\(value)\"")
+            }
+            self.unknownMeters = policy
+        case "queue_capacity": self.pipeline.queueCapacity = try positiveInt(10_000_000)
+        case "commit_interval_ms": self.pipeline.commitInterval = .milliseconds(try positiveInt(10_000))
+        case "commit_max_readings": self.pipeline.maximumBatch = try positiveInt(1_000_000)
+        case "tariff.default": self.tariff.defaultRate = try positiveDouble()
+        case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
+            self.tariff.regionRates[String(key.dropFirst("tariff.".count))] = try positiveDouble()
+        default:
+            throw ConfigurationError(key: key, "unknown setting (see meterd --help for the keys)")
+        }
+    }
+
+    /// Reads a config file: `key = value` lines, `#` comments, and `[section]` headers that prefix
+    /// the keys below them (`[tariff]` then `North = 0.14` sets `tariff.North`). Values may be quoted.
+    package mutating func load(configFile text: String, path: String) throws(ConfigurationError) {
+        var section = ""
+        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let where_ = "\(path):\(index + 1)"
+            var line = rawLine.trimmingCharacters(in: .whitespaces)
+            if let hash = line.firstIndex(of: "#"), !line[..<hash].contains("\"") { line = String(line[..<hash]).trimmingCharacters(in: .whitespaces) }
+            if line.isEmpty { continue }
+            if line.hasPrefix("[") {
+                guard line.hasSuffix("]"), line.count > 2 else { throw ConfigurationError(key: where_, "malformed section header \"\(line)\"") }
+                section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
+                continue
+            }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw ConfigurationError(key: where_, "expected key = value, got \"\(line)\"")
+            }
+            let name = line[..<equals].trimmingCharacters(in: .whitespaces)
+            var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            let key = section.isEmpty ? name : "\(section).\(name)"
+            do {
+                try self.set(key, to: value)
+            } catch {
+                throw ConfigurationError(key: key, "\(error.message) (\(where_))")
+            }
+        }
+    }
+
+    /// Builds the configuration: defaults, then systemd's directories, then the file, then flags.
+    ///
+    /// - Parameters:
+    ///   - configFile: path of a config file, if one was given.
+    ///   - overrides: settings from the command line, by key, applied last.
+    ///   - environment: the process environment (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`).
+    package static func resolve(configFile: String?, overrides: [(key: String, value: String)],
+                                environment: [String: String]) throws(ConfigurationError) -> DaemonConfiguration {
+        var configuration = DaemonConfiguration()
+        // systemd may list several directories separated by ':'; the first is ours.
+        if let state = environment["STATE_DIRECTORY"]?.split(separator: ":").first { configuration.dataDirectory = String(state) }
+        if let runtime = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first { configuration.runtimeDirectory = String(runtime) }
+        if let configFile {
+            let text: String
+            do {
+                text = try String(contentsOfFile: configFile, encoding: .utf8)
+            } catch {
+                throw ConfigurationError(key: "config", "cannot read \(configFile): \((error as NSError).localizedDescription)")
+            }
+            try configuration.load(configFile: text, path: configFile)
+        }
+        for (key, value) in overrides {
+            try configuration.set(key, to: value)
+        }
+        return configuration
+    }
+}

@@ -1,0 +1,55 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Errors writing a file, with the path and the system's reason.
+package struct FileWriteError: Error, CustomStringConvertible {
+    package var path: String
+    package var reason: String
+
+    package var description: String { "cannot write \(self.path): \(self.reason)" }
+}
+
+/// Writes files so a reader sees the old content or the new, never half: temp file, fsync, rename.
+package enum AtomicFile {
+    package static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws(FileWriteError) {
+        let temporary = path + ".tmp-\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw FileWriteError(path: temporary, reason: String(cString: strerror(errno))) }
+        var written = 0
+        let failure: String? = bytes.withUnsafeBytes { buffer in
+            while written < buffer.count {
+                let result = Glibc.write(fd, buffer.baseAddress! + written, buffer.count - written)
+                if result < 0 {
+                    if errno == EINTR { continue }
+                    return String(cString: strerror(errno))
+                }
+                written += result
+            }
+            return fsync(fd) == 0 ? nil : String(cString: strerror(errno))
+        }
+        close(fd)
+        if let failure {
+            unlink(temporary)
+            throw FileWriteError(path: path, reason: failure)
+        }
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw FileWriteError(path: path, reason: reason)
+        }
+        // The rename itself is durable only once the directory is synced.
+        let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        let directoryFD = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryFD >= 0 {
+            fsync(directoryFD)
+            close(directoryFD)
+        }
+    }
+
+    package static func write(_ text: String, to path: String, mode: mode_t = 0o644) throws(FileWriteError) {
+        try self.write(Array(text.utf8), to: path, mode: mode)
+    }
+}

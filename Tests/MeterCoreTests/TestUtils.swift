@@ -1,0 +1,163 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Testing
+
+@testable import MeterCore
+
+/// A fresh directory under /tmp, removed after the body.
+func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    let path = NSTemporaryDirectory() + "meterd-test-" + UUID().uuidString
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
+}
+
+/// Polls a condition until it holds; never a fixed sleep.
+func waitUntil(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("condition not met within \(timeout)")
+            throw CancellationError()
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
+
+let testLogger: Logger = {
+    var logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// An in-process pipeline and ingest server on an ephemeral port over a real SQLite file.
+struct IngestHarness {
+    let database: MeterDatabase
+    let pipeline: IngestPipeline
+    let port: Int
+
+    /// Runs the body against a live server, then shuts it down gracefully.
+    static func with<T>(
+        directory: String,
+        configuration: DaemonConfiguration = DaemonConfiguration(),
+        _ body: (IngestHarness) async throws -> T
+    ) async throws -> T {
+        let database = try MeterDatabase(path: directory + "/meterd.sqlite", durability: configuration.durability)
+        let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
+                                      tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
+        let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: testLogger)
+        let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
+        let server = IngestServer(
+            configuration: IngestServerConfiguration(host: "127.0.0.1", port: 0, limits: configuration.limits,
+                                                     maximumKwh: configuration.maximumKwh),
+            pipeline: pipeline, logger: testLogger, onListening: { portSink.yield($0.port!) })
+        let group = ServiceGroup(services: [pipeline, server], logger: testLogger)
+        return try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            var iterator = ports.makeAsyncIterator()
+            let port = try #require(await iterator.next())
+            do {
+                let result = try await body(IngestHarness(database: database, pipeline: pipeline, port: port))
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+                return result
+            } catch {
+                await group.triggerGracefulShutdown()
+                try? await tasks.waitForAll()
+                throw error
+            }
+        }
+    }
+}
+
+/// A TCP client speaking lines, like a meter.
+final class LineClient: Sendable {
+    private let channel: any Channel
+    private nonisolated(unsafe) var iterator: AsyncStream<String>.Iterator
+
+    /// Splits what the daemon sends into lines.
+    private final class LineCollector: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        private let sink: AsyncStream<String>.Continuation
+        private var pending: [UInt8] = []
+
+        init(sink: AsyncStream<String>.Continuation) {
+            self.sink = sink
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = Self.unwrapInboundIn(data)
+            self.pending.append(contentsOf: buffer.readBytes(length: buffer.readableBytes) ?? [])
+            while let newline = self.pending.firstIndex(of: 0x0A) {
+                self.sink.yield(String(decoding: self.pending[..<newline], as: UTF8.self))
+                self.pending.removeSubrange(...newline)
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.sink.finish()
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if let event = event as? ChannelEvent, event == .inputClosed { self.sink.finish() }
+        }
+    }
+
+    init(port: Int, host: String = "127.0.0.1") async throws {
+        let (lines, sink) = AsyncStream.makeStream(of: String.self)
+        self.iterator = lines.makeAsyncIterator()
+        self.channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(LineCollector(sink: sink))
+                }
+            }
+            .connect(host: host, port: port).get()
+    }
+
+    func send(_ text: String) async throws {
+        try await self.channel.writeAndFlush(ByteBuffer(string: text))
+    }
+
+    func send(bytes: [UInt8]) async throws {
+        try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// The next line from the daemon, or `nil` once the connection is closed.
+    func readLine(timeout: Duration = .seconds(20)) async throws -> String? {
+        try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask { [self] in
+                var iterator = self.iterator
+                let line = await iterator.next()
+                self.iterator = iterator
+                return line
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw CancellationError()
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first
+        }
+    }
+
+    /// Half-closes: the daemon sees end of input, answers what it got, then closes.
+    func finishSending() async throws {
+        try await self.channel.close(mode: .output)
+    }
+
+    func close() async {
+        try? await self.channel.close()
+    }
+}
+
+/// A reading line for tests, `ts` now unless given.
+func readingLine(meter: String, seq: Int64, kwh: Double = 0.5, timestampMs: Int64 = WallClock.nowMs(),
+                 status: MeterHealth = .good, fault: String? = nil) -> String {
+    Reading(meter: meter, seq: seq, timestampMs: timestampMs, kwh: kwh, status: status, fault: fault).line
+}
