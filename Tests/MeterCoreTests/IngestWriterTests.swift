@@ -80,7 +80,7 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
                 Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3.0, status: .poor),
                 Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4.0, status: .fair, fault: "voltage_sag"),
             ], receivedMs: ts + 5000)])
-            let fetched = try await database.pool.read { db in
+            let fetched = try database.pool.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM meter_month JOIN meter ON meter.id = meter_id WHERE name = 'A'")
             }
             let row = try #require(fetched)
