@@ -78,6 +78,10 @@ let package = Package(
             name: "MeterCoreTests",
             dependencies: [
                 "MeterCore",
+                // Built before the tests, which run the real executables.
+                "MeterDaemon",
+                "MeterCtl",
+                "MeterSimulator",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

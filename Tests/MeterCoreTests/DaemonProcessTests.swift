@@ -1,0 +1,164 @@
+import Foundation
+import GRDB
+import Synchronization
+import Testing
+
+@testable import MeterCore
+
+/// The real executables, built beside the test bundle.
+enum Executables {
+    static func path(_ name: String) throws -> String {
+        let directory = (try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") as NSString).deletingLastPathComponent
+        let path = (directory as NSString).appendingPathComponent(name)
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw TestFailure("\(path) is missing: run `swift build` before the tests")
+        }
+        return path
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A meterd process started for one test, stopped by its pid.
+final class DaemonProcess: Sendable {
+    let process: Process
+    let dataDirectory: String
+    let stderrPath: String
+
+    init(dataDirectory: String, arguments: [String] = []) throws {
+        self.dataDirectory = dataDirectory
+        self.stderrPath = dataDirectory + "/meterd.log"
+        _ = FileManager.default.createFile(atPath: self.stderrPath, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Executables.path("meterd"))
+        process.arguments = ["--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0"] + arguments
+        process.standardError = FileHandle(forWritingAtPath: self.stderrPath)
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+    }
+
+    /// The ingest port from ports.json, once the daemon has written it.
+    func ingestPort() async throws -> Int {
+        var port: Int?
+        try await waitUntil {
+            guard let data = FileManager.default.contents(atPath: self.dataDirectory + "/ports.json"),
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Int]
+            else { return false }
+            port = object["ingest"]
+            return port != nil
+        }
+        return try #require(port)
+    }
+
+    func terminate() { kill(self.process.processIdentifier, SIGTERM) }
+
+    /// Waits for the process to exit and returns its status.
+    func exitStatus(timeout: Duration = .seconds(30)) async throws -> Int32 {
+        try await waitUntil(timeout: timeout) { !self.process.isRunning }
+        return self.process.terminationStatus
+    }
+
+    var log: String { (try? String(contentsOfFile: self.stderrPath, encoding: .utf8)) ?? "" }
+
+    deinit {
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// The highest seq acknowledged per meter, as meters saw it.
+final class AckTally: Sendable {
+    private let state = Mutex<(marks: [String: Int64], count: Int)>(([:], 0))
+
+    func record(meter: String, seq: Int64) {
+        self.state.withLock { state in
+            state.marks[meter] = max(state.marks[meter] ?? 0, seq)
+            state.count += 1
+        }
+    }
+
+    var marks: [String: Int64] { self.state.withLock { $0.marks } }
+    var count: Int { self.state.withLock { $0.count } }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct DaemonProcessTests {
+    @Test func sigtermWhileMetersSendLosesNoAcknowledgedReading() async throws {
+        try await withTemporaryDirectory { directory in
+            let daemon = try DaemonProcess(dataDirectory: directory)
+            let port = try await daemon.ingestPort()
+            let tally = AckTally()
+
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for client in 0..<20 {
+                    group.addTask {
+                        let connection = try await LineClient(port: port)
+                        let meters = (0..<5).map { "P\(client)-\($0)" }
+                        let sender = Task {
+                            var seq: Int64 = 0
+                            while !Task.isCancelled {
+                                seq += 1
+                                let text = meters.map { readingLine(meter: $0, seq: seq, kwh: 0.25) }.joined()
+                                do { try await connection.send(text) } catch { return }
+                                try? await Task.sleep(for: .milliseconds(2))
+                            }
+                        }
+                        // Read until the daemon closes the connection after its last acks.
+                        while let text = try await connection.readLine(timeout: .seconds(30)) {
+                            if case .ack(let meter, let seq) = DaemonLine(text) {
+                                tally.record(meter: meter, seq: seq)
+                            }
+                        }
+                        sender.cancel()
+                        await connection.close()
+                    }
+                }
+                try await waitUntil { tally.count >= 1000 }
+                daemon.terminate()
+                try await group.waitForAll()
+            }
+            #expect(try await daemon.exitStatus() == 0, "\(daemon.log)")
+
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let ackedMarks = tally.marks
+            #expect(ackedMarks.count == 100)
+            for (meter, mark) in ackedMarks {
+                let (count, distinct) = try await database.pool.read { db in
+                    let row = try Row.fetchOne(db, sql: """
+                        SELECT count(*) AS n, count(DISTINCT seq) AS d FROM reading JOIN meter ON meter.id = meter_id
+                        WHERE meter.name = ? AND seq <= ?
+                        """, arguments: [meter, mark])!
+                    return (row["n"] as Int, row["d"] as Int)
+                }
+                #expect(count == Int(mark), "meter \(meter): acked up to \(mark), stored \(count)")
+                #expect(distinct == count)
+            }
+            let (rows, distinctRows) = try await database.pool.read { db in
+                (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                 try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!)
+            }
+            #expect(rows == distinctRows)
+            #expect(daemon.log.contains("Ingest server stopping"))
+        }
+    }
+
+    @Test func invalidConfigurationStopsStartUpWithOneLineNamingTheKey() async throws {
+        try await withTemporaryDirectory { directory in
+            for (arguments, key) in [(["--inactive-after", "soon"], "inactive_after"), (["--timezone", "Mars/Olympus"], "timezone"),
+                                     (["--synchronous", "maybe"], "synchronous")] {
+                let daemon = try DaemonProcess(dataDirectory: directory, arguments: arguments)
+                #expect(try await daemon.exitStatus() == 2)
+                let lines = daemon.log.split(separator: "\n")
+                #expect(lines.count == 1)
+                #expect(lines.first?.hasPrefix("meterd: invalid configuration: \(key):") == true, "\(daemon.log)")
+            }
+            try "ingest = 127.0.0.1:0\n[tariff]\nNorth = free\n".write(toFile: directory + "/meterd.conf", atomically: true, encoding: .utf8)
+            let daemon = try DaemonProcess(dataDirectory: directory, arguments: ["--config", directory + "/meterd.conf"])
+            #expect(try await daemon.exitStatus() == 2)
+            #expect(daemon.log.hasPrefix("meterd: invalid configuration: tariff.North:"), "\(daemon.log)")
+            #expect(daemon.log.contains("meterd.conf:3"))
+        }
+    }
+}

@@ -1,0 +1,253 @@
+import Foundation
+import GRDB
+import Synchronization
+import Testing
+
+@testable import MeterCore
+
+/// A line the daemon sent, decoded.
+enum DaemonLine: Hashable {
+    case ack(meter: String, seq: Int64)
+    case error(code: String, line: Int)
+    case busy
+
+    init?(_ text: String) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return nil }
+        if let meter = object["meter"] as? String, let seq = object["ack"] as? Int64 {
+            self = .ack(meter: meter, seq: seq)
+        } else if let code = object["error"] as? String, let line = object["line"] as? Int, object["detail"] is String {
+            self = .error(code: code, line: line)
+        } else if object["busy"] as? Bool == true, object["retry_after_ms"] is Int {
+            self = .busy
+        } else {
+            return nil
+        }
+    }
+}
+
+extension LineClient {
+    /// Reads lines until `done` says it has seen enough.
+    func collect(until done: ([DaemonLine]) -> Bool) async throws -> [DaemonLine] {
+        var lines: [DaemonLine] = []
+        while !done(lines) {
+            guard let text = try await self.readLine() else { break }
+            lines.append(try #require(DaemonLine(text), "unexpected line \(text)"))
+        }
+        return lines
+    }
+}
+
+func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
+    lines.compactMap { if case .ack(meter, let seq) = $0 { seq } else { nil } }.last
+}
+
+@Suite(.timeLimit(.minutes(2))) struct IngestServerTests {
+    @Test func acknowledgesEveryReadingOnceAndOnlyAfterItIsCommitted() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let clients = 40, metersPerClient = 5, readingsPerMeter = 20
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for client in 0..<clients {
+                        group.addTask {
+                            let connection = try await LineClient(port: harness.port)
+                            let meters = (0..<metersPerClient).map { "C\(client)-M\($0)" }
+                            // Burst in chunks so several commits are involved.
+                            for chunk in stride(from: 1, through: readingsPerMeter, by: 5) {
+                                var text = ""
+                                for seq in chunk..<chunk + 5 {
+                                    for meter in meters { text += readingLine(meter: meter, seq: Int64(seq), kwh: Double(seq)) }
+                                }
+                                try await connection.send(text)
+                            }
+                            var acked: [String: Int64] = [:]
+                            while acked.values.filter({ $0 == Int64(readingsPerMeter) }).count < metersPerClient {
+                                let text = try #require(try await connection.readLine())
+                                guard case .ack(let meter, let seq) = try #require(DaemonLine(text)) else {
+                                    Issue.record("unexpected line \(text)")
+                                    return
+                                }
+                                // Exactly once: every ack moves the meter's mark forward.
+                                #expect(seq > acked[meter, default: 0], "ack \(seq) for \(meter) repeats or goes back")
+                                acked[meter] = seq
+                                // Only after commit: everything up to the ack is already in the database.
+                                let stored = try await harness.database.pool.read { db in
+                                    try Int.fetchOne(db, sql: """
+                                        SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id
+                                        WHERE meter.name = ? AND reading.seq <= ?
+                                        """, arguments: [meter, seq])!
+                                }
+                                #expect(stored == Int(seq))
+                            }
+                            await connection.close()
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let (count, kwh) = try await harness.database.pool.read { db in
+                    (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!, try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!)
+                }
+                #expect(count == clients * metersPerClient * readingsPerMeter)
+                #expect(kwh == Double(clients * metersPerClient * (readingsPerMeter * (readingsPerMeter + 1) / 2)))
+                #expect(harness.pipeline.statistics.stored.load(ordering: .relaxed) == count)
+            }
+        }
+    }
+
+    @Test func aResendAfterReconnectIsAckedButStoredOnce() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let first = try await LineClient(port: harness.port)
+                try await first.send((1...10).map { readingLine(meter: "MTR-9", seq: $0, kwh: 1) }.joined())
+                _ = try await first.collect { lastAck($0, meter: "MTR-9") == 10 }
+                await first.close()
+
+                // The meter lost the acks of 6...10 with the connection and resends them with 11...15.
+                let second = try await LineClient(port: harness.port)
+                try await second.send((6...15).map { readingLine(meter: "MTR-9", seq: $0, kwh: 1) }.joined())
+                _ = try await second.collect { lastAck($0, meter: "MTR-9") == 15 }
+                await second.close()
+
+                let (rows, distinct, kwh) = try await harness.database.pool.read { db in
+                    (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                     try Int.fetchOne(db, sql: "SELECT count(DISTINCT seq) FROM reading")!,
+                     try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!)
+                }
+                #expect(rows == 15)
+                #expect(distinct == 15)
+                #expect(kwh == 15)
+                #expect(harness.pipeline.statistics.duplicates.load(ordering: .relaxed) == 5)
+            }
+        }
+    }
+
+    @Test func aMalformedLineIsAnsweredAndQuarantinedWhileTheOthersAreStored() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(
+                    readingLine(meter: "M", seq: 1)
+                        + "{\"meter\":\"M\",\"seq\":2,\n"
+                        + #"{"meter":"M","seq":3,"ts":"2026-11-29T10:15:00Z"}"# + "\n"
+                        + #"{"meter":"M","seq":4,"ts":"2026-11-29T10:15:00Z","kwh":-4}"# + "\n"
+                        + readingLine(meter: "M", seq: 5))
+                let lines = try await client.collect { lastAck($0, meter: "M") == 5 && $0.count >= 4 }
+                #expect(Set(lines) == [.error(code: "invalid_json", line: 2), .error(code: "missing_field", line: 3),
+                                       .error(code: "invalid_field", line: 4), .ack(meter: "M", seq: 5)]
+                        || Set(lines) == [.error(code: "invalid_json", line: 2), .error(code: "missing_field", line: 3),
+                                          .error(code: "invalid_field", line: 4), .ack(meter: "M", seq: 1), .ack(meter: "M", seq: 5)])
+                await client.close()
+                let (stored, quarantined) = try await harness.database.pool.read { db in
+                    (try Int64.fetchAll(db, sql: "SELECT seq FROM reading ORDER BY seq"),
+                     try Row.fetchAll(db, sql: "SELECT line, code, detail, raw FROM quarantine ORDER BY line")
+                        .map { "\($0["line"] as Int) \($0["code"] as String) \(String(decoding: $0["raw"] as Data, as: UTF8.self))" })
+                }
+                #expect(stored == [1, 5])
+                #expect(quarantined == [
+                    #"2 invalid_json {"meter":"M","seq":2,"#,
+                    #"3 missing_field {"meter":"M","seq":3,"ts":"2026-11-29T10:15:00Z"}"#,
+                    #"4 invalid_field {"meter":"M","seq":4,"ts":"2026-11-29T10:15:00Z","kwh":-4}"#,
+                ])
+            }
+        }
+    }
+
+    @Test func anOverlongLineIsRejectedWithoutLosingItsNeighbours() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.limits.maximumLineLength = 200
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let client = try await LineClient(port: harness.port)
+                let padded = #"{"meter":"M","seq":2,"ts":"2026-11-29T10:15:00Z","kwh":1,"pad":""# + String(repeating: "x", count: 300) + "\"}\n"
+                // Line 2 arrives whole; line 4 trickles in without a newline for a while.
+                try await client.send(readingLine(meter: "M", seq: 1) + padded + readingLine(meter: "M", seq: 3))
+                try await client.send(String(repeating: "y", count: 150))
+                try await client.send(String(repeating: "y", count: 150))
+                try await client.send(String(repeating: "y", count: 150) + "\n" + readingLine(meter: "M", seq: 5))
+                let lines = try await client.collect { lastAck($0, meter: "M") == 5 }
+                #expect(lines.contains(.error(code: "line_too_long", line: 2)))
+                #expect(lines.contains(.error(code: "line_too_long", line: 4)))
+                #expect(lines.filter { if case .error = $0 { true } else { false } }.count == 2)
+                await client.close()
+                let stored = try await harness.database.pool.read { db in try Int64.fetchAll(db, sql: "SELECT seq FROM reading ORDER BY seq") }
+                #expect(stored == [1, 3, 5])
+                let codes = try await harness.database.pool.read { db in try String.fetchAll(db, sql: "SELECT code FROM quarantine") }
+                #expect(codes == ["line_too_long", "line_too_long"])
+            }
+        }
+    }
+
+    @Test func readingsSentOneByteAtATimeWithCRLFAreStored() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                let text = (1...3).map { readingLine(meter: "SLOW", seq: $0).replacingOccurrences(of: "\n", with: "\r\n") }.joined()
+                for byte in text.utf8 { try await client.send(bytes: [byte]) }
+                _ = try await client.collect { lastAck($0, meter: "SLOW") == 3 }
+                await client.close()
+                let stored = try await harness.database.pool.read { db in try Int64.fetchAll(db, sql: "SELECT seq FROM reading ORDER BY seq") }
+                #expect(stored == [1, 2, 3])
+            }
+        }
+    }
+
+    @Test func aReadingFromTheFutureIsAClockSkewError() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "F", seq: 1, timestampMs: WallClock.nowMs() + 3_600_000) + readingLine(meter: "F", seq: 2))
+                let lines = try await client.collect { lastAck($0, meter: "F") == 2 }
+                #expect(lines.first == .error(code: "clock_skew", line: 1))
+                await client.close()
+                #expect(harness.pipeline.statistics.rejects(.clockSkew) == 1)
+            }
+        }
+    }
+
+    @Test func aFullQueueSaysBusyAndSlowsTheMeterWithoutDroppingAnything() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.pipeline = PipelineConfiguration(queueCapacity: 20, commitInterval: .milliseconds(30), maximumBatch: 50)
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let client = try await LineClient(port: harness.port)
+                let total: Int64 = 3000
+                try await client.send((1...total).map { readingLine(meter: "B", seq: $0) }.joined())
+                let lines = try await client.collect { lastAck($0, meter: "B") == total }
+                #expect(lines.contains(.busy))
+                #expect(harness.pipeline.statistics.busySignals.load(ordering: .relaxed) >= 1)
+                await client.close()
+                let stored = try await harness.database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(DISTINCT seq) FROM reading")! }
+                #expect(stored == Int(total))
+                #expect(harness.pipeline.queueDepth == 0)
+            }
+        }
+    }
+
+    @Test func aMeterThatStopsSendingGetsItsAcksBeforeTheConnectionCloses() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send((1...50).map { readingLine(meter: "H", seq: $0) }.joined())
+                try await client.finishSending()
+                var lines: [DaemonLine] = []
+                while let text = try await client.readLine() { lines.append(try #require(DaemonLine(text))) }
+                #expect(lastAck(lines, meter: "H") == 50)
+                await client.close()
+            }
+        }
+    }
+
+    @Test func unknownMetersGetUnknownMeterWhenRejected() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.unknownMeters = .reject
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "NOBODY", seq: 1))
+                let lines = try await client.collect { !$0.isEmpty }
+                #expect(lines == [.error(code: "unknown_meter", line: 1)])
+                await client.close()
+                #expect(harness.pipeline.statistics.rejects(.unknownMeter) == 1)
+            }
+        }
+    }
+}
