@@ -153,11 +153,17 @@ final class IngestHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.paused || self.stopped {
+        // A meter that does not read its acks must not make the daemon buffer them without bound.
+        if self.paused || self.stopped || !context.channel.isWritable {
             self.readPending = true
         } else {
             context.read()
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { self.readIfPending(context: context) }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -207,10 +213,13 @@ final class IngestHandler: ChannelDuplexHandler {
     func resume() {
         guard self.paused else { return }
         self.paused = false
-        if self.readPending, !self.stopped, let context = self.context {
-            self.readPending = false
-            context.read()
-        }
+        if let context = self.context { self.readIfPending(context: context) }
+    }
+
+    private func readIfPending(context: ChannelHandlerContext) {
+        guard self.readPending, !self.paused, !self.stopped, context.channel.isWritable else { return }
+        self.readPending = false
+        context.read()
     }
 
     /// Closes after everything written so far has reached the socket.

@@ -46,6 +46,12 @@ package final class IngestPipeline: Service, Sendable {
         var failure: String?
         var lastProgressMs: Int64 = 0
         var tasks: [@Sendable (IngestWriter) -> Void] = []
+        var exited = false
+    }
+
+    /// Work handed to ``perform(_:)`` after the writer has stopped.
+    package struct WriterStoppedError: Error, CustomStringConvertible {
+        package var description: String { "meterd is shutting down: the writer no longer accepts work" }
     }
 
     package let statistics: IngestStatistics
@@ -115,13 +121,18 @@ package final class IngestPipeline: Service, Sendable {
     /// changing meters or customers.
     package func perform<T: Sendable>(_ work: @escaping @Sendable (IngestWriter) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let signal = self.state.withLock { state -> Bool in
+            let accepted = self.state.withLock { state -> Bool? in
+                if state.exited { return nil }
                 state.tasks.append { writer in continuation.resume(with: Result { try work(writer) }) }
                 let signal = state.writerWaiting
                 state.writerWaiting = false
                 return signal
             }
-            if signal { self.wakeup.signal() }
+            switch accepted {
+            case nil: continuation.resume(throwing: WriterStoppedError())
+            case true?: self.wakeup.signal()
+            case false?: break
+            }
         }
     }
 
@@ -189,7 +200,10 @@ package final class IngestPipeline: Service, Sendable {
                 self.writer.withLock { writer in task(writer!) }
             case .exit:
                 let tasks = self.state.withLock { state in
-                    defer { state.tasks = [] }
+                    defer {
+                        state.tasks = []
+                        state.exited = true
+                    }
                     return state.tasks
                 }
                 self.writer.withLock { writer in tasks.forEach { $0(writer!) } }
