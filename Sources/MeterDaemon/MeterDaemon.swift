@@ -40,6 +40,10 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var clockSkew: String?
     @Option(help: ArgumentHelp("Largest kwh one reading may carry (default 1000).", valueName: "kwh"))
     var maxKwh: String?
+    @Option(help: ArgumentHelp("Meter connections beyond this are told too_many_connections (default 50000).", valueName: "n"))
+    var maxConnections: String?
+    @Option(help: ArgumentHelp("Seconds after which a connection that sends nothing is closed (default 3600).", valueName: "seconds"))
+    var idleTimeout: String?
     @Option(help: "register (default) or reject readings from meters the company data does not know.")
     var unknownMeters: String?
     @Option(help: ArgumentHelp("Readings waiting for the writer before meters are told busy (default 50000).", valueName: "readings"))
@@ -61,7 +65,7 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("data_dir", self.dataDir), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
             ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
             ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
-            ("max_kwh", self.maxKwh), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
+            ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
             ("commit_interval_ms", self.commitIntervalMs),
         ]
         let configuration: DaemonConfiguration

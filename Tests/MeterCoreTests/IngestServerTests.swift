@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import NIOCore
 import Synchronization
 import Testing
 
@@ -247,6 +248,51 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
                 #expect(lines == [.error(code: "unknown_meter", line: 1)])
                 await client.close()
                 #expect(harness.pipeline.statistics.rejects(.unknownMeter) == 1)
+            }
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct ConnectionLimitTests {
+    @Test func connectionsBeyondTheLimitAreToldSoAndClosed() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.maximumConnections = 2
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let first = try await LineClient(port: harness.port)
+                let second = try await LineClient(port: harness.port)
+                try await waitUntil { harness.pipeline.statistics.connections.load(ordering: .relaxed) == 2 }
+                let third = try await LineClient(port: harness.port)
+                #expect(try await third.readLine() == #"{"error":"too_many_connections"}"#)
+                #expect(try await third.readLine() == nil)
+                // The admitted meters are unaffected.
+                try await first.send(readingLine(meter: "L1", seq: 1))
+                #expect(try await first.collect { !$0.isEmpty } == [.ack(meter: "L1", seq: 1)])
+                await third.close()
+                await second.close()
+                await first.close()
+            }
+        }
+    }
+
+    @Test func aConnectionThatSendsNothingIsClosedAfterTheIdleTimeout() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.limits.idleTimeout = .milliseconds(300)
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let talker = try await LineClient(port: harness.port)
+                let silent = try await LineClient(port: harness.port)
+                let started = ContinuousClock.now
+                // The talker keeps sending more often than the timeout and stays connected.
+                for seq in 1...6 {
+                    try await talker.send(readingLine(meter: "T", seq: Int64(seq)))
+                    #expect(try await talker.collect { !$0.isEmpty } == [.ack(meter: "T", seq: Int64(seq))])
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                #expect(try await silent.readLine() == nil)
+                #expect(ContinuousClock.now - started >= .milliseconds(300))
+                await silent.close()
+                await talker.close()
             }
         }
     }

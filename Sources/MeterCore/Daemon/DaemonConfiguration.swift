@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// A host and port to listen on, written `HOST:PORT` (`[::1]:7700` for IPv6).
 package struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
@@ -57,6 +58,7 @@ package struct DaemonConfiguration: Sendable {
     package var pipeline = PipelineConfiguration()
     package var limits = LineLimits()
     package var maximumKwh = 1_000.0
+    package var maximumConnections = 50_000
     package var unknownMeters = UnknownMeterPolicy.register
     package var tariff = Tariff()
 
@@ -83,6 +85,8 @@ package struct DaemonConfiguration: Sendable {
         ("max_line_length", "Longest accepted line in bytes (default 4096)."),
         ("clock_skew", "Seconds a reading's ts may be ahead of the daemon's clock (default 300)."),
         ("max_kwh", "Largest kwh one reading may carry (default 1000)."),
+        ("max_connections", "Meter connections beyond this get too_many_connections and are closed (default 50000)."),
+        ("idle_timeout", "Seconds after which a connection that sends nothing is closed (default 3600)."),
         ("unknown_meters", "register (default: keep them, unassigned) or reject (answer unknown_meter)."),
         ("queue_capacity", "Readings that may wait for the writer before meters are told busy (default 50000)."),
         ("commit_interval_ms", "Shortest time between two commits in milliseconds (default 5)."),
@@ -136,6 +140,8 @@ package struct DaemonConfiguration: Sendable {
         case "max_line_length": self.limits.maximumLineLength = try positiveInt(1 << 20)
         case "clock_skew": self.limits.clockSkewMs = Int64(try positiveInt(31_536_000)) * 1000
         case "max_kwh": self.maximumKwh = try positiveDouble()
+        case "max_connections": self.maximumConnections = try positiveInt(10_000_000)
+        case "idle_timeout": self.limits.idleTimeout = .seconds(Int64(try positiveInt(31_536_000)))
         case "unknown_meters":
             guard let policy = UnknownMeterPolicy(rawValue: value.lowercased()) else {
                 throw ConfigurationError(key: key, "expected register or reject, got \"\(value)\"")

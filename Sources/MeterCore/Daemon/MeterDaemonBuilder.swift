@@ -36,10 +36,14 @@ package struct MeterDaemon: Sendable {
                                                  "db.synchronous": "\(configuration.durability.rawValue)"])
         let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: logger)
         self.pipeline = pipeline
-        let ports = ListenerPorts(path: (configuration.dataDirectory as NSString).appendingPathComponent("ports.json"), logger: logger)
+        let portsPath = (configuration.dataDirectory as NSString).appendingPathComponent("ports.json")
+        // A stale file from the last run would send scripts to a port nobody listens on.
+        try? FileManager.default.removeItem(atPath: portsPath)
+        let ports = ListenerPorts(path: portsPath, logger: logger)
         let ingest = IngestServer(
             configuration: IngestServerConfiguration(host: configuration.ingest.host, port: configuration.ingest.port,
-                                                     limits: configuration.limits, maximumKwh: configuration.maximumKwh),
+                                                     limits: configuration.limits, maximumKwh: configuration.maximumKwh,
+                                                     maximumConnections: configuration.maximumConnections),
             pipeline: pipeline, logger: logger,
             onListening: { address in
                 ports.record("ingest", port: address.port ?? 0)

@@ -12,10 +12,13 @@ package struct LineLimits: Sendable {
     package var maximumLineLength: Int = 4096
     /// How far past the daemon's clock a reading's `ts` may be, in milliseconds.
     package var clockSkewMs: Int64 = 300_000
+    /// A connection that sends nothing for this long is closed.
+    package var idleTimeout: TimeAmount = .seconds(3600)
 
-    package init(maximumLineLength: Int = 4096, clockSkewMs: Int64 = 300_000) {
+    package init(maximumLineLength: Int = 4096, clockSkewMs: Int64 = 300_000, idleTimeout: TimeAmount = .seconds(3600)) {
         self.maximumLineLength = maximumLineLength
         self.clockSkewMs = clockSkewMs
+        self.idleTimeout = idleTimeout
     }
 }
 
@@ -54,6 +57,8 @@ final class IngestHandler: ChannelDuplexHandler {
     private var readPending = false
     private var inputClosed = false
     private var unsettledSubmissions = 0
+    private var lastReadTime = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
 
     /// What the server's connection registry learns about this connection.
     enum ConnectionEvent: Sendable {
@@ -77,9 +82,29 @@ final class IngestHandler: ChannelDuplexHandler {
         self.receiver = receiver
         self.statistics.connections.add(1, ordering: .relaxed)
         self.onStateChange(.opened(receiver))
+        self.scheduleIdleCheck(context: context, after: self.limits.idleTimeout)
+    }
+
+    /// One timer per connection per idle period, rather than a handler that sees every read.
+    private func scheduleIdleCheck(context: ChannelHandlerContext, after delay: TimeAmount) {
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.idleCheck = context.eventLoop.scheduleTask(in: delay) {
+            handler.value.checkIdle()
+        }
+    }
+
+    private func checkIdle() {
+        guard let context = self.context else { return }
+        let idleFor = NIODeadline.now() - self.lastReadTime
+        if idleFor >= self.limits.idleTimeout {
+            self.finish()
+        } else {
+            self.scheduleIdleCheck(context: context, after: self.limits.idleTimeout - idleFor)
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.idleCheck?.cancel()
         if let receiver = self.receiver {
             receiver.handler.value = nil
             self.statistics.connections.subtract(1, ordering: .relaxed)
@@ -92,6 +117,7 @@ final class IngestHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = Self.unwrapInboundIn(data)
         self.receivedMs = WallClock.nowMs()
+        self.lastReadTime = .now()
         let maximum = self.limits.maximumLineLength
 
         if self.discarding || self.carry != nil {

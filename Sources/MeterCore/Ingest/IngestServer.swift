@@ -10,12 +10,16 @@ package struct IngestServerConfiguration: Sendable {
     package var port: Int
     package var limits: LineLimits
     package var maximumKwh: Double
+    /// Connections beyond this are told `too_many_connections` and closed.
+    package var maximumConnections: Int
 
-    package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000) {
+    package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
+                 maximumConnections: Int = 50_000) {
         self.host = host
         self.port = port
         self.limits = limits
         self.maximumKwh = maximumKwh
+        self.maximumConnections = maximumConnections
     }
 }
 
@@ -47,6 +51,7 @@ package struct IngestServer: Service {
         let pipeline = self.pipeline
         let statistics = pipeline.statistics
         let connections = self.connections
+        let maximumConnections = self.configuration.maximumConnections
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
             .serverChannelOption(.backlog, value: 4096)
@@ -56,7 +61,13 @@ package struct IngestServer: Service {
             // The adaptive default grows each connection's buffer to 64 KB and keeps it: 10 k meters, 600+ MB.
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 2048, maximum: 16_384))
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
+                    statistics.refusedConnections.add(1, ordering: .relaxed)
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler())
+                    }
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics) { event in
                         switch event {
                         case .opened(let receiver): connections.insert(receiver)
@@ -87,6 +98,21 @@ package struct IngestServer: Service {
         for future in closing { try? await future.get() }
         self.logger.info("Ingest server stopped")
     }
+}
+
+/// Tells a meter beyond the connection limit so, then closes.
+private final class RefuseConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.writeAndFlush(Self.wrapOutboundOut(ByteBuffer(string: #"{"error":"too_many_connections"}"# + "\n"))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
 /// The live connections, so shutdown can reach each one.

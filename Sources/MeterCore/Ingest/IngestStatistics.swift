@@ -7,6 +7,7 @@ package final class IngestStatistics: Sendable {
     package let acks = Atomic<Int>(0)
     package let busySignals = Atomic<Int>(0)
     package let connections = Atomic<Int>(0)
+    package let refusedConnections = Atomic<Int>(0)
     package let commits = Atomic<Int>(0)
     package let lastCommitMs = Atomic<Int64>(0)
     private let rejects = Mutex<[RejectionCode: Int]>([:])
