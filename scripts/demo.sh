@@ -8,6 +8,7 @@ swift build -c release --product meter-sim
 bin=.build/release
 data=${METERD_DATA:-./meterd-data}
 mkdir -p "$data"
+rm -f "$data/ports.json"
 
 "$bin/meterd" --data-dir "$data" &
 daemon=$!

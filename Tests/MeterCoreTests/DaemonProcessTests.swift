@@ -32,6 +32,8 @@ final class DaemonProcess: Sendable {
         self.dataDirectory = dataDirectory
         self.stderrPath = dataDirectory + "/meterd.log"
         _ = FileManager.default.createFile(atPath: self.stderrPath, contents: nil)
+        // The daemon replaces it at start, but a reader must not see the last run's ports meanwhile.
+        try? FileManager.default.removeItem(atPath: dataDirectory + "/ports.json")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Executables.path("meterd"))
         process.arguments = ["--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0"] + arguments
