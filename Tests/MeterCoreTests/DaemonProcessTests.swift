@@ -28,9 +28,9 @@ final class DaemonProcess: Sendable {
     let dataDirectory: String
     let stderrPath: String
 
-    init(dataDirectory: String, arguments: [String] = []) throws {
+    init(dataDirectory: String, arguments: [String] = [], logPath: String? = nil) throws {
         self.dataDirectory = dataDirectory
-        self.stderrPath = dataDirectory + "/meterd.log"
+        self.stderrPath = logPath ?? dataDirectory + "/meterd.log"
         _ = FileManager.default.createFile(atPath: self.stderrPath, contents: nil)
         // The daemon replaces it at start, but a reader must not see the last run's ports meanwhile.
         try? FileManager.default.removeItem(atPath: dataDirectory + "/ports.json")
