@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "meterd", targets: ["MeterDaemon"]),
         .executable(name: "meterctl", targets: ["MeterCtl"]),
         .executable(name: "meter-sim", targets: ["MeterSimulator"]),
+        .executable(name: "meter-bench", targets: ["MeterBenchmarks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -39,6 +40,7 @@ let package = Package(
                 "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -74,6 +76,12 @@ let package = Package(
             path: "Simulator",
             swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "MeterBenchmarks",
+            dependencies: ["MeterCore"],
+            path: "Benchmarks/MeterBenchmarks",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "MeterCoreTests",
             dependencies: [
@@ -85,6 +93,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),

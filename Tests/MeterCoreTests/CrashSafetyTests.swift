@@ -1,6 +1,6 @@
 import Foundation
 import GRDB
-import Synchronization
+import NIOConcurrencyHelpers
 import Testing
 
 @testable import MeterCore
@@ -15,7 +15,7 @@ final class ResendingConcentrator: Sendable {
         var unacked: [String: [(seq: Int64, line: String)]] = [:]
         var acked: [String: Int64] = [:]
     }
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
     private let kwh: @Sendable (String, Int64) -> Double
 
     init(meters: [String], readingsPerMeter: Int64, kwh: @escaping @Sendable (String, Int64) -> Double) {
@@ -25,10 +25,10 @@ final class ResendingConcentrator: Sendable {
     }
 
     var isDone: Bool {
-        self.state.withLock { state in self.meters.allSatisfy { state.acked[$0] == self.readingsPerMeter } }
+        self.state.withLockedValue { state in self.meters.allSatisfy { state.acked[$0] == self.readingsPerMeter } }
     }
 
-    var acked: [String: Int64] { self.state.withLock { $0.acked } }
+    var acked: [String: Int64] { self.state.withLockedValue { $0.acked } }
 
     /// Sends until every reading is acknowledged, reconnecting to whatever port the daemon has now.
     func run(port: @escaping @Sendable () -> Int?) async throws {
@@ -38,12 +38,12 @@ final class ResendingConcentrator: Sendable {
                 continue
             }
             let sender = Task {
-                let backlog = self.state.withLock { state in
+                let backlog = self.state.withLockedValue { state in
                     self.meters.flatMap { state.unacked[$0] ?? [] }.map(\.line).joined()
                 }
                 if !backlog.isEmpty { try await connection.send(backlog) }
                 while !Task.isCancelled {
-                    let round = self.state.withLock { state -> String in
+                    let round = self.state.withLockedValue { state -> String in
                         var text = ""
                         for meter in self.meters where state.produced[meter, default: 0] < self.readingsPerMeter {
                             let seq = state.produced[meter, default: 0] + 1
@@ -60,7 +60,7 @@ final class ResendingConcentrator: Sendable {
             }
             while let text = try? await connection.readLine(timeout: .seconds(10)) {
                 if case .ack(let meter, let seq) = DaemonLine(text) {
-                    self.state.withLock { state in
+                    self.state.withLockedValue { state in
                         state.acked[meter] = max(state.acked[meter] ?? 0, seq)
                         state.unacked[meter]?.removeAll { $0.seq <= seq }
                     }
@@ -82,8 +82,8 @@ final class ResendingConcentrator: Sendable {
             let fleet = (0..<100).map { connection in
                 ResendingConcentrator(meters: (0..<10).map { "K\(connection)-\($0)" }, readingsPerMeter: readingsPerMeter, kwh: kwh)
             }
-            let daemon = Mutex<DaemonProcess?>(try DaemonProcess(dataDirectory: directory))
-            let portBox = PortBox(try await daemon.withLock { $0! }.ingestPort())
+            let daemon = NIOLockedValueBox<DaemonProcess?>(try DaemonProcess(dataDirectory: directory))
+            let portBox = PortBox(try await daemon.withLockedValue { $0! }.ingestPort())
 
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for concentrator in fleet {
@@ -95,18 +95,18 @@ final class ResendingConcentrator: Sendable {
                     try await waitUntil(timeout: .seconds(60)) {
                         fleet.reduce(0) { $0 + $1.acked.values.reduce(0, +) } >= before + 2_000
                     }
-                    let process = try #require(daemon.withLock { $0 })
+                    let process = try #require(daemon.withLockedValue { $0 })
                     kill(process.process.processIdentifier, signal)
                     let status = try await process.exitStatus()
                     if signal == SIGTERM { #expect(status == 0, "\(process.log)") }
                     portBox.port = nil
                     let restarted = try DaemonProcess(dataDirectory: directory)
-                    daemon.withLock { $0 = restarted }
+                    daemon.withLockedValue { $0 = restarted }
                     portBox.port = try await restarted.ingestPort()
                 }
                 try await group.waitForAll()
             }
-            let last = try #require(daemon.withLock { $0 })
+            let last = try #require(daemon.withLockedValue { $0 })
             last.terminate()
             #expect(try await last.exitStatus() == 0)
 
@@ -140,10 +140,10 @@ final class ResendingConcentrator: Sendable {
 
 /// The port of whichever daemon runs now; `nil` while it restarts.
 final class PortBox: Sendable {
-    private let value: Mutex<Int?>
-    init(_ port: Int?) { self.value = Mutex(port) }
+    private let value: NIOLockedValueBox<Int?>
+    init(_ port: Int?) { self.value = NIOLockedValueBox(port) }
     var port: Int? {
-        get { self.value.withLock { $0 } }
-        set { self.value.withLock { $0 = newValue } }
+        get { self.value.withLockedValue { $0 } }
+        set { self.value.withLockedValue { $0 = newValue } }
     }
 }

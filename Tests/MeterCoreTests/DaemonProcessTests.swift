@@ -1,6 +1,6 @@
 import Foundation
 import GRDB
-import Synchronization
+import NIOConcurrencyHelpers
 import Testing
 
 @testable import MeterCore
@@ -73,17 +73,17 @@ final class DaemonProcess: Sendable {
 
 /// The highest seq acknowledged per meter, as meters saw it.
 final class AckTally: Sendable {
-    private let state = Mutex<(marks: [String: Int64], count: Int)>(([:], 0))
+    private let state = NIOLockedValueBox<(marks: [String: Int64], count: Int)>(([:], 0))
 
     func record(meter: String, seq: Int64) {
-        self.state.withLock { state in
+        self.state.withLockedValue { state in
             state.marks[meter] = max(state.marks[meter] ?? 0, seq)
             state.count += 1
         }
     }
 
-    var marks: [String: Int64] { self.state.withLock { $0.marks } }
-    var count: Int { self.state.withLock { $0.count } }
+    var marks: [String: Int64] { self.state.withLockedValue { $0.marks } }
+    var count: Int { self.state.withLockedValue { $0.count } }
 }
 
 @Suite(.timeLimit(.minutes(2))) struct DaemonProcessTests {

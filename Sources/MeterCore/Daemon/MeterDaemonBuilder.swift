@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
 import Synchronization
@@ -68,7 +69,7 @@ package struct MeterDaemon: Sendable {
 final class ListenerPorts: Sendable {
     private let path: String
     private let logger: Logger
-    private let ports = Mutex<[String: Int]>([:])
+    private let ports = NIOLockedValueBox<[String: Int]>([:])
 
     init(path: String, logger: Logger) {
         self.path = path
@@ -76,7 +77,7 @@ final class ListenerPorts: Sendable {
     }
 
     func record(_ name: String, port: Int) {
-        let json = self.ports.withLock { ports -> String in
+        let json = self.ports.withLockedValue { ports -> String in
             ports[name] = port
             return "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"
         }

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
 import Synchronization
@@ -57,7 +58,7 @@ package final class IngestPipeline: Service, Sendable {
     package let statistics: IngestStatistics
     private let configuration: PipelineConfiguration
     private let writer: Mutex<IngestWriter?>
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
@@ -70,18 +71,18 @@ package final class IngestPipeline: Service, Sendable {
     }
 
     /// Readings waiting for the writer.
-    package var queueDepth: Int { self.state.withLock { $0.queuedWeight } }
+    package var queueDepth: Int { self.state.withLockedValue { $0.queuedWeight } }
 
     /// Why the last commit failed, while the writer is retrying it; `nil` when commits succeed.
-    package var failure: String? { self.state.withLock { $0.failure } }
+    package var failure: String? { self.state.withLockedValue { $0.failure } }
 
     /// Wall-clock time of the last successful commit, or of the last idle check when there was nothing to commit.
-    package var lastProgressMs: Int64 { self.state.withLock { $0.lastProgressMs } }
+    package var lastProgressMs: Int64 { self.state.withLockedValue { $0.lastProgressMs } }
 
     /// Queues a submission for the next commit. Never drops it.
     @discardableResult
     package func submit(_ submission: IngestSubmission) -> SubmitResult {
-        let (result, signal) = self.state.withLock { state -> (SubmitResult, Bool) in
+        let (result, signal) = self.state.withLockedValue { state -> (SubmitResult, Bool) in
             state.queue.append(submission)
             state.queuedWeight += submission.weight
             let signal = state.writerWaiting
@@ -94,7 +95,7 @@ package final class IngestPipeline: Service, Sendable {
 
     /// Calls `resume` once the queue has drained to half its capacity (at once if it already has).
     package func whenCapacityAvailable(_ resume: @escaping @Sendable () -> Void) {
-        let now = self.state.withLock { state -> Bool in
+        let now = self.state.withLockedValue { state -> Bool in
             if state.queuedWeight <= self.configuration.queueCapacity / 2 { return true }
             state.capacityWaiters.append(resume)
             return false
@@ -105,7 +106,7 @@ package final class IngestPipeline: Service, Sendable {
     /// Returns once everything submitted so far is committed and its acks handed to the senders.
     package func drain() async {
         await withCheckedContinuation { continuation in
-            let done = self.state.withLock { state -> Bool in
+            let done = self.state.withLockedValue { state -> Bool in
                 if state.queue.isEmpty && !state.committing { return true }
                 state.drainWaiters.append(continuation)
                 return false
@@ -121,7 +122,7 @@ package final class IngestPipeline: Service, Sendable {
     /// changing meters or customers.
     package func perform<T: Sendable>(_ work: @escaping @Sendable (IngestWriter) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let accepted = self.state.withLock { state -> Bool? in
+            let accepted = self.state.withLockedValue { state -> Bool? in
                 if state.exited { return nil }
                 state.tasks.append { writer in continuation.resume(with: Result { try work(writer) }) }
                 let signal = state.writerWaiting
@@ -157,7 +158,7 @@ package final class IngestPipeline: Service, Sendable {
     }
 
     private func requestStop() {
-        let signal = self.state.withLock { state -> Bool in
+        let signal = self.state.withLockedValue { state -> Bool in
             state.stopping = true
             return true
         }
@@ -173,7 +174,7 @@ package final class IngestPipeline: Service, Sendable {
                 case commit([IngestSubmission], weight: Int)
                 case exit
             }
-            let step = self.state.withLock { state -> Step in
+            let step = self.state.withLockedValue { state -> Step in
                 if !state.tasks.isEmpty { return .task(state.tasks.removeFirst()) }
                 if state.queue.isEmpty {
                     if state.stopping { return .exit }
@@ -199,7 +200,7 @@ package final class IngestPipeline: Service, Sendable {
             case .task(let task):
                 self.writer.withLock { writer in task(writer!) }
             case .exit:
-                let tasks = self.state.withLock { state in
+                let tasks = self.state.withLockedValue { state in
                     defer {
                         state.tasks = []
                         state.exited = true
@@ -217,7 +218,7 @@ package final class IngestPipeline: Service, Sendable {
                 } else {
                     // Wake at least once a second so the watchdog sees an idle but healthy writer.
                     if self.wakeup.wait(timeout: .now() + .seconds(1)) == .timedOut {
-                        self.state.withLock { state in
+                        self.state.withLockedValue { state in
                             if state.failure == nil { state.lastProgressMs = WallClock.nowMs() }
                         }
                     }
@@ -231,7 +232,7 @@ package final class IngestPipeline: Service, Sendable {
                 } catch {
                     self.logger.error("Commit failed; readings stay queued and unacknowledged until it succeeds",
                                       metadata: ["error": "\(error)", "batch.readings": "\(weight)"])
-                    self.state.withLock { state in
+                    self.state.withLockedValue { state in
                         for submission in batch.reversed() { state.queue.prepend(submission) }
                         state.committing = false
                         state.failure = "\(error)"
@@ -278,7 +279,7 @@ package final class IngestPipeline: Service, Sendable {
     }
 
     private func finishCommit(weight: Int) {
-        let (resumers, drained) = self.state.withLock { state -> ([@Sendable () -> Void], [CheckedContinuation<Void, Never>]) in
+        let (resumers, drained) = self.state.withLockedValue { state -> ([@Sendable () -> Void], [CheckedContinuation<Void, Never>]) in
             state.committing = false
             state.queuedWeight -= weight
             state.failure = nil
@@ -300,7 +301,7 @@ package final class IngestPipeline: Service, Sendable {
     }
 
     private func finishWaiters() {
-        let (resumers, drained) = self.state.withLock { state in
+        let (resumers, drained) = self.state.withLockedValue { state in
             defer {
                 state.capacityWaiters = []
                 state.drainWaiters = []

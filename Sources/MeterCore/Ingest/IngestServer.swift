@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -117,17 +118,17 @@ private final class RefuseConnectionHandler: ChannelInboundHandler {
 
 /// The live connections, so shutdown can reach each one.
 final class ConnectionRegistry: Sendable {
-    private let receivers = Mutex<[ObjectIdentifier: ConnectionAckReceiver]>([:])
+    private let receivers = NIOLockedValueBox<[ObjectIdentifier: ConnectionAckReceiver]>([:])
 
     func insert(_ receiver: ConnectionAckReceiver) {
-        self.receivers.withLock { $0[ObjectIdentifier(receiver)] = receiver }
+        self.receivers.withLockedValue { $0[ObjectIdentifier(receiver)] = receiver }
     }
 
     func remove(_ receiver: ConnectionAckReceiver) {
-        _ = self.receivers.withLock { $0.removeValue(forKey: ObjectIdentifier(receiver)) }
+        _ = self.receivers.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(receiver)) }
     }
 
     var all: [ConnectionAckReceiver] {
-        self.receivers.withLock { Array($0.values) }
+        self.receivers.withLockedValue { Array($0.values) }
     }
 }

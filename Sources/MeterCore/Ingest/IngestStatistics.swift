@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Synchronization
 
 /// Live counters of the ingest path, read by the status socket and metrics; cheap to bump from any thread.
@@ -10,26 +11,26 @@ package final class IngestStatistics: Sendable {
     package let refusedConnections = Atomic<Int>(0)
     package let commits = Atomic<Int>(0)
     package let lastCommitMs = Atomic<Int64>(0)
-    private let rejects = Mutex<[RejectionCode: Int]>([:])
+    private let rejects = NIOLockedValueBox<[RejectionCode: Int]>([:])
     package let latency = LatencyWindow()
     package let throughput = RateWindow()
 
     package init() {}
 
     package func countReject(_ code: RejectionCode, count: Int = 1) {
-        self.rejects.withLock { $0[code, default: 0] += count }
+        self.rejects.withLockedValue { $0[code, default: 0] += count }
     }
 
     package func rejects(_ code: RejectionCode) -> Int {
-        self.rejects.withLock { $0[code] ?? 0 }
+        self.rejects.withLockedValue { $0[code] ?? 0 }
     }
 
     package var rejectsByCode: [RejectionCode: Int] {
-        self.rejects.withLock { $0 }
+        self.rejects.withLockedValue { $0 }
     }
 
     package var rejectsTotal: Int {
-        self.rejects.withLock { $0.values.reduce(0, +) }
+        self.rejects.withLockedValue { $0.values.reduce(0, +) }
     }
 }
 
@@ -45,14 +46,14 @@ package final class LatencyWindow: Sendable {
         var counts = [Int](repeating: 0, count: LatencyWindow.bucketBounds.count)
     }
 
-    private let state = Mutex<[Slot]>(Array(repeating: Slot(), count: LatencyWindow.slots))
+    private let state = NIOLockedValueBox<[Slot]>(Array(repeating: Slot(), count: LatencyWindow.slots))
 
     package init() {}
 
     package func record(_ latenciesMs: [Int64], nowMs: Int64) {
         guard !latenciesMs.isEmpty else { return }
         let minute = nowMs / 1000 / Self.slotSeconds
-        self.state.withLock { slots in
+        self.state.withLockedValue { slots in
             let index = Int(minute % Int64(Self.slots))
             if slots[index].minute != minute { slots[index] = Slot(minute: minute) }
             for latency in latenciesMs {
@@ -65,7 +66,7 @@ package final class LatencyWindow: Sendable {
     /// The upper bound of the bucket holding the given quantile (0...1), or `nil` with no data.
     package func quantile(_ q: Double, nowMs: Int64) -> Int64? {
         let minute = nowMs / 1000 / Self.slotSeconds
-        let counts = self.state.withLock { slots in
+        let counts = self.state.withLockedValue { slots in
             slots.filter { minute - $0.minute < Int64(Self.slots) && $0.minute >= 0 }
                 .reduce(into: [Int](repeating: 0, count: Self.bucketBounds.count)) { total, slot in
                     for index in total.indices { total[index] += slot.counts[index] }
@@ -86,13 +87,13 @@ package final class LatencyWindow: Sendable {
 /// Events per second averaged over the last ten whole seconds.
 package final class RateWindow: Sendable {
     private static let seconds = 10
-    private let state = Mutex<[(second: Int64, count: Int)]>(Array(repeating: (-1, 0), count: RateWindow.seconds + 1))
+    private let state = NIOLockedValueBox<[(second: Int64, count: Int)]>(Array(repeating: (-1, 0), count: RateWindow.seconds + 1))
 
     package init() {}
 
     package func record(_ count: Int, nowMs: Int64) {
         let second = nowMs / 1000
-        self.state.withLock { slots in
+        self.state.withLockedValue { slots in
             let index = Int(second % Int64(slots.count))
             if slots[index].second != second { slots[index] = (second, 0) }
             slots[index].count += count
@@ -101,7 +102,7 @@ package final class RateWindow: Sendable {
 
     package func perSecond(nowMs: Int64) -> Double {
         let current = nowMs / 1000
-        let total = self.state.withLock { slots in
+        let total = self.state.withLockedValue { slots in
             slots.filter { $0.second < current && current - $0.second <= Int64(Self.seconds) }.reduce(0) { $0 + $1.count }
         }
         return Double(total) / Double(Self.seconds)

@@ -1,0 +1,124 @@
+import Foundation
+import MeterCore
+
+/// Micro-benchmarks of the ingest hot path: `swift run -c release meter-bench [--quick]`.
+///
+/// Each figure is the median of several timed rounds, with a baseline measured in the same run
+/// (Foundation's `JSONDecoder` for the decoder), so the ratio means something on a noisy machine.
+/// For instruction counts that do not move with load, run the binary under
+/// `valgrind --tool=callgrind`.
+@main
+struct MeterBenchmarks {
+    struct Result: Codable {
+        var name: String
+        var nanosecondsPerOperation: Double
+        var operations: Int
+    }
+
+    static func main() throws {
+        let quick = CommandLine.arguments.contains("--quick")
+        var results: [Result] = []
+        let lines = Self.sampleLines(count: quick ? 20_000 : 200_000)
+
+        results.append(Self.measure("decoder: ReadingParser, one line", operations: lines.count) {
+            let parser = ReadingParser(maximumKwh: 1000)
+            var total = 0.0
+            for line in lines {
+                line.withUnsafeBytes { bytes in
+                    if let reading = try? parser.parse(bytes) { total += reading.kwh }
+                }
+            }
+            return total
+        })
+        results.append(Self.measure("baseline: Foundation JSONDecoder, one line", operations: lines.count / 10) {
+            struct Wire: Decodable { var meter: String; var seq: Int64; var ts: String; var kwh: Double; var status: String? }
+            let decoder = JSONDecoder()
+            var total = 0.0
+            for line in lines.prefix(lines.count / 10) {
+                if let wire = try? decoder.decode(Wire.self, from: Data(line)) { total += wire.kwh }
+            }
+            return total
+        })
+
+        let directory = NSTemporaryDirectory() + "meter-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for (meters, label) in [(10_000, "10k meters"), (1, "1 meter")] {
+            let database = try MeterDatabase(path: directory + "/bench-\(meters).sqlite")
+            let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                                          tariff: Tariff(), unknownMeters: .register)
+            var seq: [Int64] = Array(repeating: 0, count: meters)
+            let batchSize = 5_000
+            let batches = quick ? 10 : 60
+            let now = WallClock.nowMs()
+            // Register the meters first so the rounds measure steady state.
+            _ = try writer.commit([IngestSubmission(readings: (0..<meters).map { index in
+                seq[index] += 1
+                return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
+            }, receiver: nil)])
+            var next = 0
+            let prepared: [[IngestSubmission]] = (0..<batches).map { _ in
+                (0..<batchSize / 50).map { _ in
+                    IngestSubmission(readings: (0..<50).map { _ in
+                        let index = next % meters
+                        next += 1
+                        seq[index] += 1
+                        return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.25),
+                                                line: 1, receivedMs: now + 20)
+                    }, receiver: nil)
+                }
+            }
+            var round = 0
+            results.append(Self.measure("writer: group commit of 5000 readings, synchronous=FULL, \(label), per reading",
+                                        operations: batchSize, rounds: batches) {
+                let result = try! writer.commit(prepared[round])
+                round += 1
+                return Double(result.stored)
+            })
+        }
+
+        print(String(repeating: "-", count: 96))
+        for result in results {
+            print(result.name.padding(toLength: 80, withPad: " ", startingAt: 0), String(format: "%9.0f ns", result.nanosecondsPerOperation))
+        }
+        let decoder = results[0].nanosecondsPerOperation, foundation = results[1].nanosecondsPerOperation
+        print(String(format: "decoder is %.1f× faster than JSONDecoder on the same lines", foundation / decoder))
+        if let path = ProcessInfo.processInfo.environment["METER_BENCH_JSON"] {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(results).write(to: URL(fileURLWithPath: path))
+        }
+    }
+
+    /// Median time per operation over several rounds of `body`.
+    static func measure(_ name: String, operations: Int, rounds: Int = 7, _ body: () -> Double) -> Result {
+        var samples: [Double] = []
+        var sink = 0.0
+        for _ in 0..<rounds {
+            let start = ContinuousClock.now
+            sink += body()
+            let elapsed = ContinuousClock.now - start
+            samples.append(Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9)
+        }
+        if sink.isNaN { print("unreachable") }  // keeps the work from being optimised away
+        samples.sort()
+        return Result(name: name, nanosecondsPerOperation: samples[samples.count / 2] / Double(operations), operations: operations)
+    }
+
+    /// Realistic lines: varied meters, values, optional keys, offsets.
+    static func sampleLines(count: Int) -> [[UInt8]] {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return state >> 11
+        }
+        let base = WallClock.nowMs() - 86_400_000
+        return (0..<count).map { index in
+            let reading = Reading(
+                meter: "MTR-\(String(format: "%06d", Int(next() % 100_000)))", seq: Int64(index), timestampMs: base + Int64(index) * 1000,
+                kwh: Double(next() % 100_000) / 10_000, status: [MeterHealth.good, .good, .fair, .poor][Int(next() % 4)],
+                fault: next() % 50 == 0 ? "voltage_sag" : nil, voltage: next() % 2 == 0 ? Double(2200 + next() % 200) / 10 : nil)
+            return Array(reading.line.utf8.dropLast())
+        }
+    }
+}
