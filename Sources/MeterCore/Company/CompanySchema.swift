@@ -15,6 +15,8 @@ enum CompanySchema {
                 CREATE INDEX meter_customer ON meter(customer_id);
                 -- Partial: rows of reporting meters (NULL) never enter it, so the writer pays nothing.
                 CREATE INDEX meter_inactive ON meter(inactive_since_ms) WHERE inactive_since_ms IS NOT NULL;
+                -- Meters never heard from (imported, waiting for their first reading): they count as inactive.
+                CREATE INDEX meter_never_reported ON meter(id) WHERE last_received_ms IS NULL;
                 CREATE TABLE technician (
                     id INTEGER PRIMARY KEY,
                     name TEXT NOT NULL

@@ -152,13 +152,16 @@ package final class KPIEngine: Sendable {
         }
     }
 
+    /// Meters flagged inactive by the liveness monitor, plus those that never reported at all.
     private func inactiveCount(region: String?) async throws -> Int {
         try await self.database.pool.read { db in
-            if let region {
-                return try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE inactive_since_ms IS NOT NULL AND region = ?",
-                                        arguments: [region]) ?? 0
-            }
-            return try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE inactive_since_ms IS NOT NULL") ?? 0
+            let filter = region == nil ? "" : " AND region = ?"
+            let arguments: StatementArguments = region.map { [$0] } ?? []
+            let flagged = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE inactive_since_ms IS NOT NULL" + filter,
+                                           arguments: arguments) ?? 0
+            let silent = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL" + filter,
+                                          arguments: arguments) ?? 0
+            return flagged + silent
         }
     }
 
