@@ -67,17 +67,37 @@ package enum CompanyImporter {
         return report
     }
 
-    /// Imports every known file found in `directory` straight into a database no daemon writes to.
-    package static func importDirectory(_ directory: String, database: MeterDatabase,
-                                        progress: (@Sendable (ImportProgress) -> Void)? = nil) throws -> ImportReport {
+    /// Imports through the daemon's single writer one file at a time, so live readings are committed
+    /// between two files rather than waiting for the whole directory. The writer's meters are
+    /// reloaded after each file, so a reading for a just-imported meter finds it.
+    package static func importDirectory(_ directory: String, through pipeline: IngestPipeline,
+                                        progress: (@Sendable (ImportProgress) -> Void)? = nil) async throws -> ImportReport {
+        var report = ImportReport()
+        for path in try self.files(in: directory) {
+            report.files.append(try await pipeline.perform { writer in
+                let result = self.importFile(path, database: writer.database, progress: progress)
+                try writer.reloadMeters()
+                (writer.observer as? KPIRollups)?.companyDataChanged()
+                return result
+            })
+        }
+        return report
+    }
+
+    /// The known files present in `directory`, in import order.
+    static func files(in directory: String) throws -> [String] {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw CompanyDataError(file: directory, line: 0, "no such directory")
         }
+        return self.fileOrder.map { (directory as NSString).appendingPathComponent($0) }.filter { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    /// Imports every known file found in `directory` straight into a database no daemon writes to.
+    package static func importDirectory(_ directory: String, database: MeterDatabase,
+                                        progress: (@Sendable (ImportProgress) -> Void)? = nil) throws -> ImportReport {
         var report = ImportReport()
-        for name in self.fileOrder {
-            let path = (directory as NSString).appendingPathComponent(name)
-            guard FileManager.default.fileExists(atPath: path) else { continue }
+        for path in try self.files(in: directory) {
             report.files.append(self.importFile(path, database: database, progress: progress))
         }
         return report

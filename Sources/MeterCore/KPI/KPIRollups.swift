@@ -15,10 +15,17 @@ package final class KPIRollups: IngestObserver, Sendable {
         var regions: [Int64: String]?
     }
 
+    private struct MeterMonth: Hashable {
+        var meterID: Int64
+        var month: Int
+    }
+
     private struct Pending {
         /// Whether a store is loaded (or being loaded): deltas only matter then.
         var tracking = false
-        var changes: [IngestChanges.MonthChange] = []
+        /// Deltas since the last query, merged per meter-month so they stay as small as the set of
+        /// meters reporting, however long no query comes.
+        var changes: [MeterMonth: IngestChanges.MonthChange] = [:]
     }
 
     private let database: MeterDatabase
@@ -77,7 +84,22 @@ package final class KPIRollups: IngestObserver, Sendable {
     package func didCommit(_ changes: IngestChanges) {
         guard !changes.months.isEmpty else { return }
         self.pending.withLock { pending in
-            if pending.tracking { pending.changes.append(contentsOf: changes.months) }
+            guard pending.tracking else { return }
+            for change in changes.months {
+                let key = MeterMonth(meterID: change.meterID, month: change.month)
+                if var merged = pending.changes[key] {
+                    merged.kwh += change.kwh
+                    merged.revenue += change.revenue
+                    merged.readings += change.readings
+                    merged.faults += change.faults
+                    merged.good += change.good
+                    merged.fair += change.fair
+                    merged.poor += change.poor
+                    pending.changes[key] = merged
+                } else {
+                    pending.changes[key] = change
+                }
+            }
         }
     }
 
@@ -87,7 +109,7 @@ package final class KPIRollups: IngestObserver, Sendable {
         self.writerState.withLock { $0.regions = nil }
         self.pending.withLock { pending in
             pending.tracking = false
-            pending.changes = []
+            pending.changes = [:]
         }
         self.storeLock.withLock { self.store = nil }
     }
@@ -101,7 +123,7 @@ package final class KPIRollups: IngestObserver, Sendable {
         let fresh = try self.database.pool.read { db in try MonthlyStore.load(db) }
         self.pending.withLock { pending in
             pending.tracking = true
-            pending.changes = []
+            pending.changes = [:]
         }
         self.storeLock.withLock { self.store = fresh }
     }
@@ -111,8 +133,8 @@ package final class KPIRollups: IngestObserver, Sendable {
         try self.storeLock.withLock { () -> T? in
             guard let store = self.store else { return nil }
             let changes = self.pending.withLock { pending in
-                defer { pending.changes = [] }
-                return pending.changes
+                defer { pending.changes = [:] }
+                return Array(pending.changes.values)
             }
             store.apply(changes)
             return try body(store)
