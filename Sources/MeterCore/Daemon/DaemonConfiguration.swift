@@ -54,6 +54,12 @@ package struct DaemonConfiguration: Sendable {
     package var timeZone = TimeZone(identifier: "UTC")!
     package var inactiveAfterSeconds = 900
     package var snapshotIntervalSeconds = 60
+    /// KPI snapshots kept in the database.
+    package var snapshotHistory = 1440
+    /// A meter with this many faults in the KPI period is faulty…
+    package var faultyFaults = 3
+    /// …and so is one with this many `poor` months in it.
+    package var faultyPoorMonths = 2
     package var durability = Durability.full
     package var pipeline = PipelineConfiguration()
     package var limits = LineLimits()
@@ -81,6 +87,9 @@ package struct DaemonConfiguration: Sendable {
         ("timezone", "IANA time zone whose calendar months the aggregates follow (default UTC)."),
         ("inactive_after", "Seconds of silence after which a meter counts as inactive (default 900)."),
         ("snapshot_interval", "Seconds between KPI snapshots (default 60)."),
+        ("snapshot_history", "KPI snapshots kept in the database (default 1440)."),
+        ("faulty_faults", "Faults in the period from which a meter counts as faulty (default 3)."),
+        ("faulty_poor_months", "Months of poor status in the period from which a meter counts as faulty (default 2)."),
         ("synchronous", "full (default: an acked reading survives power loss) or normal (survives a crash of meterd only)."),
         ("max_line_length", "Longest accepted line in bytes (default 4096)."),
         ("clock_skew", "Seconds a reading's ts may be ahead of the daemon's clock (default 300)."),
@@ -132,6 +141,9 @@ package struct DaemonConfiguration: Sendable {
             self.timeZone = zone
         case "inactive_after": self.inactiveAfterSeconds = try positiveInt(31_536_000)
         case "snapshot_interval": self.snapshotIntervalSeconds = try positiveInt(86_400)
+        case "snapshot_history": self.snapshotHistory = try positiveInt(10_000_000)
+        case "faulty_faults": self.faultyFaults = try positiveInt()
+        case "faulty_poor_months": self.faultyPoorMonths = try positiveInt(1200)
         case "synchronous":
             guard let durability = Durability(rawValue: value.lowercased()) else {
                 throw ConfigurationError(key: key, "expected full or normal, got \"\(value)\"")

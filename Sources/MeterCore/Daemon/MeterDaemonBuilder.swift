@@ -11,6 +11,9 @@ package struct MeterDaemon: Sendable {
     package let configuration: DaemonConfiguration
     package let database: MeterDatabase
     package let pipeline: IngestPipeline
+    package let kpi: KPIEngine
+    package let liveness: LivenessMonitor
+    package let snapshots: SnapshotService
     package let services: [any Service]
     private let logger: Logger
 
@@ -33,6 +36,8 @@ package struct MeterDaemon: Sendable {
         self.database = database
         let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
                                       tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
+        let rollups = KPIRollups(database: database, timeZone: configuration.timeZone)
+        writer.observer = rollups
         logger.info("Database open", metadata: ["db.path": "\(configuration.databasePath)", "db.meters": "\(writer.meterCount)",
                                                  "db.synchronous": "\(configuration.durability.rawValue)"])
         let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: logger)
@@ -50,8 +55,17 @@ package struct MeterDaemon: Sendable {
                 ports.record("ingest", port: address.port ?? 0)
                 await onIngestListening(address)
             })
-        // Start order; shutdown runs in reverse, so the listener drains into a still-running writer.
-        self.services = [pipeline, ingest]
+        let kpi = KPIEngine(database: database, rollups: rollups, settings: KPISettings(configuration), pipeline: pipeline)
+        self.kpi = kpi
+        self.liveness = LivenessMonitor(database: database, pipeline: pipeline, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
+                                        logger: logger)
+        self.snapshots = SnapshotService(
+            engine: kpi, database: database, pipeline: pipeline,
+            path: (configuration.dataDirectory as NSString).appendingPathComponent("kpi.json"),
+            interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger)
+        // Start order; shutdown runs in reverse, so the listener drains into a still-running writer,
+        // and the services that hand work to the writer stop before it.
+        self.services = [pipeline, ingest, self.liveness, self.snapshots]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

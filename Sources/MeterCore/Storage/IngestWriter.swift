@@ -23,6 +23,8 @@ package final class IngestWriter {
         package var quarantined = 0
         /// Latencies (receive time − `ts`, ms, clamped at 0) of the readings stored.
         package var latenciesMs: [Int64] = []
+        /// What the batch changed, when an ``observer`` is set.
+        package var changes: IngestChanges?
     }
 
     package let database: MeterDatabase
@@ -30,6 +32,8 @@ package final class IngestWriter {
     private let tariff: Tariff
     private let unknownMeters: UnknownMeterPolicy
     private var meters: [String: MeterState] = [:]
+    /// Keeps derived aggregates (KPI rollups) in step with each commit.
+    package var observer: (any IngestObserver)?
 
     package init(database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy) throws {
         self.database = database
@@ -87,9 +91,11 @@ package final class IngestWriter {
     package func commit(_ submissions: [IngestSubmission]) throws -> CommitResult {
         var original: [String: MeterState?] = [:]
         do {
-            return try self.database.pool.write { db in
+            let result = try self.database.pool.write { db in
                 try self.apply(submissions, db: db, original: &original)
             }
+            if let changes = result.changes { self.observer?.didCommit(changes) }
+            return result
         } catch {
             for (name, state) in original {
                 self.meters[name] = state
@@ -103,6 +109,8 @@ package final class IngestWriter {
         result.outcomes.reserveCapacity(submissions.count)
         var meterDeltas: [Int64: MeterDelta] = [:]
         var monthDeltas: [MonthKey: MonthDelta] = [:]
+        var latencies: [IngestChanges.Latency] = []
+        let observer = self.observer
         let insertReading = try RawStatement(db, sql: """
             INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -185,6 +193,7 @@ package final class IngestWriter {
                     monthDelta.latencyMaxMs = max(monthDelta.latencyMaxMs, latency)
                     monthDeltas[key] = monthDelta
                     result.latenciesMs.append(latency)
+                    if observer != nil { latencies.append(.init(meterID: state.id, receivedMs: item.receivedMs, latencyMs: latency)) }
                     result.stored += 1
                 }
                 meterDeltas[state.id] = meterDelta
@@ -245,6 +254,14 @@ package final class IngestWriter {
             upsertMonth.bind(11, delta.readings)
             upsertMonth.bind(12, delta.latencyMaxMs)
             try upsertMonth.execute()
+        }
+        if let observer {
+            let changes = IngestChanges(months: monthDeltas.map { key, delta in
+                .init(meterID: key.meterID, month: key.month, kwh: delta.kwh, revenue: delta.revenue, readings: delta.readings,
+                      faults: delta.faults, good: delta.health.good, fair: delta.health.fair, poor: delta.health.poor)
+            }, latencies: latencies)
+            try observer.willCommit(changes, db: db)
+            result.changes = changes
         }
         return result
     }

@@ -134,6 +134,7 @@ package final class MeterDatabase: Sendable {
                 );
                 """)
         }
+        CompanySchema.register(in: &migrator)
         return migrator
     }
 }

@@ -1,0 +1,466 @@
+import Foundation
+import GRDB
+
+/// A KPI period: an inclusive range of calendar months (SPEC.md section 5).
+package struct KPIPeriod: Sendable, Equatable, CustomStringConvertible {
+    package var from: Month
+    package var to: Month
+
+    /// Longest period accepted, in months.
+    package static let maximumMonths = 1200
+
+    package init(from: Month, to: Month) throws(KPIError) {
+        guard from <= to else { throw KPIError.invalidPeriod("from \(from) is after to \(to)") }
+        guard to.adding(months: -Self.maximumMonths) < from else {
+            throw KPIError.invalidPeriod("\(from)..\(to) is longer than \(Self.maximumMonths) months")
+        }
+        self.from = from
+        self.to = to
+    }
+
+    /// The 12 months ending with `month`.
+    package static func twelveMonths(endingAt month: Month) -> KPIPeriod {
+        // Twelve months are always a valid period.
+        try! KPIPeriod(from: month.adding(months: -11), to: month)
+    }
+
+    /// Parses optional `YYYY-MM` bounds: missing ones default to the 12 months ending with the current one.
+    package static func parse(from: String?, to: String?, nowMs: Int64, timeZone: TimeZone) throws(KPIError) -> KPIPeriod {
+        func month(_ text: String, _ name: String) throws(KPIError) -> Month {
+            guard let month = Month(text) else { throw KPIError.invalidPeriod("\(name): expected YYYY-MM, got \"\(text)\"") }
+            return month
+        }
+        let current = MonthCalendar(timeZone: timeZone).month(of: Date(timeIntervalSince1970: Double(nowMs) / 1000))
+        switch (from, to) {
+        case (nil, nil): return self.twelveMonths(endingAt: current)
+        case (let from?, nil):
+            let start = try month(from, "from")
+            return try KPIPeriod(from: start, to: max(start, current))
+        case (nil, let to?): return self.twelveMonths(endingAt: try month(to, "to"))
+        case (let from?, let to?): return try KPIPeriod(from: try month(from, "from"), to: try month(to, "to"))
+        }
+    }
+
+    package var months: [Month] { self.from.through(self.to) }
+
+    package var description: String { "\(self.from)..\(self.to)" }
+}
+
+package enum KPIError: Error, CustomStringConvertible, Equatable {
+    case invalidPeriod(String)
+
+    package var description: String {
+        switch self {
+        case .invalidPeriod(let detail): "invalid period: \(detail)"
+        }
+    }
+}
+
+/// What the KPI figures depend on besides the data.
+package struct KPISettings: Sendable {
+    package var timeZone: TimeZone
+    package var inactiveAfterSeconds: Int
+    /// A meter is faulty with this many faults in the period…
+    package var faultyFaults: Int
+    /// …or this many months of `poor` status.
+    package var faultyPoorMonths: Int
+    /// Most entries in `faulty_meters` (worst first); `meters.faulty` counts them all.
+    package var faultyListLimit: Int
+
+    package init(timeZone: TimeZone = TimeZone(identifier: "UTC")!, inactiveAfterSeconds: Int = 900, faultyFaults: Int = 3,
+                 faultyPoorMonths: Int = 2, faultyListLimit: Int = 100) {
+        self.timeZone = timeZone
+        self.inactiveAfterSeconds = inactiveAfterSeconds
+        self.faultyFaults = faultyFaults
+        self.faultyPoorMonths = faultyPoorMonths
+        self.faultyListLimit = faultyListLimit
+    }
+
+    package init(_ configuration: DaemonConfiguration) {
+        self.init(timeZone: configuration.timeZone, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
+                  faultyFaults: configuration.faultyFaults, faultyPoorMonths: configuration.faultyPoorMonths)
+    }
+}
+
+/// One faulty meter over a period.
+package struct FaultyMeter: Sendable, Equatable {
+    package var meter: String
+    package var customerID: Int64?
+    package var poorMonths: Int
+    package var faults: Int
+}
+
+/// Computes the KPI document of SPEC.md section 5 for a period and an optional region.
+///
+/// Meter-month figures come from the in-memory ``MonthlyStore`` (kept current by ``KPIRollups``);
+/// company events from `company_rollup`; latency from `latency_month`; liveness from `meter`.
+/// Every SQL statement here is plain enough for PostgreSQL too.
+package final class KPIEngine: Sendable {
+    package let rollups: KPIRollups
+    package let settings: KPISettings
+    private let database: MeterDatabase
+    private let pipeline: IngestPipeline?
+
+    /// - Parameter pipeline: the daemon's write pipeline, so the store loads between two commits;
+    ///   `nil` when no writer runs (meterctl --db, tests).
+    package init(database: MeterDatabase, rollups: KPIRollups, settings: KPISettings, pipeline: IngestPipeline? = nil) {
+        self.database = database
+        self.rollups = rollups
+        self.settings = settings
+        self.pipeline = pipeline
+    }
+
+    /// The 12 months ending with the current one in the configured zone.
+    package func defaultPeriod(nowMs: Int64 = WallClock.nowMs()) -> KPIPeriod {
+        // Without bounds the parse cannot fail.
+        try! KPIPeriod.parse(from: nil, to: nil, nowMs: nowMs, timeZone: self.settings.timeZone)
+    }
+
+    /// The KPI document as JSON text, for the status socket, HTTP and snapshots.
+    package func json(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> String {
+        try await self.document(period: period, region: region, nowMs: nowMs).text
+    }
+
+    private func withStore<T>(_ body: (MonthlyStore) throws -> T) async throws -> T {
+        for _ in 0..<5 {
+            if let result = try self.rollups.withStore(body) { return result }
+            if let pipeline = self.pipeline {
+                let rollups = self.rollups
+                try await pipeline.perform { _ in if rollups.needsReload { try rollups.reload() } }
+            } else {
+                try self.rollups.reload()
+            }
+        }
+        throw KPIError.invalidPeriod("the KPI data kept changing while loading; try again")
+    }
+
+    /// Meters of the region (all when `nil`) that are active and inactive right now, and faulty over `period`.
+    package func meterCounts(period: KPIPeriod, region: String?) async throws -> (active: Int, inactive: Int, faulty: Int) {
+        let (total, faulty) = try await self.withStore { store -> (Int, Int) in
+            let regionIndex = region.map { store.regionIndex(of: $0) ?? -1 }
+            let total = regionIndex.map { wanted in store.meterRegion.reduce(0) { $0 + ($1 == wanted ? 1 : 0) } } ?? store.meterCount
+            return (total, self.faulty(store, period: period, regionIndex: regionIndex).count)
+        }
+        let inactive = try await self.inactiveCount(region: region)
+        return (max(0, total - inactive), inactive, faulty)
+    }
+
+    /// Faulty meters over `period` per the thresholds, worst first.
+    package func faultyMeters(period: KPIPeriod, region: String? = nil) async throws -> [FaultyMeter] {
+        try await self.withStore { store in
+            self.faulty(store, period: period, regionIndex: region.map { store.regionIndex(of: $0) ?? -1 })
+        }
+    }
+
+    /// Meters flagged inactive by the liveness monitor, plus those that never reported at all.
+    private func inactiveCount(region: String?) async throws -> Int {
+        try await self.database.pool.read { db in
+            let filter = region == nil ? "" : " AND region = ?"
+            let arguments: StatementArguments = region.map { [$0] } ?? []
+            let flagged = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE inactive_since_ms IS NOT NULL" + filter,
+                                           arguments: arguments) ?? 0
+            let silent = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL" + filter,
+                                          arguments: arguments) ?? 0
+            return flagged + silent
+        }
+    }
+
+    private func faulty(_ store: MonthlyStore, period: KPIPeriod, regionIndex: Int?) -> [FaultyMeter] {
+        let count = store.meterCount
+        var poor = [Int32](repeating: 0, count: count)
+        var faults = [Int32](repeating: 0, count: count)
+        for month in period.months {
+            guard let column = store.column(month) else { continue }
+            for index in 0..<count {
+                if let regionIndex, Int(store.meterRegion[index]) != regionIndex { continue }
+                faults[index] += column.faults[index]
+                if column.status(index) == 2 { poor[index] += 1 }
+            }
+        }
+        var result: [FaultyMeter] = []
+        for index in 0..<count where poor[index] >= self.settings.faultyPoorMonths || faults[index] >= self.settings.faultyFaults {
+            let customer = store.meterCustomer[index]
+            result.append(FaultyMeter(meter: store.meterNames[index], customerID: customer >= 0 ? store.customerIDs[Int(customer)] : nil,
+                                      poorMonths: Int(poor[index]), faults: Int(faults[index])))
+        }
+        result.sort { lhs, rhs in
+            if lhs.poorMonths != rhs.poorMonths { return lhs.poorMonths > rhs.poorMonths }
+            if lhs.faults != rhs.faults { return lhs.faults > rhs.faults }
+            return lhs.meter < rhs.meter
+        }
+        return result
+    }
+
+    /// The whole KPI document: one flat object with every key of SPEC.md section 5.
+    package func document(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> JSONValue {
+        let monthly = try await self.withStore { store in self.monthlyFigures(store, period: period, region: region) }
+        let events = try await self.database.pool.read { db in try self.eventFigures(db, period: period, region: region) }
+        let inactive = try await self.inactiveCount(region: region)
+
+        var members: [(String, JSONValue)] = [
+            ("period", .object([("from", .string(period.from.description)), ("to", .string(period.to.description))])),
+            ("region", region.map { .string($0) } ?? .null),
+            ("generated_at", .string(RFC3339.format(millisecondsSinceEpoch: nowMs))),
+            // Overview
+            ("total_customers", .int(monthly.totalCustomers)),
+            ("total_consumption_kwh", .number(monthly.totalKwh)),
+            ("total_revenue", .number(monthly.totalRevenue)),
+            ("average_consumption_kwh", .number(monthly.records > 0 ? monthly.totalKwh / Double(monthly.records) : nil)),
+            ("meters", .object([("active", .int(max(0, monthly.meters - inactive))), ("inactive", .int(inactive)),
+                                ("faulty", .int(monthly.faulty.count))])),
+            // Consumption
+            ("consumption_by_region", .array(monthly.byRegion.map { .object([("region", .string($0.region)), ("kwh", .number($0.kwh))]) })),
+            ("top_consumers", .array(monthly.top.map {
+                .object([("customer_id", .int(Int($0.customerID))), ("region", .string($0.region)), ("kwh", .number($0.kwh))])
+            })),
+            ("monthly_consumption", .array(monthly.byMonth.map { .object([("month", .string($0.month.description)), ("kwh", .number($0.kwh))]) })),
+            // Meters
+            ("meter_health", .object(["good", "fair", "poor"].enumerated().map { index, name in
+                (name, .number(monthly.records > 0 ? 100 * Double(monthly.health[index]) / Double(monthly.records) : nil))
+            })),
+            ("faulty_meters", .array(monthly.faulty.prefix(self.settings.faultyListLimit).map { meter in
+                .object([("meter", .string(meter.meter)), ("customer_id", meter.customerID.map { .int(Int($0)) } ?? .null),
+                         ("poor_months", .int(meter.poorMonths)), ("faults", .int(meter.faults))])
+            })),
+            ("reading_latency_ms", events.latency),
+            // Revenue
+            ("revenue_by_region", .array(monthly.byRegion.map { .object([("region", .string($0.region)), ("revenue", .number($0.revenue))]) })),
+            ("revenue_trend", .array(monthly.trend.map { .object([("month", .string($0.month.description)), ("revenue", .number($0.revenue))]) })),
+            ("payment_status", events.payments),
+            // Customers
+            ("satisfaction", events.satisfaction),
+            ("new_vs_returning", .object([("new", .int(monthly.newCustomers)), ("returning", .int(monthly.returningCustomers))])),
+            ("complaints", events.complaints),
+            // Operations
+            ("installation_time_days", events.installationDays),
+            ("maintenance", events.maintenance),
+            ("technicians", events.technicians),
+        ]
+        members.reserveCapacity(members.count)
+        return .object(members)
+    }
+
+    // MARK: Meter-month figures
+
+    struct MonthlyFigures {
+        var totalCustomers = 0
+        var newCustomers = 0
+        var returningCustomers = 0
+        var totalKwh = 0.0
+        var totalRevenue = 0.0
+        var records = 0
+        var health = [0, 0, 0]
+        var meters = 0
+        var byRegion: [(region: String, kwh: Double, revenue: Double)] = []
+        var byMonth: [(month: Month, kwh: Double)] = []
+        var trend: [(month: Month, revenue: Double)] = []
+        var top: [(customerID: Int64, region: String, kwh: Double)] = []
+        var faulty: [FaultyMeter] = []
+    }
+
+    private func monthlyFigures(_ store: MonthlyStore, period: KPIPeriod, region: String?) -> MonthlyFigures {
+        var figures = MonthlyFigures()
+        let regionIndex: Int? = region.map { store.regionIndex(of: $0) ?? -1 }
+        let meterCount = store.meterCount
+        let customerCount = store.customerIDs.count
+        func wanted(_ index: Int32) -> Bool { regionIndex == nil || Int(index) == regionIndex! }
+
+        var regionKwh = [Double](repeating: 0, count: store.regions.count)
+        var regionRevenue = [Double](repeating: 0, count: store.regions.count)
+        var meterKwh = [Double](repeating: 0, count: meterCount)
+        var consuming = [Bool](repeating: false, count: meterCount)
+        var regionHasMeters = [Bool](repeating: false, count: store.regions.count)
+        for index in 0..<meterCount where wanted(store.meterRegion[index]) {
+            figures.meters += 1
+            regionHasMeters[Int(store.meterRegion[index])] = true
+        }
+        for month in period.months {
+            var monthKwh = 0.0
+            if let column = store.column(month) {
+                for index in 0..<meterCount {
+                    let region = store.meterRegion[index]
+                    guard wanted(region) else { continue }
+                    let status = column.status(index)
+                    guard status >= 0 else { continue }
+                    let kwh = column.kwh[index]
+                    figures.records += 1
+                    figures.health[status] += 1
+                    monthKwh += kwh
+                    figures.totalRevenue += column.revenue[index]
+                    regionKwh[Int(region)] += kwh
+                    regionRevenue[Int(region)] += column.revenue[index]
+                    meterKwh[index] += kwh
+                    if kwh > 0 { consuming[index] = true }
+                }
+            }
+            figures.totalKwh += monthKwh
+            figures.byMonth.append((month, monthKwh))
+        }
+        for month in KPIPeriod.twelveMonths(endingAt: period.to).months {
+            var revenue = 0.0
+            if let column = store.column(month) {
+                for index in 0..<meterCount where wanted(store.meterRegion[index]) && column.status(index) >= 0 {
+                    revenue += column.revenue[index]
+                }
+            }
+            figures.trend.append((month, revenue))
+        }
+
+        // Customers: counts by installation date, consumption summed over their meters.
+        var customerKwh = [Double](repeating: 0, count: customerCount)
+        var customerConsuming = [Bool](repeating: false, count: customerCount)
+        for index in 0..<meterCount {
+            let customer = store.meterCustomer[index]
+            guard customer >= 0 else { continue }
+            customerKwh[Int(customer)] += meterKwh[index]
+            if consuming[index] { customerConsuming[Int(customer)] = true }
+        }
+        let from = Int32(period.from.key), to = Int32(period.to.key)
+        var top: [(customerID: Int64, region: Int32, kwh: Double)] = []
+        func ranksBefore(_ lhs: (customerID: Int64, region: Int32, kwh: Double), _ rhs: (customerID: Int64, region: Int32, kwh: Double)) -> Bool {
+            lhs.kwh != rhs.kwh ? lhs.kwh > rhs.kwh : lhs.customerID < rhs.customerID
+        }
+        for customer in 0..<customerCount where wanted(store.customerRegion[customer]) {
+            regionHasMeters[Int(store.customerRegion[customer])] = true
+            let installed = store.customerInstalled[customer]
+            if installed <= to { figures.totalCustomers += 1 }
+            if installed >= from && installed <= to { figures.newCustomers += 1 }
+            if installed < from && customerConsuming[customer] { figures.returningCustomers += 1 }
+            let kwh = customerKwh[customer]
+            guard kwh > 0 else { continue }
+            let candidate = (store.customerIDs[customer], store.customerRegion[customer], kwh)
+            if top.count < 10 || ranksBefore(candidate, top[top.count - 1]) {
+                let position = top.firstIndex { ranksBefore(candidate, $0) } ?? top.count
+                top.insert(candidate, at: position)
+                if top.count > 10 { top.removeLast() }
+            }
+        }
+        figures.top = top.map { ($0.customerID, store.regions[Int($0.region)], $0.kwh) }
+        for (index, name) in store.regions.enumerated() where regionHasMeters[index] {
+            figures.byRegion.append((name, regionKwh[index], regionRevenue[index]))
+        }
+        figures.byRegion.sort { $0.region < $1.region }
+        figures.faulty = self.faulty(store, period: period, regionIndex: regionIndex)
+        return figures
+    }
+
+    // MARK: Company events and latency
+
+    struct EventFigures {
+        var latency: JSONValue
+        var payments: JSONValue
+        var satisfaction: JSONValue
+        var complaints: JSONValue
+        var installationDays: JSONValue
+        var maintenance: JSONValue
+        var technicians: JSONValue
+    }
+
+    private func eventFigures(_ db: Database, period: KPIPeriod, region: String?) throws -> EventFigures {
+        let from = period.from.key, to = period.to.key
+        var regionClause = ""
+        var arguments: StatementArguments = [to]
+        if let region {
+            regionClause = " AND region = ?"
+            arguments += [region]
+        }
+        struct Sum {
+            var count = 0
+            var total = 0.0
+        }
+        // kind → item → sums over the period; and received/resolved maintenance up to the end of it.
+        var inPeriod: [String: [Int: Sum]] = [:]
+        var complaintsLastMonth = (received: 0, resolved: 0)
+        var maintenanceUpToEnd = (received: 0, resolved: 0)
+        let rows = try Row.fetchCursor(db, sql: """
+            SELECT kind, month, item, SUM(count) AS count, SUM(total) AS total FROM company_rollup
+            WHERE month <= ?\(regionClause) GROUP BY kind, month, item
+            """, arguments: arguments)
+        while let row = try rows.next() {
+            let kind: String = row["kind"]
+            let month: Int = row["month"]
+            let count: Int = row["count"]
+            let total: Double = row["total"]
+            if kind == "maintenance_received" { maintenanceUpToEnd.received += count }
+            if kind == "maintenance_resolved" { maintenanceUpToEnd.resolved += count }
+            if month == to && kind == "complaint_received" { complaintsLastMonth.received += count }
+            if month == to && kind == "complaint_resolved" { complaintsLastMonth.resolved += count }
+            guard month >= from else { continue }
+            inPeriod[kind, default: [:]][row["item"], default: Sum()].count += count
+            inPeriod[kind, default: [:]][row["item"], default: Sum()].total += total
+        }
+        func sum(_ kind: String) -> Sum {
+            (inPeriod[kind] ?? [:]).values.reduce(into: Sum()) { result, sum in
+                result.count += sum.count
+                result.total += sum.total
+            }
+        }
+        func mean(_ sum: Sum) -> JSONValue { .number(sum.count > 0 ? sum.total / Double(sum.count) : nil) }
+
+        // Latency over live readings received in the period.
+        var latencyArguments: StatementArguments = [from, to]
+        if let region { latencyArguments += [region] }
+        var buckets: [(bucket: Int, count: Int)] = []
+        var latencyCount = 0
+        var latencySum = 0.0
+        for row in try Row.fetchAll(db, sql: """
+            SELECT bucket, SUM(count) AS count, SUM(sum_ms) AS sum_ms FROM latency_month
+            WHERE month >= ? AND month <= ?\(regionClause) GROUP BY bucket ORDER BY bucket
+            """, arguments: latencyArguments) {
+            let count: Int = row["count"]
+            buckets.append((row["bucket"], count))
+            latencyCount += count
+            latencySum += row["sum_ms"] as Double
+        }
+        func percentile(_ q: Double) -> JSONValue {
+            guard latencyCount > 0 else { return .null }
+            let rank = max(1, Int((Double(latencyCount) * q).rounded(.up)))
+            var seen = 0
+            for entry in buckets {
+                seen += entry.count
+                if seen >= rank { return .number(LatencyBuckets.value(of: entry.bucket)) }
+            }
+            return .null
+        }
+        let latency = JSONValue.object([
+            ("avg", .number(latencyCount > 0 ? latencySum / Double(latencyCount) : nil)),
+            ("p50", percentile(0.5)), ("p95", percentile(0.95)), ("p99", percentile(0.99)), ("count", .int(latencyCount)),
+        ])
+
+        let bills = inPeriod["bill"] ?? [:]
+        let payments = JSONValue.object([
+            ("paid", .object([("count", .int(bills[1]?.count ?? 0)), ("amount", .number(bills[1]?.total ?? 0))])),
+            ("unpaid", .object([("count", .int(bills[0]?.count ?? 0)), ("amount", .number(bills[0]?.total ?? 0))])),
+        ])
+
+        let feedback = inPeriod["feedback"] ?? [:]
+        let feedbackSum = sum("feedback")
+        let satisfaction = JSONValue.object([
+            ("average", mean(feedbackSum)), ("count", .int(feedbackSum.count)),
+            ("distribution", .object((1...5).map { score in (String(score), .int(feedback[score]?.count ?? 0)) })),
+        ])
+
+        let complaints = JSONValue.object([("received", .int(complaintsLastMonth.received)), ("resolved", .int(complaintsLastMonth.resolved))])
+        let resolved = sum("maintenance_resolved")
+        let maintenance = JSONValue.object([
+            ("received", .int(sum("maintenance_received").count)), ("processed", .int(resolved.count)),
+            ("open", .int(max(0, maintenanceUpToEnd.received - maintenanceUpToEnd.resolved))),
+            ("average_resolution_days", mean(resolved)),
+        ])
+
+        var names: [Int: String] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT id, name FROM technician") { names[row["id"]] = row["name"] }
+        let installations = inPeriod["installation"] ?? [:]
+        let jobs = inPeriod["maintenance_resolved"] ?? [:]
+        let technicianIDs = Set(names.keys).union(installations.keys.filter { $0 != 0 }).union(jobs.keys).sorted()
+        let technicians = JSONValue.array(technicianIDs.map { id in
+            .object([
+                ("technician_id", .int(id)), ("name", names[id].map { .string($0) } ?? .null),
+                ("installations", .int(installations[id]?.count ?? 0)), ("maintenance_jobs", .int(jobs[id]?.count ?? 0)),
+                ("average_resolution_days", mean(jobs[id] ?? Sum())),
+            ])
+        })
+        return EventFigures(latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
+                            installationDays: mean(sum("installation")), maintenance: maintenance, technicians: technicians)
+    }
+}

@@ -1,0 +1,68 @@
+import Foundation
+import GRDB
+import Logging
+import ServiceLifecycle
+
+/// Writes a KPI snapshot for the default period (the last 12 months) every `snapshot_interval` and
+/// on demand (SPEC.md section 5): atomically to `<data-dir>/kpi.json` (temp file, fsync, rename) and
+/// as a row of `kpi_snapshot`, keeping the newest `snapshot_history` rows.
+package final class SnapshotService: Service, Sendable {
+    private let engine: KPIEngine
+    private let database: MeterDatabase
+    private let pipeline: IngestPipeline?
+    package let path: String
+    private let interval: Duration
+    private let history: Int
+    private let logger: Logger
+    /// One snapshot at a time: the timer and an on-demand request must not share the temp file.
+    private let fileLock = NSLock()
+
+    package init(engine: KPIEngine, database: MeterDatabase, pipeline: IngestPipeline?, path: String,
+                 interval: Duration, history: Int, logger: Logger) {
+        self.engine = engine
+        self.database = database
+        self.pipeline = pipeline
+        self.path = path
+        self.interval = interval
+        self.history = history
+        self.logger = logger
+    }
+
+    package func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    _ = try await self.snapshot()
+                } catch is CancellationError {
+                    return
+                } catch {
+                    self.logger.error("KPI snapshot failed", metadata: ["error": "\(error)", "snapshot.path": "\(self.path)"])
+                }
+                try await Task.sleep(for: self.interval)
+            }
+        }
+    }
+
+    /// Writes a snapshot now; returns the path of `kpi.json`.
+    @discardableResult
+    package func snapshot(nowMs: Int64 = WallClock.nowMs()) async throws -> String {
+        let period = self.engine.defaultPeriod(nowMs: nowMs)
+        let json = try await self.engine.json(period: period, region: nil, nowMs: nowMs)
+        try self.fileLock.withLock { try AtomicFile.write(json + "\n", to: self.path) }
+        let history = self.history
+        let insert: @Sendable (Database) throws -> Void = { db in
+            try db.execute(sql: "INSERT INTO kpi_snapshot (generated_ms, period_from, period_to, document) VALUES (?, ?, ?, ?)",
+                           arguments: [nowMs, period.from.key, period.to.key, json])
+            try db.execute(sql: """
+                DELETE FROM kpi_snapshot WHERE id <= (SELECT id FROM kpi_snapshot ORDER BY id DESC LIMIT 1 OFFSET ?)
+                """, arguments: [history])
+        }
+        if let pipeline = self.pipeline {
+            try await pipeline.perform { writer in try writer.database.pool.write(insert) }
+        } else {
+            try await self.database.pool.write(insert)
+        }
+        self.logger.debug("KPI snapshot written", metadata: ["snapshot.path": "\(self.path)"])
+        return self.path
+    }
+}

@@ -1,0 +1,300 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import MeterCore
+
+/// The top-level keys of SPEC.md section 5, exactly.
+let kpiKeys: Set<String> = [
+    "period", "region", "generated_at", "total_customers", "total_consumption_kwh", "total_revenue", "average_consumption_kwh", "meters",
+    "consumption_by_region", "top_consumers", "monthly_consumption", "meter_health", "faulty_meters", "reading_latency_ms",
+    "revenue_by_region", "revenue_trend", "payment_status", "satisfaction", "new_vs_returning", "complaints",
+    "installation_time_days", "maintenance", "technicians",
+]
+
+@Suite struct KPIEngineTests {
+    /// The figures computed straight from the CSV rows, as the use case's Power BI measures do.
+    func checkAgainstRows(_ rows: CompanyRows, _ document: [String: Any], _ period: KPIPeriod, region: String?) {
+        let from = period.from.key, to = period.to.key
+        let regionOf = Dictionary(uniqueKeysWithValues: rows.customers.map { ($0.id, $0.region) })
+        func inRegion(_ customer: Int) -> Bool { region == nil || regionOf[customer] == region }
+        func inPeriod(_ month: Int) -> Bool { month >= from && month <= to }
+        let label = "\(period) \(region ?? "all")"
+
+        let monthly = rows.monthly.filter { inPeriod($0.month) && inRegion($0.customer) }
+        let kwh = monthly.reduce(0) { $0 + $1.kwh }
+        #expect(close(number(document["total_consumption_kwh"]), kwh), "\(label)")
+        #expect(close(number(document["total_revenue"]), monthly.reduce(0) { $0 + $1.revenue }), "\(label)")
+        #expect(close(number(document["average_consumption_kwh"]), monthly.isEmpty ? nil : kwh / Double(monthly.count)), "\(label)")
+        let customers = rows.customers.filter { inRegion($0.id) }
+        #expect(number(document["total_customers"]) == Double(customers.filter { monthKey($0.installed) <= to }.count), "\(label)")
+
+        // Consumption and revenue by region, by month, and the trend.
+        let regions = Set(customers.map(\.region)).sorted()
+        let byRegion = list(document["consumption_by_region"])
+        #expect(byRegion.map { $0["region"] as? String } == regions, "\(label)")
+        for (entry, name) in zip(byRegion, regions) {
+            #expect(close(number(entry["kwh"]), monthly.filter { regionOf[$0.customer] == name }.reduce(0) { $0 + $1.kwh }), "\(label) \(name)")
+        }
+        for (entry, name) in zip(list(document["revenue_by_region"]), regions) {
+            #expect(close(number(entry["revenue"]), monthly.filter { regionOf[$0.customer] == name }.reduce(0) { $0 + $1.revenue }), "\(label) \(name)")
+        }
+        let months = list(document["monthly_consumption"])
+        #expect(months.map { $0["month"] as? String } == period.months.map(\.description))
+        for (entry, month) in zip(months, period.months) {
+            #expect(close(number(entry["kwh"]), monthly.filter { $0.month == month.key }.reduce(0) { $0 + $1.kwh }), "\(label) \(month)")
+        }
+        let trendMonths = KPIPeriod.twelveMonths(endingAt: period.to).months
+        let trend = list(document["revenue_trend"])
+        #expect(trend.map { $0["month"] as? String } == trendMonths.map(\.description))
+        for (entry, month) in zip(trend, trendMonths) {
+            let revenue = rows.monthly.filter { $0.month == month.key && inRegion($0.customer) }.reduce(0) { $0 + $1.revenue }
+            #expect(close(number(entry["revenue"]), revenue), "\(label) trend \(month)")
+        }
+
+        // Top consumers: largest sums, ties by lower id.
+        var sums: [Int: Double] = [:]
+        for row in monthly { sums[row.customer, default: 0] += row.kwh }
+        let top = sums.filter { $0.value > 0 }.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.prefix(10)
+        let topDocument = list(document["top_consumers"])
+        #expect(topDocument.map { number($0["customer_id"]) } == top.map { Double($0.key) }, "\(label)")
+        #expect(zip(topDocument, top).allSatisfy { close(number($0["kwh"]), $1.value) && $0["region"] as? String == regionOf[$1.key] })
+
+        // Meter health and faulty meters (2+ poor months; imported rows carry no faults).
+        let health = object(document["meter_health"])
+        for status in ["Good", "Fair", "Poor"] {
+            let share = monthly.isEmpty ? nil : 100 * Double(monthly.filter { $0.status == status }.count) / Double(monthly.count)
+            #expect(close(number(health[status.lowercased()]), share), "\(label) \(status)")
+        }
+        var poorMonths: [Int: Int] = [:]
+        for row in monthly where row.status == "Poor" { poorMonths[row.customer, default: 0] += 1 }
+        let faulty = poorMonths.filter { $0.value >= 2 }
+        #expect(number(object(document["meters"])["faulty"]) == Double(faulty.count), "\(label)")
+        let faultyList = list(document["faulty_meters"])
+        #expect(faultyList.count == faulty.count)
+        #expect(faultyList.allSatisfy { number($0["poor_months"]) == Double(poorMonths[Int(number($0["customer_id"])!)] ?? 0) })
+        #expect(zip(faultyList, faultyList.dropFirst()).allSatisfy { number($0["poor_months"])! >= number($1["poor_months"])! })
+
+        // Bills, feedback, customers, complaints.
+        let bills = rows.bills.filter { inPeriod($0.month) && inRegion($0.customer) }
+        let payments = object(document["payment_status"])
+        for status in ["paid", "unpaid"] {
+            let these = bills.filter { $0.status == status }
+            #expect(number(object(payments[status])["count"]) == Double(these.count), "\(label) \(status)")
+            #expect(close(number(object(payments[status])["amount"]), these.reduce(0) { $0 + $1.amount }), "\(label) \(status)")
+        }
+        let feedback = rows.feedback.filter { inPeriod(monthKey($0.date)) && inRegion($0.customer) }
+        let satisfaction = object(document["satisfaction"])
+        #expect(number(satisfaction["count"]) == Double(feedback.count))
+        #expect(close(number(satisfaction["average"]), feedback.isEmpty ? nil : Double(feedback.reduce(0) { $0 + $1.score }) / Double(feedback.count)))
+        let distribution = object(satisfaction["distribution"])
+        #expect((1...5).allSatisfy { score in number(distribution[String(score)]) == Double(feedback.filter { $0.score == score }.count) })
+        let newVsReturning = object(document["new_vs_returning"])
+        #expect(number(newVsReturning["new"]) == Double(customers.filter { inPeriod(monthKey($0.installed)) }.count), "\(label)")
+        let returning = customers.filter { monthKey($0.installed) < from && (sums[$0.id] ?? 0) > 0 }
+        #expect(number(newVsReturning["returning"]) == Double(returning.count), "\(label)")
+        let complaints = object(document["complaints"])
+        let ourComplaints = rows.complaints.filter { inRegion($0.customer) }
+        #expect(number(complaints["received"]) == Double(ourComplaints.filter { monthKey($0.date) == to }.count))
+        #expect(number(complaints["resolved"]) == Double(ourComplaints.filter { !$0.resolved.isEmpty && monthKey($0.resolved) == to }.count))
+
+        // Operations.
+        let installations = rows.installations.filter { inPeriod(monthKey($0.installed)) && inRegion($0.customer) }
+        let installDays = installations.map { days(from: $0.request, to: $0.installed) }
+        #expect(close(number(document["installation_time_days"]), installDays.isEmpty ? nil : installDays.reduce(0, +) / Double(installDays.count)))
+        let requests = rows.maintenance.filter { inRegion($0.customer) }
+        let processed = requests.filter { inPeriod(monthKey($0.resolution)) }
+        let maintenance = object(document["maintenance"])
+        #expect(number(maintenance["received"]) == Double(requests.filter { inPeriod(monthKey($0.request)) }.count), "\(label)")
+        #expect(number(maintenance["processed"]) == Double(processed.count), "\(label)")
+        #expect(number(maintenance["open"]) == Double(requests.filter { monthKey($0.request) <= to && monthKey($0.resolution) > to }.count), "\(label)")
+        let resolutionDays = processed.map { days(from: $0.request, to: $0.resolution) }
+        #expect(close(number(maintenance["average_resolution_days"]), resolutionDays.isEmpty ? nil : resolutionDays.reduce(0, +) / Double(resolutionDays.count)))
+        let technicians = list(document["technicians"])
+        #expect(technicians.map { number($0["technician_id"]) } == rows.technicians.keys.sorted().map(Double.init))
+        for entry in technicians {
+            let id = Int(number(entry["technician_id"])!)
+            #expect(entry["name"] as? String == rows.technicians[id])
+            #expect(number(entry["installations"]) == Double(installations.filter { $0.technician == id }.count), "\(label) technician \(id)")
+            let jobs = processed.filter { $0.technician == id }.map { days(from: $0.request, to: $0.resolution) }
+            #expect(number(entry["maintenance_jobs"]) == Double(jobs.count), "\(label) technician \(id)")
+            #expect(close(number(entry["average_resolution_days"]), jobs.isEmpty ? nil : jobs.reduce(0, +) / Double(jobs.count)))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func documentEqualsTheSumsOverTheCSVRows() async throws {
+        try await withTemporaryDirectory { directory in
+            // Two years of data, so periods cross a year and the trend reaches before the period.
+            try CompanyGenerator(customers: 400, seed: 21, year: 2023, months: 24).write(to: directory + "/csv")
+            let rows = try CompanyRows(directory: directory + "/csv")
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            #expect(try CompanyImporter.importDirectory(directory + "/csv", database: database).succeeded)
+            let engine = offlineEngine(database)
+            let periods = [
+                try KPIPeriod(from: Month(year: 2023, month: 1), to: Month(year: 2023, month: 12)),
+                try KPIPeriod(from: Month(year: 2023, month: 4), to: Month(year: 2023, month: 6)),
+                try KPIPeriod(from: Month(year: 2023, month: 10), to: Month(year: 2024, month: 3)),
+                try KPIPeriod(from: Month(year: 2024, month: 12), to: Month(year: 2024, month: 12)),
+                // Before the data: the customers' installation year.
+                try KPIPeriod(from: Month(year: 2021, month: 3), to: Month(year: 2021, month: 8)),
+            ]
+            for period in periods {
+                for region in [nil, "North", "East"] {
+                    let document = try await kpiDocument(engine, period, region: region)
+                    #expect(Set(document.keys) == kpiKeys)
+                    #expect(object(document["period"])["from"] as? String == period.from.description)
+                    #expect(document["region"] as? String == region)
+                    self.checkAgainstRows(rows, document, period, region: region)
+                }
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func emptyPeriodAndUnknownRegionHaveEveryKeyWithZerosAndNulls() async throws {
+        try await withTemporaryDirectory { directory in
+            try CompanyGenerator(customers: 50, seed: 2).write(to: directory + "/csv")
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            #expect(try CompanyImporter.importDirectory(directory + "/csv", database: database).succeeded)
+            let engine = offlineEngine(database)
+            let cases: [(KPIPeriod, String?)] = [
+                (try KPIPeriod(from: Month(year: 2030, month: 1), to: Month(year: 2030, month: 3)), nil),
+                (try KPIPeriod(from: Month(year: 2023, month: 1), to: Month(year: 2023, month: 12)), "Atlantis"),
+            ]
+            for (period, region) in cases {
+                let document = try await kpiDocument(engine, period, region: region)
+                #expect(Set(document.keys) == kpiKeys)
+                #expect(number(document["total_consumption_kwh"]) == 0)
+                #expect(number(document["total_revenue"]) == 0)
+                #expect(document["average_consumption_kwh"] is NSNull)
+                #expect(list(document["top_consumers"]).isEmpty)
+                #expect(list(document["faulty_meters"]).isEmpty)
+                #expect(list(document["monthly_consumption"]).count == period.months.count)
+                #expect(list(document["monthly_consumption"]).allSatisfy { number($0["kwh"]) == 0 })
+                #expect(object(document["meter_health"]).values.allSatisfy { $0 is NSNull })
+                #expect(object(document["reading_latency_ms"])["p95"] is NSNull)
+                #expect(number(object(document["reading_latency_ms"])["count"]) == 0)
+                #expect(number(object(object(document["payment_status"])["paid"])["count"]) == 0)
+                #expect(object(document["satisfaction"])["average"] is NSNull)
+                #expect(object(object(document["satisfaction"])["distribution"]).count == 5)
+                #expect(document["installation_time_days"] is NSNull)
+                #expect(object(document["maintenance"])["average_resolution_days"] is NSNull)
+                #expect(number(object(document["new_vs_returning"])["new"]) == 0)
+                #expect(number(object(document["complaints"])["received"]) == 0)
+                #expect(list(document["technicians"]).count == 49)
+            }
+            let atlantis = try await kpiDocument(engine, cases[1].0, region: "Atlantis")
+            #expect(number(atlantis["total_customers"]) == 0)
+            #expect(list(atlantis["consumption_by_region"]).isEmpty)
+            #expect(object(atlantis["meters"]).values.allSatisfy { number($0) == 0 })
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func tiesInTopConsumersGoToTheLowerIDAndNewCustomersCount() async throws {
+        try await withTemporaryDirectory { directory in
+            var customers = ["CustomerID,Region,InstallationDate"]
+            var monthly = ["CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus"]
+            for id in 1...14 {
+                // Customers 9 and 13 are installed inside the period (March 2024), the rest before it.
+                customers.append("\(id),\(id % 2 == 0 ? "North" : "South"),\(id == 9 || id == 13 ? "2024-03-10" : "2023-05-01")")
+                // 12, 7 and 3 tie at the top; 1, 2, 5, 10 and 14 tie at the cut-off of the ten.
+                let kwh: Double = [12, 7, 3].contains(id) ? 500 : ([1, 2, 5, 10, 14].contains(id) ? 100 : 100 + Double(id))
+                monthly.append("\(id),2024-03-01,\(kwh / 2),1,Good")
+                monthly.append("\(id),2024-04-01,\(kwh / 2),1,Good")
+            }
+            try writeCSV(directory, "customer_data.csv", customers)
+            try writeCSV(directory, "monthly_data.csv", monthly)
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
+            let engine = offlineEngine(database)
+            let document = try await kpiDocument(engine, try KPIPeriod(from: Month(year: 2024, month: 3), to: Month(year: 2024, month: 4)))
+            let top = list(document["top_consumers"]).map { Int(number($0["customer_id"])!) }
+            #expect(top == [3, 7, 12, 13, 11, 9, 8, 6, 4, 1])
+            #expect(number(object(document["new_vs_returning"])["new"]) == 2)
+            #expect(number(object(document["new_vs_returning"])["returning"]) == 12)
+            #expect(number(document["total_customers"]) == 14)
+            let february = try await kpiDocument(engine, try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 2)))
+            #expect(number(february["total_customers"]) == 12)
+            #expect(number(object(february["new_vs_returning"])["returning"]) == 0)
+        }
+    }
+
+    /// Live readings: the month is the configured zone's, a late reading lands in the month of its `ts`,
+    /// latency counts in the month it was received, and the store follows commits without a reload.
+    @Test(.timeLimit(.minutes(1)))
+    func liveReadingsFollowTheZonesMonthsAndLateReadingsLandInTheirMonth() async throws {
+        try await withTemporaryDirectory { directory in
+            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2023-01-05"])
+            try writeCSV(directory, "monthly_data.csv", ["CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus", "1,2024-01-01,100,15,Good"])
+            var configuration = DaemonConfiguration()
+            configuration.timeZone = TimeZone(identifier: "Europe/Berlin")!
+            configuration.limits.clockSkewMs = 10 * 365 * 86_400_000
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let rollups = KPIRollups(database: harness.database, timeZone: configuration.timeZone)
+                try await harness.pipeline.perform { writer in
+                    writer.observer = rollups
+                    _ = try CompanyImporter.importDirectory(directory, into: writer)
+                }
+                let engine = KPIEngine(database: harness.database, rollups: rollups, settings: KPISettings(timeZone: configuration.timeZone),
+                                       pipeline: harness.pipeline)
+                let january = try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 1))
+                let february = try KPIPeriod(from: Month(year: 2024, month: 2), to: Month(year: 2024, month: 2))
+                // Loads the store before the live readings, so they must arrive as deltas.
+                #expect(number(try await kpiDocument(engine, january)["total_consumption_kwh"]) == 100)
+
+                let client = try await LineClient(port: harness.port)
+                // 23:30 UTC on 31 January is 00:30 on 1 February in Berlin.
+                try await client.send(readingLine(meter: "MTR-000001", seq: 1, kwh: 2, timestampMs: RFC3339.parseMilliseconds("2024-01-31T23:30:00Z")!,
+                                                  status: .poor))
+                #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":1}"#)
+                // A late reading: measured in January (Berlin), sent after the February one.
+                try await client.send(readingLine(meter: "MTR-000001", seq: 2, kwh: 3, timestampMs: RFC3339.parseMilliseconds("2024-01-31T22:30:00Z")!,
+                                                  fault: "tamper"))
+                #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":2}"#)
+                await client.close()
+
+                let januaryDocument = try await kpiDocument(engine, january)
+                #expect(close(number(januaryDocument["total_consumption_kwh"]), 103))
+                #expect(number(object(januaryDocument["meter_health"])["good"]) == 100)  // the imported status wins
+                let februaryDocument = try await kpiDocument(engine, february)
+                #expect(close(number(februaryDocument["total_consumption_kwh"]), 2))
+                #expect(close(number(februaryDocument["total_revenue"]), 2 * 0.15))
+                #expect(number(object(februaryDocument["meter_health"])["poor"]) == 100)
+                #expect(list(februaryDocument["top_consumers"]).map { number($0["customer_id"]) } == [1])
+                #expect(number(object(februaryDocument["new_vs_returning"])["returning"]) == 1)
+                // Both readings were received now: the latency falls in the current month, not in their ts months.
+                let now = engine.defaultPeriod()
+                let latency = object(try await kpiDocument(engine, now)["reading_latency_ms"])
+                #expect(number(latency["count"]) == 2)
+                #expect(number(latency["p50"])! > 1e9)  // received years after their ts
+                #expect(number(object(januaryDocument["reading_latency_ms"])["count"]) == 0)
+
+                // Two poor months or three faults make a meter faulty.
+                let both = try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 2))
+                #expect(try await engine.faultyMeters(period: both).isEmpty)
+                let tamper = try await LineClient(port: harness.port)
+                for seq in 3...4 {
+                    try await tamper.send(readingLine(meter: "MTR-000001", seq: Int64(seq), kwh: 0.1,
+                                                      timestampMs: RFC3339.parseMilliseconds("2024-02-10T10:00:00Z")!, fault: "tamper"))
+                    #expect(try await tamper.readLine() == "{\"meter\":\"MTR-000001\",\"ack\":\(seq)}")
+                }
+                await tamper.close()
+                #expect(try await engine.faultyMeters(period: both) == [FaultyMeter(meter: "MTR-000001", customerID: 1, poorMonths: 0, faults: 3)])
+                #expect(try await engine.faultyMeters(period: february).isEmpty)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func periodsParseAndDefaultToTheLastTwelveMonths() throws {
+        let now = RFC3339.parseMilliseconds("2026-03-31T23:30:00Z")!
+        let utc = TimeZone(identifier: "UTC")!
+        #expect(try KPIPeriod.parse(from: nil, to: nil, nowMs: now, timeZone: utc).description == "2025-04..2026-03")
+        #expect(try KPIPeriod.parse(from: nil, to: nil, nowMs: now, timeZone: TimeZone(identifier: "Asia/Tokyo")!).description == "2025-05..2026-04")
+        #expect(try KPIPeriod.parse(from: nil, to: "2024-02", nowMs: now, timeZone: utc).description == "2023-03..2024-02")
+        #expect(throws: KPIError.self) { try KPIPeriod.parse(from: "2024-05", to: "2024-02", nowMs: now, timeZone: utc) }
+        #expect(throws: KPIError.self) { try KPIPeriod.parse(from: "2024-13", to: nil, nowMs: now, timeZone: utc) }
+    }
+}

@@ -1,0 +1,112 @@
+import Foundation
+import GRDB
+import Logging
+import ServiceLifecycle
+import Testing
+
+@testable import MeterCore
+
+/// Collects log messages so tests can see the transitions were logged.
+final class CapturedLogs: @unchecked Sendable {
+    private let lock = NSLock()
+    private var entries: [(message: String, metadata: Logger.Metadata)] = []
+
+    var logger: Logger {
+        Logger(label: "test") { _ in CapturingHandler(sink: self) }
+    }
+
+    func append(_ message: String, _ metadata: Logger.Metadata) { self.lock.withLock { self.entries.append((message, metadata)) } }
+
+    func meters(_ message: String) -> [String] {
+        self.lock.withLock { self.entries.filter { $0.message == message }.compactMap { $0.metadata["meter.id"]?.description } }
+    }
+
+    struct CapturingHandler: LogHandler {
+        let sink: CapturedLogs
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { self.metadata[key] }
+            set { self.metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            self.sink.append(event.message.description, self.metadata.merging(event.metadata ?? [:]) { $1 })
+        }
+    }
+}
+
+@Suite struct LivenessTests {
+    @Test(.timeLimit(.minutes(1)))
+    func meterGoesInactiveWithTheTimeItWentSilentAndComesBack() async throws {
+        try await withTemporaryDirectory { directory in
+            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2023-01-05", "2,South,2023-01-05"])
+            try await IngestHarness.with(directory: directory) { harness in
+                _ = try await harness.pipeline.perform { writer in try CompanyImporter.importDirectory(directory, into: writer) }
+                let logs = CapturedLogs()
+                let start = WallClock.nowMs()
+                let monitor = LivenessMonitor(database: harness.database, pipeline: harness.pipeline, inactiveAfterSeconds: 60,
+                                              logger: logs.logger, nowMs: start)
+                let engine = offlineEngine(harness.database)
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "MTR-000001", seq: 1))
+                #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":1}"#)
+                let received = try await harness.database.pool.read { db in
+                    try Int64.fetchOne(db, sql: "SELECT last_received_ms FROM meter WHERE name = 'MTR-000001'")
+                }
+
+                // Within the threshold nothing changes; the never-heard meter counts as inactive all the same.
+                #expect(try await monitor.check(nowMs: start + 1_000) == LivenessTransitions())
+                var meters = object(try await kpiDocument(engine, engine.defaultPeriod())["meters"])
+                #expect(number(meters["active"]) == 1 && number(meters["inactive"]) == 1)
+
+                // Past it both are flagged: the silent one since its last reading, the never-heard one since the start.
+                let later = start + 120_000
+                #expect(try await monitor.check(nowMs: later) == LivenessTransitions(wentInactive: ["MTR-000001", "MTR-000002"]))
+                #expect(try await monitor.inactiveMeters() == [
+                    InactiveMeter(meter: "MTR-000001", customerID: 1, region: "North", silentSinceMs: received!, lastReceivedMs: received),
+                    InactiveMeter(meter: "MTR-000002", customerID: 2, region: "South", silentSinceMs: start, lastReceivedMs: nil),
+                ].sorted { $0.silentSinceMs < $1.silentSinceMs })
+                #expect(logs.meters("Meter inactive").sorted() == ["MTR-000001", "MTR-000002"])
+                #expect(try await monitor.check(nowMs: later + 1_000) == LivenessTransitions())
+                meters = object(try await kpiDocument(engine, engine.defaultPeriod())["meters"])
+                #expect(number(meters["active"]) == 0 && number(meters["inactive"]) == 2)
+                let json = try JSONSerialization.jsonObject(with: Data(try await monitor.inactiveJSON().utf8)) as! [[String: Any]]
+                #expect(json.count == 2 && json.contains { $0["last_reading"] is NSNull })
+
+                // Its next reading clears the flag (the writer does); the next check logs the way back.
+                try await client.send(readingLine(meter: "MTR-000001", seq: 2))
+                #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":2}"#)
+                await client.close()
+                #expect(try await monitor.check() == LivenessTransitions(cameBack: ["MTR-000001"]))
+                #expect(logs.meters("Meter active again") == ["MTR-000001"])
+                #expect(try await monitor.inactiveMeters().map(\.meter) == ["MTR-000002"])
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func theServiceChecksOnItsOwn() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let monitor = LivenessMonitor(database: harness.database, pipeline: harness.pipeline, inactiveAfterSeconds: 1,
+                                              interval: .milliseconds(100), logger: testLogger)
+                let group = ServiceGroup(services: [monitor], logger: testLogger)
+                try await withThrowingTaskGroup(of: Void.self) { tasks in
+                    tasks.addTask { try await group.run() }
+                    let client = try await LineClient(port: harness.port)
+                    try await client.send(readingLine(meter: "m-live", seq: 1))
+                    #expect(try await client.readLine() == #"{"meter":"m-live","ack":1}"#)
+                    try await waitUntil { try await monitor.inactiveMeters().map(\.meter) == ["m-live"] }
+                    try await client.send(readingLine(meter: "m-live", seq: 2))
+                    #expect(try await client.readLine() == #"{"meter":"m-live","ack":2}"#)
+                    #expect(try await monitor.inactiveMeters().isEmpty)
+                    await client.close()
+                    await group.triggerGracefulShutdown()
+                    try await tasks.waitForAll()
+                }
+            }
+        }
+    }
+}
