@@ -1,6 +1,6 @@
 import Foundation
 import GRDB
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Keeps the aggregates the KPI engine reads in step with the writer: an ``IngestObserver``.
 ///
@@ -29,16 +29,16 @@ package final class KPIRollups: IngestObserver, Sendable {
     }
 
     private let database: MeterDatabase
-    private let writerState: Mutex<WriterState>
-    private let pending = Mutex(Pending())
+    private let writerState: NIOLockedValueBox<WriterState>
+    private let pending = NIOLockedValueBox(Pending())
     /// The store and the lock that guards it; a KPI query holds it for its few milliseconds of work.
-    /// (`Mutex` would demand the non-Sendable store be `sending` in and out.)
+    /// (A value lock would demand the non-Sendable store be `sending` in and out.)
     private let storeLock = NSLock()
     private nonisolated(unsafe) var store: MonthlyStore?
 
     package init(database: MeterDatabase, timeZone: TimeZone) {
         self.database = database
-        self.writerState = Mutex(WriterState(calendar: MonthCalendar(timeZone: timeZone)))
+        self.writerState = NIOLockedValueBox(WriterState(calendar: MonthCalendar(timeZone: timeZone)))
     }
 
     package func willCommit(_ changes: IngestChanges, db: Database) throws {
@@ -49,7 +49,7 @@ package final class KPIRollups: IngestObserver, Sendable {
             var bucket: Int
         }
         var deltas: [Key: (count: Int, sum: Int64)] = [:]
-        try self.writerState.withLock { state in
+        try self.writerState.withLockedValue { state in
             if state.regions == nil {
                 state.regions = Dictionary(try Row.fetchAll(db, sql: "SELECT id, region FROM meter").map { ($0["id"] as Int64, $0["region"] as String) },
                                            uniquingKeysWith: { first, _ in first })
@@ -83,7 +83,7 @@ package final class KPIRollups: IngestObserver, Sendable {
 
     package func didCommit(_ changes: IngestChanges) {
         guard !changes.months.isEmpty else { return }
-        self.pending.withLock { pending in
+        self.pending.withLockedValue { pending in
             guard pending.tracking else { return }
             for change in changes.months {
                 let key = MeterMonth(meterID: change.meterID, month: change.month)
@@ -106,8 +106,8 @@ package final class KPIRollups: IngestObserver, Sendable {
     /// Company data (customers, meters, monthly rows) changed outside the live stream: reload on next use.
     /// Call on the writer thread (or where no writer runs).
     package func companyDataChanged() {
-        self.writerState.withLock { $0.regions = nil }
-        self.pending.withLock { pending in
+        self.writerState.withLockedValue { $0.regions = nil }
+        self.pending.withLockedValue { pending in
             pending.tracking = false
             pending.changes = [:]
         }
@@ -121,7 +121,7 @@ package final class KPIRollups: IngestObserver, Sendable {
     /// thread (`pipeline.perform`) in the daemon, or anywhere when no writer runs.
     package func reload() throws {
         let fresh = try self.database.pool.read { db in try MonthlyStore.load(db) }
-        self.pending.withLock { pending in
+        self.pending.withLockedValue { pending in
             pending.tracking = true
             pending.changes = [:]
         }
@@ -132,7 +132,7 @@ package final class KPIRollups: IngestObserver, Sendable {
     func withStore<T>(_ body: (MonthlyStore) throws -> T) rethrows -> T? {
         try self.storeLock.withLock { () -> T? in
             guard let store = self.store else { return nil }
-            let changes = self.pending.withLock { pending in
+            let changes = self.pending.withLockedValue { pending in
                 defer { pending.changes = [:] }
                 return Array(pending.changes.values)
             }

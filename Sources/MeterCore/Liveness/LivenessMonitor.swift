@@ -1,8 +1,8 @@
 import Foundation
 import GRDB
 import Logging
+import NIOConcurrencyHelpers
 import ServiceLifecycle
-import Synchronization
 
 /// A meter that stopped reporting.
 package struct InactiveMeter: Sendable, Equatable {
@@ -36,7 +36,7 @@ package final class LivenessMonitor: Service, Sendable {
     private let logger: Logger
     private let startMs: Int64
     /// Meters known to be inactive (id → name), `nil` until the first check.
-    private let known = Mutex<[Int64: String]?>(nil)
+    private let known = NIOLockedValueBox<[Int64: String]?>(nil)
 
     /// Most transitions logged one by one per check; the rest are summed up in one line.
     static let loggedTransitions = 100
@@ -107,7 +107,7 @@ package final class LivenessMonitor: Service, Sendable {
             }
         }
         let current = Dictionary(flagged, uniquingKeysWith: { first, _ in first })
-        let previous = self.known.withLock { known -> [Int64: String]? in
+        let previous = self.known.withLockedValue { known -> [Int64: String]? in
             defer {
                 var next = current
                 for (id, name, _) in newlyInactive { next[id] = name }
