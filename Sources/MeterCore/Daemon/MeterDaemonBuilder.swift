@@ -1,4 +1,5 @@
 import Foundation
+import Hummingbird
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -10,6 +11,7 @@ package struct MeterDaemon: Sendable {
     package let configuration: DaemonConfiguration
     package let database: MeterDatabase
     package let pipeline: IngestPipeline
+    package let metrics: DaemonMetrics
     package let services: [any Service]
     private let logger: Logger
 
@@ -19,7 +21,7 @@ package struct MeterDaemon: Sendable {
     /// let daemon = try MeterDaemon(configuration: configuration, logger: logger)
     /// try await daemon.run()
     /// ```
-    package init(configuration: DaemonConfiguration, logger: Logger,
+    package init(configuration: DaemonConfiguration, logger: Logger, environment: DaemonEnvironment = DaemonEnvironment(),
                  onIngestListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }) throws {
         self.configuration = configuration
         self.logger = logger
@@ -34,19 +36,55 @@ package struct MeterDaemon: Sendable {
                                       tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
         logger.info("Database open", metadata: ["db.path": "\(configuration.databasePath)", "db.meters": "\(writer.meterCount)",
                                                  "db.synchronous": "\(configuration.durability.rawValue)"])
-        let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: logger)
+        let metrics = DaemonMetrics()
+        self.metrics = metrics
+        let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline,
+                                      statistics: IngestStatistics(commitObserver: metrics), logger: logger)
         self.pipeline = pipeline
         let ports = ListenerPorts(path: (configuration.dataDirectory as NSString).appendingPathComponent("ports.json"), logger: logger)
+        let readiness = Readiness(listeners: ["ingest", "status", "http"])
+        let sockets = environment.inheritedSockets
         let ingest = IngestServer(
             configuration: IngestServerConfiguration(host: configuration.ingest.host, port: configuration.ingest.port,
-                                                     limits: configuration.limits, maximumKwh: configuration.maximumKwh),
+                                                     limits: configuration.limits, maximumKwh: configuration.maximumKwh,
+                                                     inheritedSocket: sockets.ingest),
             pipeline: pipeline, logger: logger,
             onListening: { address in
                 ports.record("ingest", port: address.port ?? 0)
+                readiness.listenerBound("ingest")
                 await onIngestListening(address)
             })
-        // Start order; shutdown runs in reverse, so the listener drains into a still-running writer.
-        self.services = [pipeline, ingest]
+
+        // Operator interfaces: the status socket, HTTP and systemd all read the same live figures.
+        let queries: any OperatorQueries = DatabaseOperatorQueries(
+            database: database,
+            configuration: LivenessConfiguration(inactiveAfterMs: Int64(configuration.inactiveAfterSeconds) * 1000,
+                                                 timeZone: configuration.timeZone))
+        let reporter = StatusReporter(pipeline: pipeline, database: database, queries: queries)
+        let writerHealth = WriterHealth(pipeline: pipeline,
+                                        staleAfterMs: environment.watchdogInterval.map { $0.milliseconds / 2 } ?? 10_000)
+        let status = StatusSocketServer(
+            configuration: StatusSocketConfiguration(path: configuration.statusSocketPath, inheritedSocket: sockets.status),
+            responder: StatusResponder(reporter: reporter), logger: logger,
+            onListening: { readiness.listenerBound("status") })
+        // Routes register here before the server is built; the dashboard and API add theirs the same way.
+        let router = Router(context: MeterRequestContext.self)
+        OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
+        let http = HTTPServer(
+            configuration: HTTPServerConfiguration(host: configuration.http.host, port: configuration.http.port,
+                                                   inheritedSocket: sockets.http),
+            router: router, logger: logger,
+            onListening: { address in
+                ports.record("http", port: address.port ?? 0)
+                readiness.listenerBound("http")
+            })
+        let notifier = SystemdNotifier(
+            configuration: SystemdNotifierConfiguration(watchdogInterval: environment.watchdogInterval),
+            readiness: readiness, writerHealth: writerHealth, reporter: reporter, logger: logger)
+
+        // Start order; shutdown runs in reverse: systemd hears STOPPING=1 first, operators' sockets
+        // close, then the listener drains into a still-running writer.
+        self.services = [pipeline, ingest, http, status, notifier]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
@@ -57,6 +95,18 @@ package struct MeterDaemon: Sendable {
             logger: self.logger))
         try await group.run()
         self.logger.info("meterd stopped")
+    }
+}
+
+/// What the daemon learns from its process environment rather than its configuration:
+/// systemd's sockets and watchdog. The executable fills it; tests leave it empty.
+package struct DaemonEnvironment: Sendable {
+    package var inheritedSockets: InheritedSockets
+    package var watchdogInterval: Duration?
+
+    package init(inheritedSockets: InheritedSockets = InheritedSockets(), watchdogInterval: Duration? = nil) {
+        self.inheritedSockets = inheritedSockets
+        self.watchdogInterval = watchdogInterval
     }
 }
 

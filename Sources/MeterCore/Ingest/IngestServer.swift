@@ -10,12 +10,16 @@ package struct IngestServerConfiguration: Sendable {
     package var port: Int
     package var limits: LineLimits
     package var maximumKwh: Double
+    /// A listening socket passed by systemd (`ingest`), used instead of binding host and port.
+    package var inheritedSocket: CInt?
 
-    package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000) {
+    package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
+                 inheritedSocket: CInt? = nil) {
         self.host = host
         self.port = port
         self.limits = limits
         self.maximumKwh = maximumKwh
+        self.inheritedSocket = inheritedSocket
     }
 }
 
@@ -47,6 +51,7 @@ package struct IngestServer: Service {
         let pipeline = self.pipeline
         let statistics = pipeline.statistics
         let connections = self.connections
+        let logger = self.logger
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
             .serverChannelOption(.backlog, value: 4096)
@@ -57,7 +62,7 @@ package struct IngestServer: Service {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 2048, maximum: 16_384))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics) { event in
+                    let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics, logger: logger) { event in
                         switch event {
                         case .opened(let receiver): connections.insert(receiver)
                         case .closed(let receiver): connections.remove(receiver)
@@ -66,7 +71,12 @@ package struct IngestServer: Service {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        let server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        let server: any Channel
+        if let socket = self.configuration.inheritedSocket {
+            server = try await bootstrap.withBoundSocket(socket).get()
+        } else {
+            server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        }
         let address = server.localAddress!
         self.logger.info("Ingest server listening", metadata: ["ingest.address": "\(address)"])
         await self.onListening(address)
