@@ -248,6 +248,19 @@ func httpGet(port: Int, path: String) async throws -> (status: Int, body: String
     var lines: [String] = []
     while let line = try await client.readLine() { lines.append(line) }
     let status = lines.first.flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
-    let body = lines.drop { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }.dropFirst().joined(separator: "\n")
+    let body = lines.drop { !$0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }.dropFirst().map { $0 + "\n" }.joined()
     return (status, body)
+}
+
+/// Runs blocking work (a socket read, waiting for a process) on its own thread, so it never
+/// holds one of the few cooperative threads the daemon under test needs too.
+func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+/// One status socket command and its answer line, off the cooperative pool.
+func ask(_ path: String, _ command: String) async throws -> String {
+    try await offPool { try StatusClient(path: path).send(command) }
 }

@@ -81,7 +81,7 @@ struct SystemdTests {
                 return ContinuousClock.now - quietSince > .seconds(3)
             }
             // And the reading is not acknowledged while it is not committed.
-            let statusLine = try StatusClient(path: meterd.statusSocket).send("status")
+            let statusLine = try await ask(meterd.statusSocket, "status")
             #expect(statusLine.contains(#""acks_total":0"#))
             #expect(statusLine.contains(#""queue_depth":1"#))
 
@@ -119,7 +119,7 @@ struct SystemdTests {
             try await client.send(readingLine(meter: "MTR-A1", seq: 7) + "\n")
             #expect(try await client.readLine() == #"{"meter":"MTR-A1","ack":7}"#)
             await client.close()
-            let answer = try StatusClient(path: statusPath).send("meter MTR-A1")
+            let answer = try await ask(statusPath, "meter MTR-A1")
             #expect(answer.contains(#""meter":"MTR-A1""#))
             #expect(!FileManager.default.fileExists(atPath: meterd.statusSocket))
             let health = try await httpGet(port: http.port, path: "/healthz")
@@ -141,7 +141,7 @@ struct SystemdTests {
             let ports = try await meterd.ports()
             #expect(ports.ingest == ingest.port)
             #expect(ports.http != 0)
-            let answer = try StatusClient(path: meterd.statusSocket).send("status")
+            let answer = try await ask(meterd.statusSocket, "status")
             #expect(answer.hasPrefix(#"{"version":"#))
             #expect(try await meterd.terminate() == 0)
         }
@@ -219,9 +219,8 @@ struct SystemdTests {
             #expect(FileManager.default.createFile(atPath: socket, contents: nil))
             #expect(LogBackend.detect(environment: ["INVOCATION_ID": "x"], journalSocket: socket) == .journald)
             #expect(LogBackend.detect(environment: ["JOURNAL_STREAM": "1:2"], journalSocket: directory + "/none") == .stderr)
-            var status = stat()
-            fstat(STDERR_FILENO, &status)
-            #expect(LogBackend.detect(environment: ["JOURNAL_STREAM": "\(status.st_dev):\(status.st_ino)"],
+            let stderr = try #require(LogBackend.stderrIdentity())
+            #expect(LogBackend.detect(environment: ["JOURNAL_STREAM": stderr],
                                       journalSocket: directory + "/none") == .journald)
         }
     }

@@ -89,10 +89,16 @@ package struct HTTPServer: Service {
         await self.onListening(address)
 
         try await withThrowingDiscardingTaskGroup { group in  // reaps finished connections
-            try await server.executeThenClose { inbound in
-                for try await connection in inbound.cancelOnGracefulShutdown() {
-                    group.addTask { await http.handle(value: connection, logger: logger) }
+            // On shutdown the listener closes; connections already accepted still come out of the
+            // sequence and are served, never dropped half-made.
+            try await withGracefulShutdownHandler {
+                try await server.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        group.addTask { await http.handle(value: connection, logger: logger) }
+                    }
                 }
+            } onGracefulShutdown: {
+                server.channel.close(promise: nil)
             }
             // Idle keep-alive connections close now; busy ones after their current response.
             for channel in connections.all {

@@ -1,6 +1,12 @@
 #if canImport(Glibc)
 import Glibc
-#elseif canImport(Darwin)
+#endif
+// Depending on module build order, glibc's struct stat and timespec may be attributed to
+// Dispatch's C module; importing it keeps MemberImportVisibility satisfied either way.
+#if canImport(CDispatch)
+import CDispatch
+#endif
+#if canImport(Darwin)
 import Darwin
 #endif
 import CSystemd
@@ -128,10 +134,14 @@ package enum LogBackend: String, Sendable, CaseIterable {
 
     /// Whether `JOURNAL_STREAM` (`DEVICE:INODE`) names the file stderr is connected to.
     private static func stderrIs(journalStream: String) -> Bool {
-        let parts = journalStream.split(separator: ":")
-        guard parts.count == 2, let device = UInt64(parts[0]), let inode = UInt64(parts[1]) else { return false }
+        guard let identity = Self.stderrIdentity() else { return false }
+        return journalStream == identity
+    }
+
+    /// stderr's `DEVICE:INODE`, as systemd writes it into `JOURNAL_STREAM`.
+    package static func stderrIdentity() -> String? {
         var status = stat()
-        guard fstat(STDERR_FILENO, &status) == 0 else { return false }
-        return UInt64(status.st_dev) == device && UInt64(status.st_ino) == inode
+        guard fstat(STDERR_FILENO, &status) == 0 else { return nil }
+        return "\(UInt64(status.st_dev)):\(UInt64(status.st_ino))"
     }
 }

@@ -72,13 +72,17 @@ package struct StatusSocketServer: Service {
         await self.onListening()
 
         try await withThrowingDiscardingTaskGroup { group in  // reaps finished connections
-            try await server.executeThenClose { connections in
-                for try await connection in connections.cancelOnGracefulShutdown() {
-                    group.addTask { await self.handle(connection) }
+            // On shutdown the listener closes; connections already accepted still come out of the
+            // sequence and are each handled (and closed), never dropped half-made.
+            try await withGracefulShutdownHandler {
+                try await server.executeThenClose { connections in
+                    for try await connection in connections {
+                        group.addTask { await self.handle(connection) }
+                    }
                 }
+            } onGracefulShutdown: {
+                server.channel.close(promise: nil)
             }
-            // Operators' sessions end with the daemon, not after it.
-            group.cancelAll()
         }
         if self.configuration.inheritedSocket == nil { unlink(self.configuration.path) }
         self.logger.info("Status socket closed")
