@@ -46,14 +46,18 @@ final class ChildProcess: Sendable {
         for (index, fd) in high.enumerated() {
             posix_spawn_file_actions_adddup2(&actions, fd, CInt(3 + index))
         }
-        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
+        defer { envp.forEach { free($0) } }
+        // setpriv --pdeathsig: the child dies with the test process even if a test crashes. The
+        // signal follows the spawning *thread*, so spawning happens on one thread that never exits.
+        let command = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] + arguments
+        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let (pid, result) = Spawner.shared.spawn { () -> (pid_t, Int32) in
+            var pid: pid_t = 0
+            let result = posix_spawn(&pid, argv[0]!, &actions, nil, argv, envp)
+            return (pid, result)
         }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, arguments[0], &actions, nil, argv, envp)
         guard result == 0 else {
             Issue.record("cannot start \(arguments[0]): \(String(cString: strerror(result)))")
             throw CancellationError()
@@ -94,6 +98,44 @@ final class ChildProcess: Sendable {
         var raw: Int32 = 0
         waitpid(self.pid, &raw, 0)
         self.status.withLock { $0 = 128 + SIGKILL }
+    }
+}
+
+/// Runs spawns on one thread that lives as long as the test process (see `--pdeathsig`).
+final class Spawner: @unchecked Sendable {  // state guarded by `lock`
+    static let shared = Spawner()
+    private let lock = NSCondition()
+    private var job: (() -> Void)?
+
+    private init() {
+        let thread = Thread { [self] in
+            while true {
+                self.lock.lock()
+                while self.job == nil { self.lock.wait() }
+                let job = self.job!
+                self.lock.unlock()
+                job()
+                self.lock.lock()
+                self.job = nil
+                self.lock.broadcast()
+                self.lock.unlock()
+            }
+        }
+        thread.name = "test-spawner"
+        thread.start()
+    }
+
+    func spawn<T>(_ work: () -> T) -> T {
+        withoutActuallyEscaping(work) { work in
+            var result: T?
+            self.lock.lock()
+            while self.job != nil { self.lock.wait() }
+            self.job = { result = work() }
+            self.lock.broadcast()
+            while result == nil { self.lock.wait() }
+            self.lock.unlock()
+            return result!
+        }
     }
 }
 
