@@ -70,7 +70,6 @@ let package = Package(
             dependencies: [
                 "MeterCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
