@@ -6,7 +6,8 @@ packages=(
     pkg-config
     libsqlite3-dev   # SQLite, linked through pkg-config
     libsystemd-dev   # sd_notify, socket activation, journald
-    sqlite3          # the CLI, for operators and scripts
+    sqlite3          # the CLI, for operators and scripts (and the systemd end-to-end test's writer stall)
+    prometheus       # promtool, which checks /metrics in the tests
 )
 
 missing=()

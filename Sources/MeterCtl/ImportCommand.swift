@@ -23,9 +23,12 @@ struct ImportCommand: AsyncParsableCommand {
     @Option(help: "Import straight into this database file (meterd must not be running on it).")
     var db: String?
 
+    @OptionGroup var options: ConnectionOptions
+
     func run() async throws {
         guard let path = self.db else {
-            throw ValidationError("importing through a running meterd needs the status socket, which this build lacks; pass --db PATH")
+            try self.importThroughDaemon()
+            return
         }
         let database = try MeterDatabase(path: path)
         let terminal = isatty(STDERR_FILENO) == 1
@@ -36,5 +39,28 @@ struct ImportCommand: AsyncParsableCommand {
         }
         print(report.text, terminator: "")
         if !report.succeeded || report.files.isEmpty { throw ExitCode(1) }
+    }
+
+    /// Hands the directory to the running meterd, the single writer; it reads the files itself.
+    private func importThroughDaemon() throws {
+        // Exit non-zero when a file was rejected, as the offline import does.
+        var rejected = false
+        let directory = URL(fileURLWithPath: self.directory).standardizedFileURL.path
+        if isatty(STDERR_FILENO) == 1 { FileHandle.standardError.write(Data("importing \(directory) through meterd…\n".utf8)) }
+        try self.options.run("import \(directory)", timeoutSeconds: 3600) { object in
+            let files = object["files"] as? [[String: Any]] ?? []
+            var out = files.isEmpty ? "no company files found in \(directory)\n" : ""
+            for file in files {
+                let errors = file["errors"] as? [String] ?? []
+                if errors.isEmpty {
+                    out += "\(OperatorOutput.text(file["file"])): \(OperatorOutput.text(file["rows"])) rows imported\n"
+                } else {
+                    rejected = true
+                    out += "\(OperatorOutput.text(file["file"])): rejected, nothing of it applied\n" + errors.map { "  \($0)\n" }.joined()
+                }
+            }
+            return out
+        }
+        if rejected { throw ExitCode(1) }
     }
 }

@@ -4,54 +4,40 @@ import MeterCore
 
 /// Options that say how KPIs are computed offline (the daemon has them from its configuration).
 struct KPIOptions: ParsableArguments {
+    init() {}
+
+    init(db: String, timezone: String) {
+        self.db = db
+        self.timezone = timezone
+    }
+
     @Option(help: "Read this database file directly instead of asking meterd.")
     var db: String?
 
     @Option(help: ArgumentHelp("IANA time zone of the calendar months (default UTC).", valueName: "iana-name"))
     var timezone: String = "UTC"
 
+    /// The KPI document of a period, computed from the database file.
+    func json(from: String?, to: String?, region: String?) async throws -> String {
+        let (engine, settings) = try self.engine()
+        let period: KPIPeriod
+        do {
+            period = try KPIPeriod.parse(from: from, to: to, nowMs: WallClock.nowMs(), timeZone: settings.timeZone)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        return try await engine.json(period: period, region: region)
+    }
+
     func engine() throws -> (KPIEngine, KPISettings) {
         guard let path = self.db else {
-            throw ValidationError("asking a running meterd needs the status socket, which this build lacks; pass --db PATH")
+            throw ValidationError("pass --db PATH to read a database file directly")
         }
         guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("no database at \(path)") }
         guard let zone = TimeZone(identifier: self.timezone) else { throw ValidationError("unknown time zone \(self.timezone)") }
         let database = try MeterDatabase(path: path)
         let settings = KPISettings(timeZone: zone)
         return (KPIEngine(database: database, rollups: KPIRollups(database: database, timeZone: zone), settings: settings), settings)
-    }
-}
-
-/// `meterctl kpi [--from YYYY-MM] [--to YYYY-MM] [--region NAME] [--json] --db PATH`.
-struct KPICommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "kpi",
-        abstract: "Print the KPIs of a period (default: the 12 months ending with the current one).")
-
-    @Option(help: ArgumentHelp("First month of the period.", valueName: "YYYY-MM"))
-    var from: String?
-
-    @Option(help: ArgumentHelp("Last month of the period.", valueName: "YYYY-MM"))
-    var to: String?
-
-    @Option(help: "Only customers and meters of this region.")
-    var region: String?
-
-    @Flag(help: "Print the KPI document as JSON.")
-    var json = false
-
-    @OptionGroup var options: KPIOptions
-
-    func run() async throws {
-        let (engine, settings) = try self.options.engine()
-        let period: KPIPeriod
-        do {
-            period = try KPIPeriod.parse(from: self.from, to: self.to, nowMs: WallClock.nowMs(), timeZone: settings.timeZone)
-        } catch {
-            throw ValidationError("\(error)")
-        }
-        let text = try await engine.json(period: period, region: self.region)
-        print(self.json ? text : try KPITextReport.render(json: text), terminator: self.json ? "\n" : "")
     }
 }
 

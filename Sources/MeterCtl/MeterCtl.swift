@@ -1,9 +1,182 @@
 import ArgumentParser
+import Foundation
+import MeterCore
 
+/// `meterctl`: asks a running meterd through its status socket (SPEC.md section 6).
 @main
 struct MeterCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meterctl",
-        abstract: "Operates meterd: imports the company's CSV files and prints its KPIs.",
-        subcommands: [ImportCommand.self, KPICommand.self, KPIBenchmarkCommand.self])
+        abstract: "Asks a running meterd how it is doing, through its status socket; imports the company's data.",
+        discussion: """
+            The socket is --socket, else $METERD_STATUS_SOCKET, else /run/meterd/status.sock when it \
+            exists, else ./meterd-data/status.sock. Errors print one line and exit non-zero: 1 when \
+            meterd answered with an error (such as an unknown meter), 3 when meterd cannot be reached. \
+            kpi and import also work without a daemon, on a database file given with --db.
+            """,
+        version: MeterdVersion.current,
+        subcommands: [Status.self, Inactive.self, Meter.self, KPI.self, Snapshot.self, ImportCommand.self, Backup.self,
+                      KPIBenchmarkCommand.self])
+
+    // Declared here too so `meterctl --socket PATH status` works as well as `meterctl status --socket PATH`.
+    @OptionGroup var options: ConnectionOptions
+}
+
+/// Options every subcommand takes.
+struct ConnectionOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Path of meterd's status socket.", valueName: "path"))
+    var socket: String?
+
+    @Flag(help: "Print meterd's answer as the raw JSON line.")
+    var json = false
+
+    var path: String { self.socket ?? StatusClient.defaultPath(environment: ProcessInfo.processInfo.environment) }
+
+    /// Sends the command and prints the answer as JSON or through `render`; exits non-zero on any error.
+    func run(_ command: String, timeoutSeconds: Int = 30, render: ([String: Any]) -> String) throws {
+        let line: String
+        do {
+            line = try StatusClient(path: self.path, timeoutSeconds: timeoutSeconds).send(command)
+        } catch {
+            Self.fail("\(error)", code: 3)
+        }
+        guard let answer = OperatorAnswer(line: line) else {
+            Self.fail("meterd sent an answer that is not JSON: \(line.prefix(200))", code: 1)
+        }
+        switch answer {
+        case .error(let code, let detail):
+            if self.json { print(line) }
+            Self.fail(detail.isEmpty ? code : detail, code: 1)
+        case .value(let object):
+            print(self.json ? line : render(object), terminator: self.json ? "\n" : "")
+        }
+    }
+
+    static func fail(_ message: String, code: Int32) -> Never {
+        FileHandle.standardError.write(Data("meterctl: \(message)\n".utf8))
+        Foundation.exit(code)
+    }
+}
+
+extension MeterCtl {
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Live figures: readings, acks, queue, latency, meters by state.")
+        @OptionGroup var options: ConnectionOptions
+
+        func run() throws {
+            try self.options.run("status", render: OperatorOutput.status)
+        }
+    }
+
+    struct Inactive: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Meters that went silent, with when.")
+        @OptionGroup var options: ConnectionOptions
+        @Option(help: "List at most this many meters (the count covers all).")
+        var limit: Int = StatusCommand.defaultInactiveLimit
+
+        func validate() throws {
+            guard (0...1_000_000).contains(self.limit) else { throw ValidationError("Please give a limit from 0 to 1000000.") }
+        }
+
+        func run() throws {
+            try self.options.run("inactive \(self.limit)", render: OperatorOutput.inactive)
+        }
+    }
+
+    struct Meter: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One meter: customer, region, last reading, status, counters.")
+        @OptionGroup var options: ConnectionOptions
+        @Argument(help: "The meter id, e.g. MTR-000123.")
+        var id: String
+
+        func validate() throws {
+            guard !self.id.isEmpty, !self.id.contains(where: { $0 == " " || $0 == "\n" || $0 == "\r" }) else {
+                throw ValidationError("Please give a meter id without spaces.")
+            }
+        }
+
+        func run() throws {
+            try self.options.run("meter \(self.id)") { object in
+                OperatorOutput.generic(object, order: ["meter", "customer_id", "region", "state", "faulty", "inactive_since",
+                                                       "first_seen", "last_reading", "counters"])
+            }
+        }
+    }
+
+    struct KPI: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "kpi", abstract: "The KPI document for a period and an optional region.",
+            discussion: "Without --from and --to the period is the 12 months ending with the current one.")
+        @OptionGroup var options: ConnectionOptions
+        @Option(help: ArgumentHelp("First month of the period.", valueName: "YYYY-MM"))
+        var from: String?
+        @Option(help: ArgumentHelp("Last month of the period.", valueName: "YYYY-MM"))
+        var to: String?
+        @Option(help: "Only customers of this region.")
+        var region: String?
+        @Option(help: "Compute from this database file instead of asking meterd (meterd need not run).")
+        var db: String?
+        @Option(help: ArgumentHelp("With --db: IANA time zone of the calendar months (default UTC).", valueName: "iana-name"))
+        var timezone = "UTC"
+
+        func validate() throws {
+            for (name, value) in [("--from", self.from), ("--to", self.to)] {
+                if let value, Month(value) == nil { throw ValidationError("\(name) must be a month YYYY-MM, got \"\(value)\".") }
+            }
+            if let from = self.from.flatMap(Month.init), let to = self.to.flatMap(Month.init), from > to {
+                throw ValidationError("--from \(from) is after --to \(to).")
+            }
+            if let region = self.region, region.isEmpty || region.contains(where: { $0 == "\n" || $0 == "\r" }) {
+                throw ValidationError("Please give a region name on one line.")
+            }
+        }
+
+        func run() async throws {
+            if let db = self.db {
+                let text = try await KPIOptions(db: db, timezone: self.timezone).json(from: self.from, to: self.to, region: self.region)
+                print(self.options.json ? text : try KPITextReport.render(json: text), terminator: self.options.json ? "\n" : "")
+                return
+            }
+            var command = "kpi"
+            if self.from != nil || self.to != nil || self.region != nil {
+                // The socket takes FROM and TO together: fill in the default period around what was given.
+                let current = MonthCalendar(timeZone: TimeZone(identifier: "UTC")!).month(of: Date())
+                let to = self.to.flatMap(Month.init) ?? (self.from.flatMap(Month.init).map { max($0, current) } ?? current)
+                let from = self.from.flatMap(Month.init) ?? to.adding(months: -11)
+                command += " \(from) \(to)"
+                if let region = self.region { command += " \(region)" }
+            }
+            try self.options.run(command) { object in
+                guard let data = try? JSONSerialization.data(withJSONObject: object),
+                    let report = try? KPITextReport.render(json: String(decoding: data, as: UTF8.self))
+                else { return OperatorOutput.generic(object) }
+                return report
+            }
+        }
+    }
+
+    struct Snapshot: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Writes a KPI snapshot now and prints its path.")
+        @OptionGroup var options: ConnectionOptions
+
+        func run() throws {
+            try self.options.run("snapshot") { object in "\(OperatorOutput.text(object["snapshot"]))\n" }
+        }
+    }
+
+    struct Backup: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Writes a consistent copy of the database to FILE while meters keep sending.",
+            discussion: "meterd writes the file itself, so FILE must be a new path that meterd may write to.")
+        @OptionGroup var options: ConnectionOptions
+        @Argument(help: "Where the copy goes; it must not exist yet.")
+        var file: String
+
+        func run() throws {
+            let path = self.file.hasPrefix("/") ? self.file : FileManager.default.currentDirectoryPath + "/" + self.file
+            try self.options.run("backup \(path)", timeoutSeconds: 3600) { object in
+                "backup written to \(OperatorOutput.text(object["backup"])) (\(OperatorOutput.text(object["bytes"])) bytes)\n"
+            }
+        }
+    }
 }

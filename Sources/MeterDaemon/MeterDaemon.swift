@@ -14,7 +14,8 @@ struct MeterDaemonCommand: AsyncParsableCommand {
 
             Config file keys (key = value; [tariff] section for per-region rates):
             \(DaemonConfiguration.keys.map { "  \($0.key): \($0.help)" }.joined(separator: "\n"))
-            """)
+            """,
+        version: MeterdVersion.current)
 
     @Option(help: "Config file of key = value lines (see the keys below).")
     var config: String?
@@ -52,14 +53,41 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var commitIntervalMs: String?
     @Option(help: "Minimum log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String = "info"
+    @Option(help: "Where logs go: auto (default: journald when systemd started meterd, else stderr), journald or stderr.")
+    var logBackend: String = "auto"
 
     func run() async throws {
         guard let level = Logger.Level(rawValue: self.logLevel) else {
             Self.fail(ConfigurationError(key: "log_level", "expected trace, debug, info, notice, warning, error or critical, got \"\(self.logLevel)\""))
         }
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        let environment = ProcessInfo.processInfo.environment
+        let backend: LogBackend
+        switch self.logBackend {
+        case "auto": backend = LogBackend.detect(environment: environment)
+        case let name:
+            guard let chosen = LogBackend(rawValue: name) else {
+                Self.fail(ConfigurationError(key: "log_backend", "expected auto, journald or stderr, got \"\(name)\""))
+            }
+            backend = chosen
+        }
+        switch backend {
+        case .journald: LoggingSystem.bootstrap { JournalLogHandler(label: $0) }
+        case .stderr: LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        }
         var logger = Logger(label: "meterd")
         logger.logLevel = level
+
+        // Taken before anything else can open a file descriptor over them.
+        let (sockets, ignored) = Systemd.takeListenedSockets()
+        if !ignored.isEmpty {
+            logger.warning("Ignoring sockets passed by systemd with unknown names", metadata: ["systemd.fdnames": "\(ignored.joined(separator: ","))"])
+        }
+        if !sockets.isEmpty {
+            logger.info("Using sockets passed by systemd", metadata: [
+                "systemd.ingest": "\(sockets.ingest.map(String.init) ?? "-")", "systemd.status": "\(sockets.status.map(String.init) ?? "-")",
+                "systemd.http": "\(sockets.http.map(String.init) ?? "-")"])
+        }
+        let daemonEnvironment = DaemonEnvironment(inheritedSockets: sockets, watchdogInterval: Systemd.watchdogInterval())
 
         let flags: [(String, String?)] = [
             ("data_dir", self.dataDir), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
@@ -72,13 +100,13 @@ struct MeterDaemonCommand: AsyncParsableCommand {
         do {
             configuration = try DaemonConfiguration.resolve(
                 configFile: self.config, overrides: flags.compactMap { key, value in value.map { (key, $0) } },
-                environment: ProcessInfo.processInfo.environment)
+                environment: environment)
         } catch {
             Self.fail(error)
         }
         let daemon: MeterCore.MeterDaemon
         do {
-            daemon = try MeterCore.MeterDaemon(configuration: configuration, logger: logger)
+            daemon = try MeterCore.MeterDaemon(configuration: configuration, logger: logger, environment: daemonEnvironment)
         } catch {
             Self.fail(error)
         }

@@ -1,9 +1,9 @@
 import Foundation
+import Hummingbird
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
-import Synchronization
 import UnixSignals
 
 /// The assembled daemon: its services, run together in one `ServiceGroup`.
@@ -11,6 +11,7 @@ package struct MeterDaemon: Sendable {
     package let configuration: DaemonConfiguration
     package let database: MeterDatabase
     package let pipeline: IngestPipeline
+    package let metrics: DaemonMetrics
     package let kpi: KPIEngine
     package let liveness: LivenessMonitor
     package let snapshots: SnapshotService
@@ -23,7 +24,7 @@ package struct MeterDaemon: Sendable {
     /// let daemon = try MeterDaemon(configuration: configuration, logger: logger)
     /// try await daemon.run()
     /// ```
-    package init(configuration: DaemonConfiguration, logger: Logger,
+    package init(configuration: DaemonConfiguration, logger: Logger, environment: DaemonEnvironment = DaemonEnvironment(),
                  onIngestListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }) throws {
         self.configuration = configuration
         self.logger = logger
@@ -40,32 +41,71 @@ package struct MeterDaemon: Sendable {
         writer.observer = rollups
         logger.info("Database open", metadata: ["db.path": "\(configuration.databasePath)", "db.meters": "\(writer.meterCount)",
                                                  "db.synchronous": "\(configuration.durability.rawValue)"])
-        let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: logger)
+        let metrics = DaemonMetrics()
+        self.metrics = metrics
+        let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline,
+                                      statistics: IngestStatistics(commitObserver: metrics), logger: logger)
         self.pipeline = pipeline
         let portsPath = (configuration.dataDirectory as NSString).appendingPathComponent("ports.json")
         // A stale file from the last run would send scripts to a port nobody listens on.
         try? FileManager.default.removeItem(atPath: portsPath)
         let ports = ListenerPorts(path: portsPath, logger: logger)
+        let readiness = Readiness(listeners: ["ingest", "status", "http"])
+        let sockets = environment.inheritedSockets
         let ingest = IngestServer(
             configuration: IngestServerConfiguration(host: configuration.ingest.host, port: configuration.ingest.port,
                                                      limits: configuration.limits, maximumKwh: configuration.maximumKwh,
-                                                     maximumConnections: configuration.maximumConnections),
+                                                     maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest),
             pipeline: pipeline, logger: logger,
             onListening: { address in
                 ports.record("ingest", port: address.port ?? 0)
+                readiness.listenerBound("ingest")
                 await onIngestListening(address)
             })
+
+        // Operator interfaces: the status socket, HTTP and systemd all read the same live figures.
         let kpi = KPIEngine(database: database, rollups: rollups, settings: KPISettings(configuration), pipeline: pipeline)
         self.kpi = kpi
-        self.liveness = LivenessMonitor(database: database, pipeline: pipeline, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
-                                        logger: logger)
-        self.snapshots = SnapshotService(
+        let liveness = LivenessMonitor(database: database, pipeline: pipeline, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
+                                       logger: logger)
+        self.liveness = liveness
+        let snapshots = SnapshotService(
             engine: kpi, database: database, pipeline: pipeline,
             path: (configuration.dataDirectory as NSString).appendingPathComponent("kpi.json"),
             interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger)
-        // Start order; shutdown runs in reverse, so the listener drains into a still-running writer,
-        // and the services that hand work to the writer stop before it.
-        self.services = [pipeline, ingest, self.liveness, self.snapshots]
+        self.snapshots = snapshots
+        var livenessConfiguration = LivenessConfiguration(inactiveAfterMs: Int64(configuration.inactiveAfterSeconds) * 1000,
+                                                          timeZone: configuration.timeZone)
+        livenessConfiguration.faultyFaults = configuration.faultyFaults
+        livenessConfiguration.faultyPoorMonths = configuration.faultyPoorMonths
+        let queries = DaemonOperatorQueries(database: database, pipeline: pipeline, kpi: kpi, liveness: liveness, snapshots: snapshots,
+                                            configuration: livenessConfiguration)
+        let reporter = StatusReporter(pipeline: pipeline, database: database, queries: queries)
+        let writerHealth = WriterHealth(pipeline: pipeline,
+                                        staleAfterMs: environment.watchdogInterval.map { $0.milliseconds / 2 } ?? 10_000)
+        let status = StatusSocketServer(
+            configuration: StatusSocketConfiguration(path: configuration.statusSocketPath, inheritedSocket: sockets.status),
+            responder: StatusResponder(reporter: reporter), logger: logger,
+            onListening: { readiness.listenerBound("status") })
+        // Routes register here before the server is built; the dashboard and API add theirs the same way.
+        let router = Router(context: MeterRequestContext.self)
+        OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
+        let http = HTTPServer(
+            configuration: HTTPServerConfiguration(host: configuration.http.host, port: configuration.http.port,
+                                                   inheritedSocket: sockets.http),
+            router: router, logger: logger,
+            onListening: { address in
+                ports.record("http", port: address.port ?? 0)
+                readiness.listenerBound("http")
+            })
+        let notifier = SystemdNotifier(
+            configuration: SystemdNotifierConfiguration(watchdogInterval: environment.watchdogInterval),
+            readiness: readiness, writerHealth: writerHealth, reporter: reporter, logger: logger)
+
+        // Start order; shutdown runs in reverse: systemd hears STOPPING=1 first, operators' sockets
+        // close, then the listener drains into a still-running writer.
+        // The liveness and snapshot services hand work to the writer, so they stop before it.
+        self.services = [pipeline, ingest, liveness, snapshots, http, status, notifier]
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
@@ -76,6 +116,18 @@ package struct MeterDaemon: Sendable {
             logger: self.logger))
         try await group.run()
         self.logger.info("meterd stopped")
+    }
+}
+
+/// What the daemon learns from its process environment rather than its configuration:
+/// systemd's sockets and watchdog. The executable fills it; tests leave it empty.
+package struct DaemonEnvironment: Sendable {
+    package var inheritedSockets: InheritedSockets
+    package var watchdogInterval: Duration?
+
+    package init(inheritedSockets: InheritedSockets = InheritedSockets(), watchdogInterval: Duration? = nil) {
+        self.inheritedSockets = inheritedSockets
+        self.watchdogInterval = watchdogInterval
     }
 }
 

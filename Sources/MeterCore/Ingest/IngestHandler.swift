@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Logging
 import NIOCore
 import Synchronization
 
@@ -41,6 +42,7 @@ final class IngestHandler: ChannelDuplexHandler {
     private let limits: LineLimits
     private let statistics: IngestStatistics
     private let onStateChange: @Sendable (ConnectionEvent) -> Void
+    private let logger: Logger
 
     private var context: ChannelHandlerContext?
     private var receiver: ConnectionAckReceiver?
@@ -67,7 +69,9 @@ final class IngestHandler: ChannelDuplexHandler {
     }
 
     init(pipeline: IngestPipeline, parser: ReadingParser, limits: LineLimits, statistics: IngestStatistics,
+         logger: Logger = Logger(label: "meterd", factory: { _ in SwiftLogNoOpLogHandler() }),
          onStateChange: @escaping @Sendable (ConnectionEvent) -> Void) {
+        self.logger = logger
         self.pipeline = pipeline
         self.parser = parser
         self.limits = limits
@@ -295,7 +299,7 @@ final class IngestHandler: ChannelDuplexHandler {
         do {
             let reading = try self.parser.parse(line)
             guard reading.timestampMs <= self.receivedMs + self.limits.clockSkewMs else {
-                self.reject(Rejection(.clockSkew, "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is more than \(self.limits.clockSkewMs / 1000) s ahead of the daemon's clock"), raw: line)
+                self.reject(meter: reading.meter, Rejection(.clockSkew, "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is more than \(self.limits.clockSkewMs / 1000) s ahead of the daemon's clock"), raw: line)
                 return
             }
             self.readings.append(SubmittedReading(reading: reading, line: self.lineNumber, receivedMs: self.receivedMs))
@@ -312,8 +316,14 @@ final class IngestHandler: ChannelDuplexHandler {
         prefix.withUnsafeReadableBytes { self.reject(rejection, raw: UnsafeRawBufferPointer(rebasing: $0.prefix(256))) }
     }
 
-    private func reject(_ rejection: Rejection, raw: UnsafeRawBufferPointer) {
+    private func reject(meter: String? = nil, _ rejection: Rejection, raw: UnsafeRawBufferPointer) {
         self.statistics.countReject(rejection.code)
+        self.logger.debug("Rejected a line", metadata: {
+            var metadata: Logger.Metadata = ["peer": "\(self.peer)", "code": "\(rejection.code.rawValue)",
+                                             "line": "\(self.lineNumber)", "detail": "\(rejection.detail)"]
+            if let meter { metadata["meter"] = "\(meter)" }
+            return metadata
+        }())
         var buffer = self.output ?? self.context!.channel.allocator.buffer(capacity: 128)
         Self.writeError(rejection, line: self.lineNumber, into: &buffer)
         self.output = buffer

@@ -225,10 +225,12 @@ package final class IngestPipeline: Service, Sendable {
                 }
             case .commit(let batch, let weight):
                 do {
+                    let started = ContinuousClock.now
                     let result = try self.writer.withLock { writer in try writer!.commit(batch) }
                     retryDelay = .milliseconds(50)
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
+                    self.statistics.commitObserver?.committed(duration: ContinuousClock.now - started, latenciesMs: result.latenciesMs)
                 } catch {
                     self.logger.error("Commit failed; readings stay queued and unacknowledged until it succeeds",
                                       metadata: ["error": "\(error)", "batch.readings": "\(weight)"])

@@ -13,14 +13,17 @@ package struct IngestServerConfiguration: Sendable {
     package var maximumKwh: Double
     /// Connections beyond this are told `too_many_connections` and closed.
     package var maximumConnections: Int
+    /// A listening socket passed by systemd (`ingest`), used instead of binding host and port.
+    package var inheritedSocket: CInt?
 
     package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
-                 maximumConnections: Int = 50_000) {
+                 maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil) {
         self.host = host
         self.port = port
         self.limits = limits
         self.maximumKwh = maximumKwh
         self.maximumConnections = maximumConnections
+        self.inheritedSocket = inheritedSocket
     }
 }
 
@@ -53,6 +56,7 @@ package struct IngestServer: Service {
         let statistics = pipeline.statistics
         let connections = self.connections
         let maximumConnections = self.configuration.maximumConnections
+        let logger = self.logger
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
             .serverChannelOption(.backlog, value: 4096)
@@ -69,7 +73,7 @@ package struct IngestServer: Service {
                     }
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics) { event in
+                    let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics, logger: logger) { event in
                         switch event {
                         case .opened(let receiver): connections.insert(receiver)
                         case .closed(let receiver): connections.remove(receiver)
@@ -78,7 +82,12 @@ package struct IngestServer: Service {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        let server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        let server: any Channel
+        if let socket = self.configuration.inheritedSocket {
+            server = try await bootstrap.withBoundSocket(socket).get()
+        } else {
+            server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        }
         let address = server.localAddress!
         self.logger.info("Ingest server listening", metadata: ["ingest.address": "\(address)"])
         await self.onListening(address)

@@ -14,8 +14,12 @@ package final class IngestStatistics: Sendable {
     private let rejects = NIOLockedValueBox<[RejectionCode: Int]>([:])
     package let latency = LatencyWindow()
     package let throughput = RateWindow()
+    /// Told about every commit (its duration and reading latencies), for metrics histograms.
+    package let commitObserver: (any CommitObserver)?
 
-    package init() {}
+    package init(commitObserver: (any CommitObserver)? = nil) {
+        self.commitObserver = commitObserver
+    }
 
     package func countReject(_ code: RejectionCode, count: Int = 1) {
         self.rejects.withLockedValue { $0[code, default: 0] += count }
@@ -32,6 +36,11 @@ package final class IngestStatistics: Sendable {
     package var rejectsTotal: Int {
         self.rejects.withLockedValue { $0.values.reduce(0, +) }
     }
+}
+
+/// Learns about each commit of the write pipeline; called on the writer thread, so it must be quick.
+package protocol CommitObserver: Sendable {
+    func committed(duration: Duration, latenciesMs: [Int64])
 }
 
 /// Reading latencies over the last five minutes, in logarithmic buckets, for p50/p99 in `status`.

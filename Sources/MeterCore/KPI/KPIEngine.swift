@@ -118,7 +118,7 @@ package final class KPIEngine: Sendable {
 
     /// The KPI document as JSON text, for the status socket, HTTP and snapshots.
     package func json(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> String {
-        try await self.document(period: period, region: region, nowMs: nowMs).text
+        try await self.document(period: period, region: region, nowMs: nowMs).serialized
     }
 
     private func withStore<T>(_ body: (MonthlyStore) throws -> T) async throws -> T {

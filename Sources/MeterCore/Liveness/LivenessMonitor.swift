@@ -160,6 +160,6 @@ package final class LivenessMonitor: Service, Sendable {
                 ("silent_since", .string(RFC3339.format(millisecondsSinceEpoch: meter.silentSinceMs))),
                 ("last_reading", meter.lastReceivedMs.map { .string(RFC3339.format(millisecondsSinceEpoch: $0)) } ?? .null),
             ])
-        }).text
+        }).serialized
     }
 }

@@ -1,6 +1,12 @@
 #if canImport(Glibc)
 import Glibc
-#elseif canImport(Darwin)
+#endif
+// Depending on module build order, glibc's struct stat and timespec may be attributed to
+// Dispatch's C module; importing it keeps MemberImportVisibility satisfied either way.
+#if canImport(CDispatch)
+import CDispatch
+#endif
+#if canImport(Darwin)
 import Darwin
 #endif
 

@@ -1,0 +1,182 @@
+import CoreMetrics
+import Metrics
+import Prometheus
+import Synchronization
+
+/// meterd's Prometheus metrics (SPEC.md section 6, `/metrics`), kept through swift-metrics.
+///
+/// Counters that the ingest path already keeps as atomics are brought up to date when scraped;
+/// commit durations and reading latencies are recorded per commit through ``CommitObserver``.
+package final class DaemonMetrics: CommitObserver {
+    package let registry: PrometheusCollectorRegistry
+    /// The factory behind every metric here, with each metric's help text; the executable may
+    /// bootstrap `MetricsSystem` with it so libraries report into the same registry.
+    package let factory: PrometheusHelpFactory
+
+    private let readings: CoreMetrics.Counter
+    private let acks: CoreMetrics.Counter
+    private let duplicates: CoreMetrics.Counter
+    private let busySignals: CoreMetrics.Counter
+    private let commits: CoreMetrics.Counter
+    private let rejects: [RejectionCode: CoreMetrics.Counter]
+    private let connections: CoreMetrics.Gauge
+    private let queueDepth: CoreMetrics.Gauge
+    private let databaseBytes: CoreMetrics.Gauge
+    private let writerHealthy: CoreMetrics.Gauge
+    private let lastCommitAge: CoreMetrics.Gauge
+    private let uptime: CoreMetrics.Gauge
+    private let meters: [String: CoreMetrics.Gauge]
+    private let commitDuration: CoreMetrics.Timer
+    private let readingLatency: CoreMetrics.Recorder
+
+    /// Counter values already reported, so each scrape adds only what is new.
+    private let reported = Mutex<[String: Int]>([:])
+
+    package static let help: [String: String] = [
+        "meterd_readings_total": "Readings committed to the database (duplicates excluded).",
+        "meterd_acks_total": "Acknowledgement lines sent to meters.",
+        "meterd_duplicates_total": "Resent readings recognised as already committed (acked, not stored again).",
+        "meterd_rejects_total": "Lines rejected, by error code.",
+        "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full.",
+        "meterd_commits_total": "Group commits of the write pipeline.",
+        "meterd_connections": "Meter connections open now.",
+        "meterd_queue_depth": "Readings waiting for the writer.",
+        "meterd_database_bytes": "Size of the SQLite database and its WAL.",
+        "meterd_writer_healthy": "1 while the write pipeline commits without error, 0 while commits fail.",
+        "meterd_last_commit_age_seconds": "Seconds since the last commit.",
+        "meterd_uptime_seconds": "Seconds since meterd started.",
+        "meterd_meters": "Meters by liveness state (active, inactive, faulty).",
+        "meterd_commit_duration_seconds": "Time one group commit took, from first write to durable commit.",
+        "meterd_reading_latency_seconds": "Reading latency: daemon receive time minus the reading's ts.",
+    ]
+
+    package init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        let factory = PrometheusHelpFactory(registry: registry, help: Self.help, durationBuckets: [
+            "meterd_commit_duration_seconds": [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+                                               .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                                               .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(10)],
+        ], valueBuckets: [
+            "meterd_reading_latency_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86_400],
+        ])
+        self.factory = factory
+        self.readings = CoreMetrics.Counter(label: "meterd_readings_total", factory: factory)
+        self.acks = CoreMetrics.Counter(label: "meterd_acks_total", factory: factory)
+        self.duplicates = CoreMetrics.Counter(label: "meterd_duplicates_total", factory: factory)
+        self.busySignals = CoreMetrics.Counter(label: "meterd_busy_signals_total", factory: factory)
+        self.commits = CoreMetrics.Counter(label: "meterd_commits_total", factory: factory)
+        self.rejects = Dictionary(uniqueKeysWithValues: RejectionCode.allCases.map { code in
+            (code, CoreMetrics.Counter(label: "meterd_rejects_total", dimensions: [("code", code.rawValue)], factory: factory))
+        })
+        self.connections = CoreMetrics.Gauge(label: "meterd_connections", factory: factory)
+        self.queueDepth = CoreMetrics.Gauge(label: "meterd_queue_depth", factory: factory)
+        self.databaseBytes = CoreMetrics.Gauge(label: "meterd_database_bytes", factory: factory)
+        self.writerHealthy = CoreMetrics.Gauge(label: "meterd_writer_healthy", factory: factory)
+        self.lastCommitAge = CoreMetrics.Gauge(label: "meterd_last_commit_age_seconds", factory: factory)
+        self.uptime = CoreMetrics.Gauge(label: "meterd_uptime_seconds", factory: factory)
+        self.meters = Dictionary(uniqueKeysWithValues: ["active", "inactive", "faulty"].map { state in
+            (state, CoreMetrics.Gauge(label: "meterd_meters", dimensions: [("state", state)], factory: factory))
+        })
+        self.commitDuration = CoreMetrics.Timer(label: "meterd_commit_duration_seconds", factory: factory)
+        self.readingLatency = CoreMetrics.Recorder(label: "meterd_reading_latency_seconds", aggregate: true, factory: factory)
+    }
+
+    /// Records one commit; called on the writer thread, so it only touches the histograms.
+    package func committed(duration: Duration, latenciesMs: [Int64]) {
+        self.commitDuration.recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+        for latency in latenciesMs {
+            self.readingLatency.record(Double(latency) / 1000)
+        }
+    }
+
+    /// Brings counters and gauges up to date from the live figures, then renders the
+    /// Prometheus text format.
+    package func scrape(reporter: StatusReporter, nowMs: Int64 = WallClock.nowMs()) async -> String {
+        let statistics = reporter.pipeline.statistics
+        var totals: [(String, Int, CoreMetrics.Counter)] = [
+            ("readings", statistics.stored.load(ordering: .relaxed), self.readings),
+            ("acks", statistics.acks.load(ordering: .relaxed), self.acks),
+            ("duplicates", statistics.duplicates.load(ordering: .relaxed), self.duplicates),
+            ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
+            ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
+        ]
+        let rejects = statistics.rejectsByCode
+        for (code, counter) in self.rejects {
+            totals.append(("reject.\(code.rawValue)", rejects[code] ?? 0, counter))
+        }
+        self.reported.withLock { reported in
+            for (key, total, counter) in totals {
+                let delta = total - reported[key, default: 0]
+                if delta > 0 {
+                    counter.increment(by: delta)
+                    reported[key] = total
+                }
+            }
+        }
+        self.connections.record(statistics.connections.load(ordering: .relaxed))
+        self.queueDepth.record(reporter.pipeline.queueDepth)
+        self.databaseBytes.record(reporter.database.sizeInBytes())
+        self.writerHealthy.record(reporter.pipeline.failure == nil ? 1 : 0)
+        let lastCommitMs = statistics.lastCommitMs.load(ordering: .relaxed)
+        self.lastCommitAge.record(lastCommitMs > 0 ? Double(max(0, nowMs - lastCommitMs)) / 1000 : 0)
+        self.uptime.record(max(0, nowMs - reporter.startedAtMs) / 1000)
+        if case .success(let counts) = await reporter.meterStates(nowMs: nowMs) {
+            self.meters["active"]?.record(counts.active)
+            self.meters["inactive"]?.record(counts.inactive)
+            self.meters["faulty"]?.record(counts.faulty)
+        }
+        return self.registry.emitToString()
+    }
+}
+
+/// A swift-metrics factory over a Prometheus registry that gives each metric its `# HELP`
+/// line and its own histogram buckets (Prometheus' own factory leaves help text empty).
+package struct PrometheusHelpFactory: MetricsFactory {
+    package let registry: PrometheusCollectorRegistry
+    private let help: [String: String]
+    private let durationBuckets: [String: [Duration]]
+    private let valueBuckets: [String: [Double]]
+    private let base: PrometheusMetricsFactory
+
+    package init(registry: PrometheusCollectorRegistry, help: [String: String],
+                 durationBuckets: [String: [Duration]] = [:], valueBuckets: [String: [Double]] = [:]) {
+        self.registry = registry
+        self.help = help
+        self.durationBuckets = durationBuckets
+        self.valueBuckets = valueBuckets
+        self.base = PrometheusMetricsFactory(registry: registry)
+    }
+
+    private func descriptor(_ label: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: label, unitName: "", helpText: self.help[label] ?? "")
+    }
+
+    package func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+        self.registry.makeCounter(descriptor: self.descriptor(label), labels: dimensions)
+    }
+
+    package func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
+        self.registry.makeCounter(descriptor: self.descriptor(label), labels: dimensions)
+    }
+
+    package func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
+        self.registry.makeGauge(descriptor: self.descriptor(label), labels: dimensions)
+    }
+
+    package func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
+        guard aggregate else { return self.registry.makeGauge(descriptor: self.descriptor(label), labels: dimensions) }
+        let buckets = self.valueBuckets[label] ?? self.base.defaultValueHistogramBuckets
+        return self.registry.makeValueHistogram(descriptor: self.descriptor(label), labels: dimensions, buckets: buckets)
+    }
+
+    package func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
+        let buckets = self.durationBuckets[label] ?? self.base.defaultDurationHistogramBuckets
+        return self.registry.makeDurationHistogram(descriptor: self.descriptor(label), labels: dimensions, buckets: buckets)
+    }
+
+    package func destroyCounter(_ handler: any CounterHandler) { self.base.destroyCounter(handler) }
+    package func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) { self.base.destroyFloatingPointCounter(handler) }
+    package func destroyMeter(_ handler: any MeterHandler) { self.base.destroyMeter(handler) }
+    package func destroyRecorder(_ handler: any RecorderHandler) { self.base.destroyRecorder(handler) }
+    package func destroyTimer(_ handler: any TimerHandler) { self.base.destroyTimer(handler) }
+}

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GRDB
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import Testing
+
+@testable import MeterCore
+
+/// `/metrics`, `/healthz` and `/readyz`.
+@Suite(.serialized)
+struct MetricsTests {
+    /// Runs `promtool check metrics` on an exposition; returns its exit status and output.
+    static func promtool(_ exposition: String) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
+        process.arguments = ["check", "metrics"]
+        let input = Pipe()
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = output
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool") else {
+            Issue.record("promtool is missing: apt-get install -y prometheus")
+            throw CancellationError()
+        }
+        try process.run()
+        input.fileHandleForWriting.write(Data(exposition.utf8))
+        try input.fileHandleForWriting.close()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    /// The value of one sample line, `name{labels} value`.
+    static func sample(_ exposition: String, _ series: String) -> Double? {
+        exposition.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func realDaemonExposesEveryMetricAndPromtoolAcceptsIt() async throws {
+        try await withTemporaryDirectory { directory in
+            let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
+            defer { meterd.process.stop() }
+            let ports = try await meterd.ports()
+            // Given three readings, one resent, one malformed line and one from the future.
+            let client = try await LineClient(port: ports.ingest)
+            let old = WallClock.nowMs() - 90_000
+            try await client.send([readingLine(meter: "MTR-M1", seq: 1, timestampMs: old), readingLine(meter: "MTR-M1", seq: 2),
+                                   readingLine(meter: "MTR-M2", seq: 1)].joined(separator: "\n") + "\n")
+            try await waitUntil { try await ask(meterd.statusSocket, "status").contains(#""acks_total":2"#) }
+            try await client.send(readingLine(meter: "MTR-M1", seq: 2) + "\nnope\n" + readingLine(meter: "MTR-M3", seq: 1, timestampMs: WallClock.nowMs() + 3_600_000) + "\n")
+            try await waitUntil { try await ask(meterd.statusSocket, "status").contains(#""duplicates_total":1"#) }
+            // Meter counts are cached for two seconds; wait until they show both meters.
+            try await waitUntil { try await ask(meterd.statusSocket, "status").contains(#""active":2"#) }
+
+            let (status, body) = try await httpGet(port: ports.http, path: "/metrics")
+            #expect(status == 200)
+            #expect(Self.sample(body, "meterd_readings_total") == 3)
+            #expect(Self.sample(body, "meterd_duplicates_total") == 1)
+            #expect((Self.sample(body, "meterd_acks_total") ?? 0) >= 3)
+            #expect(Self.sample(body, #"meterd_rejects_total{code="invalid_json"}"#) == 1)
+            #expect(Self.sample(body, #"meterd_rejects_total{code="clock_skew"}"#) == 1)
+            #expect(Self.sample(body, #"meterd_rejects_total{code="line_too_long"}"#) == 0)
+            #expect(Self.sample(body, "meterd_connections") == 1)
+            #expect(Self.sample(body, "meterd_queue_depth") == 0)
+            #expect(Self.sample(body, #"meterd_meters{state="active"}"#) == 2)
+            #expect(Self.sample(body, #"meterd_meters{state="inactive"}"#) == 0)
+            #expect(Self.sample(body, #"meterd_meters{state="faulty"}"#) == 0)
+            #expect((Self.sample(body, "meterd_commit_duration_seconds_count") ?? 0) >= 2)
+            #expect(Self.sample(body, "meterd_reading_latency_seconds_count") == 3)
+            // The 90 s old reading lands above the 60 s bucket, the fresh ones below 1 s.
+            #expect(Self.sample(body, #"meterd_reading_latency_seconds_bucket{le="60.0"}"#) == 2)
+            #expect(Self.sample(body, #"meterd_reading_latency_seconds_bucket{le="300.0"}"#) == 3)
+            #expect(body.contains("# HELP meterd_readings_total "))
+
+            let check = try await offPool { try Self.promtool(body) }
+            #expect(check.status == 0, "promtool: \(check.output)")
+            #expect(check.output.isEmpty, "promtool: \(check.output)")
+
+            // A second scrape adds only what is new.
+            let again = try await httpGet(port: ports.http, path: "/metrics").body
+            #expect(Self.sample(again, "meterd_readings_total") == 3)
+            #expect(try await httpGet(port: ports.http, path: "/healthz").status == 200)
+            #expect(try await httpGet(port: ports.http, path: "/readyz").status == 200)
+            await client.close()
+            #expect(try await meterd.terminate() == 0)
+        }
+    }
+
+    @Test func promtoolRejectsABrokenExposition() async throws {
+        // The check above can fail: promtool does complain about bad metrics.
+        let check = try await offPool { try Self.promtool("# TYPE meterd_readings counter\nmeterd_readings 1\n") }
+        #expect(check.status != 0 || !check.output.isEmpty)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func readinessAndHealthFollowListenersShutdownAndTheWriter() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let queries = DatabaseOperatorQueries(database: harness.database, configuration: LivenessConfiguration(), cacheTTLms: 0)
+                let reporter = StatusReporter(pipeline: harness.pipeline, database: harness.database, queries: queries)
+                let readiness = Readiness(listeners: ["ingest", "http"])
+                let health = WriterHealth(pipeline: harness.pipeline, staleAfterMs: 2_000)
+                let router = Router(context: MeterRequestContext.self)
+                OperationsRoutes(metrics: DaemonMetrics(), reporter: reporter, readiness: readiness, writerHealth: health).register(on: router)
+                let app = Application(router: router)
+                try await app.test(.router) { client in
+                    // Not ready until every listener is bound.
+                    try await client.execute(uri: "/readyz", method: .get) { response in
+                        #expect(response.status == .serviceUnavailable)
+                        #expect(String(buffer: response.body).contains("listeners not bound: http, ingest"))
+                    }
+                    readiness.listenerBound("ingest")
+                    readiness.listenerBound("http")
+                    try await client.execute(uri: "/readyz", method: .get) { response in
+                        #expect(response.status == .ok)
+                    }
+                    try await client.execute(uri: "/healthz", method: .get) { response in
+                        #expect(response.status == .ok)
+                    }
+
+                    // A writer that cannot commit: unhealthy once its progress is older than the limit.
+                    var configuration = Configuration()
+                    configuration.allowsUnsafeTransactions = true
+                    let blocker = try DatabaseQueue(path: directory + "/meterd.sqlite", configuration: configuration)
+                    try await blocker.writeWithoutTransaction { db in try db.execute(sql: "BEGIN EXCLUSIVE") }
+                    let meter = try await LineClient(port: harness.port)
+                    try await meter.send(readingLine(meter: "MTR-H", seq: 1) + "\n")
+                    try await waitUntil {
+                        try await client.execute(uri: "/healthz", method: .get) { $0.status } == .serviceUnavailable
+                    }
+                    try await blocker.writeWithoutTransaction { db in try db.execute(sql: "ROLLBACK") }
+                    _ = try await meter.readLine(timeout: .seconds(30))
+                    try await waitUntil {
+                        try await client.execute(uri: "/healthz", method: .get) { $0.status } == .ok
+                    }
+                    await meter.close()
+
+                    readiness.markStopping()
+                    try await client.execute(uri: "/readyz", method: .get) { response in
+                        #expect(response.status == .serviceUnavailable)
+                        #expect(String(buffer: response.body).contains("shutting down"))
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func countersOnlyGrowByWhatIsNew() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let metrics = DaemonMetrics()
+                let reporter = StatusReporter(pipeline: harness.pipeline, database: harness.database,
+                                              queries: DatabaseOperatorQueries(database: harness.database, configuration: LivenessConfiguration()))
+                harness.pipeline.statistics.countReject(.lineTooLong, count: 2)
+                metrics.committed(duration: .milliseconds(3), latenciesMs: [10, 20_000])
+                let first = await metrics.scrape(reporter: reporter)
+                #expect(Self.sample(first, #"meterd_rejects_total{code="line_too_long"}"#) == 2)
+                #expect(Self.sample(first, #"meterd_commit_duration_seconds_bucket{le="0.005"}"#) == 1)
+                #expect(Self.sample(first, #"meterd_commit_duration_seconds_bucket{le="0.002"}"#) == 0)
+                #expect(Self.sample(first, #"meterd_reading_latency_seconds_bucket{le="30.0"}"#) == 2)
+                #expect(Self.sample(first, #"meterd_reading_latency_seconds_bucket{le="10.0"}"#) == 1)
+                harness.pipeline.statistics.countReject(.lineTooLong)
+                let second = await metrics.scrape(reporter: reporter)
+                #expect(Self.sample(second, #"meterd_rejects_total{code="line_too_long"}"#) == 3)
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import GRDB
+import Testing
+
+@testable import MeterCore
+
+/// `meterctl import` and `meterctl backup` through a running meterd while meters keep sending.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct OnlineImportBackupTests {
+    @Test func importsThroughTheDaemonAndBacksUpWhileMetersSend() async throws {
+        try await withTemporaryDirectory { directory in
+            let csv = directory + "/csv"
+            try CompanyGenerator(customers: 200, seed: 11, year: 2023).write(to: csv)
+            let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
+            defer { meterd.process.stop() }
+            let ports = try await meterd.ports()
+            let socket = meterd.statusSocket
+
+            // A meter keeps sending for the whole test.
+            let client = try await LineClient(port: ports.ingest)
+            let sender = Task {
+                var seq: Int64 = 0
+                while !Task.isCancelled {
+                    seq += 1
+                    try await client.send(readingLine(meter: "MTR-000001", seq: seq, kwh: 0.5))
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
+            defer { sender.cancel() }
+
+            let first = try await MeterCtlTests.meterctlAsync(["--socket", socket, "import", csv])
+            #expect(first.status == 0, "\(first.err)")
+            #expect(first.out.contains("customer_data.csv: 200 rows imported"))
+            #expect(first.out.contains("monthly_data.csv: 2400 rows imported"))
+            let kpiArguments = ["--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12"]
+            let afterFirst = try await MeterCtlTests.meterctlAsync(kpiArguments)
+            let document = try #require(try JSONSerialization.jsonObject(with: Data(afterFirst.out.utf8)) as? [String: Any])
+            #expect(document["total_customers"] as? Int == 200)
+
+            // Again: nothing changes.
+            let second = try await MeterCtlTests.meterctlAsync(["--socket", socket, "import", csv])
+            #expect(second.status == 0)
+            let afterSecond = try await MeterCtlTests.meterctlAsync(kpiArguments)
+            let again = try #require(try JSONSerialization.jsonObject(with: Data(afterSecond.out.utf8)) as? [String: Any])
+            for key in ["total_customers", "total_consumption_kwh", "total_revenue", "payment_status", "maintenance", "satisfaction"] {
+                #expect(NSDictionary(dictionary: ["v": document[key] ?? NSNull()]) == NSDictionary(dictionary: ["v": again[key] ?? NSNull()]),
+                        "\(key) changed on a second import")
+            }
+
+            // A bad file is rejected whole, with file:line: reason, and a non-zero exit.
+            let bad = directory + "/bad"
+            try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)
+            try "CustomerID,Region,InstallationDate\n1,North,2021-01-05\n2,North,yesterday\n".write(toFile: bad + "/customer_data.csv", atomically: true, encoding: .utf8)
+            let rejected = try await MeterCtlTests.meterctlAsync(["--socket", socket, "import", bad])
+            #expect(rejected.status == 1)
+            #expect(rejected.out.contains("customer_data.csv: rejected"))
+            #expect(rejected.out.contains("customer_data.csv:3:"))
+
+            // A consistent copy while the meter sends.
+            let copy = directory + "/backup.sqlite"
+            let backup = try await MeterCtlTests.meterctlAsync(["--socket", socket, "backup", copy])
+            #expect(backup.status == 0, "\(backup.err)")
+            #expect(backup.out.hasPrefix("backup written to \(copy)"))
+            let existing = try await MeterCtlTests.meterctlAsync(["--socket", socket, "backup", copy])
+            #expect(existing.status == 1)
+            #expect(existing.err == "meterctl: \(copy) already exists; meterd does not overwrite it\n")
+
+            sender.cancel()
+            await client.close()
+            #expect(try await meterd.terminate() == 0)
+            let database = try DatabaseQueue(path: copy)
+            let (check, customers, readings) = try await database.read { db in
+                (try String.fetchAll(db, sql: "PRAGMA integrity_check"),
+                 try Int.fetchOne(db, sql: "SELECT count(*) FROM customer")!,
+                 try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!)
+            }
+            #expect(check == ["ok"])
+            #expect(customers == 200)
+            #expect(readings > 0)
+        }
+    }
+}

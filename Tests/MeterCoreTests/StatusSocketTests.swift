@@ -1,0 +1,232 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(CDispatch)
+import CDispatch  // where this toolchain's module map puts `stat`
+#endif
+import Foundation
+import GRDB
+import Logging
+import ServiceLifecycle
+import Testing
+
+@testable import MeterCore
+
+/// The status socket in process, over a live ingest pipeline and a real SQLite file.
+@Suite
+struct StatusSocketTests {
+    /// Runs a status socket next to an ingest harness; the body gets both and the socket path.
+    static func withStatusSocket<T>(
+        directory: String, liveness: LivenessConfiguration = LivenessConfiguration(),
+        _ body: (IngestHarness, String) async throws -> T
+    ) async throws -> T {
+        try await IngestHarness.with(directory: directory) { harness in
+            let path = directory + "/status.sock"
+            let queries = DatabaseOperatorQueries(database: harness.database, configuration: liveness, cacheTTLms: 0)
+            let reporter = StatusReporter(pipeline: harness.pipeline, database: harness.database, queries: queries)
+            let (listening, sink) = AsyncStream.makeStream(of: Void.self)
+            let server = StatusSocketServer(configuration: StatusSocketConfiguration(path: path),
+                                            responder: StatusResponder(reporter: reporter), logger: testLogger,
+                                            onListening: { sink.yield() })
+            let group = ServiceGroup(services: [server], logger: testLogger)
+            return try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                var iterator = listening.makeAsyncIterator()
+                _ = await iterator.next()
+                defer { Task { await group.triggerGracefulShutdown() } }
+                let result = try await body(harness, path)
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+                return result
+            }
+        }
+    }
+
+    static func object(_ line: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func statusHasEveryKeyOfTheSpecAndTheSocketIsGroupOnly() async throws {
+        try await withTemporaryDirectory { directory in
+            try await Self.withStatusSocket(directory: directory) { harness, path in
+                // Given two meters, one reading resent and one malformed line.
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "MTR-1", seq: 1) + "\n" + readingLine(meter: "MTR-2", seq: 1, fault: "tamper") + "\n")
+                _ = try await client.readLine()
+                _ = try await client.readLine()
+                try await client.send(readingLine(meter: "MTR-1", seq: 1) + "\n{oops\n")
+                _ = try await client.readLine()
+                _ = try await client.readLine()
+
+                var mode = stat()
+                #expect(stat(path, &mode) == 0)
+                #expect(mode.st_mode & 0o777 == 0o660)
+                #expect(mode.st_mode & S_IFMT == S_IFSOCK)
+
+                let status = try Self.object(try await ask(path, "status"))
+                for key in ["version", "uptime_s", "connections", "readings_total", "readings_per_s", "acks_total", "duplicates_total",
+                            "rejects_total", "queue_depth", "last_commit_age_ms", "db_bytes", "latency_ms", "meters"] {
+                    #expect(status[key] != nil, "status lacks \(key)")
+                }
+                #expect(status["version"] as? String == MeterdVersion.current)
+                #expect(status["connections"] as? Int == 1)
+                #expect(status["readings_total"] as? Int == 2)
+                #expect(status["duplicates_total"] as? Int == 1)
+                #expect(status["rejects_total"] as? Int == 1)
+                #expect(status["queue_depth"] as? Int == 0)
+                #expect((status["db_bytes"] as? Int ?? 0) > 0)
+                let latency = try #require(status["latency_ms"] as? [String: Any])
+                #expect(latency["p50"] as? Int != nil && latency["p99"] as? Int != nil)
+                let meters = try #require(status["meters"] as? [String: Any])
+                #expect(meters["active"] as? Int == 2)
+                #expect(meters["inactive"] as? Int == 0)
+                #expect(meters["faulty"] as? Int == 0)
+                await client.close()
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func answersEveryCommandWithOneJSONLineAndErrorsAsJSON() async throws {
+        try await withTemporaryDirectory { directory in
+            try await Self.withStatusSocket(directory: directory) { harness, path in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "MTR-7", seq: 3, status: .fair, fault: "voltage_sag") + "\n")
+                _ = try await client.readLine()
+                await client.close()
+
+                // One connection, many commands, one line each, in order.
+                let session = try UnixLineSession(path: path)
+                defer { session.close() }
+                let cases: [(String, String)] = [
+                    ("bogus", "unknown_command"),
+                    ("meter", "malformed_command"),
+                    ("meter A B", "malformed_command"),
+                    ("status now", "malformed_command"),
+                    ("inactive -3", "malformed_command"),
+                    ("kpi 2026-01", "malformed_command"),
+                    ("kpi 2026-13 2026-14", "malformed_command"),
+                    ("kpi 2026-06 2026-01", "malformed_command"),
+                    ("kpi 2026-01 2026-06 North", "unavailable"),
+                    ("snapshot", "unavailable"),
+                    ("meter MTR-404", "unknown_meter"),
+                    (String(repeating: "x", count: 5000), "malformed_command"),
+                ]
+                for (command, code) in cases {
+                    let answer = try Self.object(try await session.asking(command))
+                    #expect(answer["error"] as? String == code, "\(command.prefix(30)) → \(answer)")
+                    #expect((answer["detail"] as? String)?.isEmpty == false)
+                }
+                try session.send(bytes: [0xFF, 0xFE, 0x0A])
+                #expect(try Self.object(try await offPool { try session.readLine() })["error"] as? String == "malformed_command")
+
+                let meter = try Self.object(try await session.asking("meter MTR-7"))
+                #expect(meter["meter"] as? String == "MTR-7")
+                #expect(meter["region"] as? String == "Unassigned")
+                #expect(meter["state"] as? String == "active")
+                let last = try #require(meter["last_reading"] as? [String: Any])
+                #expect(last["seq"] as? Int == 3)
+                #expect(last["status"] as? String == "fair")
+                #expect(last["fault"] as? String == "voltage_sag")
+                let counters = try #require(meter["counters"] as? [String: Any])
+                #expect(counters["readings_total"] as? Int == 1)
+                #expect(counters["faults_total"] as? Int == 1)
+                #expect(try Self.object(try await session.asking("help"))["commands"] as? String == StatusCommand.usage)
+                #expect(try Self.object(try await session.asking("  STATUS  "))["version"] != nil)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func listsInactiveMetersAndCountsFaultyOnes() async throws {
+        try await withTemporaryDirectory { directory in
+            try await Self.withStatusSocket(directory: directory, liveness: LivenessConfiguration(inactiveAfterMs: 60_000)) { harness, path in
+                let client = try await LineClient(port: harness.port)
+                var lines = ""
+                for seq in 1...3 { lines += readingLine(meter: "MTR-F", seq: Int64(seq), fault: "tamper") + "\n" }
+                lines += readingLine(meter: "MTR-S", seq: 1) + "\n" + readingLine(meter: "MTR-A", seq: 1) + "\n"
+                try await client.send(lines)
+                try await waitUntil { try await harness.database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM meter") } == 3 }
+                // Given MTR-S last heard from ten minutes ago.
+                let silentSince = WallClock.nowMs() - 600_000
+                try await harness.database.pool.write { db in
+                    try db.execute(sql: "UPDATE meter SET last_received_ms = ? WHERE name = 'MTR-S'", arguments: [silentSince])
+                }
+                let inactive = try Self.object(try await ask(path, "inactive"))
+                #expect(inactive["count"] as? Int == 1)
+                let listed = try #require((inactive["meters"] as? [[String: Any]])?.first)
+                #expect(listed["meter"] as? String == "MTR-S")
+                #expect(listed["silent_since"] as? String == RFC3339.format(millisecondsSinceEpoch: silentSince))
+                #expect((listed["silent_for_s"] as? Int ?? 0) >= 600)
+                #expect(try Self.object(try await ask(path, "inactive 0"))["truncated"] as? Bool == true)
+                #expect(try Self.object(try await ask(path, "meter MTR-S"))["state"] as? String == "inactive")
+                #expect(try Self.object(try await ask(path, "meter MTR-F"))["faulty"] as? Bool == true)
+                let meters = try #require(try Self.object(try await ask(path, "status"))["meters"] as? [String: Any])
+                #expect(meters["active"] as? Int == 2)
+                #expect(meters["inactive"] as? Int == 1)
+                #expect(meters["faulty"] as? Int == 1)
+                await client.close()
+            }
+        }
+    }
+}
+
+/// A status socket client that keeps its connection for several commands.
+final class UnixLineSession: @unchecked Sendable {  // used by one test task at a time
+    private let fd: CInt
+    private var pending: [UInt8] = []
+
+    init(path: String) throws {
+        self.fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8))
+            raw[path.utf8.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        guard connected == 0 else {
+            Issue.record("cannot connect to \(path): \(String(cString: strerror(errno)))")
+            throw CancellationError()
+        }
+    }
+
+    func send(bytes: [UInt8]) throws {
+        guard bytes.withUnsafeBytes({ write(self.fd, $0.baseAddress, $0.count) }) == bytes.count else { throw CancellationError() }
+    }
+
+    func readLine() throws -> String {
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            if let newline = self.pending.firstIndex(of: 0x0A) {
+                let line = String(decoding: self.pending[..<newline], as: UTF8.self)
+                self.pending.removeSubrange(...newline)
+                return line
+            }
+            let count = chunk.withUnsafeMutableBytes { read(self.fd, $0.baseAddress, $0.count) }
+            guard count > 0 else {
+                Issue.record("status socket closed or timed out")
+                throw CancellationError()
+            }
+            self.pending.append(contentsOf: chunk[..<count])
+        }
+    }
+
+    func ask(_ command: String) throws -> String {
+        try self.send(bytes: Array((command + "\n").utf8))
+        return try self.readLine()
+    }
+
+    func asking(_ command: String) async throws -> String {
+        try await offPool { try self.ask(command) }
+    }
+
+    func close() {
+        Glibc.close(self.fd)
+    }
+}
