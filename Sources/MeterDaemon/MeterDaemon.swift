@@ -51,6 +51,10 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var queueCapacity: String?
     @Option(help: ArgumentHelp("Shortest time between two commits (default 5).", valueName: "ms"))
     var commitIntervalMs: String?
+    @Option(name: .customLong("dashboard-chartjs"),
+            help: ArgumentHelp("Chart.js file the dashboard serves (default Debian's /usr/share/javascript/chart.js/chart.min.js).",
+                               valueName: "path"))
+    var dashboardChartJS: String?
     @Option(help: "Minimum log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String = "info"
     @Option(help: "Where logs go: auto (default: journald when systemd started meterd, else stderr), journald or stderr.")
@@ -94,7 +98,7 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
             ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
             ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
-            ("commit_interval_ms", self.commitIntervalMs),
+            ("commit_interval_ms", self.commitIntervalMs), ("dashboard_chartjs", self.dashboardChartJS),
         ]
         let configuration: DaemonConfiguration
         do {

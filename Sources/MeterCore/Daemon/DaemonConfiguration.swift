@@ -67,6 +67,9 @@ package struct DaemonConfiguration: Sendable {
     package var maximumConnections = 50_000
     package var unknownMeters = UnknownMeterPolicy.register
     package var tariff = Tariff()
+    /// Chart.js the dashboard serves at `/assets/chart.js` (Debian's libjs-chart.js); without the file
+    /// the dashboard shows tables.
+    package var dashboardChartJS = "/usr/share/javascript/chart.js/chart.min.js"
 
     package init() {}
 
@@ -100,6 +103,8 @@ package struct DaemonConfiguration: Sendable {
         ("queue_capacity", "Readings that may wait for the writer before meters are told busy (default 50000)."),
         ("commit_interval_ms", "Shortest time between two commits in milliseconds (default 5)."),
         ("commit_max_readings", "Most readings in one transaction (default 5000)."),
+        ("dashboard_chartjs", "Chart.js file the dashboard serves (default /usr/share/javascript/chart.js/chart.min.js, "
+            + "Debian's libjs-chart.js); without it the dashboard shows tables."),
         ("tariff.default", "Currency units per kWh for live revenue (default 0.15)."),
         ("tariff.REGION", "Currency units per kWh in one region, e.g. tariff.North = 0.14."),
     ]
@@ -162,6 +167,7 @@ package struct DaemonConfiguration: Sendable {
         case "queue_capacity": self.pipeline.queueCapacity = try positiveInt(10_000_000)
         case "commit_interval_ms": self.pipeline.commitInterval = .milliseconds(try positiveInt(10_000))
         case "commit_max_readings": self.pipeline.maximumBatch = try positiveInt(1_000_000)
+        case "dashboard_chartjs": self.dashboardChartJS = try path()
         case "tariff.default": self.tariff.defaultRate = try positiveDouble()
         case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
             self.tariff.regionRates[String(key.dropFirst("tariff.".count))] = try positiveDouble()

@@ -90,6 +90,8 @@ package struct MeterDaemon: Sendable {
         // Routes register here before the server is built; the dashboard and API add theirs the same way.
         let router = Router(context: MeterRequestContext.self)
         OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
+        DashboardRoutes(queries: DashboardQueries(database: database, kpi: kpi, operatorQueries: queries), reporter: reporter,
+                        assets: DashboardAssets(chartJSPath: configuration.dashboardChartJS), logger: logger).register(on: router)
         let http = HTTPServer(
             configuration: HTTPServerConfiguration(host: configuration.http.host, port: configuration.http.port,
                                                    inheritedSocket: sockets.http),

@@ -57,6 +57,9 @@ package struct HTTPServer: Service {
             var response: Response
             do {
                 response = try await responder.respond(to: request, context: context)
+            } catch let error as any HTTPResponseError {
+                // Bad input and unknown paths: the error says which status and body to answer with.
+                response = (try? error.response(from: request, context: context)) ?? Response(status: .internalServerError)
             } catch {
                 // Routes throw HTTPError for bad input; anything else is ours to fix, not the client's.
                 logger.error("HTTP request failed", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])

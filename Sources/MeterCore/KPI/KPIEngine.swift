@@ -121,7 +121,9 @@ package final class KPIEngine: Sendable {
         try await self.document(period: period, region: region, nowMs: nowMs).serialized
     }
 
-    private func withStore<T>(_ body: (MonthlyStore) throws -> T) async throws -> T {
+    /// Runs `body` over the in-memory meter-month store, loading it first if needed (the dashboard's
+    /// per-customer figures read it too).
+    func withStore<T>(_ body: (MonthlyStore) throws -> T) async throws -> T {
         for _ in 0..<5 {
             if let result = try self.rollups.withStore(body) { return result }
             if let pipeline = self.pipeline {
