@@ -4,6 +4,7 @@ enum DashboardStyle {
 :root { --bg: #f4f6f9; --panel: #fff; --ink: #1f2933; --muted: #5f6b7a; --line: #d9dee5; --accent: #1d4ed8;
         --ok: #15803d; --warn: #b45309; --bad: #b91c1c; font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 * { box-sizing: border-box; }
+[hidden] { display: none !important; }
 body { margin: 0; background: var(--bg); color: var(--ink); font-size: 15px; line-height: 1.4; }
 a { color: var(--accent); }
 :focus-visible { outline: 3px solid #f59e0b; outline-offset: 2px; }
