@@ -497,7 +497,7 @@ enum DashboardScript {
         `<p class="muted" id="meter-owner"></p>` +
         `<div class="cards small" id="meter-cards"></div>` +
         `<div class="grid">` +
-        `<figure class="panel wide"><figcaption>Status timeline <small>(recent readings, oldest left; outlined: fault)</small></figcaption><div class="timeline" id="meter-timeline" role="img" aria-label="Status of recent readings"></div>` +
+        `<figure class="panel wide"><figcaption>Status timeline <small>(recent readings, oldest left; outlined: fault; chart: latency by receive time)</small></figcaption><div class="timeline" id="meter-timeline" role="img" aria-label="Status of recent readings"></div>` +
         `<div class="chart short"><canvas id="chart-meter-latency" role="img" aria-label="Line chart: latency of recent readings"></canvas></div></figure>` +
         `<figure class="panel wide"><figcaption>Recent readings <small id="meter-scan"></small></figcaption><div data-table="meter_readings" class="scroll"></div></figure>` +
         `<figure class="panel wide"><figcaption>Months</figcaption><div data-table="meter_months" class="scroll"></div></figure>` +
@@ -510,7 +510,7 @@ enum DashboardScript {
       ['State', meter.state + (meter.faulty ? ', faulty' : ''), 'state'],
       ['Last reading', fmtTime(meter.last_reading), 'last_reading'],
       ['Last status', meter.last_status || '—', 'last_status'],
-      ['Last seq', fmtNumber(meter.last_seq, 0), 'last_seq'],
+      ['Last seq', meter.last_seq === null ? '—' : String(meter.last_seq), 'last_seq'],
       ['Readings', fmtNumber(meter.readings_total, 0), 'readings_total'],
       ['Faults', fmtNumber(meter.faults_total, 0), 'faults_total'],
       ['Duplicates', fmtNumber(meter.duplicates_total, 0), 'duplicates_total'],
@@ -525,7 +525,7 @@ enum DashboardScript {
       '<span class="muted" style="width:auto;background:none">no live readings</span>';
     document.getElementById('meter-scan').textContent = recent.complete ? `(${recent.count})`
       : `(${recent.count}, searched back to ${fmtTime(recent.scanned_since)})`;
-    chart('chart-meter-latency', 'line', oldestFirst.map(r => fmtTime(r.ts).slice(11, 19)),
+    chart('chart-meter-latency', 'line', oldestFirst.map(r => fmtTime(r.received).slice(11, 19)),
       [{ label: 'Latency (ms)', data: oldestFirst.map(r => r.latency_ms), borderColor: COLORS[4], backgroundColor: COLORS[4], tension: 0.1 }],
       { scales: { y: { beginAtZero: true, title: { display: true, text: 'ms' } } } });
     renderTable('meter_readings', [
