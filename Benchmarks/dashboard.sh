@@ -8,7 +8,9 @@
 #
 # Besides the company's CSV files, the reading table gets READINGS_PER_METER live readings (default
 # 48, half a day at one per 15 minutes) for half the meters, interleaved as a fleet sends them, so
-# the readings endpoint scans a realistic append-only table; the other half never reported (inactive).
+# the readings endpoint scans a realistic append-only table; the other half never reported. With
+# --inactive-after 600 the reporting half (last heard 15 minutes ago) is flagged inactive at start, so
+# /api/inactive lists flagged and never-heard-from meters.
 set -eu
 CUSTOMERS=${CUSTOMERS:-100000}
 READINGS_PER_METER=${READINGS_PER_METER:-48}
@@ -49,7 +51,7 @@ COMMIT;
 SQL
 echo "reading rows: $(sqlite3 "$WORK/data/meterd.sqlite" 'SELECT MAX(rowid) FROM reading')"
 
-"$BIN/meterd" --data-dir "$WORK/data" --ingest 127.0.0.1:0 --http 127.0.0.1:0 --inactive-after 86400 >"$WORK/meterd.log" 2>&1 &
+"$BIN/meterd" --data-dir "$WORK/data" --ingest 127.0.0.1:0 --http 127.0.0.1:0 --inactive-after 600 >"$WORK/meterd.log" 2>&1 &
 PID=$!
 for _ in $(seq 300); do [ -f "$WORK/data/ports.json" ] && grep -q http "$WORK/data/ports.json" && break; sleep 0.1; done
 PORT=$(sed -n 's/.*"http":\([0-9]*\).*/\1/p' "$WORK/data/ports.json")

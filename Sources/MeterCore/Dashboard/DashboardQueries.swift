@@ -105,23 +105,28 @@ package final class DashboardQueries: Sendable {
     package func regionCustomers(_ region: String, period: KPIPeriod, request: CustomerPageRequest) async throws -> JSONValue? {
         let computed = try await self.kpi.withStore { store -> (rows: [CustomerFigures], meters: Int)? in
             guard let regionIndex = store.regionIndex(of: region).map(Int32.init) else { return nil }
-            var slot = [Int32](repeating: -1, count: store.customerIDs.count)
+            // Local copies: the loops below then read plain arrays, not class properties.
+            let customerRegion = store.customerRegion, customerIDs = store.customerIDs, installed = store.customerInstalled
+            let meterCustomer = store.meterCustomer, meterRegion = store.meterRegion
+            var slot = [Int32](repeating: -1, count: customerIDs.count)
             var rows: [CustomerFigures] = []
-            for customer in 0..<store.customerIDs.count where store.customerRegion[customer] == regionIndex {
+            for customer in 0..<customerIDs.count where customerRegion[customer] == regionIndex {
                 slot[customer] = Int32(rows.count)
-                rows.append(CustomerFigures(index: Int32(customer), customerID: store.customerIDs[customer],
-                                            installedMonth: store.customerInstalled[customer]))
+                rows.append(CustomerFigures(index: Int32(customer), customerID: customerIDs[customer], installedMonth: installed[customer]))
             }
+            // The region's customers' meters, once, as (meter index, row).
             var meters = 0
-            for meter in 0..<store.meterCount where store.meterRegion[meter] == regionIndex { meters += 1 }
+            var members: [(meter: Int, row: Int)] = []
+            members.reserveCapacity(rows.count)
+            for meter in 0..<meterCustomer.count {
+                if meterRegion[meter] == regionIndex { meters += 1 }
+                let customer = meterCustomer[meter]
+                if customer >= 0, slot[Int(customer)] >= 0 { members.append((meter, Int(slot[Int(customer)]))) }
+            }
             if rows.isEmpty && meters == 0 { return nil }
             for month in period.months {
                 guard let column = store.column(month) else { continue }
-                for meter in 0..<store.meterCount {
-                    let customer = store.meterCustomer[meter]
-                    guard customer >= 0 else { continue }
-                    let row = Int(slot[Int(customer)])
-                    guard row >= 0 else { continue }
+                for (meter, row) in members {
                     let status = column.status(meter)
                     guard status >= 0 else { continue }
                     rows[row].kwh += column.kwh[meter]

@@ -107,6 +107,10 @@ enum DashboardScript {
     if (!holder) { return; }
     options = options || {};
     holder._export = { name, columns, rows };
+    // A live refresh with the same rows leaves the table alone, so keyboard focus stays where it was.
+    const signature = JSON.stringify([location.search, columns.map(column => column.label), rows, options.count, options.sort, options.order]);
+    if (holder._signature === signature) { return; }
+    holder._signature = signature;
     const head = columns.map(column => {
       const cls = column.num ? ' class="num"' : '';
       if (options.sortable && column.sort) {

@@ -135,6 +135,7 @@ package final class MeterDatabase: Sendable {
                 """)
         }
         CompanySchema.register(in: &migrator)
+        DashboardSchema.register(in: &migrator)
         return migrator
     }
 }
