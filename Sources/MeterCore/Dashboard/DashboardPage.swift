@@ -57,7 +57,7 @@ enum DashboardPage {
   <h2 id="h-consumption">Consumption analysis</h2>
   <div class="grid">
     <figure class="panel">
-      <figcaption>Consumption by region <small>(click a bar to filter)</small></figcaption>
+      <figcaption>Consumption by region <small class="chart-hint">(click a bar to filter)</small></figcaption>
       <div class="chart"><canvas id="chart-consumption-region" role="img" aria-label="Bar chart: consumption by region"></canvas></div>
       <details class="data"><summary>Data table</summary><div data-table="consumption_by_region"></div></details>
     </figure>
@@ -106,7 +106,7 @@ enum DashboardPage {
   <h2 id="h-revenue">Revenue insights</h2>
   <div class="grid">
     <figure class="panel">
-      <figcaption>Revenue by region <small>(click a bar to filter)</small></figcaption>
+      <figcaption>Revenue by region <small class="chart-hint">(click a bar to filter)</small></figcaption>
       <div class="chart"><canvas id="chart-revenue-region" role="img" aria-label="Bar chart: revenue by region"></canvas></div>
       <details class="data"><summary>Data table</summary><div data-table="revenue_by_region"></div></details>
     </figure>

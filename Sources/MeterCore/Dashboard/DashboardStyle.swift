@@ -45,7 +45,7 @@ figcaption { font-weight: 600; margin-bottom: .4rem; }
 figcaption small { font-weight: normal; color: var(--muted); }
 .chart { position: relative; height: 240px; }
 .chart.short { height: 170px; }
-body.no-charts .chart { display: none; }
+body.no-charts .chart, body.no-charts .chart-hint { display: none; }
 details.data summary { cursor: pointer; color: var(--muted); font-size: .85rem; margin-top: .3rem; }
 .table-head { display: flex; justify-content: space-between; align-items: center; gap: .5rem; margin: .3rem 0; }
 .table-head .count { font-size: .8rem; color: var(--muted); }

@@ -135,7 +135,6 @@ package final class MeterDatabase: Sendable {
                 """)
         }
         CompanySchema.register(in: &migrator)
-        DashboardSchema.register(in: &migrator)
         return migrator
     }
 }
