@@ -47,8 +47,10 @@ class Meterd:
         if os.path.exists(ports):
             os.remove(ports)
         self.log = open(os.path.join(ARTIFACTS, "meterd-browser-tests.log"), "ab")
+        # setpriv --pdeathsig: meterd dies with the test process, even if a time-out kills it.
+        wrapper = ["/usr/bin/setpriv", "--pdeathsig", "KILL"] if os.path.exists("/usr/bin/setpriv") else []
         self.process = subprocess.Popen(
-            [METERD_BIN, "--data-dir", self.data, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0",
+            wrapper + [METERD_BIN, "--data-dir", self.data, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0",
              "--status-socket", os.path.join(self.data, "status.sock"), "--snapshot-interval", "3600"] + extra_args,
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
