@@ -164,3 +164,36 @@ final class AckTally: Sendable {
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct CorruptDatabaseTests {
+    @Test func aCorruptDatabaseIsRefusedWithOneClearLine() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given a database with data whose pages were then damaged on disk
+            do {
+                let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+                let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                                              tariff: Tariff(), unknownMeters: .register)
+                let now = WallClock.nowMs()
+                _ = try writer.commit([IngestSubmission(readings: (1...5000).map {
+                    SubmittedReading(reading: Reading(meter: "M\($0 % 50)", seq: Int64($0), timestampMs: now, kwh: 1), line: $0, receivedMs: now)
+                }, receiver: nil)])
+                _ = try await database.pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+            }
+            let handle = try #require(FileHandle(forUpdatingAtPath: directory + "/meterd.sqlite"))
+            let size = try handle.seekToEnd()
+            for offset in stride(from: UInt64(4096 * 2 + 100), to: size, by: 4096 * 3) {
+                try handle.seek(toOffset: offset)
+                handle.write(Data(repeating: 0xA5, count: 200))
+            }
+            try handle.close()
+
+            // When meterd starts on it, it refuses, naming the file and what to do
+            let daemon = try DaemonProcess(dataDirectory: directory)
+            #expect(try await daemon.exitStatus() == 2)
+            let lines = daemon.log.split(separator: "\n")
+            #expect(lines.count == 1, "\(daemon.log)")
+            #expect(daemon.log.hasPrefix("meterd: The database at \(directory)/meterd.sqlite is corrupt"), "\(daemon.log)")
+            #expect(daemon.log.contains("backup"))
+        }
+    }
+}
