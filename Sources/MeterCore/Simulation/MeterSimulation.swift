@@ -6,12 +6,14 @@ import Synchronization
 package enum SimulationError: Error, CustomStringConvertible {
     case invalidConfiguration(String)
     case cannotConnect(host: String, port: Int, seconds: Double)
+    case cannotResolve(host: String, reason: String)
 
     package var description: String {
         switch self {
         case .invalidConfiguration(let reason): "Invalid simulation: \(reason)."
         case .cannotConnect(let host, let port, let seconds):
             "Could not connect to meterd at \(host):\(port) within \(Int(seconds)) s; is it running and listening there?"
+        case .cannotResolve(let host, let reason): "Cannot resolve the host \"\(host)\": \(reason)."
         }
     }
 }
@@ -60,10 +62,16 @@ package final class MeterSimulation: Sendable {
         guard !self.started.exchange(true, ordering: .relaxed) else {
             throw SimulationError.invalidConfiguration("a simulation runs once")
         }
+        let address: SocketAddress
+        do {
+            address = try SocketAddress.makeAddressResolvingHost(configuration.host, port: configuration.port)
+        } catch {
+            throw SimulationError.cannotResolve(host: configuration.host, reason: "\(error)")
+        }
         let startWallMs = WallClock.nowMs()
         let start = ContinuousClock.now
         let clock = SimulatedClock(startWallMs: startWallMs, timeScale: configuration.timeScale, spanSeconds: configuration.expectedSpanSeconds)
-        let context = SimulationContext(configuration: configuration, counters: self.counters, clock: clock,
+        let context = SimulationContext(configuration: configuration, address: address, counters: self.counters, clock: clock,
                                         firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink)
         let connectionCount = configuration.connectionCount
         var connections: [SimulatedConnection] = []

@@ -14,11 +14,14 @@ final class SimulationContext: Sendable {
     let clock: SimulatedClock
     let gate: ConnectGate
     let firstSeq: Int64
+    /// meterd's address, resolved once: a resolver per connection costs more than the connection.
+    let address: SocketAddress
     let events: AsyncStream<SimulationEvent>.Continuation
 
-    init(configuration: SimulationConfiguration, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
+    init(configuration: SimulationConfiguration, address: SocketAddress, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
          events: AsyncStream<SimulationEvent>.Continuation) {
         self.configuration = configuration
+        self.address = address
         self.counters = counters
         self.clock = clock
         self.gate = ConnectGate(limit: configuration.maximumConnecting)
@@ -190,7 +193,6 @@ final class SimulatedConnection: @unchecked Sendable {
             self.context.gate.release()
             return
         }
-        let configuration = self.configuration
         ClientBootstrap(group: self.eventLoop)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384))
             .channelOption(.allowRemoteHalfClosure, value: false)
@@ -200,7 +202,7 @@ final class SimulatedConnection: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(SimulatedConnectionHandler(connection: self))
                 }
             }
-            .connect(host: configuration.host, port: configuration.port)
+            .connect(to: self.context.address)
             .whenComplete { [self] result in
                 self.context.gate.release()
                 if case .failure = result {
