@@ -7,7 +7,7 @@ package struct FaultPlan: Sendable, Equatable {
     /// Per reading due: the meter instead falls silent (sends nothing, measures nothing) for `silentSeconds`.
     package var silentRate = 0.0
     package var silentSeconds = 120.0
-    /// Per reading sent: a malformed line goes out first (invalid JSON, a missing or an invalid field, in turn).
+    /// Per reading sent: a malformed line goes out first (invalid JSON, a missing or an invalid field, at random).
     package var malformedRate = 0.0
     /// Per reading: its `ts` is `skewSeconds` ahead of the real clock; meterd rejects it (`clock_skew`) and the meter drops it.
     package var skewRate = 0.0
@@ -24,21 +24,28 @@ package struct FaultPlan: Sendable, Equatable {
     package init() {}
 
     package static let help = """
-        --faults is a comma-separated list of NAME=RATE entries (RATE a probability 0-1):
-          silent=RATE[:SECONDS]  per reading due, the meter falls silent for SECONDS (default 120): \
-        it neither measures nor sends, so meterd sees it go quiet (and flags it inactive once the \
-        silence exceeds its inactive_after); it resumes with its next seq
-          malformed=RATE         per reading, a malformed line goes out before it (invalid JSON, a \
-        missing field, an invalid field, in turn): meterd answers the error and quarantines the line
-          skew=RATE[:SECONDS]    per reading, its ts is SECONDS (default 3600) ahead of the real clock: \
-        meterd rejects it with clock_skew; the meter drops that reading (it is never acknowledged)
-          duplicate=RATE         per acknowledged reading, the meter sends it again with the same seq: \
-        meterd acks it and counts a duplicate without storing it twice
-          disconnect=RATE        per reading sent for the first time, the meter writes half the line and \
-        resets the connection (RST), then reconnects and resends everything unacknowledged
-          bytewise=RATE          share of connections that write one byte at a time
-          overlong=RATE          per reading, a line longer than 4096 bytes goes out before it: line_too_long
-        Example: silent=0.01:120,malformed=0.001,skew=0.01,duplicate=0.01,disconnect=0.001,bytewise=0.01,overlong=0.0005
+        Faults (--faults): a comma-separated list of NAME=RATE entries, RATE a probability 0-1, e.g. \
+        silent=0.01:120,malformed=0.001,skew=0.01,duplicate=0.01,disconnect=0.001,bytewise=0.01,overlong=0.0005
+
+        silent=RATE[:SECONDS] - per reading due, the meter falls silent for SECONDS (default 120): it \
+        neither measures nor sends, so meterd sees it go quiet (and flags it inactive once the silence \
+        exceeds its inactive_after); then it resumes with its next seq, the gap's energy in that reading.
+
+        malformed=RATE - per reading, a malformed line goes out before it (invalid JSON, a missing \
+        field or an invalid field, at random): meterd answers the error and quarantines the line.
+
+        skew=RATE[:SECONDS] - per reading, its ts is SECONDS (default 3600) ahead of the real clock: \
+        meterd rejects it with clock_skew and the meter drops it (it is never acknowledged).
+
+        duplicate=RATE - per acknowledged reading, the meter sends it again with the same seq: meterd \
+        acks it and counts a duplicate without storing it twice.
+
+        disconnect=RATE - per reading sent for the first time, the meter writes half the line and \
+        resets the connection (RST), then reconnects and resends everything unacknowledged.
+
+        bytewise=RATE - the share of connections that write one byte at a time.
+
+        overlong=RATE - per reading, a line longer than 4096 bytes goes out before it: line_too_long.
         """
 
     /// Parses SPEC; an empty string means no faults.

@@ -123,7 +123,6 @@ final class SimulatedConnection: @unchecked Sendable {
     private var finished = false
     private var duplicates: [Reading] = []
     private var cursor = 0
-    private var malformedVariant = 0
 
     init(index: Int, meterIndices: Range<Int>, eventLoop: any EventLoop, context: SimulationContext) {
         self.eventLoop = eventLoop
@@ -423,15 +422,14 @@ final class SimulatedConnection: @unchecked Sendable {
         }
     }
 
-    /// A line meterd must reject: invalid JSON, a missing field or an invalid field, in turn.
+    /// A line meterd must reject: invalid JSON, a missing field or an invalid field, at random.
     private func writeMalformed(meter: String, into buffer: inout ByteBuffer) {
         let ts = RFC3339.format(millisecondsSinceEpoch: WallClock.nowMs())
-        switch self.malformedVariant % 3 {
+        switch self.rng.next() % 3 {
         case 0: buffer.writeString("{\"meter\":\"\(meter)\",\"seq\":,\"ts\":\"\(ts)\",\"kwh\":0.1}\n")
         case 1: buffer.writeString("{\"meter\":\"\(meter)\",\"ts\":\"\(ts)\",\"kwh\":0.1}\n")
         default: buffer.writeString("{\"meter\":\"\(meter)\",\"seq\":1,\"ts\":\"\(ts)\",\"kwh\":-1}\n")
         }
-        self.malformedVariant += 1
         self.lineNumber += 1
         self.context.counters.malformedSent.add(1, ordering: .relaxed)
     }
