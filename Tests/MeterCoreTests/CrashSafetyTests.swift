@@ -102,7 +102,12 @@ final class ResendingConcentrator: Sendable {
                     portBox.port = nil
                     let restarted = try DaemonProcess(dataDirectory: directory)
                     daemon.withLockedValue { $0 = restarted }
-                    portBox.port = try await restarted.ingestPort()
+                    do {
+                        portBox.port = try await restarted.ingestPort()
+                    } catch {
+                        Issue.record("meterd did not come back after signal \(signal): \(restarted.log)")
+                        throw error
+                    }
                 }
                 try await group.waitForAll()
             }

@@ -44,9 +44,9 @@ final class DaemonProcess: Sendable {
     }
 
     /// The ingest port from ports.json, once the daemon has written it.
-    func ingestPort() async throws -> Int {
+    func ingestPort(timeout: Duration = .seconds(60)) async throws -> Int {
         var port: Int?
-        try await waitUntil {
+        try await waitUntil(timeout: timeout) {
             guard let data = FileManager.default.contents(atPath: self.dataDirectory + "/ports.json"),
                 let object = try? JSONSerialization.jsonObject(with: data) as? [String: Int]
             else { return false }
@@ -59,7 +59,7 @@ final class DaemonProcess: Sendable {
     func terminate() { kill(self.process.processIdentifier, SIGTERM) }
 
     /// Waits for the process to exit and returns its status.
-    func exitStatus(timeout: Duration = .seconds(30)) async throws -> Int32 {
+    func exitStatus(timeout: Duration = .seconds(60)) async throws -> Int32 {
         try await waitUntil(timeout: timeout) { !self.process.isRunning }
         return self.process.terminationStatus
     }

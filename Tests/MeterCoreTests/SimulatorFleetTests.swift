@@ -240,13 +240,32 @@ struct SimulatorFleetTests {
     }
 
     @Test(.timeLimit(.minutes(1)))
-    func silentMetersLeaveAGapInWhatTheDaemonReceives() async throws {
+    func silentMetersLeaveAGapAndAreReportedInactiveThenBack() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
-                let result = try await Self.simulate(port: harness.port, meters: 5, readings: 1_000, faults: "silent=0.05:1") {
-                    $0.interval = 0.05
-                    $0.duration = 3
+                // meterd's liveness check watches the same database, with a one-second threshold.
+                let liveness = LivenessMonitor(database: harness.database, pipeline: harness.pipeline, inactiveAfterSeconds: 1,
+                                               logger: testLogger)
+                let watcher = Task {
+                    var wentInactive = Set<String>(), cameBack = Set<String>()
+                    while !Task.isCancelled {
+                        let transitions = try await liveness.check()
+                        wentInactive.formUnion(transitions.wentInactive)
+                        cameBack.formUnion(transitions.cameBack)
+                        try? await Task.sleep(for: .milliseconds(100))
+                    }
+                    return (wentInactive, cameBack)
                 }
+                let result = try await Self.simulate(port: harness.port, meters: 5, readings: 1_000, faults: "silent=0.05:2") {
+                    $0.interval = 0.05
+                    $0.duration = 5
+                }
+                watcher.cancel()
+                let (wentInactive, cameBack) = try await watcher.value
+                // A silence of 2 s passes the 1 s threshold: the meter is flagged, then back on its next reading.
+                #expect(!wentInactive.isEmpty)
+                #expect(!cameBack.isEmpty)
+                #expect(cameBack.isSubset(of: wentInactive))
                 let report = result.report
                 #expect(report.silences > 0)
                 #expect(report.unacked == 0)
@@ -257,7 +276,7 @@ struct SimulatorFleetTests {
                             SELECT received_ms, LAG(received_ms) OVER (PARTITION BY meter_id ORDER BY seq) AS previous FROM reading)
                         """)!
                 }
-                #expect(gap >= 900)
+                #expect(gap >= 1_900)
                 try await Self.expectLedgerMatches(result.ledger, harness.database)
             }
         }
