@@ -11,13 +11,12 @@ import Testing
 enum BuiltProduct {
     static func path(_ name: String) throws -> String {
         let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-        let candidates = [buildDirectory.appendingPathComponent(name).path,
-                          URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build-ops/debug/\(name)").path]
-        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            Issue.record("\(name) is not built; looked in \(candidates)")
+        let path = buildDirectory.appendingPathComponent(name).path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            Issue.record("\(name) is not built beside the tests (\(path)); run `swift build --build-tests`")
             throw CancellationError()
         }
-        return found
+        return path
     }
 }
 
