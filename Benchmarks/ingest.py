@@ -13,7 +13,7 @@ Figures per scenario: readings acknowledged per second, meterd CPU-seconds per m
 
   Benchmarks/ingest.py [--scenarios a,b,c,ready] [--json FILE] [--bin DIR] [--quick]
 """
-import argparse, csv, json, os, signal, socket, sqlite3, subprocess, sys, tempfile, time
+import argparse, csv, json, os, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -50,7 +50,19 @@ class Daemon:
         while True:
             message = self.notify.recv(4096).decode()
             if "READY=1" in message.split("\n"):
-                return time.monotonic() - self.started
+                ready = time.monotonic() - self.started
+                # Keep reading like systemd does: an unread datagram socket holds only ~10 messages,
+                # after which sd_notify (STATUS= every 5 s, STOPPING=1) would block.
+                threading.Thread(target=self._drain_notifications, daemon=True).start()
+                return ready
+
+    def _drain_notifications(self):
+        self.notify.settimeout(None)
+        try:
+            while self.notify.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def ingest_port(self):
         return json.load(open(os.path.join(self.data, "ports.json")))["ingest"]
@@ -137,7 +149,8 @@ def main():
         bindir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], check=True, capture_output=True, text=True).stdout.strip()
     q = args.quick
     scenarios = {
-        "a": (10_000 if not q else 2_000, ["--interval", "0", "--readings-per-meter", "100" if not q else "20"]),
+        "a": (10_000 if not q else 2_000, ["--interval", "0", "--readings-per-meter", "100" if not q else "20", "--start-together",
+                                           "--connect-timeout", "60"]),
         "b": (10_000 if not q else 2_000, ["--interval", "1", "--duration", "60" if not q else "10"]),
         "c": (1_000, ["--interval", "0", "--readings-per-meter", "1000" if not q else "100"]),
     }

@@ -82,6 +82,8 @@ struct RunCommand: AsyncParsableCommand {
     var meterPrefix = "MTR-"
     @Option(help: ArgumentHelp("Number of the first meter id.", valueName: "n"))
     var firstMeter = 1
+    @Flag(help: "Send nothing until every connection is up (or --connect-timeout passes): a burst over all connections at once.")
+    var startTogether = false
     @Option(help: ArgumentHelp("Connection attempts in flight at once.", valueName: "n"))
     var maxConnecting = 512
     @Option(help: ArgumentHelp("Seconds to wait for outstanding acks once the meters stop.", valueName: "seconds"))
@@ -95,6 +97,7 @@ struct RunCommand: AsyncParsableCommand {
         configuration.duration = self.duration
         configuration.readingsPerMeter = self.readingsPerMeter
         configuration.seed = self.seed
+        configuration.startTogether = self.startTogether
         do {
             configuration.faults = try FaultPlan(parsing: self.faults)
         } catch {

@@ -283,6 +283,22 @@ struct SimulatorFleetTests {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func startTogetherHoldsTheBurstUntilEveryConnectionIsUp() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let result = try await Self.simulate(port: harness.port, meters: 300, readings: 3) {
+                    $0.startTogether = true
+                    $0.maximumConnecting = 16
+                }
+                // Without the barrier the first meters finish three readings before the last connect.
+                #expect(result.report.peakConnections == 300)
+                #expect(result.report.acked == 900)
+                try await Self.expectLedgerMatches(result.ledger, harness.database)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func busyDaemonPausesMetersAndLosesNothing() async throws {
         try await withTemporaryDirectory { directory in
             var configuration = DaemonConfiguration()

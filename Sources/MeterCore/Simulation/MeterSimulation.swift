@@ -129,6 +129,7 @@ package final class MeterSimulation: Sendable {
                     abandoned = true
                     for connection in connections { connection.eventLoop.execute { connection.abandon() } }
                 case .connectDeadline:
+                    context.startBarrier?.open()
                     if counters.established.load(ordering: .relaxed) == 0 {
                         failure = .cannotConnect(host: configuration.host, port: configuration.port, seconds: configuration.connectTimeout)
                         sink.yield(.drainExpired)

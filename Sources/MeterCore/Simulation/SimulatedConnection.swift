@@ -17,9 +17,12 @@ final class SimulationContext: Sendable {
     /// meterd's address, resolved once: a resolver per connection costs more than the connection.
     let address: SocketAddress
     let events: AsyncStream<SimulationEvent>.Continuation
+    /// With `startTogether`, holds every connection's first send until all are connected.
+    let startBarrier: StartBarrier?
 
     init(configuration: SimulationConfiguration, address: SocketAddress, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
          events: AsyncStream<SimulationEvent>.Continuation) {
+        self.startBarrier = configuration.startTogether ? StartBarrier(expected: configuration.connectionCount) : nil
         self.configuration = configuration
         self.address = address
         self.counters = counters
@@ -31,6 +34,41 @@ final class SimulationContext: Sendable {
 }
 
 /// What connections and timers tell the run loop.
+/// Opens once every connection has arrived (or when told to), then runs what waited for it.
+final class StartBarrier: Sendable {
+    private let state: Mutex<(arrived: Int, open: Bool, waiting: [@Sendable () -> Void])>
+    private let expected: Int
+
+    init(expected: Int) {
+        self.expected = expected
+        self.state = Mutex((0, false, []))
+    }
+
+    var isOpen: Bool { self.state.withLock { $0.open } }
+
+    /// Counts one connection in; `whenOpen` runs once the barrier opens (at once if it is open).
+    func arrive(whenOpen: @escaping @Sendable () -> Void) {
+        let run = self.state.withLock { state -> [@Sendable () -> Void] in
+            state.arrived += 1
+            if state.open { return [whenOpen] }
+            state.waiting.append(whenOpen)
+            return state.arrived >= self.expected ? self.takeAll(&state) : []
+        }
+        run.forEach { $0() }
+    }
+
+    /// Opens the barrier whoever has arrived: the connect deadline passed.
+    func open() {
+        self.state.withLock { self.takeAll(&$0) }.forEach { $0() }
+    }
+
+    private func takeAll(_ state: inout (arrived: Int, open: Bool, waiting: [@Sendable () -> Void])) -> [@Sendable () -> Void] {
+        state.open = true
+        defer { state.waiting = [] }
+        return state.waiting
+    }
+}
+
 enum SimulationEvent: Sendable {
     /// A connection's meters will measure nothing more.
     case measuringDone
@@ -228,6 +266,9 @@ final class SimulatedConnection: @unchecked Sendable {
         } else {
             self.everConnected = true
             self.context.counters.established.add(1, ordering: .relaxed)
+            if let barrier = self.context.startBarrier {
+                barrier.arrive { [self] in self.eventLoop.execute { self.pump() } }
+            }
         }
         self.pump()
     }
@@ -344,6 +385,7 @@ final class SimulatedConnection: @unchecked Sendable {
     /// (flat out, measuring new ones to fill it), with the configured faults mixed in.
     fileprivate func pump() {
         guard let channel = self.channel, !self.finished else { return }
+        if let barrier = self.context.startBarrier, !barrier.isOpen { return }
         let now = NIODeadline.now()
         if let paused = self.pausedUntil {
             guard paused <= now else { return }

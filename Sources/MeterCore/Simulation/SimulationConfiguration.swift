@@ -14,6 +14,9 @@ package struct SimulationConfiguration: Sendable {
     package var faults = FaultPlan()
     /// Meters per TCP connection: 1 is a meter with its own link, more is a data concentrator.
     package var concentrator = 1
+    /// Hold every connection's first reading until all are connected (or `connectTimeout` passes),
+    /// so a flat-out burst really runs over all connections at once.
+    package var startTogether = false
     /// How much faster the meters' clocks run than real time.
     package var timeScale = 1.0
     /// Most unacknowledged readings a meter has on the wire at once.
