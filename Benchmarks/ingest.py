@@ -36,6 +36,8 @@ class Daemon:
         os.makedirs(data, exist_ok=True)
         self.notify_path = os.path.join(data, "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if os.path.exists(self.notify_path):
+            os.unlink(self.notify_path)
         self.notify.bind(self.notify_path)
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         self.log = open(os.path.join(data, "meterd.log"), "w")
