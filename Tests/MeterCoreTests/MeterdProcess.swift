@@ -124,17 +124,17 @@ final class Spawner: @unchecked Sendable {  // state guarded by `lock`
         thread.start()
     }
 
-    func spawn<T>(_ work: () -> T) -> T {
-        withoutActuallyEscaping(work) { work in
-            var result: T?
-            self.lock.lock()
-            while self.job != nil { self.lock.wait() }
-            self.job = { result = work() }
-            self.lock.broadcast()
-            while result == nil { self.lock.wait() }
-            self.lock.unlock()
-            return result!
-        }
+    /// Runs `work` on the spawner thread and waits for it. The closure is escaping because the
+    /// spawner thread holds it a moment after the caller has its result.
+    func spawn<T>(_ work: @escaping () -> T) -> T {
+        var result: T?
+        self.lock.lock()
+        while self.job != nil { self.lock.wait() }
+        self.job = { result = work() }
+        self.lock.broadcast()
+        while result == nil { self.lock.wait() }
+        self.lock.unlock()
+        return result!
     }
 }
 
