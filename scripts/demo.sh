@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: meterd with a generated company, a live simulated fleet and the dashboard.
-#   METERS=200 INTERVAL=2 CUSTOMERS=1000 METERD_DATA=./meterd-data scripts/demo.sh    (Ctrl-C stops)
+#   CUSTOMERS=500 METERS=500 INTERVAL=2 METERD_DATA=./meterd-data scripts/demo.sh    (Ctrl-C stops)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -8,8 +8,8 @@ echo "Building release binaries (the first build takes a few minutes)…" >&2
 swift build -c release
 bin=$(swift build -c release --show-bin-path)
 data=${METERD_DATA:-./meterd-data}
-customers=${CUSTOMERS:-1000}
-meters=${METERS:-200}
+customers=${CUSTOMERS:-500}
+meters=${METERS:-$customers}
 mkdir -p "$data"
 rm -f "$data/ports.json"
 
