@@ -4,6 +4,6 @@ import ArgumentParser
 struct MeterSimulator: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meter-sim",
-        abstract: "Simulates smart meters and generates the company's data sets.",
-        subcommands: [GenerateCommand.self])
+        abstract: "Simulates a fleet of smart meters pushing readings to meterd, and generates company data.",
+        subcommands: [RunCommand.self, GenerateCommand.self])
 }

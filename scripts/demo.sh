@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
-# Quick start: builds meterd, starts it with a small simulated fleet, and stops both on Ctrl-C.
+# Quick start: meterd with a generated company, a live simulated fleet and the dashboard.
+#   CUSTOMERS=500 METERS=500 INTERVAL=2 METERD_DATA=./meterd-data scripts/demo.sh    (Ctrl-C stops)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-swift build -c release --product meterd
-swift build -c release --product meter-sim
-bin=.build/release
+echo "Building release binaries (the first build takes a few minutes)…" >&2
+swift build -c release
+bin=$(swift build -c release --show-bin-path)
 data=${METERD_DATA:-./meterd-data}
+customers=${CUSTOMERS:-500}
+meters=${METERS:-$customers}
 mkdir -p "$data"
 rm -f "$data/ports.json"
 
+if [ ! -f "$data/meterd.sqlite" ]; then
+    # History from January last year up to last month; the live fleet fills this month.
+    year=$(( $(date +%Y) - 1 ))
+    months=$(( 12 + $(date +%-m) - 1 ))
+    "$bin/meter-sim" generate --customers "$customers" --out "$data/company" --year "$year" --months "$months" --seed 42
+    "$bin/meterctl" import "$data/company" --db "$data/meterd.sqlite"
+fi
+
 "$bin/meterd" --data-dir "$data" &
 daemon=$!
-trap 'kill -TERM $sim $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT INT TERM
-for _ in $(seq 100); do [ -f "$data/ports.json" ] && break; sleep 0.1; done
-port=$(sed -n 's/.*"ingest":\([0-9]*\).*/\1/p' "$data/ports.json")
-echo "meterd is listening for meters on 127.0.0.1:$port; data in $data. Ctrl-C stops."
-"$bin/meter-sim" run --host 127.0.0.1 --port "$port" --meters "${METERS:-200}" --interval "${INTERVAL:-2}" &
+sim=""
+trap 'kill -TERM $sim $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 300); do [ -f "$data/ports.json" ] && grep -q http "$data/ports.json" && break; sleep 0.1; done
+ingest=$(sed -n 's/.*"ingest":\([0-9]*\).*/\1/p' "$data/ports.json")
+http=$(sed -n 's/.*"http":\([0-9]*\).*/\1/p' "$data/ports.json")
+cat >&2 <<MSG
+
+  meterd is running: meters on 127.0.0.1:$ingest, dashboard at http://127.0.0.1:$http/
+  status: $bin/meterctl --socket $data/status.sock status
+  $meters simulated meters send a reading every ${INTERVAL:-2} s. Ctrl-C stops both.
+
+MSG
+"$bin/meter-sim" run --host 127.0.0.1 --port "$ingest" --meters "$meters" --interval "${INTERVAL:-2}" &
 sim=$!
 wait $daemon

@@ -27,7 +27,7 @@ struct ImportCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard let path = self.db else {
-            try self.importThroughDaemon()
+            try await self.importThroughDaemon()
             return
         }
         let database = try MeterDatabase(path: path)
@@ -42,25 +42,72 @@ struct ImportCommand: AsyncParsableCommand {
     }
 
     /// Hands the directory to the running meterd, the single writer; it reads the files itself.
-    private func importThroughDaemon() throws {
-        // Exit non-zero when a file was rejected, as the offline import does.
-        var rejected = false
+    /// While it works, a second connection asks for `progress` and shows it as the offline import does.
+    private func importThroughDaemon() async throws {
         let directory = URL(fileURLWithPath: self.directory).standardizedFileURL.path
-        if isatty(STDERR_FILENO) == 1 { FileHandle.standardError.write(Data("importing \(directory) through meterd…\n".utf8)) }
-        try self.options.run("import \(directory)", timeoutSeconds: 3600) { object in
-            let files = object["files"] as? [[String: Any]] ?? []
-            var out = files.isEmpty ? "no company files found in \(directory)\n" : ""
-            for file in files {
-                let errors = file["errors"] as? [String] ?? []
-                if errors.isEmpty {
-                    out += "\(OperatorOutput.text(file["file"])): \(OperatorOutput.text(file["rows"])) rows imported\n"
-                } else {
-                    rejected = true
-                    out += "\(OperatorOutput.text(file["file"])): rejected, nothing of it applied\n" + errors.map { "  \($0)\n" }.joined()
-                }
+        let path = self.options.path
+        let importing = Task.detached { () -> Result<String, StatusClientError> in
+            do throws(StatusClientError) {
+                return .success(try StatusClient(path: path, timeoutSeconds: 3600).send("import \(directory)"))
+            } catch {
+                return .failure(error)
             }
-            return out
         }
-        if rejected { throw ExitCode(1) }
+        let terminal = isatty(STDERR_FILENO) == 1
+        let watcher = Task.detached {
+            var shown = ""
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                guard !Task.isCancelled, let line = try? StatusClient(path: path, timeoutSeconds: 5).send("progress"),
+                    let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                    let progress = object["import"] as? [String: Any]
+                else { continue }
+                let percent = Int(((progress["fraction"] as? Double ?? 0) * 100).rounded())
+                let text = "\(progress["file"] as? String ?? "?"): \(percent)% (\(progress["rows"] as? Int ?? 0) rows)"
+                guard text != shown else { continue }
+                shown = text
+                FileHandle.standardError.write(Data((terminal ? "\r\(text)\u{1B}[K" : text + "\n").utf8))
+            }
+            if terminal, !shown.isEmpty { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+        }
+        let result = await importing.value
+        watcher.cancel()
+        _ = await watcher.value
+        let line: String
+        switch result {
+        case .success(let answer): line = answer
+        case .failure(let error): ConnectionOptions.fail("\(error)", code: 3)
+        }
+        guard let answer = OperatorAnswer(line: line) else {
+            ConnectionOptions.fail("meterd sent an answer that is not JSON: \(line.prefix(200))", code: 1)
+        }
+        switch answer {
+        case .error(let code, let detail):
+            if self.options.json { print(line) }
+            ConnectionOptions.fail(detail.isEmpty ? code : detail, code: 1)
+        case .value(let object):
+            if self.options.json {
+                print(line)
+            } else {
+                print(Self.render(object, directory: directory), terminator: "")
+            }
+            let files = object["files"] as? [[String: Any]] ?? []
+            // Exit non-zero when a file was rejected, as the offline import does.
+            if files.contains(where: { !($0["errors"] as? [String] ?? []).isEmpty }) || files.isEmpty { throw ExitCode(1) }
+        }
+    }
+
+    private static func render(_ object: [String: Any], directory: String) -> String {
+        let files = object["files"] as? [[String: Any]] ?? []
+        var out = files.isEmpty ? "no company files found in \(directory)\n" : ""
+        for file in files {
+            let errors = file["errors"] as? [String] ?? []
+            if errors.isEmpty {
+                out += "\(OperatorOutput.text(file["file"])): \(OperatorOutput.text(file["rows"])) rows imported\n"
+            } else {
+                out += "\(OperatorOutput.text(file["file"])): rejected, nothing of it applied\n" + errors.map { "  \($0)\n" }.joined()
+            }
+        }
+        return out
     }
 }

@@ -100,7 +100,7 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
             ("commit_interval_ms", self.commitIntervalMs), ("dashboard_chartjs", self.dashboardChartJS),
         ]
-        let configuration: DaemonConfiguration
+        var configuration: DaemonConfiguration
         do {
             configuration = try DaemonConfiguration.resolve(
                 configFile: self.config, overrides: flags.compactMap { key, value in value.map { (key, $0) } },
@@ -108,11 +108,20 @@ struct MeterDaemonCommand: AsyncParsableCommand {
         } catch {
             Self.fail(error)
         }
+        // One descriptor per meter connection, plus the database, listeners and clients: past the
+        // limit accept() would fail silently, so meters beyond it are told too_many_connections instead.
+        let limit = OpenFileLimit.raise(toAtLeast: configuration.maximumConnections + 1_024)
+        let configuredConnections = configuration.maximumConnections
+        if limit < configuredConnections + 1_024 { configuration.maximumConnections = max(1, limit - 1_024) }
         let daemon: MeterCore.MeterDaemon
         do {
             daemon = try MeterCore.MeterDaemon(configuration: configuration, logger: logger, environment: daemonEnvironment)
         } catch {
             Self.fail(error)
+        }
+        if configuration.maximumConnections < configuredConnections {
+            logger.notice("max_connections lowered to fit the open-file limit",
+                          metadata: ["limit.nofile": "\(limit)", "max_connections": "\(configuration.maximumConnections)"])
         }
         try await daemon.run()
     }

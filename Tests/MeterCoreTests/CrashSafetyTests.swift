@@ -96,13 +96,18 @@ final class ResendingConcentrator: Sendable {
                         fleet.reduce(0) { $0 + $1.acked.values.reduce(0, +) } >= before + 2_000
                     }
                     let process = try #require(daemon.withLockedValue { $0 })
-                    kill(process.process.processIdentifier, signal)
+                    process.signal(signal)
                     let status = try await process.exitStatus()
                     if signal == SIGTERM { #expect(status == 0, "\(process.log)") }
                     portBox.port = nil
                     let restarted = try DaemonProcess(dataDirectory: directory)
                     daemon.withLockedValue { $0 = restarted }
-                    portBox.port = try await restarted.ingestPort()
+                    do {
+                        portBox.port = try await restarted.ingestPort()
+                    } catch {
+                        Issue.record("meterd did not come back after signal \(signal): \(restarted.log)")
+                        throw error
+                    }
                 }
                 try await group.waitForAll()
             }

@@ -5,48 +5,32 @@ import Testing
 
 @testable import MeterCore
 
-/// The real executables, built beside the test bundle.
-enum Executables {
-    static func path(_ name: String) throws -> String {
-        let directory = (try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") as NSString).deletingLastPathComponent
-        let path = (directory as NSString).appendingPathComponent(name)
-        guard FileManager.default.isExecutableFile(atPath: path) else {
-            throw TestFailure("\(path) is missing: run `swift build` before the tests")
-        }
-        return path
-    }
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// A meterd process started for one test, stopped by its pid.
+/// A meterd process started for one test (through ``ChildProcess``), stopped by its pid.
 final class DaemonProcess: Sendable {
-    let process: Process
+    let child: ChildProcess
     let dataDirectory: String
-    let stderrPath: String
 
     init(dataDirectory: String, arguments: [String] = [], logPath: String? = nil) throws {
         self.dataDirectory = dataDirectory
-        self.stderrPath = logPath ?? dataDirectory + "/meterd.log"
-        _ = FileManager.default.createFile(atPath: self.stderrPath, contents: nil)
-        // The daemon replaces it at start, but a reader must not see the last run's ports meanwhile.
+        let logPath = logPath ?? dataDirectory + "/meterd.log"
+        try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        // Each start gets its own log; and the daemon replaces ports.json at start, but a reader
+        // must not see the last run's ports meanwhile.
+        try? FileManager.default.removeItem(atPath: logPath)
         try? FileManager.default.removeItem(atPath: dataDirectory + "/ports.json")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Executables.path("meterd"))
-        process.arguments = ["--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0"] + arguments
-        process.standardError = FileHandle(forWritingAtPath: self.stderrPath)
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
+        self.child = try ChildProcess(
+            [try BuiltProduct.path("meterd"), "--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0"] + arguments,
+            environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], outputPath: logPath)
     }
 
+    var pid: pid_t { self.child.pid }
+    var isRunning: Bool { self.child.exitStatus == nil }
+    var log: String { self.child.output }
+
     /// The ingest port from ports.json, once the daemon has written it.
-    func ingestPort() async throws -> Int {
+    func ingestPort(timeout: Duration = .seconds(60)) async throws -> Int {
         var port: Int?
-        try await waitUntil {
+        try await waitUntil(timeout: timeout) {
             guard let data = FileManager.default.contents(atPath: self.dataDirectory + "/ports.json"),
                 let object = try? JSONSerialization.jsonObject(with: data) as? [String: Int]
             else { return false }
@@ -56,18 +40,17 @@ final class DaemonProcess: Sendable {
         return try #require(port)
     }
 
-    func terminate() { kill(self.process.processIdentifier, SIGTERM) }
+    func signal(_ number: Int32) { self.child.signal(number) }
+
+    func terminate() { self.child.signal(SIGTERM) }
 
     /// Waits for the process to exit and returns its status.
-    func exitStatus(timeout: Duration = .seconds(30)) async throws -> Int32 {
-        try await waitUntil(timeout: timeout) { !self.process.isRunning }
-        return self.process.terminationStatus
+    func exitStatus(timeout: Duration = .seconds(60)) async throws -> Int32 {
+        try await self.child.waitForExit(timeout: timeout)
     }
 
-    var log: String { (try? String(contentsOfFile: self.stderrPath, encoding: .utf8)) ?? "" }
-
     deinit {
-        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+        self.child.stop()
     }
 }
 
@@ -161,6 +144,39 @@ final class AckTally: Sendable {
             #expect(try await daemon.exitStatus() == 2)
             #expect(daemon.log.hasPrefix("meterd: invalid configuration: tariff.North:"), "\(daemon.log)")
             #expect(daemon.log.contains("meterd.conf:3"))
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct CorruptDatabaseTests {
+    @Test func aCorruptDatabaseIsRefusedWithOneClearLine() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given a database with data whose pages were then damaged on disk
+            do {
+                let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+                let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                                              tariff: Tariff(), unknownMeters: .register)
+                let now = WallClock.nowMs()
+                _ = try writer.commit([IngestSubmission(readings: (1...5000).map {
+                    SubmittedReading(reading: Reading(meter: "M\($0 % 50)", seq: Int64($0), timestampMs: now, kwh: 1), line: $0, receivedMs: now)
+                }, receiver: nil)])
+                _ = try await database.pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+            }
+            let handle = try #require(FileHandle(forUpdatingAtPath: directory + "/meterd.sqlite"))
+            let size = try handle.seekToEnd()
+            for offset in stride(from: UInt64(4096 * 2 + 100), to: size, by: 4096 * 3) {
+                try handle.seek(toOffset: offset)
+                handle.write(Data(repeating: 0xA5, count: 200))
+            }
+            try handle.close()
+
+            // When meterd starts on it, it refuses, naming the file and what to do
+            let daemon = try DaemonProcess(dataDirectory: directory)
+            #expect(try await daemon.exitStatus() == 2)
+            let lines = daemon.log.split(separator: "\n")
+            #expect(lines.count == 1, "\(daemon.log)")
+            #expect(daemon.log.hasPrefix("meterd: The database at \(directory)/meterd.sqlite is corrupt"), "\(daemon.log)")
+            #expect(daemon.log.contains("backup"))
         }
     }
 }

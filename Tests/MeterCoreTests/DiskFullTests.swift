@@ -62,7 +62,7 @@ struct DiskFullTests {
                 stalled = tally.marks == before
             }
             #expect(stalled, "acks kept coming on a full disk")
-            #expect(daemon.process.isRunning)
+            #expect(daemon.isRunning)
 
             // Space returns: the writer resumes on its own, and every reading is committed and acked.
             #expect(shell("mount -o remount,size=256m '\(data)'"))

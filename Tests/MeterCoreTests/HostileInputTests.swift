@@ -73,8 +73,8 @@ func residentKilobytes(pid: Int32) -> Int? {
             try await dripTask.value
             #expect(try await drip.collect { !$0.isEmpty } == [.ack(meter: "DRIP", seq: 1)])
 
-            #expect(daemon.process.isRunning)
-            let rss = try #require(residentKilobytes(pid: daemon.process.processIdentifier))
+            #expect(daemon.isRunning)
+            let rss = try #require(residentKilobytes(pid: daemon.pid))
             #expect(rss < 200_000, "meterd uses \(rss) kB after a 10 MB line")
             for client in [honest, hostile, noise, flood, drip] { await client.close() }
             daemon.terminate()

@@ -278,20 +278,20 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
     @Test func aConnectionThatSendsNothingIsClosedAfterTheIdleTimeout() async throws {
         try await withTemporaryDirectory { directory in
             var configuration = DaemonConfiguration()
-            configuration.limits.idleTimeout = .seconds(1)
+            configuration.limits.idleTimeout = .seconds(2)
             try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
                 let talker = try await LineClient(port: harness.port)
                 let silent = try await LineClient(port: harness.port)
                 let started = ContinuousClock.now
                 // The talker keeps sending more often than the timeout and stays connected.
-                for seq in 1...15 {
+                for seq in 1...25 {
                     try await talker.send(readingLine(meter: "T", seq: Int64(seq)))
                     try await Task.sleep(for: .milliseconds(100))
                 }
-                let acks = try await talker.collect { lastAck($0, meter: "T") == 15 }
+                let acks = try await talker.collect { lastAck($0, meter: "T") == 25 }
                 #expect(acks.allSatisfy { if case .ack = $0 { true } else { false } })
                 #expect(try await silent.readLine() == nil)
-                #expect(ContinuousClock.now - started >= .seconds(1))
+                #expect(ContinuousClock.now - started >= .seconds(2))
                 await silent.close()
                 await talker.close()
             }

@@ -11,13 +11,12 @@ import Testing
 enum BuiltProduct {
     static func path(_ name: String) throws -> String {
         let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-        let candidates = [buildDirectory.appendingPathComponent(name).path,
-                          URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build-ops/debug/\(name)").path]
-        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            Issue.record("\(name) is not built; looked in \(candidates)")
+        let path = buildDirectory.appendingPathComponent(name).path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            Issue.record("\(name) is not built beside the tests (\(path)); run `swift build --build-tests`")
             throw CancellationError()
         }
-        return found
+        return path
     }
 }
 
@@ -125,17 +124,17 @@ final class Spawner: @unchecked Sendable {  // state guarded by `lock`
         thread.start()
     }
 
-    func spawn<T>(_ work: () -> T) -> T {
-        withoutActuallyEscaping(work) { work in
-            var result: T?
-            self.lock.lock()
-            while self.job != nil { self.lock.wait() }
-            self.job = { result = work() }
-            self.lock.broadcast()
-            while result == nil { self.lock.wait() }
-            self.lock.unlock()
-            return result!
-        }
+    /// Runs `work` on the spawner thread and waits for it. The closure is escaping because the
+    /// spawner thread holds it a moment after the caller has its result.
+    func spawn<T>(_ work: @escaping () -> T) -> T {
+        var result: T?
+        self.lock.lock()
+        while self.job != nil { self.lock.wait() }
+        self.job = { result = work() }
+        self.lock.broadcast()
+        while result == nil { self.lock.wait() }
+        self.lock.unlock()
+        return result!
     }
 }
 

@@ -28,6 +28,7 @@ struct OnlineImportBackupTests {
             }
             defer { sender.cancel() }
 
+            #expect(try await ask(socket, "progress") == #"{"import":null}"#)
             let first = try await MeterCtlTests.meterctlAsync(["--socket", socket, "import", csv])
             #expect(first.status == 0, "\(first.err)")
             #expect(first.out.contains("customer_data.csv: 200 rows imported"))

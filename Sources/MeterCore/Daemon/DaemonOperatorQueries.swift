@@ -14,6 +14,7 @@ package final class DaemonOperatorQueries: OperatorQueries {
     private let meterDetails: DatabaseOperatorQueries
     private let cacheTTLms: Int64
     private let cache = NIOLockedValueBox<(atMs: Int64, counts: MeterStateCounts)?>(nil)
+    private let runningImport = NIOLockedValueBox<ImportProgress?>(nil)
 
     package init(database: MeterDatabase, pipeline: IngestPipeline, kpi: KPIEngine, liveness: LivenessMonitor,
                  snapshots: SnapshotService, configuration: LivenessConfiguration, cacheTTLms: Int64 = 2_000) {
@@ -69,8 +70,13 @@ package final class DaemonOperatorQueries: OperatorQueries {
 
     package func importDirectory(_ path: String) async throws -> String {
         let report: ImportReport
+        let tracker = self.runningImport
+        tracker.withLockedValue { $0 = ImportProgress(file: (path as NSString).lastPathComponent, rows: 0, fraction: 0) }
+        defer { tracker.withLockedValue { $0 = nil } }
         do {
-            report = try await CompanyImporter.importDirectory(path, through: self.pipeline)
+            report = try await CompanyImporter.importDirectory(path, through: self.pipeline) { progress in
+                tracker.withLockedValue { $0 = progress }
+            }
         } catch let error as CompanyDataError {
             throw OperatorQueryError("import_failed", error.description)
         }
@@ -84,6 +90,10 @@ package final class DaemonOperatorQueries: OperatorQueries {
                 ])
             })),
         ]).serialized
+    }
+
+    package func importProgress() -> ImportProgress? {
+        self.runningImport.withLockedValue { $0 }
     }
 
     package func backup(to path: String) async throws -> String {

@@ -145,14 +145,16 @@ final class ListenerPorts: Sendable {
     }
 
     func record(_ name: String, port: Int) {
-        let json = self.ports.withLockedValue { ports -> String in
+        // Written under the lock, so two listeners reporting at once cannot leave the older set.
+        self.ports.withLockedValue { ports in
             ports[name] = port
-            return "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"
-        }
-        do {
-            try AtomicFile.write(json, to: self.path)
-        } catch {
-            self.logger.error("Cannot write ports.json", metadata: ["error": "\(error)"])
+            let json = "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"
+            do {
+                try AtomicFile.write(json, to: self.path)
+            } catch {
+                self.logger.error("Cannot write ports.json", metadata: ["error": "\(error)"])
+            }
         }
     }
+
 }

@@ -80,6 +80,12 @@ package protocol OperatorQueries: Sendable {
     func importDirectory(_ path: String) async throws -> String
     /// Writes a consistent copy of the database to a new file; returns its path and size as JSON.
     func backup(to path: String) async throws -> String
+    /// Where a running import stands, `nil` when none runs; must answer at once.
+    func importProgress() -> ImportProgress?
+}
+
+extension OperatorQueries {
+    package func importProgress() -> ImportProgress? { nil }
 }
 
 /// Thresholds that make a meter count as faulty (SPEC.md section 3).

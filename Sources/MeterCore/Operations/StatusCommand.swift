@@ -10,10 +10,12 @@ package enum StatusCommand: Equatable, Sendable {
     case importDirectory(String)
     /// Writes a consistent copy of the database to a new file (the rest of the line).
     case backup(String)
+    /// Where a running import stands (answers at once, for a progress display).
+    case progress
     case help
 
     /// Commands and their arguments, for `help` and error messages.
-    package static let usage = "status | inactive [LIMIT] | meter ID | kpi [FROM TO [REGION]] | snapshot | import DIR | backup FILE | help"
+    package static let usage = "status | inactive [LIMIT] | meter ID | kpi [FROM TO [REGION]] | snapshot | import DIR | progress | backup FILE | help"
 
     package static let defaultInactiveLimit = 1_000
 
@@ -75,6 +77,9 @@ package enum StatusCommand: Equatable, Sendable {
                 throw OperatorQueryError("malformed_command", "\(name) takes an absolute path, got \"\(rest.prefix(80))\"")
             }
             self = name.lowercased() == "import" ? .importDirectory(String(rest)) : .backup(String(rest))
+        case "progress":
+            try noArguments()
+            self = .progress
         case "help":
             self = .help
         default:
@@ -160,6 +165,11 @@ package struct StatusResponder: Sendable {
             return try await queries.importDirectory(path)
         case .backup(let path):
             return try await queries.backup(to: path)
+        case .progress:
+            guard let progress = queries.importProgress() else { return JSONValue.object([("import", .null)]).serialized }
+            return JSONValue.object([("import", .object([
+                ("file", .string(progress.file)), ("rows", .int(progress.rows)), ("fraction", .number(progress.fraction)),
+            ]))]).serialized
         case .help:
             return JSONValue.object([("commands", .string(StatusCommand.usage))]).serialized
         }

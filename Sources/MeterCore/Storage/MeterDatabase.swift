@@ -50,7 +50,9 @@ package final class MeterDatabase: Sendable {
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 4000")
             let check = try String.fetchAll(db, sql: "PRAGMA quick_check")
             guard check == ["ok"] else {
-                throw DatabaseOpenError.corrupt(path: path, detail: check.prefix(3).joined(separator: "; "))
+                // One line for the operator: SQLite's report spans many.
+                let detail = check.joined(separator: "; ").split(whereSeparator: \.isNewline).joined(separator: "; ")
+                throw DatabaseOpenError.corrupt(path: path, detail: detail.count > 200 ? String(detail.prefix(200)) + "…" : detail)
             }
         }
         try Self.migrator.migrate(self.pool)

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// Errors writing a file, with the path and the system's reason.
 package struct FileWriteError: Error, CustomStringConvertible {
@@ -14,8 +15,11 @@ package struct FileWriteError: Error, CustomStringConvertible {
 
 /// Writes files so a reader sees the old content or the new, never half: temp file, fsync, rename.
 package enum AtomicFile {
+    /// Makes temporary names unique within the process: two writers of one file must not share one.
+    private static let writes = Atomic<Int>(0)
+
     package static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws(FileWriteError) {
-        let temporary = path + ".tmp-\(getpid())"
+        let temporary = path + ".tmp-\(getpid())-\(Self.writes.add(1, ordering: .relaxed).newValue)"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw FileWriteError(path: temporary, reason: String(cString: strerror(errno))) }
         var written = 0

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Reproducible ingest benchmark (issue 7): release meterd driven by meter-sim on this machine.
+
+Scenarios
+  a  10,000 connections flat out, a bounded burst per meter
+  b  10,000 meters at 1 reading per second for 60 s
+  c  1,000 connections flat out
+  ready  start-up to READY=1 with 100,000 meters (and 24 months of their history) in the database
+
+Figures per scenario: readings acknowledged per second, meterd CPU-seconds per million readings
+(utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), ack latency p50/p99
+(meter-sim's histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
+
+  Benchmarks/ingest.py [--scenarios a,b,c,ready] [--json FILE] [--bin DIR] [--quick]
+"""
+import argparse, csv, json, os, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ  # utime, stime
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+class Daemon:
+    def __init__(self, bindir, data, extra=()):
+        self.data = data
+        os.makedirs(data, exist_ok=True)
+        self.notify_path = os.path.join(data, "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if os.path.exists(self.notify_path):
+            os.unlink(self.notify_path)
+        self.notify.bind(self.notify_path)
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
+        self.log = open(os.path.join(data, "meterd.log"), "w")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [os.path.join(bindir, "meterd"), "--data-dir", data, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0",
+             "--status-socket", os.path.join(data, "status.sock"), "--max-connections", "50000", *extra],
+            env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+
+    def wait_ready(self, timeout=120):
+        self.notify.settimeout(timeout)
+        while True:
+            message = self.notify.recv(4096).decode()
+            if "READY=1" in message.split("\n"):
+                ready = time.monotonic() - self.started
+                # Keep reading like systemd does: an unread datagram socket holds only ~10 messages,
+                # after which sd_notify (STATUS= every 5 s, STOPPING=1) would block.
+                threading.Thread(target=self._drain_notifications, daemon=True).start()
+                return ready
+
+    def _drain_notifications(self):
+        self.notify.settimeout(None)
+        try:
+            while self.notify.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def ingest_port(self):
+        return json.load(open(os.path.join(self.data, "ports.json")))["ingest"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=120)
+        self.notify.close()
+        return code
+
+
+def loss_check(db_path, ledger_path):
+    """Acknowledged readings missing from the database (must be 0), and kWh difference."""
+    db = sqlite3.connect(db_path)
+    stored = {name: (count, kwh) for name, count, kwh in db.execute(
+        "SELECT m.name, count(r.seq), coalesce(sum(r.kwh), 0) FROM meter m LEFT JOIN reading r ON r.meter_id = m.id GROUP BY m.id")}
+    missing, kwh_diff = 0, 0.0
+    for row in csv.DictReader(open(ledger_path)):
+        acked = int(row["acked_readings"] or 0)
+        count, kwh = stored.get(row["meter"], (0, 0.0))
+        missing += max(0, acked - count)
+        kwh_diff += abs(float(row["acked_kwh"] or 0) - kwh) if count == acked else 0
+    duplicates = db.execute("SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)) FROM reading").fetchone()[0]
+    return missing, duplicates, kwh_diff
+
+
+def run_scenario(name, bindir, meters, sim_args, work):
+    data = os.path.join(work, f"data-{name}")
+    daemon = Daemon(bindir, data)
+    daemon.wait_ready()
+    cpu_before = cpu_seconds(daemon.proc.pid)
+    report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
+    sim = subprocess.run(
+        [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(daemon.ingest_port()),
+         "--meters", str(meters), "--report", report, "--ledger", ledger, "--seed", "7", *sim_args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cpu = cpu_seconds(daemon.proc.pid) - cpu_before
+    rss = peak_rss_mb(daemon.proc.pid)
+    code = daemon.stop()
+    summary = json.load(open(report))
+    acked = summary["acked"]
+    missing, duplicates, _ = loss_check(os.path.join(data, "meterd.sqlite"), ledger)
+    elapsed = summary["elapsed_seconds"]
+    return {
+        "scenario": name, "meters": meters, "connections": summary.get("peak_connections"),
+        "acked": acked, "acked_per_s": round(summary["acked_per_second"]),
+        "cpu_s_per_million": round(cpu / max(acked, 1) * 1e6, 2),
+        "cpu_percent_of_core": round(cpu / max(elapsed, 1e-9) * 100, 1),
+        "peak_rss_mb": round(rss, 1) if rss else None,
+        "ack_p50_ms": summary["ack_latency"].get("p50_ms"), "ack_p99_ms": summary["ack_latency"].get("p99_ms"),
+        "unacked": summary["unacked"], "lost": missing, "stored_twice": duplicates,
+        "daemon_exit": code, "sim_exit": sim.returncode,
+    }
+
+
+def startup_to_ready(bindir, work, customers):
+    csv_dir, data = os.path.join(work, "company"), os.path.join(work, "data-ready")
+    subprocess.run([os.path.join(bindir, "meter-sim"), "generate", "--customers", str(customers), "--months", "24",
+                    "--year", "2024", "--out", csv_dir], check=True, stdout=subprocess.DEVNULL)
+    os.makedirs(data, exist_ok=True)
+    subprocess.run([os.path.join(bindir, "meterctl"), "import", csv_dir, "--db", os.path.join(data, "meterd.sqlite")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    times = []
+    for _ in range(3):
+        daemon = Daemon(bindir, data)
+        times.append(daemon.wait_ready())
+        daemon.stop()
+    size = os.path.getsize(os.path.join(data, "meterd.sqlite")) / 1e6
+    return {"scenario": "ready", "meters": customers, "ready_s": round(sorted(times)[1], 3), "db_mb": round(size)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="a,b,c,ready")
+    parser.add_argument("--json", default="benchmark-ingest.json")
+    parser.add_argument("--bin", help="directory of release binaries (default: build them)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs, to try the script")
+    args = parser.parse_args()
+    bindir = args.bin
+    if not bindir:
+        subprocess.run(["swift", "build", "-c", "release", "--product", "meterd"], check=True)
+        subprocess.run(["swift", "build", "-c", "release", "--product", "meter-sim"], check=True)
+        subprocess.run(["swift", "build", "-c", "release", "--product", "meterctl"], check=True)
+        bindir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], check=True, capture_output=True, text=True).stdout.strip()
+    q = args.quick
+    scenarios = {
+        "a": (10_000 if not q else 2_000, ["--interval", "0", "--readings-per-meter", "100" if not q else "20", "--start-together",
+                                           "--connect-timeout", "60"]),
+        "b": (10_000 if not q else 2_000, ["--interval", "1", "--duration", "60" if not q else "10"]),
+        "c": (1_000, ["--interval", "0", "--readings-per-meter", "1000" if not q else "100"]),
+    }
+    results = []
+    with tempfile.TemporaryDirectory(prefix="meterd-bench-") as work:
+        for name in args.scenarios.split(","):
+            if name == "ready":
+                results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000))
+            else:
+                meters, sim_args = scenarios[name]
+                results.append(run_scenario(name, bindir, meters, sim_args, work))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "peak_rss_mb",
+               "ack_p50_ms", "ack_p99_ms", "lost", "stored_twice", "ready_s"]
+    print(" | ".join(columns))
+    for result in results:
+        print(" | ".join(str(result.get(column, "")) for column in columns))
+    json.dump({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().nodename, "cores": os.cpu_count(), "results": results},
+              open(args.json, "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main()

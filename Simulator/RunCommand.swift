@@ -1,0 +1,202 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import MeterCore
+import Synchronization
+
+/// `meter-sim run`: a fleet of simulated meters pushing readings to meterd.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Runs a fleet of simulated meters against meterd.",
+        discussion: """
+            Each meter (or each data concentrator, with --concentrator) holds one TCP connection and \
+            sends one JSON reading per line per SPEC.md section 2. Readings follow a daily load curve \
+            that differs by region (North, South, East, West), with noise; meter health is good, fair \
+            or poor in a 0.7/0.2/0.1 mix, and now and then a reading carries a fault code.
+
+            Delivery is at-least-once like a real meter: every reading stays with its meter until \
+            meterd acknowledges it; after a reconnect the unacknowledged ones go again with the same \
+            seq. {"busy":true,"retry_after_ms":N} pauses the connection for N ms.
+
+            The run ends after --duration seconds or --readings-per-meter readings (whichever comes \
+            first), or on Ctrl-C / SIGTERM; then it waits up to --drain-timeout seconds for \
+            outstanding acks (a second Ctrl-C gives up at once). Without either bound it runs until \
+            interrupted. Exit status 1 if readings were left unacknowledged.
+
+            Time scale: --time-scale X makes the meters' clocks run X times faster than real time \
+            (say 2880 for a simulated month in 15 minutes). Because meterd rejects a ts more than its \
+            clock_skew (default 300 s) ahead of its own clock, an accelerated clock starts in the past \
+            and reaches the present as the run ends (the span is --duration, or --readings-per-meter × \
+            --interval; unbounded runs start 30 days back), and never runs ahead of real time: once it \
+            catches up it runs at real speed. Reading latencies meterd computes for such runs reflect \
+            the simulated age of the readings.
+
+            Seqs: each meter's first seq is --first-seq, by default the start time in microseconds \
+            since the epoch, so a later run with the same meter ids continues above an earlier one's \
+            seqs instead of being taken for duplicates.
+
+            --ledger FILE writes CSV with the header meter,acked_max_seq,acked_kwh,acked_readings: per \
+            meter the highest acknowledged seq (empty if none), the sum of the kWh of its acknowledged \
+            readings (each counted once, whatever was resent) and how many there were.
+
+            --report FILE writes the end summary as JSON: sent, resent, acked, unacked, rejected, \
+            duplicates_sent, errors_by_code, busy_signals, reconnects, acked_per_second, ack_latency \
+            {p50_ms, p95_ms, p99_ms, max_ms} (from a log-linear histogram, ±3 %) and more.
+
+            On a terminal a progress line on stderr shows connections, readings/s, acked, unacked and \
+            errors; it stays quiet when stderr is not a terminal.
+
+            \(FaultPlan.help)
+            """)
+
+    @Option(help: "Host meterd listens on.")
+    var host = "127.0.0.1"
+    @Option(help: "meterd's ingest port.")
+    var port = 7700
+    @Option(help: "Number of simulated meters.")
+    var meters: Int
+    @Option(help: ArgumentHelp("Seconds between two readings of a meter; 0 sends flat out, limited by --window.", valueName: "seconds"))
+    var interval = 1.0
+    @Option(help: ArgumentHelp("Stop measuring after this many seconds.", valueName: "seconds"))
+    var duration: Double?
+    @Option(help: ArgumentHelp("Stop each meter after this many readings.", valueName: "n"))
+    var readingsPerMeter: Int?
+    @Option(help: "Seed of the fleet: same seed, same meters (regions, sizes, health).")
+    var seed: UInt64 = 1
+    @Option(help: ArgumentHelp("Write the end summary as JSON to this file.", valueName: "file"))
+    var report: String?
+    @Option(help: ArgumentHelp("Write per meter what was acknowledged, as CSV (see above).", valueName: "file"))
+    var ledger: String?
+    @Option(help: ArgumentHelp("Faults to inject, e.g. silent=0.01:120,malformed=0.001 (see above).", valueName: "spec"))
+    var faults = ""
+    @Option(help: ArgumentHelp("Meters per connection (a data concentrator); 1 gives each meter its own.", valueName: "k"))
+    var concentrator = 1
+    @Option(help: ArgumentHelp("Meters' clocks run this many times faster than real time (see above).", valueName: "x"))
+    var timeScale = 1.0
+    @Option(help: ArgumentHelp("Most unacknowledged readings per meter on the wire.", valueName: "n"))
+    var window = 100
+    @Option(help: ArgumentHelp("Seq of each meter's first reading (default: start time in µs).", valueName: "n"))
+    var firstSeq: Int64?
+    @Option(help: "Meter ids are this prefix and a six-digit number.")
+    var meterPrefix = "MTR-"
+    @Option(help: ArgumentHelp("Number of the first meter id.", valueName: "n"))
+    var firstMeter = 1
+    @Flag(help: "Send nothing until every connection is up (or --connect-timeout passes): a burst over all connections at once.")
+    var startTogether = false
+    @Option(help: ArgumentHelp("Connection attempts in flight at once.", valueName: "n"))
+    var maxConnecting = 512
+    @Option(help: ArgumentHelp("Seconds to wait for outstanding acks once the meters stop.", valueName: "seconds"))
+    var drainTimeout = 30.0
+    @Option(help: ArgumentHelp("Fail if no connection succeeds within this many seconds.", valueName: "seconds"))
+    var connectTimeout = 10.0
+
+    func run() async throws {
+        var configuration = SimulationConfiguration(host: self.host, port: self.port, meters: self.meters)
+        configuration.interval = self.interval
+        configuration.duration = self.duration
+        configuration.readingsPerMeter = self.readingsPerMeter
+        configuration.seed = self.seed
+        configuration.startTogether = self.startTogether
+        do {
+            configuration.faults = try FaultPlan(parsing: self.faults)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        configuration.concentrator = self.concentrator
+        configuration.timeScale = self.timeScale
+        configuration.window = self.window
+        configuration.firstSeq = self.firstSeq
+        configuration.meterPrefix = self.meterPrefix
+        configuration.firstMeter = self.firstMeter
+        configuration.maximumConnecting = self.maxConnecting
+        configuration.drainTimeout = self.drainTimeout
+        configuration.connectTimeout = self.connectTimeout
+        if let problem = configuration.validate() { throw ValidationError(problem) }
+
+        let needed = configuration.connectionCount + 64
+        let limit = OpenFileLimit.raise(toAtLeast: needed)
+        if limit < needed {
+            throw ValidationError("\(configuration.connectionCount) connections need about \(needed) open files, but the limit is \(limit); raise it (ulimit -n) or use --concentrator")
+        }
+
+        let simulation = MeterSimulation(configuration: configuration)
+        let signals = Self.installSignalHandlers(simulation)
+        defer { signals.forEach { $0.cancel() } }
+
+        let interactive = isatty(STDERR_FILENO) == 1
+        let result = try await withThrowingTaskGroup(of: SimulationResult?.self) { group in
+            group.addTask { try await simulation.run() }
+            if interactive {
+                group.addTask {
+                    await Self.showProgress(simulation.counters)
+                    return nil
+                }
+            }
+            var result: SimulationResult?
+            while let next = try await group.next() {
+                if let next {
+                    result = next
+                    group.cancelAll()
+                }
+            }
+            return result!
+        }
+        if interactive { FileHandle.standardError.write(Data("\r\u{1B}[2K".utf8)) }
+
+        print(result.report.summary)
+        if let path = self.report {
+            try AtomicFile.write(try result.report.json(), to: path)
+        }
+        if let path = self.ledger {
+            try AtomicFile.write(LedgerEntry.csv(result.ledger), to: path)
+        }
+        if result.report.unacked > 0 {
+            FileHandle.standardError.write(Data("meter-sim: \(result.report.unacked) readings were never acknowledged\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
+    /// First Ctrl-C or SIGTERM: stop measuring and drain; a second one gives up on outstanding acks.
+    private static func installSignalHandlers(_ simulation: MeterSimulation) -> [any DispatchSourceSignal] {
+        let queue = DispatchQueue(label: "meter-sim.signals")
+        let count = SignalCount()
+        return [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler {
+                if count.increment() == 1 { simulation.stopMeasuring() } else { simulation.abandon() }
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    /// One line on stderr, rewritten every second, until cancelled.
+    private static func showProgress(_ counters: SimulationCounters) async {
+        var last = counters.progress
+        var lastTime = ContinuousClock.now
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            if Task.isCancelled { break }
+            let now = ContinuousClock.now
+            let progress = counters.progress
+            let elapsed = lastTime.duration(to: now)
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            let rate = seconds > 0 ? Double(progress.acked - last.acked) / seconds : 0
+            let line = "connections \(progress.connections) | \(Int(rate)) readings/s | acked \(progress.acked) | unacked \(progress.unacked) | errors \(progress.errors) | busy \(progress.busySignals) | reconnects \(progress.reconnects)"
+            FileHandle.standardError.write(Data("\r\u{1B}[2K\(line)".utf8))
+            last = progress
+            lastTime = now
+        }
+    }
+}
+
+/// Counts signals as they arrive.
+private final class SignalCount: Sendable {
+    private let count = Atomic<Int>(0)
+
+    func increment() -> Int {
+        self.count.add(1, ordering: .relaxed).newValue
+    }
+}

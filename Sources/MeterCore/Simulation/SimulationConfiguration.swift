@@ -1,0 +1,73 @@
+/// Everything a simulation run needs (the flags of `meter-sim run`).
+package struct SimulationConfiguration: Sendable {
+    package var host = "127.0.0.1"
+    package var port = 7700
+    /// Simulated meters.
+    package var meters = 100
+    /// Real seconds between two readings of a meter; 0 sends flat out (as fast as acks allow).
+    package var interval = 1.0
+    /// Real seconds after which meters stop measuring (then the run waits for outstanding acks).
+    package var duration: Double?
+    /// Readings each meter measures before it stops.
+    package var readingsPerMeter: Int?
+    package var seed: UInt64 = 1
+    package var faults = FaultPlan()
+    /// Meters per TCP connection: 1 is a meter with its own link, more is a data concentrator.
+    package var concentrator = 1
+    /// Hold every connection's first reading until all are connected (or `connectTimeout` passes),
+    /// so a flat-out burst really runs over all connections at once.
+    package var startTogether = false
+    /// How much faster the meters' clocks run than real time.
+    package var timeScale = 1.0
+    /// Most unacknowledged readings a meter has on the wire at once.
+    package var window = 100
+    /// Seq of each meter's first reading; `nil` takes the start time in microseconds, so a later
+    /// run with the same meters continues above an earlier one's seqs.
+    package var firstSeq: Int64?
+    /// Meter ids are this prefix and a six-digit number: MTR-000001, MTR-000002, …
+    package var meterPrefix = "MTR-"
+    package var firstMeter = 1
+    /// Connection attempts in flight at once, so a fleet's start does not flood the listen backlog.
+    package var maximumConnecting = 512
+    /// After the meters stop, how long to wait for outstanding acks before giving up.
+    package var drainTimeout = 30.0
+    /// How long the run may go without ever connecting before it fails.
+    package var connectTimeout = 10.0
+
+    package init() {}
+
+    package init(host: String, port: Int, meters: Int) {
+        self.host = host
+        self.port = port
+        self.meters = meters
+    }
+
+    package var connectionCount: Int { (self.meters + self.concentrator - 1) / self.concentrator }
+
+    package func meterName(_ index: Int) -> String {
+        let number = String(self.firstMeter + index)
+        return self.meterPrefix + (number.count >= 6 ? number : String(repeating: "0", count: 6 - number.count) + number)
+    }
+
+    /// The first problem with the configuration, as a sentence naming the flag.
+    package func validate() -> String? {
+        if self.meters < 1 { return "--meters must be at least 1" }
+        if !(self.interval >= 0) || !self.interval.isFinite { return "--interval must be 0 (flat out) or a positive number of seconds" }
+        if let duration, !(duration > 0) { return "--duration must be a positive number of seconds" }
+        if let readings = self.readingsPerMeter, readings < 1 { return "--readings-per-meter must be at least 1" }
+        if self.concentrator < 1 { return "--concentrator must be at least 1" }
+        if !(self.timeScale >= 1) || !self.timeScale.isFinite { return "--time-scale must be 1 or more" }
+        if self.window < 1 { return "--window must be at least 1" }
+        if self.port < 1 || self.port > 65_535 { return "--port must be between 1 and 65535" }
+        if self.maximumConnecting < 1 { return "--max-connecting must be at least 1" }
+        if let firstSeq, firstSeq < 0 { return "--first-seq must not be negative" }
+        return nil
+    }
+
+    /// Expected real length of the run, when the flags bound it.
+    var expectedSpanSeconds: Double? {
+        if let duration { return duration }
+        if let readings = self.readingsPerMeter, self.interval > 0 { return Double(readings) * self.interval }
+        return nil
+    }
+}

@@ -1,0 +1,88 @@
+import Synchronization
+
+/// Live counters of a simulation run, bumped from the event loops and read by the progress line.
+package final class SimulationCounters: Sendable {
+    /// Readings the meters measured.
+    package let generated = Atomic<Int>(0)
+    /// Readings written for the first time.
+    package let sent = Atomic<Int>(0)
+    /// Readings written again after a reconnect (same seq).
+    package let resent = Atomic<Int>(0)
+    /// Readings acknowledged (each counted once).
+    package let acked = Atomic<Int>(0)
+    /// Readings meterd rejected (clock skew); the meter drops them.
+    package let rejected = Atomic<Int>(0)
+    /// Acknowledged readings sent once more on purpose (`duplicate` fault).
+    package let duplicatesSent = Atomic<Int>(0)
+    package let malformedSent = Atomic<Int>(0)
+    package let overlongSent = Atomic<Int>(0)
+    package let disconnectsInjected = Atomic<Int>(0)
+    package let silences = Atomic<Int>(0)
+    package let busySignals = Atomic<Int>(0)
+    /// Connections opened again after one was lost.
+    package let reconnects = Atomic<Int>(0)
+    package let connectFailures = Atomic<Int>(0)
+    /// Connections open now.
+    package let connections = Atomic<Int>(0)
+    /// Most connections open at once.
+    package let peakConnections = Atomic<Int>(0)
+    /// Connections that were ever established.
+    package let established = Atomic<Int>(0)
+    private let errors = Mutex<[String: Int]>([:])
+    private let latency = Mutex(LatencyHistogram())
+
+    package init() {}
+
+    package func countError(_ code: String) {
+        self.errors.withLock { $0[code, default: 0] += 1 }
+    }
+
+    package var errorsByCode: [String: Int] { self.errors.withLock { $0 } }
+
+    package func recordLatencies(_ microseconds: [UInt64]) {
+        guard !microseconds.isEmpty else { return }
+        self.latency.withLock { histogram in
+            for value in microseconds { histogram.record(microseconds: value) }
+        }
+    }
+
+    package var latencyHistogram: LatencyHistogram { self.latency.withLock { $0 } }
+
+    func connectionOpened() {
+        let now = self.connections.add(1, ordering: .relaxed).newValue
+        var peak = self.peakConnections.load(ordering: .relaxed)
+        while now > peak {
+            let (exchanged, original) = self.peakConnections.compareExchange(expected: peak, desired: now, ordering: .relaxed)
+            if exchanged { break }
+            peak = original
+        }
+    }
+
+    /// A consistent-enough snapshot for the progress line.
+    package var progress: SimulationProgress {
+        let generated = self.generated.load(ordering: .relaxed)
+        let acked = self.acked.load(ordering: .relaxed)
+        let rejected = self.rejected.load(ordering: .relaxed)
+        return SimulationProgress(
+            connections: self.connections.load(ordering: .relaxed),
+            generated: generated,
+            sent: self.sent.load(ordering: .relaxed),
+            acked: acked,
+            unacked: max(0, generated - acked - rejected),
+            errors: self.errors.withLock { $0.values.reduce(0, +) },
+            busySignals: self.busySignals.load(ordering: .relaxed),
+            reconnects: self.reconnects.load(ordering: .relaxed))
+    }
+}
+
+/// What the live progress line shows.
+package struct SimulationProgress: Sendable, Equatable {
+    package var connections: Int
+    package var generated: Int
+    package var sent: Int
+    package var acked: Int
+    package var unacked: Int
+    package var errors: Int
+    package var busySignals: Int
+    package var reconnects: Int
+}
