@@ -8,6 +8,7 @@ packages=(
     libsystemd-dev   # sd_notify, socket activation, journald
     sqlite3          # the CLI, for operators and scripts (and the systemd end-to-end test's writer stall)
     prometheus       # promtool, which checks /metrics in the tests
+    libjs-chart.js   # Chart.js, which the dashboard serves (without it the dashboard shows tables)
 )
 
 missing=()

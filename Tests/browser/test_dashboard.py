@@ -227,13 +227,20 @@ def test_drill_down_from_a_region_to_its_customers_a_customer_and_a_meter_and_ba
     wait_ready(browser, "window.meterd.state.view === 'meter' && window.meterd.readings && window.meterd.readings.count > 0")
     meter = "MTR-%06d" % customer_id
     assert browser.find_element(By.ID, "h-drill").text == "Meter " + meter
-    assert browser.find_element(By.CSS_SELECTOR, "[data-meter=state]").text.startswith("active")
-    readings = browser.execute_script(COLLECT_TABLE, "meter_readings")
-    assert len(readings) > 0 and all(int(row[3]) >= 0 for row in readings)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#meter-timeline span")) == len(readings)
+    # The view refreshes itself every 2 s: read what belongs together in one go.
+    view = browser.execute_script("""
+        const rows = Array.from(document.querySelectorAll('[data-table=meter_readings] tbody tr'))
+            .map(r => Array.from(r.querySelectorAll('td')).map(td => td.dataset.value));
+        return {state: document.querySelector('[data-meter=state]').textContent, rows,
+                timeline: document.querySelectorAll('#meter-timeline span').length};
+    """)
+    assert view["state"].startswith("active")
+    assert len(view["rows"]) > 0 and all(int(row[3]) >= 0 for row in view["rows"])
+    assert view["timeline"] == len(view["rows"])
     browser.execute_script("window.__sameDocument = true")
-    first_seq = browser.find_element(By.CSS_SELECTOR, "[data-meter=last_seq]").text
-    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "[data-meter=last_seq]").text != first_seq, 20, "meter figures did not refresh")
+    last_seq = "return document.querySelector('[data-meter=last_seq]').textContent"
+    first_seq = browser.execute_script(last_seq)
+    wait(browser, lambda d: d.execute_script(last_seq) != first_seq, 20, "meter figures did not refresh")
     assert browser.execute_script("return window.__sameDocument === true")
     shot(browser, "drilldown-meter.png", full=True)
 
