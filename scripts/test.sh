@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a debug build, then the ingest path again under ThreadSanitizer.
+# The whole test suite, as CI runs it: debug build and swift test, the dashboard in a real browser,
+# then the ingest path again under ThreadSanitizer. Screenshots go to $ARTIFACTS (./artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 swift build --build-tests
 swift test --skip-build
+echo "== dashboard in headless Chromium"
+ARTIFACTS=${ARTIFACTS:-./artifacts} scripts/browser-tests.sh
 echo "== ingest path under ThreadSanitizer"
 swift test --scratch-path .build-tsan --sanitize=thread --filter "IngestServerTests|ConnectionLimitTests|IngestWriterTests"
