@@ -72,7 +72,8 @@ package struct MeterDaemon: Sendable {
         let snapshots = SnapshotService(
             engine: kpi, database: database, pipeline: pipeline,
             path: (configuration.dataDirectory as NSString).appendingPathComponent("kpi.json"),
-            interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger)
+            interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger,
+            beforeFirst: { await readiness.waitUntilListening() })
         self.snapshots = snapshots
         var livenessConfiguration = LivenessConfiguration(inactiveAfterMs: Int64(configuration.inactiveAfterSeconds) * 1000,
                                                           timeZone: configuration.timeZone)
