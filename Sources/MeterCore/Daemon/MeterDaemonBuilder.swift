@@ -144,14 +144,16 @@ final class ListenerPorts: Sendable {
     }
 
     func record(_ name: String, port: Int) {
-        let json = self.ports.withLockedValue { ports -> String in
+        // Listeners bind on different threads: the write stays under the lock, or two writers would
+        // share the temporary file and one rename would fail, leaving a file without the other's port.
+        self.ports.withLockedValue { ports in
             ports[name] = port
-            return "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"
-        }
-        do {
-            try AtomicFile.write(json, to: self.path)
-        } catch {
-            self.logger.error("Cannot write ports.json", metadata: ["error": "\(error)"])
+            let json = "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"
+            do {
+                try AtomicFile.write(json, to: self.path)
+            } catch {
+                self.logger.error("Cannot write ports.json", metadata: ["error": "\(error)"])
+            }
         }
     }
 }
