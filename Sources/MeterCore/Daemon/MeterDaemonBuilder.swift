@@ -72,7 +72,8 @@ package struct MeterDaemon: Sendable {
         let snapshots = SnapshotService(
             engine: kpi, database: database, pipeline: pipeline,
             path: (configuration.dataDirectory as NSString).appendingPathComponent("kpi.json"),
-            interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger)
+            interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger,
+            beforeFirst: { await readiness.waitUntilListening() })
         self.snapshots = snapshots
         var livenessConfiguration = LivenessConfiguration(inactiveAfterMs: Int64(configuration.inactiveAfterSeconds) * 1000,
                                                           timeZone: configuration.timeZone)
@@ -145,7 +146,8 @@ final class ListenerPorts: Sendable {
     }
 
     func record(_ name: String, port: Int) {
-        // Written under the lock, so two listeners reporting at once cannot leave the older set.
+        // Listeners bind on different threads: the write stays under the lock, or two writers could
+        // leave a file without the other's port.
         self.ports.withLockedValue { ports in
             ports[name] = port
             let json = "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"

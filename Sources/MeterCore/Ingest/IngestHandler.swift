@@ -356,4 +356,10 @@ final class ConnectionAckReceiver: AckReceiver {
         let handler = self.handler
         self.channel.eventLoop.execute { handler.value?.deliver(outcome) }
     }
+
+    var eventLoop: (any EventLoop)? { self.channel.eventLoop }
+
+    func deliverOnEventLoop(_ outcome: SubmissionOutcome) {
+        self.handler.value?.deliver(outcome)
+    }
 }

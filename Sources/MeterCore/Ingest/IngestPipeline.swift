@@ -14,11 +14,17 @@ package struct PipelineConfiguration: Sendable {
     package var commitInterval: Duration = .milliseconds(5)
     /// Most readings in one transaction.
     package var maximumBatch: Int = 5_000
+    /// Longest time, under continuous load, that per-meter state and monthly aggregates wait in
+    /// memory before they are written (readings always commit before their ack). A writer about
+    /// to go idle, a task (``IngestPipeline/perform(_:)``) and shutdown write them at once.
+    package var aggregateInterval: Duration = .seconds(1)
 
-    package init(queueCapacity: Int = 50_000, commitInterval: Duration = .milliseconds(5), maximumBatch: Int = 5_000) {
+    package init(queueCapacity: Int = 50_000, commitInterval: Duration = .milliseconds(5), maximumBatch: Int = 5_000,
+                 aggregateInterval: Duration = .seconds(1)) {
         self.queueCapacity = queueCapacity
         self.commitInterval = commitInterval
         self.maximumBatch = maximumBatch
+        self.aggregateInterval = aggregateInterval
     }
 }
 
@@ -38,16 +44,28 @@ package final class IngestPipeline: Service, Sendable {
     private struct State {
         var queue = CircularBuffer<IngestSubmission>()
         var queuedWeight = 0
-        var writerWaiting = false
+        /// What the writer thread is waiting for, so a submission wakes it only when it must.
+        var writerWait = WriterWait.busy
         var committing = false
         var stopping = false
         var lastCommitStart = ContinuousClock.now - .seconds(1)
+        /// The writer found the queue empty since its last commit: the next batch starts after a quiet spell.
+        var idleSinceCommit = true
         var capacityWaiters: [@Sendable () -> Void] = []
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var failure: String?
         var lastProgressMs: Int64 = 0
         var tasks: [@Sendable (IngestWriter) -> Void] = []
         var exited = false
+    }
+
+    private enum WriterWait {
+        /// Working (or about to check the queue): it will see new submissions without a signal.
+        case busy
+        /// Nothing queued: the next submission or task wakes it.
+        case idle
+        /// Waiting for the commit window to close: only a full batch or a task cuts that short.
+        case window
     }
 
     /// Work handed to ``perform(_:)`` after the writer has stopped.
@@ -85,8 +103,15 @@ package final class IngestPipeline: Service, Sendable {
         let (result, signal) = self.state.withLockedValue { state -> (SubmitResult, Bool) in
             state.queue.append(submission)
             state.queuedWeight += submission.weight
-            let signal = state.writerWaiting
-            state.writerWaiting = false
+            // A writer waiting out the commit window takes this submission when the window closes:
+            // waking it for every reading would cost a futex wake and a context switch each.
+            let signal: Bool
+            switch state.writerWait {
+            case .busy: signal = false
+            case .idle: signal = true
+            case .window: signal = state.queuedWeight >= self.configuration.maximumBatch
+            }
+            if signal { state.writerWait = .busy }
             return (state.queuedWeight >= self.configuration.queueCapacity ? .full : .accepted, signal)
         }
         if signal { self.wakeup.signal() }
@@ -125,8 +150,8 @@ package final class IngestPipeline: Service, Sendable {
             let accepted = self.state.withLockedValue { state -> Bool? in
                 if state.exited { return nil }
                 state.tasks.append { writer in continuation.resume(with: Result { try work(writer) }) }
-                let signal = state.writerWaiting
-                state.writerWaiting = false
+                let signal = state.writerWait != .busy
+                state.writerWait = .busy
                 return signal
             }
             switch accepted {
@@ -160,6 +185,7 @@ package final class IngestPipeline: Service, Sendable {
     private func requestStop() {
         let signal = self.state.withLockedValue { state -> Bool in
             state.stopping = true
+            state.writerWait = .busy
             return true
         }
         if signal { self.wakeup.signal() }
@@ -167,23 +193,26 @@ package final class IngestPipeline: Service, Sendable {
 
     private func writerLoop() {
         var retryDelay = Duration.milliseconds(50)
+        var lastAggregateWrite = ContinuousClock.now
         while true {
             enum Step {
                 case task(@Sendable (IngestWriter) -> Void)
                 case wait(ContinuousClock.Instant?)
-                case commit([IngestSubmission], weight: Int)
+                case commit([IngestSubmission], weight: Int, aggregates: Bool)
                 case exit
             }
             let step = self.state.withLockedValue { state -> Step in
+                state.writerWait = .busy
                 if !state.tasks.isEmpty { return .task(state.tasks.removeFirst()) }
                 if state.queue.isEmpty {
                     if state.stopping { return .exit }
-                    state.writerWaiting = true
+                    state.idleSinceCommit = true
+                    state.writerWait = .idle
                     return .wait(nil)
                 }
                 let windowEnd = state.lastCommitStart + self.configuration.commitInterval
                 if !state.stopping, state.queuedWeight < self.configuration.maximumBatch, ContinuousClock.now < windowEnd {
-                    state.writerWaiting = true
+                    state.writerWait = .window
                     return .wait(windowEnd)
                 }
                 var batch: [IngestSubmission] = []
@@ -194,11 +223,22 @@ package final class IngestPipeline: Service, Sendable {
                 }
                 state.committing = true
                 state.lastCommitStart = .now
-                return .commit(batch, weight: weight)
+                // Under continuous load, aggregates wait up to aggregateInterval; after a quiet
+                // spell (or when stopping) they go with this batch, in its transaction.
+                let aggregates = state.idleSinceCommit || state.stopping
+                    || lastAggregateWrite.duration(to: state.lastCommitStart) >= self.configuration.aggregateInterval
+                state.idleSinceCommit = false
+                return .commit(batch, weight: weight, aggregates: aggregates)
             }
             switch step {
             case .task(let task):
-                self.writer.withLock { writer in task(writer!) }
+                // Tasks (imports, liveness, snapshots, backups) see aggregates equal to the readings.
+                let flushed = self.writer.withLock { writer in
+                    let flushed = writer!.flushAggregates(logger: self.logger)
+                    task(writer!)
+                    return flushed
+                }
+                if flushed { lastAggregateWrite = .now }
             case .exit:
                 let tasks = self.state.withLockedValue { state in
                     defer {
@@ -207,7 +247,10 @@ package final class IngestPipeline: Service, Sendable {
                     }
                     return state.tasks
                 }
-                self.writer.withLock { writer in tasks.forEach { $0(writer!) } }
+                self.writer.withLock { writer in
+                    _ = writer!.flushAggregates(logger: self.logger)
+                    tasks.forEach { $0(writer!) }
+                }
                 self.finishWaiters()
                 return
             case .wait(let deadline):
@@ -218,15 +261,23 @@ package final class IngestPipeline: Service, Sendable {
                 } else {
                     // Wake at least once a second so the watchdog sees an idle but healthy writer.
                     if self.wakeup.wait(timeout: .now() + .seconds(1)) == .timedOut {
+                        if self.writer.withLock({ writer in writer!.flushAggregates(logger: self.logger) }) { lastAggregateWrite = .now }
                         self.state.withLockedValue { state in
                             if state.failure == nil { state.lastProgressMs = WallClock.nowMs() }
                         }
                     }
                 }
-            case .commit(let batch, let weight):
+            case .commit(let batch, let weight, let aggregates):
                 do {
                     let started = ContinuousClock.now
-                    let result = try self.writer.withLock { writer in try writer!.commit(batch) }
+                    let (result, flushed) = try self.writer.withLock { writer in
+                        let result = try writer!.commit(batch, deferAggregates: !aggregates)
+                        // Going quiet: write the aggregates before these acks, so whoever saw its
+                        // last ack finds the meters and months in step with its readings.
+                        let quiet = !aggregates && self.state.withLockedValue { $0.queue.isEmpty && $0.tasks.isEmpty }
+                        return (result, aggregates || (quiet && writer!.flushAggregates(logger: self.logger)))
+                    }
+                    if flushed { lastAggregateWrite = started }
                     retryDelay = .milliseconds(50)
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
@@ -258,25 +309,42 @@ package final class IngestPipeline: Service, Sendable {
 
         // One delivery per receiver per commit: acks coalesce across its submissions.
         var merged: [ObjectIdentifier: (receiver: any AckReceiver, outcome: SubmissionOutcome, index: [String: Int])] = [:]
+        merged.reserveCapacity(batch.count)
         var order: [ObjectIdentifier] = []
+        order.reserveCapacity(batch.count)
         for (submission, outcome) in zip(batch, result.outcomes) {
             guard let receiver = submission.receiver else { continue }
             let id = ObjectIdentifier(receiver)
-            if var entry = merged[id] {
+            if var entry = merged.removeValue(forKey: id) {
                 for ack in outcome.acks { entry.outcome.ack(meter: ack.meter, seq: ack.seq, index: &entry.index) }
                 entry.outcome.rejections.append(contentsOf: outcome.rejections)
                 entry.outcome.submissions += outcome.submissions
                 merged[id] = entry
             } else {
                 var index: [String: Int] = [:]
-                for (position, ack) in outcome.acks.enumerated() { index[ack.meter] = position }
+                if outcome.acks.count > SubmissionOutcome.linearAcks {
+                    for (position, ack) in outcome.acks.enumerated() { index[ack.meter] = position }
+                }
                 merged[id] = (receiver, outcome, index)
                 order.append(id)
             }
         }
+        // One task per event loop per commit, not one per connection: at 10 k meters a commit
+        // reaches hundreds of connections, and each task is a wakeup and a closure allocation.
+        var loops: [ObjectIdentifier: (loop: any EventLoop, deliveries: [(any AckReceiver, SubmissionOutcome)])] = [:]
         for id in order {
             let entry = merged[id]!
-            entry.receiver.deliver(entry.outcome)
+            if let loop = entry.receiver.eventLoop {
+                loops[ObjectIdentifier(loop), default: (loop, [])].deliveries.append((entry.receiver, entry.outcome))
+            } else {
+                entry.receiver.deliver(entry.outcome)
+            }
+        }
+        for (_, group) in loops {
+            let deliveries = group.deliveries
+            group.loop.execute {
+                for (receiver, outcome) in deliveries { receiver.deliverOnEventLoop(outcome) }
+            }
         }
     }
 

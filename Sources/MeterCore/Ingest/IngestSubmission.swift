@@ -1,3 +1,5 @@
+import NIOCore
+
 /// A reading with the line of its connection it came on, so a rejection can name the line.
 package struct SubmittedReading: Sendable {
     package var reading: Reading
@@ -41,20 +43,49 @@ package struct SubmissionOutcome: Sendable {
     package init() {}
 
     /// Coalesces an ack: the highest seq per meter wins.
+    ///
+    /// `index` finds a meter's ack among many; a connection usually speaks for one meter or a few,
+    /// so up to ``linearAcks`` acks are searched in place and the index stays empty (no hashing).
     package mutating func ack(meter: String, seq: Int64, index: inout [String: Int]) {
-        if let position = index[meter] {
+        if index.isEmpty {
+            for position in self.acks.indices where self.acks[position].meter == meter {
+                if self.acks[position].seq < seq { self.acks[position].seq = seq }
+                return
+            }
+            self.acks.append((meter, seq))
+            if self.acks.count > Self.linearAcks {
+                index.reserveCapacity(self.acks.count * 2)
+                for (position, ack) in self.acks.enumerated() { index[ack.meter] = position }
+            }
+        } else if let position = index[meter] {
             if self.acks[position].seq < seq { self.acks[position].seq = seq }
         } else {
             index[meter] = self.acks.count
             self.acks.append((meter, seq))
         }
     }
+
+    /// Acks searched in place before ``ack(meter:seq:index:)`` builds an index.
+    static let linearAcks = 8
 }
 
 /// Whoever sent a submission and waits for its acks: a meter connection, an importer, a test.
 package protocol AckReceiver: AnyObject, Sendable {
     /// Called from the writer thread after the commit holding the submission; must not block.
+    /// Not called when ``eventLoop`` is set: ``deliverOnEventLoop(_:)`` is, instead.
     func deliver(_ outcome: SubmissionOutcome)
+
+    /// The event loop the receiver lives on, if any: the pipeline then hands the outcomes of one
+    /// commit for all receivers on a loop over in a single task, rather than one task each.
+    var eventLoop: (any EventLoop)? { get }
+
+    /// Called on ``eventLoop`` with the outcome of a commit.
+    func deliverOnEventLoop(_ outcome: SubmissionOutcome)
+}
+
+extension AckReceiver {
+    package var eventLoop: (any EventLoop)? { nil }
+    package func deliverOnEventLoop(_ outcome: SubmissionOutcome) { self.deliver(outcome) }
 }
 
 /// Readings and rejected lines handed from one connection's read to the writer.

@@ -4,8 +4,8 @@ import NIOConcurrencyHelpers
 
 /// Keeps the aggregates the KPI engine reads in step with the writer: an ``IngestObserver``.
 ///
-/// - Inside each commit it adds the batch's live reading latencies to `latency_month` (by the
-///   month they were received, the meter's region and a histogram bucket).
+/// - When the writer writes its aggregates it adds the live reading latencies since the last time
+///   to `latency_month` (by the month they were received, the meter's region and a histogram bucket).
 /// - After each commit it queues the batch's meter-month deltas for the in-memory
 ///   ``MonthlyStore``, which applies them before the next KPI query.
 /// - After an import (``companyDataChanged()``) the store is dropped and reloaded when next needed.

@@ -16,9 +16,15 @@ package final class SnapshotService: Service, Sendable {
     private let logger: Logger
     /// One snapshot at a time: the timer and an on-demand request must not share the temp file.
     private let fileLock = NSLock()
+    /// Awaited before the first timed snapshot.
+    private let beforeFirst: @Sendable () async -> Void
 
+    /// `beforeFirst` delays the first timed snapshot: the daemon waits for its listeners, since the
+    /// first snapshot loads every meter-month into memory (a second of CPU at 100,000 meters) and
+    /// would otherwise compete with start-up for the cores.
     package init(engine: KPIEngine, database: MeterDatabase, pipeline: IngestPipeline?, path: String,
-                 interval: Duration, history: Int, logger: Logger) {
+                 interval: Duration, history: Int, logger: Logger, beforeFirst: @escaping @Sendable () async -> Void = {}) {
+        self.beforeFirst = beforeFirst
         self.engine = engine
         self.database = database
         self.pipeline = pipeline
@@ -30,6 +36,7 @@ package final class SnapshotService: Service, Sendable {
 
     package func run() async throws {
         try? await cancelWhenGracefulShutdown {
+            await self.beforeFirst()
             while !Task.isCancelled {
                 do {
                     _ = try await self.snapshot()

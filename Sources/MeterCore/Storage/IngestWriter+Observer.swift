@@ -26,11 +26,13 @@ package struct IngestChanges: Sendable {
     package var latencies: [Latency] = []
 }
 
-/// Sees every batch the writer commits: may write derived rows inside its transaction, and learns
-/// of it after the commit. Called on the writer thread only.
+/// Sees every batch the writer commits: may write derived rows with the writer's aggregates, and
+/// learns of each batch after its commit. Called on the writer thread only.
 package protocol IngestObserver: AnyObject, Sendable {
-    /// Inside the batch's transaction; throwing rolls the whole batch back.
+    /// Inside the transaction that writes the aggregates (see ``IngestWriter/flushAggregates()``),
+    /// with the latencies of every reading stored since the last time (`months` is empty);
+    /// throwing rolls that transaction back.
     func willCommit(_ changes: IngestChanges, db: Database) throws
-    /// After the batch committed, before its acks go out.
+    /// After each batch committed, before its acks go out: the batch's own month deltas and latencies.
     func didCommit(_ changes: IngestChanges)
 }

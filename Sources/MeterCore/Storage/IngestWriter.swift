@@ -1,4 +1,5 @@
 import GRDB
+import Logging
 
 /// Applies batches of submissions to the database in one transaction each: readings, per-meter
 /// state, monthly aggregates and quarantined lines commit together or not at all.
@@ -6,6 +7,14 @@ import GRDB
 /// Owned by the single writer thread; not thread-safe. The per-meter sequence high-water mark
 /// lives in `meter.hwm_seq`, so duplicate detection survives restarts, and a cache of it here
 /// spares a lookup per reading.
+///
+/// Aggregates may be deferred (``commit(_:deferAggregates:)``): the readings commit at once, while
+/// the per-meter state, `meter_month` and the observer's derived rows wait in memory for the next
+/// ``flushAggregates()`` (or the next commit that does not defer). At 10,000 meters a commit
+/// otherwise dirties a page per meter and per meter-month, ~100 scattered pages every few ms.
+/// Each flush records in `ingest_watermark` the highest reading rowid its aggregates cover, in the
+/// same transaction; on open, readings past the watermark (those a crash left unaggregated) are
+/// applied again, so the aggregates and the high-water marks always equal the stored readings.
 package final class IngestWriter {
     struct MeterState {
         var id: Int64
@@ -35,19 +44,32 @@ package final class IngestWriter {
     /// Keeps derived aggregates (KPI rollups) in step with each commit.
     package var observer: (any IngestObserver)?
 
+    /// Aggregates of committed readings not yet written (see ``commit(_:deferAggregates:)``).
+    private var pendingMeters: [Int64: MeterDelta] = [:]
+    private var pendingMonths: [MonthKey: MonthDelta] = [:]
+    private var pendingLatencies: [IngestChanges.Latency] = []
+    /// Highest rowid of a reading whose aggregates are pending.
+    private var pendingHighRowID: Int64?
+
     package init(database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy) throws {
         self.database = database
         self.calendar = calendar
         self.tariff = tariff
         self.unknownMeters = unknownMeters
         try self.reloadMeters()
+        try self.recoverAggregates()
     }
+
+    /// Whether committed readings wait for ``flushAggregates()``.
+    package var hasPendingAggregates: Bool { !self.pendingMeters.isEmpty }
 
     /// Number of meters the writer knows.
     package var meterCount: Int { self.meters.count }
 
     /// Reloads the meter cache; needed after meters or customers change outside the writer.
     package func reloadMeters() throws {
+        // The cached high-water marks are ahead of the table while aggregates are pending.
+        try self.flushAggregates()
         let rows = try self.database.pool.read { db in
             try Row.fetchAll(db, sql: "SELECT id, name, hwm_seq, region FROM meter")
         }
@@ -70,6 +92,20 @@ package final class IngestWriter {
         var readings = 0
         var faults = 0
         var duplicates = 0
+
+        /// This delta followed by `later`, as one.
+        mutating func merge(_ later: MeterDelta) {
+            self.highWaterMark = later.highWaterMark
+            self.lastReceivedMs = later.lastReceivedMs
+            if later.readings > 0 {
+                self.lastTimestampMs = later.lastTimestampMs
+                self.lastStatus = later.lastStatus
+                self.lastFault = later.lastFault
+            }
+            self.readings += later.readings
+            self.faults += later.faults
+            self.duplicates += later.duplicates
+        }
     }
 
     private struct MonthKey: Hashable {
@@ -85,14 +121,48 @@ package final class IngestWriter {
         var health = (good: 0, fair: 0, poor: 0)
         var latencySumMs: Int64 = 0
         var latencyMaxMs: Int64 = 0
+
+        mutating func merge(_ other: MonthDelta) {
+            self.kwh += other.kwh
+            self.revenue += other.revenue
+            self.readings += other.readings
+            self.faults += other.faults
+            self.health.good += other.health.good
+            self.health.fair += other.health.fair
+            self.health.poor += other.health.poor
+            self.latencySumMs += other.latencySumMs
+            self.latencyMaxMs = max(self.latencyMaxMs, other.latencyMaxMs)
+        }
+    }
+
+    /// One batch's aggregates, before they join the pending ones.
+    private struct BatchAggregates {
+        var meters: [Int64: MeterDelta] = [:]
+        var months: [MonthKey: MonthDelta] = [:]
+        var latencies: [IngestChanges.Latency] = []
+        var highRowID: Int64?
     }
 
     /// Commits a batch. On error nothing of it is applied, in the database or in the cache.
-    package func commit(_ submissions: [IngestSubmission]) throws -> CommitResult {
+    ///
+    /// With `deferAggregates` the batch's readings commit now and its aggregates join the pending
+    /// ones; without it the pending aggregates and the batch's are written in this transaction.
+    package func commit(_ submissions: [IngestSubmission], deferAggregates: Bool = false) throws -> CommitResult {
         var original: [String: MeterState?] = [:]
         do {
-            let result = try self.database.pool.write { db in
-                try self.apply(submissions, db: db, original: &original)
+            let (result, batch) = try self.database.pool.write { db -> (CommitResult, BatchAggregates) in
+                var batch = BatchAggregates()
+                let result = try self.apply(submissions, db: db, original: &original, into: &batch)
+                if !deferAggregates {
+                    var merged = self.mergedPending(with: batch)
+                    try self.write(&merged, db: db)
+                }
+                return (result, batch)
+            }
+            if deferAggregates {
+                self.addPending(batch)
+            } else {
+                self.clearPending()
             }
             if let changes = result.changes { self.observer?.didCommit(changes) }
             return result
@@ -104,13 +174,82 @@ package final class IngestWriter {
         }
     }
 
-    private func apply(_ submissions: [IngestSubmission], db: Database, original: inout [String: MeterState?]) throws -> CommitResult {
+    /// Writes the pending aggregates (and the watermark of the readings they cover) in one transaction.
+    package func flushAggregates() throws {
+        guard !self.pendingMeters.isEmpty else { return }
+        var pending = BatchAggregates(meters: self.pendingMeters, months: self.pendingMonths, latencies: self.pendingLatencies,
+                                      highRowID: self.pendingHighRowID)
+        try self.database.pool.write { db in try self.write(&pending, db: db) }
+        self.clearPending()
+    }
+
+    /// ``flushAggregates()``, logging a failure (the aggregates then stay pending and are retried).
+    /// Returns whether nothing is pending any more.
+    package func flushAggregates(logger: Logger) -> Bool {
+        guard self.hasPendingAggregates else { return true }
+        do {
+            try self.flushAggregates()
+            return true
+        } catch {
+            logger.error("Writing aggregates failed; they stay in memory and are retried", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    private func addPending(_ batch: BatchAggregates) {
+        for (id, delta) in batch.meters {
+            if var pending = self.pendingMeters[id] {
+                pending.merge(delta)
+                self.pendingMeters[id] = pending
+            } else {
+                self.pendingMeters[id] = delta
+            }
+        }
+        for (key, delta) in batch.months {
+            self.pendingMonths[key, default: MonthDelta()].merge(delta)
+        }
+        self.pendingLatencies.append(contentsOf: batch.latencies)
+        if let high = batch.highRowID { self.pendingHighRowID = high }
+    }
+
+    private func mergedPending(with batch: BatchAggregates) -> BatchAggregates {
+        if self.pendingMeters.isEmpty { return batch }
+        var merged = BatchAggregates(meters: self.pendingMeters, months: self.pendingMonths, latencies: self.pendingLatencies,
+                                     highRowID: batch.highRowID ?? self.pendingHighRowID)
+        for (id, delta) in batch.meters {
+            if var pending = merged.meters[id] {
+                pending.merge(delta)
+                merged.meters[id] = pending
+            } else {
+                merged.meters[id] = delta
+            }
+        }
+        for (key, delta) in batch.months { merged.months[key, default: MonthDelta()].merge(delta) }
+        merged.latencies.append(contentsOf: batch.latencies)
+        return merged
+    }
+
+    private func clearPending() {
+        if self.pendingMeters.isEmpty { return }
+        self.pendingMeters = [:]
+        self.pendingMonths = [:]
+        self.pendingLatencies = []
+        self.pendingHighRowID = nil
+    }
+
+    private func apply(_ submissions: [IngestSubmission], db: Database, original: inout [String: MeterState?],
+                       into batch: inout BatchAggregates) throws -> CommitResult {
         var result = CommitResult()
         result.outcomes.reserveCapacity(submissions.count)
         var meterDeltas: [Int64: MeterDelta] = [:]
         var monthDeltas: [MonthKey: MonthDelta] = [:]
         var latencies: [IngestChanges.Latency] = []
         let observer = self.observer
+        defer {
+            batch.meters = meterDeltas
+            batch.months = monthDeltas
+            batch.latencies = latencies
+        }
         let insertReading = try RawStatement(db, sql: """
             INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -167,6 +306,7 @@ package final class IngestWriter {
                     insertReading.bind(7, reading.fault)
                     insertReading.bind(8, reading.voltage)
                     try insertReading.execute()
+                    batch.highRowID = db.lastInsertedRowID
 
                     state.highWaterMark = reading.seq
                     self.meters[reading.meter] = state
@@ -193,7 +333,7 @@ package final class IngestWriter {
                     monthDelta.latencyMaxMs = max(monthDelta.latencyMaxMs, latency)
                     monthDeltas[key] = monthDelta
                     result.latenciesMs.append(latency)
-                    if observer != nil { latencies.append(.init(meterID: state.id, receivedMs: item.receivedMs, latencyMs: latency)) }
+                    latencies.append(.init(meterID: state.id, receivedMs: item.receivedMs, latencyMs: latency))
                     result.stored += 1
                 }
                 meterDeltas[state.id] = meterDelta
@@ -205,6 +345,17 @@ package final class IngestWriter {
             result.outcomes.append(outcome)
         }
 
+        if observer != nil {
+            result.changes = IngestChanges(months: monthDeltas.map { key, delta in
+                .init(meterID: key.meterID, month: key.month, kwh: delta.kwh, revenue: delta.revenue, readings: delta.readings,
+                      faults: delta.faults, good: delta.health.good, fair: delta.health.fair, poor: delta.health.poor)
+            }, latencies: latencies)
+        }
+        return result
+    }
+
+    /// Writes aggregates into `meter`, `meter_month`, the observer's rows and the watermark.
+    private func write(_ aggregates: inout BatchAggregates, db: Database) throws {
         let updateMeter = try RawStatement(db, sql: """
             UPDATE meter SET hwm_seq = ?, first_seen_ms = COALESCE(first_seen_ms, ?), last_received_ms = ?,
                 last_ts_ms = COALESCE(?, last_ts_ms), last_status = COALESCE(?, last_status),
@@ -213,7 +364,8 @@ package final class IngestWriter {
                 duplicates_total = duplicates_total + ?, inactive_since_ms = NULL
             WHERE id = ?
             """)
-        for (id, delta) in meterDeltas {
+        // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
+        for (id, delta) in aggregates.meters.sorted(by: { $0.key < $1.key }) {
             updateMeter.bind(1, delta.highWaterMark)
             updateMeter.bind(2, delta.firstSeenMs)
             updateMeter.bind(3, delta.lastReceivedMs)
@@ -240,7 +392,7 @@ package final class IngestWriter {
                 latency_count = latency_count + excluded.latency_count,
                 latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)
             """)
-        for (key, delta) in monthDeltas {
+        for (key, delta) in aggregates.months.sorted(by: { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }) {
             upsertMonth.bind(1, key.meterID)
             upsertMonth.bind(2, key.month)
             upsertMonth.bind(3, delta.kwh)
@@ -255,15 +407,68 @@ package final class IngestWriter {
             upsertMonth.bind(12, delta.latencyMaxMs)
             try upsertMonth.execute()
         }
-        if let observer {
-            let changes = IngestChanges(months: monthDeltas.map { key, delta in
-                .init(meterID: key.meterID, month: key.month, kwh: delta.kwh, revenue: delta.revenue, readings: delta.readings,
-                      faults: delta.faults, good: delta.health.good, fair: delta.health.fair, poor: delta.health.poor)
-            }, latencies: latencies)
-            try observer.willCommit(changes, db: db)
-            result.changes = changes
+        if let observer = self.observer, !aggregates.latencies.isEmpty {
+            try observer.willCommit(IngestChanges(months: [], latencies: aggregates.latencies), db: db)
         }
-        return result
+        if let high = aggregates.highRowID {
+            try db.execute(sql: "UPDATE ingest_watermark SET reading_rowid = ? WHERE id = 1", arguments: [high])
+        }
+    }
+
+    /// Applies readings a crash left past the watermark to the meters' state and the aggregates.
+    private func recoverAggregates() throws {
+        let watermark = try self.database.pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1")
+        } ?? 0
+        let rows = try self.database.pool.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault FROM reading WHERE rowid > ? ORDER BY rowid
+                """, arguments: [watermark])
+        }
+        guard !rows.isEmpty else { return }
+        var names: [Int64: String] = [:]
+        names.reserveCapacity(self.meters.count)
+        for (name, state) in self.meters { names[state.id] = name }
+        var batch = BatchAggregates()
+        for row in rows {
+            let meterID: Int64 = row["meter_id"]
+            guard let name = names[meterID], var state = self.meters[name] else { continue }
+            let seq: Int64 = row["seq"]
+            let timestampMs: Int64 = row["ts_ms"]
+            let receivedMs: Int64 = row["received_ms"]
+            let kwh: Double = row["kwh"]
+            let fault: String? = row["fault"]
+            let status = MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good
+            state.highWaterMark = max(state.highWaterMark, seq)
+            self.meters[name] = state
+            var delta = batch.meters[meterID] ?? MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)
+            delta.highWaterMark = state.highWaterMark
+            delta.lastReceivedMs = receivedMs
+            delta.lastTimestampMs = timestampMs
+            delta.lastStatus = status
+            delta.lastFault = fault
+            delta.readings += 1
+            if fault != nil { delta.faults += 1 }
+            batch.meters[meterID] = delta
+            let latency = max(0, receivedMs - timestampMs)
+            let key = MonthKey(meterID: meterID, month: self.calendar.month(ofMilliseconds: timestampMs).key)
+            var month = MonthDelta()
+            month.kwh = kwh
+            month.revenue = kwh * state.rate
+            month.readings = 1
+            month.faults = fault != nil ? 1 : 0
+            switch status {
+            case .good: month.health.good = 1
+            case .fair: month.health.fair = 1
+            case .poor: month.health.poor = 1
+            }
+            month.latencySumMs = latency
+            month.latencyMaxMs = latency
+            batch.months[key, default: MonthDelta()].merge(month)
+            batch.latencies.append(.init(meterID: meterID, receivedMs: receivedMs, latencyMs: latency))
+            batch.highRowID = row["rowid"]
+        }
+        try self.database.pool.write { db in try self.write(&batch, db: db) }
     }
 
     /// Registers a meter the company data does not know, unassigned, so its readings are kept.

@@ -137,6 +137,17 @@ package final class MeterDatabase: Sendable {
                 """)
         }
         CompanySchema.register(in: &migrator)
+        migrator.registerMigration("v3-aggregate-watermark") { db in
+            // The highest reading rowid the aggregates (meter state, meter_month, latency_month)
+            // cover; readings past it are applied again on open. Until now they were always in step.
+            try db.execute(sql: """
+                CREATE TABLE ingest_watermark (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    reading_rowid INTEGER NOT NULL
+                );
+                INSERT INTO ingest_watermark (id, reading_rowid) VALUES (1, COALESCE((SELECT max(rowid) FROM reading), 0));
+                """)
+        }
         return migrator
     }
 }
