@@ -36,7 +36,7 @@ h3 { font-size: 1rem; margin: .2rem 0 .5rem; }
         padding: .5rem .7rem; display: flex; flex-direction: column; min-width: 0; }
 .card.ok { border-left-color: var(--ok); } .card.warn { border-left-color: var(--warn); } .card.bad { border-left-color: var(--bad); }
 .card .label { font-size: .78rem; color: var(--muted); }
-.card .value { font-size: 1.2rem; font-weight: 600; overflow-wrap: anywhere; }
+.card .value { font-size: clamp(1rem, 1.6vw, 1.2rem); font-weight: 600; overflow-wrap: break-word; }
 .cards.small .value { font-size: 1.05rem; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: .8rem; }
 .panel { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; margin: 0; padding: .6rem .8rem; min-width: 0; }
