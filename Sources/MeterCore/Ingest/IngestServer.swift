@@ -64,7 +64,7 @@ package struct IngestServer: Service {
             .serverChannelOption(.maxMessagesPerRead, value: 256)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             // The adaptive default grows each connection's buffer to 64 KB and keeps it: 10 k meters, 600+ MB.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 2048, maximum: 16_384))
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 1024, maximum: 4096))
             .childChannelInitializer { channel in
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
                     statistics.refusedConnections.add(1, ordering: .relaxed)
