@@ -91,9 +91,9 @@ def loss_check(db_path, ledger_path):
     return missing, duplicates, kwh_diff
 
 
-def run_scenario(name, bindir, meters, sim_args, work):
+def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     data = os.path.join(work, f"data-{name}")
-    daemon = Daemon(bindir, data)
+    daemon = Daemon(bindir, data, meterd_args)
     daemon.wait_ready()
     cpu_before = cpu_seconds(daemon.proc.pid)
     report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
@@ -142,6 +142,7 @@ def main():
     parser.add_argument("--json", default="benchmark-ingest.json")
     parser.add_argument("--bin", help="directory of release binaries (default: build them)")
     parser.add_argument("--quick", action="store_true", help="smaller runs, to try the script")
+    parser.add_argument("--meterd-arg", action="append", default=[], help="extra meterd argument (repeatable), e.g. --meterd-arg=--queue-capacity=5000")
     args = parser.parse_args()
     bindir = args.bin
     if not bindir:
@@ -163,7 +164,7 @@ def main():
                 results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000))
             else:
                 meters, sim_args = scenarios[name]
-                results.append(run_scenario(name, bindir, meters, sim_args, work))
+                results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
             print(json.dumps(results[-1]), file=sys.stderr)
     columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "peak_rss_mb",
                "ack_p50_ms", "ack_p99_ms", "lost", "stored_twice", "ready_s"]
