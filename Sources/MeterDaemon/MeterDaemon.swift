@@ -51,6 +51,8 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var queueCapacity: String?
     @Option(help: ArgumentHelp("Shortest time between two commits (default 5).", valueName: "ms"))
     var commitIntervalMs: String?
+    @Option(help: ArgumentHelp("0 (default): aggregates commit with their readings; N: under load they wait up to N ms, saving CPU.", valueName: "ms"))
+    var aggregateIntervalMs: String?
     @Option(name: .customLong("dashboard-chartjs"),
             help: ArgumentHelp("Chart.js file the dashboard serves (default Debian's /usr/share/javascript/chart.js/chart.min.js).",
                                valueName: "path"))
@@ -98,7 +100,7 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
             ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
             ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
-            ("commit_interval_ms", self.commitIntervalMs), ("dashboard_chartjs", self.dashboardChartJS),
+            ("commit_interval_ms", self.commitIntervalMs), ("aggregate_interval_ms", self.aggregateIntervalMs), ("dashboard_chartjs", self.dashboardChartJS),
         ]
         var configuration: DaemonConfiguration
         do {

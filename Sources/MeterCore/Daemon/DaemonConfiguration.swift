@@ -103,6 +103,7 @@ package struct DaemonConfiguration: Sendable {
         ("queue_capacity", "Readings that may wait for the writer before meters are told busy (default 50000)."),
         ("commit_interval_ms", "Shortest time between two commits in milliseconds (default 5)."),
         ("commit_max_readings", "Most readings in one transaction (default 5000)."),
+        ("aggregate_interval_ms", "0 (default): monthly aggregates commit with their readings; N: under load they wait up to N ms, which saves CPU at many meters."),
         ("dashboard_chartjs", "Chart.js file the dashboard serves (default /usr/share/javascript/chart.js/chart.min.js, "
             + "Debian's libjs-chart.js); without it the dashboard shows tables."),
         ("tariff.default", "Currency units per kWh for live revenue (default 0.15)."),
@@ -167,6 +168,11 @@ package struct DaemonConfiguration: Sendable {
         case "queue_capacity": self.pipeline.queueCapacity = try positiveInt(10_000_000)
         case "commit_interval_ms": self.pipeline.commitInterval = .milliseconds(try positiveInt(10_000))
         case "commit_max_readings": self.pipeline.maximumBatch = try positiveInt(1_000_000)
+        case "aggregate_interval_ms":
+            guard let milliseconds = Int(value), (0...60_000).contains(milliseconds) else {
+                throw ConfigurationError(key: key, "expected a whole number of milliseconds from 0 to 60000, got \"\(value)\"")
+            }
+            self.pipeline.aggregateInterval = .milliseconds(milliseconds)
         case "dashboard_chartjs": self.dashboardChartJS = try path()
         case "tariff.default": self.tariff.defaultRate = try positiveDouble()
         case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
