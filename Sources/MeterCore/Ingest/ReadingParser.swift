@@ -130,8 +130,11 @@ private struct ReadingFields {
         }
     }
 
+    /// Reported missing in this order; a constant, so no array is built per line.
+    private static let requiredKeys: [Key] = [.meter, .seq, .ts, .kwh]
+
     func makeReading(in line: UnsafeRawBufferPointer, maximumKwh: Double) throws(Rejection) -> Reading {
-        for key in [Key.meter, .seq, .ts, .kwh] where self[key] == nil {
+        for key in Self.requiredKeys where self[key] == nil {
             throw Rejection(.missingField, "missing \"\(key.name)\"")
         }
         let meter = try Self.identifier(self[.meter]!, key: .meter, in: line)
