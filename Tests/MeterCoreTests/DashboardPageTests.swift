@@ -84,16 +84,8 @@ import Testing
         try await withTemporaryDirectory { directory in
             let file = directory + "/dashboard.js"
             try DashboardScript.source.write(toFile: file, atomically: true, encoding: .utf8)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: node)
-            process.arguments = ["--check", file]
-            let output = Pipe()
-            process.standardError = output
-            process.standardOutput = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0, "node --check: \(text)")
+            let result = try runProgram([node, "--check", file])
+            #expect(result.status == 0, "node --check: \(result.stdout + result.stderr)")
         }
     }
 

@@ -10,16 +10,8 @@ struct DeployTests {
 
     /// Runs a command; stdout and stderr together.
     static func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+        let result = try runProgram(arguments)
+        return (result.status, result.stdout + result.stderr)
     }
 
     /// A scratch root as `systemd-analyze --root` wants it: systemd's own units, ours, and the binary.

@@ -7,14 +7,7 @@ import Testing
 /// Runs a shell command, returning whether it exited 0.
 @discardableResult
 func shell(_ command: String) -> Bool {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", command]
-    process.standardOutput = FileHandle.nullDevice
-    process.standardError = FileHandle.nullDevice
-    guard (try? process.run()) != nil else { return false }
-    process.waitUntilExit()
-    return process.terminationStatus == 0
+    (try? runProgram(["/bin/sh", "-c", command]))?.status == 0
 }
 
 /// Whether this process may mount a tmpfs (root, as in CI and on developer machines here).

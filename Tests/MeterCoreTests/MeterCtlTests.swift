@@ -15,24 +15,9 @@ struct MeterCtlTests {
     /// Runs meterctl; exit status, stdout, stderr.
     static func meterctl(_ arguments: [String], as user: String? = nil) throws -> (status: Int32, out: String, err: String) {
         let binary = try BuiltProduct.path("meterctl")
-        let process = Process()
-        if let user {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=\(user)", "--regid=\(user)", "--clear-groups", binary] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = arguments
-        }
-        process.environment = ["PATH": "/usr/bin:/bin"]
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, stdout, stderr)
+        let command = user.map { ["/usr/bin/setpriv", "--reuid=\($0)", "--regid=\($0)", "--clear-groups", binary] } ?? [binary]
+        let result = try runProgram(command + arguments, environment: ["PATH": "/usr/bin:/bin"])
+        return (result.status, result.stdout, result.stderr)
     }
 
     static func meterctlAsync(_ arguments: [String], as user: String? = nil) async throws -> (status: Int32, out: String, err: String) {

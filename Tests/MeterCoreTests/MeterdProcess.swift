@@ -305,3 +305,41 @@ func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async thro
 func ask(_ path: String, _ command: String) async throws -> String {
     try await offPool { try StatusClient(path: path).send(command) }
 }
+
+/// Runs a program to completion: stdin from `input`, stdout and stderr captured through files.
+///
+/// posix_spawn on the spawner thread rather than Foundation's `Process` and pipes: under the
+/// parallel suite `Process.run()` crashed in memcpy and `readDataToEndOfFile()` trapped on EINTR.
+func runProgram(_ arguments: [String], input: String? = nil, environment: [String: String]? = nil) throws
+    -> (status: Int32, stdout: String, stderr: String)
+{
+    let directory = NSTemporaryDirectory() + "meterd-run-" + UUID().uuidString
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let (inPath, outPath, errPath) = (directory + "/in", directory + "/out", directory + "/err")
+    try (input ?? "").write(toFile: inPath, atomically: false, encoding: .utf8)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, inPath, O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    let env = environment ?? ProcessInfo.processInfo.environment
+    let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { envp.forEach { free($0) } }
+    let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    let (pid, result) = Spawner.shared.spawn { () -> (pid_t, Int32) in
+        var pid: pid_t = 0
+        let result = posix_spawnp(&pid, argv[0]!, &actions, nil, argv, envp)
+        return (pid, result)
+    }
+    guard result == 0 else {
+        throw CocoaError(.executableNotLoadable, userInfo: [NSLocalizedDescriptionKey: "cannot start \(arguments[0]): \(String(cString: strerror(result)))"])
+    }
+    var raw: Int32 = 0
+    while waitpid(pid, &raw, 0) < 0, errno == EINTR {}
+    let status = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+    let read = { (path: String) in (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+    return (status, read(outPath), read(errPath))
+}

@@ -15,24 +15,12 @@ import Testing
 struct MetricsTests {
     /// Runs `promtool check metrics` on an exposition; returns its exit status and output.
     static func promtool(_ exposition: String) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
-        process.arguments = ["check", "metrics"]
-        let input = Pipe()
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = output
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool") else {
             Issue.record("promtool is missing: apt-get install -y prometheus")
             throw CancellationError()
         }
-        try process.run()
-        input.fileHandleForWriting.write(Data(exposition.utf8))
-        try input.fileHandleForWriting.close()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+        let result = try runProgram(["/usr/bin/promtool", "check", "metrics"], input: exposition)
+        return (result.status, result.stdout + result.stderr)
     }
 
     /// The value of one sample line, `name{labels} value`.
