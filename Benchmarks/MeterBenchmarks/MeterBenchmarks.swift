@@ -47,6 +47,8 @@ struct MeterBenchmarks {
             let database = try MeterDatabase(path: directory + "/bench-\(meters).sqlite")
             let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
                                           tariff: Tariff(), unknownMeters: .register)
+            let rollups = KPIRollups(database: database, timeZone: TimeZone(identifier: "UTC")!)
+            writer.observer = rollups  // as in the daemon
             var seq: [Int64] = Array(repeating: 0, count: meters)
             let batchSize = 5_000
             let batches = quick ? 10 : 60
@@ -56,6 +58,7 @@ struct MeterBenchmarks {
                 seq[index] += 1
                 return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
             }, receiver: nil)])
+            try rollups.reload()
             var next = 0
             let prepared: [[IngestSubmission]] = (0..<batches).map { _ in
                 (0..<batchSize / 50).map { _ in
@@ -77,6 +80,46 @@ struct MeterBenchmarks {
             })
         }
 
+        // Scenario b's shape: at 10,000 meters × 1 reading/s a 5 ms commit window holds ~50
+        // readings, each of a different meter. CPU time of the writer thread, fsync waits excluded.
+        do {
+            let database = try MeterDatabase(path: directory + "/bench-b.sqlite")
+            let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                                          tariff: Tariff(), unknownMeters: .register)
+            let rollups = KPIRollups(database: database, timeZone: TimeZone(identifier: "UTC")!)
+            writer.observer = rollups
+            let meters = 10_000
+            var seq: [Int64] = Array(repeating: 0, count: meters)
+            let now = WallClock.nowMs()
+            _ = try writer.commit([IngestSubmission(readings: (0..<meters).map { index in
+                seq[index] += 1
+                return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
+            }, receiver: nil)])
+            try rollups.reload()  // as in the daemon, which loads the KPI store once it is up
+            let commits = quick ? 200 : 2_000
+            var next = 0
+            let prepared: [[IngestSubmission]] = (0..<commits).map { _ in
+                (0..<50).map { _ in
+                    let index = (next &* 7_919) % meters
+                    next += 1
+                    seq[index] += 1
+                    return IngestSubmission(readings: [SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now,
+                                                                                          kwh: 0.25, status: .fair, voltage: 230.5),
+                                                                        line: 1, receivedMs: now + 20)], receiver: nil)
+                }
+            }
+            var round = 0
+            results.append(Self.measureCPU("writer: commit of 50 readings of 50 of 10k meters (scenario b), CPU per reading",
+                                           operations: 50 * (commits / 10), rounds: 10) {
+                var stored = 0
+                for _ in 0..<(commits / 10) {
+                    stored += try! writer.commit(prepared[round]).stored
+                    round += 1
+                }
+                return Double(stored)
+            })
+        }
+
         print(String(repeating: "-", count: 96))
         for result in results {
             print(result.name.padding(toLength: 80, withPad: " ", startingAt: 0), String(format: "%9.0f ns", result.nanosecondsPerOperation))
@@ -91,6 +134,7 @@ struct MeterBenchmarks {
     }
 
     /// Median time per operation over several rounds of `body`.
+    @inline(never)  // a named frame for callgrind's --toggle-collect
     static func measure(_ name: String, operations: Int, rounds: Int = 7, _ body: () -> Double) -> Result {
         var samples: [Double] = []
         var sink = 0.0
@@ -101,6 +145,27 @@ struct MeterBenchmarks {
             samples.append(Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9)
         }
         if sink.isNaN { print("unreachable") }  // keeps the work from being optimised away
+        samples.sort()
+        return Result(name: name, nanosecondsPerOperation: samples[samples.count / 2] / Double(operations), operations: operations)
+    }
+
+    /// Median CPU time of this thread per operation over several rounds of `body`: for work that
+    /// waits on fsync, where wall time would measure the disk.
+    @inline(never)  // a named frame, so callgrind can collect inside it alone (--toggle-collect)
+    static func measureCPU(_ name: String, operations: Int, rounds: Int = 7, _ body: () -> Double) -> Result {
+        func threadCPU() -> Double {
+            var time = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+            return Double(time.tv_sec) * 1e9 + Double(time.tv_nsec)
+        }
+        var samples: [Double] = []
+        var sink = 0.0
+        for _ in 0..<rounds {
+            let start = threadCPU()
+            sink += body()
+            samples.append(threadCPU() - start)
+        }
+        if sink.isNaN { print("unreachable") }
         samples.sort()
         return Result(name: name, nanosecondsPerOperation: samples[samples.count / 2] / Double(operations), operations: operations)
     }

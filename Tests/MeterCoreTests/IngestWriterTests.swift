@@ -146,8 +146,10 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             try await database.pool.write { db in
                 try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON reading WHEN NEW.kwh = 13 BEGIN SELECT RAISE(ABORT, 'refused'); END")
             }
+            // (A twice: the rollback must restore A as it was before the batch, not between its readings.)
             let batch = [self.submission([
                 Reading(meter: "A", seq: 2, timestampMs: WallClock.nowMs(), kwh: 2),
+                Reading(meter: "A", seq: 3, timestampMs: WallClock.nowMs(), kwh: 3),
                 Reading(meter: "B", seq: 1, timestampMs: WallClock.nowMs(), kwh: 13),
             ])]
             #expect(throws: DatabaseError.self) { try writer.commit(batch) }
@@ -156,7 +158,7 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             // When the cause goes away, the same batch commits in full: the cache forgot the failed attempt.
             try await database.pool.write { db in try db.execute(sql: "DROP TRIGGER refuse") }
             let result = try writer.commit(batch)
-            #expect(result.stored == 2)
+            #expect(result.stored == 3)
             #expect(result.duplicates == 0)
             let meters = try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM meter")! }
             #expect(meters == 2)

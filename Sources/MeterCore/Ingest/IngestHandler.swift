@@ -148,6 +148,15 @@ final class IngestHandler: ChannelDuplexHandler {
 
         let consumed = buffer.withUnsafeReadableBytes { bytes -> Int in
             guard let base = bytes.baseAddress else { return 0 }
+            // Sized once for the lines of this read: growing by appends would leave up to half of
+            // each queued array unused (and copy it several times on the way).
+            var lines = 0
+            var cursor = 0
+            while cursor < bytes.count, let found = memchr(base + cursor, 0x0A, bytes.count - cursor) {
+                lines += 1
+                cursor = base.distance(to: UnsafeRawPointer(found)) + 1
+            }
+            self.readings.reserveCapacity(self.readings.count + lines)
             var start = 0
             while start < bytes.count, let found = memchr(base + start, 0x0A, bytes.count - start) {
                 let end = base.distance(to: UnsafeRawPointer(found))
@@ -186,6 +195,12 @@ final class IngestHandler: ChannelDuplexHandler {
         // A meter that does not read its acks must not make the daemon buffer them without bound.
         if self.paused || self.stopped || !context.channel.isWritable {
             self.readPending = true
+        } else if self.pipeline.isFull {
+            // Every connection stops once the queue is full, not only those whose own submission
+            // filled it: at 10 k connections one more read each would be ~400 k readings in memory.
+            // The busy line went to those that filled it; TCP tells the rest.
+            self.readPending = true
+            self.pause(context: context, tellMeter: false)
         } else {
             context.read()
         }
@@ -268,12 +283,14 @@ final class IngestHandler: ChannelDuplexHandler {
         self.finish()
     }
 
-    private func pause(context: ChannelHandlerContext) {
+    private func pause(context: ChannelHandlerContext, tellMeter: Bool = true) {
         self.paused = true
-        self.statistics.busySignals.add(1, ordering: .relaxed)
-        var buffer = self.output ?? context.channel.allocator.buffer(capacity: 64)
-        buffer.writeString(Self.busyLine)
-        self.output = buffer
+        if tellMeter {
+            self.statistics.busySignals.add(1, ordering: .relaxed)
+            var buffer = self.output ?? context.channel.allocator.buffer(capacity: 64)
+            buffer.writeString(Self.busyLine)
+            self.output = buffer
+        }
         let handler = self.receiver!.handler
         let eventLoop = context.eventLoop
         self.pipeline.whenCapacityAvailable {

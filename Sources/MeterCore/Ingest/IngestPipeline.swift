@@ -53,7 +53,8 @@ package final class IngestPipeline: Service, Sendable {
         var lastCommitStart = ContinuousClock.now - .seconds(1)
         /// The writer found the queue empty since its last commit: the next batch starts after a quiet spell.
         var idleSinceCommit = true
-        var capacityWaiters: [@Sendable () -> Void] = []
+        /// Paused connections, resumed oldest first as the writer makes room.
+        var capacityWaiters = CircularBuffer<@Sendable () -> Void>()
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var failure: String?
         var lastProgressMs: Int64 = 0
@@ -79,6 +80,9 @@ package final class IngestPipeline: Service, Sendable {
     private let configuration: PipelineConfiguration
     private let writer: Mutex<IngestWriter?>
     private let state = NIOLockedValueBox(State())
+    /// Set when the queue reaches capacity, cleared when it drains to half: read by every
+    /// connection before each socket read, so it is an atomic rather than a look under the lock.
+    private let full = Atomic<Bool>(false)
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
@@ -89,6 +93,10 @@ package final class IngestPipeline: Service, Sendable {
         self.statistics = statistics
         self.logger = logger
     }
+
+    /// Whether connections should stop reading: the queue reached capacity and has not yet
+    /// drained to half of it (``whenCapacityAvailable(_:)`` calls back when it has).
+    package var isFull: Bool { self.full.load(ordering: .relaxed) }
 
     /// Readings waiting for the writer.
     package var queueDepth: Int { self.state.withLockedValue { $0.queuedWeight } }
@@ -114,21 +122,31 @@ package final class IngestPipeline: Service, Sendable {
             case .window: signal = state.queuedWeight >= self.configuration.maximumBatch
             }
             if signal { state.writerWait = .busy }
-            return (state.queuedWeight >= self.configuration.queueCapacity ? .full : .accepted, signal)
+            guard state.queuedWeight >= self.configuration.queueCapacity else { return (.accepted, signal) }
+            self.full.store(true, ordering: .relaxed)
+            return (.full, signal)
         }
         if signal { self.wakeup.signal() }
         return result
     }
 
-    /// Calls `resume` once the queue has drained to half its capacity (at once if it already has).
+    /// Calls `resume` once there is room for this caller again (at once if the queue is below half
+    /// its capacity and nobody waits before it).
+    ///
+    /// Waiters resume oldest first, about one per ``readingsPerResume`` of room each commit makes,
+    /// not all at once: at 10,000 paused connections waking every one would let each read and
+    /// most pause again at once, thousands of wakeups and re-registrations per commit for nothing.
     package func whenCapacityAvailable(_ resume: @escaping @Sendable () -> Void) {
         let now = self.state.withLockedValue { state -> Bool in
-            if state.queuedWeight <= self.configuration.queueCapacity / 2 { return true }
+            if state.queuedWeight <= self.configuration.queueCapacity / 2 && state.capacityWaiters.isEmpty { return true }
             state.capacityWaiters.append(resume)
             return false
         }
         if now { resume() }
     }
+
+    /// Room one resumed connection is expected to take: one 4 KB read of ~65-byte lines at most.
+    static let readingsPerResume = 64
 
     /// Returns once everything submitted so far is committed and its acks handed to the senders.
     package func drain() async {
@@ -357,9 +375,14 @@ package final class IngestPipeline: Service, Sendable {
             state.failure = nil
             state.lastProgressMs = WallClock.nowMs()
             var resumers: [@Sendable () -> Void] = []
-            if state.queuedWeight <= self.configuration.queueCapacity / 2 {
-                resumers = state.capacityWaiters
-                state.capacityWaiters = []
+            let capacity = self.configuration.queueCapacity
+            if state.queuedWeight <= capacity / 2 {
+                // An empty queue means no commit will come to wake the rest: wake them all.
+                let count = state.queue.isEmpty ? state.capacityWaiters.count
+                    : min(state.capacityWaiters.count, max(1, (capacity - state.queuedWeight) / Self.readingsPerResume))
+                resumers.reserveCapacity(count)
+                for _ in 0..<count { resumers.append(state.capacityWaiters.removeFirst()) }
+                if state.capacityWaiters.isEmpty { self.full.store(false, ordering: .relaxed) }
             }
             var drained: [CheckedContinuation<Void, Never>] = []
             if state.queue.isEmpty {
@@ -378,7 +401,7 @@ package final class IngestPipeline: Service, Sendable {
                 state.capacityWaiters = []
                 state.drainWaiters = []
             }
-            return (state.capacityWaiters, state.drainWaiters)
+            return (Array(state.capacityWaiters), state.drainWaiters)
         }
         for resume in resumers { resume() }
         for continuation in drained { continuation.resume() }

@@ -12,7 +12,18 @@ import NIOConcurrencyHelpers
 package final class KPIRollups: IngestObserver, Sendable {
     private struct WriterState {
         var calendar: MonthCalendar
-        var regions: [Int64: String]?
+        /// Each meter's region, as an index into `regionNames`: the latency rollup keys on it
+        /// once per stored reading, and hashing an integer is several times cheaper than a string.
+        var regions: [Int64: Int]?
+        var regionNames: [String] = []
+        var regionIndex: [String: Int] = [:]
+
+        mutating func index(ofRegion region: String) -> Int {
+            if let index = self.regionIndex[region] { return index }
+            self.regionNames.append(region)
+            self.regionIndex[region] = self.regionNames.count - 1
+            return self.regionNames.count - 1
+        }
     }
 
     private struct MeterMonth: Hashable {
@@ -45,19 +56,23 @@ package final class KPIRollups: IngestObserver, Sendable {
         guard !changes.latencies.isEmpty else { return }
         struct Key: Hashable {
             var month: Int
-            var region: String
+            var region: Int
             var bucket: Int
         }
         var deltas: [Key: (count: Int, sum: Int64)] = [:]
-        try self.writerState.withLockedValue { state in
+        let regionNames = try self.writerState.withLockedValue { state -> [String] in
             if state.regions == nil {
-                state.regions = Dictionary(try Row.fetchAll(db, sql: "SELECT id, region FROM meter").map { ($0["id"] as Int64, $0["region"] as String) },
-                                           uniquingKeysWith: { first, _ in first })
+                var regions: [Int64: Int] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT id, region FROM meter") {
+                    regions[row["id"]] = state.index(ofRegion: row["region"])
+                }
+                state.regions = regions
             }
             for latency in changes.latencies {
                 var region = state.regions![latency.meterID]
                 if region == nil {
-                    region = try String.fetchOne(db, sql: "SELECT region FROM meter WHERE id = ?", arguments: [latency.meterID]) ?? Region.unassigned
+                    region = state.index(ofRegion: try String.fetchOne(db, sql: "SELECT region FROM meter WHERE id = ?",
+                                                                       arguments: [latency.meterID]) ?? Region.unassigned)
                     state.regions![latency.meterID] = region
                 }
                 let key = Key(month: state.calendar.month(ofMilliseconds: latency.receivedMs).key, region: region!,
@@ -65,6 +80,7 @@ package final class KPIRollups: IngestObserver, Sendable {
                 deltas[key, default: (0, 0)].count += 1
                 deltas[key, default: (0, 0)].sum += latency.latencyMs
             }
+            return state.regionNames
         }
         let upsert = try RawStatement(db, sql: """
             INSERT INTO latency_month (month, region, bucket, count, sum_ms) VALUES (?, ?, ?, ?, ?)
@@ -73,7 +89,7 @@ package final class KPIRollups: IngestObserver, Sendable {
             """)
         for (key, delta) in deltas {
             upsert.bind(1, key.month)
-            upsert.bind(2, key.region)
+            upsert.bind(2, regionNames[key.region])
             upsert.bind(3, key.bucket)
             upsert.bind(4, delta.count)
             upsert.bind(5, delta.sum)

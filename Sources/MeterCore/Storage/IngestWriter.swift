@@ -20,6 +20,17 @@ package final class IngestWriter {
         var id: Int64
         var highWaterMark: Int64
         var rate: Double
+        /// The commit that last saved this state for its rollback (see ``Rollback``).
+        var savedBy = 0
+    }
+
+    /// What a failed commit must undo in the meter cache: states as they were before it, and
+    /// meters it registered. A generation stamp on each state, rather than a dictionary keyed by
+    /// meter id, spares a string hash per reading.
+    private struct Rollback {
+        var generation: Int
+        var saved: [(slot: Int, state: MeterState)] = []
+        var firstRegisteredSlot: Int
     }
 
     /// What one commit did, for counters and acks.
@@ -40,7 +51,11 @@ package final class IngestWriter {
     private var calendar: MonthCalendar
     private let tariff: Tariff
     private let unknownMeters: UnknownMeterPolicy
-    private var meters: [String: MeterState] = [:]
+    /// The meter cache: a slot per meter in `meterStates`, found by name once per reading.
+    private var meterSlots: [String: Int] = [:]
+    private var meterStates: [MeterState] = []
+    private var meterNames: [String] = []
+    private var commitGeneration = 0
     /// Keeps derived aggregates (KPI rollups) in step with each commit.
     package var observer: (any IngestObserver)?
 
@@ -64,7 +79,7 @@ package final class IngestWriter {
     package var hasPendingAggregates: Bool { !self.pendingMeters.isEmpty }
 
     /// Number of meters the writer knows.
-    package var meterCount: Int { self.meters.count }
+    package var meterCount: Int { self.meterStates.count }
 
     /// Reloads the meter cache; needed after meters or customers change outside the writer.
     package func reloadMeters() throws {
@@ -73,13 +88,22 @@ package final class IngestWriter {
         let rows = try self.database.pool.read { db in
             try Row.fetchAll(db, sql: "SELECT id, name, hwm_seq, region FROM meter")
         }
-        var meters: [String: MeterState] = [:]
-        meters.reserveCapacity(rows.count)
+        var slots: [String: Int] = [:]
+        var states: [MeterState] = []
+        var names: [String] = []
+        slots.reserveCapacity(rows.count)
+        states.reserveCapacity(rows.count)
+        names.reserveCapacity(rows.count)
         for row in rows {
             let region: String = row["region"]
-            meters[row["name"]] = MeterState(id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region))
+            let name: String = row["name"]
+            slots[name] = states.count
+            states.append(MeterState(id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region)))
+            names.append(name)
         }
-        self.meters = meters
+        self.meterSlots = slots
+        self.meterStates = states
+        self.meterNames = names
     }
 
     private struct MeterDelta {
@@ -92,6 +116,21 @@ package final class IngestWriter {
         var readings = 0
         var faults = 0
         var duplicates = 0
+
+        mutating func recordDuplicate(receivedMs: Int64) {
+            self.lastReceivedMs = receivedMs
+            self.duplicates += 1
+        }
+
+        mutating func record(_ reading: Reading, receivedMs: Int64) {
+            self.lastReceivedMs = receivedMs
+            self.highWaterMark = reading.seq
+            self.lastTimestampMs = reading.timestampMs
+            self.lastStatus = reading.status
+            self.lastFault = reading.fault
+            self.readings += 1
+            if reading.fault != nil { self.faults += 1 }
+        }
 
         /// This delta followed by `later`, as one.
         mutating func merge(_ later: MeterDelta) {
@@ -122,6 +161,20 @@ package final class IngestWriter {
         var latencySumMs: Int64 = 0
         var latencyMaxMs: Int64 = 0
 
+        mutating func add(_ reading: Reading, rate: Double, latencyMs: Int64) {
+            self.kwh += reading.kwh
+            self.revenue += reading.kwh * rate
+            self.readings += 1
+            if reading.fault != nil { self.faults += 1 }
+            switch reading.status {
+            case .good: self.health.good += 1
+            case .fair: self.health.fair += 1
+            case .poor: self.health.poor += 1
+            }
+            self.latencySumMs += latencyMs
+            self.latencyMaxMs = max(self.latencyMaxMs, latencyMs)
+        }
+
         mutating func merge(_ other: MonthDelta) {
             self.kwh += other.kwh
             self.revenue += other.revenue
@@ -148,11 +201,12 @@ package final class IngestWriter {
     /// With `deferAggregates` the batch's readings commit now and its aggregates join the pending
     /// ones; without it the pending aggregates and the batch's are written in this transaction.
     package func commit(_ submissions: [IngestSubmission], deferAggregates: Bool = false) throws -> CommitResult {
-        var original: [String: MeterState?] = [:]
+        self.commitGeneration += 1
+        var rollback = Rollback(generation: self.commitGeneration, firstRegisteredSlot: self.meterStates.count)
         do {
             let (result, batch) = try self.database.pool.write { db -> (CommitResult, BatchAggregates) in
                 var batch = BatchAggregates()
-                let result = try self.apply(submissions, db: db, original: &original, into: &batch)
+                let result = try self.apply(submissions, db: db, rollback: &rollback, into: &batch)
                 if !deferAggregates {
                     var merged = self.mergedPending(with: batch)
                     try self.write(&merged, db: db)
@@ -167,9 +221,12 @@ package final class IngestWriter {
             if let changes = result.changes { self.observer?.didCommit(changes) }
             return result
         } catch {
-            for (name, state) in original {
-                self.meters[name] = state
+            for (slot, state) in rollback.saved.reversed() where slot < rollback.firstRegisteredSlot {
+                self.meterStates[slot] = state
             }
+            for name in self.meterNames[rollback.firstRegisteredSlot...] { self.meterSlots[name] = nil }
+            self.meterStates.removeSubrange(rollback.firstRegisteredSlot...)
+            self.meterNames.removeSubrange(rollback.firstRegisteredSlot...)
             throw error
         }
     }
@@ -237,7 +294,7 @@ package final class IngestWriter {
         self.pendingHighRowID = nil
     }
 
-    private func apply(_ submissions: [IngestSubmission], db: Database, original: inout [String: MeterState?],
+    private func apply(_ submissions: [IngestSubmission], db: Database, rollback: inout Rollback,
                        into batch: inout BatchAggregates) throws -> CommitResult {
         var result = CommitResult()
         result.outcomes.reserveCapacity(submissions.count)
@@ -273,10 +330,13 @@ package final class IngestWriter {
             var ackIndex: [String: Int] = [:]
             for item in submission.readings {
                 let reading = item.reading
-                var state: MeterState
-                if let known = self.meters[reading.meter] {
-                    state = known
-                    if original[reading.meter] == nil { original[reading.meter] = .some(known) }
+                let slot: Int
+                if let known = self.meterSlots[reading.meter] {
+                    slot = known
+                    if self.meterStates[slot].savedBy != rollback.generation {
+                        rollback.saved.append((slot, self.meterStates[slot]))
+                        self.meterStates[slot].savedBy = rollback.generation
+                    }
                 } else {
                     guard self.unknownMeters == .register else {
                         let rejection = Rejection(.unknownMeter, "meter \(reading.meter) is not in the company data")
@@ -286,15 +346,14 @@ package final class IngestWriter {
                         result.rejected += 1
                         continue
                     }
-                    state = try self.register(reading.meter, db: db)
-                    if original[reading.meter] == nil { original[reading.meter] = .some(nil) }
+                    slot = try self.register(reading.meter, db: db)
                 }
+                var state = self.meterStates[slot]
 
                 var meterDelta = meterDeltas[state.id] ?? MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: item.receivedMs,
                                                                      lastReceivedMs: item.receivedMs)
-                meterDelta.lastReceivedMs = item.receivedMs
                 if reading.seq <= state.highWaterMark {
-                    meterDelta.duplicates += 1
+                    meterDelta.recordDuplicate(receivedMs: item.receivedMs)
                     result.duplicates += 1
                 } else {
                     insertReading.bind(1, state.id)
@@ -309,28 +368,13 @@ package final class IngestWriter {
                     batch.highRowID = db.lastInsertedRowID
 
                     state.highWaterMark = reading.seq
-                    self.meters[reading.meter] = state
-                    meterDelta.highWaterMark = reading.seq
-                    meterDelta.lastTimestampMs = reading.timestampMs
-                    meterDelta.lastStatus = reading.status
-                    meterDelta.lastFault = reading.fault
-                    meterDelta.readings += 1
-                    if reading.fault != nil { meterDelta.faults += 1 }
+                    self.meterStates[slot] = state
+                    meterDelta.record(reading, receivedMs: item.receivedMs)
 
                     let latency = max(0, item.receivedMs - reading.timestampMs)
                     let key = MonthKey(meterID: state.id, month: self.calendar.month(ofMilliseconds: reading.timestampMs).key)
                     var monthDelta = monthDeltas[key] ?? MonthDelta()
-                    monthDelta.kwh += reading.kwh
-                    monthDelta.revenue += reading.kwh * state.rate
-                    monthDelta.readings += 1
-                    if reading.fault != nil { monthDelta.faults += 1 }
-                    switch reading.status {
-                    case .good: monthDelta.health.good += 1
-                    case .fair: monthDelta.health.fair += 1
-                    case .poor: monthDelta.health.poor += 1
-                    }
-                    monthDelta.latencySumMs += latency
-                    monthDelta.latencyMaxMs = max(monthDelta.latencyMaxMs, latency)
+                    monthDelta.add(reading, rate: state.rate, latencyMs: latency)
                     monthDeltas[key] = monthDelta
                     result.latenciesMs.append(latency)
                     latencies.append(.init(meterID: state.id, receivedMs: item.receivedMs, latencyMs: latency))
@@ -426,13 +470,14 @@ package final class IngestWriter {
                 """, arguments: [watermark])
         }
         guard !rows.isEmpty else { return }
-        var names: [Int64: String] = [:]
-        names.reserveCapacity(self.meters.count)
-        for (name, state) in self.meters { names[state.id] = name }
+        var slots: [Int64: Int] = [:]
+        slots.reserveCapacity(self.meterStates.count)
+        for (slot, state) in self.meterStates.enumerated() { slots[state.id] = slot }
         var batch = BatchAggregates()
         for row in rows {
             let meterID: Int64 = row["meter_id"]
-            guard let name = names[meterID], var state = self.meters[name] else { continue }
+            guard let slot = slots[meterID] else { continue }
+            var state = self.meterStates[slot]
             let seq: Int64 = row["seq"]
             let timestampMs: Int64 = row["ts_ms"]
             let receivedMs: Int64 = row["received_ms"]
@@ -440,7 +485,7 @@ package final class IngestWriter {
             let fault: String? = row["fault"]
             let status = MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good
             state.highWaterMark = max(state.highWaterMark, seq)
-            self.meters[name] = state
+            self.meterStates[slot] = state
             var delta = batch.meters[meterID] ?? MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)
             delta.highWaterMark = state.highWaterMark
             delta.lastReceivedMs = receivedMs
@@ -472,10 +517,14 @@ package final class IngestWriter {
     }
 
     /// Registers a meter the company data does not know, unassigned, so its readings are kept.
-    private func register(_ name: String, db: Database) throws -> MeterState {
+    /// Returns the new meter's slot in the cache.
+    private func register(_ name: String, db: Database) throws -> Int {
         try db.execute(sql: "INSERT INTO meter (name, region) VALUES (?, ?)", arguments: [name, Region.unassigned])
-        let state = MeterState(id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned))
-        self.meters[name] = state
-        return state
+        let slot = self.meterStates.count
+        self.meterStates.append(MeterState(id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned),
+                                           savedBy: self.commitGeneration))
+        self.meterNames.append(name)
+        self.meterSlots[name] = slot
+        return slot
     }
 }
