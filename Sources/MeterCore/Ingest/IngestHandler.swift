@@ -197,7 +197,7 @@ final class IngestHandler: ChannelDuplexHandler {
             self.readPending = true
         } else if self.pipeline.isFull {
             // Every connection stops once the queue is full, not only those whose own submission
-            // filled it: at 10 k connections one more read each would be ~400 k readings in memory.
+            // filled it: at 10 k connections one more readiness each could be ~800 k readings in memory.
             // The busy line went to those that filled it; TCP tells the rest.
             self.readPending = true
             self.pause(context: context, tellMeter: false)

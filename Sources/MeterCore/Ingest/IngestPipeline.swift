@@ -145,7 +145,8 @@ package final class IngestPipeline: Service, Sendable {
         if now { resume() }
     }
 
-    /// Room one resumed connection is expected to take: one 4 KB read of ~65-byte lines at most.
+    /// Room one resumed connection is expected to take: what it reads per readiness (up to 8 KB,
+    /// see `IngestServer`) holds about this many readings of ~100 bytes.
     static let readingsPerResume = 64
 
     /// Returns once everything submitted so far is committed and its acks handed to the senders.

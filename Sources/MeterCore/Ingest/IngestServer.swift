@@ -63,12 +63,13 @@ package struct IngestServer: Service {
             // A busy loop otherwise accepts only a few meters per pass: 10 k reconnecting meters would queue.
             .serverChannelOption(.maxMessagesPerRead, value: 256)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            // The adaptive default grows each connection's buffer to 64 KB and keeps it: 10 k meters, 600+ MB.
+            // Receive buffers are capped at 2 KB because NIO keeps each connection's last one for
+            // reuse: at 10 k connections the cap is resident memory (NIO's adaptive default grows
+            // to 64 KB, 600+ MB). Scenario (a) of Benchmarks/ingest.py, measured: 4 reads of 2 KB
+            // per readiness 97-109 MB peak at 2.74-2.85 CPU-s per million readings; 4 of 4 KB
+            // 150-190 MB; 2 of 4 KB 104-125 MB; 1 of 4 KB 103-118 MB but ~3.4 CPU-s (smaller
+            // reads mean more submissions, acks and aggregate rows per reading).
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 1024, maximum: 2048))
-            // At most two reads per readiness (NIO's default is 4): what 10 k connections can read
-            // in one pass before they see the write queue full is what scenario (a)'s peak RSS is
-            // made of. Measured: 4 reads 150-190 MB, 3 reads 124-136, 2 reads 106-109 at ~3 CPU-s
-            // per million readings, 1 read 103-118 MB but ~3.4 CPU-s (more acks and submissions).
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { channel in
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
