@@ -6,12 +6,14 @@ Scenarios
   b  10,000 meters at 1 reading per second for 60 s
   c  1,000 connections flat out
   ready  start-up to READY=1 with 100,000 meters (and 24 months of their history) in the database
+  floor  scenario (b)'s load against Benchmarks/ackfloor.c, a C epoll server that only reads and
+         acks (no storage): the kernel's share that any server pays at that load, for comparison
 
 Figures per scenario: readings acknowledged per second, meterd CPU-seconds per million readings
 (utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), ack latency p50/p99
 (meter-sim's histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
-  Benchmarks/ingest.py [--scenarios a,b,c,ready] [--json FILE] [--bin DIR] [--quick]
+  Benchmarks/ingest.py [--scenarios a,b,c,ready,floor] [--json FILE] [--bin DIR] [--quick]
 """
 import argparse, csv, json, os, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
@@ -120,6 +122,38 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     }
 
 
+def floor_scenario(bindir, meters, sim_args, work):
+    """Scenario (b)'s load against Benchmarks/ackfloor.c: epoll, a read and an ack write per reading, no storage.
+
+    What any server must spend in the kernel at this load, for comparison with meterd's figure."""
+    binary = os.path.join(work, "ackfloor")
+    subprocess.run(["cc", "-O2", "-o", binary, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ackfloor.c")], check=True)
+    server = subprocess.Popen([binary], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        cpu_before = cpu_seconds(server.pid)
+        report = os.path.join(work, "report-floor.json")
+        sim = subprocess.run(
+            [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(port), "--meters", str(meters),
+             "--report", report, "--seed", "7", *sim_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cpu = cpu_seconds(server.pid) - cpu_before
+        rss = peak_rss_mb(server.pid)
+    finally:
+        server.kill()
+        server.wait()
+    summary = json.load(open(report))
+    elapsed = summary["elapsed_seconds"]
+    return {
+        "scenario": "floor", "meters": meters, "connections": summary.get("peak_connections"),
+        "acked": summary["acked"], "acked_per_s": round(summary["acked_per_second"]),
+        "cpu_s_per_million": round(cpu / max(summary["acked"], 1) * 1e6, 2),
+        "cpu_percent_of_core": round(cpu / max(elapsed, 1e-9) * 100, 1),
+        "peak_rss_mb": round(rss, 1) if rss else None,
+        "ack_p50_ms": summary["ack_latency"].get("p50_ms"), "ack_p99_ms": summary["ack_latency"].get("p99_ms"),
+        "unacked": summary["unacked"], "sim_exit": sim.returncode,
+    }
+
+
 def startup_to_ready(bindir, work, customers):
     csv_dir, data = os.path.join(work, "company"), os.path.join(work, "data-ready")
     subprocess.run([os.path.join(bindir, "meter-sim"), "generate", "--customers", str(customers), "--months", "24",
@@ -138,7 +172,7 @@ def startup_to_ready(bindir, work, customers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="a,b,c,ready")
+    parser.add_argument("--scenarios", default="a,b,c,ready,floor")
     parser.add_argument("--json", default="benchmark-ingest.json")
     parser.add_argument("--bin", help="directory of release binaries (default: build them)")
     parser.add_argument("--quick", action="store_true", help="smaller runs, to try the script")
@@ -162,6 +196,9 @@ def main():
         for name in args.scenarios.split(","):
             if name == "ready":
                 results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000))
+            elif name == "floor":
+                meters, sim_args = scenarios["b"]
+                results.append(floor_scenario(bindir, meters, sim_args, work))
             else:
                 meters, sim_args = scenarios[name]
                 results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
