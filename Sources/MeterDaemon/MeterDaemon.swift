@@ -67,7 +67,6 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             Self.fail(ConfigurationError(key: "log_level", "expected trace, debug, info, notice, warning, error or critical, got \"\(self.logLevel)\""))
         }
         let environment = ProcessInfo.processInfo.environment
-        MallocTuning.limitArenas(environment: environment)
         let backend: LogBackend
         switch self.logBackend {
         case "auto": backend = LogBackend.detect(environment: environment)
