@@ -424,38 +424,49 @@ package final class IngestWriter {
             try updateMeter.execute()
         }
 
-        let upsertMonth = try RawStatement(db, sql: """
+        // An UPDATE first, and an INSERT only for a meter's first reading of a month: in steady
+        // state the row exists, and an UPDATE finds it in one B-tree seek where an upsert
+        // (INSERT … ON CONFLICT DO UPDATE) costs more (callgrind on meter-bench).
+        let updateMonth = try RawStatement(db, sql: """
+            UPDATE meter_month SET
+                kwh = kwh + ?3, revenue = revenue + ?4, readings = readings + ?5, faults = faults + ?6,
+                good = good + ?7, fair = fair + ?8, poor = poor + ?9,
+                latency_sum_ms = latency_sum_ms + ?10, latency_count = latency_count + ?11,
+                latency_max_ms = max(latency_max_ms, ?12)
+            WHERE meter_id = ?1 AND month = ?2
+            """)
+        let insertMonth = try RawStatement(db, sql: """
             INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
                                      latency_sum_ms, latency_count, latency_max_ms)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (meter_id, month) DO UPDATE SET
-                kwh = kwh + excluded.kwh, revenue = revenue + excluded.revenue,
-                readings = readings + excluded.readings, faults = faults + excluded.faults,
-                good = good + excluded.good, fair = fair + excluded.fair, poor = poor + excluded.poor,
-                latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
-                latency_count = latency_count + excluded.latency_count,
-                latency_max_ms = max(latency_max_ms, excluded.latency_max_ms)
             """)
+        func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: MonthDelta) throws {
+            statement.bind(1, key.meterID)
+            statement.bind(2, key.month)
+            statement.bind(3, delta.kwh)
+            statement.bind(4, delta.revenue)
+            statement.bind(5, delta.readings)
+            statement.bind(6, delta.faults)
+            statement.bind(7, delta.health.good)
+            statement.bind(8, delta.health.fair)
+            statement.bind(9, delta.health.poor)
+            statement.bind(10, delta.latencySumMs)
+            statement.bind(11, delta.readings)
+            statement.bind(12, delta.latencyMaxMs)
+            try statement.execute()
+        }
         for (key, delta) in aggregates.months.sorted(by: { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }) {
-            upsertMonth.bind(1, key.meterID)
-            upsertMonth.bind(2, key.month)
-            upsertMonth.bind(3, delta.kwh)
-            upsertMonth.bind(4, delta.revenue)
-            upsertMonth.bind(5, delta.readings)
-            upsertMonth.bind(6, delta.faults)
-            upsertMonth.bind(7, delta.health.good)
-            upsertMonth.bind(8, delta.health.fair)
-            upsertMonth.bind(9, delta.health.poor)
-            upsertMonth.bind(10, delta.latencySumMs)
-            upsertMonth.bind(11, delta.readings)
-            upsertMonth.bind(12, delta.latencyMaxMs)
-            try upsertMonth.execute()
+            try bindAndRun(updateMonth, key, delta)
+            if updateMonth.changes == 0 { try bindAndRun(insertMonth, key, delta) }
         }
         if let observer = self.observer, !aggregates.latencies.isEmpty {
             try observer.willCommit(IngestChanges(months: [], latencies: aggregates.latencies), db: db)
         }
         if let high = aggregates.highRowID {
-            try db.execute(sql: "UPDATE ingest_watermark SET reading_rowid = ? WHERE id = 1", arguments: [high])
+            // A cached statement: `db.execute(sql:)` would compile it again at every commit.
+            let updateWatermark = try RawStatement(db, sql: "UPDATE ingest_watermark SET reading_rowid = ? WHERE id = 1")
+            updateWatermark.bind(1, high)
+            try updateWatermark.execute()
         }
     }
 

@@ -39,6 +39,11 @@ struct RawStatement {
         }
     }
 
+    /// Rows the last INSERT, UPDATE or DELETE on this connection changed.
+    var changes: Int32 {
+        self.connection.map { sqlite3_changes($0) } ?? 0
+    }
+
     /// Runs the statement to completion and readies it for the next row.
     func execute() throws {
         let code = sqlite3_step(self.handle)
