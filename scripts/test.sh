@@ -9,4 +9,4 @@ swift test --skip-build
 echo "== dashboard in headless Chromium"
 ARTIFACTS=${ARTIFACTS:-./artifacts} scripts/browser-tests.sh
 echo "== ingest path under ThreadSanitizer"
-swift test --scratch-path .build-tsan --sanitize=thread --filter "IngestServerTests|ConnectionLimitTests|IngestWriterTests"
+swift test --scratch-path .build-tsan --sanitize=thread --filter "IngestServerTests|ConnectionLimitTests|IngestWriterTests|IngestPipelineTests"
