@@ -60,11 +60,7 @@ package final class IngestWriter {
     package var observer: (any IngestObserver)?
 
     /// Aggregates of committed readings not yet written (see ``commit(_:deferAggregates:)``).
-    private var pendingMeters: [Int64: MeterDelta] = [:]
-    private var pendingMonths: [MonthKey: MonthDelta] = [:]
-    private var pendingLatencies: [IngestChanges.Latency] = []
-    /// Highest rowid of a reading whose aggregates are pending.
-    private var pendingHighRowID: Int64?
+    private var pending = BatchAggregates()
 
     package init(database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy) throws {
         self.database = database
@@ -76,7 +72,7 @@ package final class IngestWriter {
     }
 
     /// Whether committed readings wait for ``flushAggregates()``.
-    package var hasPendingAggregates: Bool { !self.pendingMeters.isEmpty }
+    package var hasPendingAggregates: Bool { !self.pending.meters.isEmpty }
 
     /// Number of meters the writer knows.
     package var meterCount: Int { self.meterStates.count }
@@ -188,12 +184,28 @@ package final class IngestWriter {
         }
     }
 
-    /// One batch's aggregates, before they join the pending ones.
+    /// The aggregates of a run of readings: one batch's, or all those pending.
     private struct BatchAggregates {
         var meters: [Int64: MeterDelta] = [:]
         var months: [MonthKey: MonthDelta] = [:]
         var latencies: [IngestChanges.Latency] = []
+        /// Highest rowid of a reading these aggregates cover.
         var highRowID: Int64?
+
+        /// These aggregates followed by `later`, as one.
+        mutating func absorb(_ later: BatchAggregates) {
+            for (id, delta) in later.meters {
+                if var earlier = self.meters[id] {
+                    earlier.merge(delta)
+                    self.meters[id] = earlier
+                } else {
+                    self.meters[id] = delta
+                }
+            }
+            for (key, delta) in later.months { self.months[key, default: MonthDelta()].merge(delta) }
+            self.latencies.append(contentsOf: later.latencies)
+            if let high = later.highRowID { self.highRowID = high }
+        }
     }
 
     /// Commits a batch. On error nothing of it is applied, in the database or in the cache.
@@ -208,15 +220,20 @@ package final class IngestWriter {
                 var batch = BatchAggregates()
                 let result = try self.apply(submissions, db: db, rollback: &rollback, into: &batch)
                 if !deferAggregates {
-                    var merged = self.mergedPending(with: batch)
+                    // Usually nothing is pending: the batch is written as it is, not copied.
+                    var merged = batch
+                    if self.hasPendingAggregates {
+                        merged = self.pending
+                        merged.absorb(batch)
+                    }
                     try self.write(&merged, db: db)
                 }
                 return (result, batch)
             }
             if deferAggregates {
-                self.addPending(batch)
+                self.pending.absorb(batch)
             } else {
-                self.clearPending()
+                self.pending = BatchAggregates()
             }
             if let changes = result.changes { self.observer?.didCommit(changes) }
             return result
@@ -233,11 +250,10 @@ package final class IngestWriter {
 
     /// Writes the pending aggregates (and the watermark of the readings they cover) in one transaction.
     package func flushAggregates() throws {
-        guard !self.pendingMeters.isEmpty else { return }
-        var pending = BatchAggregates(meters: self.pendingMeters, months: self.pendingMonths, latencies: self.pendingLatencies,
-                                      highRowID: self.pendingHighRowID)
+        guard self.hasPendingAggregates else { return }
+        var pending = self.pending
         try self.database.pool.write { db in try self.write(&pending, db: db) }
-        self.clearPending()
+        self.pending = BatchAggregates()
     }
 
     /// ``flushAggregates()``, logging a failure (the aggregates then stay pending and are retried).
@@ -251,47 +267,6 @@ package final class IngestWriter {
             logger.error("Writing aggregates failed; they stay in memory and are retried", metadata: ["error": "\(error)"])
             return false
         }
-    }
-
-    private func addPending(_ batch: BatchAggregates) {
-        for (id, delta) in batch.meters {
-            if var pending = self.pendingMeters[id] {
-                pending.merge(delta)
-                self.pendingMeters[id] = pending
-            } else {
-                self.pendingMeters[id] = delta
-            }
-        }
-        for (key, delta) in batch.months {
-            self.pendingMonths[key, default: MonthDelta()].merge(delta)
-        }
-        self.pendingLatencies.append(contentsOf: batch.latencies)
-        if let high = batch.highRowID { self.pendingHighRowID = high }
-    }
-
-    private func mergedPending(with batch: BatchAggregates) -> BatchAggregates {
-        if self.pendingMeters.isEmpty { return batch }
-        var merged = BatchAggregates(meters: self.pendingMeters, months: self.pendingMonths, latencies: self.pendingLatencies,
-                                     highRowID: batch.highRowID ?? self.pendingHighRowID)
-        for (id, delta) in batch.meters {
-            if var pending = merged.meters[id] {
-                pending.merge(delta)
-                merged.meters[id] = pending
-            } else {
-                merged.meters[id] = delta
-            }
-        }
-        for (key, delta) in batch.months { merged.months[key, default: MonthDelta()].merge(delta) }
-        merged.latencies.append(contentsOf: batch.latencies)
-        return merged
-    }
-
-    private func clearPending() {
-        if self.pendingMeters.isEmpty { return }
-        self.pendingMeters = [:]
-        self.pendingMonths = [:]
-        self.pendingLatencies = []
-        self.pendingHighRowID = nil
     }
 
     private func apply(_ submissions: [IngestSubmission], db: Database, rollback: inout Rollback,
