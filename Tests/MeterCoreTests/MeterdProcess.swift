@@ -192,17 +192,9 @@ final class DatagramReceiver: Sendable {
     init(path: String) throws {
         self.path = path
         unlink(path)
-        self.fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: Array(path.utf8))
-            raw[path.utf8.count] = 0
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(self.fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard self.fd >= 0, bound == 0 else {
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        self.fd = fd
+        guard fd >= 0, UnixSocketAddress.with(path: path, { bind(fd, $0, $1) }) == 0 else {
             Issue.record("cannot bind a datagram socket at \(path): \(String(cString: strerror(errno)))")
             throw CancellationError()
         }
@@ -262,18 +254,7 @@ enum ListeningSocket {
     static func unix(path: String) throws -> CInt {
         unlink(path)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: Array(path.utf8))
-            raw[path.utf8.count] = 0
-        }
-        let ok = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 && listen(fd, 16) == 0
-            }
-        }
-        guard fd >= 0, ok else {
+        guard fd >= 0, UnixSocketAddress.with(path: path, { bind(fd, $0, $1) }) == 0, listen(fd, 16) == 0 else {
             Issue.record("cannot make a Unix listener at \(path): \(String(cString: strerror(errno)))")
             throw CancellationError()
         }
