@@ -463,39 +463,19 @@ package final class IngestWriter {
         for row in rows {
             let meterID: Int64 = row["meter_id"]
             guard let slot = slots[meterID] else { continue }
-            var state = self.meterStates[slot]
-            let seq: Int64 = row["seq"]
-            let timestampMs: Int64 = row["ts_ms"]
+            let reading = Reading(meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
+                                  status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
             let receivedMs: Int64 = row["received_ms"]
-            let kwh: Double = row["kwh"]
-            let fault: String? = row["fault"]
-            let status = MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good
-            state.highWaterMark = max(state.highWaterMark, seq)
+            var state = self.meterStates[slot]
+            state.highWaterMark = max(state.highWaterMark, reading.seq)
             self.meterStates[slot] = state
             var delta = batch.meters[meterID] ?? MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)
-            delta.highWaterMark = state.highWaterMark
-            delta.lastReceivedMs = receivedMs
-            delta.lastTimestampMs = timestampMs
-            delta.lastStatus = status
-            delta.lastFault = fault
-            delta.readings += 1
-            if fault != nil { delta.faults += 1 }
+            delta.record(reading, receivedMs: receivedMs)
+            delta.highWaterMark = state.highWaterMark  // the highest seq stored, whatever order the rows came in
             batch.meters[meterID] = delta
-            let latency = max(0, receivedMs - timestampMs)
-            let key = MonthKey(meterID: meterID, month: self.calendar.month(ofMilliseconds: timestampMs).key)
-            var month = MonthDelta()
-            month.kwh = kwh
-            month.revenue = kwh * state.rate
-            month.readings = 1
-            month.faults = fault != nil ? 1 : 0
-            switch status {
-            case .good: month.health.good = 1
-            case .fair: month.health.fair = 1
-            case .poor: month.health.poor = 1
-            }
-            month.latencySumMs = latency
-            month.latencyMaxMs = latency
-            batch.months[key, default: MonthDelta()].merge(month)
+            let latency = max(0, receivedMs - reading.timestampMs)
+            let key = MonthKey(meterID: meterID, month: self.calendar.month(ofMilliseconds: reading.timestampMs).key)
+            batch.months[key, default: MonthDelta()].add(reading, rate: state.rate, latencyMs: latency)
             batch.latencies.append(.init(meterID: meterID, receivedMs: receivedMs, latencyMs: latency))
             batch.highRowID = row["rowid"]
         }
