@@ -148,15 +148,6 @@ final class IngestHandler: ChannelDuplexHandler {
 
         let consumed = buffer.withUnsafeReadableBytes { bytes -> Int in
             guard let base = bytes.baseAddress else { return 0 }
-            // Sized once for the lines of this read: growing by appends would leave up to half of
-            // each queued array unused (and copy it several times on the way).
-            var lines = 0
-            var cursor = 0
-            while cursor < bytes.count, let found = memchr(base + cursor, 0x0A, bytes.count - cursor) {
-                lines += 1
-                cursor = base.distance(to: UnsafeRawPointer(found)) + 1
-            }
-            self.readings.reserveCapacity(self.readings.count + lines)
             var start = 0
             while start < bytes.count, let found = memchr(base + start, 0x0A, bytes.count - start) {
                 let end = base.distance(to: UnsafeRawPointer(found))
