@@ -136,38 +136,39 @@ struct MeterBenchmarks {
     /// Median time per operation over several rounds of `body`.
     @inline(never)  // a named frame for callgrind's --toggle-collect
     static func measure(_ name: String, operations: Int, rounds: Int = 7, _ body: () -> Double) -> Result {
-        var samples: [Double] = []
-        var sink = 0.0
-        for _ in 0..<rounds {
-            let start = ContinuousClock.now
-            sink += body()
-            let elapsed = ContinuousClock.now - start
-            samples.append(Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9)
-        }
-        if sink.isNaN { print("unreachable") }  // keeps the work from being optimised away
-        samples.sort()
-        return Result(name: name, nanosecondsPerOperation: samples[samples.count / 2] / Double(operations), operations: operations)
+        median(name, operations: operations, rounds: rounds, clock: Self.wallNanoseconds, body)
     }
 
     /// Median CPU time of this thread per operation over several rounds of `body`: for work that
     /// waits on fsync, where wall time would measure the disk.
     @inline(never)  // a named frame, so callgrind can collect inside it alone (--toggle-collect)
     static func measureCPU(_ name: String, operations: Int, rounds: Int = 7, _ body: () -> Double) -> Result {
-        func threadCPU() -> Double {
-            var time = timespec()
-            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
-            return Double(time.tv_sec) * 1e9 + Double(time.tv_nsec)
-        }
+        median(name, operations: operations, rounds: rounds, clock: Self.threadCPUNanoseconds, body)
+    }
+
+    static func median(_ name: String, operations: Int, rounds: Int, clock: () -> Double, _ body: () -> Double) -> Result {
         var samples: [Double] = []
         var sink = 0.0
         for _ in 0..<rounds {
-            let start = threadCPU()
+            let start = clock()
             sink += body()
-            samples.append(threadCPU() - start)
+            samples.append(clock() - start)
         }
-        if sink.isNaN { print("unreachable") }
+        if sink.isNaN { print("unreachable") }  // keeps the work from being optimised away
         samples.sort()
         return Result(name: name, nanosecondsPerOperation: samples[samples.count / 2] / Double(operations), operations: operations)
+    }
+
+    static func wallNanoseconds() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Double(time.tv_sec) * 1e9 + Double(time.tv_nsec)
+    }
+
+    static func threadCPUNanoseconds() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        return Double(time.tv_sec) * 1e9 + Double(time.tv_nsec)
     }
 
     /// Realistic lines: varied meters, values, optional keys, offsets.
