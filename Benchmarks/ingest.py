@@ -106,10 +106,14 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     cpu = cpu_seconds(daemon.proc.pid) - cpu_before
     rss = peak_rss_mb(daemon.proc.pid)
     code = daemon.stop()
-    summary = json.load(open(report))
-    acked = summary["acked"]
     missing, duplicates, _ = loss_check(os.path.join(data, "meterd.sqlite"), ledger)
-    elapsed = summary["elapsed_seconds"]
+    return {**figures(name, meters, json.load(open(report)), cpu, rss),
+            "lost": missing, "stored_twice": duplicates, "daemon_exit": code, "sim_exit": sim.returncode}
+
+
+def figures(name, meters, summary, cpu, rss):
+    """The table's figures from meter-sim's report and the server's CPU seconds and peak RSS."""
+    acked, elapsed = summary["acked"], summary["elapsed_seconds"]
     return {
         "scenario": name, "meters": meters, "connections": summary.get("peak_connections"),
         "acked": acked, "acked_per_s": round(summary["acked_per_second"]),
@@ -117,8 +121,7 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
         "cpu_percent_of_core": round(cpu / max(elapsed, 1e-9) * 100, 1),
         "peak_rss_mb": round(rss, 1) if rss else None,
         "ack_p50_ms": summary["ack_latency"].get("p50_ms"), "ack_p99_ms": summary["ack_latency"].get("p99_ms"),
-        "unacked": summary["unacked"], "lost": missing, "stored_twice": duplicates,
-        "daemon_exit": code, "sim_exit": sim.returncode,
+        "unacked": summary["unacked"],
     }
 
 
@@ -141,17 +144,7 @@ def floor_scenario(bindir, meters, sim_args, work):
     finally:
         server.kill()
         server.wait()
-    summary = json.load(open(report))
-    elapsed = summary["elapsed_seconds"]
-    return {
-        "scenario": "floor", "meters": meters, "connections": summary.get("peak_connections"),
-        "acked": summary["acked"], "acked_per_s": round(summary["acked_per_second"]),
-        "cpu_s_per_million": round(cpu / max(summary["acked"], 1) * 1e6, 2),
-        "cpu_percent_of_core": round(cpu / max(elapsed, 1e-9) * 100, 1),
-        "peak_rss_mb": round(rss, 1) if rss else None,
-        "ack_p50_ms": summary["ack_latency"].get("p50_ms"), "ack_p99_ms": summary["ack_latency"].get("p99_ms"),
-        "unacked": summary["unacked"], "sim_exit": sim.returncode,
-    }
+    return {**figures("floor", meters, json.load(open(report)), cpu, rss), "sim_exit": sim.returncode}
 
 
 def startup_to_ready(bindir, work, customers):
