@@ -15,7 +15,7 @@ struct MeterBenchmarks {
         var operations: Int
     }
 
-    static func main() throws {
+    static func main() async throws {
         let quick = CommandLine.arguments.contains("--quick")
         var results: [Result] = []
         let lines = Self.sampleLines(count: quick ? 20_000 : 200_000)
@@ -47,8 +47,8 @@ struct MeterBenchmarks {
             let database = try MeterDatabase(path: directory + "/bench-\(meters).sqlite")
             let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
                                           tariff: Tariff(), unknownMeters: .register)
-            let rollups = KPIRollups(database: database, timeZone: TimeZone(identifier: "UTC")!)
-            writer.observer = rollups  // as in the daemon
+            let rollups = KPIRollups()
+            writer.commitListener = rollups  // as in the daemon
             var seq: [Int64] = Array(repeating: 0, count: meters)
             let batchSize = 5_000
             let batches = quick ? 10 : 60
@@ -58,7 +58,7 @@ struct MeterBenchmarks {
                 seq[index] += 1
                 return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
             }, receiver: nil)])
-            try rollups.reload()
+            try await rollups.load(from: SQLiteMeterStore(database: database))
             var next = 0
             let prepared: [[IngestSubmission]] = (0..<batches).map { _ in
                 (0..<batchSize / 50).map { _ in
@@ -86,8 +86,8 @@ struct MeterBenchmarks {
             let database = try MeterDatabase(path: directory + "/bench-b.sqlite")
             let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
                                           tariff: Tariff(), unknownMeters: .register)
-            let rollups = KPIRollups(database: database, timeZone: TimeZone(identifier: "UTC")!)
-            writer.observer = rollups
+            let rollups = KPIRollups()
+            writer.commitListener = rollups
             let meters = 10_000
             var seq: [Int64] = Array(repeating: 0, count: meters)
             let now = WallClock.nowMs()
@@ -95,7 +95,7 @@ struct MeterBenchmarks {
                 seq[index] += 1
                 return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
             }, receiver: nil)])
-            try rollups.reload()  // as in the daemon, which loads the KPI store once it is up
+            try await rollups.load(from: SQLiteMeterStore(database: database))  // as in the daemon, which loads the KPI store once it is up
             let commits = quick ? 200 : 2_000
             var next = 0
             let prepared: [[IngestSubmission]] = (0..<commits).map { _ in

@@ -30,9 +30,9 @@ struct ImportCommand: AsyncParsableCommand {
             try await self.importThroughDaemon()
             return
         }
-        let database = try MeterDatabase(path: path)
+        let writer = try SQLiteMeterStore(path: path).makeWriter(WriterSettings())
         let terminal = isatty(STDERR_FILENO) == 1
-        let report = try CompanyImporter.importDirectory(self.directory, database: database) { progress in
+        let report = try CompanyImporter.importDirectory(self.directory, into: writer) { progress in
             let percent = Int((progress.fraction * 100).rounded())
             let line = "\(progress.file): \(percent)% (\(progress.rows) rows)"
             FileHandle.standardError.write(Data((terminal ? "\r\(line)\u{1B}[K" + (percent >= 100 ? "\n" : "") : line + "\n").utf8))

@@ -6,7 +6,7 @@ import MeterCore
 struct KPIOptions: ParsableArguments {
     init() {}
 
-    init(db: String, timezone: String) {
+    init(db: String, timezone: String?) {
         self.db = db
         self.timezone = timezone
     }
@@ -14,12 +14,13 @@ struct KPIOptions: ParsableArguments {
     @Option(help: "Read this database file directly instead of asking meterd.")
     var db: String?
 
-    @Option(help: ArgumentHelp("IANA time zone of the calendar months (default UTC).", valueName: "iana-name"))
-    var timezone: String = "UTC"
+    @Option(help: ArgumentHelp("IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
+                               valueName: "iana-name"))
+    var timezone: String?
 
     /// The KPI document of a period, computed from the database file.
     func json(from: String?, to: String?, region: String?) async throws -> String {
-        let (engine, settings) = try self.engine()
+        let (engine, settings) = try await self.engine()
         let period: KPIPeriod
         do {
             period = try KPIPeriod.parse(from: from, to: to, nowMs: WallClock.nowMs(), timeZone: settings.timeZone)
@@ -29,15 +30,22 @@ struct KPIOptions: ParsableArguments {
         return try await engine.json(period: period, region: region)
     }
 
-    func engine() throws -> (KPIEngine, KPISettings) {
+    func engine() async throws -> (KPIEngine, KPISettings) {
         guard let path = self.db else {
             throw ValidationError("pass --db PATH to read a database file directly")
         }
         guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("no database at \(path)") }
-        guard let zone = TimeZone(identifier: self.timezone) else { throw ValidationError("unknown time zone \(self.timezone)") }
-        let database = try MeterDatabase(path: path)
+        let store = try SQLiteMeterStore(path: path)
+        let zone: TimeZone
+        if let name = self.timezone {
+            guard let given = TimeZone(identifier: name) else { throw ValidationError("unknown time zone \(name)") }
+            zone = given
+        } else {
+            // The daemon's zone, so the default period is the same months it would pick.
+            zone = try await store.recordedTimeZone() ?? TimeZone(identifier: "UTC")!
+        }
         let settings = KPISettings(timeZone: zone)
-        return (KPIEngine(database: database, rollups: KPIRollups(database: database, timeZone: zone), settings: settings), settings)
+        return (KPIEngine(store: store, settings: settings), settings)
     }
 }
 
@@ -60,7 +68,7 @@ struct KPIBenchmarkCommand: AsyncParsableCommand {
     @OptionGroup var options: KPIOptions
 
     func run() async throws {
-        let (engine, _) = try self.options.engine()
+        let (engine, _) = try await self.options.engine()
         guard let end = Month(self.to) else { throw ValidationError("--to: expected YYYY-MM") }
         let clock = ContinuousClock()
         let loadStart = clock.now

@@ -116,8 +116,9 @@ extension MeterCtl {
         var region: String?
         @Option(help: "Compute from this database file instead of asking meterd (meterd need not run).")
         var db: String?
-        @Option(help: ArgumentHelp("With --db: IANA time zone of the calendar months (default UTC).", valueName: "iana-name"))
-        var timezone = "UTC"
+        @Option(help: ArgumentHelp("With --db: IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
+                                   valueName: "iana-name"))
+        var timezone: String?
 
         func validate() throws {
             for (name, value) in [("--from", self.from), ("--to", self.to)] {
@@ -139,11 +140,8 @@ extension MeterCtl {
             }
             var command = "kpi"
             if self.from != nil || self.to != nil || self.region != nil {
-                // The socket takes FROM and TO together: fill in the default period around what was given.
-                let current = MonthCalendar(timeZone: TimeZone(identifier: "UTC")!).month(of: Date())
-                let to = self.to.flatMap(Month.init) ?? (self.from.flatMap(Month.init).map { max($0, current) } ?? current)
-                let from = self.from.flatMap(Month.init) ?? to.adding(months: -11)
-                command += " \(from) \(to)"
+                // `-` leaves a bound to meterd, which fills it in its own time zone.
+                command += " \(self.from ?? "-") \(self.to ?? "-")"
                 if let region = self.region { command += " \(region)" }
             }
             try self.options.run(command) { object in

@@ -84,6 +84,5 @@ func writeCSV(_ directory: String, _ name: String, _ lines: [String]) throws {
 /// An offline KPI engine over a database file.
 func offlineEngine(_ database: MeterDatabase, timeZone: String = "UTC", faultyListLimit: Int = 100_000) -> KPIEngine {
     let zone = TimeZone(identifier: timeZone)!
-    return KPIEngine(database: database, rollups: KPIRollups(database: database, timeZone: zone),
-                     settings: KPISettings(timeZone: zone, faultyListLimit: faultyListLimit))
+    return KPIEngine(store: SQLiteMeterStore(database: database), settings: KPISettings(timeZone: zone, faultyListLimit: faultyListLimit))
 }

@@ -12,6 +12,7 @@ struct DashboardFixture {
     let rows: CompanyRows
     let database: MeterDatabase
     let engine: KPIEngine
+    var store: SQLiteMeterStore { self.engine.store as! SQLiteMeterStore }
     let queries: DashboardQueries
     let routes: DashboardRoutes
 
@@ -22,10 +23,11 @@ struct DashboardFixture {
         let database = try MeterDatabase(path: directory + "/meterd.sqlite")
         let report = try CompanyImporter.importDirectory(directory + "/csv", database: database)
         #expect(report.succeeded, "\(report.text)")
-        let engine = offlineEngine(database)
-        let queries = DashboardQueries(database: database, kpi: engine,
-                                       operatorQueries: DatabaseOperatorQueries(database: database, configuration: LivenessConfiguration()),
-                                       readingScan: readingScan)
+        let store = SQLiteMeterStore(database: database, readingScan: readingScan)
+        let engine = KPIEngine(store: store, settings: offlineEngine(database).settings)
+        let queries = DashboardQueries(store: store, kpi: engine,
+                                       operatorQueries: makeOfflineOperatorQueries(store: store, engine: engine, writer: try .direct(store),
+                                                                                   directory: directory))
         let routes = DashboardRoutes(queries: queries, reporter: nil,
                                      assets: DashboardAssets(chartJSPath: chartJS ?? directory + "/no-chart.js"), logger: testLogger)
         return DashboardFixture(directory: directory, rows: try CompanyRows(directory: directory + "/csv"), database: database,
@@ -293,7 +295,7 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
 
                 // Once the liveness monitor has flagged them they carry the time.
                 let startMs: Int64 = 1_700_000_000_000
-                let monitor = LivenessMonitor(database: fixture.database, pipeline: nil, inactiveAfterSeconds: 60, logger: testLogger, nowMs: startMs)
+                let monitor = LivenessMonitor(store: fixture.store, writer: try .direct(fixture.store), inactiveAfterSeconds: 60, logger: testLogger, nowMs: startMs)
                 #expect(try await monitor.check(nowMs: startMs + 61_000).wentInactive.count == 240)
                 let after = try await getJSON(client, "/api/inactive?region=West&limit=1000").json
                 #expect(number(after["count"]) == Double(regions["West"]!))
@@ -338,18 +340,18 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                 }
                 await client.close()
 
-                func routes(_ limits: ReadingScanLimits) -> DashboardRoutes {
-                    let engine = KPIEngine(database: harness.database, rollups: KPIRollups(database: harness.database, timeZone: TimeZone(identifier: "UTC")!),
-                                           settings: KPISettings(), pipeline: harness.pipeline)
-                    let queries = DashboardQueries(database: harness.database, kpi: engine,
-                                                   operatorQueries: DatabaseOperatorQueries(database: harness.database, configuration: LivenessConfiguration()),
-                                                   readingScan: limits)
-                    return DashboardRoutes(queries: queries, reporter: StatusReporter(pipeline: harness.pipeline, database: harness.database,
+                func routes(_ limits: ReadingScanLimits) async throws -> DashboardRoutes {
+                    let store = SQLiteMeterStore(database: harness.database, readingScan: limits)
+                    let engine = KPIEngine(store: store, settings: KPISettings())
+                    let queries = DashboardQueries(store: store, kpi: engine,
+                                                   operatorQueries: try await makeOperatorQueries(store: store, writer: .pipeline(harness.pipeline),
+                                                                                        directory: directory))
+                    return DashboardRoutes(queries: queries, reporter: StatusReporter(pipeline: harness.pipeline, store: store,
                                                                                       queries: queries.operatorQueries),
                                            assets: DashboardAssets(), logger: testLogger)
                 }
                 let router = Router(context: MeterRequestContext.self)
-                routes(ReadingScanLimits()).register(on: router)
+                try await routes(ReadingScanLimits()).register(on: router)
                 try await Application(router: router).test(.router) { client in
                     let (status, json) = try await getJSON(client, "/api/meters/MTR-A/readings?limit=10")
                     #expect(status == 200)
@@ -384,7 +386,7 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
 
                 // A small scan budget: the newest readings it reached, and it says it stopped early.
                 let small = Router(context: MeterRequestContext.self)
-                routes(ReadingScanLimits(chunkRows: 8, maximumRows: 16)).register(on: small)
+                try await routes(ReadingScanLimits(chunkRows: 8, maximumRows: 16)).register(on: small)
                 try await Application(router: small).test(.router) { client in
                     let json = try await getJSON(client, "/api/meters/MTR-A/readings?limit=50").json
                     #expect(list(json["readings"]).map { number($0["seq"]) } == (33...40).reversed().map(Double.init))
@@ -406,7 +408,7 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                 }
             }
             let found = try await database.pool.read { db in
-                try [5, 10, 4_999, 5_000, 20_000].map { try DashboardQueries.lastRowid(db, receivedAtOrBefore: $0) }
+                try [5, 10, 4_999, 5_000, 20_000].map { try SQLiteMeterStore.lastRowid(db, receivedAtOrBefore: $0) }
             }
             #expect(found == [0, 1, 499, 500, 1000])
         }

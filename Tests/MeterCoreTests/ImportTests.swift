@@ -86,17 +86,17 @@ import Testing
         try await withTemporaryDirectory { directory in
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
             try writeCSV(directory, "customer_data.csv", ["CustomerID,Region", "1,North"])
-            var result = CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
+            var result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
             #expect(result.errors.map(\.description) == ["customer_data.csv:1: missing column InstallationDate (expected CustomerID,Region,InstallationDate)"])
             try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2023-02-30", "1,North,2023-02-01", "x,South,"])
-            result = CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
+            result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
             #expect(result.errors.map(\.description) == [
                 "customer_data.csv:2: InstallationDate: expected YYYY-MM-DD or YYYY-MM-DD HH:MM:SS, got \"2023-02-30\"",
                 "customer_data.csv:4: CustomerID: expected a whole number, got \"x\"",
             ])
             // Quoted fields, CRLF line ends and a column order of its own are fine.
             try "Region,CustomerID,InstallationDate\r\n\"West, coast\",5,2023-03-01\r\n".write(toFile: directory + "/customer_data.csv", atomically: true, encoding: .utf8)
-            result = CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
+            result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
             #expect(result.succeeded)
             let region = try await database.pool.read { db in try String.fetchOne(db, sql: "SELECT region FROM meter WHERE name = 'MTR-000005'") }
             #expect(region == "West, coast")
@@ -147,7 +147,7 @@ import Testing
                 #expect(close(row["revenue"], 15.5))  // live revenue at the region's rate: 2.5 × 0.2
                 #expect(row["readings"] as Int == 1)
                 // Re-importing (file by file through the pipeline) replaces the imported part only; the live reading stays.
-                #expect(try await CompanyImporter.importDirectory(directory, through: harness.pipeline).succeeded)
+                #expect(try await CompanyImporter.importDirectory(directory, through: .pipeline(harness.pipeline)).succeeded)
                 let kwh = try await harness.database.pool.read { db in try Double.fetchOne(db, sql: "SELECT SUM(kwh) FROM meter_month") }
                 #expect(close(kwh, 102.5))
             }

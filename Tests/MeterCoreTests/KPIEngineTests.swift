@@ -232,13 +232,12 @@ let kpiKeys: Set<String> = [
             configuration.timeZone = TimeZone(identifier: "Europe/Berlin")!
             configuration.limits.clockSkewMs = 10 * 365 * 86_400_000
             try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
-                let rollups = KPIRollups(database: harness.database, timeZone: configuration.timeZone)
+                let rollups = KPIRollups()
                 try await harness.pipeline.perform { writer in
-                    writer.observer = rollups
+                    writer.commitListener = rollups
                     _ = try CompanyImporter.importDirectory(directory, into: writer)
                 }
-                let engine = KPIEngine(database: harness.database, rollups: rollups, settings: KPISettings(timeZone: configuration.timeZone),
-                                       pipeline: harness.pipeline)
+                let engine = KPIEngine(store: harness.store, rollups: rollups, settings: KPISettings(timeZone: configuration.timeZone))
                 let january = try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 1))
                 let february = try KPIPeriod(from: Month(year: 2024, month: 2), to: Month(year: 2024, month: 2))
                 // Loads the store before the live readings, so they must arrive as deltas.

@@ -14,7 +14,7 @@ import Testing
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
             #expect(try CompanyImporter.importDirectory(directory + "/csv", database: database).succeeded)
             let engine = offlineEngine(database)
-            let snapshots = SnapshotService(engine: engine, database: database, pipeline: nil, path: directory + "/kpi.json",
+            let snapshots = SnapshotService(engine: engine, writer: try WriterAccess.direct(SQLiteMeterStore(database: database)), path: directory + "/kpi.json",
                                             interval: .seconds(3600), history: 2, logger: testLogger)
             let now = RFC3339.parseMilliseconds("2023-12-15T10:00:00Z")!
             for offset in 0..<3 { #expect(try await snapshots.snapshot(nowMs: now + Int64(offset)) == directory + "/kpi.json") }

@@ -89,8 +89,8 @@ struct MetricsTests {
     func readinessAndHealthFollowListenersShutdownAndTheWriter() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
-                let queries = DatabaseOperatorQueries(database: harness.database, configuration: LivenessConfiguration(), cacheTTLms: 0)
-                let reporter = StatusReporter(pipeline: harness.pipeline, database: harness.database, queries: queries)
+                let queries = try await makeOperatorQueries(store: harness.store, writer: .pipeline(harness.pipeline), directory: directory)
+                let reporter = StatusReporter(pipeline: harness.pipeline, store: harness.store, queries: queries)
                 let readiness = Readiness(listeners: ["ingest", "http"])
                 let health = WriterHealth(pipeline: harness.pipeline, staleAfterMs: 2_000)
                 let router = Router(context: MeterRequestContext.self)
@@ -142,8 +142,9 @@ struct MetricsTests {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
                 let metrics = DaemonMetrics()
-                let reporter = StatusReporter(pipeline: harness.pipeline, database: harness.database,
-                                              queries: DatabaseOperatorQueries(database: harness.database, configuration: LivenessConfiguration()))
+                let reporter = StatusReporter(pipeline: harness.pipeline, store: harness.store,
+                                              queries: try await makeOperatorQueries(store: harness.store, writer: .pipeline(harness.pipeline),
+                                                                                     directory: directory, cacheTTLms: 2_000))
                 harness.pipeline.statistics.countReject(.lineTooLong, count: 2)
                 metrics.committed(duration: .milliseconds(3), latenciesMs: [10, 20_000])
                 let first = await metrics.scrape(reporter: reporter)

@@ -244,7 +244,7 @@ struct SimulatorFleetTests {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
                 // meterd's liveness check watches the same database, with a one-second threshold.
-                let liveness = LivenessMonitor(database: harness.database, pipeline: harness.pipeline, inactiveAfterSeconds: 1,
+                let liveness = LivenessMonitor(store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1,
                                                logger: testLogger)
                 let watcher = Task {
                     var wentInactive = Set<String>(), cameBack = Set<String>()

@@ -17,13 +17,14 @@ import Testing
 struct StatusSocketTests {
     /// Runs a status socket next to an ingest harness; the body gets both and the socket path.
     static func withStatusSocket<T>(
-        directory: String, liveness: LivenessConfiguration = LivenessConfiguration(),
+        directory: String, settings: KPISettings = KPISettings(),
         _ body: (IngestHarness, String) async throws -> T
     ) async throws -> T {
         try await IngestHarness.with(directory: directory) { harness in
             let path = directory + "/status.sock"
-            let queries = DatabaseOperatorQueries(database: harness.database, configuration: liveness, cacheTTLms: 0)
-            let reporter = StatusReporter(pipeline: harness.pipeline, database: harness.database, queries: queries)
+            let queries = try await makeOperatorQueries(store: harness.store, writer: .pipeline(harness.pipeline), settings: settings,
+                                                        directory: directory)
+            let reporter = StatusReporter(pipeline: harness.pipeline, store: harness.store, queries: queries)
             let (listening, sink) = AsyncStream.makeStream(of: Void.self)
             let server = StatusSocketServer(configuration: StatusSocketConfiguration(path: path),
                                             responder: StatusResponder(reporter: reporter), logger: testLogger,
@@ -141,7 +142,7 @@ struct StatusSocketTests {
     @Test(.timeLimit(.minutes(1)))
     func listsInactiveMetersAndCountsFaultyOnes() async throws {
         try await withTemporaryDirectory { directory in
-            try await Self.withStatusSocket(directory: directory, liveness: LivenessConfiguration(inactiveAfterMs: 60_000)) { harness, path in
+            try await Self.withStatusSocket(directory: directory, settings: KPISettings(inactiveAfterSeconds: 60)) { harness, path in
                 let client = try await LineClient(port: harness.port)
                 var lines = ""
                 for seq in 1...3 { lines += readingLine(meter: "MTR-F", seq: Int64(seq), fault: "tamper") + "\n" }
@@ -153,6 +154,9 @@ struct StatusSocketTests {
                 try await harness.database.pool.write { db in
                     try db.execute(sql: "UPDATE meter SET last_received_ms = ? WHERE name = 'MTR-S'", arguments: [silentSince])
                 }
+                // Inactive is what the liveness sweep flagged: every answer agrees once it has run.
+                let monitor = LivenessMonitor(store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 60, logger: testLogger)
+                #expect(try await monitor.check().wentInactive == ["MTR-S"])
                 let inactive = try Self.object(try await ask(path, "inactive"))
                 #expect(inactive["count"] as? Int == 1)
                 let listed = try #require((inactive["meters"] as? [[String: Any]])?.first)

@@ -1,29 +1,23 @@
 import Foundation
-import GRDB
 import NIOConcurrencyHelpers
 
-/// What the status socket, HTTP and systemd ask, answered by the daemon's engines: liveness for
-/// inactive meters, the KPI engine for meter counts and KPIs, the snapshot service, the importer
-/// through the single writer, and the meter table for one meter's detail.
+/// What the status socket, HTTP and systemd ask, answered by the daemon's engines: the store for
+/// facts, ``MeterRules`` (through the KPI engine) for states, the snapshot service, and the
+/// importer through the single writer.
 package final class DaemonOperatorQueries: OperatorQueries {
-    private let database: MeterDatabase
-    private let pipeline: IngestPipeline
+    private let store: any MeterStore
+    private let writer: WriterAccess
     private let kpi: KPIEngine
-    private let liveness: LivenessMonitor
     private let snapshots: SnapshotService
-    private let meterDetails: DatabaseOperatorQueries
     private let cacheTTLms: Int64
     private let cache = NIOLockedValueBox<(atMs: Int64, counts: MeterStateCounts)?>(nil)
     private let runningImport = NIOLockedValueBox<ImportProgress?>(nil)
 
-    package init(database: MeterDatabase, pipeline: IngestPipeline, kpi: KPIEngine, liveness: LivenessMonitor,
-                 snapshots: SnapshotService, configuration: LivenessConfiguration, cacheTTLms: Int64 = 2_000) {
-        self.database = database
-        self.pipeline = pipeline
+    package init(store: any MeterStore, writer: WriterAccess, kpi: KPIEngine, snapshots: SnapshotService, cacheTTLms: Int64 = 2_000) {
+        self.store = store
+        self.writer = writer
         self.kpi = kpi
-        self.liveness = liveness
         self.snapshots = snapshots
-        self.meterDetails = DatabaseOperatorQueries(database: database, configuration: configuration)
         self.cacheTTLms = cacheTTLms
     }
 
@@ -40,26 +34,29 @@ package final class DaemonOperatorQueries: OperatorQueries {
     }
 
     package func inactiveMeters(nowMs: Int64, limit: Int) async throws -> InactiveMeters {
-        let count = try await self.database.pool.read { db in
-            try Int.fetchOne(db, sql: "SELECT count(*) FROM meter WHERE inactive_since_ms IS NOT NULL") ?? 0
-        }
-        return InactiveMeters(count: count, meters: try await self.liveness.inactiveMeters(limit: limit))
+        let count = try await self.store.meterLivenessCounts(region: nil).inactive
+        return InactiveMeters(count: count, meters: try await self.store.inactiveMeters(region: nil, limit: limit))
     }
 
     package func meter(_ name: String, nowMs: Int64) async throws -> MeterDetail? {
-        try await self.meterDetails.meter(name, nowMs: nowMs)
+        guard let record = try await self.store.meterRecord(named: name) else { return nil }
+        let faulty = try await self.kpi.isFaulty(meter: name, period: self.kpi.defaultPeriod(nowMs: nowMs))
+        return MeterDetail(
+            meter: record.name, customerID: record.customerID, region: record.region,
+            state: MeterRules.isInactive(inactiveSinceMs: record.inactiveSinceMs, lastReceivedMs: record.lastReceivedMs) ? "inactive" : "active",
+            faulty: faulty, firstSeenMs: record.firstSeenMs, lastReceivedMs: record.lastReceivedMs, lastTimestampMs: record.lastTimestampMs,
+            lastSeq: record.highWaterMark >= 0 ? record.highWaterMark : nil, lastStatus: record.lastStatus, lastFault: record.lastFault,
+            inactiveSinceMs: record.inactiveSinceMs, readingsTotal: record.readingsTotal, faultsTotal: record.faultsTotal,
+            duplicatesTotal: record.duplicatesTotal)
     }
 
     package func kpi(from: Month?, to: Month?, region: String?) async throws -> String {
         let period: KPIPeriod
-        if let from, let to {
-            do {
-                period = try KPIPeriod(from: from, to: to)
-            } catch {
-                throw OperatorQueryError("malformed_command", "\(error)")
-            }
-        } else {
-            period = self.kpi.defaultPeriod()
+        do {
+            period = try KPIPeriod.parse(from: from?.description, to: to?.description, nowMs: WallClock.nowMs(),
+                                         timeZone: self.kpi.rules.timeZone)
+        } catch {
+            throw OperatorQueryError("malformed_command", "\(error)")
         }
         return try await self.kpi.json(period: period, region: region)
     }
@@ -74,7 +71,7 @@ package final class DaemonOperatorQueries: OperatorQueries {
         tracker.withLockedValue { $0 = ImportProgress(file: (path as NSString).lastPathComponent, rows: 0, fraction: 0) }
         defer { tracker.withLockedValue { $0 = nil } }
         do {
-            report = try await CompanyImporter.importDirectory(path, through: self.pipeline) { progress in
+            report = try await CompanyImporter.importDirectory(path, through: self.writer) { progress in
                 tracker.withLockedValue { $0 = progress }
             }
         } catch let error as CompanyDataError {
@@ -97,6 +94,7 @@ package final class DaemonOperatorQueries: OperatorQueries {
     }
 
     package func backup(to path: String) async throws -> String {
-        try await DatabaseBackup.write(self.database, to: path)
+        let report = try await self.store.backup(to: path)
+        return JSONValue.object([("backup", .string(report.path)), ("bytes", .int(report.bytes)), ("seconds", .number(report.seconds))]).serialized
     }
 }

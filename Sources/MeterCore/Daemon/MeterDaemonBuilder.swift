@@ -9,7 +9,7 @@ import UnixSignals
 /// The assembled daemon: its services, run together in one `ServiceGroup`.
 package struct MeterDaemon: Sendable {
     package let configuration: DaemonConfiguration
-    package let database: MeterDatabase
+    package let store: any MeterStore
     package let pipeline: IngestPipeline
     package let metrics: DaemonMetrics
     package let kpi: KPIEngine
@@ -33,13 +33,15 @@ package struct MeterDaemon: Sendable {
         } catch {
             throw ConfigurationError(key: "data_dir", "cannot create \(configuration.dataDirectory): \(error.localizedDescription)")
         }
-        let database = try MeterDatabase(path: configuration.databasePath, durability: configuration.durability)
-        self.database = database
-        let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
-                                      tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
-        let rollups = KPIRollups(database: database, timeZone: configuration.timeZone)
-        writer.observer = rollups
-        logger.info("Database open", metadata: ["db.path": "\(configuration.databasePath)", "db.meters": "\(writer.meterCount)",
+        let store = try SQLiteMeterStore(path: configuration.databasePath, durability: configuration.durability)
+        self.store = store
+        let writer = try store.makeWriter(WriterSettings(timeZone: configuration.timeZone, tariff: configuration.tariff,
+                                                         unknownMeters: configuration.unknownMeters))
+        // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
+        try writer.recordTimeZone(configuration.timeZone)
+        let rollups = KPIRollups()
+        writer.commitListener = rollups
+        logger.info("Database open", metadata: ["db.path": "\(store.location)", "db.meters": "\(writer.meterCount)",
                                                  "db.synchronous": "\(configuration.durability.rawValue)"])
         let metrics = DaemonMetrics()
         self.metrics = metrics
@@ -64,24 +66,19 @@ package struct MeterDaemon: Sendable {
             })
 
         // Operator interfaces: the status socket, HTTP and systemd all read the same live figures.
-        let kpi = KPIEngine(database: database, rollups: rollups, settings: KPISettings(configuration), pipeline: pipeline)
+        let kpi = KPIEngine(store: store, rollups: rollups, settings: KPISettings(configuration))
         self.kpi = kpi
-        let liveness = LivenessMonitor(database: database, pipeline: pipeline, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
+        let liveness = LivenessMonitor(store: store, writer: .pipeline(pipeline), inactiveAfterSeconds: configuration.inactiveAfterSeconds,
                                        logger: logger)
         self.liveness = liveness
         let snapshots = SnapshotService(
-            engine: kpi, database: database, pipeline: pipeline,
+            engine: kpi, writer: .pipeline(pipeline),
             path: (configuration.dataDirectory as NSString).appendingPathComponent("kpi.json"),
             interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger,
             beforeFirst: { await readiness.waitUntilListening() })
         self.snapshots = snapshots
-        var livenessConfiguration = LivenessConfiguration(inactiveAfterMs: Int64(configuration.inactiveAfterSeconds) * 1000,
-                                                          timeZone: configuration.timeZone)
-        livenessConfiguration.faultyFaults = configuration.faultyFaults
-        livenessConfiguration.faultyPoorMonths = configuration.faultyPoorMonths
-        let queries = DaemonOperatorQueries(database: database, pipeline: pipeline, kpi: kpi, liveness: liveness, snapshots: snapshots,
-                                            configuration: livenessConfiguration)
-        let reporter = StatusReporter(pipeline: pipeline, database: database, queries: queries)
+        let queries = DaemonOperatorQueries(store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots)
+        let reporter = StatusReporter(pipeline: pipeline, store: store, queries: queries)
         let writerHealth = WriterHealth(pipeline: pipeline,
                                         staleAfterMs: environment.watchdogInterval.map { $0.milliseconds / 2 } ?? 10_000)
         let status = StatusSocketServer(
@@ -91,7 +88,7 @@ package struct MeterDaemon: Sendable {
         // Routes register here before the server is built; the dashboard and API add theirs the same way.
         let router = Router(context: MeterRequestContext.self)
         OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
-        DashboardRoutes(queries: DashboardQueries(database: database, kpi: kpi, operatorQueries: queries), reporter: reporter,
+        DashboardRoutes(queries: DashboardQueries(store: store, kpi: kpi, operatorQueries: queries), reporter: reporter,
                         assets: DashboardAssets(chartJSPath: configuration.dashboardChartJS), logger: logger).register(on: router)
         let http = HTTPServer(
             configuration: HTTPServerConfiguration(host: configuration.http.host, port: configuration.http.port,

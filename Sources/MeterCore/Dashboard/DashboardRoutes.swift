@@ -159,11 +159,8 @@ package struct DashboardRoutes: Sendable {
     /// A meter id as SPEC.md section 2 allows it: 1–64 of `A-Z a-z 0-9 . _ : -`.
     static func meterName(_ context: MeterRequestContext) throws(DashboardError) -> String {
         let name = try self.pathParameter(context, "id")
-        guard (1...64).contains(name.utf8.count), name.utf8.allSatisfy({ byte in
-            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
-                || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ":") || byte == UInt8(ascii: "-")
-        }) else {
-            throw DashboardError.badRequest("meter id: expected 1–64 characters of A-Z a-z 0-9 . _ : -, got \"\(name.prefix(80))\"")
+        guard MeterID.isValid(name) else {
+            throw DashboardError.badRequest("meter id: expected \(MeterID.syntax), got \"\(name.prefix(80))\"")
         }
         return name
     }

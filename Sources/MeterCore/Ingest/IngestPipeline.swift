@@ -58,7 +58,7 @@ package final class IngestPipeline: Service, Sendable {
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var failure: String?
         var lastProgressMs: Int64 = 0
-        var tasks: [@Sendable (IngestWriter) -> Void] = []
+        var tasks: [@Sendable (any MeterStoreWriter) -> Void] = []
         var exited = false
     }
 
@@ -78,7 +78,7 @@ package final class IngestPipeline: Service, Sendable {
 
     package let statistics: IngestStatistics
     private let configuration: PipelineConfiguration
-    private let writer: Mutex<IngestWriter?>
+    private let writer: Mutex<any MeterStoreWriter>
     private let state = NIOLockedValueBox(State())
     /// Set when the queue reaches capacity, cleared when it drains to half: read by every
     /// connection before each socket read, so it is an atomic rather than a look under the lock.
@@ -86,7 +86,7 @@ package final class IngestPipeline: Service, Sendable {
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
-    package init(writer: sending IngestWriter, configuration: PipelineConfiguration, statistics: IngestStatistics = IngestStatistics(), logger: Logger) {
+    package init(writer: sending any MeterStoreWriter, configuration: PipelineConfiguration, statistics: IngestStatistics = IngestStatistics(), logger: Logger) {
         // The writer moves to the writer thread once; the mutex only makes that hand-over explicit.
         self.writer = Mutex(writer)
         self.configuration = configuration
@@ -164,9 +164,9 @@ package final class IngestPipeline: Service, Sendable {
     /// Runs work on the writer thread between two group commits: the single writer applies
     /// imports and other changes too, so they never contend with ingest for the database.
     ///
-    /// The work gets the ``IngestWriter``; it should call ``IngestWriter/reloadMeters()`` after
+    /// The work gets the ``MeterStoreWriter``; it should call ``MeterStoreWriter/reloadMeters()`` after
     /// changing meters or customers.
-    package func perform<T: Sendable>(_ work: @escaping @Sendable (IngestWriter) throws -> T) async throws -> T {
+    package func perform<T: Sendable>(_ work: @escaping @Sendable (any MeterStoreWriter) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             let accepted = self.state.withLockedValue { state -> Bool? in
                 if state.exited { return nil }
@@ -217,7 +217,7 @@ package final class IngestPipeline: Service, Sendable {
         var lastAggregateWrite = ContinuousClock.now
         while true {
             enum Step {
-                case task(@Sendable (IngestWriter) -> Void)
+                case task(@Sendable (any MeterStoreWriter) -> Void)
                 case wait(ContinuousClock.Instant?)
                 case commit([IngestSubmission], weight: Int, aggregates: Bool)
                 case exit
@@ -255,8 +255,8 @@ package final class IngestPipeline: Service, Sendable {
             case .task(let task):
                 // Tasks (imports, liveness, snapshots, backups) see aggregates equal to the readings.
                 let flushed = self.writer.withLock { writer in
-                    let flushed = writer!.flushAggregates(logger: self.logger)
-                    task(writer!)
+                    let flushed = writer.flushAggregates(logger: self.logger)
+                    task(writer)
                     return flushed
                 }
                 if flushed { lastAggregateWrite = .now }
@@ -269,8 +269,8 @@ package final class IngestPipeline: Service, Sendable {
                     return state.tasks
                 }
                 self.writer.withLock { writer in
-                    _ = writer!.flushAggregates(logger: self.logger)
-                    tasks.forEach { $0(writer!) }
+                    _ = writer.flushAggregates(logger: self.logger)
+                    tasks.forEach { $0(writer) }
                 }
                 self.finishWaiters()
                 return
@@ -282,7 +282,7 @@ package final class IngestPipeline: Service, Sendable {
                 } else {
                     // Wake at least once a second so the watchdog sees an idle but healthy writer.
                     if self.wakeup.wait(timeout: .now() + .seconds(1)) == .timedOut {
-                        if self.writer.withLock({ writer in writer!.flushAggregates(logger: self.logger) }) { lastAggregateWrite = .now }
+                        if self.writer.withLock({ writer in writer.flushAggregates(logger: self.logger) }) { lastAggregateWrite = .now }
                         self.state.withLockedValue { state in
                             if state.failure == nil { state.lastProgressMs = WallClock.nowMs() }
                         }
@@ -292,11 +292,11 @@ package final class IngestPipeline: Service, Sendable {
                 do {
                     let started = ContinuousClock.now
                     let (result, flushed) = try self.writer.withLock { writer in
-                        let result = try writer!.commit(batch, deferAggregates: !aggregates)
+                        let result = try writer.commit(batch, deferAggregates: !aggregates)
                         // Going quiet: write the aggregates before these acks, so whoever saw its
                         // last ack finds the meters and months in step with its readings.
                         let quiet = !aggregates && self.state.withLockedValue { $0.queue.isEmpty && $0.tasks.isEmpty }
-                        return (result, aggregates || (quiet && writer!.flushAggregates(logger: self.logger)))
+                        return (result, aggregates || (quiet && writer.flushAggregates(logger: self.logger)))
                     }
                     if flushed { lastAggregateWrite = started }
                     retryDelay = .milliseconds(50)
@@ -318,7 +318,7 @@ package final class IngestPipeline: Service, Sendable {
         }
     }
 
-    private func deliver(_ result: IngestWriter.CommitResult, for batch: [IngestSubmission]) {
+    private func deliver(_ result: CommitResult, for batch: [IngestSubmission]) {
         let now = WallClock.nowMs()
         self.statistics.stored.add(result.stored, ordering: .relaxed)
         self.statistics.duplicates.add(result.duplicates, ordering: .relaxed)

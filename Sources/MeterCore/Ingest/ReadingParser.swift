@@ -171,24 +171,10 @@ private struct ReadingFields {
         guard case .string = token, let text = Self.text(token, in: line) else {
             throw Rejection(.invalidField, "\(key.name) must be a string, got \(token.typeName)")
         }
-        guard Self.isIdentifier(text) else {
-            throw Rejection(.invalidField, "\(key.name) must be 1–64 characters of A-Z a-z 0-9 . _ : -, got \(Self.excerpt(token, in: line))")
+        guard MeterID.isValid(text) else {
+            throw Rejection(.invalidField, "\(key.name) must be \(MeterID.syntax), got \(Self.excerpt(token, in: line))")
         }
         return text
-    }
-
-    static func isIdentifier(_ text: String) -> Bool {
-        let utf8 = text.utf8
-        guard !utf8.isEmpty, utf8.count <= 64 else { return false }
-        return utf8.allSatisfy { byte in
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: ":"),
-                UInt8(ascii: "-"):
-                true
-            default: false
-            }
-        }
     }
 
     private static func sequenceNumber(_ token: Token, in line: UnsafeRawBufferPointer) throws(Rejection) -> Int64 {

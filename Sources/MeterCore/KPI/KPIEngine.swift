@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 
 /// A KPI period: an inclusive range of calendar months (SPEC.md section 5).
 package struct KPIPeriod: Sendable, Equatable, CustomStringConvertible {
@@ -30,7 +29,7 @@ package struct KPIPeriod: Sendable, Equatable, CustomStringConvertible {
             guard let month = Month(text) else { throw KPIError.invalidPeriod("\(name): expected YYYY-MM, got \"\(text)\"") }
             return month
         }
-        let current = MonthCalendar(timeZone: timeZone).month(of: Date(timeIntervalSince1970: Double(nowMs) / 1000))
+        let current = MeterRules(timeZone: timeZone).currentMonth(nowMs: nowMs)
         switch (from, to) {
         case (nil, nil): return self.twelveMonths(endingAt: current)
         case (let from?, nil):
@@ -56,29 +55,24 @@ package enum KPIError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// What the KPI figures depend on besides the data.
+/// What the KPI figures depend on besides the data: the rules, and how long a list may get.
 package struct KPISettings: Sendable {
-    package var timeZone: TimeZone
-    package var inactiveAfterSeconds: Int
-    /// A meter is faulty with this many faults in the period…
-    package var faultyFaults: Int
-    /// …or this many months of `poor` status.
-    package var faultyPoorMonths: Int
+    package var rules: MeterRules
     /// Most entries in `faulty_meters` (worst first); `meters.faulty` counts them all.
     package var faultyListLimit: Int
 
+    package var timeZone: TimeZone { self.rules.timeZone }
+
     package init(timeZone: TimeZone = TimeZone(identifier: "UTC")!, inactiveAfterSeconds: Int = 900, faultyFaults: Int = 3,
                  faultyPoorMonths: Int = 2, faultyListLimit: Int = 100) {
-        self.timeZone = timeZone
-        self.inactiveAfterSeconds = inactiveAfterSeconds
-        self.faultyFaults = faultyFaults
-        self.faultyPoorMonths = faultyPoorMonths
+        self.rules = MeterRules(timeZone: timeZone, inactiveAfterSeconds: inactiveAfterSeconds, faultyFaults: faultyFaults,
+                                faultyPoorMonths: faultyPoorMonths)
         self.faultyListLimit = faultyListLimit
     }
 
     package init(_ configuration: DaemonConfiguration) {
-        self.init(timeZone: configuration.timeZone, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
-                  faultyFaults: configuration.faultyFaults, faultyPoorMonths: configuration.faultyPoorMonths)
+        self.rules = MeterRules(configuration)
+        self.faultyListLimit = 100
     }
 }
 
@@ -93,27 +87,24 @@ package struct FaultyMeter: Sendable, Equatable {
 /// Computes the KPI document of SPEC.md section 5 for a period and an optional region.
 ///
 /// Meter-month figures come from the in-memory ``MonthlyStore`` (kept current by ``KPIRollups``);
-/// company events from `company_rollup`; latency from `latency_month`; liveness from `meter`.
-/// Every SQL statement here is plain enough for PostgreSQL too.
+/// company events, latency and liveness from the ``MeterStore``; states from ``MeterRules``.
 package final class KPIEngine: Sendable {
     package let rollups: KPIRollups
     package let settings: KPISettings
-    private let database: MeterDatabase
-    private let pipeline: IngestPipeline?
+    package let store: any MeterStore
 
-    /// - Parameter pipeline: the daemon's write pipeline, so the store loads between two commits;
-    ///   `nil` when no writer runs (meterctl --db, tests).
-    package init(database: MeterDatabase, rollups: KPIRollups, settings: KPISettings, pipeline: IngestPipeline? = nil) {
-        self.database = database
+    /// - Parameter rollups: the writer's commit listener, when a writer runs; else a fresh one.
+    package init(store: any MeterStore, rollups: KPIRollups = KPIRollups(), settings: KPISettings) {
+        self.store = store
         self.rollups = rollups
         self.settings = settings
-        self.pipeline = pipeline
     }
+
+    package var rules: MeterRules { self.settings.rules }
 
     /// The 12 months ending with the current one in the configured zone.
     package func defaultPeriod(nowMs: Int64 = WallClock.nowMs()) -> KPIPeriod {
-        // Without bounds the parse cannot fail.
-        try! KPIPeriod.parse(from: nil, to: nil, nowMs: nowMs, timeZone: self.settings.timeZone)
+        self.rules.defaultPeriod(nowMs: nowMs)
     }
 
     /// The KPI document as JSON text, for the status socket, HTTP and snapshots.
@@ -126,12 +117,7 @@ package final class KPIEngine: Sendable {
     func withStore<T>(_ body: (MonthlyStore) throws -> T) async throws -> T {
         for _ in 0..<5 {
             if let result = try self.rollups.withStore(body) { return result }
-            if let pipeline = self.pipeline {
-                let rollups = self.rollups
-                try await pipeline.perform { _ in if rollups.needsReload { try rollups.reload() } }
-            } else {
-                try self.rollups.reload()
-            }
+            try await self.rollups.load(from: self.store)
         }
         throw KPIError.invalidPeriod("the KPI data kept changing while loading; try again")
     }
@@ -143,27 +129,20 @@ package final class KPIEngine: Sendable {
             let total = regionIndex.map { wanted in store.meterRegion.reduce(0) { $0 + ($1 == wanted ? 1 : 0) } } ?? store.meterCount
             return (total, self.faulty(store, period: period, regionIndex: regionIndex).count)
         }
-        let inactive = try await self.inactiveCount(region: region)
+        let inactive = try await self.store.meterLivenessCounts(region: region).inactive
         return (max(0, total - inactive), inactive, faulty)
+    }
+
+    /// Whether one meter is faulty over `period` (``MeterRules/isFaulty(faults:poorMonths:)``).
+    package func isFaulty(meter name: String, period: KPIPeriod) async throws -> Bool {
+        let months = try await self.store.meterMonths(named: name).filter { $0.month >= period.from && $0.month <= period.to }
+        return self.rules.isFaulty(faults: Int(months.reduce(0) { $0 + $1.faults }), poorMonths: months.filter { $0.status == .poor }.count)
     }
 
     /// Faulty meters over `period` per the thresholds, worst first.
     package func faultyMeters(period: KPIPeriod, region: String? = nil) async throws -> [FaultyMeter] {
         try await self.withStore { store in
             self.faulty(store, period: period, regionIndex: region.map { store.regionIndex(of: $0) ?? -1 })
-        }
-    }
-
-    /// Meters flagged inactive by the liveness monitor, plus those that never reported at all.
-    private func inactiveCount(region: String?) async throws -> Int {
-        try await self.database.pool.read { db in
-            let filter = region == nil ? "" : " AND region = ?"
-            let arguments: StatementArguments = region.map { [$0] } ?? []
-            let flagged = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE inactive_since_ms IS NOT NULL" + filter,
-                                           arguments: arguments) ?? 0
-            let silent = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL" + filter,
-                                          arguments: arguments) ?? 0
-            return flagged + silent
         }
     }
 
@@ -180,7 +159,7 @@ package final class KPIEngine: Sendable {
             }
         }
         var result: [FaultyMeter] = []
-        for index in 0..<count where poor[index] >= self.settings.faultyPoorMonths || faults[index] >= self.settings.faultyFaults {
+        for index in 0..<count where self.rules.isFaulty(faults: Int(faults[index]), poorMonths: Int(poor[index])) {
             let customer = store.meterCustomer[index]
             result.append(FaultyMeter(meter: store.meterNames[index], customerID: customer >= 0 ? store.customerIDs[Int(customer)] : nil,
                                       poorMonths: Int(poor[index]), faults: Int(faults[index])))
@@ -196,8 +175,8 @@ package final class KPIEngine: Sendable {
     /// The whole KPI document: one flat object with every key of SPEC.md section 5.
     package func document(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> JSONValue {
         let monthly = try await self.withStore { store in self.monthlyFigures(store, period: period, region: region) }
-        let events = try await self.database.pool.read { db in try self.eventFigures(db, period: period, region: region) }
-        let inactive = try await self.inactiveCount(region: region)
+        let events = try await self.eventFigures(period: period, region: region)
+        let inactive = try await self.store.meterLivenessCounts(region: region).inactive
 
         var members: [(String, JSONValue)] = [
             ("period", .object([("from", .string(period.from.description)), ("to", .string(period.to.description))])),
@@ -358,14 +337,8 @@ package final class KPIEngine: Sendable {
         var technicians: JSONValue
     }
 
-    private func eventFigures(_ db: Database, period: KPIPeriod, region: String?) throws -> EventFigures {
+    private func eventFigures(period: KPIPeriod, region: String?) async throws -> EventFigures {
         let from = period.from.key, to = period.to.key
-        var regionClause = ""
-        var arguments: StatementArguments = [to]
-        if let region {
-            regionClause = " AND region = ?"
-            arguments += [region]
-        }
         struct Sum {
             var count = 0
             var total = 0.0
@@ -374,22 +347,18 @@ package final class KPIEngine: Sendable {
         var inPeriod: [String: [Int: Sum]] = [:]
         var complaintsLastMonth = (received: 0, resolved: 0)
         var maintenanceUpToEnd = (received: 0, resolved: 0)
-        let rows = try Row.fetchCursor(db, sql: """
-            SELECT kind, month, item, SUM(count) AS count, SUM(total) AS total FROM company_rollup
-            WHERE month <= ?\(regionClause) GROUP BY kind, month, item
-            """, arguments: arguments)
-        while let row = try rows.next() {
-            let kind: String = row["kind"]
-            let month: Int = row["month"]
-            let count: Int = row["count"]
-            let total: Double = row["total"]
+        for row in try await self.store.companyEventTotals(through: period.to, region: region) {
+            let kind = row.kind
+            let month = row.month
+            let count = row.count
+            let total = row.total
             if kind == "maintenance_received" { maintenanceUpToEnd.received += count }
             if kind == "maintenance_resolved" { maintenanceUpToEnd.resolved += count }
             if month == to && kind == "complaint_received" { complaintsLastMonth.received += count }
             if month == to && kind == "complaint_resolved" { complaintsLastMonth.resolved += count }
             guard month >= from else { continue }
-            inPeriod[kind, default: [:]][row["item"], default: Sum()].count += count
-            inPeriod[kind, default: [:]][row["item"], default: Sum()].total += total
+            inPeriod[kind, default: [:]][row.item, default: Sum()].count += count
+            inPeriod[kind, default: [:]][row.item, default: Sum()].total += total
         }
         func sum(_ kind: String) -> Sum {
             (inPeriod[kind] ?? [:]).values.reduce(into: Sum()) { result, sum in
@@ -400,19 +369,13 @@ package final class KPIEngine: Sendable {
         func mean(_ sum: Sum) -> JSONValue { .number(sum.count > 0 ? sum.total / Double(sum.count) : nil) }
 
         // Latency over live readings received in the period.
-        var latencyArguments: StatementArguments = [from, to]
-        if let region { latencyArguments += [region] }
         var buckets: [(bucket: Int, count: Int)] = []
         var latencyCount = 0
         var latencySum = 0.0
-        for row in try Row.fetchAll(db, sql: """
-            SELECT bucket, SUM(count) AS count, SUM(sum_ms) AS sum_ms FROM latency_month
-            WHERE month >= ? AND month <= ?\(regionClause) GROUP BY bucket ORDER BY bucket
-            """, arguments: latencyArguments) {
-            let count: Int = row["count"]
-            buckets.append((row["bucket"], count))
-            latencyCount += count
-            latencySum += row["sum_ms"] as Double
+        for row in try await self.store.latencyBuckets(from: period.from, to: period.to, region: region) {
+            buckets.append((row.bucket, row.count))
+            latencyCount += row.count
+            latencySum += row.sumMs
         }
         func percentile(_ q: Double) -> JSONValue {
             guard latencyCount > 0 else { return .null }
@@ -450,8 +413,7 @@ package final class KPIEngine: Sendable {
             ("average_resolution_days", mean(resolved)),
         ])
 
-        var names: [Int: String] = [:]
-        for row in try Row.fetchAll(db, sql: "SELECT id, name FROM technician") { names[row["id"]] = row["name"] }
+        let names = try await self.store.technicianNames()
         let installations = inPeriod["installation"] ?? [:]
         let jobs = inPeriod["maintenance_resolved"] ?? [:]
         let technicianIDs = Set(names.keys).union(installations.keys.filter { $0 != 0 }).union(jobs.keys).sorted()

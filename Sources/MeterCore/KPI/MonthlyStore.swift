@@ -1,12 +1,9 @@
-import CSQLite
-import GRDB
-
 /// Every meter-month aggregate held in memory, column per month, so a KPI over 100,000 meters and
 /// any range of months is a tight loop (a few milliseconds) instead of a scan of millions of rows.
 ///
 /// Loaded from `meter_month` once, then kept current by the writer's committed deltas
 /// (``KPIRollups``). Not thread-safe: ``KPIRollups`` guards it.
-final class MonthlyStore {
+package final class MonthlyStore {
     /// One month of every meter, indexed by the meter's dense index.
     struct Column {
         var kwh: [Double]
@@ -45,13 +42,8 @@ final class MonthlyStore {
         /// (ties → the worse); -1 when the meter has no record that month.
         @inline(__always)
         func status(_ index: Int) -> Int {
-            let imported = self.imported[index]
-            if imported >= 0 { return Int(imported) }
-            guard self.readings[index] > 0 else { return -1 }
-            let good = self.good[index], fair = self.fair[index], poor = self.poor[index]
-            if poor >= fair && poor >= good { return 2 }
-            if fair >= good { return 1 }
-            return 0
+            MeterRules.monthStatusCode(imported: self.imported[index], readings: self.readings[index], good: self.good[index],
+                                       fair: self.fair[index], poor: self.poor[index])
         }
     }
 
@@ -64,6 +56,7 @@ final class MonthlyStore {
     /// Dense customer index of each meter, -1 for an unassigned meter.
     private(set) var meterCustomer: [Int32] = []
     private var meterIndex: [Int64: Int32] = [:]
+    private var customerIndex: [Int64: Int32] = [:]
 
     private(set) var customerIDs: [Int64] = []
     private(set) var customerRegion: [Int32] = []
@@ -94,51 +87,51 @@ final class MonthlyStore {
         return Int32(self.regions.count - 1)
     }
 
-    /// Reads everything from the database.
-    static func load(_ db: Database) throws -> MonthlyStore {
-        let store = MonthlyStore()
-        var customerIndex: [Int64: Int32] = [:]
-        try forEachRow(db, "SELECT id, region, installed_month FROM customer ORDER BY id") { row in
-            let id = sqlite3_column_int64(row, 0)
-            customerIndex[id] = Int32(store.customerIDs.count)
-            store.customerIDs.append(id)
-            store.customerRegion.append(store.region(text(row, 1) ?? Region.unassigned))
-            store.customerInstalled.append(Int32(sqlite3_column_int64(row, 2)))
+    /// The highest commit position (``AggregateDelta/position``) the loaded rows include.
+    var coveredThrough: Int64 = 0
+    private var lastLoadedMonth = -1
+    private var lastLoadedSlot = 0
+
+    // MARK: Loading (the store fills it)
+
+    package func addCustomer(id: Int64, region: String, installedMonth: Int32) {
+        self.customerIndex[id] = Int32(self.customerIDs.count)
+        self.customerIDs.append(id)
+        self.customerRegion.append(self.region(region))
+        self.customerInstalled.append(installedMonth)
+    }
+
+    /// Adds a meter; its customer, when it has one, must have been added first.
+    package func addMeter(id: Int64, name: String, customerID: Int64?, region: String) {
+        self.meterIndex[id] = Int32(self.meterIDs.count)
+        self.meterIDs.append(id)
+        self.meterNames.append(name)
+        self.meterCustomer.append(customerID.flatMap { self.customerIndex[$0] } ?? -1)
+        self.meterRegion.append(self.region(region))
+        for slot in self.columns.indices { self.columns[slot].append() }
+    }
+
+    /// Sets one meter-month; rows of the same month come together, after every meter was added.
+    package func setMonth(_ month: Int, meterID: Int64, kwh: Double, revenue: Double, readings: Int32, faults: Int32, good: Int32,
+                          fair: Int32, poor: Int32, importedStatus: Int8) {
+        guard let index = self.meterIndex[meterID].map(Int.init) else { return }
+        if month != self.lastLoadedMonth {
+            self.lastLoadedSlot = self.slot(month)
+            self.lastLoadedMonth = month
         }
-        try forEachRow(db, "SELECT id, name, customer_id, region FROM meter ORDER BY id") { row in
-            let id = sqlite3_column_int64(row, 0)
-            store.meterIndex[id] = Int32(store.meterIDs.count)
-            store.meterIDs.append(id)
-            store.meterNames.append(text(row, 1) ?? "")
-            let customer = sqlite3_column_type(row, 2) == SQLITE_NULL ? nil : sqlite3_column_int64(row, 2)
-            store.meterCustomer.append(customer.flatMap { customerIndex[$0] } ?? -1)
-            store.meterRegion.append(store.region(text(row, 3) ?? Region.unassigned))
-        }
-        var lastMonth = -1
-        var slot = 0
-        try forEachRow(db, """
-            SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status FROM meter_month
-            """) { row in
-            let month = Int(sqlite3_column_int64(row, 0))
-            guard let index = store.meterIndex[sqlite3_column_int64(row, 1)].map(Int.init) else { return }
-            if month != lastMonth {
-                slot = store.slot(month)
-                lastMonth = month
-            }
-            store.columns[slot].kwh[index] = sqlite3_column_double(row, 2)
-            store.columns[slot].revenue[index] = sqlite3_column_double(row, 3)
-            store.columns[slot].readings[index] = Int32(sqlite3_column_int64(row, 4))
-            store.columns[slot].faults[index] = Int32(sqlite3_column_int64(row, 5))
-            store.columns[slot].good[index] = Int32(sqlite3_column_int64(row, 6))
-            store.columns[slot].fair[index] = Int32(sqlite3_column_int64(row, 7))
-            store.columns[slot].poor[index] = Int32(sqlite3_column_int64(row, 8))
-            store.columns[slot].imported[index] = sqlite3_column_type(row, 9) == SQLITE_NULL ? -1 : Int8(sqlite3_column_int64(row, 9))
-        }
-        return store
+        let slot = self.lastLoadedSlot
+        self.columns[slot].kwh[index] = kwh
+        self.columns[slot].revenue[index] = revenue
+        self.columns[slot].readings[index] = readings
+        self.columns[slot].faults[index] = faults
+        self.columns[slot].good[index] = good
+        self.columns[slot].fair[index] = fair
+        self.columns[slot].poor[index] = poor
+        self.columns[slot].imported[index] = importedStatus
     }
 
     /// Adds one commit's deltas. A meter it has not seen was registered by the writer: unassigned.
-    func apply(_ changes: [IngestChanges.MonthChange]) {
+    func apply(_ changes: some Sequence<AggregateDelta.Month>) {
         for change in changes {
             let index: Int
             if let known = self.meterIndex[change.meterID] {
@@ -161,25 +154,5 @@ final class MonthlyStore {
             self.columns[slot].fair[index] += Int32(change.fair)
             self.columns[slot].poor[index] += Int32(change.poor)
         }
-    }
-}
-
-private func text(_ row: OpaquePointer, _ column: Int32) -> String? {
-    guard let pointer = sqlite3_column_text(row, column) else { return nil }
-    return String(cString: pointer)
-}
-
-/// Steps a query through the C API: ~0.2 µs a row, where GRDB's `Row` costs several.
-private func forEachRow(_ db: Database, _ sql: String, _ body: (OpaquePointer) throws -> Void) throws {
-    let statement = try db.makeStatement(sql: sql)
-    let handle = statement.sqliteStatement
-    defer { sqlite3_reset(handle) }
-    while true {
-        let code = sqlite3_step(handle)
-        if code == SQLITE_DONE { return }
-        guard code == SQLITE_ROW else {
-            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)))
-        }
-        try body(handle)
     }
 }

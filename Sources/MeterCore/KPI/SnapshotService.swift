@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Logging
 import ServiceLifecycle
 
@@ -8,8 +7,7 @@ import ServiceLifecycle
 /// as a row of `kpi_snapshot`, keeping the newest `snapshot_history` rows.
 package final class SnapshotService: Service, Sendable {
     private let engine: KPIEngine
-    private let database: MeterDatabase
-    private let pipeline: IngestPipeline?
+    private let writer: WriterAccess
     package let path: String
     private let interval: Duration
     private let history: Int
@@ -22,12 +20,11 @@ package final class SnapshotService: Service, Sendable {
     /// `beforeFirst` delays the first timed snapshot: the daemon waits for its listeners, since the
     /// first snapshot loads every meter-month into memory (a second of CPU at 100,000 meters) and
     /// would otherwise compete with start-up for the cores.
-    package init(engine: KPIEngine, database: MeterDatabase, pipeline: IngestPipeline?, path: String,
+    package init(engine: KPIEngine, writer: WriterAccess, path: String,
                  interval: Duration, history: Int, logger: Logger, beforeFirst: @escaping @Sendable () async -> Void = {}) {
         self.beforeFirst = beforeFirst
         self.engine = engine
-        self.database = database
-        self.pipeline = pipeline
+        self.writer = writer
         self.path = path
         self.interval = interval
         self.history = history
@@ -57,17 +54,8 @@ package final class SnapshotService: Service, Sendable {
         let json = try await self.engine.json(period: period, region: nil, nowMs: nowMs)
         try self.fileLock.withLock { try AtomicFile.write(json + "\n", to: self.path) }
         let history = self.history
-        let insert: @Sendable (Database) throws -> Void = { db in
-            try db.execute(sql: "INSERT INTO kpi_snapshot (generated_ms, period_from, period_to, document) VALUES (?, ?, ?, ?)",
-                           arguments: [nowMs, period.from.key, period.to.key, json])
-            try db.execute(sql: """
-                DELETE FROM kpi_snapshot WHERE id <= (SELECT id FROM kpi_snapshot ORDER BY id DESC LIMIT 1 OFFSET ?)
-                """, arguments: [history])
-        }
-        if let pipeline = self.pipeline {
-            try await pipeline.perform { writer in try writer.database.pool.write(insert) }
-        } else {
-            try await self.database.pool.write(insert)
+        try await self.writer.perform { writer in
+            try writer.recordSnapshot(json, period: period, generatedMs: nowMs, history: history)
         }
         self.logger.debug("KPI snapshot written", metadata: ["snapshot.path": "\(self.path)"])
         return self.path

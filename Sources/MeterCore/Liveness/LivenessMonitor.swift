@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle
@@ -10,8 +9,9 @@ package struct InactiveMeter: Sendable, Equatable {
     package var customerID: Int64?
     package var region: String
     /// When it went silent: its last reading's receive time, or, for a meter never heard from,
-    /// when meterd began waiting for it.
-    package var silentSinceMs: Int64
+    /// when meterd began waiting for it; `nil` for a meter never heard from that the liveness
+    /// sweep has not flagged yet.
+    package var silentSinceMs: Int64?
     /// Its last reading's receive time; `nil` if it never reported.
     package var lastReceivedMs: Int64?
 }
@@ -26,11 +26,10 @@ package struct LivenessTransitions: Sendable, Equatable {
 /// and logs every transition; the writer clears the flag on the meter's next reading, and the next
 /// check logs that it came back.
 ///
-/// A check reads the `meter` table (one row per meter, never the readings) and the partial index of
-/// inactive meters, so it stays a few milliseconds at 100,000 meters.
+/// A check reads one row per meter (never the readings), so it stays a few milliseconds at 100,000 meters.
 package final class LivenessMonitor: Service, Sendable {
-    private let database: MeterDatabase
-    private let pipeline: IngestPipeline?
+    private let store: any MeterStore
+    private let writer: WriterAccess
     private let inactiveAfterMs: Int64
     private let interval: Duration
     private let logger: Logger
@@ -42,12 +41,12 @@ package final class LivenessMonitor: Service, Sendable {
     static let loggedTransitions = 100
 
     /// - Parameters:
-    ///   - pipeline: the daemon's single writer, which applies the flags; `nil` to write directly.
+    ///   - writer: the store's single writer, which applies the flags.
     ///   - interval: time between checks; by default a quarter of `inactiveAfterSeconds`, 1–30 s.
-    package init(database: MeterDatabase, pipeline: IngestPipeline?, inactiveAfterSeconds: Int, interval: Duration? = nil,
+    package init(store: any MeterStore, writer: WriterAccess, inactiveAfterSeconds: Int, interval: Duration? = nil,
                  logger: Logger, nowMs: Int64 = WallClock.nowMs()) {
-        self.database = database
-        self.pipeline = pipeline
+        self.store = store
+        self.writer = writer
         self.inactiveAfterMs = Int64(inactiveAfterSeconds) * 1000
         self.interval = interval ?? .milliseconds(min(30_000, max(1_000, inactiveAfterSeconds * 250)))
         self.logger = logger
@@ -74,36 +73,13 @@ package final class LivenessMonitor: Service, Sendable {
     package func check(nowMs: Int64 = WallClock.nowMs()) async throws -> LivenessTransitions {
         let cutoff = nowMs - self.inactiveAfterMs
         let start = self.startMs
-        let (silent, flagged) = try await self.database.pool.read { db in
-            let silent = try Row.fetchAll(db, sql: """
-                SELECT id, name FROM meter WHERE inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
-                """, arguments: [start, cutoff]).map { ($0["id"] as Int64, $0["name"] as String) }
-            let flagged = try Row.fetchAll(db, sql: "SELECT id, name FROM meter WHERE inactive_since_ms IS NOT NULL")
-                .map { ($0["id"] as Int64, $0["name"] as String) }
-            return (silent, flagged)
-        }
+        let candidates = try await self.store.livenessCandidates(cutoffMs: cutoff, startMs: start)
+        let flagged = candidates.flagged.map { ($0.id, $0.name) }
         var transitions = LivenessTransitions()
         var newlyInactive: [(Int64, String, Int64?)] = []
-        if !silent.isEmpty {
-            let apply: @Sendable (Database) throws -> [(Int64, String, Int64?)] = { db in
-                let update = try db.makeStatement(sql: """
-                    UPDATE meter SET inactive_since_ms = COALESCE(last_received_ms, ?)
-                    WHERE id = ? AND inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
-                    """)
-                var changed: [(Int64, String, Int64?)] = []
-                for (id, name) in silent {
-                    try update.execute(arguments: [start, id, start, cutoff])
-                    if db.changesCount > 0 {
-                        changed.append((id, name, try Int64.fetchOne(db, sql: "SELECT last_received_ms FROM meter WHERE id = ?", arguments: [id])))
-                    }
-                }
-                return changed
-            }
-            let database = self.database
-            if let pipeline = self.pipeline {
-                newlyInactive = try await pipeline.perform { writer in try writer.database.pool.write(apply) }
-            } else {
-                newlyInactive = try await database.pool.write(apply)
+        if !candidates.silent.isEmpty {
+            newlyInactive = try await self.writer.perform { writer in
+                try writer.flagInactive(candidates.silent, cutoffMs: cutoff, startMs: start).map { ($0.meter.id, $0.meter.name, $0.lastReceivedMs) }
             }
         }
         let current = Dictionary(flagged, uniquingKeysWith: { first, _ in first })
@@ -136,30 +112,5 @@ package final class LivenessMonitor: Service, Sendable {
             ])
         }
         return transitions
-    }
-
-    /// Inactive meters, longest silent first.
-    package func inactiveMeters(limit: Int = 10_000) async throws -> [InactiveMeter] {
-        try await self.database.pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT name, customer_id, region, inactive_since_ms, last_received_ms FROM meter
-                WHERE inactive_since_ms IS NOT NULL ORDER BY inactive_since_ms, name LIMIT ?
-                """, arguments: [limit]).map { row in
-                InactiveMeter(meter: row["name"], customerID: row["customer_id"], region: row["region"],
-                              silentSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"])
-            }
-        }
-    }
-
-    /// Inactive meters as the JSON array the status socket and HTTP answer with.
-    package func inactiveJSON(limit: Int = 10_000) async throws -> String {
-        JSONValue.array(try await self.inactiveMeters(limit: limit).map { meter in
-            .object([
-                ("meter", .string(meter.meter)), ("customer_id", meter.customerID.map { .int(Int($0)) } ?? .null),
-                ("region", .string(meter.region)),
-                ("silent_since", .string(RFC3339.format(millisecondsSinceEpoch: meter.silentSinceMs))),
-                ("last_reading", meter.lastReceivedMs.map { .string(RFC3339.format(millisecondsSinceEpoch: $0)) } ?? .null),
-            ])
-        }).serialized
     }
 }

@@ -84,3 +84,25 @@ package struct Rejection: Error, Sendable, Equatable, CustomStringConvertible {
 
     package var description: String { "\(self.code.rawValue): \(self.detail)" }
 }
+
+/// Meter id syntax (SPEC.md section 2), the one definition the parser, the importer, the status
+/// socket and HTTP check against.
+package enum MeterID {
+    /// How the syntax reads in an error message.
+    package static let syntax = "1–64 characters of A-Z a-z 0-9 . _ : -"
+
+    /// Whether `text` is a meter id: 1–64 of `A-Z a-z 0-9 . _ : -`.
+    package static func isValid(_ text: String) -> Bool {
+        let utf8 = text.utf8
+        guard !utf8.isEmpty, utf8.count <= 64 else { return false }
+        return utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: ":"),
+                UInt8(ascii: "-"):
+                true
+            default: false
+            }
+        }
+    }
+}

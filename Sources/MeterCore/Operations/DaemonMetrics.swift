@@ -115,7 +115,7 @@ package final class DaemonMetrics: CommitObserver {
         }
         self.connections.record(statistics.connections.load(ordering: .relaxed))
         self.queueDepth.record(reporter.pipeline.queueDepth)
-        self.databaseBytes.record(reporter.database.sizeInBytes())
+        self.databaseBytes.record(await reporter.store.sizeInBytes())
         self.writerHealthy.record(reporter.pipeline.failure == nil ? 1 : 0)
         let lastCommitMs = statistics.lastCommitMs.load(ordering: .relaxed)
         self.lastCommitAge.record(lastCommitMs > 0 ? Double(max(0, nowMs - lastCommitMs)) / 1000 : 0)

@@ -15,7 +15,7 @@ package enum StatusCommand: Equatable, Sendable {
     case help
 
     /// Commands and their arguments, for `help` and error messages.
-    package static let usage = "status | inactive [LIMIT] | meter ID | kpi [FROM TO [REGION]] | snapshot | import DIR | progress | backup FILE | help"
+    package static let usage = "status | inactive [LIMIT] | meter ID | kpi [FROM|- TO|- [REGION]] | snapshot | import DIR | progress | backup FILE | help"
 
     package static let defaultInactiveLimit = 1_000
 
@@ -55,13 +55,16 @@ package enum StatusCommand: Equatable, Sendable {
             case 0: self = .kpi(from: nil, to: nil, region: nil)
             case 1: throw OperatorQueryError("malformed_command", "kpi takes FROM and TO together (YYYY-MM YYYY-MM), then an optional REGION")
             default:
-                guard let from = Month(arguments[0]) else {
-                    throw OperatorQueryError("malformed_command", "FROM must be a month YYYY-MM, got \"\(arguments[0])\"")
+                // `-` leaves a bound to the daemon's default period (in its own time zone).
+                let from = arguments[0] == "-" ? nil : Month(arguments[0])
+                guard arguments[0] == "-" || from != nil else {
+                    throw OperatorQueryError("malformed_command", "FROM must be a month YYYY-MM or -, got \"\(arguments[0])\"")
                 }
-                guard let to = Month(arguments[1]) else {
-                    throw OperatorQueryError("malformed_command", "TO must be a month YYYY-MM, got \"\(arguments[1])\"")
+                let to = arguments[1] == "-" ? nil : Month(arguments[1])
+                guard arguments[1] == "-" || to != nil else {
+                    throw OperatorQueryError("malformed_command", "TO must be a month YYYY-MM or -, got \"\(arguments[1])\"")
                 }
-                guard from <= to else {
+                if let from, let to, from > to {
                     throw OperatorQueryError("malformed_command", "FROM \(from) is after TO \(to)")
                 }
                 let region = arguments.count > 2 ? arguments.dropFirst(2).joined(separator: " ") : nil
@@ -124,8 +127,8 @@ package struct StatusResponder: Sendable {
                         ("meter", .string(meter.meter)),
                         ("customer_id", .optional(meter.customerID) { .int($0) }),
                         ("region", .string(meter.region)),
-                        ("silent_since", .string(RFC3339.format(millisecondsSinceEpoch: meter.silentSinceMs))),
-                        ("silent_for_s", .int(max(0, (nowMs - meter.silentSinceMs) / 1000))),
+                        ("silent_since", .optional(meter.silentSinceMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
+                        ("silent_for_s", .optional(meter.silentSinceMs) { .int(max(0, (nowMs - $0) / 1000)) }),
                         ("last_received", .optional(meter.lastReceivedMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
                     ])
                 })),

@@ -9,13 +9,13 @@ package enum MeterdVersion {
 /// Gathers the live figures the status socket, `/metrics` and systemd's STATUS= report.
 package struct StatusReporter: Sendable {
     package let pipeline: IngestPipeline
-    package let database: MeterDatabase
+    package let store: any MeterStore
     package let queries: any OperatorQueries
     package let startedAtMs: Int64
 
-    package init(pipeline: IngestPipeline, database: MeterDatabase, queries: any OperatorQueries, startedAtMs: Int64 = WallClock.nowMs()) {
+    package init(pipeline: IngestPipeline, store: any MeterStore, queries: any OperatorQueries, startedAtMs: Int64 = WallClock.nowMs()) {
         self.pipeline = pipeline
-        self.database = database
+        self.store = store
         self.queries = queries
         self.startedAtMs = startedAtMs
     }
@@ -58,7 +58,7 @@ package struct StatusReporter: Sendable {
             ("last_commit_age_ms", lastCommitMs > 0 ? .int(max(0, nowMs - lastCommitMs)) : .null),
             ("commits_total", .int(statistics.commits.load(ordering: .relaxed))),
             ("busy_signals_total", .int(statistics.busySignals.load(ordering: .relaxed))),
-            ("db_bytes", .int(self.database.sizeInBytes())),
+            ("db_bytes", .int(await self.store.sizeInBytes())),
             ("latency_ms", .object([
                 ("p50", .optional(statistics.latency.quantile(0.5, nowMs: nowMs)) { .int($0) }),
                 ("p99", .optional(statistics.latency.quantile(0.99, nowMs: nowMs)) { .int($0) }),

@@ -148,6 +148,15 @@ package final class MeterDatabase: Sendable {
                 INSERT INTO ingest_watermark (id, reading_rowid) VALUES (1, COALESCE((SELECT max(rowid) FROM reading), 0));
                 """)
         }
+        migrator.registerMigration("v4-store-settings") { db in
+            // What offline tools must agree on with the daemon (its time zone, for calendar months).
+            try db.execute(sql: """
+                CREATE TABLE store_setting (
+                    name TEXT PRIMARY KEY,
+                    value TEXT NOT NULL
+                );
+                """)
+        }
         return migrator
     }
 }

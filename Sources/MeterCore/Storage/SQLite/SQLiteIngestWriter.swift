@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 import Logging
 
@@ -9,17 +10,20 @@ import Logging
 /// spares a lookup per reading.
 ///
 /// Aggregates may be deferred (``commit(_:deferAggregates:)``): the readings commit at once, while
-/// the per-meter state, `meter_month` and the observer's derived rows wait in memory for the next
+/// the per-meter state, `meter_month` and `latency_month` wait in memory for the next
 /// ``flushAggregates()`` (or the next commit that does not defer). At 10,000 meters a commit
 /// otherwise dirties a page per meter and per meter-month, ~100 scattered pages every few ms.
 /// Each flush records in `ingest_watermark` the highest reading rowid its aggregates cover, in the
 /// same transaction; on open, readings past the watermark (those a crash left unaggregated) are
 /// applied again, so the aggregates and the high-water marks always equal the stored readings.
-package final class IngestWriter {
+package final class IngestWriter: MeterStoreWriter {
     struct MeterState {
         var id: Int64
         var highWaterMark: Int64
         var rate: Double
+        /// Index into `regionNames`: the latency rollup keys on it once per stored reading, and
+        /// hashing an integer is several times cheaper than a string.
+        var region: Int
         /// The commit that last saved this state for its rollback (see ``Rollback``).
         var savedBy = 0
     }
@@ -33,20 +37,6 @@ package final class IngestWriter {
         var firstRegisteredSlot: Int
     }
 
-    /// What one commit did, for counters and acks.
-    package struct CommitResult {
-        /// One outcome per submission, in order.
-        package var outcomes: [SubmissionOutcome] = []
-        package var stored = 0
-        package var duplicates = 0
-        package var rejected = 0
-        package var quarantined = 0
-        /// Latencies (receive time − `ts`, ms, clamped at 0) of the readings stored.
-        package var latenciesMs: [Int64] = []
-        /// What the batch changed, when an ``observer`` is set.
-        package var changes: IngestChanges?
-    }
-
     package let database: MeterDatabase
     private var calendar: MonthCalendar
     private let tariff: Tariff
@@ -56,8 +46,11 @@ package final class IngestWriter {
     private var meterStates: [MeterState] = []
     private var meterNames: [String] = []
     private var commitGeneration = 0
-    /// Keeps derived aggregates (KPI rollups) in step with each commit.
-    package var observer: (any IngestObserver)?
+    /// Learns what each write of aggregates changed (the KPI rollups).
+    package var commitListener: (any CommitListener)?
+    /// Region names of the meters' `region` indexes.
+    private var regionNames: [String] = []
+    private var regionIndex: [String: Int] = [:]
 
     /// Aggregates of committed readings not yet written (see ``commit(_:deferAggregates:)``).
     private var pending = BatchAggregates()
@@ -94,12 +87,20 @@ package final class IngestWriter {
             let region: String = row["region"]
             let name: String = row["name"]
             slots[name] = states.count
-            states.append(MeterState(id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region)))
+            states.append(MeterState(id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
+                                     region: self.index(ofRegion: region)))
             names.append(name)
         }
         self.meterSlots = slots
         self.meterStates = states
         self.meterNames = names
+    }
+
+    private func index(ofRegion region: String) -> Int {
+        if let index = self.regionIndex[region] { return index }
+        self.regionNames.append(region)
+        self.regionIndex[region] = self.regionNames.count - 1
+        return self.regionNames.count - 1
     }
 
     private struct MeterDelta {
@@ -118,9 +119,9 @@ package final class IngestWriter {
             self.duplicates += 1
         }
 
-        mutating func record(_ reading: Reading, receivedMs: Int64) {
+        mutating func record(_ reading: Reading, receivedMs: Int64, highWaterMark: Int64) {
             self.lastReceivedMs = receivedMs
-            self.highWaterMark = reading.seq
+            self.highWaterMark = highWaterMark
             self.lastTimestampMs = reading.timestampMs
             self.lastStatus = reading.status
             self.lastFault = reading.fault
@@ -148,49 +149,28 @@ package final class IngestWriter {
         var month: Int
     }
 
-    private struct MonthDelta {
-        var kwh = 0.0
-        var revenue = 0.0
-        var readings = 0
-        var faults = 0
-        var health = (good: 0, fair: 0, poor: 0)
-        var latencySumMs: Int64 = 0
-        var latencyMaxMs: Int64 = 0
-
-        mutating func add(_ reading: Reading, rate: Double, latencyMs: Int64) {
-            self.kwh += reading.kwh
-            self.revenue += reading.kwh * rate
-            self.readings += 1
-            if reading.fault != nil { self.faults += 1 }
-            switch reading.status {
-            case .good: self.health.good += 1
-            case .fair: self.health.fair += 1
-            case .poor: self.health.poor += 1
-            }
-            self.latencySumMs += latencyMs
-            self.latencyMaxMs = max(self.latencyMaxMs, latencyMs)
-        }
-
-        mutating func merge(_ other: MonthDelta) {
-            self.kwh += other.kwh
-            self.revenue += other.revenue
-            self.readings += other.readings
-            self.faults += other.faults
-            self.health.good += other.health.good
-            self.health.fair += other.health.fair
-            self.health.poor += other.health.poor
-            self.latencySumMs += other.latencySumMs
-            self.latencyMaxMs = max(self.latencyMaxMs, other.latencyMaxMs)
-        }
+    /// Live reading latencies by the month they were received in, the meter's region and a bucket.
+    private struct LatencyKey: Hashable {
+        var month: Int
+        var region: Int
+        var bucket: Int
     }
 
     /// The aggregates of a run of readings: one batch's, or all those pending.
     private struct BatchAggregates {
         var meters: [Int64: MeterDelta] = [:]
-        var months: [MonthKey: MonthDelta] = [:]
-        var latencies: [IngestChanges.Latency] = []
+        var months: [MonthKey: AggregateDelta.Month] = [:]
+        var latencies: [LatencyKey: (count: Int, sumMs: Int64)] = [:]
         /// Highest rowid of a reading these aggregates cover.
         var highRowID: Int64?
+
+        /// Adds one stored reading's latency, by the month it was received.
+        mutating func addLatency(_ latencyMs: Int64, receivedMs: Int64, region: Int, calendar: inout MonthCalendar) {
+            let key = LatencyKey(month: calendar.month(ofMilliseconds: receivedMs).key, region: region,
+                                 bucket: LatencyBuckets.bucket(ofMilliseconds: latencyMs))
+            self.latencies[key, default: (0, 0)].count += 1
+            self.latencies[key, default: (0, 0)].sumMs += latencyMs
+        }
 
         /// These aggregates followed by `later`, as one.
         mutating func absorb(_ later: BatchAggregates) {
@@ -202,8 +182,13 @@ package final class IngestWriter {
                     self.meters[id] = delta
                 }
             }
-            for (key, delta) in later.months { self.months[key, default: MonthDelta()].merge(delta) }
-            self.latencies.append(contentsOf: later.latencies)
+            for (key, delta) in later.months {
+                self.months[key, default: AggregateDelta.Month(meterID: key.meterID, month: key.month)].merge(delta)
+            }
+            for (key, latency) in later.latencies {
+                self.latencies[key, default: (0, 0)].count += latency.count
+                self.latencies[key, default: (0, 0)].sumMs += latency.sumMs
+            }
             if let high = later.highRowID { self.highRowID = high }
         }
     }
@@ -216,26 +201,24 @@ package final class IngestWriter {
         self.commitGeneration += 1
         var rollback = Rollback(generation: self.commitGeneration, firstRegisteredSlot: self.meterStates.count)
         do {
-            let (result, batch) = try self.database.pool.write { db -> (CommitResult, BatchAggregates) in
+            let (result, batch, written) = try self.database.pool.write { db -> (CommitResult, BatchAggregates, AggregateDelta?) in
                 var batch = BatchAggregates()
                 let result = try self.apply(submissions, db: db, rollback: &rollback, into: &batch)
-                if !deferAggregates {
-                    // Usually nothing is pending: the batch is written as it is, not copied.
-                    var merged = batch
-                    if self.hasPendingAggregates {
-                        merged = self.pending
-                        merged.absorb(batch)
-                    }
-                    try self.write(&merged, db: db)
+                guard !deferAggregates else { return (result, batch, nil) }
+                // Usually nothing is pending: the batch is written as it is, not copied.
+                var merged = batch
+                if self.hasPendingAggregates {
+                    merged = self.pending
+                    merged.absorb(batch)
                 }
-                return (result, batch)
+                return (result, batch, try self.write(&merged, db: db))
             }
-            if deferAggregates {
-                self.pending.absorb(batch)
-            } else {
+            if let written {
                 self.pending = BatchAggregates()
+                self.commitListener?.didCommit(written)
+            } else {
+                self.pending.absorb(batch)
             }
-            if let changes = result.changes { self.observer?.didCommit(changes) }
             return result
         } catch {
             for (slot, state) in rollback.saved.reversed() where slot < rollback.firstRegisteredSlot {
@@ -252,36 +235,15 @@ package final class IngestWriter {
     package func flushAggregates() throws {
         guard self.hasPendingAggregates else { return }
         var pending = self.pending
-        try self.database.pool.write { db in try self.write(&pending, db: db) }
+        let written = try self.database.pool.write { db in try self.write(&pending, db: db) }
         self.pending = BatchAggregates()
-    }
-
-    /// ``flushAggregates()``, logging a failure (the aggregates then stay pending and are retried).
-    /// Returns whether nothing is pending any more.
-    package func flushAggregates(logger: Logger) -> Bool {
-        guard self.hasPendingAggregates else { return true }
-        do {
-            try self.flushAggregates()
-            return true
-        } catch {
-            logger.error("Writing aggregates failed; they stay in memory and are retried", metadata: ["error": "\(error)"])
-            return false
-        }
+        self.commitListener?.didCommit(written)
     }
 
     private func apply(_ submissions: [IngestSubmission], db: Database, rollback: inout Rollback,
                        into batch: inout BatchAggregates) throws -> CommitResult {
         var result = CommitResult()
         result.outcomes.reserveCapacity(submissions.count)
-        var meterDeltas: [Int64: MeterDelta] = [:]
-        var monthDeltas: [MonthKey: MonthDelta] = [:]
-        var latencies: [IngestChanges.Latency] = []
-        let observer = self.observer
-        defer {
-            batch.meters = meterDeltas
-            batch.months = monthDeltas
-            batch.latencies = latencies
-        }
         let insertReading = try RawStatement(db, sql: """
             INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -323,12 +285,10 @@ package final class IngestWriter {
                     }
                     slot = try self.register(reading.meter, db: db)
                 }
-                var state = self.meterStates[slot]
-
-                var meterDelta = meterDeltas[state.id] ?? MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: item.receivedMs,
-                                                                     lastReceivedMs: item.receivedMs)
+                let state = self.meterStates[slot]
                 if reading.seq <= state.highWaterMark {
-                    meterDelta.recordDuplicate(receivedMs: item.receivedMs)
+                    batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: item.receivedMs,
+                                                               lastReceivedMs: item.receivedMs)].recordDuplicate(receivedMs: item.receivedMs)
                     result.duplicates += 1
                 } else {
                     insertReading.bind(1, state.id)
@@ -341,21 +301,9 @@ package final class IngestWriter {
                     insertReading.bind(8, reading.voltage)
                     try insertReading.execute()
                     batch.highRowID = db.lastInsertedRowID
-
-                    state.highWaterMark = reading.seq
-                    self.meterStates[slot] = state
-                    meterDelta.record(reading, receivedMs: item.receivedMs)
-
-                    let latency = max(0, item.receivedMs - reading.timestampMs)
-                    let key = MonthKey(meterID: state.id, month: self.calendar.month(ofMilliseconds: reading.timestampMs).key)
-                    var monthDelta = monthDeltas[key] ?? MonthDelta()
-                    monthDelta.add(reading, rate: state.rate, latencyMs: latency)
-                    monthDeltas[key] = monthDelta
-                    result.latenciesMs.append(latency)
-                    latencies.append(.init(meterID: state.id, receivedMs: item.receivedMs, latencyMs: latency))
+                    result.latenciesMs.append(self.fold(reading, receivedMs: item.receivedMs, slot: slot, into: &batch))
                     result.stored += 1
                 }
-                meterDeltas[state.id] = meterDelta
                 outcome.ack(meter: reading.meter, seq: reading.seq, index: &ackIndex)
             }
             for line in submission.quarantined {
@@ -364,17 +312,12 @@ package final class IngestWriter {
             result.outcomes.append(outcome)
         }
 
-        if observer != nil {
-            result.changes = IngestChanges(months: monthDeltas.map { key, delta in
-                .init(meterID: key.meterID, month: key.month, kwh: delta.kwh, revenue: delta.revenue, readings: delta.readings,
-                      faults: delta.faults, good: delta.health.good, fair: delta.health.fair, poor: delta.health.poor)
-            }, latencies: latencies)
-        }
         return result
     }
 
-    /// Writes aggregates into `meter`, `meter_month`, the observer's rows and the watermark.
-    private func write(_ aggregates: inout BatchAggregates, db: Database) throws {
+    /// Writes aggregates into `meter`, `meter_month`, `latency_month` and the watermark; returns
+    /// them as the delta the commit listener learns of once the transaction commits.
+    private func write(_ aggregates: inout BatchAggregates, db: Database) throws -> AggregateDelta {
         let updateMeter = try RawStatement(db, sql: """
             UPDATE meter SET hwm_seq = ?, first_seen_ms = COALESCE(first_seen_ms, ?), last_received_ms = ?,
                 last_ts_ms = COALESCE(?, last_ts_ms), last_status = COALESCE(?, last_status),
@@ -415,16 +358,16 @@ package final class IngestWriter {
                                      latency_sum_ms, latency_count, latency_max_ms)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
-        func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: MonthDelta) throws {
+        func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: AggregateDelta.Month) throws {
             statement.bind(1, key.meterID)
             statement.bind(2, key.month)
             statement.bind(3, delta.kwh)
             statement.bind(4, delta.revenue)
             statement.bind(5, delta.readings)
             statement.bind(6, delta.faults)
-            statement.bind(7, delta.health.good)
-            statement.bind(8, delta.health.fair)
-            statement.bind(9, delta.health.poor)
+            statement.bind(7, delta.good)
+            statement.bind(8, delta.fair)
+            statement.bind(9, delta.poor)
             statement.bind(10, delta.latencySumMs)
             statement.bind(11, delta.readings)
             statement.bind(12, delta.latencyMaxMs)
@@ -434,8 +377,20 @@ package final class IngestWriter {
             try bindAndRun(updateMonth, key, delta)
             if updateMonth.changes == 0 { try bindAndRun(insertMonth, key, delta) }
         }
-        if let observer = self.observer, !aggregates.latencies.isEmpty {
-            try observer.willCommit(IngestChanges(months: [], latencies: aggregates.latencies), db: db)
+        if !aggregates.latencies.isEmpty {
+            let upsert = try RawStatement(db, sql: """
+                INSERT INTO latency_month (month, region, bucket, count, sum_ms) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (month, region, bucket) DO UPDATE SET
+                    count = latency_month.count + excluded.count, sum_ms = latency_month.sum_ms + excluded.sum_ms
+                """)
+            for (key, latency) in aggregates.latencies {
+                upsert.bind(1, key.month)
+                upsert.bind(2, self.regionNames[key.region])
+                upsert.bind(3, key.bucket)
+                upsert.bind(4, latency.count)
+                upsert.bind(5, latency.sumMs)
+                try upsert.execute()
+            }
         }
         if let high = aggregates.highRowID {
             // A cached statement: `db.execute(sql:)` would compile it again at every commit.
@@ -443,6 +398,24 @@ package final class IngestWriter {
             updateWatermark.bind(1, high)
             try updateWatermark.execute()
         }
+        return AggregateDelta(months: Array(aggregates.months.values), position: aggregates.highRowID)
+    }
+
+    /// Folds one stored reading into the meter's cached state and the aggregates: the one step a
+    /// commit and crash recovery share. Returns the reading's latency.
+    private func fold(_ reading: Reading, receivedMs: Int64, slot: Int, into batch: inout BatchAggregates) -> Int64 {
+        var state = self.meterStates[slot]
+        // The highest seq stored, whatever order recovered rows come in.
+        state.highWaterMark = max(state.highWaterMark, reading.seq)
+        self.meterStates[slot] = state
+        batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)]
+            .record(reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark)
+        let latency = max(0, receivedMs - reading.timestampMs)
+        let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
+        batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
+            .add(reading, rate: state.rate, latencyMs: latency)
+        batch.addLatency(latency, receivedMs: receivedMs, region: state.region, calendar: &self.calendar)
+        return latency
     }
 
     /// Applies readings a crash left past the watermark to the meters' state and the aggregates.
@@ -461,25 +434,13 @@ package final class IngestWriter {
         for (slot, state) in self.meterStates.enumerated() { slots[state.id] = slot }
         var batch = BatchAggregates()
         for row in rows {
-            let meterID: Int64 = row["meter_id"]
-            guard let slot = slots[meterID] else { continue }
+            guard let slot = slots[row["meter_id"]] else { continue }
             let reading = Reading(meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
                                   status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
-            let receivedMs: Int64 = row["received_ms"]
-            var state = self.meterStates[slot]
-            state.highWaterMark = max(state.highWaterMark, reading.seq)
-            self.meterStates[slot] = state
-            var delta = batch.meters[meterID] ?? MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)
-            delta.record(reading, receivedMs: receivedMs)
-            delta.highWaterMark = state.highWaterMark  // the highest seq stored, whatever order the rows came in
-            batch.meters[meterID] = delta
-            let latency = max(0, receivedMs - reading.timestampMs)
-            let key = MonthKey(meterID: meterID, month: self.calendar.month(ofMilliseconds: reading.timestampMs).key)
-            batch.months[key, default: MonthDelta()].add(reading, rate: state.rate, latencyMs: latency)
-            batch.latencies.append(.init(meterID: meterID, receivedMs: receivedMs, latencyMs: latency))
+            _ = self.fold(reading, receivedMs: row["received_ms"], slot: slot, into: &batch)
             batch.highRowID = row["rowid"]
         }
-        try self.database.pool.write { db in try self.write(&batch, db: db) }
+        _ = try self.database.pool.write { db in try self.write(&batch, db: db) }
     }
 
     /// Registers a meter the company data does not know, unassigned, so its readings are kept.
@@ -488,7 +449,7 @@ package final class IngestWriter {
         try db.execute(sql: "INSERT INTO meter (name, region) VALUES (?, ?)", arguments: [name, Region.unassigned])
         let slot = self.meterStates.count
         self.meterStates.append(MeterState(id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned),
-                                           savedBy: self.commitGeneration))
+                                           region: self.index(ofRegion: Region.unassigned), savedBy: self.commitGeneration))
         self.meterNames.append(name)
         self.meterSlots[name] = slot
         return slot

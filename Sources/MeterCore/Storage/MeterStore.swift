@@ -1,0 +1,442 @@
+import Foundation
+import Logging
+
+/// Where meterd keeps its data: the one boundary between the daemon and its database.
+///
+/// Everything outside `Storage/` asks a `MeterStore` for facts by intent and applies the rules
+/// (``MeterRules``) itself; only implementations know a query language. Reads are `async`, so a
+/// network store (PostgreSQL) fits behind the same calls; writes go through the single
+/// ``MeterStoreWriter`` the ingest pipeline owns.
+///
+/// ```swift
+/// let store = try SQLiteMeterStore(path: "meterd-data/meterd.sqlite")
+/// let writer = try store.makeWriter(WriterSettings(timeZone: zone, tariff: tariff, unknownMeters: .register))
+/// let silent = try await store.inactiveMeters(region: "North", limit: 100)
+/// ```
+package protocol MeterStore: Sendable {
+    /// Where the data lives, for logs and errors (a path or a URL without its password).
+    var location: String { get }
+
+    /// Bytes the data takes on disk, for `status` and `/metrics`.
+    func sizeInBytes() async -> Int64
+
+    /// The store's single writer. Call once per process: two writers would race for high-water marks.
+    func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter
+
+    // MARK: Settings the store remembers
+
+    /// The time zone the daemon last ran with, so offline tools pick the same calendar months.
+    func recordedTimeZone() async throws -> TimeZone?
+
+    // MARK: KPIs
+
+    /// Every customer, meter and meter-month aggregate, read in one consistent view, as the
+    /// in-memory KPI store, with the commit position it covers (``MonthlyStore/coveredThrough``).
+    func loadMonthlyStore() async throws -> sending MonthlyStore
+    /// Sums of dated company events (bills, feedback, maintenance, installations, complaints) per
+    /// kind, month and item, for months up to `month`, of one region or all.
+    func companyEventTotals(through month: Month, region: String?) async throws -> [CompanyEventTotal]
+    /// Live reading latency in histogram buckets over the months received in `from...to`.
+    func latencyBuckets(from: Month, to: Month, region: String?) async throws -> [LatencyBucketTotal]
+    /// Technicians' names by id.
+    func technicianNames() async throws -> [Int: String]
+
+    // MARK: Meters
+
+    /// How many meters there are and how many are inactive (``MeterRules/isInactive(inactiveSinceMs:lastReceivedMs:)``),
+    /// of one region or all.
+    func meterLivenessCounts(region: String?) async throws -> MeterLivenessCounts
+    /// Inactive meters, longest silent first, then those never heard from (by meter row).
+    func inactiveMeters(region: String?, limit: Int) async throws -> [InactiveMeter]
+    /// One meter's stored state, `nil` when the store does not know it.
+    func meterRecord(named name: String) async throws -> MeterRecord?
+    /// One meter's monthly aggregates, oldest first.
+    func meterMonths(named name: String) async throws -> [MeterMonthRecord]
+    /// A meter's most recent readings, newest first; `nil` for an unknown meter.
+    func recentReadings(meter name: String, limit: Int) async throws -> RecentReadings?
+    /// Meters the liveness sweep must look at: unflagged ones silent since before `cutoffMs`
+    /// (never-reported ones count from `startMs`), and every flagged one.
+    func livenessCandidates(cutoffMs: Int64, startMs: Int64) async throws -> LivenessCandidates
+
+    // MARK: Customers
+
+    /// One customer with everything the company data and the meters say about it.
+    func customerHistory(id: Int64) async throws -> CustomerHistory?
+    /// Installation dates and meters of the given customers, for a page of a region's list.
+    func customerSummaries(ids: [Int64]) async throws -> [Int64: CustomerSummary]
+
+    // MARK: Operations
+
+    /// A consistent copy of the store into a new file, while meters keep sending.
+    func backup(to path: String) async throws -> BackupReport
+}
+
+/// The write side of a ``MeterStore``: owned by the ingest pipeline's one writer thread, so its
+/// methods are synchronous and may block; nothing else calls them concurrently.
+package protocol MeterStoreWriter: AnyObject {
+    /// Learns of every commit (KPI rollups); set before the pipeline starts.
+    var commitListener: (any CommitListener)? { get set }
+    /// Number of meters the writer knows.
+    var meterCount: Int { get }
+    /// Whether committed readings still wait for ``flushAggregates()``.
+    var hasPendingAggregates: Bool { get }
+
+    /// Commits a batch: readings, quarantined lines and (unless deferred) aggregates in one transaction.
+    /// On error nothing of it is applied.
+    func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult
+    /// Writes aggregates of committed readings that were deferred.
+    func flushAggregates() throws
+    /// Reloads the writer's meter cache after meters or customers changed outside it.
+    func reloadMeters() throws
+
+    /// Flags meters silent since before `cutoffMs` (never-reported ones since `startMs`) as
+    /// inactive; returns those it flagged with their last receive time.
+    func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag]
+    /// Stores a KPI snapshot and keeps the newest `history` of them.
+    func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws
+    /// Loads one company CSV file in one transaction; a bad row leaves the store as it was.
+    func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult
+    /// Remembers the daemon's time zone for offline tools.
+    func recordTimeZone(_ zone: TimeZone) throws
+}
+
+extension MeterStoreWriter {
+    /// ``flushAggregates()``, logging a failure (the aggregates then stay pending and are retried).
+    /// Returns whether nothing is pending any more.
+    package func flushAggregates(logger: Logger) -> Bool {
+        guard self.hasPendingAggregates else { return true }
+        do {
+            try self.flushAggregates()
+            return true
+        } catch {
+            logger.error("Writing aggregates failed; they stay in memory and are retried", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+}
+
+/// What the writer needs to know besides the data.
+package struct WriterSettings: Sendable {
+    package var timeZone: TimeZone
+    package var tariff: Tariff
+    package var unknownMeters: UnknownMeterPolicy
+
+    package init(timeZone: TimeZone = TimeZone(identifier: "UTC")!, tariff: Tariff = Tariff(),
+                 unknownMeters: UnknownMeterPolicy = .register) {
+        self.timeZone = timeZone
+        self.tariff = tariff
+        self.unknownMeters = unknownMeters
+    }
+}
+
+/// The only observer of the write side: learns what each commit changed, after it committed and
+/// before its acks go out. Called on the writer thread.
+package protocol CommitListener: AnyObject, Sendable {
+    func didCommit(_ delta: AggregateDelta)
+    /// Customers, meters or imported months changed outside the live stream (an import).
+    func companyDataChanged()
+}
+
+/// What one commit changed in the meter-month aggregates: the one delta type the writer, crash
+/// recovery and the in-memory KPI store share.
+package struct AggregateDelta: Sendable {
+    /// The change to one meter's month.
+    package struct Month: Sendable {
+        package var meterID: Int64
+        package var month: Int
+        package var kwh = 0.0
+        package var revenue = 0.0
+        package var readings = 0
+        package var faults = 0
+        package var good = 0
+        package var fair = 0
+        package var poor = 0
+        package var latencySumMs: Int64 = 0
+        package var latencyMaxMs: Int64 = 0
+
+        package init(meterID: Int64, month: Int) {
+            self.meterID = meterID
+            self.month = month
+        }
+
+        /// Adds one stored reading.
+        package mutating func add(_ reading: Reading, rate: Double, latencyMs: Int64) {
+            self.kwh += reading.kwh
+            self.revenue += reading.kwh * rate
+            self.readings += 1
+            if reading.fault != nil { self.faults += 1 }
+            switch reading.status {
+            case .good: self.good += 1
+            case .fair: self.fair += 1
+            case .poor: self.poor += 1
+            }
+            self.latencySumMs += latencyMs
+            self.latencyMaxMs = max(self.latencyMaxMs, latencyMs)
+        }
+
+        /// This change followed by `other`, as one.
+        package mutating func merge(_ other: Month) {
+            self.kwh += other.kwh
+            self.revenue += other.revenue
+            self.readings += other.readings
+            self.faults += other.faults
+            self.good += other.good
+            self.fair += other.fair
+            self.poor += other.poor
+            self.latencySumMs += other.latencySumMs
+            self.latencyMaxMs = max(self.latencyMaxMs, other.latencyMaxMs)
+        }
+    }
+
+    package var months: [Month] = []
+    /// The commit's place in the stream (the highest reading position it stored), so a KPI store
+    /// loaded concurrently knows which deltas it already holds; `nil` when nothing was stored.
+    package var position: Int64?
+
+    package init(months: [Month] = [], position: Int64? = nil) {
+        self.months = months
+        self.position = position
+    }
+}
+
+/// What one commit did, for counters and acks.
+package struct CommitResult: Sendable {
+    /// One outcome per submission, in order.
+    package var outcomes: [SubmissionOutcome] = []
+    package var stored = 0
+    package var duplicates = 0
+    package var rejected = 0
+    package var quarantined = 0
+    /// Latencies (receive time − `ts`, ms, clamped at 0) of the readings stored.
+    package var latenciesMs: [Int64] = []
+
+    package init() {}
+}
+
+// MARK: Facts the store answers with
+
+/// One kind of company event summed over a month, region and item (a score, technician, paid flag).
+package struct CompanyEventTotal: Sendable, Equatable {
+    package var kind: String
+    package var month: Int
+    package var item: Int
+    package var count: Int
+    package var total: Double
+
+    package init(kind: String, month: Int, item: Int, count: Int, total: Double) {
+        self.kind = kind
+        self.month = month
+        self.item = item
+        self.count = count
+        self.total = total
+    }
+}
+
+/// Live readings whose latency fell in one histogram bucket (``LatencyBuckets``).
+package struct LatencyBucketTotal: Sendable, Equatable {
+    package var bucket: Int
+    package var count: Int
+    package var sumMs: Double
+
+    package init(bucket: Int, count: Int, sumMs: Double) {
+        self.bucket = bucket
+        self.count = count
+        self.sumMs = sumMs
+    }
+}
+
+/// Meters of a region (or all) and how many of them are inactive.
+package struct MeterLivenessCounts: Sendable, Equatable {
+    package var total: Int
+    package var inactive: Int
+
+    package init(total: Int, inactive: Int) {
+        self.total = total
+        self.inactive = inactive
+    }
+}
+
+/// One meter as the store keeps it.
+package struct MeterRecord: Sendable, Equatable {
+    package var id: Int64
+    package var name: String
+    package var customerID: Int64?
+    package var region: String
+    /// Highest committed seq, -1 before the first reading.
+    package var highWaterMark: Int64
+    package var firstSeenMs: Int64?
+    package var lastReceivedMs: Int64?
+    package var lastTimestampMs: Int64?
+    package var lastStatus: MeterHealth?
+    package var lastFault: String?
+    package var inactiveSinceMs: Int64?
+    package var readingsTotal: Int64
+    package var faultsTotal: Int64
+    package var duplicatesTotal: Int64
+}
+
+/// One meter-month aggregate.
+package struct MeterMonthRecord: Sendable, Equatable {
+    package var month: Month
+    package var kwh: Double
+    package var revenue: Double
+    package var readings: Int64
+    package var faults: Int64
+    package var good: Int64
+    package var fair: Int64
+    package var poor: Int64
+    package var latencySumMs: Int64
+    package var latencyCount: Int64
+    package var latencyMaxMs: Int64
+    package var importedStatus: MeterHealth?
+
+    /// The month's prevailing status (``MeterRules/monthStatus(imported:readings:good:fair:poor:)``).
+    package var status: MeterHealth? {
+        MeterRules.monthStatus(imported: self.importedStatus, readings: self.readings, good: self.good, fair: self.fair, poor: self.poor)
+    }
+}
+
+/// A reading as stored.
+package struct StoredReading: Sendable, Equatable {
+    package var seq: Int64
+    package var timestampMs: Int64
+    package var receivedMs: Int64
+    package var kwh: Double
+    package var status: MeterHealth
+    package var fault: String?
+    package var voltage: Double?
+
+    package init(seq: Int64, timestampMs: Int64, receivedMs: Int64, kwh: Double, status: MeterHealth, fault: String?, voltage: Double?) {
+        self.seq = seq
+        self.timestampMs = timestampMs
+        self.receivedMs = receivedMs
+        self.kwh = kwh
+        self.status = status
+        self.fault = fault
+        self.voltage = voltage
+    }
+}
+
+/// A meter's most recent readings, newest first, and whether they are all it asked for.
+package struct RecentReadings: Sendable, Equatable {
+    package var readings: [StoredReading]
+    /// Whether every reading of the meter up to the limit is here.
+    package var complete: Bool
+    /// Rows the store looked at to find them.
+    package var scannedRows: Int64
+    /// When incomplete: the oldest receive time looked at.
+    package var scannedSinceMs: Int64?
+
+    package init(readings: [StoredReading], complete: Bool, scannedRows: Int64, scannedSinceMs: Int64?) {
+        self.readings = readings
+        self.complete = complete
+        self.scannedRows = scannedRows
+        self.scannedSinceMs = scannedSinceMs
+    }
+}
+
+/// A meter's store key and name.
+package struct StoredMeterName: Sendable, Equatable {
+    package var id: Int64
+    package var name: String
+
+    package init(id: Int64, name: String) {
+        self.id = id
+        self.name = name
+    }
+}
+
+/// What the liveness sweep starts from.
+package struct LivenessCandidates: Sendable {
+    /// Unflagged meters silent since before the cutoff.
+    package var silent: [StoredMeterName]
+    /// Meters flagged inactive now.
+    package var flagged: [StoredMeterName]
+}
+
+/// A meter the sweep flagged inactive.
+package struct InactiveFlag: Sendable, Equatable {
+    package var meter: StoredMeterName
+    /// Its last reading's receive time; `nil` if it never reported.
+    package var lastReceivedMs: Int64?
+}
+
+/// One customer's page in the dashboard: what the company data and the meters say.
+package struct CustomerHistory: Sendable {
+    package struct Meter: Sendable {
+        package var name: String
+        package var inactive: Bool
+        package var lastReceivedMs: Int64?
+        package var lastStatus: MeterHealth?
+        package var readingsTotal: Int64
+        package var faultsTotal: Int64
+    }
+
+    package struct MonthTotal: Sendable {
+        package var month: Month
+        package var kwh: Double
+        package var revenue: Double
+        package var readings: Int64
+        package var faults: Int64
+        package var status: MeterHealth?
+    }
+
+    package struct Bill: Sendable {
+        package var month: Month
+        package var amount: Double
+        package var paid: Bool
+    }
+
+    package struct Maintenance: Sendable {
+        package var requestDate: String
+        package var resolutionDate: String?
+        package var resolutionDays: Double?
+        package var technicianID: Int64
+        package var technician: String?
+    }
+
+    package struct Feedback: Sendable {
+        package var date: String
+        package var score: Int64
+    }
+
+    package struct Complaint: Sendable {
+        package var id: Int64
+        package var date: String
+        package var category: String
+        package var resolvedDate: String?
+    }
+
+    package struct Installation: Sendable {
+        package var requestDate: String
+        package var installedDate: String
+        package var days: Double?
+        package var technicianID: Int64?
+        package var technician: String?
+    }
+
+    package var id: Int64
+    package var region: String
+    package var installedOn: String?
+    package var meters: [Meter] = []
+    package var monthly: [MonthTotal] = []
+    package var bills: [Bill] = []
+    package var maintenance: [Maintenance] = []
+    package var feedback: [Feedback] = []
+    package var complaints: [Complaint] = []
+    package var installations: [Installation] = []
+}
+
+/// A customer row of a region's list: its installation date and meters.
+package struct CustomerSummary: Sendable {
+    package var installedOn: String?
+    /// Meter names with whether each is inactive, by name.
+    package var meters: [(name: String, inactive: Bool)] = []
+}
+
+/// What `backup` wrote.
+package struct BackupReport: Sendable, Equatable {
+    package var path: String
+    package var bytes: Int64
+    package var seconds: Double
+}
