@@ -109,8 +109,6 @@ struct StatusSocketTests {
                     ("kpi 2026-01", "malformed_command"),
                     ("kpi 2026-13 2026-14", "malformed_command"),
                     ("kpi 2026-06 2026-01", "malformed_command"),
-                    ("kpi 2026-01 2026-06 North", "unavailable"),
-                    ("snapshot", "unavailable"),
                     ("meter MTR-404", "unknown_meter"),
                     (String(repeating: "x", count: 5000), "malformed_command"),
                 ]
@@ -119,6 +117,10 @@ struct StatusSocketTests {
                     #expect(answer["error"] as? String == code, "\(command.prefix(30)) → \(answer)")
                     #expect((answer["detail"] as? String)?.isEmpty == false)
                 }
+                // The daemon's queries answer every command: a KPI document of the period asked for, a snapshot.
+                let kpi = try Self.object(try await session.asking("kpi 2026-01 2026-06 North"))
+                #expect((kpi["period"] as? [String: Any])?["from"] as? String == "2026-01" && kpi["region"] as? String == "North")
+                #expect(try Self.object(try await session.asking("snapshot"))["snapshot"] as? String == directory + "/kpi.json")
                 try session.send(bytes: [0xFF, 0xFE, 0x0A])
                 #expect(try Self.object(try await offPool { try session.readLine() })["error"] as? String == "malformed_command")
 
