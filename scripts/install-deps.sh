@@ -9,6 +9,7 @@ packages=(
     sqlite3          # the CLI, for operators and scripts (and the systemd end-to-end test's writer stall)
     prometheus       # promtool, which checks /metrics in the tests
     libjs-chart.js   # Chart.js, which the dashboard serves (without it the dashboard shows tables)
+    faketime         # libfaketime: OneAnswerTests runs meterd and meterctl with their clocks across a month boundary
 )
 
 missing=()
