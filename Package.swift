@@ -58,6 +58,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The simulated fleet and the company data generator: meter-sim and the tests, never meterd.
+        .target(
+            name: "SimulatorCore",
+            dependencies: [
+                "MeterCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "MeterDaemon",
             dependencies: [
@@ -79,6 +89,7 @@ let package = Package(
             name: "MeterSimulator",
             dependencies: [
                 "MeterCore",
+                "SimulatorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -96,6 +107,7 @@ let package = Package(
             name: "MeterCoreTests",
             dependencies: [
                 "MeterCore",
+                "SimulatorCore",
                 // Built before the tests, which run the real executables.
                 "MeterDaemon",
                 "MeterCtl",
