@@ -99,7 +99,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "MeterBenchmarks",
-            dependencies: ["MeterCore"],
+            dependencies: [
+                "MeterCore",
+                "SimulatorCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Benchmarks/MeterBenchmarks",
             swiftSettings: swiftSettings
         ),
