@@ -56,6 +56,8 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            // The dashboard's page, stylesheet and script, compiled into the binary as byte arrays.
+            resources: [.embedInCode("Dashboard/Assets")],
             swiftSettings: swiftSettings
         ),
         // The simulated fleet and the company data generator: meter-sim and the tests, never meterd.

@@ -10,6 +10,8 @@ packages=(
     prometheus       # promtool, which checks /metrics in the tests
     libjs-chart.js   # Chart.js, which the dashboard serves (without it the dashboard shows tables)
 )
+# node checks the dashboard's JavaScript (scripts/test.sh); a node from elsewhere (NodeSource, nvm) will do.
+command -v node >/dev/null || packages+=(nodejs)
 
 missing=()
 for package in "${packages[@]}"; do
