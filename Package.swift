@@ -6,6 +6,11 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+/// `METERD_FUZZ=1` (scripts/fuzz.sh) adds the libFuzzer target and instruments MeterCore for it;
+/// ordinary builds never see that target, which only links with `-sanitize=fuzzer`.
+let fuzzing = Context.environment["METERD_FUZZ"] != nil
+let fuzzerFlags = ["-sanitize=fuzzer,address"]
+
 let package = Package(
     name: "meterd",
     platforms: [.macOS(.v15)],
@@ -58,7 +63,7 @@ let package = Package(
             ],
             // The dashboard's page, stylesheet and script, compiled into the binary as byte arrays.
             resources: [.embedInCode("Dashboard/Assets")],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings + (fuzzing ? [.unsafeFlags(fuzzerFlags)] : [])
         ),
         // The simulated fleet and the company data generator: meter-sim and the tests, never meterd.
         .target(
@@ -134,3 +139,17 @@ let package = Package(
         ),
     ]
 )
+
+if fuzzing {
+    package.targets.append(
+        .executableTarget(
+            name: "ReadingParserFuzzer",
+            dependencies: ["MeterCore"],
+            path: "Fuzz",
+            exclude: ["corpus", "reading.dict"],
+            swiftSettings: swiftSettings + [.unsafeFlags(fuzzerFlags)],
+            // lld: gold fails on this link with an internal error.
+            linkerSettings: [.unsafeFlags(fuzzerFlags + ["-use-ld=lld"])]
+        )
+    )
+}
