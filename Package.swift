@@ -6,6 +6,11 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+/// `METERD_FUZZ=1` (scripts/fuzz.sh) adds the libFuzzer target and instruments MeterCore for it;
+/// ordinary builds never see that target, which only links with `-sanitize=fuzzer`.
+let fuzzing = Context.environment["METERD_FUZZ"] != nil
+let fuzzerFlags = ["-sanitize=fuzzer,address"]
+
 let package = Package(
     name: "meterd",
     platforms: [.macOS(.v15)],
@@ -56,6 +61,18 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            // The dashboard's page, stylesheet and script, compiled into the binary as byte arrays.
+            resources: [.embedInCode("Dashboard/Assets")],
+            swiftSettings: swiftSettings + (fuzzing ? [.unsafeFlags(fuzzerFlags)] : [])
+        ),
+        // The simulated fleet and the company data generator: meter-sim and the tests, never meterd.
+        .target(
+            name: "SimulatorCore",
+            dependencies: [
+                "MeterCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -79,6 +96,7 @@ let package = Package(
             name: "MeterSimulator",
             dependencies: [
                 "MeterCore",
+                "SimulatorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -88,7 +106,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "MeterBenchmarks",
-            dependencies: ["MeterCore"],
+            dependencies: [
+                "MeterCore",
+                "SimulatorCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Benchmarks/MeterBenchmarks",
             swiftSettings: swiftSettings
         ),
@@ -96,6 +118,7 @@ let package = Package(
             name: "MeterCoreTests",
             dependencies: [
                 "MeterCore",
+                "SimulatorCore",
                 // Built before the tests, which run the real executables.
                 "MeterDaemon",
                 "MeterCtl",
@@ -116,3 +139,17 @@ let package = Package(
         ),
     ]
 )
+
+if fuzzing {
+    package.targets.append(
+        .executableTarget(
+            name: "ReadingParserFuzzer",
+            dependencies: ["MeterCore"],
+            path: "Fuzz",
+            exclude: ["corpus", "reading.dict"],
+            swiftSettings: swiftSettings + [.unsafeFlags(fuzzerFlags)],
+            // lld: gold fails on this link with an internal error.
+            linkerSettings: [.unsafeFlags(fuzzerFlags + ["-use-ld=lld"])]
+        )
+    )
+}

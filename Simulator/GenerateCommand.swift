@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import MeterCore
+import SimulatorCore
 
 /// `meter-sim generate`: the company's CSV files for a synthetic company (SPEC.md section 4).
 struct GenerateCommand: AsyncParsableCommand {

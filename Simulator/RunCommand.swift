@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import MeterCore
+import SimulatorCore
 import Synchronization
 
 /// `meter-sim run`: a fleet of simulated meters pushing readings to meterd.

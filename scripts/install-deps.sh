@@ -11,6 +11,8 @@ packages=(
     libjs-chart.js   # Chart.js, which the dashboard serves (without it the dashboard shows tables)
     faketime         # libfaketime: OneAnswerTests runs meterd and meterctl with their clocks across a month boundary
 )
+# node checks the dashboard's JavaScript (scripts/test.sh); a node from elsewhere (NodeSource, nvm) will do.
+command -v node >/dev/null || packages+=(nodejs)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: debug build and swift test, the dashboard in a real browser,
-# then the ingest path again under ThreadSanitizer. Screenshots go to $ARTIFACTS (./artifacts).
+# The whole test suite, as CI runs it: the dashboard's JavaScript through node --check, debug build and
+# swift test, the dashboard in a real browser, then the ingest path again under ThreadSanitizer.
+# Screenshots go to $ARTIFACTS (./artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+echo "== dashboard JavaScript: node --check"
+node --check Sources/MeterCore/Dashboard/Assets/dashboard.js
 swift build --build-tests
 swift test --skip-build
 echo "== dashboard in headless Chromium"

@@ -1,22 +1,48 @@
+import ArgumentParser
 import Foundation
 import MeterCore
+import SimulatorCore
 
-/// Micro-benchmarks of the ingest hot path: `swift run -c release meter-bench [--quick]`.
+/// `meter-bench`: micro-benchmarks of the ingest hot path (`swift run -c release meter-bench
+/// [--quick]`, the default subcommand `ingest`) and the KPI document over a database file
+/// (`meter-bench kpi --db PATH --to YYYY-MM`).
+@main
+struct MeterBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meter-bench",
+        abstract: "Benchmarks of meterd's hot paths; not tests.",
+        subcommands: [IngestBenchmark.self, KPIBenchmark.self],
+        defaultSubcommand: IngestBenchmark.self)
+}
+
+/// `meter-bench [ingest] [--quick]`: decoder, group commit and aggregate updates.
+struct IngestBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ingest",
+        abstract: "Micro-benchmarks of the ingest hot path (METER_BENCH_JSON=FILE writes the figures).")
+
+    @Flag(help: "A short run.")
+    var quick = false
+
+    func run() async throws {
+        try await MeterBenchmarks.run(quick: self.quick)
+    }
+}
+
+/// The ingest micro-benchmarks.
 ///
 /// Each figure is the median of several timed rounds, with a baseline measured in the same run
 /// (Foundation's `JSONDecoder` for the decoder), so the ratio means something on a noisy machine.
 /// For instruction counts that do not move with load, run the binary under
 /// `valgrind --tool=callgrind`.
-@main
-struct MeterBenchmarks {
+enum MeterBenchmarks {
     struct Result: Codable {
         var name: String
         var nanosecondsPerOperation: Double
         var operations: Int
     }
 
-    static func main() async throws {
-        let quick = CommandLine.arguments.contains("--quick")
+    static func run(quick: Bool) async throws {
         var results: [Result] = []
         let lines = Self.sampleLines(count: quick ? 20_000 : 200_000)
 
@@ -173,11 +199,8 @@ struct MeterBenchmarks {
 
     /// Realistic lines: varied meters, values, optional keys, offsets.
     static func sampleLines(count: Int) -> [[UInt8]] {
-        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 11
-        }
+        var random = SeededGenerator(seed: 1)
+        func next() -> UInt64 { random.next() }
         let base = WallClock.nowMs() - 86_400_000
         return (0..<count).map { index in
             let reading = Reading(

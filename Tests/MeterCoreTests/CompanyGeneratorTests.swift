@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 @Suite struct CompanyGeneratorTests {
     @Test(.timeLimit(.minutes(1)))

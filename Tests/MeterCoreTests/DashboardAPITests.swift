@@ -5,6 +5,7 @@ import HummingbirdTesting
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// A generated company imported into a fresh database, with the dashboard's routes over it.
 struct DashboardFixture {

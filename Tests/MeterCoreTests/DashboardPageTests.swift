@@ -7,6 +7,7 @@ import HummingbirdTesting
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// The page and its assets; the browser tests (Tests/browser) check what it shows.
 @Suite struct DashboardPageTests {

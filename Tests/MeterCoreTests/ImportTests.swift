@@ -3,6 +3,7 @@ import GRDB
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 @Suite struct ImportTests {
     /// Everything an import can change, summed up.

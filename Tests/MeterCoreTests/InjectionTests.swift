@@ -3,6 +3,7 @@ import GRDB
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// Filter values reach SQL only as bound parameters: hostile ones are just names nobody has.
 @Suite(.serialized, .timeLimit(.minutes(1)))

@@ -3,6 +3,7 @@ import GRDB
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// The top-level keys of SPEC.md section 5, exactly.
 let kpiKeys: Set<String> = [

@@ -5,6 +5,7 @@ import ServiceLifecycle
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 @Suite struct KPISnapshotTests {
     @Test(.timeLimit(.minutes(1)))

@@ -3,6 +3,7 @@ import GRDB
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// `meterctl import` and `meterctl backup` through a running meterd while meters keep sending.
 @Suite(.serialized, .timeLimit(.minutes(2)))

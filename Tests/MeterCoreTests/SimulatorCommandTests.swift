@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// The built `meter-sim` binary against a live in-process ingest server.
 @Suite

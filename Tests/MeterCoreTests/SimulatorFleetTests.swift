@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// meter-sim's fleet against a real in-process ingest server over TCP and a real SQLite file.
 @Suite(.serialized)

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// The simulator's pieces without a network: fault specs, replies, histogram, clock and load model.
 @Suite
@@ -38,7 +39,7 @@ struct SimulatorModelTests {
     @Test
     func histogramQuantilesAreWithinThreePercent() throws {
         var histogram = LatencyHistogram()
-        for value in 1...100_000 { histogram.record(microseconds: UInt64(value)) }
+        for value in 1...100_000 { histogram.record(UInt64(value)) }
         for (q, exact) in [(0.5, 50_000.0), (0.95, 95_000.0), (0.99, 99_000.0)] {
             let estimate = Double(try #require(histogram.quantile(q)))
             #expect(abs(estimate - exact) / exact < 0.03, "q\(q): \(estimate)")
@@ -46,7 +47,7 @@ struct SimulatorModelTests {
         #expect(histogram.quantile(1) == 100_000)
         #expect(LatencyHistogram().quantile(0.5) == nil)
         var small = LatencyHistogram()
-        small.record(microseconds: 7)
+        small.record(7)
         #expect(small.quantile(0.99) == 7)
     }
 

@@ -43,16 +43,14 @@ package protocol CommitObserver: Sendable {
     func committed(duration: Duration, latenciesMs: [Int64])
 }
 
-/// Reading latencies over the last five minutes, in logarithmic buckets, for p50/p99 in `status`.
+/// Reading latencies over the last five minutes, one ``LatencyHistogram`` per minute, for p50/p99 in `status`.
 package final class LatencyWindow: Sendable {
-    /// Upper bounds in milliseconds; the last bucket takes everything above.
-    package static let bucketBounds: [Int64] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 3_600_000, .max]
     private static let slotSeconds: Int64 = 60
     private static let slots = 5
 
     private struct Slot {
         var minute: Int64 = -1
-        var counts = [Int](repeating: 0, count: LatencyWindow.bucketBounds.count)
+        var histogram = LatencyHistogram()
     }
 
     private let state = NIOLockedValueBox<[Slot]>(Array(repeating: Slot(), count: LatencyWindow.slots))
@@ -65,31 +63,18 @@ package final class LatencyWindow: Sendable {
         self.state.withLockedValue { slots in
             let index = Int(minute % Int64(Self.slots))
             if slots[index].minute != minute { slots[index] = Slot(minute: minute) }
-            for latency in latenciesMs {
-                let bucket = Self.bucketBounds.firstIndex { latency <= $0 }!
-                slots[index].counts[bucket] += 1
-            }
+            for latency in latenciesMs { slots[index].histogram.record(UInt64(max(0, latency))) }
         }
     }
 
-    /// The upper bound of the bucket holding the given quantile (0...1), or `nil` with no data.
+    /// The latency in milliseconds at the given quantile (0...1), within about 3 %, or `nil` with no data.
     package func quantile(_ q: Double, nowMs: Int64) -> Int64? {
         let minute = nowMs / 1000 / Self.slotSeconds
-        let counts = self.state.withLockedValue { slots in
+        let histogram = self.state.withLockedValue { slots in
             slots.filter { minute - $0.minute < Int64(Self.slots) && $0.minute >= 0 }
-                .reduce(into: [Int](repeating: 0, count: Self.bucketBounds.count)) { total, slot in
-                    for index in total.indices { total[index] += slot.counts[index] }
-                }
+                .reduce(into: LatencyHistogram()) { total, slot in total.merge(slot.histogram) }
         }
-        let total = counts.reduce(0, +)
-        guard total > 0 else { return nil }
-        let rank = max(1, Int((Double(total) * q).rounded(.up)))
-        var seen = 0
-        for (index, count) in counts.enumerated() {
-            seen += count
-            if seen >= rank { return Self.bucketBounds[index] == .max ? Self.bucketBounds[index - 1] : Self.bucketBounds[index] }
-        }
-        return nil
+        return histogram.quantile(q).map { Int64(clamping: $0) }
     }
 }
 

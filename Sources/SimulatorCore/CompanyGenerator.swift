@@ -1,45 +1,5 @@
 import Foundation
-
-/// xoshiro256** seeded through SplitMix64: fast, and the same seed gives the same numbers on every
-/// platform and Swift version (unlike `SystemRandomNumberGenerator`, which cannot be seeded).
-package struct SeededGenerator: RandomNumberGenerator, Sendable {
-    private var state: (UInt64, UInt64, UInt64, UInt64)
-
-    package init(seed: UInt64) {
-        var splitMix = seed
-        func next() -> UInt64 {
-            splitMix &+= 0x9E37_79B9_7F4A_7C15
-            var z = splitMix
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        self.state = (next(), next(), next(), next())
-    }
-
-    package mutating func next() -> UInt64 {
-        let result = ((self.state.1 &* 5) << 7 | (self.state.1 &* 5) >> 57) &* 9
-        let t = self.state.1 << 17
-        self.state.2 ^= self.state.0
-        self.state.3 ^= self.state.1
-        self.state.1 ^= self.state.2
-        self.state.0 ^= self.state.3
-        self.state.2 ^= t
-        self.state.3 = self.state.3 << 45 | self.state.3 >> 19
-        return result
-    }
-
-    /// Uniform in `[0, 1)` with 53 bits.
-    package mutating func unit() -> Double { Double(self.next() >> 11) * 0x1.0p-53 }
-
-    /// Uniform in `[low, high)`.
-    package mutating func uniform(_ low: Double, _ high: Double) -> Double { low + (high - low) * self.unit() }
-
-    /// Uniform integer in `0..<bound` (Lemire's multiply-high; the bias is below 2⁻⁶⁴ × bound).
-    package mutating func below(_ bound: Int) -> Int {
-        Int(self.next().multipliedFullWidth(by: UInt64(bound)).high)
-    }
-}
+import MeterCore
 
 /// Writes the company data of SPEC.md section 4 for a synthetic company, with the distributions of the
 /// use case's generator (seed/000_…): four regions, installation dates over one year (two years before

@@ -1,3 +1,4 @@
+import MeterCore
 import Synchronization
 
 /// Live counters of a simulation run, bumped from the event loops and read by the progress line.
@@ -42,7 +43,7 @@ package final class SimulationCounters: Sendable {
     package func recordLatencies(_ microseconds: [UInt64]) {
         guard !microseconds.isEmpty else { return }
         self.latency.withLock { histogram in
-            for value in microseconds { histogram.record(microseconds: value) }
+            for value in microseconds { histogram.record(value) }
         }
     }
 

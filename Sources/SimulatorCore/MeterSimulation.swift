@@ -1,3 +1,4 @@
+import MeterCore
 import NIOCore
 import NIOPosix
 import Synchronization

@@ -3,40 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// A small, fast, seedable generator (SplitMix64): the same seed gives the same fleet.
-package struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-
-    package init(seed: UInt64) {
-        self.state = seed
-    }
-
-    package mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..<1`.
-    package mutating func unit() -> Double {
-        Double(self.next() >> 11) * 0x1.0p-53
-    }
-
-    /// True with probability `p`; draws nothing when `p` is 0, so a fault that is off costs nothing.
-    package mutating func chance(_ p: Double) -> Bool {
-        p > 0 && self.unit() < p
-    }
-
-    /// Standard normal (Box–Muller).
-    package mutating func normal() -> Double {
-        let u1 = max(self.unit(), 1e-300)
-        let u2 = self.unit()
-        return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
-    }
-}
+import MeterCore
 
 /// The company's four regions; each has its own daily and seasonal load shape.
 package enum SimulatedRegion: Int, CaseIterable, Sendable {
@@ -95,7 +62,7 @@ package enum MeterFaultCode {
     package static let all = ["voltage_sag", "comm_error", "voltage_swell", "overcurrent", "clock_drift", "tamper"]
     private static let weights = [0.35, 0.25, 0.15, 0.12, 0.08, 0.05]
 
-    static func draw(_ rng: inout SplitMix64) -> String {
+    static func draw(_ rng: inout SeededGenerator) -> String {
         var u = rng.unit()
         for (code, weight) in zip(all, weights) {
             if u < weight { return code }
@@ -111,10 +78,10 @@ package struct MeterModel: Sendable {
     /// Average draw in kW at a load factor of 1: 0.15–1.3 kW, about 100–950 kWh a month.
     package let averageKilowatts: Double
     package private(set) var health: MeterHealth
-    private var rng: SplitMix64
+    private var rng: SeededGenerator
 
     /// Health mix of the use case: good 70 %, fair 20 %, poor 10 %.
-    package static func drawHealth(_ rng: inout SplitMix64) -> MeterHealth {
+    package static func drawHealth(_ rng: inout SeededGenerator) -> MeterHealth {
         let u = rng.unit()
         return u < 0.7 ? .good : u < 0.9 ? .fair : .poor
     }
@@ -131,7 +98,7 @@ package struct MeterModel: Sendable {
     }
 
     package init(index: Int, seed: UInt64) {
-        var rng = SplitMix64(seed: seed ^ (UInt64(truncatingIfNeeded: index) &* 0xD6E8_FEB8_6659_FD93))
+        var rng = SeededGenerator(seed: seed ^ (UInt64(truncatingIfNeeded: index) &* 0xD6E8_FEB8_6659_FD93))
         _ = rng.next()
         self.region = SimulatedRegion(rawValue: Int(rng.next() % 4))!
         self.averageKilowatts = exp(log(0.15) + rng.unit() * (log(1.3) - log(0.15)))

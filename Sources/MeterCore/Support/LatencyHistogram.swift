@@ -1,9 +1,12 @@
-/// A log-linear histogram of durations in microseconds: 32 sub-buckets per power of two, so a
-/// quantile is within about 3 % of the true value, in a fixed 1,600-slot array whatever the count.
+/// A log-linear histogram of durations: exact below 32, then 32 sub-buckets per power of two, so a
+/// quantile is within about 3 % of the true value, in a fixed 1,440-slot array whatever the count.
+///
+/// The unit is the caller's: `meter-sim` records ack latencies in microseconds, the status socket's
+/// ``LatencyWindow`` reading latencies in milliseconds.
 package struct LatencyHistogram: Sendable, Equatable {
     private static let subBits = 5
     private static let subCount = 1 << subBits
-    private static let maximumExponent = 44  // 2^44 µs ≈ 200 days
+    private static let maximumExponent = 44  // 2^44 µs ≈ 200 days; larger values share the last slot
 
     private var counts = [Int](repeating: 0, count: (LatencyHistogram.maximumExponent + 1) * LatencyHistogram.subCount)
     package private(set) var count = 0
@@ -28,7 +31,7 @@ package struct LatencyHistogram: Sendable, Equatable {
         return ((UInt64(subCount) + sub + 1) << UInt64(shift)) - 1
     }
 
-    package mutating func record(microseconds value: UInt64) {
+    package mutating func record(_ value: UInt64) {
         self.counts[Self.index(of: value)] += 1
         self.count += 1
         self.sum += Double(value)
@@ -42,7 +45,8 @@ package struct LatencyHistogram: Sendable, Equatable {
         self.maximum = max(self.maximum, other.maximum)
     }
 
-    /// The value at quantile `q` (0...1) in microseconds, or `nil` when empty.
+    /// The value at quantile `q` (0...1): the largest value its slot holds (never above the largest
+    /// value recorded), or `nil` when empty.
     package func quantile(_ q: Double) -> UInt64? {
         guard self.count > 0 else { return nil }
         let rank = max(1, Int((Double(self.count) * q).rounded(.up)))

@@ -1,10 +1,3 @@
-/// The dashboard's JavaScript: plain ES2020, no build step, no library but Chart.js (optional).
-///
-/// State lives in the URL (`?from=&to=&region=&view=&customer=&meter=&sort=&order=&page=`), so a
-/// view can be shared; `?animations=0` turns chart animations off and `?refresh=N` sets the live
-/// refresh interval in seconds (default 5).
-enum DashboardScript {
-    static let source = #"""
 'use strict';
 (function () {
   const initial = new URLSearchParams(location.search);
@@ -666,5 +659,3 @@ enum DashboardScript {
   loadRegions().catch(showError).finally(() => render());
   setInterval(refresh, REFRESH_MS);
 })();
-"""#
-}

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import MeterCore
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -146,7 +147,7 @@ final class SimulatedConnection: @unchecked Sendable {
     private let configuration: SimulationConfiguration
     private var meters: [SimulatedMeter]
     private let meterIndex: [String: Int]
-    private var rng: SplitMix64
+    private var rng: SeededGenerator
     private let bytewise: Bool
 
     private var channel: (any Channel)?
@@ -167,7 +168,7 @@ final class SimulatedConnection: @unchecked Sendable {
         self.context = context
         let configuration = context.configuration
         self.configuration = configuration
-        var rng = SplitMix64(seed: configuration.seed &+ 0x5DEE_CE66 &* UInt64(index + 1))
+        var rng = SeededGenerator(seed: configuration.seed &+ 0x5DEE_CE66 &* UInt64(index + 1))
         self.bytewise = rng.chance(configuration.faults.bytewiseRate)
         let stepMs = Int64((configuration.interval > 0 ? configuration.interval : 1) * configuration.timeScale * 1000)
         let startMs = context.clock.meterTime(atWallMs: context.clock.startWallMs)

@@ -1,4 +1,5 @@
 import Foundation
+import MeterCore
 import Synchronization
 
 /// One meter's line in the ledger: what meterd acknowledged of it.
