@@ -112,6 +112,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            exclude: ["Golden"],  // expected answers, read by GoldenAnswerTests from the source tree
             swiftSettings: swiftSettings
         ),
     ]
