@@ -19,9 +19,11 @@ struct GoldenAnswerTests {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden").path
     }
 
-    /// Compares an answer line with `Golden/<name>.json`, or writes it there under `UPDATE_GOLDEN=1`.
-    static func expectGolden(_ name: String, _ answer: String, blanking keys: [String] = [],
-                             sourceLocation: SourceLocation = #_sourceLocation) throws {
+    /// Compares an answer line with `Golden/<name>.json`, or writes it there under `UPDATE_GOLDEN=1`;
+    /// then decodes the golden line as `Answer` and checks that encoding it again gives the same bytes.
+    static func expectGolden<Answer: Codable & Equatable>(_ name: String, _ answer: String, as type: Answer.Type,
+                                                         blanking keys: [String] = [],
+                                                         sourceLocation: SourceLocation = #_sourceLocation) throws {
         var text = answer
         for key in keys {
             // Blanks a machine-dependent number, keeping its key, position and JSON type.
@@ -35,6 +37,9 @@ struct GoldenAnswerTests {
         }
         let golden = try String(contentsOfFile: path, encoding: .utf8)
         #expect(text + "\n" == golden, "\(name): the wire JSON changed (rerun with UPDATE_GOLDEN=1 only if that is intended)",
+                sourceLocation: sourceLocation)
+        let decoded = try JSONDecoder().decode(type, from: Data(golden.utf8))
+        #expect(try AnswerEncoder.json(decoded) + "\n" == golden, "\(name): decoding and encoding again changes the JSON",
                 sourceLocation: sourceLocation)
     }
 
@@ -103,7 +108,7 @@ struct GoldenAnswerTests {
 
                 // The import answer (its timings blanked).
                 let imported = await responder.answer("import " + directory + "/csv", nowMs: Self.nowMs)
-                try Self.expectGolden("import", imported.replacingOccurrences(of: directory, with: "DIR"), blanking: ["seconds"])
+                try Self.expectGolden("import", imported.replacingOccurrences(of: directory, with: "DIR"), as: ImportAnswer.self, blanking: ["seconds"])
 
                 // Live readings, then a liveness check flags the silent meters.
                 _ = try await harness.pipeline.perform { writer in
@@ -115,23 +120,25 @@ struct GoldenAnswerTests {
 
                 // KPI documents: a period with data, one region, and an empty period (its nulls).
                 let full = try KPIPeriod(from: Month("2026-01")!, to: Month("2026-03")!)
-                try Self.expectGolden("kpi", try await engine.json(period: full, region: nil, nowMs: Self.nowMs))
-                try Self.expectGolden("kpi-south", try await engine.json(period: full, region: "South", nowMs: Self.nowMs))
+                try Self.expectGolden("kpi", try await engine.json(period: full, region: nil, nowMs: Self.nowMs), as: KPIDocument.self)
+                try Self.expectGolden("kpi-south", try await engine.json(period: full, region: "South", nowMs: Self.nowMs), as: KPIDocument.self)
                 let empty = try KPIPeriod(from: Month("2020-01")!, to: Month("2020-02")!)
-                try Self.expectGolden("kpi-empty", try await engine.json(period: empty, region: "Nowhere", nowMs: Self.nowMs))
+                try Self.expectGolden("kpi-empty", try await engine.json(period: empty, region: "Nowhere", nowMs: Self.nowMs), as: KPIDocument.self)
 
                 // The status socket's answers.
-                try Self.expectGolden("meter", await responder.answer("meter MTR-000001", nowMs: Self.nowMs))
-                try Self.expectGolden("meter-never-reported", await responder.answer("meter MTR-000004", nowMs: Self.nowMs))
-                try Self.expectGolden("inactive", await responder.answer("inactive", nowMs: Self.nowMs))
-                try Self.expectGolden("inactive-truncated", await responder.answer("inactive 1", nowMs: Self.nowMs))
-                try Self.expectGolden("status", await responder.answer("status", nowMs: Self.nowMs),
+                try Self.expectGolden("meter", await responder.answer("meter MTR-000001", nowMs: Self.nowMs), as: MeterDetailAnswer.self)
+                try Self.expectGolden("meter-never-reported", await responder.answer("meter MTR-000004", nowMs: Self.nowMs), as: MeterDetailAnswer.self)
+                try Self.expectGolden("inactive", await responder.answer("inactive", nowMs: Self.nowMs), as: InactiveMetersAnswer.self)
+                try Self.expectGolden("inactive-truncated", await responder.answer("inactive 1", nowMs: Self.nowMs), as: InactiveMetersAnswer.self)
+                try Self.expectGolden("status", await responder.answer("status", nowMs: Self.nowMs), as: StatusAnswer.self,
                                       blanking: ["db_bytes", "last_commit_age_ms", "commits_total", "busy_signals_total"])
 
                 // HTTP `/api/inactive`.
                 let dashboard = DashboardQueries(database: database, kpi: engine, operatorQueries: queries)
-                try Self.expectGolden("api-inactive", try await dashboard.inactive(region: nil, limit: 100).serialized)
-                try Self.expectGolden("api-inactive-north", try await dashboard.inactive(region: "North", limit: 1).serialized)
+                try Self.expectGolden("api-inactive", try AnswerEncoder.json(try await dashboard.inactive(region: nil, limit: 100)),
+                                      as: DashboardInactiveAnswer.self)
+                try Self.expectGolden("api-inactive-north", try AnswerEncoder.json(try await dashboard.inactive(region: "North", limit: 1)),
+                                      as: DashboardInactiveAnswer.self)
             }
         }
     }

@@ -72,8 +72,9 @@ final class CapturedLogs: @unchecked Sendable {
                 #expect(try await monitor.check(nowMs: later + 1_000) == LivenessTransitions())
                 meters = object(try await kpiDocument(engine, engine.defaultPeriod())["meters"])
                 #expect(number(meters["active"]) == 0 && number(meters["inactive"]) == 2)
-                let json = try JSONSerialization.jsonObject(with: Data(try await monitor.inactiveJSON().utf8)) as! [[String: Any]]
-                #expect(json.count == 2 && json.contains { $0["last_reading"] is NSNull })
+                let listed = try JSONDecoder().decode([DashboardInactiveAnswer.Meter].self, from: Data(try await monitor.inactiveJSON().utf8))
+                #expect(listed.count == 2 && listed.contains { $0.lastReading == nil })
+                #expect(try await monitor.inactiveJSON().contains(#""last_reading":null"#))
 
                 // Its next reading clears the flag (the writer does); the next check logs the way back.
                 try await client.send(readingLine(meter: "MTR-000001", seq: 2))

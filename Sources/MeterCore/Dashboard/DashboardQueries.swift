@@ -468,7 +468,7 @@ package final class DashboardQueries: Sendable {
     /// Inactive meters (flagged by the liveness monitor, then those never heard from), optionally of
     /// one region: the count and the first `limit`, longest silent first. Ties go by meter row id,
     /// the order of the partial indexes, so no sort of every inactive meter is needed.
-    package func inactive(region: String?, limit: Int) async throws -> JSONValue {
+    package func inactive(region: String?, limit: Int) async throws -> DashboardInactiveAnswer {
         try await self.database.pool.read { db in
             let filter = region == nil ? "" : " AND region = ?"
             let regionArgument: StatementArguments = region.map { [$0] } ?? []
@@ -487,19 +487,10 @@ package final class DashboardQueries: Sendable {
                     WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL\(filter) ORDER BY id LIMIT ?
                     """, arguments: regionArgument + [limit - rows.count])
             }
-            return .object([
-                ("region", .optional(region) { .string($0) }),
-                ("count", .int(flaggedCount + silentCount)),
-                ("meters", .array(rows.map { row in
-                    .object([
-                        ("meter", .string(row["name"])),
-                        ("customer_id", .optional(row["customer_id"] as Int64?) { .int($0) }),
-                        ("region", .string(row["region"])),
-                        ("silent_since", .optional(row["inactive_since_ms"] as Int64?) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
-                        ("last_reading", .optional(row["last_received_ms"] as Int64?) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
-                    ])
-                })),
-            ])
+            return DashboardInactiveAnswer(region: region, count: flaggedCount + silentCount, meters: rows.map { row in
+                DashboardInactiveAnswer.Meter(meter: row["name"], customerID: row["customer_id"], region: row["region"],
+                                              silentSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"])
+            })
         }
     }
 }

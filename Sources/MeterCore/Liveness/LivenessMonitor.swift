@@ -151,15 +151,11 @@ package final class LivenessMonitor: Service, Sendable {
         }
     }
 
-    /// Inactive meters as the JSON array the status socket and HTTP answer with.
+    /// Inactive meters as a JSON array of the dashboard's entries (``DashboardInactiveAnswer/Meter``).
     package func inactiveJSON(limit: Int = 10_000) async throws -> String {
-        JSONValue.array(try await self.inactiveMeters(limit: limit).map { meter in
-            .object([
-                ("meter", .string(meter.meter)), ("customer_id", meter.customerID.map { .int(Int($0)) } ?? .null),
-                ("region", .string(meter.region)),
-                ("silent_since", .string(RFC3339.format(millisecondsSinceEpoch: meter.silentSinceMs))),
-                ("last_reading", meter.lastReceivedMs.map { .string(RFC3339.format(millisecondsSinceEpoch: $0)) } ?? .null),
-            ])
-        }).serialized
+        try AnswerEncoder.json(try await self.inactiveMeters(limit: limit).map { meter in
+            DashboardInactiveAnswer.Meter(meter: meter.meter, customerID: meter.customerID, region: meter.region,
+                                          silentSinceMs: meter.silentSinceMs, lastReceivedMs: meter.lastReceivedMs)
+        })
     }
 }

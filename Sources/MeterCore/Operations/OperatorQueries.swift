@@ -72,14 +72,14 @@ package protocol OperatorQueries: Sendable {
     func inactiveMeters(nowMs: Int64, limit: Int) async throws -> InactiveMeters
     /// One meter by its id, or `nil` if the daemon does not know it.
     func meter(_ name: String, nowMs: Int64) async throws -> MeterDetail?
-    /// The KPI document of SPEC.md section 5 as one line of JSON.
-    func kpi(from: Month?, to: Month?, region: String?) async throws -> String
+    /// The KPI document of SPEC.md section 5.
+    func kpi(from: Month?, to: Month?, region: String?) async throws -> KPIDocument
     /// Writes a KPI snapshot now and returns its path.
     func snapshot() async throws -> String
-    /// Imports the company CSV files of a directory the daemon can read; returns the summary as JSON.
-    func importDirectory(_ path: String) async throws -> String
-    /// Writes a consistent copy of the database to a new file; returns its path and size as JSON.
-    func backup(to path: String) async throws -> String
+    /// Imports the company CSV files of a directory the daemon can read; returns the summary.
+    func importDirectory(_ path: String) async throws -> ImportAnswer
+    /// Writes a consistent copy of the database to a new file; returns its path and size.
+    func backup(to path: String) async throws -> BackupAnswer
     /// Where a running import stands, `nil` when none runs; must answer at once.
     func importProgress() -> ImportProgress?
 }
@@ -209,7 +209,7 @@ package final class DatabaseOperatorQueries: OperatorQueries {
         }
     }
 
-    package func kpi(from: Month?, to: Month?, region: String?) async throws -> String {
+    package func kpi(from: Month?, to: Month?, region: String?) async throws -> KPIDocument {
         throw OperatorQueryError.unavailable("The KPI document")
     }
 
@@ -217,11 +217,11 @@ package final class DatabaseOperatorQueries: OperatorQueries {
         throw OperatorQueryError.unavailable("A KPI snapshot")
     }
 
-    package func importDirectory(_ path: String) async throws -> String {
+    package func importDirectory(_ path: String) async throws -> ImportAnswer {
         throw OperatorQueryError.unavailable("Importing")
     }
 
-    package func backup(to path: String) async throws -> String {
+    package func backup(to path: String) async throws -> BackupAnswer {
         try await DatabaseBackup.write(self.database, to: path)
     }
 }

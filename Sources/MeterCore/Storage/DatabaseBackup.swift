@@ -6,8 +6,8 @@ package enum DatabaseBackup {
     /// Writes a snapshot of the database to a new file with `VACUUM INTO`, from a reader
     /// connection: WAL readers see one consistent state and never block the writer.
     ///
-    /// - Returns: the answer of the status socket's `backup`: path, bytes and seconds, as JSON.
-    package static func write(_ database: MeterDatabase, to path: String) async throws -> String {
+    /// - Returns: the answer of the status socket's `backup`: path, bytes and seconds.
+    package static func write(_ database: MeterDatabase, to path: String) async throws -> BackupAnswer {
         guard path.hasPrefix("/") else { throw OperatorQueryError("invalid_path", "the backup path must be absolute, got \(path)") }
         guard !FileManager.default.fileExists(atPath: path) else {
             throw OperatorQueryError("file_exists", "\(path) already exists; meterd does not overwrite it")
@@ -30,6 +30,6 @@ package enum DatabaseBackup {
         let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
         let elapsed = ContinuousClock.now - started
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return JSONValue.object([("backup", .string(path)), ("bytes", .int(bytes)), ("seconds", .number(seconds))]).serialized
+        return BackupAnswer(backup: path, bytes: bytes, seconds: seconds)
     }
 }
