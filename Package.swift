@@ -135,6 +135,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            exclude: ["Golden"],  // expected answers, read by GoldenAnswerTests from the source tree
             swiftSettings: swiftSettings
         ),
     ]

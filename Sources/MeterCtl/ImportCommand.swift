@@ -59,11 +59,11 @@ struct ImportCommand: AsyncParsableCommand {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(500))
                 guard !Task.isCancelled, let line = try? StatusClient(path: path, timeoutSeconds: 5).send("progress"),
-                    let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                    let progress = object["import"] as? [String: Any]
+                    let answer = try? JSONDecoder().decode(ImportProgressAnswer.self, from: Data(line.utf8)),
+                    let progress = answer.import
                 else { continue }
-                let percent = Int(((progress["fraction"] as? Double ?? 0) * 100).rounded())
-                let text = "\(progress["file"] as? String ?? "?"): \(percent)% (\(progress["rows"] as? Int ?? 0) rows)"
+                let percent = Int((progress.fraction * 100).rounded())
+                let text = "\(progress.file): \(percent)% (\(progress.rows) rows)"
                 guard text != shown else { continue }
                 shown = text
                 FileHandle.standardError.write(Data((terminal ? "\r\(text)\u{1B}[K" : text + "\n").utf8))
@@ -78,34 +78,31 @@ struct ImportCommand: AsyncParsableCommand {
         case .success(let answer): line = answer
         case .failure(let error): ConnectionOptions.fail("\(error)", code: 3)
         }
-        guard let answer = OperatorAnswer(line: line) else {
-            ConnectionOptions.fail("meterd sent an answer that is not JSON: \(line.prefix(200))", code: 1)
+        guard let answer = OperatorAnswer<ImportAnswer>(line: line) else {
+            ConnectionOptions.fail("meterd sent an answer that is not the JSON expected: \(line.prefix(200))", code: 1)
         }
         switch answer {
         case .error(let code, let detail):
             if self.options.json { print(line) }
             ConnectionOptions.fail(detail.isEmpty ? code : detail, code: 1)
-        case .value(let object):
+        case .value(let report):
             if self.options.json {
                 print(line)
             } else {
-                print(Self.render(object, directory: directory), terminator: "")
+                print(Self.render(report, directory: directory), terminator: "")
             }
-            let files = object["files"] as? [[String: Any]] ?? []
             // Exit non-zero when a file was rejected, as the offline import does.
-            if files.contains(where: { !($0["errors"] as? [String] ?? []).isEmpty }) || files.isEmpty { throw ExitCode(1) }
+            if report.files.contains(where: { !$0.succeeded }) || report.files.isEmpty { throw ExitCode(1) }
         }
     }
 
-    private static func render(_ object: [String: Any], directory: String) -> String {
-        let files = object["files"] as? [[String: Any]] ?? []
-        var out = files.isEmpty ? "no company files found in \(directory)\n" : ""
-        for file in files {
-            let errors = file["errors"] as? [String] ?? []
-            if errors.isEmpty {
-                out += "\(OperatorOutput.text(file["file"])): \(OperatorOutput.text(file["rows"])) rows imported\n"
+    private static func render(_ report: ImportAnswer, directory: String) -> String {
+        var out = report.files.isEmpty ? "no company files found in \(directory)\n" : ""
+        for file in report.files {
+            if file.succeeded {
+                out += "\(file.file): \(file.rows) rows imported\n"
             } else {
-                out += "\(OperatorOutput.text(file["file"])): rejected, nothing of it applied\n" + errors.map { "  \($0)\n" }.joined()
+                out += "\(file.file): rejected, nothing of it applied\n" + file.errors.map { "  \($0)\n" }.joined()
             }
         }
         return out

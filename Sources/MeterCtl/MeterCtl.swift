@@ -31,23 +31,25 @@ struct ConnectionOptions: ParsableArguments {
 
     var path: String { self.socket ?? StatusClient.defaultPath(environment: ProcessInfo.processInfo.environment) }
 
-    /// Sends the command and prints the answer as JSON or through `render`; exits non-zero on any error.
-    func run(_ command: String, timeoutSeconds: Int = 30, render: ([String: Any]) -> String) throws {
+    /// Sends the command and prints the answer as JSON or, decoded as `Answer`, through `render`;
+    /// exits non-zero on any error.
+    func run<Answer: Decodable>(_ command: String, as answerType: Answer.Type, timeoutSeconds: Int = 30,
+                                render: (Answer) -> String) throws {
         let line: String
         do {
             line = try StatusClient(path: self.path, timeoutSeconds: timeoutSeconds).send(command)
         } catch {
             Self.fail("\(error)", code: 3)
         }
-        guard let answer = OperatorAnswer(line: line) else {
-            Self.fail("meterd sent an answer that is not JSON: \(line.prefix(200))", code: 1)
+        guard let answer = OperatorAnswer<Answer>(line: line) else {
+            Self.fail("meterd sent an answer that is not the JSON expected: \(line.prefix(200))", code: 1)
         }
         switch answer {
         case .error(let code, let detail):
             if self.json { print(line) }
             Self.fail(detail.isEmpty ? code : detail, code: 1)
-        case .value(let object):
-            print(self.json ? line : render(object), terminator: self.json ? "\n" : "")
+        case .value(let value):
+            print(self.json ? line : render(value), terminator: self.json ? "\n" : "")
         }
     }
 
@@ -63,7 +65,7 @@ extension MeterCtl {
         @OptionGroup var options: ConnectionOptions
 
         func run() throws {
-            try self.options.run("status", render: OperatorOutput.status)
+            try self.options.run("status", as: StatusAnswer.self, render: OperatorOutput.status)
         }
     }
 
@@ -78,7 +80,7 @@ extension MeterCtl {
         }
 
         func run() throws {
-            try self.options.run("inactive \(self.limit)", render: OperatorOutput.inactive)
+            try self.options.run("inactive \(self.limit)", as: InactiveMetersAnswer.self, render: OperatorOutput.inactive)
         }
     }
 
@@ -95,10 +97,7 @@ extension MeterCtl {
         }
 
         func run() throws {
-            try self.options.run("meter \(self.id)") { object in
-                OperatorOutput.generic(object, order: ["meter", "customer_id", "region", "state", "faulty", "inactive_since",
-                                                       "first_seen", "last_reading", "counters"])
-            }
+            try self.options.run("meter \(self.id)", as: MeterDetailAnswer.self, render: OperatorOutput.meter)
         }
     }
 
@@ -143,12 +142,7 @@ extension MeterCtl {
                 command += " \(self.from ?? "-") \(self.to ?? "-")"
                 if let region = self.region { command += " \(region)" }
             }
-            try self.options.run(command) { object in
-                guard let data = try? JSONSerialization.data(withJSONObject: object),
-                    let report = try? KPITextReport.render(json: String(decoding: data, as: UTF8.self))
-                else { return OperatorOutput.generic(object) }
-                return report
-            }
+            try self.options.run(command, as: KPIDocument.self) { KPITextReport.render($0) }
         }
     }
 
@@ -157,7 +151,7 @@ extension MeterCtl {
         @OptionGroup var options: ConnectionOptions
 
         func run() throws {
-            try self.options.run("snapshot") { object in "\(OperatorOutput.text(object["snapshot"]))\n" }
+            try self.options.run("snapshot", as: SnapshotAnswer.self) { answer in "\(answer.snapshot)\n" }
         }
     }
 
@@ -171,8 +165,8 @@ extension MeterCtl {
 
         func run() throws {
             let path = self.file.hasPrefix("/") ? self.file : FileManager.default.currentDirectoryPath + "/" + self.file
-            try self.options.run("backup \(path)", timeoutSeconds: 3600) { object in
-                "backup written to \(OperatorOutput.text(object["backup"])) (\(OperatorOutput.text(object["bytes"])) bytes)\n"
+            try self.options.run("backup \(path)", as: BackupAnswer.self, timeoutSeconds: 3600) { answer in
+                "backup written to \(answer.backup) (\(answer.bytes) bytes)\n"
             }
         }
     }

@@ -62,10 +62,15 @@ func close(_ lhs: Double?, _ rhs: Double?, tolerance: Double = 1e-9) -> Bool {
     return abs(lhs - rhs) <= tolerance * max(1, abs(lhs), abs(rhs))
 }
 
-/// A KPI document parsed back from its JSON text.
+/// A KPI document parsed back from its JSON text, untyped: for checks of the wire itself (every key, its nulls).
 func kpiDocument(_ engine: KPIEngine, _ period: KPIPeriod, region: String? = nil, nowMs: Int64 = WallClock.nowMs()) async throws -> [String: Any] {
     let text = try await engine.json(period: period, region: region, nowMs: nowMs)
     return try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
+}
+
+/// The KPI document as meterctl reads it: its JSON text decoded.
+func kpiAnswer(_ engine: KPIEngine, _ period: KPIPeriod, region: String? = nil, nowMs: Int64 = WallClock.nowMs()) async throws -> KPIDocument {
+    try JSONDecoder().decode(KPIDocument.self, from: Data(try await engine.json(period: period, region: region, nowMs: nowMs).utf8))
 }
 
 /// A number in a parsed document; `nil` for JSON null.

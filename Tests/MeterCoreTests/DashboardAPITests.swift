@@ -53,6 +53,14 @@ func getJSON(_ client: some TestClientProtocol, _ uri: String) async throws -> (
     }
 }
 
+/// Status and body of one request through the router, decoded as the answer type it should be.
+func getAnswer<Answer: Decodable>(_ client: some TestClientProtocol, _ uri: String, as type: Answer.Type) async throws -> (status: Int, answer: Answer) {
+    try await client.execute(uri: uri, method: .get) { response in
+        #expect(response.headers[.contentType]?.hasPrefix("application/json") == true, "\(uri)")
+        return (response.status.code, try JSONDecoder().decode(type, from: Data(String(buffer: response.body).utf8)))
+    }
+}
+
 /// A 4xx answer: JSON with the code and a message that says what was wrong.
 func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, mentioning text: String,
                  sourceLocation: SourceLocation = #_sourceLocation) async throws {
@@ -64,10 +72,10 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
 
 @Suite struct DashboardAPITests {
     /// The KPI document without the one key that differs between two calls.
-    func withoutTime(_ document: [String: Any]) -> NSDictionary {
+    func withoutTime(_ document: KPIDocument) -> KPIDocument {
         var copy = document
-        copy["generated_at"] = nil
-        return copy as NSDictionary
+        copy.generatedAt = ""
+        return copy
     }
 
     @Test(.timeLimit(.minutes(1)))
@@ -82,23 +90,23 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                     let (status, json) = try await getJSON(client, "/api/kpi?" + query)
                     #expect(status == 200)
                     let period = try KPIPeriod(from: Month(from)!, to: Month(to)!)
-                    let expected = try await kpiDocument(fixture.engine, period, region: region)
-                    #expect(self.withoutTime(json) == self.withoutTime(expected), "\(query)")
+                    let expected = try await kpiAnswer(fixture.engine, period, region: region)
+                    let answer = try await getAnswer(client, "/api/kpi?" + query, as: KPIDocument.self).answer
+                    #expect(self.withoutTime(answer) == self.withoutTime(expected), "\(query)")
                     #expect(Set(json.keys) == kpiKeys)
                 }
                 // Without bounds: the 12 months ending with the current one.
                 let current = MonthCalendar(timeZone: TimeZone(identifier: "UTC")!).month(of: Date())
-                let (_, json) = try await getJSON(client, "/api/kpi")
-                #expect(object(json["period"])["to"] as? String == current.description)
-                #expect(object(json["period"])["from"] as? String == current.adding(months: -11).description)
+                let current12 = try await getAnswer(client, "/api/kpi", as: KPIDocument.self).answer
+                #expect(current12.period == KPIDocument.Period(from: current.adding(months: -11).description, to: current.description))
                 // A region nobody lives in has zero customers, not an error; a hostile one is just a name.
                 for region in ["Atlantis", "North'%20OR%20'1'='1", "North%22;DROP%20TABLE%20customer;--"] {
-                    let (status, json) = try await getJSON(client, "/api/kpi?from=2023-01&to=2023-12&region=" + region)
+                    let (status, document) = try await getAnswer(client, "/api/kpi?from=2023-01&to=2023-12&region=" + region, as: KPIDocument.self)
                     #expect(status == 200)
-                    #expect(number(json["total_customers"]) == 0, "\(region)")
-                    #expect(number(json["total_consumption_kwh"]) == 0, "\(region)")
+                    #expect(document.totalCustomers == 0, "\(region)")
+                    #expect(document.totalConsumptionKwh == 0, "\(region)")
                 }
-                #expect(try await getJSON(client, "/api/kpi?from=2023-01&to=2023-12").json["total_customers"] as? Int == 240)
+                #expect(try await getAnswer(client, "/api/kpi?from=2023-01&to=2023-12", as: KPIDocument.self).answer.totalCustomers == 240)
 
                 try await expectError(client, "/api/kpi?from=2023-13&to=2023-12", status: 400, mentioning: "from: expected YYYY-MM")
                 try await expectError(client, "/api/kpi?from=2023-01&to=23-12", status: 400, mentioning: "to: expected YYYY-MM")
@@ -288,22 +296,22 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
             let regions = Dictionary(grouping: fixture.rows.customers, by: \.region).mapValues(\.count)
             try await fixture.application().test(.router) { client in
                 // Imported meters that never reported are inactive, with no time they went silent.
-                let (status, before) = try await getJSON(client, "/api/inactive?limit=5")
+                let (status, before) = try await getAnswer(client, "/api/inactive?limit=5", as: DashboardInactiveAnswer.self)
                 #expect(status == 200)
-                #expect(number(before["count"]) == 240)
-                #expect(list(before["meters"]).map { $0["meter"] as? String } == (1...5).map { defaultMeterName(customer: Int64($0)) })
-                #expect(list(before["meters"]).allSatisfy { $0["silent_since"] is NSNull })
+                #expect(before.count == 240)
+                #expect(before.meters.map(\.meter) == (1...5).map { defaultMeterName(customer: Int64($0)) })
+                #expect(before.meters.allSatisfy { $0.silentSince == nil })
 
                 // Once the liveness monitor has flagged them they carry the time.
                 let startMs: Int64 = 1_700_000_000_000
                 let monitor = LivenessMonitor(store: fixture.store, writer: try .direct(fixture.store), inactiveAfterSeconds: 60, logger: testLogger, nowMs: startMs)
                 #expect(try await monitor.check(nowMs: startMs + 61_000).wentInactive.count == 240)
-                let after = try await getJSON(client, "/api/inactive?region=West&limit=1000").json
-                #expect(number(after["count"]) == Double(regions["West"]!))
-                let meters = list(after["meters"])
-                #expect(meters.count == regions["West"]!)
-                #expect(meters.allSatisfy { $0["region"] as? String == "West" && $0["silent_since"] as? String == RFC3339.format(millisecondsSinceEpoch: startMs) })
-                #expect(number(try await getJSON(client, "/api/inactive?region=Nowhere'%20OR%20''='").json["count"]) == 0)
+                let after = try await getAnswer(client, "/api/inactive?region=West&limit=1000", as: DashboardInactiveAnswer.self).answer
+                #expect(after.region == "West")
+                #expect(after.count == regions["West"]!)
+                #expect(after.meters.count == regions["West"]!)
+                #expect(after.meters.allSatisfy { $0.region == "West" && $0.silentSince == RFC3339.format(millisecondsSinceEpoch: startMs) })
+                #expect(try await getAnswer(client, "/api/inactive?region=Nowhere'%20OR%20''='", as: DashboardInactiveAnswer.self).answer.count == 0)
                 try await expectError(client, "/api/inactive?limit=0", status: 400, mentioning: "limit")
                 try await expectError(client, "/api/inactive?limit=lots", status: 400, mentioning: "limit")
             }

@@ -27,16 +27,15 @@ struct InjectionTests {
             _ = try await meterd.ports()
             let socket = meterd.statusSocket
             let before = try await MeterCtlTests.meterctlAsync(["--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12"])
-            let all = try #require(try JSONSerialization.jsonObject(with: Data(before.out.utf8)) as? [String: Any])
-            #expect(all["total_customers"] as? Int == 40)
+            #expect(try JSONDecoder().decode(KPIDocument.self, from: Data(before.out.utf8)).totalCustomers == 40)
 
             for value in Self.hostile {
                 let kpi = try await MeterCtlTests.meterctlAsync(["--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12",
                                                                  "--region", value])
                 if kpi.status == 0 {
-                    let document = try #require(try JSONSerialization.jsonObject(with: Data(kpi.out.utf8)) as? [String: Any])
-                    #expect(document["total_customers"] as? Int == 0, "region \(value) matched customers")
-                    #expect(document["region"] as? String == value)
+                    let document = try JSONDecoder().decode(KPIDocument.self, from: Data(kpi.out.utf8))
+                    #expect(document.totalCustomers == 0, "region \(value) matched customers")
+                    #expect(document.region == value)
                 } else {
                     #expect(kpi.err.hasPrefix("meterctl: "), "\(kpi.err)")
                 }
@@ -46,8 +45,7 @@ struct InjectionTests {
             }
             // Everything is still there.
             let after = try await MeterCtlTests.meterctlAsync(["--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12"])
-            let again = try #require(try JSONSerialization.jsonObject(with: Data(after.out.utf8)) as? [String: Any])
-            #expect(again["total_customers"] as? Int == 40)
+            #expect(try JSONDecoder().decode(KPIDocument.self, from: Data(after.out.utf8)).totalCustomers == 40)
             #expect(try await meterd.terminate() == 0)
             let tables = try await DatabaseQueue(path: data + "/meterd.sqlite").read { db in
                 try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('meter', 'customer', 'reading')")

@@ -15,7 +15,7 @@ let kpiKeys: Set<String> = [
 
 @Suite struct KPIEngineTests {
     /// The figures computed straight from the CSV rows, as the use case's Power BI measures do.
-    func checkAgainstRows(_ rows: CompanyRows, _ document: [String: Any], _ period: KPIPeriod, region: String?) {
+    func checkAgainstRows(_ rows: CompanyRows, _ document: KPIDocument, _ period: KPIPeriod, region: String?) {
         let from = period.from.key, to = period.to.key
         let regionOf = Dictionary(uniqueKeysWithValues: rows.customers.map { ($0.id, $0.region) })
         func inRegion(_ customer: Int) -> Bool { region == nil || regionOf[customer] == region }
@@ -24,102 +24,93 @@ let kpiKeys: Set<String> = [
 
         let monthly = rows.monthly.filter { inPeriod($0.month) && inRegion($0.customer) }
         let kwh = monthly.reduce(0) { $0 + $1.kwh }
-        #expect(close(number(document["total_consumption_kwh"]), kwh), "\(label)")
-        #expect(close(number(document["total_revenue"]), monthly.reduce(0) { $0 + $1.revenue }), "\(label)")
-        #expect(close(number(document["average_consumption_kwh"]), monthly.isEmpty ? nil : kwh / Double(monthly.count)), "\(label)")
+        #expect(close(document.totalConsumptionKwh, kwh), "\(label)")
+        #expect(close(document.totalRevenue, monthly.reduce(0) { $0 + $1.revenue }), "\(label)")
+        #expect(close(document.averageConsumptionKwh, monthly.isEmpty ? nil : kwh / Double(monthly.count)), "\(label)")
         let customers = rows.customers.filter { inRegion($0.id) }
-        #expect(number(document["total_customers"]) == Double(customers.filter { monthKey($0.installed) <= to }.count), "\(label)")
+        #expect(document.totalCustomers == customers.filter { monthKey($0.installed) <= to }.count, "\(label)")
 
         // Consumption and revenue by region, by month, and the trend.
         let regions = Set(customers.map(\.region)).sorted()
-        let byRegion = list(document["consumption_by_region"])
-        #expect(byRegion.map { $0["region"] as? String } == regions, "\(label)")
-        for (entry, name) in zip(byRegion, regions) {
-            #expect(close(number(entry["kwh"]), monthly.filter { regionOf[$0.customer] == name }.reduce(0) { $0 + $1.kwh }), "\(label) \(name)")
+        #expect(document.consumptionByRegion.map(\.region) == regions, "\(label)")
+        for (entry, name) in zip(document.consumptionByRegion, regions) {
+            #expect(close(entry.kwh, monthly.filter { regionOf[$0.customer] == name }.reduce(0) { $0 + $1.kwh }), "\(label) \(name)")
         }
-        for (entry, name) in zip(list(document["revenue_by_region"]), regions) {
-            #expect(close(number(entry["revenue"]), monthly.filter { regionOf[$0.customer] == name }.reduce(0) { $0 + $1.revenue }), "\(label) \(name)")
+        for (entry, name) in zip(document.revenueByRegion, regions) {
+            #expect(close(entry.revenue, monthly.filter { regionOf[$0.customer] == name }.reduce(0) { $0 + $1.revenue }), "\(label) \(name)")
         }
-        let months = list(document["monthly_consumption"])
-        #expect(months.map { $0["month"] as? String } == period.months.map(\.description))
-        for (entry, month) in zip(months, period.months) {
-            #expect(close(number(entry["kwh"]), monthly.filter { $0.month == month.key }.reduce(0) { $0 + $1.kwh }), "\(label) \(month)")
+        #expect(document.monthlyConsumption.map(\.month) == period.months.map(\.description))
+        for (entry, month) in zip(document.monthlyConsumption, period.months) {
+            #expect(close(entry.kwh, monthly.filter { $0.month == month.key }.reduce(0) { $0 + $1.kwh }), "\(label) \(month)")
         }
         let trendMonths = KPIPeriod.twelveMonths(endingAt: period.to).months
-        let trend = list(document["revenue_trend"])
-        #expect(trend.map { $0["month"] as? String } == trendMonths.map(\.description))
-        for (entry, month) in zip(trend, trendMonths) {
+        #expect(document.revenueTrend.map(\.month) == trendMonths.map(\.description))
+        for (entry, month) in zip(document.revenueTrend, trendMonths) {
             let revenue = rows.monthly.filter { $0.month == month.key && inRegion($0.customer) }.reduce(0) { $0 + $1.revenue }
-            #expect(close(number(entry["revenue"]), revenue), "\(label) trend \(month)")
+            #expect(close(entry.revenue, revenue), "\(label) trend \(month)")
         }
 
         // Top consumers: largest sums, ties by lower id.
         var sums: [Int: Double] = [:]
         for row in monthly { sums[row.customer, default: 0] += row.kwh }
         let top = sums.filter { $0.value > 0 }.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.prefix(10)
-        let topDocument = list(document["top_consumers"])
-        #expect(topDocument.map { number($0["customer_id"]) } == top.map { Double($0.key) }, "\(label)")
-        #expect(zip(topDocument, top).allSatisfy { close(number($0["kwh"]), $1.value) && $0["region"] as? String == regionOf[$1.key] })
+        #expect(document.topConsumers.map(\.customerID) == top.map { Int64($0.key) }, "\(label)")
+        #expect(zip(document.topConsumers, top).allSatisfy { close($0.kwh, $1.value) && $0.region == regionOf[$1.key] })
 
         // Meter health and faulty meters (2+ poor months; imported rows carry no faults).
-        let health = object(document["meter_health"])
-        for status in ["Good", "Fair", "Poor"] {
-            let share = monthly.isEmpty ? nil : 100 * Double(monthly.filter { $0.status == status }.count) / Double(monthly.count)
-            #expect(close(number(health[status.lowercased()]), share), "\(label) \(status)")
+        let health = document.meterHealth
+        for (status, share) in [("Good", health.good), ("Fair", health.fair), ("Poor", health.poor)] {
+            let expected = monthly.isEmpty ? nil : 100 * Double(monthly.filter { $0.status == status }.count) / Double(monthly.count)
+            #expect(close(share, expected), "\(label) \(status)")
         }
         var poorMonths: [Int: Int] = [:]
         for row in monthly where row.status == "Poor" { poorMonths[row.customer, default: 0] += 1 }
         let faulty = poorMonths.filter { $0.value >= 2 }
-        #expect(number(object(document["meters"])["faulty"]) == Double(faulty.count), "\(label)")
-        let faultyList = list(document["faulty_meters"])
+        #expect(document.meters.faulty == faulty.count, "\(label)")
+        let faultyList = document.faultyMeters
         #expect(faultyList.count == faulty.count)
-        #expect(faultyList.allSatisfy { number($0["poor_months"]) == Double(poorMonths[Int(number($0["customer_id"])!)] ?? 0) })
-        #expect(zip(faultyList, faultyList.dropFirst()).allSatisfy { number($0["poor_months"])! >= number($1["poor_months"])! })
+        #expect(faultyList.allSatisfy { $0.poorMonths == poorMonths[Int($0.customerID!)] ?? 0 })
+        #expect(zip(faultyList, faultyList.dropFirst()).allSatisfy { $0.poorMonths >= $1.poorMonths })
 
         // Bills, feedback, customers, complaints.
         let bills = rows.bills.filter { inPeriod($0.month) && inRegion($0.customer) }
-        let payments = object(document["payment_status"])
-        for status in ["paid", "unpaid"] {
+        for (status, figures) in [("paid", document.paymentStatus.paid), ("unpaid", document.paymentStatus.unpaid)] {
             let these = bills.filter { $0.status == status }
-            #expect(number(object(payments[status])["count"]) == Double(these.count), "\(label) \(status)")
-            #expect(close(number(object(payments[status])["amount"]), these.reduce(0) { $0 + $1.amount }), "\(label) \(status)")
+            #expect(figures.count == these.count, "\(label) \(status)")
+            #expect(close(figures.amount, these.reduce(0) { $0 + $1.amount }), "\(label) \(status)")
         }
         let feedback = rows.feedback.filter { inPeriod(monthKey($0.date)) && inRegion($0.customer) }
-        let satisfaction = object(document["satisfaction"])
-        #expect(number(satisfaction["count"]) == Double(feedback.count))
-        #expect(close(number(satisfaction["average"]), feedback.isEmpty ? nil : Double(feedback.reduce(0) { $0 + $1.score }) / Double(feedback.count)))
-        let distribution = object(satisfaction["distribution"])
-        #expect((1...5).allSatisfy { score in number(distribution[String(score)]) == Double(feedback.filter { $0.score == score }.count) })
-        let newVsReturning = object(document["new_vs_returning"])
-        #expect(number(newVsReturning["new"]) == Double(customers.filter { inPeriod(monthKey($0.installed)) }.count), "\(label)")
+        let satisfaction = document.satisfaction
+        #expect(satisfaction.count == feedback.count)
+        #expect(close(satisfaction.average, feedback.isEmpty ? nil : Double(feedback.reduce(0) { $0 + $1.score }) / Double(feedback.count)))
+        #expect((1...5).allSatisfy { score in satisfaction.distribution[score: score] == feedback.filter { $0.score == score }.count })
+        #expect(document.newVsReturning.new == customers.filter { inPeriod(monthKey($0.installed)) }.count, "\(label)")
         let returning = customers.filter { monthKey($0.installed) < from && (sums[$0.id] ?? 0) > 0 }
-        #expect(number(newVsReturning["returning"]) == Double(returning.count), "\(label)")
-        let complaints = object(document["complaints"])
+        #expect(document.newVsReturning.returning == returning.count, "\(label)")
         let ourComplaints = rows.complaints.filter { inRegion($0.customer) }
-        #expect(number(complaints["received"]) == Double(ourComplaints.filter { monthKey($0.date) == to }.count))
-        #expect(number(complaints["resolved"]) == Double(ourComplaints.filter { !$0.resolved.isEmpty && monthKey($0.resolved) == to }.count))
+        #expect(document.complaints.received == ourComplaints.filter { monthKey($0.date) == to }.count)
+        #expect(document.complaints.resolved == ourComplaints.filter { !$0.resolved.isEmpty && monthKey($0.resolved) == to }.count)
 
         // Operations.
         let installations = rows.installations.filter { inPeriod(monthKey($0.installed)) && inRegion($0.customer) }
         let installDays = installations.map { days(from: $0.request, to: $0.installed) }
-        #expect(close(number(document["installation_time_days"]), installDays.isEmpty ? nil : installDays.reduce(0, +) / Double(installDays.count)))
+        #expect(close(document.installationTimeDays, installDays.isEmpty ? nil : installDays.reduce(0, +) / Double(installDays.count)))
         let requests = rows.maintenance.filter { inRegion($0.customer) }
         let processed = requests.filter { inPeriod(monthKey($0.resolution)) }
-        let maintenance = object(document["maintenance"])
-        #expect(number(maintenance["received"]) == Double(requests.filter { inPeriod(monthKey($0.request)) }.count), "\(label)")
-        #expect(number(maintenance["processed"]) == Double(processed.count), "\(label)")
-        #expect(number(maintenance["open"]) == Double(requests.filter { monthKey($0.request) <= to && monthKey($0.resolution) > to }.count), "\(label)")
+        let maintenance = document.maintenance
+        #expect(maintenance.received == requests.filter { inPeriod(monthKey($0.request)) }.count, "\(label)")
+        #expect(maintenance.processed == processed.count, "\(label)")
+        #expect(maintenance.open == requests.filter { monthKey($0.request) <= to && monthKey($0.resolution) > to }.count, "\(label)")
         let resolutionDays = processed.map { days(from: $0.request, to: $0.resolution) }
-        #expect(close(number(maintenance["average_resolution_days"]), resolutionDays.isEmpty ? nil : resolutionDays.reduce(0, +) / Double(resolutionDays.count)))
-        let technicians = list(document["technicians"])
-        #expect(technicians.map { number($0["technician_id"]) } == rows.technicians.keys.sorted().map(Double.init))
-        for entry in technicians {
-            let id = Int(number(entry["technician_id"])!)
-            #expect(entry["name"] as? String == rows.technicians[id])
-            #expect(number(entry["installations"]) == Double(installations.filter { $0.technician == id }.count), "\(label) technician \(id)")
+        #expect(close(maintenance.averageResolutionDays, resolutionDays.isEmpty ? nil : resolutionDays.reduce(0, +) / Double(resolutionDays.count)))
+        #expect(document.technicians.map(\.technicianID) == rows.technicians.keys.sorted())
+        for entry in document.technicians {
+            let id = entry.technicianID
+            #expect(entry.name == rows.technicians[id])
+            #expect(entry.installations == installations.filter { $0.technician == id }.count, "\(label) technician \(id)")
             let jobs = processed.filter { $0.technician == id }.map { days(from: $0.request, to: $0.resolution) }
-            #expect(number(entry["maintenance_jobs"]) == Double(jobs.count), "\(label) technician \(id)")
-            #expect(close(number(entry["average_resolution_days"]), jobs.isEmpty ? nil : jobs.reduce(0, +) / Double(jobs.count)))
+            #expect(entry.maintenanceJobs == jobs.count, "\(label) technician \(id)")
+            #expect(close(entry.averageResolutionDays, jobs.isEmpty ? nil : jobs.reduce(0, +) / Double(jobs.count)))
         }
     }
 
@@ -142,10 +133,10 @@ let kpiKeys: Set<String> = [
             ]
             for period in periods {
                 for region in [nil, "North", "East"] {
-                    let document = try await kpiDocument(engine, period, region: region)
-                    #expect(Set(document.keys) == kpiKeys)
-                    #expect(object(document["period"])["from"] as? String == period.from.description)
-                    #expect(document["region"] as? String == region)
+                    #expect(Set(try await kpiDocument(engine, period, region: region).keys) == kpiKeys)
+                    let document = try await kpiAnswer(engine, period, region: region)
+                    #expect(document.period.from == period.from.description)
+                    #expect(document.region == region)
                     self.checkAgainstRows(rows, document, period, region: region)
                 }
             }
@@ -210,15 +201,14 @@ let kpiKeys: Set<String> = [
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
             #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
             let engine = offlineEngine(database)
-            let document = try await kpiDocument(engine, try KPIPeriod(from: Month(year: 2024, month: 3), to: Month(year: 2024, month: 4)))
-            let top = list(document["top_consumers"]).map { Int(number($0["customer_id"])!) }
-            #expect(top == [3, 7, 12, 13, 11, 9, 8, 6, 4, 1])
-            #expect(number(object(document["new_vs_returning"])["new"]) == 2)
-            #expect(number(object(document["new_vs_returning"])["returning"]) == 12)
-            #expect(number(document["total_customers"]) == 14)
-            let february = try await kpiDocument(engine, try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 2)))
-            #expect(number(february["total_customers"]) == 12)
-            #expect(number(object(february["new_vs_returning"])["returning"]) == 0)
+            let document = try await kpiAnswer(engine, try KPIPeriod(from: Month(year: 2024, month: 3), to: Month(year: 2024, month: 4)))
+            #expect(document.topConsumers.map(\.customerID) == [3, 7, 12, 13, 11, 9, 8, 6, 4, 1])
+            #expect(document.newVsReturning.new == 2)
+            #expect(document.newVsReturning.returning == 12)
+            #expect(document.totalCustomers == 14)
+            let february = try await kpiAnswer(engine, try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 2)))
+            #expect(february.totalCustomers == 12)
+            #expect(february.newVsReturning.returning == 0)
         }
     }
 
@@ -242,7 +232,7 @@ let kpiKeys: Set<String> = [
                 let january = try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 1))
                 let february = try KPIPeriod(from: Month(year: 2024, month: 2), to: Month(year: 2024, month: 2))
                 // Loads the store before the live readings, so they must arrive as deltas.
-                #expect(number(try await kpiDocument(engine, january)["total_consumption_kwh"]) == 100)
+                #expect(try await kpiAnswer(engine, january).totalConsumptionKwh == 100)
 
                 let client = try await LineClient(port: harness.port)
                 // 23:30 UTC on 31 January is 00:30 on 1 February in Berlin.
@@ -255,21 +245,21 @@ let kpiKeys: Set<String> = [
                 #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":2}"#)
                 await client.close()
 
-                let januaryDocument = try await kpiDocument(engine, january)
-                #expect(close(number(januaryDocument["total_consumption_kwh"]), 103))
-                #expect(number(object(januaryDocument["meter_health"])["good"]) == 100)  // the imported status wins
-                let februaryDocument = try await kpiDocument(engine, february)
-                #expect(close(number(februaryDocument["total_consumption_kwh"]), 2))
-                #expect(close(number(februaryDocument["total_revenue"]), 2 * 0.15))
-                #expect(number(object(februaryDocument["meter_health"])["poor"]) == 100)
-                #expect(list(februaryDocument["top_consumers"]).map { number($0["customer_id"]) } == [1])
-                #expect(number(object(februaryDocument["new_vs_returning"])["returning"]) == 1)
+                let januaryDocument = try await kpiAnswer(engine, january)
+                #expect(close(januaryDocument.totalConsumptionKwh, 103))
+                #expect(januaryDocument.meterHealth.good == 100)  // the imported status wins
+                let februaryDocument = try await kpiAnswer(engine, february)
+                #expect(close(februaryDocument.totalConsumptionKwh, 2))
+                #expect(close(februaryDocument.totalRevenue, 2 * 0.15))
+                #expect(februaryDocument.meterHealth.poor == 100)
+                #expect(februaryDocument.topConsumers.map(\.customerID) == [1])
+                #expect(februaryDocument.newVsReturning.returning == 1)
                 // Both readings were received now: the latency falls in the current month, not in their ts months.
                 let now = engine.defaultPeriod()
-                let latency = object(try await kpiDocument(engine, now)["reading_latency_ms"])
-                #expect(number(latency["count"]) == 2)
-                #expect(number(latency["p50"])! > 1e9)  // received years after their ts
-                #expect(number(object(januaryDocument["reading_latency_ms"])["count"]) == 0)
+                let latency = try await kpiAnswer(engine, now).readingLatencyMs
+                #expect(latency.count == 2)
+                #expect(try #require(latency.p50) > 1e9)  // received years after their ts
+                #expect(januaryDocument.readingLatencyMs.count == 0)
 
                 // Two poor months or three faults make a meter faulty.
                 let both = try KPIPeriod(from: Month(year: 2024, month: 1), to: Month(year: 2024, month: 2))

@@ -21,8 +21,11 @@ import Testing
             for offset in 0..<3 { #expect(try await snapshots.snapshot(nowMs: now + Int64(offset)) == directory + "/kpi.json") }
             let document = try JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: directory + "/kpi.json")!) as! [String: Any]
             #expect(Set(document.keys) == kpiKeys)
-            #expect(object(document["period"])["from"] as? String == "2023-01" && object(document["period"])["to"] as? String == "2023-12")
-            #expect(number(document["total_customers"]) == 30)
+            let snapshot = try JSONDecoder().decode(KPIDocument.self, from: FileManager.default.contents(atPath: directory + "/kpi.json")!)
+            #expect(snapshot.period == KPIDocument.Period(from: "2023-01", to: "2023-12"))
+            #expect(snapshot.totalCustomers == 30)
+            let stored = try await database.pool.read { db in try String.fetchOne(db, sql: "SELECT document FROM kpi_snapshot ORDER BY id DESC") }
+            #expect(try JSONDecoder().decode(KPIDocument.self, from: Data(try #require(stored).utf8)) == snapshot)
             #expect(try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.contains(".tmp") }.isEmpty)
             let rows = try await database.pool.read { db in try Int64.fetchAll(db, sql: "SELECT generated_ms FROM kpi_snapshot ORDER BY id") }
             #expect(rows == [now + 1, now + 2])

@@ -52,8 +52,7 @@ struct MeterCtlTests {
             #expect(table.out.contains("readings           1 ("))
             let json = try await Self.meterctlAsync(["status", "--socket", socket, "--json"])
             #expect(json.status == 0)
-            let object = try #require(try JSONSerialization.jsonObject(with: Data(json.out.utf8)) as? [String: Any])
-            #expect(object["readings_total"] as? Int == 1)
+            #expect(try JSONDecoder().decode(StatusAnswer.self, from: Data(json.out.utf8)).readingsTotal == 1)
             #expect(json.out.filter { $0 == "\n" }.count == 1)
 
             let meter = try await Self.meterctlAsync(["--socket", socket, "meter", "MTR-C1"])
@@ -61,6 +60,7 @@ struct MeterCtlTests {
             #expect(meter.out.hasPrefix("meter "))
             #expect(meter.out.contains("last_reading.status"))
             #expect(meter.out.contains("poor"))
+            #expect(Self.value(of: "last_reading.seq", in: meter.out) == "5")
 
             let unknown = try await Self.meterctlAsync(["--socket", socket, "meter", "MTR-NOPE"])
             #expect(unknown.status == 1)
@@ -75,8 +75,7 @@ struct MeterCtlTests {
             #expect(kpi.out.hasPrefix("KPIs 2026-01..2026-03, North"))
             #expect(kpi.out.contains("Overview"))
             let kpiJSON = try await Self.meterctlAsync(["--socket", socket, "kpi", "--json"])
-            let document = try JSONSerialization.jsonObject(with: Data(kpiJSON.out.utf8)) as? [String: Any]
-            #expect(document?["total_customers"] != nil && document?["technicians"] != nil)
+            #expect(try JSONDecoder().decode(KPIDocument.self, from: Data(kpiJSON.out.utf8)).region == nil)
             let badMonth = try await Self.meterctlAsync(["--socket", socket, "kpi", "--from", "2026-13"])
             #expect(badMonth.status != 0)
             #expect(badMonth.err.contains("--from must be a month YYYY-MM"))
@@ -151,13 +150,18 @@ struct MeterCtlTests {
         }
     }
 
+    /// The value of `key` in `key  value` lines.
+    static func value(of key: String, in table: String) -> String? {
+        table.split(separator: "\n").first { $0.hasPrefix(key + " ") }.map { $0.dropFirst(key.count).trimmingCharacters(in: .whitespaces) }
+    }
+
     @Test func rendersReadableTables() throws {
-        let line = #"{"version":"0.1.0","uptime_s":3723,"connections":4,"readings_total":1200,"readings_per_s":40.5,"acks_total":1190,"duplicates_total":3,"rejects_total":2,"rejects_by_code":{"invalid_json":2,"clock_skew":0},"queue_depth":0,"last_commit_age_ms":12,"db_bytes":2097152,"latency_ms":{"p50":5,"p99":null},"meters":{"active":10,"inactive":2,"faulty":1,"total":12},"writer":{"healthy":true,"failure":null}}"#
-        guard case .value(let object) = try #require(OperatorAnswer(line: line)) else {
+        let line = #"{"version":"0.1.0","uptime_s":3723,"connections":4,"readings_total":1200,"readings_per_s":40.5,"acks_total":1190,"duplicates_total":3,"rejects_total":2,"rejects_by_code":{"invalid_json":2,"clock_skew":0},"queue_depth":0,"last_commit_age_ms":12,"commits_total":40,"busy_signals_total":0,"db_bytes":2097152,"latency_ms":{"p50":5,"p99":null},"meters":{"active":10,"inactive":2,"faulty":1,"total":12},"writer":{"healthy":true,"failure":null}}"#
+        guard case .value(let status) = try #require(OperatorAnswer<StatusAnswer>(line: line)) else {
             Issue.record("not a value")
             return
         }
-        let text = OperatorOutput.status(object)
+        let text = OperatorOutput.status(status)
         #expect(text.contains("uptime             1h 02m 03s"))
         #expect(text.contains("readings           1200 (40.50/s)"))
         #expect(text.contains("rejects            2 (invalid_json 2)"))
@@ -166,17 +170,24 @@ struct MeterCtlTests {
         #expect(text.contains("meters             active 10, inactive 2, faulty 1"))
         #expect(text.contains("writer             healthy"))
 
-        let table = OperatorOutput.generic(["consumption_by_region": [["region": "North", "kwh": 12.5], ["region": "South", "kwh": 3]],
-                                            "total_customers": 4, "period": ["from": "2026-01", "to": "2026-12"]])
-        #expect(table.contains("total_customers  4"))
-        #expect(table.contains("period.from      2026-01"))
-        #expect(table.contains("consumption_by_region:\nREGION  KWH\nNorth   12.50\nSouth   3\n"))
+        // Integers print as integers, however large (a seq is microseconds since the epoch).
+        let meter = MeterDetailAnswer(
+            meter: "MTR-1", customerID: 17, region: "North", state: "active", faulty: false, inactiveSince: nil,
+            firstSeen: "2026-03-20T11:59:00Z",
+            lastReading: .init(seq: 1_796_017_766_725_002, ts: "2026-03-20T11:59:30Z", received: "2026-03-20T11:59:30.050Z", status: "fair", fault: nil),
+            counters: .init(readingsTotal: 2, faultsTotal: 1, duplicatesTotal: 0))
+        let table = OperatorOutput.meter(meter)
+        #expect(Self.value(of: "last_reading.seq", in: table) == "1796017766725002")
+        #expect(Self.value(of: "customer_id", in: table) == "17")
+        #expect(Self.value(of: "inactive_since", in: table) == "-")
+        #expect(Self.value(of: "counters.readings_total", in: table) == "2")
 
-        guard case .error(let code, let detail) = try #require(OperatorAnswer(line: #"{"error":"unknown_meter","detail":"unknown meter X"}"#)) else {
+        guard case .error(let code, let detail) = try #require(OperatorAnswer<StatusAnswer>(line: #"{"error":"unknown_meter","detail":"unknown meter X"}"#)) else {
             Issue.record("not an error")
             return
         }
         #expect(code == "unknown_meter" && detail == "unknown meter X")
+        #expect(OperatorAnswer<StatusAnswer>(line: #"{"version":"0.1.0"}"#) == nil)
     }
 }
 

@@ -36,18 +36,20 @@ struct OnlineImportBackupTests {
             #expect(first.out.contains("monthly_data.csv: 2400 rows imported"))
             let kpiArguments = ["--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12"]
             let afterFirst = try await MeterCtlTests.meterctlAsync(kpiArguments)
-            let document = try #require(try JSONSerialization.jsonObject(with: Data(afterFirst.out.utf8)) as? [String: Any])
-            #expect(document["total_customers"] as? Int == 200)
+            let document = try JSONDecoder().decode(KPIDocument.self, from: Data(afterFirst.out.utf8))
+            #expect(document.totalCustomers == 200)
 
             // Again: nothing changes.
             let second = try await MeterCtlTests.meterctlAsync(["--socket", socket, "import", csv])
             #expect(second.status == 0)
             let afterSecond = try await MeterCtlTests.meterctlAsync(kpiArguments)
-            let again = try #require(try JSONSerialization.jsonObject(with: Data(afterSecond.out.utf8)) as? [String: Any])
-            for key in ["total_customers", "total_consumption_kwh", "total_revenue", "payment_status", "maintenance", "satisfaction"] {
-                #expect(NSDictionary(dictionary: ["v": document[key] ?? NSNull()]) == NSDictionary(dictionary: ["v": again[key] ?? NSNull()]),
-                        "\(key) changed on a second import")
-            }
+            let again = try JSONDecoder().decode(KPIDocument.self, from: Data(afterSecond.out.utf8))
+            #expect(again.totalCustomers == document.totalCustomers, "changed on a second import")
+            #expect(again.totalConsumptionKwh == document.totalConsumptionKwh, "changed on a second import")
+            #expect(again.totalRevenue == document.totalRevenue, "changed on a second import")
+            #expect(again.paymentStatus == document.paymentStatus, "changed on a second import")
+            #expect(again.maintenance == document.maintenance, "changed on a second import")
+            #expect(again.satisfaction == document.satisfaction, "changed on a second import")
 
             // A bad file is rejected whole, with file:line: reason, and a non-zero exit.
             let bad = directory + "/bad"

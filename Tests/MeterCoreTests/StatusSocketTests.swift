@@ -43,6 +43,11 @@ struct StatusSocketTests {
         }
     }
 
+    /// An answer line decoded as the answer type it should be.
+    static func decode<Answer: Decodable>(_ type: Answer.Type, _ line: String) throws -> Answer {
+        try JSONDecoder().decode(type, from: Data(line.utf8))
+    }
+
     static func object(_ line: String) throws -> [String: Any] {
         try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
     }
@@ -65,24 +70,19 @@ struct StatusSocketTests {
                 #expect(mode.st_mode & 0o777 == 0o660)
                 #expect(mode.st_mode & S_IFMT == S_IFSOCK)
 
-                let status = try Self.object(try await ask(path, "status"))
-                for key in ["version", "uptime_s", "connections", "readings_total", "readings_per_s", "acks_total", "duplicates_total",
-                            "rejects_total", "queue_depth", "last_commit_age_ms", "db_bytes", "latency_ms", "meters"] {
-                    #expect(status[key] != nil, "status lacks \(key)")
-                }
-                #expect(status["version"] as? String == MeterdVersion.current)
-                #expect(status["connections"] as? Int == 1)
-                #expect(status["readings_total"] as? Int == 2)
-                #expect(status["duplicates_total"] as? Int == 1)
-                #expect(status["rejects_total"] as? Int == 1)
-                #expect(status["queue_depth"] as? Int == 0)
-                #expect((status["db_bytes"] as? Int ?? 0) > 0)
-                let latency = try #require(status["latency_ms"] as? [String: Any])
-                #expect(latency["p50"] as? Int != nil && latency["p99"] as? Int != nil)
-                let meters = try #require(status["meters"] as? [String: Any])
-                #expect(meters["active"] as? Int == 2)
-                #expect(meters["inactive"] as? Int == 0)
-                #expect(meters["faulty"] as? Int == 0)
+                // Every key of the spec is there (decoding requires them all).
+                let status = try Self.decode(StatusAnswer.self, try await ask(path, "status"))
+                #expect(status.version == MeterdVersion.current)
+                #expect(status.connections == 1)
+                #expect(status.readingsTotal == 2)
+                #expect(status.duplicatesTotal == 1)
+                #expect(status.rejectsTotal == 1)
+                #expect(status.rejectsByCode[code: RejectionCode.invalidJSON.rawValue] == 1)
+                #expect(status.queueDepth == 0)
+                #expect(status.lastCommitAgeMs != nil)
+                #expect(status.dbBytes > 0)
+                #expect(status.latencyMs.p50 != nil && status.latencyMs.p99 != nil)
+                #expect(status.meters == StatusAnswer.Meters(active: 2, inactive: 0, faulty: 0, total: 2))
                 await client.close()
             }
         }
@@ -124,19 +124,18 @@ struct StatusSocketTests {
                 try session.send(bytes: [0xFF, 0xFE, 0x0A])
                 #expect(try Self.object(try await offPool { try session.readLine() })["error"] as? String == "malformed_command")
 
-                let meter = try Self.object(try await session.asking("meter MTR-7"))
-                #expect(meter["meter"] as? String == "MTR-7")
-                #expect(meter["region"] as? String == "Unassigned")
-                #expect(meter["state"] as? String == "active")
-                let last = try #require(meter["last_reading"] as? [String: Any])
-                #expect(last["seq"] as? Int == 3)
-                #expect(last["status"] as? String == "fair")
-                #expect(last["fault"] as? String == "voltage_sag")
-                let counters = try #require(meter["counters"] as? [String: Any])
-                #expect(counters["readings_total"] as? Int == 1)
-                #expect(counters["faults_total"] as? Int == 1)
+                let meter = try Self.decode(MeterDetailAnswer.self, try await session.asking("meter MTR-7"))
+                #expect(meter.meter == "MTR-7")
+                #expect(meter.region == "Unassigned")
+                #expect(meter.state == "active")
+                let last = try #require(meter.lastReading)
+                #expect(last.seq == 3)
+                #expect(last.status == "fair")
+                #expect(last.fault == "voltage_sag")
+                #expect(meter.counters.readingsTotal == 1)
+                #expect(meter.counters.faultsTotal == 1)
                 #expect(try Self.object(try await session.asking("help"))["commands"] as? String == StatusCommand.usage)
-                #expect(try Self.object(try await session.asking("  STATUS  "))["version"] != nil)
+                #expect(try Self.decode(StatusAnswer.self, try await session.asking("  STATUS  ")).version == MeterdVersion.current)
             }
         }
     }
@@ -159,19 +158,19 @@ struct StatusSocketTests {
                 // Inactive is what the liveness sweep flagged: every answer agrees once it has run.
                 let monitor = LivenessMonitor(store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 60, logger: testLogger)
                 #expect(try await monitor.check().wentInactive == ["MTR-S"])
-                let inactive = try Self.object(try await ask(path, "inactive"))
-                #expect(inactive["count"] as? Int == 1)
-                let listed = try #require((inactive["meters"] as? [[String: Any]])?.first)
-                #expect(listed["meter"] as? String == "MTR-S")
-                #expect(listed["silent_since"] as? String == RFC3339.format(millisecondsSinceEpoch: silentSince))
-                #expect((listed["silent_for_s"] as? Int ?? 0) >= 600)
-                #expect(try Self.object(try await ask(path, "inactive 0"))["truncated"] as? Bool == true)
-                #expect(try Self.object(try await ask(path, "meter MTR-S"))["state"] as? String == "inactive")
-                #expect(try Self.object(try await ask(path, "meter MTR-F"))["faulty"] as? Bool == true)
-                let meters = try #require(try Self.object(try await ask(path, "status"))["meters"] as? [String: Any])
-                #expect(meters["active"] as? Int == 2)
-                #expect(meters["inactive"] as? Int == 1)
-                #expect(meters["faulty"] as? Int == 1)
+                let inactive = try Self.decode(InactiveMetersAnswer.self, try await ask(path, "inactive"))
+                #expect(inactive.count == 1)
+                let listed = try #require(inactive.meters.first)
+                #expect(listed.meter == "MTR-S")
+                #expect(listed.silentSince == RFC3339.format(millisecondsSinceEpoch: silentSince))
+                #expect((listed.silentForS ?? 0) >= 600)
+                #expect(try Self.decode(InactiveMetersAnswer.self, try await ask(path, "inactive 0")).truncated)
+                #expect(try Self.decode(MeterDetailAnswer.self, try await ask(path, "meter MTR-S")).state == "inactive")
+                #expect(try Self.decode(MeterDetailAnswer.self, try await ask(path, "meter MTR-F")).faulty)
+                let meters = try Self.decode(StatusAnswer.self, try await ask(path, "status")).meters
+                #expect(meters.active == 2)
+                #expect(meters.inactive == 1)
+                #expect(meters.faulty == 1)
                 await client.close()
             }
         }

@@ -50,7 +50,7 @@ package final class DaemonOperatorQueries: OperatorQueries {
             duplicatesTotal: record.duplicatesTotal)
     }
 
-    package func kpi(from: Month?, to: Month?, region: String?) async throws -> String {
+    package func kpi(from: Month?, to: Month?, region: String?) async throws -> KPIDocument {
         let period: KPIPeriod
         do {
             period = try KPIPeriod.parse(from: from?.description, to: to?.description, nowMs: WallClock.nowMs(),
@@ -58,14 +58,14 @@ package final class DaemonOperatorQueries: OperatorQueries {
         } catch {
             throw OperatorQueryError("malformed_command", "\(error)")
         }
-        return try await self.kpi.json(period: period, region: region)
+        return try await self.kpi.document(period: period, region: region)
     }
 
     package func snapshot() async throws -> String {
         try await self.snapshots.snapshot()
     }
 
-    package func importDirectory(_ path: String) async throws -> String {
+    package func importDirectory(_ path: String) async throws -> ImportAnswer {
         let report: ImportReport
         let tracker = self.runningImport
         tracker.withLockedValue { $0 = ImportProgress(file: (path as NSString).lastPathComponent, rows: 0, fraction: 0) }
@@ -78,23 +78,15 @@ package final class DaemonOperatorQueries: OperatorQueries {
             throw OperatorQueryError("import_failed", error.description)
         }
         self.cache.withLockedValue { $0 = nil }
-        return JSONValue.object([
-            ("imported", .bool(report.succeeded)),
-            ("files", .array(report.files.map { file in
-                .object([
-                    ("file", .string(file.file)), ("rows", .int(file.rows)), ("seconds", .number(file.seconds)),
-                    ("errors", .array(file.errors.map { .string($0.description) })),
-                ])
-            })),
-        ]).serialized
+        return ImportAnswer(report)
     }
 
     package func importProgress() -> ImportProgress? {
         self.runningImport.withLockedValue { $0 }
     }
 
-    package func backup(to path: String) async throws -> String {
+    package func backup(to path: String) async throws -> BackupAnswer {
         let report = try await self.store.backup(to: path)
-        return JSONValue.object([("backup", .string(report.path)), ("bytes", .int(report.bytes)), ("seconds", .number(report.seconds))]).serialized
+        return BackupAnswer(backup: report.path, bytes: report.bytes, seconds: report.seconds)
     }
 }

@@ -303,22 +303,12 @@ package final class DashboardQueries: Sendable {
     /// Inactive meters (flagged by the liveness monitor, then those never heard from), optionally of
     /// one region: the count and the first `limit`, longest silent first. Ties go by meter row id,
     /// the order of the partial indexes, so no sort of every inactive meter is needed.
-    package func inactive(region: String?, limit: Int) async throws -> JSONValue {
+    package func inactive(region: String?, limit: Int) async throws -> DashboardInactiveAnswer {
         let count = try await self.store.meterLivenessCounts(region: region).inactive
         let meters = try await self.store.inactiveMeters(region: region, limit: limit)
-        func time(_ ms: Int64?) -> JSONValue { .optional(ms) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) } }
-        return .object([
-            ("region", .optional(region) { .string($0) }),
-            ("count", .int(count)),
-            ("meters", .array(meters.map { meter in
-                .object([
-                    ("meter", .string(meter.meter)),
-                    ("customer_id", .optional(meter.customerID) { .int($0) }),
-                    ("region", .string(meter.region)),
-                    ("silent_since", time(meter.silentSinceMs)),
-                    ("last_reading", time(meter.lastReceivedMs)),
-                ])
-            })),
-        ])
+        return DashboardInactiveAnswer(region: region, count: count, meters: meters.map { meter in
+            DashboardInactiveAnswer.Meter(meter: meter.meter, customerID: meter.customerID, region: meter.region,
+                                          silentSinceMs: meter.silentSinceMs, lastReceivedMs: meter.lastReceivedMs)
+        })
     }
 }

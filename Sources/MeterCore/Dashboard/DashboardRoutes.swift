@@ -81,13 +81,13 @@ package struct DashboardRoutes: Sendable {
         router.get("api/inactive") { request, _ in
             let query = request.uri.queryParameters
             let limit = try Self.integer(query, "limit", default: 100, range: 1...10_000)
-            return Self.json(try await self.queries.inactive(region: try Self.region(query), limit: limit).serialized)
+            return Self.json(try AnswerEncoder.json(try await self.queries.inactive(region: try Self.region(query), limit: limit)))
         }
         router.get("api/status") { _, _ in
             guard let reporter = self.reporter else {
                 throw DashboardError(.serviceUnavailable, code: "unavailable", message: "No ingest pipeline runs here.")
             }
-            return Self.json(await reporter.status().serialized)
+            return Self.json(try AnswerEncoder.json(await reporter.status()))
         }
         router.get("api/**") { request, _ -> Response in
             throw DashboardError.notFound("No API endpoint \(request.uri.path) (see SPEC.md section 6).")

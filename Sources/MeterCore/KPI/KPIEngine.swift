@@ -109,7 +109,7 @@ package final class KPIEngine: Sendable {
 
     /// The KPI document as JSON text, for the status socket, HTTP and snapshots.
     package func json(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> String {
-        try await self.document(period: period, region: region, nowMs: nowMs).serialized
+        try AnswerEncoder.json(try await self.document(period: period, region: region, nowMs: nowMs))
     }
 
     /// Runs `body` over the in-memory meter-month store, loading it first if needed (the dashboard's
@@ -173,52 +173,45 @@ package final class KPIEngine: Sendable {
     }
 
     /// The whole KPI document: one flat object with every key of SPEC.md section 5.
-    package func document(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> JSONValue {
+    package func document(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> KPIDocument {
         let monthly = try await self.withStore { store in self.monthlyFigures(store, period: period, region: region) }
         let events = try await self.eventFigures(period: period, region: region)
         let inactive = try await self.store.meterLivenessCounts(region: region).inactive
+        // Percent of the customer-months whose status is good (0), fair (1) or poor (2).
+        func share(_ status: Int) -> Double? { monthly.records > 0 ? 100 * Double(monthly.health[status]) / Double(monthly.records) : nil }
 
-        var members: [(String, JSONValue)] = [
-            ("period", .object([("from", .string(period.from.description)), ("to", .string(period.to.description))])),
-            ("region", region.map { .string($0) } ?? .null),
-            ("generated_at", .string(RFC3339.format(millisecondsSinceEpoch: nowMs))),
+        return KPIDocument(
+            period: .init(from: period.from.description, to: period.to.description),
+            region: region,
+            generatedAt: RFC3339.format(millisecondsSinceEpoch: nowMs),
             // Overview
-            ("total_customers", .int(monthly.totalCustomers)),
-            ("total_consumption_kwh", .number(monthly.totalKwh)),
-            ("total_revenue", .number(monthly.totalRevenue)),
-            ("average_consumption_kwh", .number(monthly.records > 0 ? monthly.totalKwh / Double(monthly.records) : nil)),
-            ("meters", .object([("active", .int(max(0, monthly.meters - inactive))), ("inactive", .int(inactive)),
-                                ("faulty", .int(monthly.faulty.count))])),
+            totalCustomers: monthly.totalCustomers,
+            totalConsumptionKwh: monthly.totalKwh,
+            totalRevenue: monthly.totalRevenue,
+            averageConsumptionKwh: monthly.records > 0 ? monthly.totalKwh / Double(monthly.records) : nil,
+            meters: .init(active: max(0, monthly.meters - inactive), inactive: inactive, faulty: monthly.faulty.count),
             // Consumption
-            ("consumption_by_region", .array(monthly.byRegion.map { .object([("region", .string($0.region)), ("kwh", .number($0.kwh))]) })),
-            ("top_consumers", .array(monthly.top.map {
-                .object([("customer_id", .int(Int($0.customerID))), ("region", .string($0.region)), ("kwh", .number($0.kwh))])
-            })),
-            ("monthly_consumption", .array(monthly.byMonth.map { .object([("month", .string($0.month.description)), ("kwh", .number($0.kwh))]) })),
+            consumptionByRegion: monthly.byRegion.map { .init(region: $0.region, kwh: $0.kwh) },
+            topConsumers: monthly.top.map { .init(customerID: $0.customerID, region: $0.region, kwh: $0.kwh) },
+            monthlyConsumption: monthly.byMonth.map { .init(month: $0.month.description, kwh: $0.kwh) },
             // Meters
-            ("meter_health", .object(["good", "fair", "poor"].enumerated().map { index, name in
-                (name, .number(monthly.records > 0 ? 100 * Double(monthly.health[index]) / Double(monthly.records) : nil))
-            })),
-            ("faulty_meters", .array(monthly.faulty.prefix(self.settings.faultyListLimit).map { meter in
-                .object([("meter", .string(meter.meter)), ("customer_id", meter.customerID.map { .int(Int($0)) } ?? .null),
-                         ("poor_months", .int(meter.poorMonths)), ("faults", .int(meter.faults))])
-            })),
-            ("reading_latency_ms", events.latency),
+            meterHealth: .init(good: share(0), fair: share(1), poor: share(2)),
+            faultyMeters: monthly.faulty.prefix(self.settings.faultyListLimit).map { meter in
+                .init(meter: meter.meter, customerID: meter.customerID, poorMonths: meter.poorMonths, faults: meter.faults)
+            },
+            readingLatencyMs: events.latency,
             // Revenue
-            ("revenue_by_region", .array(monthly.byRegion.map { .object([("region", .string($0.region)), ("revenue", .number($0.revenue))]) })),
-            ("revenue_trend", .array(monthly.trend.map { .object([("month", .string($0.month.description)), ("revenue", .number($0.revenue))]) })),
-            ("payment_status", events.payments),
+            revenueByRegion: monthly.byRegion.map { .init(region: $0.region, revenue: $0.revenue) },
+            revenueTrend: monthly.trend.map { .init(month: $0.month.description, revenue: $0.revenue) },
+            paymentStatus: events.payments,
             // Customers
-            ("satisfaction", events.satisfaction),
-            ("new_vs_returning", .object([("new", .int(monthly.newCustomers)), ("returning", .int(monthly.returningCustomers))])),
-            ("complaints", events.complaints),
+            satisfaction: events.satisfaction,
+            newVsReturning: .init(new: monthly.newCustomers, returning: monthly.returningCustomers),
+            complaints: events.complaints,
             // Operations
-            ("installation_time_days", events.installationDays),
-            ("maintenance", events.maintenance),
-            ("technicians", events.technicians),
-        ]
-        members.reserveCapacity(members.count)
-        return .object(members)
+            installationTimeDays: events.installationDays,
+            maintenance: events.maintenance,
+            technicians: events.technicians)
     }
 
     // MARK: Meter-month figures
@@ -328,13 +321,13 @@ package final class KPIEngine: Sendable {
     // MARK: Company events and latency
 
     struct EventFigures {
-        var latency: JSONValue
-        var payments: JSONValue
-        var satisfaction: JSONValue
-        var complaints: JSONValue
-        var installationDays: JSONValue
-        var maintenance: JSONValue
-        var technicians: JSONValue
+        var latency: KPIDocument.ReadingLatency
+        var payments: KPIDocument.PaymentStatus
+        var satisfaction: KPIDocument.Satisfaction
+        var complaints: KPIDocument.Complaints
+        var installationDays: Double?
+        var maintenance: KPIDocument.Maintenance
+        var technicians: [KPIDocument.Technician]
     }
 
     private func eventFigures(period: KPIPeriod, region: String?) async throws -> EventFigures {
@@ -366,7 +359,7 @@ package final class KPIEngine: Sendable {
                 result.total += sum.total
             }
         }
-        func mean(_ sum: Sum) -> JSONValue { .number(sum.count > 0 ? sum.total / Double(sum.count) : nil) }
+        func mean(_ sum: Sum) -> Double? { sum.count > 0 ? sum.total / Double(sum.count) : nil }
 
         // Latency over live readings received in the period.
         var buckets: [(bucket: Int, count: Int)] = []
@@ -377,53 +370,48 @@ package final class KPIEngine: Sendable {
             latencyCount += row.count
             latencySum += row.sumMs
         }
-        func percentile(_ q: Double) -> JSONValue {
-            guard latencyCount > 0 else { return .null }
+        func percentile(_ q: Double) -> Double? {
+            guard latencyCount > 0 else { return nil }
             let rank = max(1, Int((Double(latencyCount) * q).rounded(.up)))
             var seen = 0
             for entry in buckets {
                 seen += entry.count
-                if seen >= rank { return .number(LatencyBuckets.value(of: entry.bucket)) }
+                if seen >= rank { return LatencyBuckets.value(of: entry.bucket) }
             }
-            return .null
+            return nil
         }
-        let latency = JSONValue.object([
-            ("avg", .number(latencyCount > 0 ? latencySum / Double(latencyCount) : nil)),
-            ("p50", percentile(0.5)), ("p95", percentile(0.95)), ("p99", percentile(0.99)), ("count", .int(latencyCount)),
-        ])
+        let latency = KPIDocument.ReadingLatency(
+            avg: latencyCount > 0 ? latencySum / Double(latencyCount) : nil,
+            p50: percentile(0.5), p95: percentile(0.95), p99: percentile(0.99), count: latencyCount)
 
         let bills = inPeriod["bill"] ?? [:]
-        let payments = JSONValue.object([
-            ("paid", .object([("count", .int(bills[1]?.count ?? 0)), ("amount", .number(bills[1]?.total ?? 0))])),
-            ("unpaid", .object([("count", .int(bills[0]?.count ?? 0)), ("amount", .number(bills[0]?.total ?? 0))])),
-        ])
+        let payments = KPIDocument.PaymentStatus(
+            paid: .init(count: bills[1]?.count ?? 0, amount: bills[1]?.total ?? 0),
+            unpaid: .init(count: bills[0]?.count ?? 0, amount: bills[0]?.total ?? 0))
 
         let feedback = inPeriod["feedback"] ?? [:]
         let feedbackSum = sum("feedback")
-        let satisfaction = JSONValue.object([
-            ("average", mean(feedbackSum)), ("count", .int(feedbackSum.count)),
-            ("distribution", .object((1...5).map { score in (String(score), .int(feedback[score]?.count ?? 0)) })),
-        ])
+        let satisfaction = KPIDocument.Satisfaction(
+            average: mean(feedbackSum), count: feedbackSum.count,
+            distribution: .init(counts: (1...5).map { score in feedback[score]?.count ?? 0 }))
 
-        let complaints = JSONValue.object([("received", .int(complaintsLastMonth.received)), ("resolved", .int(complaintsLastMonth.resolved))])
+        let complaints = KPIDocument.Complaints(received: complaintsLastMonth.received, resolved: complaintsLastMonth.resolved)
         let resolved = sum("maintenance_resolved")
-        let maintenance = JSONValue.object([
-            ("received", .int(sum("maintenance_received").count)), ("processed", .int(resolved.count)),
-            ("open", .int(max(0, maintenanceUpToEnd.received - maintenanceUpToEnd.resolved))),
-            ("average_resolution_days", mean(resolved)),
-        ])
+        let maintenance = KPIDocument.Maintenance(
+            received: sum("maintenance_received").count, processed: resolved.count,
+            open: max(0, maintenanceUpToEnd.received - maintenanceUpToEnd.resolved),
+            averageResolutionDays: mean(resolved))
 
         let names = try await self.store.technicianNames()
         let installations = inPeriod["installation"] ?? [:]
         let jobs = inPeriod["maintenance_resolved"] ?? [:]
         let technicianIDs = Set(names.keys).union(installations.keys.filter { $0 != 0 }).union(jobs.keys).sorted()
-        let technicians = JSONValue.array(technicianIDs.map { id in
-            .object([
-                ("technician_id", .int(id)), ("name", names[id].map { .string($0) } ?? .null),
-                ("installations", .int(installations[id]?.count ?? 0)), ("maintenance_jobs", .int(jobs[id]?.count ?? 0)),
-                ("average_resolution_days", mean(jobs[id] ?? Sum())),
-            ])
-        })
+        let technicians = technicianIDs.map { id in
+            KPIDocument.Technician(
+                technicianID: id, name: names[id],
+                installations: installations[id]?.count ?? 0, maintenanceJobs: jobs[id]?.count ?? 0,
+                averageResolutionDays: mean(jobs[id] ?? Sum()))
+        }
         return EventFigures(latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
                             installationDays: mean(sum("installation")), maintenance: maintenance, technicians: technicians)
     }

@@ -1,102 +1,81 @@
 import Foundation
 
-/// Renders the KPI document (its JSON text) as the readable tables `meterctl kpi` prints.
+/// Renders the KPI document as the readable tables `meterctl kpi` prints.
 package enum KPITextReport {
+    /// Decodes the document's JSON text, then renders it.
     package static func render(json: String) throws -> String {
-        guard let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
-            throw KPIError.invalidPeriod("the KPI answer is not a JSON object")
-        }
-        return self.render(object)
+        self.render(try JSONDecoder().decode(KPIDocument.self, from: Data(json.utf8)))
     }
 
-    static func render(_ document: [String: Any]) -> String {
+    package static func render(_ document: KPIDocument) -> String {
         var out = ""
-        let period = document["period"] as? [String: Any] ?? [:]
-        let region = document["region"] as? String ?? "all regions"
-        out += "KPIs \(period["from"] as? String ?? "?")..\(period["to"] as? String ?? "?"), \(region) (generated \(document["generated_at"] as? String ?? "?"))\n"
+        let region = document.region ?? "all regions"
+        out += "KPIs \(document.period.from)..\(document.period.to), \(region) (generated \(document.generatedAt))\n"
 
-        let meters = document["meters"] as? [String: Any] ?? [:]
+        let meters = document.meters
         out += self.section("Overview", [["figure", "value"]] + [
-            ["customers", self.integer(document["total_customers"])],
-            ["consumption (kWh)", self.decimal(document["total_consumption_kwh"])],
-            ["revenue", self.decimal(document["total_revenue"])],
-            ["average consumption (kWh per customer-month)", self.decimal(document["average_consumption_kwh"])],
-            ["meters active / inactive / faulty",
-             "\(self.integer(meters["active"])) / \(self.integer(meters["inactive"])) / \(self.integer(meters["faulty"]))"],
+            ["customers", "\(document.totalCustomers)"],
+            ["consumption (kWh)", self.decimal(document.totalConsumptionKwh)],
+            ["revenue", self.decimal(document.totalRevenue)],
+            ["average consumption (kWh per customer-month)", self.decimal(document.averageConsumptionKwh)],
+            ["meters active / inactive / faulty", "\(meters.active) / \(meters.inactive) / \(meters.faulty)"],
         ])
 
-        let consumption = self.list(document["consumption_by_region"])
-        let revenue = Dictionary(self.list(document["revenue_by_region"]).map { ($0["region"] as? String ?? "", $0["revenue"]) },
-                                 uniquingKeysWith: { first, _ in first })
-        out += self.section("Consumption and revenue by region", [["region", "kWh", "revenue"]] + consumption.map { row in
-            let name = row["region"] as? String ?? ""
-            return [name, self.decimal(row["kwh"]), self.decimal(revenue[name] ?? nil)]
+        let revenue = Dictionary(document.revenueByRegion.map { ($0.region, $0.revenue) }, uniquingKeysWith: { first, _ in first })
+        out += self.section("Consumption and revenue by region", [["region", "kWh", "revenue"]] + document.consumptionByRegion.map { row in
+            [row.region, self.decimal(row.kwh), self.decimal(revenue[row.region])]
         })
-        out += self.section("Top consumers", [["#", "customer", "region", "kWh"]] + self.list(document["top_consumers"]).enumerated().map { index, row in
-            ["\(index + 1)", self.integer(row["customer_id"]), row["region"] as? String ?? "", self.decimal(row["kwh"])]
+        out += self.section("Top consumers", [["#", "customer", "region", "kWh"]] + document.topConsumers.enumerated().map { index, row in
+            ["\(index + 1)", "\(row.customerID)", row.region, self.decimal(row.kwh)]
         })
-        let trend = Dictionary(self.list(document["revenue_trend"]).map { ($0["month"] as? String ?? "", $0["revenue"]) },
-                               uniquingKeysWith: { first, _ in first })
+        let trend = Dictionary(document.revenueTrend.map { ($0.month, $0.revenue) }, uniquingKeysWith: { first, _ in first })
         out += self.section("Monthly consumption (revenue trend: 12 months ending at the period's end)",
-                            [["month", "kWh", "revenue"]] + self.list(document["monthly_consumption"]).map { row in
-            let month = row["month"] as? String ?? ""
-            return [month, self.decimal(row["kwh"]), trend[month].map { self.decimal($0) } ?? ""]
+                            [["month", "kWh", "revenue"]] + document.monthlyConsumption.map { row in
+            [row.month, self.decimal(row.kwh), trend[row.month].map { self.decimal($0) } ?? ""]
         })
 
-        let health = document["meter_health"] as? [String: Any] ?? [:]
-        let latency = document["reading_latency_ms"] as? [String: Any] ?? [:]
+        let health = document.meterHealth
+        let latency = document.readingLatencyMs
         out += self.section("Meter performance", [["figure", "value"]] + [
-            ["health good / fair / poor (%)", "\(self.decimal(health["good"])) / \(self.decimal(health["fair"])) / \(self.decimal(health["poor"]))"],
+            ["health good / fair / poor (%)", "\(self.decimal(health.good)) / \(self.decimal(health.fair)) / \(self.decimal(health.poor))"],
             ["reading latency avg / p50 / p95 / p99 (ms)",
-             "\(self.decimal(latency["avg"])) / \(self.decimal(latency["p50"])) / \(self.decimal(latency["p95"])) / \(self.decimal(latency["p99"]))"],
-            ["live readings in the period", self.integer(latency["count"])],
+             "\(self.decimal(latency.avg)) / \(self.decimal(latency.p50)) / \(self.decimal(latency.p95)) / \(self.decimal(latency.p99))"],
+            ["live readings in the period", "\(latency.count)"],
         ])
         out += self.section("Faulty meters (worst first)", [["meter", "customer", "poor months", "faults"]] +
-                            self.list(document["faulty_meters"]).prefix(20).map { row in
-            [row["meter"] as? String ?? "", self.integer(row["customer_id"]), self.integer(row["poor_months"]), self.integer(row["faults"])]
+                            document.faultyMeters.prefix(20).map { row in
+            [row.meter, row.customerID.map(String.init) ?? "-", "\(row.poorMonths)", "\(row.faults)"]
         })
 
-        let payments = document["payment_status"] as? [String: Any] ?? [:]
-        let paid = payments["paid"] as? [String: Any] ?? [:]
-        let unpaid = payments["unpaid"] as? [String: Any] ?? [:]
-        let satisfaction = document["satisfaction"] as? [String: Any] ?? [:]
-        let distribution = satisfaction["distribution"] as? [String: Any] ?? [:]
-        let customers = document["new_vs_returning"] as? [String: Any] ?? [:]
-        let complaints = document["complaints"] as? [String: Any] ?? [:]
+        let payments = document.paymentStatus
+        let satisfaction = document.satisfaction
+        let customers = document.newVsReturning
+        let complaints = document.complaints
         out += self.section("Revenue and customers", [["figure", "value"]] + [
-            ["bills paid (count / amount)", "\(self.integer(paid["count"])) / \(self.decimal(paid["amount"]))"],
-            ["bills unpaid (count / amount)", "\(self.integer(unpaid["count"])) / \(self.decimal(unpaid["amount"]))"],
-            ["satisfaction (average of n)", "\(self.decimal(satisfaction["average"])) of \(self.integer(satisfaction["count"]))"],
-            ["satisfaction scores 1 / 2 / 3 / 4 / 5", (1...5).map { self.integer(distribution[String($0)]) }.joined(separator: " / ")],
-            ["customers new / returning", "\(self.integer(customers["new"])) / \(self.integer(customers["returning"]))"],
-            ["complaints in the last month received / resolved", "\(self.integer(complaints["received"])) / \(self.integer(complaints["resolved"]))"],
+            ["bills paid (count / amount)", "\(payments.paid.count) / \(self.decimal(payments.paid.amount))"],
+            ["bills unpaid (count / amount)", "\(payments.unpaid.count) / \(self.decimal(payments.unpaid.amount))"],
+            ["satisfaction (average of n)", "\(self.decimal(satisfaction.average)) of \(satisfaction.count)"],
+            ["satisfaction scores 1 / 2 / 3 / 4 / 5", (1...5).map { "\(satisfaction.distribution[score: $0])" }.joined(separator: " / ")],
+            ["customers new / returning", "\(customers.new) / \(customers.returning)"],
+            ["complaints in the last month received / resolved", "\(complaints.received) / \(complaints.resolved)"],
         ])
 
-        let maintenance = document["maintenance"] as? [String: Any] ?? [:]
+        let maintenance = document.maintenance
         out += self.section("Operations", [["figure", "value"]] + [
-            ["installation time (days)", self.decimal(document["installation_time_days"])],
-            ["maintenance received / processed / open",
-             "\(self.integer(maintenance["received"])) / \(self.integer(maintenance["processed"])) / \(self.integer(maintenance["open"]))"],
-            ["maintenance resolution (days)", self.decimal(maintenance["average_resolution_days"])],
+            ["installation time (days)", self.decimal(document.installationTimeDays)],
+            ["maintenance received / processed / open", "\(maintenance.received) / \(maintenance.processed) / \(maintenance.open)"],
+            ["maintenance resolution (days)", self.decimal(maintenance.averageResolutionDays)],
         ])
         out += self.section("Technicians", [["id", "name", "installations", "maintenance jobs", "resolution days"]] +
-                            self.list(document["technicians"]).map { row in
-            [self.integer(row["technician_id"]), row["name"] as? String ?? "-", self.integer(row["installations"]),
-             self.integer(row["maintenance_jobs"]), self.decimal(row["average_resolution_days"])]
+                            document.technicians.map { row in
+            ["\(row.technicianID)", row.name ?? "-", "\(row.installations)", "\(row.maintenanceJobs)", self.decimal(row.averageResolutionDays)]
         })
         return out
     }
 
-    private static func list(_ value: Any?) -> [[String: Any]] { value as? [[String: Any]] ?? [] }
-
-    private static func integer(_ value: Any?) -> String {
-        guard let number = value as? NSNumber else { return "-" }
-        return String(number.int64Value)
-    }
-
-    private static func decimal(_ value: Any?) -> String {
-        guard let number = value as? NSNumber else { return "-" }
-        return String(format: "%.2f", number.doubleValue)
+    private static func decimal(_ value: Double?) -> String {
+        guard let value else { return "-" }
+        return String(format: "%.2f", value)
     }
 
     /// A titled table: the first row is the header; numbers align right.

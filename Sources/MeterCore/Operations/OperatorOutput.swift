@@ -1,20 +1,21 @@
 import Foundation
 
-/// An answer of the status socket, parsed for `meterctl`'s readable output.
-package enum OperatorAnswer {
-    case value([String: Any])
+/// An answer of the status socket, decoded for `meterctl`'s readable output.
+package enum OperatorAnswer<Value: Decodable> {
+    case value(Value)
     /// The daemon answered `{"error":…}`.
     case error(code: String, detail: String)
 
-    /// Parses one answer line; `nil` if it is not a JSON object.
+    /// Decodes one answer line: the daemon's error, or a `Value`; `nil` if it is neither.
     package init?(line: String) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [.fragmentsAllowed]) as? [String: Any] else {
-            return nil
-        }
-        if let code = object["error"] as? String {
-            self = .error(code: code, detail: object["detail"] as? String ?? code)
+        let data = Data(line.utf8)
+        let decoder = JSONDecoder()
+        if let error = try? decoder.decode(ErrorAnswer.self, from: data) {
+            self = .error(code: error.error, detail: error.detail ?? error.error)
+        } else if let value = try? decoder.decode(Value.self, from: data) {
+            self = .value(value)
         } else {
-            self = .value(object)
+            return nil
         }
     }
 }
@@ -22,88 +23,58 @@ package enum OperatorAnswer {
 /// Renders status socket answers as the tables `meterctl` prints by default.
 package enum OperatorOutput {
     /// `meterctl status`.
-    package static func status(_ object: [String: Any]) -> String {
-        func number(_ key: String) -> String { Self.text(object[key]) }
+    package static func status(_ status: StatusAnswer) -> String {
         var rows: [(String, String)] = []
-        rows.append(("version", number("version")))
-        rows.append(("uptime", Self.duration(seconds: object["uptime_s"] as? Double ?? 0)))
-        rows.append(("connections", number("connections")))
-        rows.append(("readings", "\(number("readings_total")) (\(number("readings_per_s"))/s)"))
-        rows.append(("acks", number("acks_total")))
-        rows.append(("duplicates", number("duplicates_total")))
-        var rejects = number("rejects_total")
-        if let codes = object["rejects_by_code"] as? [String: Any] {
-            let nonzero = codes.compactMap { key, value -> String? in
-                guard let count = value as? Double, count > 0 else { return nil }
-                return "\(key) \(Self.text(count))"
-            }.sorted()
-            if !nonzero.isEmpty { rejects += " (" + nonzero.joined(separator: ", ") + ")" }
-        }
+        rows.append(("version", status.version))
+        rows.append(("uptime", Self.duration(seconds: Double(status.uptimeS))))
+        rows.append(("connections", "\(status.connections)"))
+        rows.append(("readings", "\(status.readingsTotal) (\(Self.number(status.readingsPerS))/s)"))
+        rows.append(("acks", "\(status.acksTotal)"))
+        rows.append(("duplicates", "\(status.duplicatesTotal)"))
+        var rejects = "\(status.rejectsTotal)"
+        let nonzero = status.rejectsByCode.counts.filter { $0.count > 0 }.map { "\($0.code) \($0.count)" }.sorted()
+        if !nonzero.isEmpty { rejects += " (" + nonzero.joined(separator: ", ") + ")" }
         rows.append(("rejects", rejects))
-        rows.append(("queue depth", number("queue_depth")))
-        rows.append(("last commit", (object["last_commit_age_ms"] as? Double).map { "\(Self.text($0)) ms ago" } ?? "never"))
-        rows.append(("database", Self.bytes(object["db_bytes"] as? Double ?? 0)))
-        if let latency = object["latency_ms"] as? [String: Any] {
-            rows.append(("latency p50 / p99", "\(Self.milliseconds(latency["p50"])) / \(Self.milliseconds(latency["p99"]))"))
-        }
-        if let meters = object["meters"] as? [String: Any] {
-            rows.append(("meters", "active \(Self.text(meters["active"])), inactive \(Self.text(meters["inactive"])), faulty \(Self.text(meters["faulty"]))"))
-        }
-        if let writer = object["writer"] as? [String: Any] {
-            rows.append(("writer", (writer["healthy"] as? Bool ?? true) ? "healthy" : "FAILING: \(Self.text(writer["failure"]))"))
-        }
+        rows.append(("queue depth", "\(status.queueDepth)"))
+        rows.append(("last commit", status.lastCommitAgeMs.map { "\($0) ms ago" } ?? "never"))
+        rows.append(("database", Self.bytes(Double(status.dbBytes))))
+        rows.append(("latency p50 / p99", "\(Self.milliseconds(status.latencyMs.p50)) / \(Self.milliseconds(status.latencyMs.p99))"))
+        let meters = status.meters
+        rows.append(("meters", "active \(Self.text(meters.active)), inactive \(Self.text(meters.inactive)), faulty \(Self.text(meters.faulty))"))
+        rows.append(("writer", status.writer.healthy ? "healthy" : "FAILING: \(Self.text(status.writer.failure))"))
         return Self.keyValues(rows)
     }
 
     /// `meterctl inactive`.
-    package static func inactive(_ object: [String: Any]) -> String {
-        let meters = object["meters"] as? [[String: Any]] ?? []
-        let count = Self.text(object["count"])
-        guard !meters.isEmpty else { return "No inactive meters.\n" }
-        var out = Self.table(headers: ["METER", "CUSTOMER", "REGION", "SILENT SINCE", "SILENT FOR"], rows: meters.map { meter in
-            [Self.text(meter["meter"]), Self.text(meter["customer_id"]), Self.text(meter["region"]),
-             meter["silent_since"] as? String ?? "never reported",
-             (meter["silent_for_s"] as? Double).map { Self.duration(seconds: $0) } ?? "-"]
+    package static func inactive(_ inactive: InactiveMetersAnswer) -> String {
+        guard !inactive.meters.isEmpty else { return "No inactive meters.\n" }
+        var out = Self.table(headers: ["METER", "CUSTOMER", "REGION", "SILENT SINCE", "SILENT FOR"], rows: inactive.meters.map { meter in
+            [meter.meter, Self.text(meter.customerID), meter.region, meter.silentSince ?? "never reported",
+             meter.silentForS.map { Self.duration(seconds: Double($0)) } ?? "-"]
         })
-        out += (object["truncated"] as? Bool ?? false) ? "\(meters.count) of \(count) inactive meters shown.\n" : "\(count) inactive meters.\n"
+        out += inactive.truncated ? "\(inactive.meters.count) of \(inactive.count) inactive meters shown.\n" : "\(inactive.count) inactive meters.\n"
         return out
     }
 
-    /// Any other answer (`meter`, `kpi`, `snapshot`): scalars as `key  value`, lists of
-    /// objects as tables, nested objects with dotted keys.
-    package static func generic(_ object: [String: Any], order: [String]? = nil) -> String {
-        var rows: [(String, String)] = []
-        var tables: [(String, String)] = []
-        func walk(_ value: Any, key: String) {
-            switch value {
-            case let nested as [String: Any]:
-                for sub in nested.keys.sorted() { walk(nested[sub]!, key: key.isEmpty ? sub : "\(key).\(sub)") }
-            case let list as [Any] where list.allSatisfy({ $0 is [String: Any] }) && !list.isEmpty:
-                let objects = list.compactMap { $0 as? [String: Any] }
-                var headers: [String] = []
-                for object in objects { for header in object.keys where !headers.contains(header) { headers.append(header) } }
-                if let first = objects.first { headers = Self.orderedKeys(first) + headers.filter { first[$0] == nil } }
-                tables.append((key, Self.table(headers: headers.map { $0.uppercased() },
-                                               rows: objects.map { object in headers.map { Self.text(object[$0]) } })))
-            case let list as [Any]:
-                rows.append((key, list.isEmpty ? "(none)" : list.map { Self.text($0) }.joined(separator: ", ")))
-            default:
-                rows.append((key, Self.text(value)))
-            }
+    /// `meterctl meter ID`: `key  value` lines, nested figures with dotted keys; integers as integers.
+    package static func meter(_ meter: MeterDetailAnswer) -> String {
+        var rows: [(String, String)] = [
+            ("meter", meter.meter), ("customer_id", Self.text(meter.customerID)), ("region", meter.region), ("state", meter.state),
+            ("faulty", meter.faulty ? "yes" : "no"), ("inactive_since", Self.text(meter.inactiveSince)), ("first_seen", Self.text(meter.firstSeen)),
+        ]
+        if let last = meter.lastReading {
+            rows += [
+                ("last_reading.fault", Self.text(last.fault)), ("last_reading.received", Self.text(last.received)),
+                ("last_reading.seq", Self.text(last.seq)), ("last_reading.status", Self.text(last.status)), ("last_reading.ts", Self.text(last.ts)),
+            ]
+        } else {
+            rows.append(("last_reading", "-"))
         }
-        for key in order ?? object.keys.sorted() {
-            if let value = object[key] { walk(value, key: key) }
-        }
-        var out = Self.keyValues(rows)
-        for (title, table) in tables { out += "\n\(title):\n\(table)" }
-        return out
-    }
-
-    /// Keys of an answer object in a stable, readable order (the daemon's order is not kept by
-    /// JSONSerialization, so well-known leading keys go first).
-    private static func orderedKeys(_ object: [String: Any]) -> [String] {
-        let leading = ["meter", "customer_id", "region", "month", "technician_id", "name"]
-        return leading.filter { object[$0] != nil } + object.keys.filter { !leading.contains($0) }.sorted()
+        rows += [
+            ("counters.duplicates_total", "\(meter.counters.duplicatesTotal)"), ("counters.faults_total", "\(meter.counters.faultsTotal)"),
+            ("counters.readings_total", "\(meter.counters.readingsTotal)"),
+        ]
+        return Self.keyValues(rows)
     }
 
     /// Aligned `key  value` lines.
@@ -126,32 +97,20 @@ package enum OperatorOutput {
         return ([line(headers)] + rows.map(line)).joined(separator: "\n") + "\n"
     }
 
-    /// A JSON value as text: integers without `.0`, `null` as `-`.
-    package static func text(_ value: Any?) -> String {
-        switch value {
-        case nil, is NSNull: return "-"
-        case let number as NSNumber where Self.isBoolean(number): return number.boolValue ? "yes" : "no"
-        case let number as NSNumber: return Self.number(number.doubleValue)
-        case let string as String: return string
-        case let list as [Any]: return list.map { Self.text($0) }.joined(separator: ", ")
-        case let object as [String: Any]: return object.keys.sorted().map { "\($0)=\(Self.text(object[$0]))" }.joined(separator: " ")
-        default: return "\(value!)"
-        }
+    /// An optional figure as text, `-` when there is none.
+    package static func text(_ value: (some CustomStringConvertible)?) -> String {
+        value.map(\.description) ?? "-"
     }
 
-    /// JSONSerialization gives NSNumber for numbers and booleans alike; booleans have their own class.
-    private static func isBoolean(_ number: NSNumber) -> Bool {
-        type(of: number) == type(of: NSNumber(value: true))
-    }
-
-    private static func number(_ value: Double) -> String {
+    /// A double as text: whole values without decimals, others with two.
+    package static func number(_ value: Double) -> String {
         if value == value.rounded(), abs(value) < 1e15 { return String(Int64(value)) }
         return String(format: "%.2f", value)
     }
 
-    private static func milliseconds(_ value: Any?) -> String {
-        guard let number = value as? Double else { return "-" }
-        return "\(Self.number(number)) ms"
+    private static func milliseconds(_ value: Int64?) -> String {
+        guard let value else { return "-" }
+        return "\(value) ms"
     }
 
     /// `1h 02m 03s`.

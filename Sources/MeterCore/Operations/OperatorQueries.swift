@@ -69,14 +69,14 @@ package protocol OperatorQueries: Sendable {
     func inactiveMeters(nowMs: Int64, limit: Int) async throws -> InactiveMeters
     /// One meter by its id, or `nil` if the daemon does not know it.
     func meter(_ name: String, nowMs: Int64) async throws -> MeterDetail?
-    /// The KPI document of SPEC.md section 5 as one line of JSON.
-    func kpi(from: Month?, to: Month?, region: String?) async throws -> String
+    /// The KPI document of SPEC.md section 5.
+    func kpi(from: Month?, to: Month?, region: String?) async throws -> KPIDocument
     /// Writes a KPI snapshot now and returns its path.
     func snapshot() async throws -> String
-    /// Imports the company CSV files of a directory the daemon can read; returns the summary as JSON.
-    func importDirectory(_ path: String) async throws -> String
-    /// Writes a consistent copy of the database to a new file; returns its path and size as JSON.
-    func backup(to path: String) async throws -> String
+    /// Imports the company CSV files of a directory the daemon can read; returns the summary.
+    func importDirectory(_ path: String) async throws -> ImportAnswer
+    /// Writes a consistent copy of the database to a new file; returns its path and size.
+    func backup(to path: String) async throws -> BackupAnswer
     /// Where a running import stands, `nil` when none runs; must answer at once.
     func importProgress() -> ImportProgress?
 }

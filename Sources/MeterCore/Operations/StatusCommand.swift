@@ -116,63 +116,28 @@ package struct StatusResponder: Sendable {
         let queries = self.reporter.queries
         switch command {
         case .status:
-            return await self.reporter.status(nowMs: nowMs).serialized
+            return try AnswerEncoder.json(await self.reporter.status(nowMs: nowMs))
         case .inactive(let limit):
             let inactive = try await queries.inactiveMeters(nowMs: nowMs, limit: limit)
-            return JSONValue.object([
-                ("count", .int(inactive.count)),
-                ("truncated", .bool(inactive.count > inactive.meters.count)),
-                ("meters", .array(inactive.meters.map { meter in
-                    .object([
-                        ("meter", .string(meter.meter)),
-                        ("customer_id", .optional(meter.customerID) { .int($0) }),
-                        ("region", .string(meter.region)),
-                        ("silent_since", .optional(meter.silentSinceMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
-                        ("silent_for_s", .optional(meter.silentSinceMs) { .int(max(0, (nowMs - $0) / 1000)) }),
-                        ("last_received", .optional(meter.lastReceivedMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
-                    ])
-                })),
-            ]).serialized
+            return try AnswerEncoder.json(InactiveMetersAnswer(inactive, nowMs: nowMs))
         case .meter(let name):
             guard let meter = try await queries.meter(name, nowMs: nowMs) else {
                 throw OperatorQueryError("unknown_meter", "unknown meter \(name)")
             }
-            func time(_ ms: Int64?) -> JSONValue { .optional(ms) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) } }
-            return JSONValue.object([
-                ("meter", .string(meter.meter)),
-                ("customer_id", .optional(meter.customerID) { .int($0) }),
-                ("region", .string(meter.region)),
-                ("state", .string(meter.state)),
-                ("faulty", .bool(meter.faulty)),
-                ("inactive_since", time(meter.inactiveSinceMs)),
-                ("first_seen", time(meter.firstSeenMs)),
-                ("last_reading", meter.lastReceivedMs == nil ? .null : .object([
-                    ("seq", .optional(meter.lastSeq) { .int($0) }),
-                    ("ts", time(meter.lastTimestampMs)),
-                    ("received", time(meter.lastReceivedMs)),
-                    ("status", .optional(meter.lastStatus) { .string($0.name) }),
-                    ("fault", .optional(meter.lastFault) { .string($0) }),
-                ])),
-                ("counters", .object([
-                    ("readings_total", .int(meter.readingsTotal)),
-                    ("faults_total", .int(meter.faultsTotal)),
-                    ("duplicates_total", .int(meter.duplicatesTotal)),
-                ])),
-            ]).serialized
+            return try AnswerEncoder.json(MeterDetailAnswer(meter))
         case .kpi(let from, let to, let region):
-            return try await queries.kpi(from: from, to: to, region: region)
+            return try AnswerEncoder.json(try await queries.kpi(from: from, to: to, region: region))
         case .snapshot:
-            let path = try await queries.snapshot()
-            return JSONValue.object([("snapshot", .string(path))]).serialized
+            return try AnswerEncoder.json(SnapshotAnswer(snapshot: try await queries.snapshot()))
         case .importDirectory(let path):
-            return try await queries.importDirectory(path)
+            return try AnswerEncoder.json(try await queries.importDirectory(path))
         case .backup(let path):
-            return try await queries.backup(to: path)
+            return try AnswerEncoder.json(try await queries.backup(to: path))
         case .progress:
-            guard let progress = queries.importProgress() else { return JSONValue.object([("import", .null)]).serialized }
-            return JSONValue.object([("import", .object([
-                ("file", .string(progress.file)), ("rows", .int(progress.rows)), ("fraction", .number(progress.fraction)),
-            ]))]).serialized
+            let progress = queries.importProgress().map {
+                ImportProgressAnswer.Progress(file: $0.file, rows: $0.rows, fraction: $0.fraction)
+            }
+            return try AnswerEncoder.json(ImportProgressAnswer(import: progress))
         case .help:
             return JSONValue.object([("commands", .string(StatusCommand.usage))]).serialized
         }

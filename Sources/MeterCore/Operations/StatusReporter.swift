@@ -30,44 +30,39 @@ package struct StatusReporter: Sendable {
     }
 
     /// The `status` answer of SPEC.md section 6; every key is always present.
-    package func status(nowMs: Int64 = WallClock.nowMs()) async -> JSONValue {
+    package func status(nowMs: Int64 = WallClock.nowMs()) async -> StatusAnswer {
         let statistics = self.pipeline.statistics
         let lastCommitMs = statistics.lastCommitMs.load(ordering: .relaxed)
-        var meters: JSONValue = .object([("active", .null), ("inactive", .null), ("faulty", .null), ("total", .null)])
+        var meters = StatusAnswer.Meters()
         var meterError: String?
         switch await self.meterStates(nowMs: nowMs) {
         case .success(let counts):
-            meters = .object([("active", .int(counts.active)), ("inactive", .int(counts.inactive)),
-                              ("faulty", .int(counts.faulty)), ("total", .int(counts.total))])
+            meters = StatusAnswer.Meters(active: counts.active, inactive: counts.inactive, faulty: counts.faulty, total: counts.total)
         case .failure(let error):
             meterError = "\(error)"
         }
         let failure = self.pipeline.failure
         let rejects = statistics.rejectsByCode
-        var pairs: [(String, JSONValue)] = [
-            ("version", .string(MeterdVersion.current)),
-            ("uptime_s", .int(max(0, (nowMs - self.startedAtMs) / 1000))),
-            ("connections", .int(statistics.connections.load(ordering: .relaxed))),
-            ("readings_total", .int(statistics.stored.load(ordering: .relaxed))),
-            ("readings_per_s", .double((statistics.throughput.perSecond(nowMs: nowMs) * 10).rounded() / 10)),
-            ("acks_total", .int(statistics.acks.load(ordering: .relaxed))),
-            ("duplicates_total", .int(statistics.duplicates.load(ordering: .relaxed))),
-            ("rejects_total", .int(rejects.values.reduce(0, +))),
-            ("rejects_by_code", .object(RejectionCode.allCases.map { ($0.rawValue, .int(rejects[$0] ?? 0)) })),
-            ("queue_depth", .int(self.pipeline.queueDepth)),
-            ("last_commit_age_ms", lastCommitMs > 0 ? .int(max(0, nowMs - lastCommitMs)) : .null),
-            ("commits_total", .int(statistics.commits.load(ordering: .relaxed))),
-            ("busy_signals_total", .int(statistics.busySignals.load(ordering: .relaxed))),
-            ("db_bytes", .int(await self.store.sizeInBytes())),
-            ("latency_ms", .object([
-                ("p50", .optional(statistics.latency.quantile(0.5, nowMs: nowMs)) { .int($0) }),
-                ("p99", .optional(statistics.latency.quantile(0.99, nowMs: nowMs)) { .int($0) }),
-            ])),
-            ("meters", meters),
-            ("writer", .object([("healthy", .bool(failure == nil)), ("failure", .optional(failure) { .string($0) })])),
-        ]
-        if let meterError { pairs.append(("meters_error", .string(meterError))) }
-        return .object(pairs)
+        return StatusAnswer(
+            version: MeterdVersion.current,
+            uptimeS: max(0, (nowMs - self.startedAtMs) / 1000),
+            connections: statistics.connections.load(ordering: .relaxed),
+            readingsTotal: statistics.stored.load(ordering: .relaxed),
+            readingsPerS: (statistics.throughput.perSecond(nowMs: nowMs) * 10).rounded() / 10,
+            acksTotal: statistics.acks.load(ordering: .relaxed),
+            duplicatesTotal: statistics.duplicates.load(ordering: .relaxed),
+            rejectsTotal: rejects.values.reduce(0, +),
+            rejectsByCode: StatusAnswer.RejectCounts(RejectionCode.allCases.map { ($0.rawValue, rejects[$0] ?? 0) }),
+            queueDepth: self.pipeline.queueDepth,
+            lastCommitAgeMs: lastCommitMs > 0 ? max(0, nowMs - lastCommitMs) : nil,
+            commitsTotal: statistics.commits.load(ordering: .relaxed),
+            busySignalsTotal: statistics.busySignals.load(ordering: .relaxed),
+            dbBytes: await self.store.sizeInBytes(),
+            latencyMs: StatusAnswer.Latency(p50: statistics.latency.quantile(0.5, nowMs: nowMs),
+                                            p99: statistics.latency.quantile(0.99, nowMs: nowMs)),
+            meters: meters,
+            writer: StatusAnswer.Writer(healthy: failure == nil, failure: failure),
+            metersError: meterError)
     }
 
     /// The one-line summary systemd shows as the unit's status.

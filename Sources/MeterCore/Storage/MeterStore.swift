@@ -101,6 +101,11 @@ package protocol MeterStoreWriter: AnyObject {
 }
 
 extension MeterStoreWriter {
+    /// Commits a batch with its aggregates.
+    package func commit(_ submissions: [IngestSubmission]) throws -> CommitResult {
+        try self.commit(submissions, deferAggregates: false)
+    }
+
     /// ``flushAggregates()``, logging a failure (the aggregates then stay pending and are retried).
     /// Returns whether nothing is pending any more.
     package func flushAggregates(logger: Logger) -> Bool {

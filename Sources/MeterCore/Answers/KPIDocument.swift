@@ -1,0 +1,226 @@
+/// The KPI document of SPEC.md section 5: one flat object with every key of the section, plus
+/// `period`, `region` and `generated_at`.
+///
+/// The daemon encodes it with ``AnswerEncoder`` (keys in this order, `null` where a figure has no
+/// data: an average over nothing, a percentile without readings); `meterctl` and the tests decode
+/// it with `JSONDecoder`. Counts are integers, sums and averages doubles.
+package struct KPIDocument: Codable, Sendable, Equatable {
+    package var period: Period
+    package var region: String?
+    /// RFC 3339 time the document was computed at.
+    package var generatedAt: String
+    // Overview
+    package var totalCustomers: Int
+    package var totalConsumptionKwh: Double
+    package var totalRevenue: Double
+    package var averageConsumptionKwh: Double?
+    package var meters: MeterCounts
+    // Consumption
+    package var consumptionByRegion: [RegionConsumption]
+    package var topConsumers: [TopConsumer]
+    package var monthlyConsumption: [MonthConsumption]
+    // Meters
+    package var meterHealth: MeterHealthShares
+    package var faultyMeters: [FaultyMeterEntry]
+    package var readingLatencyMs: ReadingLatency
+    // Revenue
+    package var revenueByRegion: [RegionRevenue]
+    package var revenueTrend: [MonthRevenue]
+    package var paymentStatus: PaymentStatus
+    // Customers
+    package var satisfaction: Satisfaction
+    package var newVsReturning: NewVsReturning
+    package var complaints: Complaints
+    // Operations
+    package var installationTimeDays: Double?
+    package var maintenance: Maintenance
+    package var technicians: [Technician]
+
+    enum CodingKeys: String, CodingKey {
+        case period, region
+        case generatedAt = "generated_at"
+        case totalCustomers = "total_customers"
+        case totalConsumptionKwh = "total_consumption_kwh"
+        case totalRevenue = "total_revenue"
+        case averageConsumptionKwh = "average_consumption_kwh"
+        case meters
+        case consumptionByRegion = "consumption_by_region"
+        case topConsumers = "top_consumers"
+        case monthlyConsumption = "monthly_consumption"
+        case meterHealth = "meter_health"
+        case faultyMeters = "faulty_meters"
+        case readingLatencyMs = "reading_latency_ms"
+        case revenueByRegion = "revenue_by_region"
+        case revenueTrend = "revenue_trend"
+        case paymentStatus = "payment_status"
+        case satisfaction
+        case newVsReturning = "new_vs_returning"
+        case complaints
+        case installationTimeDays = "installation_time_days"
+        case maintenance, technicians
+    }
+
+    /// `period`: the inclusive months, `YYYY-MM`.
+    package struct Period: Codable, Sendable, Equatable {
+        package var from: String
+        package var to: String
+    }
+
+    /// `meters`: active and inactive right now, faulty over the period.
+    package struct MeterCounts: Codable, Sendable, Equatable {
+        package var active: Int
+        package var inactive: Int
+        package var faulty: Int
+    }
+
+    /// An entry of `consumption_by_region`.
+    package struct RegionConsumption: Codable, Sendable, Equatable {
+        package var region: String
+        package var kwh: Double
+    }
+
+    /// An entry of `top_consumers`.
+    package struct TopConsumer: Codable, Sendable, Equatable {
+        package var customerID: Int64
+        package var region: String
+        package var kwh: Double
+
+        enum CodingKeys: String, CodingKey {
+            case customerID = "customer_id"
+            case region, kwh
+        }
+    }
+
+    /// An entry of `monthly_consumption`.
+    package struct MonthConsumption: Codable, Sendable, Equatable {
+        package var month: String
+        package var kwh: Double
+    }
+
+    /// `meter_health`: shares of customer-months in percent; `null` without any.
+    package struct MeterHealthShares: Codable, Sendable, Equatable {
+        package var good: Double?
+        package var fair: Double?
+        package var poor: Double?
+    }
+
+    /// An entry of `faulty_meters`.
+    package struct FaultyMeterEntry: Codable, Sendable, Equatable {
+        package var meter: String
+        package var customerID: Int64?
+        package var poorMonths: Int
+        package var faults: Int
+
+        enum CodingKeys: String, CodingKey {
+            case meter
+            case customerID = "customer_id"
+            case poorMonths = "poor_months"
+            case faults
+        }
+    }
+
+    /// `reading_latency_ms`: over live readings received in the period; `null`s without any.
+    package struct ReadingLatency: Codable, Sendable, Equatable {
+        package var avg: Double?
+        package var p50: Double?
+        package var p95: Double?
+        package var p99: Double?
+        package var count: Int
+    }
+
+    /// An entry of `revenue_by_region`.
+    package struct RegionRevenue: Codable, Sendable, Equatable {
+        package var region: String
+        package var revenue: Double
+    }
+
+    /// An entry of `revenue_trend`.
+    package struct MonthRevenue: Codable, Sendable, Equatable {
+        package var month: String
+        package var revenue: Double
+    }
+
+    /// `payment_status`: bills of the period.
+    package struct PaymentStatus: Codable, Sendable, Equatable {
+        package var paid: Bills
+        package var unpaid: Bills
+    }
+
+    /// Bills of one payment status.
+    package struct Bills: Codable, Sendable, Equatable {
+        package var count: Int
+        package var amount: Double
+    }
+
+    /// `satisfaction`: feedback scores of the period.
+    package struct Satisfaction: Codable, Sendable, Equatable {
+        package var average: Double?
+        package var count: Int
+        package var distribution: ScoreDistribution
+    }
+
+    /// How many feedback rows gave each score, keyed `"1"`…`"5"`.
+    package struct ScoreDistribution: Codable, Sendable, Equatable {
+        package var one: Int
+        package var two: Int
+        package var three: Int
+        package var four: Int
+        package var five: Int
+
+        /// Counts for scores 1 to 5, in that order.
+        package init(counts: [Int]) {
+            precondition(counts.count == 5, "five scores")
+            (self.one, self.two, self.three, self.four, self.five) = (counts[0], counts[1], counts[2], counts[3], counts[4])
+        }
+
+        /// The count of `score` (1…5).
+        package subscript(score score: Int) -> Int {
+            [self.one, self.two, self.three, self.four, self.five][score - 1]
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case one = "1", two = "2", three = "3", four = "4", five = "5"
+        }
+    }
+
+    /// `new_vs_returning`.
+    package struct NewVsReturning: Codable, Sendable, Equatable {
+        package var new: Int
+        package var returning: Int
+    }
+
+    /// `complaints`: received and resolved in the period's last month.
+    package struct Complaints: Codable, Sendable, Equatable {
+        package var received: Int
+        package var resolved: Int
+    }
+
+    /// `maintenance`.
+    package struct Maintenance: Codable, Sendable, Equatable {
+        package var received: Int
+        package var processed: Int
+        package var open: Int
+        package var averageResolutionDays: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case received, processed, open
+            case averageResolutionDays = "average_resolution_days"
+        }
+    }
+
+    /// An entry of `technicians`.
+    package struct Technician: Codable, Sendable, Equatable {
+        package var technicianID: Int
+        package var name: String?
+        package var installations: Int
+        package var maintenanceJobs: Int
+        package var averageResolutionDays: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case technicianID = "technician_id"
+            case name, installations
+            case maintenanceJobs = "maintenance_jobs"
+            case averageResolutionDays = "average_resolution_days"
+        }
+    }
+}
