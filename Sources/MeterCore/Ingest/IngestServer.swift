@@ -73,6 +73,9 @@ package struct IngestServer: Service {
             // Accepted sockets inherit it (and the handshake's window respects it); set on the
             // listener so a socket passed by systemd gets it too. See receiveBufferSize.
             .serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(self.configuration.receiveBufferSize))
+            // Acks are ~40 bytes a meter a commit: 32 KB (64 KB in the kernel) is plenty, and a
+            // meter that reads none cannot pin the 4 MB that send-buffer autotuning would grow to.
+            .serverChannelOption(.socketOption(.so_sndbuf), value: 32 * 1024)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             // A meter that does not read its acks: the channel turns unwritable after 8 KB of acks
             // the kernel would not take, and IngestHandler stops reading from it until it drains
