@@ -33,6 +33,13 @@ struct RunCommand: AsyncParsableCommand {
             catches up it runs at real speed. Reading latencies meterd computes for such runs reflect \
             the simulated age of the readings.
 
+            Burst: --burst makes each meter measure all its --readings-per-meter readings at once and \
+            write them as fast as the socket takes them (a 1 MB user-space write buffer per connection, \
+            no --window, no pause on busy), like a meter emptying a backlog; unacknowledged readings are \
+            still kept and resent after a reconnect, so the ledger stays exact. --half-close shuts down \
+            each connection's write side once it has sent everything its meters will measure, then reads \
+            acks until meterd closes the connection (readings still unacknowledged go again on a new one).
+
             Seqs: each meter's first seq is --first-seq, by default the start time in microseconds \
             since the epoch, so a later run with the same meter ids continues above an earlier one's \
             seqs instead of being taken for duplicates.
@@ -91,6 +98,10 @@ struct RunCommand: AsyncParsableCommand {
     var drainTimeout = 30.0
     @Option(help: ArgumentHelp("Fail if no connection succeeds within this many seconds.", valueName: "seconds"))
     var connectTimeout = 10.0
+    @Flag(help: "Each meter writes all its --readings-per-meter readings as fast as the socket takes them (no window, no pause on busy).")
+    var burst = false
+    @Flag(help: "Shut down the write side once a connection has sent everything, then read acks until meterd closes it.")
+    var halfClose = false
 
     func run() async throws {
         var configuration = SimulationConfiguration(host: self.host, port: self.port, meters: self.meters)
@@ -113,6 +124,8 @@ struct RunCommand: AsyncParsableCommand {
         configuration.maximumConnecting = self.maxConnecting
         configuration.drainTimeout = self.drainTimeout
         configuration.connectTimeout = self.connectTimeout
+        configuration.burst = self.burst
+        configuration.halfClose = self.halfClose
         if let problem = configuration.validate() { throw ValidationError(problem) }
 
         let needed = configuration.connectionCount + 64

@@ -162,6 +162,8 @@ final class SimulatedConnection: @unchecked Sendable {
     private var finished = false
     private var duplicates: [Reading] = []
     private var cursor = 0
+    /// The current channel's write side is shut down (`halfClose`): nothing more can go on it.
+    private var outputClosed = false
 
     init(index: Int, meterIndices: Range<Int>, eventLoop: any EventLoop, context: SimulationContext) {
         self.eventLoop = eventLoop
@@ -200,6 +202,7 @@ final class SimulatedConnection: @unchecked Sendable {
         self.eventLoop.assertInEventLoop()
         self.stopping = true
         self.markMeasuringDoneIfNeeded()
+        self.pump()  // with halfClose, the write side may close now
         self.checkFinished()
     }
 
@@ -231,9 +234,15 @@ final class SimulatedConnection: @unchecked Sendable {
             self.context.gate.release()
             return
         }
+        // A burst queues up to 1 MB in user space per connection (NIO's default stops at 64 KB),
+        // so the kernel always has the next bytes when the socket takes more.
+        let waterMark = self.configuration.burst
+            ? ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 1024 * 1024)
+            : ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
         ClientBootstrap(group: self.eventLoop)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384))
             .channelOption(.allowRemoteHalfClosure, value: false)
+            .channelOption(.writeBufferWaterMark, value: waterMark)
             .connectTimeout(.seconds(10))
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -260,6 +269,7 @@ final class SimulatedConnection: @unchecked Sendable {
         self.channel = channel
         self.lineNumber = 0
         self.pausedUntil = nil
+        self.outputClosed = false
         self.reconnectDelayMs = 100
         self.context.counters.connectionOpened()
         if self.everConnected {
@@ -383,9 +393,10 @@ final class SimulatedConnection: @unchecked Sendable {
     // MARK: Sending
 
     /// Writes what is due: deliberate duplicates, then each meter's unsent readings up to the window
-    /// (flat out, measuring new ones to fill it), with the configured faults mixed in.
+    /// (flat out, measuring new ones to fill it; in a burst, all of them), with the configured
+    /// faults mixed in; with `halfClose`, shuts the write side once everything has gone.
     fileprivate func pump() {
-        guard let channel = self.channel, !self.finished else { return }
+        guard let channel = self.channel, !self.finished, !self.outputClosed else { return }
         if let barrier = self.context.startBarrier, !barrier.isOpen { return }
         let now = NIODeadline.now()
         if let paused = self.pausedUntil {
@@ -394,8 +405,9 @@ final class SimulatedConnection: @unchecked Sendable {
         }
         guard channel.isWritable else { return }
         let faults = self.configuration.faults
-        let window = self.configuration.window
-        let flatOut = self.configuration.interval == 0
+        let burst = self.configuration.burst
+        let window = burst ? Int.max : self.configuration.window
+        let flatOut = self.configuration.interval == 0 || burst
         var buffer = channel.allocator.buffer(capacity: 256)
 
         for reading in self.duplicates {
@@ -450,7 +462,21 @@ final class SimulatedConnection: @unchecked Sendable {
         if sent > 0 { self.context.counters.sent.add(sent, ordering: .relaxed) }
         if resent > 0 { self.context.counters.resent.add(resent, ordering: .relaxed) }
         if buffer.readableBytes > 0 { self.write(buffer, to: channel) }
-        if reset { self.reset(channel) }
+        if reset {
+            self.reset(channel)
+        } else {
+            self.halfCloseIfDone(channel)
+        }
+    }
+
+    /// With `halfClose`: once the meters will measure nothing more and all of it is on the wire,
+    /// shuts down the write side (after what is queued has gone); acks keep coming until meterd closes.
+    private func halfCloseIfDone(_ channel: any Channel) {
+        guard self.configuration.halfClose, !self.outputClosed, self.measuringDone, self.duplicates.isEmpty,
+            self.meters.allSatisfy({ $0.sentCount == $0.outstanding.count })
+        else { return }
+        self.outputClosed = true
+        channel.close(mode: .output, promise: nil)
     }
 
     private func write(_ buffer: ByteBuffer, to channel: any Channel) {
@@ -497,6 +523,8 @@ final class SimulatedConnection: @unchecked Sendable {
             if let line { self.dropRejected(line: line) }
         case .busy(let retryAfterMs):
             self.context.counters.busySignals.add(1, ordering: .relaxed)
+            // A burst writes what the socket takes regardless: TCP is its only brake.
+            guard !self.configuration.burst else { return }
             let until = NIODeadline.now() + .milliseconds(Int64(max(1, retryAfterMs)))
             self.pausedUntil = until
             self.eventLoop.scheduleTask(deadline: until) { [self] in self.pump() }
@@ -521,7 +549,8 @@ final class SimulatedConnection: @unchecked Sendable {
             meter.ledger.ackedKwh += first.reading.kwh
             meter.ledger.ackedReadings += 1
             latencies.append(UInt64(max(0, (now - first.sentAt).nanoseconds / 1000)))
-            if self.rng.chance(duplicateRate) { self.duplicates.append(first.reading) }
+            // A half-closed connection can send nothing more: no deliberate duplicates on it.
+            if !self.outputClosed, self.rng.chance(duplicateRate) { self.duplicates.append(first.reading) }
         }
         self.meters[index] = meter
         if !latencies.isEmpty {

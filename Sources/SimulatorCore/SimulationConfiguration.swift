@@ -33,6 +33,15 @@ package struct SimulationConfiguration: Sendable {
     package var drainTimeout = 30.0
     /// How long the run may go without ever connecting before it fails.
     package var connectTimeout = 10.0
+    /// Each meter measures all its `readingsPerMeter` readings at once and writes them as fast as
+    /// the socket takes them, with a large user-space write buffer, without waiting for acks (no
+    /// window) and without pausing on `busy`; it still keeps every unacknowledged reading and
+    /// resends it after a reconnect.
+    package var burst = false
+    /// Once a connection has sent everything its meters will measure, it shuts down its write side
+    /// (a half-close) and keeps reading acks until meterd closes the connection or all are acked;
+    /// readings still unacknowledged then go again on a new connection.
+    package var halfClose = false
 
     package init() {}
 
@@ -61,6 +70,7 @@ package struct SimulationConfiguration: Sendable {
         if self.port < 1 || self.port > 65_535 { return "--port must be between 1 and 65535" }
         if self.maximumConnecting < 1 { return "--max-connecting must be at least 1" }
         if let firstSeq, firstSeq < 0 { return "--first-seq must not be negative" }
+        if self.burst, self.readingsPerMeter == nil { return "--burst needs --readings-per-meter (a burst sends all of them at once)" }
         return nil
     }
 

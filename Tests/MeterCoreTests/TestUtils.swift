@@ -37,6 +37,7 @@ let testLogger: Logger = {
 struct IngestHarness {
     let database: MeterDatabase
     let pipeline: IngestPipeline
+    let server: IngestServer
     let port: Int
 
     /// Runs the body against a live server, then shuts it down gracefully.
@@ -60,7 +61,7 @@ struct IngestHarness {
             var iterator = ports.makeAsyncIterator()
             let port = try #require(await iterator.next())
             do {
-                let result = try await body(IngestHarness(database: database, pipeline: pipeline, port: port))
+                let result = try await body(IngestHarness(database: database, pipeline: pipeline, server: server, port: port))
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
                 return result
@@ -152,6 +153,14 @@ final class LineClient: Sendable {
     }
 
     func close() async {
+        try? await self.channel.close()
+    }
+
+    /// Resets the connection (RST, not FIN), like a meter losing power mid-stream.
+    func reset() async {
+        if let provider = self.channel as? any SocketOptionProvider {
+            try? await provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+        }
         try? await self.channel.close()
     }
 }

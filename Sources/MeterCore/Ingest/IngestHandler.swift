@@ -29,6 +29,13 @@ package struct LineLimits: Sendable {
 /// Lines are split inside this handler rather than by a frame decoder: one pipeline event per
 /// line costs ~0.5 µs, about what decoding the whole line costs. Back-pressure: while the
 /// pipeline is full, `read` is not passed on, so the kernel's buffers fill and TCP slows the meter.
+///
+/// Not passing `read` on does not stop every read, though: a read already asked for still happens
+/// when the socket turns readable, and once the meter half-closes, NIO reads everything left in
+/// the kernel's receive buffer at once, whatever was asked (`BaseSocketChannel.readEOF0`). Bytes
+/// that arrive while the pipeline is full are therefore held here as they came, not parsed and
+/// not queued, and go to the pipeline in order once it has room: the queue stays at its capacity
+/// and what a connection holds is bounded by its receive buffer (`IngestServer` caps it).
 final class IngestHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = Never
@@ -48,6 +55,9 @@ final class IngestHandler: ChannelDuplexHandler {
     private var receiver: ConnectionAckReceiver?
     private var peer = ""
     private var carry: ByteBuffer?
+    /// Bytes received while the pipeline was full (or behind a full submission), not yet parsed:
+    /// they follow `carry`, and nothing is read from the socket while there are any.
+    private var held: ByteBuffer?
     private var discarding = false
     private var lineNumber = 0
     private var receivedMs: Int64 = 0
@@ -55,6 +65,9 @@ final class IngestHandler: ChannelDuplexHandler {
     private var quarantined: [QuarantinedLine] = []
     private var output: ByteBuffer?
     private var paused = false
+    /// Resumed by the pipeline and not yet submitted since: may take room while ``IngestPipeline/isFull``
+    /// still holds back the connections paused after this one.
+    private var granted = false
     private var stopped = false
     private var readPending = false
     private var inputClosed = false
@@ -109,6 +122,11 @@ final class IngestHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.idleCheck?.cancel()
+        // A reset or a close mid-stream: what was held is dropped unacknowledged (the meter resends it).
+        if let held = self.held {
+            self.statistics.heldBytes.subtract(held.readableBytes, ordering: .relaxed)
+            self.held = nil
+        }
         if let receiver = self.receiver {
             receiver.handler.value = nil
             self.statistics.connections.subtract(1, ordering: .relaxed)
@@ -118,10 +136,37 @@ final class IngestHandler: ChannelDuplexHandler {
         self.context = nil
     }
 
+    /// Most lines (readings and rejected lines) in one submission: with the pipeline's full flag
+    /// checked before each, the queue never holds more than its capacity plus this many per event
+    /// loop thread. One read of 4 x 2 KB holds about 75 readings of ~110 bytes, so this only bites
+    /// on unusually short lines.
+    static let linesPerSubmission = 256
+
+    /// Whether this connection may hand the pipeline another submission now. Checked before each
+    /// one is parsed, so that the queue never exceeds its capacity by more than one submission per
+    /// event loop thread.
+    private var mayTake: Bool {
+        !self.pipeline.isFull || (self.granted && self.pipeline.hasRoom)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = Self.unwrapInboundIn(data)
-        self.receivedMs = WallClock.nowMs()
         self.lastReadTime = .now()
+        if self.held == nil, !self.paused, self.mayTake {
+            self.receivedMs = WallClock.nowMs()
+            self.consume(&buffer)
+            if buffer.readableBytes == 0 { return }
+        } else if !self.paused, !self.mayTake {
+            // A read asked for before the queue filled, or the rest of the kernel's buffer after the
+            // meter half-closed: keep the bytes, wait for room like every other reader.
+            self.pause(context: context, tellMeter: false)
+        }
+        self.hold(&buffer, context: context)
+    }
+
+    /// Splits and decodes lines from `buffer` until it is used up or the pending submission has
+    /// ``linesPerSubmission`` lines; then the rest is left in `buffer`, starting at a line.
+    private func consume(_ buffer: inout ByteBuffer) {
         let maximum = self.limits.maximumLineLength
 
         if self.discarding || self.carry != nil {
@@ -132,6 +177,7 @@ final class IngestHandler: ChannelDuplexHandler {
                         self.rejectOverlong(prefix: self.carry!)
                     }
                 }
+                buffer.moveReaderIndex(to: buffer.writerIndex)
                 return
             }
             var rest = buffer.readSlice(length: newline - buffer.readerIndex)!
@@ -146,10 +192,16 @@ final class IngestHandler: ChannelDuplexHandler {
             }
         }
 
+        var full = false
         let consumed = buffer.withUnsafeReadableBytes { bytes -> Int in
             guard let base = bytes.baseAddress else { return 0 }
             var start = 0
-            while start < bytes.count, let found = memchr(base + start, 0x0A, bytes.count - start) {
+            while start < bytes.count {
+                if self.readings.count + self.quarantined.count >= Self.linesPerSubmission {
+                    full = true
+                    break
+                }
+                guard let found = memchr(base + start, 0x0A, bytes.count - start) else { break }
                 let end = base.distance(to: UnsafeRawPointer(found))
                 self.processLine(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
                 start = end + 1
@@ -157,36 +209,78 @@ final class IngestHandler: ChannelDuplexHandler {
             return start
         }
         buffer.moveReaderIndex(forwardBy: consumed)
+        if full { return }
         if buffer.readableBytes > 0 {
             if buffer.readableBytes > maximum + 1 {
                 self.rejectOverlong(prefix: buffer)
             } else {
-                var carry = context.channel.allocator.buffer(capacity: max(buffer.readableBytes, 256))
+                var carry = self.context!.channel.allocator.buffer(capacity: max(buffer.readableBytes, 256))
                 carry.writeBuffer(&buffer)
                 self.carry = carry
             }
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+        }
+    }
+
+    /// Keeps received bytes for later, copied: holding NIO's receive buffer would make it allocate another.
+    private func hold(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        if self.held == nil {
+            self.held = context.channel.allocator.buffer(capacity: buffer.readableBytes)
+        } else if self.held!.readerIndex > 0 {
+            self.held!.discardReadBytes()
+        }
+        self.statistics.heldBytes.add(buffer.readableBytes, ordering: .relaxed)
+        self.held!.writeBuffer(&buffer)
+    }
+
+    /// Parses and submits held bytes, a submission at a time, while the pipeline has room and the
+    /// meter reads its acks; when stopping, all of them, so shutdown acknowledges what was received.
+    private func drainHeld(context: ChannelHandlerContext) {
+        while var held = self.held {
+            if !self.stopped {
+                guard !self.paused, context.channel.isWritable else { return }
+                if !self.mayTake {
+                    self.pause(context: context, tellMeter: false)
+                    return
+                }
+            }
+            self.held = nil
+            self.receivedMs = WallClock.nowMs()
+            let before = held.readableBytes
+            self.consume(&held)
+            self.statistics.heldBytes.subtract(before - held.readableBytes, ordering: .relaxed)
+            if held.readableBytes > 0 { self.held = held }
+            self.submitPending(context: context)
+        }
+    }
+
+    /// Hands the lines decoded so far to the pipeline as one submission.
+    private func submitPending(context: ChannelHandlerContext) {
+        guard !self.readings.isEmpty || !self.quarantined.isEmpty else { return }
+        let submission = IngestSubmission(readings: self.readings, quarantined: self.quarantined, receiver: self.receiver, peer: self.peer)
+        self.readings = []
+        self.quarantined = []
+        self.unsettledSubmissions += 1
+        self.granted = false  // one submission per resume, like one read per resume before
+        if self.pipeline.submit(submission) == .full, !self.paused {
+            self.pause(context: context)
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if !self.readings.isEmpty || !self.quarantined.isEmpty {
-            let submission = IngestSubmission(readings: self.readings, quarantined: self.quarantined, receiver: self.receiver, peer: self.peer)
-            self.readings = []
-            self.quarantined = []
-            self.unsettledSubmissions += 1
-            if self.pipeline.submit(submission) == .full, !self.paused {
-                self.pause(context: context)
-            }
-        }
+        self.submitPending(context: context)
+        // Bytes held only because a submission reached linesPerSubmission go now, if there is room.
+        self.drainHeld(context: context)
         self.flushOutput(context: context)
         context.fireChannelReadComplete()
     }
 
     func read(context: ChannelHandlerContext) {
-        // A meter that does not read its acks must not make the daemon buffer them without bound.
-        if self.paused || self.stopped || !context.channel.isWritable {
+        // A meter that does not read its acks must not make the daemon buffer them without bound;
+        // held bytes go to the pipeline before anything more is read.
+        if self.paused || self.stopped || self.held != nil || !context.channel.isWritable {
             self.readPending = true
-        } else if self.pipeline.isFull {
+        } else if !self.mayTake {
             // Every connection stops once the queue is full, not only those whose own submission
             // filled it: at 10 k connections one more readiness each could be ~800 k readings in memory.
             // The busy line went to those that filled it; TCP tells the rest.
@@ -198,15 +292,15 @@ final class IngestHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { self.readIfPending(context: context) }
+        if context.channel.isWritable { self.proceed(context: context) }
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            // The meter finished sending: answer what it sent, then close.
+            // The meter finished sending: answer what it sent, then close. NIO has read the whole
+            // kernel buffer by now; what did not fit in the pipeline is held and goes as it drains.
             self.inputClosed = true
-            self.carry = nil
             self.closeIfSettled(context: context)
             return
         }
@@ -240,20 +334,37 @@ final class IngestHandler: ChannelDuplexHandler {
         self.closeIfSettled(context: context)
     }
 
-    /// Stops reading for good: the daemon is shutting down.
+    /// Stops reading for good: the daemon is shutting down. What was received and held goes to
+    /// the pipeline now, so it is committed and acknowledged before the connection closes.
     func stopReading() {
         self.stopped = true
+        guard let context = self.context else { return }
+        self.drainHeld(context: context)
+        self.flushOutput(context: context)
     }
 
-    /// Resumes reading once the pipeline has room again.
+    /// Resumes once the pipeline has room again: held bytes first, then the socket.
     func resume() {
         guard self.paused else { return }
         self.paused = false
-        if let context = self.context { self.readIfPending(context: context) }
+        self.granted = true
+        if let context = self.context { self.proceed(context: context) }
+    }
+
+    /// Moves on after a pause or a full write buffer: held bytes, then a pending read or the close.
+    private func proceed(context: ChannelHandlerContext) {
+        self.drainHeld(context: context)
+        self.flushOutput(context: context)
+        self.readIfPending(context: context)
+        self.closeIfSettled(context: context)
     }
 
     private func readIfPending(context: ChannelHandlerContext) {
-        guard self.readPending, !self.paused, !self.stopped, context.channel.isWritable else { return }
+        guard self.readPending, !self.paused, !self.stopped, self.held == nil, context.channel.isWritable else { return }
+        if !self.mayTake {
+            self.pause(context: context, tellMeter: false)
+            return
+        }
         self.readPending = false
         context.read()
     }
@@ -269,13 +380,15 @@ final class IngestHandler: ChannelDuplexHandler {
     }
 
     private func closeIfSettled(context: ChannelHandlerContext) {
-        guard self.inputClosed, self.unsettledSubmissions == 0 else { return }
+        guard self.inputClosed, self.held == nil, self.unsettledSubmissions == 0 else { return }
         self.inputClosed = false
+        self.carry = nil  // a last line without its newline is not a reading
         self.finish()
     }
 
     private func pause(context: ChannelHandlerContext, tellMeter: Bool = true) {
         self.paused = true
+        self.granted = false
         if tellMeter {
             self.statistics.busySignals.add(1, ordering: .relaxed)
             var buffer = self.output ?? context.channel.allocator.buffer(capacity: 64)

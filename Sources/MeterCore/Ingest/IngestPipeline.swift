@@ -83,6 +83,8 @@ package final class IngestPipeline: Service, Sendable {
     /// Set when the queue reaches capacity, cleared when it drains to half: read by every
     /// connection before each socket read, so it is an atomic rather than a look under the lock.
     private let full = Atomic<Bool>(false)
+    /// `queuedWeight`, readable without the lock: a resumed connection checks it before each submission.
+    private let depth = Atomic<Int>(0)
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
@@ -101,6 +103,11 @@ package final class IngestPipeline: Service, Sendable {
     /// Readings waiting for the writer.
     package var queueDepth: Int { self.state.withLockedValue { $0.queuedWeight } }
 
+    /// Whether the queue is below its capacity right now. ``isFull`` stays set until every paused
+    /// connection has been resumed (so that they go first); a resumed one checks this instead
+    /// before it submits, so that no submission starts once the queue has reached capacity.
+    package var hasRoom: Bool { self.depth.load(ordering: .relaxed) < self.configuration.queueCapacity }
+
     /// Why the last commit failed, while the writer is retrying it; `nil` when commits succeed.
     package var failure: String? { self.state.withLockedValue { $0.failure } }
 
@@ -113,6 +120,7 @@ package final class IngestPipeline: Service, Sendable {
         let (result, signal) = self.state.withLockedValue { state -> (SubmitResult, Bool) in
             state.queue.append(submission)
             state.queuedWeight += submission.weight
+            self.depth.store(state.queuedWeight, ordering: .relaxed)
             // A writer waiting out the commit window takes this submission when the window closes:
             // waking it for every reading would cost a futex wake and a context switch each.
             let signal: Bool
@@ -146,7 +154,8 @@ package final class IngestPipeline: Service, Sendable {
     }
 
     /// Room one resumed connection is expected to take: what it reads per readiness (up to 8 KB,
-    /// see `IngestServer`) holds about this many readings of ~100 bytes.
+    /// see `IngestServer`) holds about this many readings of ~100 bytes. A connection resumed when
+    /// others took the room first finds ``hasRoom`` false and waits again.
     static let readingsPerResume = 64
 
     /// Returns once everything submitted so far is committed and its acks handed to the senders.
@@ -373,6 +382,7 @@ package final class IngestPipeline: Service, Sendable {
         let (resumers, drained) = self.state.withLockedValue { state -> ([@Sendable () -> Void], [CheckedContinuation<Void, Never>]) in
             state.committing = false
             state.queuedWeight -= weight
+            self.depth.store(state.queuedWeight, ordering: .relaxed)
             state.failure = nil
             state.lastProgressMs = WallClock.nowMs()
             var resumers: [@Sendable () -> Void] = []

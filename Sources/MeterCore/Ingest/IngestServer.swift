@@ -15,15 +15,22 @@ package struct IngestServerConfiguration: Sendable {
     package var maximumConnections: Int
     /// A listening socket passed by systemd (`ingest`), used instead of binding host and port.
     package var inheritedSocket: CInt?
+    /// `SO_RCVBUF` of every meter connection, in bytes (Linux doubles it for its bookkeeping).
+    ///
+    /// It bounds what one connection can make meterd hold beyond the queue: once a meter
+    /// half-closes, NIO reads everything in the kernel's receive buffer at once, back-pressure or
+    /// not, and the kernel's default autotuning lets that buffer grow to 128 KB-32 MB.
+    package var receiveBufferSize: Int
 
     package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
-                 maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil) {
+                 maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 4096) {
         self.host = host
         self.port = port
         self.limits = limits
         self.maximumKwh = maximumKwh
         self.maximumConnections = maximumConnections
         self.inheritedSocket = inheritedSocket
+        self.receiveBufferSize = receiveBufferSize
     }
 }
 
@@ -37,7 +44,8 @@ package struct IngestServer: Service {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) async -> Void
-    private let connections = ConnectionRegistry()
+    /// Internal rather than private so tests can look at each connection's channel.
+    let connections = ConnectionRegistry()
 
     package init(configuration: IngestServerConfiguration, pipeline: IngestPipeline,
                  eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
@@ -62,7 +70,17 @@ package struct IngestServer: Service {
             .serverChannelOption(.backlog, value: 4096)
             // A busy loop otherwise accepts only a few meters per pass: 10 k reconnecting meters would queue.
             .serverChannelOption(.maxMessagesPerRead, value: 256)
+            // Accepted sockets inherit it (and the handshake's window respects it); set on the
+            // listener so a socket passed by systemd gets it too. See receiveBufferSize.
+            .serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(self.configuration.receiveBufferSize))
+            // Acks are ~40 bytes a meter a commit: 32 KB (64 KB in the kernel) is plenty, and a
+            // meter that reads none cannot pin the 4 MB that send-buffer autotuning would grow to.
+            .serverChannelOption(.socketOption(.so_sndbuf), value: 32 * 1024)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // A meter that does not read its acks: the channel turns unwritable after 8 KB of acks
+            // the kernel would not take, and IngestHandler stops reading from it until it drains
+            // (NIO's default of 64 KB would be 640 MB at 10 k such meters).
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 2048, high: 8192))
             // Receive buffers are capped at 2 KB because NIO keeps each connection's last one for
             // reuse: at 10 k connections the cap is resident memory (NIO's adaptive default grows
             // to 64 KB, 600+ MB). Scenario (a) of Benchmarks/ingest.py, measured: 4 reads of 2 KB
@@ -102,10 +120,12 @@ package struct IngestServer: Service {
         try? await gracefulShutdown()
         self.logger.info("Ingest server stopping: committing and acknowledging what was received")
         try? await server.close()
-        for receiver in connections.all {
+        // Held bytes go to the pipeline in stopReading(): wait for that before draining it.
+        let stopping = connections.all.map { receiver in
             let handler = receiver.handler
-            receiver.channel.eventLoop.execute { handler.value?.stopReading() }
+            return receiver.channel.eventLoop.submit { handler.value?.stopReading() }
         }
+        for future in stopping { try? await future.get() }
         await pipeline.drain()
         let closing = connections.all.map { receiver in
             let handler = receiver.handler

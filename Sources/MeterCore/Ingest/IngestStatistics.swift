@@ -9,6 +9,9 @@ package final class IngestStatistics: Sendable {
     package let busySignals = Atomic<Int>(0)
     package let connections = Atomic<Int>(0)
     package let refusedConnections = Atomic<Int>(0)
+    /// Bytes connections received while the pipeline was full and hold unparsed until it has room:
+    /// at most one read (8 KB) plus one receive buffer per connection (see `IngestHandler`).
+    package let heldBytes = Atomic<Int>(0)
     package let commits = Atomic<Int>(0)
     package let lastCommitMs = Atomic<Int64>(0)
     private let rejects = NIOLockedValueBox<[RejectionCode: Int]>([:])
