@@ -243,11 +243,16 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
             configuration.unknownMeters = .reject
             try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
                 let client = try await LineClient(port: harness.port)
-                try await client.send(readingLine(meter: "NOBODY", seq: 1))
+                // Spacing, key order and an unknown key that a re-serialised reading would lose.
+                let sent = #"{ "seq":1, "meter":"NOBODY","ts":"2026-01-01T00:00:00Z","kwh":0.50,"firmware":"4.2" }"#
+                try await client.send(sent + "\r\n")
                 let lines = try await client.collect { !$0.isEmpty }
                 #expect(lines == [.error(code: "unknown_meter", line: 1)])
                 await client.close()
                 #expect(harness.pipeline.statistics.rejects(.unknownMeter) == 1)
+                // The quarantine keeps the bytes the meter sent, not a re-serialised reading.
+                let raw = try await harness.database.pool.read { db in try Data.fetchOne(db, sql: "SELECT raw FROM quarantine") }
+                #expect(raw.map { String(decoding: $0, as: UTF8.self) } == sent)
             }
         }
     }

@@ -52,7 +52,7 @@ struct IngestHarness {
         let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: testLogger)
         let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
         let server = IngestServer(
-            configuration: IngestServerConfiguration(host: "127.0.0.1", port: 0, limits: configuration.limits,
+            configuration: IngestServerConfiguration(host: "127.0.0.1", port: 0, limits: configuration.ingestLimits,
                                                      maximumKwh: configuration.maximumKwh, maximumConnections: configuration.maximumConnections),
             pipeline: pipeline, logger: testLogger, onListening: { portSink.yield($0.port!) })
         let group = ServiceGroup(services: [pipeline, server], logger: testLogger)

@@ -63,6 +63,14 @@ package struct DaemonConfiguration: Sendable {
     package var durability = Durability.full
     package var pipeline = PipelineConfiguration()
     package var limits = LineLimits()
+
+    /// The line limits the ingest server applies: ``limits``, keeping each reading's bytes when
+    /// unknown meters are rejected, so the quarantine holds what the meter sent.
+    package var ingestLimits: LineLimits {
+        var limits = self.limits
+        limits.keepsReadingBytes = self.unknownMeters == .reject
+        return limits
+    }
     package var maximumKwh = 1_000.0
     package var maximumConnections = 50_000
     package var unknownMeters = UnknownMeterPolicy.register

@@ -56,7 +56,7 @@ package struct MeterDaemon: Sendable {
         let sockets = environment.inheritedSockets
         let ingest = IngestServer(
             configuration: IngestServerConfiguration(host: configuration.ingest.host, port: configuration.ingest.port,
-                                                     limits: configuration.limits, maximumKwh: configuration.maximumKwh,
+                                                     limits: configuration.ingestLimits, maximumKwh: configuration.maximumKwh,
                                                      maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest),
             pipeline: pipeline, logger: logger,
             onListening: { address in

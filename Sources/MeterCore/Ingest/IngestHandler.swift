@@ -15,6 +15,9 @@ package struct LineLimits: Sendable {
     package var clockSkewMs: Int64 = 300_000
     /// A connection that sends nothing for this long is closed.
     package var idleTimeout: TimeAmount = .seconds(3600)
+    /// Whether each reading keeps the bytes the meter sent, for the quarantine when the writer
+    /// rejects it (`unknown_meters = reject`); off otherwise, as it costs a copy per reading.
+    package var keepsReadingBytes = false
 
     package init(maximumLineLength: Int = 4096, clockSkewMs: Int64 = 300_000, idleTimeout: TimeAmount = .seconds(3600)) {
         self.maximumLineLength = maximumLineLength
@@ -423,7 +426,8 @@ final class IngestHandler: ChannelDuplexHandler {
                 self.reject(meter: reading.meter, Rejection(.clockSkew, "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is more than \(self.limits.clockSkewMs / 1000) s ahead of the daemon's clock"), raw: line)
                 return
             }
-            self.readings.append(SubmittedReading(reading: reading, line: self.lineNumber, receivedMs: self.receivedMs))
+            self.readings.append(SubmittedReading(reading: reading, line: self.lineNumber, receivedMs: self.receivedMs,
+                                                  bytes: self.limits.keepsReadingBytes ? Array(line) : nil))
         } catch {
             self.reject(error, raw: line)
         }

@@ -6,11 +6,15 @@ package struct SubmittedReading: Sendable {
     package var line: Int
     /// Daemon receive time in milliseconds since the Unix epoch.
     package var receivedMs: Int64
+    /// The line as the meter sent it, when the writer may have to quarantine it
+    /// (``LineLimits/keepsReadingBytes``).
+    package var bytes: [UInt8]?
 
-    package init(reading: Reading, line: Int, receivedMs: Int64) {
+    package init(reading: Reading, line: Int, receivedMs: Int64, bytes: [UInt8]? = nil) {
         self.reading = reading
         self.line = line
         self.receivedMs = receivedMs
+        self.bytes = bytes
     }
 }
 

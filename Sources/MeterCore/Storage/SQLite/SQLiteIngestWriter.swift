@@ -279,7 +279,7 @@ package final class IngestWriter: MeterStoreWriter {
                         let rejection = Rejection(.unknownMeter, "meter \(reading.meter) is not in the company data")
                         outcome.rejections.append((item.line, rejection))
                         try quarantine(QuarantinedLine(receivedMs: item.receivedMs, peer: submission.peer, line: item.line, rejection: rejection,
-                                                       raw: Array(reading.line.utf8.dropLast())))
+                                                       raw: item.bytes ?? Array(reading.line.utf8.dropLast())))
                         result.rejected += 1
                         continue
                     }
