@@ -18,13 +18,12 @@ struct DashboardFixture {
     let routes: DashboardRoutes
 
     /// Offline: no write pipeline (as `meterctl --db`), so nothing but the import changes the data.
-    static func offline(_ directory: String, customers: Int = 240, seed: UInt64 = 5, chartJS: String? = nil,
-                        readingScan: ReadingScanLimits = ReadingScanLimits()) throws -> DashboardFixture {
+    static func offline(_ directory: String, customers: Int = 240, seed: UInt64 = 5, chartJS: String? = nil) throws -> DashboardFixture {
         try CompanyGenerator(customers: customers, seed: seed, year: 2023, months: 12).write(to: directory + "/csv")
         let database = try MeterDatabase(path: directory + "/meterd.sqlite")
         let report = try CompanyImporter.importDirectory(directory + "/csv", database: database)
         #expect(report.succeeded, "\(report.text)")
-        let store = SQLiteMeterStore(database: database, readingScan: readingScan)
+        let store = SQLiteMeterStore(database: database)
         let engine = KPIEngine(store: store, settings: offlineEngine(database).settings)
         let queries = DashboardQueries(store: store, kpi: engine,
                                        operatorQueries: makeOfflineOperatorQueries(store: store, engine: engine, writer: try .direct(store),
@@ -349,8 +348,8 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                 }
                 await client.close()
 
-                func routes(_ limits: ReadingScanLimits) async throws -> DashboardRoutes {
-                    let store = SQLiteMeterStore(database: harness.database, readingScan: limits)
+                func routes() async throws -> DashboardRoutes {
+                    let store = SQLiteMeterStore(database: harness.database)
                     let engine = KPIEngine(store: store, settings: KPISettings())
                     let queries = DashboardQueries(store: store, kpi: engine,
                                                    operatorQueries: try await makeOperatorQueries(store: store, writer: .pipeline(harness.pipeline),
@@ -360,7 +359,7 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                                            assets: DashboardAssets(), logger: testLogger)
                 }
                 let router = Router(context: MeterRequestContext.self)
-                try await routes(ReadingScanLimits()).register(on: router)
+                try await routes().register(on: router)
                 try await Application(router: router).test(.router) { client in
                     let (status, json) = try await getJSON(client, "/api/meters/MTR-A/readings?limit=10")
                     #expect(status == 200)
@@ -393,33 +392,16 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                     #expect(live.status == 200 && number(live.json["readings_total"]) == 80)
                 }
 
-                // A small scan budget: the newest readings it reached, and it says it stopped early.
-                let small = Router(context: MeterRequestContext.self)
-                try await routes(ReadingScanLimits(chunkRows: 8, maximumRows: 16)).register(on: small)
-                try await Application(router: small).test(.router) { client in
+                // Where a bounded scan used to stop short (issue 12, point 6), the meter's chain answers
+                // with all of its readings, reading only their own rows.
+                try await Application(router: router).test(.router) { client in
                     let json = try await getJSON(client, "/api/meters/MTR-A/readings?limit=50").json
-                    #expect(list(json["readings"]).map { number($0["seq"]) } == (33...40).reversed().map(Double.init))
-                    #expect(json["complete"] as? Bool == false)
-                    #expect(number(json["scanned_rows"]) == 16)
-                    #expect(json["scanned_since"] is String)
+                    #expect(list(json["readings"]).map { number($0["seq"]) } == (1...40).reversed().map(Double.init))
+                    #expect(json["complete"] as? Bool == true)
+                    #expect(number(json["scanned_rows"]) == 40)
+                    #expect(json["scanned_since"] is NSNull)
                 }
             }
-        }
-    }
-
-    @Test func theRowidSearchFindsTheLastReadingReceivedByATime() async throws {
-        try await withTemporaryDirectory { directory in
-            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
-            try await database.pool.write { db in
-                for index in 1...1000 {  // received every 10 ms
-                    try db.execute(sql: "INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status) VALUES (1, ?, 0, ?, 0, 0)",
-                                   arguments: [index, index * 10])
-                }
-            }
-            let found = try await database.pool.read { db in
-                try [5, 10, 4_999, 5_000, 20_000].map { try SQLiteMeterStore.lastRowid(db, receivedAtOrBefore: $0) }
-            }
-            #expect(found == [0, 1, 499, 500, 1000])
         }
     }
 }

@@ -327,9 +327,9 @@ package struct RecentReadings: Sendable, Equatable {
     package var readings: [StoredReading]
     /// Whether every reading of the meter up to the limit is here.
     package var complete: Bool
-    /// Rows the store looked at to find them.
+    /// Rows the store read to find them.
     package var scannedRows: Int64
-    /// When incomplete: the oldest receive time looked at.
+    /// When incomplete: the receive time of the oldest reading found.
     package var scannedSinceMs: Int64?
 
     package init(readings: [StoredReading], complete: Bool, scannedRows: Int64, scannedSinceMs: Int64?) {

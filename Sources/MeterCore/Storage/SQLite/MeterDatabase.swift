@@ -157,6 +157,23 @@ package final class MeterDatabase: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v5-reading-by-meter") { db in
+            // A meter's readings as a chain through the append-only table (SQLiteMeterStore's
+            // recentReadings): each reading keeps its meter's previous rowid (0 for the first; NULL
+            // only for a row the writer did not write), the meter row its newest. Still no index on
+            // `reading`: the writer knows the previous rowid, so the chain dirties no page an insert
+            // does not. Existing rows are linked in one pass: a window over the table, no index needed.
+            try db.execute(sql: """
+                ALTER TABLE reading ADD COLUMN prev_rowid INTEGER;
+                ALTER TABLE meter ADD COLUMN last_reading_rowid INTEGER;
+                UPDATE reading SET prev_rowid = chain.prev
+                FROM (SELECT rowid AS id, lag(rowid, 1, 0) OVER (PARTITION BY meter_id ORDER BY rowid) AS prev FROM reading) AS chain
+                WHERE reading.rowid = chain.id;
+                UPDATE meter SET last_reading_rowid = newest.id
+                FROM (SELECT meter_id, max(rowid) AS id FROM reading GROUP BY meter_id) AS newest
+                WHERE meter.id = newest.meter_id;
+                """)
+        }
         return migrator
     }
 }

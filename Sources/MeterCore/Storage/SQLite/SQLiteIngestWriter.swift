@@ -24,6 +24,8 @@ package final class IngestWriter: MeterStoreWriter {
         /// Index into `regionNames`: the latency rollup keys on it once per stored reading, and
         /// hashing an integer is several times cheaper than a string.
         var region: Int
+        /// Rowid of the meter's newest reading, 0 for none: the next one's `prev_rowid`.
+        var lastReadingRowID: Int64 = 0
         /// The commit that last saved this state for its rollback (see ``Rollback``).
         var savedBy = 0
     }
@@ -75,7 +77,7 @@ package final class IngestWriter: MeterStoreWriter {
         // The cached high-water marks are ahead of the table while aggregates are pending.
         try self.flushAggregates()
         let rows = try self.database.pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, name, hwm_seq, region FROM meter")
+            try Row.fetchAll(db, sql: "SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid FROM meter")
         }
         var slots: [String: Int] = [:]
         var states: [MeterState] = []
@@ -88,7 +90,7 @@ package final class IngestWriter: MeterStoreWriter {
             let name: String = row["name"]
             slots[name] = states.count
             states.append(MeterState(id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
-                                     region: self.index(ofRegion: region)))
+                                     region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"]))
             names.append(name)
         }
         self.meterSlots = slots
@@ -110,6 +112,7 @@ package final class IngestWriter: MeterStoreWriter {
         var lastTimestampMs: Int64?
         var lastStatus: MeterHealth?
         var lastFault: String?
+        var lastReadingRowID: Int64?
         var readings = 0
         var faults = 0
         var duplicates = 0
@@ -119,8 +122,9 @@ package final class IngestWriter: MeterStoreWriter {
             self.duplicates += 1
         }
 
-        mutating func record(_ reading: Reading, receivedMs: Int64, highWaterMark: Int64) {
+        mutating func record(_ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64) {
             self.lastReceivedMs = receivedMs
+            self.lastReadingRowID = rowID
             self.highWaterMark = highWaterMark
             self.lastTimestampMs = reading.timestampMs
             self.lastStatus = reading.status
@@ -137,6 +141,7 @@ package final class IngestWriter: MeterStoreWriter {
                 self.lastTimestampMs = later.lastTimestampMs
                 self.lastStatus = later.lastStatus
                 self.lastFault = later.lastFault
+                self.lastReadingRowID = later.lastReadingRowID
             }
             self.readings += later.readings
             self.faults += later.faults
@@ -245,8 +250,8 @@ package final class IngestWriter: MeterStoreWriter {
         var result = CommitResult()
         result.outcomes.reserveCapacity(submissions.count)
         let insertReading = try RawStatement(db, sql: """
-            INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         let insertQuarantine = try RawStatement(db, sql: """
             INSERT INTO quarantine (received_ms, peer, line, code, detail, raw) VALUES (?, ?, ?, ?, ?, ?)
@@ -299,9 +304,11 @@ package final class IngestWriter: MeterStoreWriter {
                     insertReading.bind(6, Int64(reading.status.rawValue))
                     insertReading.bind(7, reading.fault)
                     insertReading.bind(8, reading.voltage)
+                    insertReading.bind(9, state.lastReadingRowID)  // the meter's chain of readings
                     try insertReading.execute()
                     batch.highRowID = db.lastInsertedRowID
-                    result.latenciesMs.append(self.fold(reading, receivedMs: item.receivedMs, slot: slot, into: &batch))
+                    result.latenciesMs.append(self.fold(reading, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID, slot: slot,
+                                                        into: &batch))
                     result.stored += 1
                 }
                 outcome.ack(meter: reading.meter, seq: reading.seq, index: &ackIndex)
@@ -323,7 +330,8 @@ package final class IngestWriter: MeterStoreWriter {
                 last_ts_ms = COALESCE(?, last_ts_ms), last_status = COALESCE(?, last_status),
                 last_fault = CASE WHEN ? THEN ? ELSE last_fault END,
                 readings_total = readings_total + ?, faults_total = faults_total + ?,
-                duplicates_total = duplicates_total + ?, inactive_since_ms = NULL
+                duplicates_total = duplicates_total + ?, inactive_since_ms = NULL,
+                last_reading_rowid = COALESCE(?, last_reading_rowid)
             WHERE id = ?
             """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
@@ -338,7 +346,8 @@ package final class IngestWriter: MeterStoreWriter {
             updateMeter.bind(8, delta.readings)
             updateMeter.bind(9, delta.faults)
             updateMeter.bind(10, delta.duplicates)
-            updateMeter.bind(11, id)
+            if let rowID = delta.lastReadingRowID { updateMeter.bind(11, rowID) } else { updateMeter.bind(11, nil as String?) }
+            updateMeter.bind(12, id)
             try updateMeter.execute()
         }
 
@@ -403,13 +412,14 @@ package final class IngestWriter: MeterStoreWriter {
 
     /// Folds one stored reading into the meter's cached state and the aggregates: the one step a
     /// commit and crash recovery share. Returns the reading's latency.
-    private func fold(_ reading: Reading, receivedMs: Int64, slot: Int, into batch: inout BatchAggregates) -> Int64 {
+    private func fold(_ reading: Reading, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates) -> Int64 {
         var state = self.meterStates[slot]
         // The highest seq stored, whatever order recovered rows come in.
         state.highWaterMark = max(state.highWaterMark, reading.seq)
+        state.lastReadingRowID = max(state.lastReadingRowID, rowID)
         self.meterStates[slot] = state
         batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)]
-            .record(reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark)
+            .record(reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID)
         let latency = max(0, receivedMs - reading.timestampMs)
         let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
         batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
@@ -437,7 +447,7 @@ package final class IngestWriter: MeterStoreWriter {
             guard let slot = slots[row["meter_id"]] else { continue }
             let reading = Reading(meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
                                   status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
-            _ = self.fold(reading, receivedMs: row["received_ms"], slot: slot, into: &batch)
+            _ = self.fold(reading, receivedMs: row["received_ms"], rowID: row["rowid"], slot: slot, into: &batch)
             batch.highRowID = row["rowid"]
         }
         _ = try self.database.pool.write { db in try self.write(&batch, db: db) }

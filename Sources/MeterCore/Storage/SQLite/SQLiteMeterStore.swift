@@ -8,17 +8,14 @@ import GRDB
 package final class SQLiteMeterStore: MeterStore {
     /// The file; tests and the writer reach SQLite through it, nothing else does.
     package let database: MeterDatabase
-    /// How far ``recentReadings(meter:limit:)`` looks back.
-    package let readingScan: ReadingScanLimits
 
     /// Opens (creating and migrating if needed) the database file at `path`.
     package convenience init(path: String, durability: Durability = .full) throws {
         self.init(database: try MeterDatabase(path: path, durability: durability))
     }
 
-    package init(database: MeterDatabase, readingScan: ReadingScanLimits = ReadingScanLimits()) {
+    package init(database: MeterDatabase) {
         self.database = database
-        self.readingScan = readingScan
     }
 
     package var location: String { self.database.path }
