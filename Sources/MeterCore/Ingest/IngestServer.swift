@@ -23,7 +23,7 @@ package struct IngestServerConfiguration: Sendable {
     package var receiveBufferSize: Int
 
     package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
-                 maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 4096) {
+                 maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 2048) {
         self.host = host
         self.port = port
         self.limits = limits

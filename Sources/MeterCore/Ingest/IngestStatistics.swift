@@ -10,7 +10,7 @@ package final class IngestStatistics: Sendable {
     package let connections = Atomic<Int>(0)
     package let refusedConnections = Atomic<Int>(0)
     /// Bytes connections received while the pipeline was full and hold unparsed until it has room:
-    /// at most one read (8 KB) plus one receive buffer per connection (see `IngestHandler`).
+    /// at most one read (8 KB) plus one kernel receive buffer (4 KB) per connection (see `IngestHandler`).
     package let heldBytes = Atomic<Int>(0)
     package let commits = Atomic<Int>(0)
     package let lastCommitMs = Atomic<Int64>(0)
