@@ -20,10 +20,11 @@ enum ReadingParserFuzzer {
     static func main() {
         var argc = CommandLine.argc
         var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(runFuzzer(&argc, &argv) { data, size in
-            ReadingParserFuzzer.testOneInput(UnsafeRawBufferPointer(start: data, count: size))
-            return 0
-        })
+        exit(
+            runFuzzer(&argc, &argv) { data, size in
+                ReadingParserFuzzer.testOneInput(UnsafeRawBufferPointer(start: data, count: size))
+                return 0
+            })
     }
 
     static func testOneInput(_ bytes: UnsafeRawBufferPointer) {

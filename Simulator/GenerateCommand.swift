@@ -41,6 +41,8 @@ struct GenerateCommand: AsyncParsableCommand {
         let start = ContinuousClock.now
         try CompanyGenerator(customers: self.customers, seed: self.seed, year: self.year, months: self.months).write(to: self.out)
         let elapsed = ContinuousClock.now - start
-        print("wrote \(CompanyGenerator.files.count) files for \(self.customers) customers to \(self.out) in \(elapsed.formatted(.units(allowed: [.seconds], fractionalPart: .show(length: 2))))")
+        print(
+            "wrote \(CompanyGenerator.files.count) files for \(self.customers) customers to \(self.out) in \(elapsed.formatted(.units(allowed: [.seconds], fractionalPart: .show(length: 2))))"
+        )
     }
 }

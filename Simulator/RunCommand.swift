@@ -131,7 +131,9 @@ struct RunCommand: AsyncParsableCommand {
         let needed = configuration.connectionCount + 64
         let limit = OpenFileLimit.raise(toAtLeast: needed)
         if limit < needed {
-            throw ValidationError("\(configuration.connectionCount) connections need about \(needed) open files, but the limit is \(limit); raise it (ulimit -n) or use --concentrator")
+            throw ValidationError(
+                "\(configuration.connectionCount) connections need about \(needed) open files, but the limit is \(limit); raise it (ulimit -n) or use --concentrator"
+            )
         }
 
         let simulation = MeterSimulation(configuration: configuration)
@@ -198,7 +200,8 @@ struct RunCommand: AsyncParsableCommand {
             let elapsed = lastTime.duration(to: now)
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             let rate = seconds > 0 ? Double(progress.acked - last.acked) / seconds : 0
-            let line = "connections \(progress.connections) | \(Int(rate)) readings/s | acked \(progress.acked) | unacked \(progress.unacked) | errors \(progress.errors) | busy \(progress.busySignals) | reconnects \(progress.reconnects)"
+            let line =
+                "connections \(progress.connections) | \(Int(rate)) readings/s | acked \(progress.acked) | unacked \(progress.unacked) | errors \(progress.errors) | busy \(progress.busySignals) | reconnects \(progress.reconnects)"
             FileHandle.standardError.write(Data("\r\u{1B}[2K\(line)".utf8))
             last = progress
             lastTime = now

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+echo "== Swift formatting: scripts/format.sh --check (.swift-format)"
+scripts/format.sh --check
 echo "== dashboard JavaScript: node --check"
 node --check Sources/MeterCore/Dashboard/Assets/dashboard.js
 swift build --build-tests

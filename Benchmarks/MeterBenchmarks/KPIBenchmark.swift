@@ -49,8 +49,9 @@ struct KPIBenchmark: AsyncParsableCommand {
             }
             samples.sort()
             func quantile(_ q: Double) -> Double { samples[min(samples.count - 1, Int((Double(samples.count) * q).rounded(.up)) - 1)] }
-            print(name.padding(toLength: 28, withPad: " ", startingAt: 0),
-                  String(format: "%8.2f %8.2f %8.2f %7d", quantile(0.5), quantile(0.95), samples.last ?? 0, bytes))
+            print(
+                name.padding(toLength: 28, withPad: " ", startingAt: 0),
+                String(format: "%8.2f %8.2f %8.2f %7d", quantile(0.5), quantile(0.95), samples.last ?? 0, bytes))
         }
     }
 

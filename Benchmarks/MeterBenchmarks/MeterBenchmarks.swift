@@ -46,33 +46,36 @@ enum MeterBenchmarks {
         var results: [Result] = []
         let lines = Self.sampleLines(count: quick ? 20_000 : 200_000)
 
-        results.append(Self.measure("decoder: ReadingParser, one line", operations: lines.count) {
-            let parser = ReadingParser(maximumKwh: 1000)
-            var total = 0.0
-            for line in lines {
-                line.withUnsafeBytes { bytes in
-                    if let reading = try? parser.parse(bytes) { total += reading.kwh }
+        results.append(
+            Self.measure("decoder: ReadingParser, one line", operations: lines.count) {
+                let parser = ReadingParser(maximumKwh: 1000)
+                var total = 0.0
+                for line in lines {
+                    line.withUnsafeBytes { bytes in
+                        if let reading = try? parser.parse(bytes) { total += reading.kwh }
+                    }
                 }
-            }
-            return total
-        })
-        results.append(Self.measure("baseline: Foundation JSONDecoder, one line", operations: lines.count / 10) {
-            struct Wire: Decodable { var meter: String; var seq: Int64; var ts: String; var kwh: Double; var status: String? }
-            let decoder = JSONDecoder()
-            var total = 0.0
-            for line in lines.prefix(lines.count / 10) {
-                if let wire = try? decoder.decode(Wire.self, from: Data(line)) { total += wire.kwh }
-            }
-            return total
-        })
+                return total
+            })
+        results.append(
+            Self.measure("baseline: Foundation JSONDecoder, one line", operations: lines.count / 10) {
+                struct Wire: Decodable { var meter: String; var seq: Int64; var ts: String; var kwh: Double; var status: String? }
+                let decoder = JSONDecoder()
+                var total = 0.0
+                for line in lines.prefix(lines.count / 10) {
+                    if let wire = try? decoder.decode(Wire.self, from: Data(line)) { total += wire.kwh }
+                }
+                return total
+            })
 
         let directory = NSTemporaryDirectory() + "meter-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for (meters, label) in [(10_000, "10k meters"), (1, "1 meter")] {
             let database = try MeterDatabase(path: directory + "/bench-\(meters).sqlite")
-            let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
-                                          tariff: Tariff(), unknownMeters: .register)
+            let writer = try IngestWriter(
+                database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                tariff: Tariff(), unknownMeters: .register)
             let rollups = KPIRollups()
             writer.commitListener = rollups  // as in the daemon
             var seq: [Int64] = Array(repeating: 0, count: meters)
@@ -80,47 +83,61 @@ enum MeterBenchmarks {
             let batches = quick ? 10 : 60
             let now = WallClock.nowMs()
             // Register the meters first so the rounds measure steady state.
-            _ = try writer.commit([IngestSubmission(readings: (0..<meters).map { index in
-                seq[index] += 1
-                return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
-            }, receiver: nil)])
+            _ = try writer.commit([
+                IngestSubmission(
+                    readings: (0..<meters).map { index in
+                        seq[index] += 1
+                        return SubmittedReading(
+                            reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
+                    }, receiver: nil)
+            ])
             try await rollups.load(from: SQLiteMeterStore(database: database))
             var next = 0
             let prepared: [[IngestSubmission]] = (0..<batches).map { _ in
                 (0..<batchSize / 50).map { _ in
-                    IngestSubmission(readings: (0..<50).map { _ in
-                        let index = next % meters
-                        next += 1
-                        seq[index] += 1
-                        return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.25),
-                                                line: 1, receivedMs: now + 20)
-                    }, receiver: nil)
+                    IngestSubmission(
+                        readings: (0..<50).map { _ in
+                            let index = next % meters
+                            next += 1
+                            seq[index] += 1
+                            return SubmittedReading(
+                                reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.25),
+                                line: 1, receivedMs: now + 20)
+                        }, receiver: nil)
                 }
             }
             var round = 0
-            results.append(Self.measure("writer: group commit of 5000 readings, synchronous=FULL, \(label), per reading",
-                                        operations: batchSize, rounds: batches) {
-                let result = try! writer.commit(prepared[round])
-                round += 1
-                return Double(result.stored)
-            })
+            results.append(
+                Self.measure(
+                    "writer: group commit of 5000 readings, synchronous=FULL, \(label), per reading",
+                    operations: batchSize, rounds: batches
+                ) {
+                    let result = try! writer.commit(prepared[round])
+                    round += 1
+                    return Double(result.stored)
+                })
         }
 
         // Scenario b's shape: at 10,000 meters × 1 reading/s a 5 ms commit window holds ~50
         // readings, each of a different meter. CPU time of the writer thread, fsync waits excluded.
         do {
             let database = try MeterDatabase(path: directory + "/bench-b.sqlite")
-            let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
-                                          tariff: Tariff(), unknownMeters: .register)
+            let writer = try IngestWriter(
+                database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                tariff: Tariff(), unknownMeters: .register)
             let rollups = KPIRollups()
             writer.commitListener = rollups
             let meters = 10_000
             var seq: [Int64] = Array(repeating: 0, count: meters)
             let now = WallClock.nowMs()
-            _ = try writer.commit([IngestSubmission(readings: (0..<meters).map { index in
-                seq[index] += 1
-                return SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
-            }, receiver: nil)])
+            _ = try writer.commit([
+                IngestSubmission(
+                    readings: (0..<meters).map { index in
+                        seq[index] += 1
+                        return SubmittedReading(
+                            reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
+                    }, receiver: nil)
+            ])
             try await rollups.load(from: SQLiteMeterStore(database: database))  // as in the daemon, which loads the KPI store once it is up
             let commits = quick ? 200 : 2_000
             var next = 0
@@ -129,21 +146,29 @@ enum MeterBenchmarks {
                     let index = (next &* 7_919) % meters
                     next += 1
                     seq[index] += 1
-                    return IngestSubmission(readings: [SubmittedReading(reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now,
-                                                                                          kwh: 0.25, status: .fair, voltage: 230.5),
-                                                                        line: 1, receivedMs: now + 20)], receiver: nil)
+                    return IngestSubmission(
+                        readings: [
+                            SubmittedReading(
+                                reading: Reading(
+                                    meter: "MTR-\(index)", seq: seq[index], timestampMs: now,
+                                    kwh: 0.25, status: .fair, voltage: 230.5),
+                                line: 1, receivedMs: now + 20)
+                        ], receiver: nil)
                 }
             }
             var round = 0
-            results.append(Self.measureCPU("writer: commit of 50 readings of 50 of 10k meters (scenario b), CPU per reading",
-                                           operations: 50 * (commits / 10), rounds: 10) {
-                var stored = 0
-                for _ in 0..<(commits / 10) {
-                    stored += try! writer.commit(prepared[round]).stored
-                    round += 1
-                }
-                return Double(stored)
-            })
+            results.append(
+                Self.measureCPU(
+                    "writer: commit of 50 readings of 50 of 10k meters (scenario b), CPU per reading",
+                    operations: 50 * (commits / 10), rounds: 10
+                ) {
+                    var stored = 0
+                    for _ in 0..<(commits / 10) {
+                        stored += try! writer.commit(prepared[round]).stored
+                        round += 1
+                    }
+                    return Double(stored)
+                })
         }
 
         print(String(repeating: "-", count: 96))

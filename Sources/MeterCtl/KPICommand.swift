@@ -14,8 +14,10 @@ struct KPIOptions: ParsableArguments {
     @Option(help: "Read this database file directly instead of asking meterd.")
     var db: String?
 
-    @Option(help: ArgumentHelp("IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
-                               valueName: "iana-name"))
+    @Option(
+        help: ArgumentHelp(
+            "IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
+            valueName: "iana-name"))
     var timezone: String?
 
     /// The KPI document of a period, computed from the database file.

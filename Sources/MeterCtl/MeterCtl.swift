@@ -33,8 +33,10 @@ struct ConnectionOptions: ParsableArguments {
 
     /// Sends the command and prints the answer as JSON or, decoded as `Answer`, through `render`;
     /// exits non-zero on any error.
-    func run<Answer: Decodable>(_ command: String, as answerType: Answer.Type, timeoutSeconds: Int = 30,
-                                render: (Answer) -> String) throws {
+    func run<Answer: Decodable>(
+        _ command: String, as answerType: Answer.Type, timeoutSeconds: Int = 30,
+        render: (Answer) -> String
+    ) throws {
         let line: String
         do {
             line = try StatusClient(path: self.path, timeoutSeconds: timeoutSeconds).send(command)
@@ -114,8 +116,10 @@ extension MeterCtl {
         var region: String?
         @Option(help: "Compute from this database file instead of asking meterd (meterd need not run).")
         var db: String?
-        @Option(help: ArgumentHelp("With --db: IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
-                                   valueName: "iana-name"))
+        @Option(
+            help: ArgumentHelp(
+                "With --db: IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
+                valueName: "iana-name"))
         var timezone: String?
 
         func validate() throws {

@@ -51,11 +51,14 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var queueCapacity: String?
     @Option(help: ArgumentHelp("Shortest time between two commits (default 5).", valueName: "ms"))
     var commitIntervalMs: String?
-    @Option(help: ArgumentHelp("0 (default): aggregates commit with their readings; N: under load they wait up to N ms, saving CPU.", valueName: "ms"))
+    @Option(
+        help: ArgumentHelp("0 (default): aggregates commit with their readings; N: under load they wait up to N ms, saving CPU.", valueName: "ms"))
     var aggregateIntervalMs: String?
-    @Option(name: .customLong("dashboard-chartjs"),
-            help: ArgumentHelp("Chart.js file the dashboard serves (default Debian's /usr/share/javascript/chart.js/chart.min.js).",
-                               valueName: "path"))
+    @Option(
+        name: .customLong("dashboard-chartjs"),
+        help: ArgumentHelp(
+            "Chart.js file the dashboard serves (default Debian's /usr/share/javascript/chart.js/chart.min.js).",
+            valueName: "path"))
     var dashboardChartJS: String?
     @Option(help: "Minimum log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String = "info"
@@ -64,7 +67,8 @@ struct MeterDaemonCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard let level = Logger.Level(rawValue: self.logLevel) else {
-            Self.fail(ConfigurationError(key: "log_level", "expected trace, debug, info, notice, warning, error or critical, got \"\(self.logLevel)\""))
+            Self.fail(
+                ConfigurationError(key: "log_level", "expected trace, debug, info, notice, warning, error or critical, got \"\(self.logLevel)\""))
         }
         let environment = ProcessInfo.processInfo.environment
         let backend: LogBackend
@@ -86,12 +90,16 @@ struct MeterDaemonCommand: AsyncParsableCommand {
         // Taken before anything else can open a file descriptor over them.
         let (sockets, ignored) = Systemd.takeListenedSockets()
         if !ignored.isEmpty {
-            logger.warning("Ignoring sockets passed by systemd with unknown names", metadata: ["systemd.fdnames": "\(ignored.joined(separator: ","))"])
+            logger.warning(
+                "Ignoring sockets passed by systemd with unknown names", metadata: ["systemd.fdnames": "\(ignored.joined(separator: ","))"])
         }
         if !sockets.isEmpty {
-            logger.info("Using sockets passed by systemd", metadata: [
-                "systemd.ingest": "\(sockets.ingest.map(String.init) ?? "-")", "systemd.status": "\(sockets.status.map(String.init) ?? "-")",
-                "systemd.http": "\(sockets.http.map(String.init) ?? "-")"])
+            logger.info(
+                "Using sockets passed by systemd",
+                metadata: [
+                    "systemd.ingest": "\(sockets.ingest.map(String.init) ?? "-")", "systemd.status": "\(sockets.status.map(String.init) ?? "-")",
+                    "systemd.http": "\(sockets.http.map(String.init) ?? "-")",
+                ])
         }
         let daemonEnvironment = DaemonEnvironment(inheritedSockets: sockets, watchdogInterval: Systemd.watchdogInterval())
 
@@ -99,8 +107,10 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("data_dir", self.dataDir), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
             ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
             ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
-            ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout), ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
-            ("commit_interval_ms", self.commitIntervalMs), ("aggregate_interval_ms", self.aggregateIntervalMs), ("dashboard_chartjs", self.dashboardChartJS),
+            ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout),
+            ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
+            ("commit_interval_ms", self.commitIntervalMs), ("aggregate_interval_ms", self.aggregateIntervalMs),
+            ("dashboard_chartjs", self.dashboardChartJS),
         ]
         var configuration: DaemonConfiguration
         do {
@@ -122,8 +132,9 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             Self.fail(error)
         }
         if configuration.maximumConnections < configuredConnections {
-            logger.notice("max_connections lowered to fit the open-file limit",
-                          metadata: ["limit.nofile": "\(limit)", "max_connections": "\(configuration.maximumConnections)"])
+            logger.notice(
+                "max_connections lowered to fit the open-file limit",
+                metadata: ["limit.nofile": "\(limit)", "max_connections": "\(configuration.maximumConnections)"])
         }
         try await daemon.run()
     }

@@ -12,8 +12,10 @@ import MeterCore
 package struct CompanyGenerator: Sendable {
     package static let regions = ["North", "South", "East", "West"]
     package static let technicianCount = 49
-    package static let files = ["customer_data.csv", "monthly_data.csv", "maintenance_data.csv", "feedback_data.csv",
-                                "technicians.csv", "installations.csv", "bills.csv", "complaints.csv"]
+    package static let files = [
+        "customer_data.csv", "monthly_data.csv", "maintenance_data.csv", "feedback_data.csv",
+        "technicians.csv", "installations.csv", "bills.csv", "complaints.csv",
+    ]
 
     package var customers: Int
     package var seed: UInt64
@@ -44,7 +46,9 @@ package struct CompanyGenerator: Sendable {
         for id in stride(from: 1, through: self.customers, by: 1) {
             let region = Self.regions[random.below(4)]
             installDays[id] = installEpoch + random.below(365)
-            customers.row { $0.int(id); $0.text(region); $0.date(installDays[id]) }
+            customers.row {
+                $0.int(id); $0.text(region); $0.date(installDays[id])
+            }
         }
         try customers.close()
 
@@ -53,7 +57,9 @@ package struct CompanyGenerator: Sendable {
         for id in stride(from: 1, through: self.customers, by: 1) {
             let wait = 1 + random.below(30)
             let technician = 1 + random.below(Self.technicianCount)
-            installs.row { $0.int(id); $0.date(installDays[id] - wait); $0.date(installDays[id]); $0.int(technician) }
+            installs.row {
+                $0.int(id); $0.date(installDays[id] - wait); $0.date(installDays[id]); $0.int(technician)
+            }
         }
         try installs.close()
 
@@ -72,9 +78,13 @@ package struct CompanyGenerator: Sendable {
                 let revenue = (kwh * random.uniform(0.1, 0.2) * 100).rounded() / 100
                 let draw = random.unit()
                 let status = draw < 0.7 ? 0 : (draw < 0.9 ? 1 : 2)
-                monthly.row { $0.int(id); $0.date(firstDay); $0.fixed(kwh, 3); $0.fixed(revenue, 2); $0.text(statuses[status]) }
+                monthly.row {
+                    $0.int(id); $0.date(firstDay); $0.fixed(kwh, 3); $0.fixed(revenue, 2); $0.text(statuses[status])
+                }
                 let paid = bills.unit() < 0.9
-                billFile.row { $0.int(id); $0.month(year: year, month: month); $0.fixed(revenue, 2); $0.text(paid ? "paid" : "unpaid") }
+                billFile.row {
+                    $0.int(id); $0.month(year: year, month: month); $0.fixed(revenue, 2); $0.text(paid ? "paid" : "unpaid")
+                }
             }
         }
         try monthly.close()
@@ -94,7 +104,9 @@ package struct CompanyGenerator: Sendable {
             let request = eventDay(&random)
             let resolution = request + 1 + random.below(9)
             let technician = 1 + random.below(Self.technicianCount)
-            maintenance.row { $0.int(customer); $0.date(request); $0.date(resolution); $0.int(technician) }
+            maintenance.row {
+                $0.int(customer); $0.date(request); $0.date(resolution); $0.int(technician)
+            }
         }
         try maintenance.close()
 
@@ -103,7 +115,9 @@ package struct CompanyGenerator: Sendable {
         for id in stride(from: 1, through: self.customers, by: 1) {
             let date = eventDay(&random)
             let score = 1 + random.below(5)
-            feedback.row { $0.int(id); $0.date(date); $0.int(score) }
+            feedback.row {
+                $0.int(id); $0.date(date); $0.int(score)
+            }
         }
         try feedback.close()
 
@@ -113,7 +127,9 @@ package struct CompanyGenerator: Sendable {
         let last = ["Meyer", "Okafor", "Silva", "Nowak", "Larsen", "Haddad", "Ito", "Brennan", "Costa", "Varga", "Quinn"]
         for id in 1...Self.technicianCount {
             let name = "\(first[random.below(first.count)]) \(last[random.below(last.count)])"
-            technicians.row { $0.int(id); $0.text(name) }
+            technicians.row {
+                $0.int(id); $0.text(name)
+            }
         }
         try technicians.close()
 
@@ -185,8 +201,12 @@ private struct CSVWriter {
         }
 
         private mutating func digits(_ value: Int, width: Int) {
-            var buffer: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            var buffer:
+                (
+                    UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                    UInt8, UInt8
+                ) =
+                    (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
             var count = 0
             var rest = value
             withUnsafeMutableBytes(of: &buffer) { raw in

@@ -13,7 +13,8 @@ package enum DaemonReply: Sendable, Equatable {
     /// and reading its value is enough and costs a fraction of a decoder.
     package static func parse(_ bytes: UnsafeRawBufferPointer) -> DaemonReply? {
         if let value = self.value(after: #""ack":"#, in: bytes), let seq = self.integer(at: value, in: bytes),
-            let meterStart = self.value(after: #""meter":""#, in: bytes), let meter = self.string(at: meterStart, in: bytes) {
+            let meterStart = self.value(after: #""meter":""#, in: bytes), let meter = self.string(at: meterStart, in: bytes)
+        {
             return .ack(meter: meter, seq: seq)
         }
         if let value = self.value(after: #""error":""#, in: bytes), let code = self.string(at: value, in: bytes) {

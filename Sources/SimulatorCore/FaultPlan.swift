@@ -84,7 +84,9 @@ package struct FaultPlan: Sendable, Equatable {
                 default: self.overlongRate = rate
                 }
             default:
-                throw FaultSpecError(entry: String(entry), reason: "unknown fault \"\(name)\"; known: silent, malformed, skew, duplicate, disconnect, bytewise, overlong")
+                throw FaultSpecError(
+                    entry: String(entry),
+                    reason: "unknown fault \"\(name)\"; known: silent, malformed, skew, duplicate, disconnect, bytewise, overlong")
             }
         }
     }

@@ -131,8 +131,9 @@ package struct MeterModel: Sendable {
         var volts = 230 + 2.5 * self.rng.normal()
         if fault == "voltage_sag" { volts = 196 + 4 * self.rng.normal() }
         if fault == "voltage_swell" { volts = 253 + 2 * self.rng.normal() }
-        return Reading(meter: meter, seq: seq, timestampMs: timestampMs, kwh: kwh, status: self.health, fault: fault,
-                       voltage: (volts * 10).rounded() / 10)
+        return Reading(
+            meter: meter, seq: seq, timestampMs: timestampMs, kwh: kwh, status: self.health, fault: fault,
+            voltage: (volts * 10).rounded() / 10)
     }
 
     /// A draw for fault decisions, from the meter's own stream.

@@ -72,8 +72,9 @@ package final class MeterSimulation: Sendable {
         let startWallMs = WallClock.nowMs()
         let start = ContinuousClock.now
         let clock = SimulatedClock(startWallMs: startWallMs, timeScale: configuration.timeScale, spanSeconds: configuration.expectedSpanSeconds)
-        let context = SimulationContext(configuration: configuration, address: address, counters: self.counters, clock: clock,
-                                        firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink)
+        let context = SimulationContext(
+            configuration: configuration, address: address, counters: self.counters, clock: clock,
+            firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink)
         let connectionCount = configuration.connectionCount
         var connections: [SimulatedConnection] = []
         connections.reserveCapacity(connectionCount)
@@ -149,7 +150,8 @@ package final class MeterSimulation: Sendable {
         }
         let elapsed = start.duration(to: .now)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return SimulationResult(report: SimulationReport(configuration: configuration, counters: self.counters, elapsedSeconds: seconds),
-                                ledger: ledger)
+        return SimulationResult(
+            report: SimulationReport(configuration: configuration, counters: self.counters, elapsedSeconds: seconds),
+            ledger: ledger)
     }
 }

@@ -21,8 +21,10 @@ final class SimulationContext: Sendable {
     /// With `startTogether`, holds every connection's first send until all are connected.
     let startBarrier: StartBarrier?
 
-    init(configuration: SimulationConfiguration, address: SocketAddress, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
-         events: AsyncStream<SimulationEvent>.Continuation) {
+    init(
+        configuration: SimulationConfiguration, address: SocketAddress, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
+        events: AsyncStream<SimulationEvent>.Continuation
+    ) {
         self.startBarrier = configuration.startTogether ? StartBarrier(expected: configuration.connectionCount) : nil
         self.configuration = configuration
         self.address = address
@@ -176,8 +178,9 @@ final class SimulatedConnection: @unchecked Sendable {
         let startMs = context.clock.meterTime(atWallMs: context.clock.startWallMs)
         self.meters = meterIndices.map { meterIndex in
             let name = configuration.meterName(meterIndex)
-            return SimulatedMeter(name: name, model: MeterModel(index: meterIndex, seed: configuration.seed), nextSeq: context.firstSeq,
-                                  lastTimestampMs: startMs - stepMs, ledger: LedgerEntry(meter: name, ackedMaxSeq: nil, ackedKwh: 0, ackedReadings: 0))
+            return SimulatedMeter(
+                name: name, model: MeterModel(index: meterIndex, seed: configuration.seed), nextSeq: context.firstSeq,
+                lastTimestampMs: startMs - stepMs, ledger: LedgerEntry(meter: name, ackedMaxSeq: nil, ackedKwh: 0, ackedReadings: 0))
         }
         self.meterIndex = Dictionary(uniqueKeysWithValues: self.meters.enumerated().map { ($1.name, $0) })
         self.rng = rng
@@ -236,7 +239,8 @@ final class SimulatedConnection: @unchecked Sendable {
         }
         // A burst queues up to 1 MB in user space per connection (NIO's default stops at 64 KB),
         // so the kernel always has the next bytes when the socket takes more.
-        let waterMark = self.configuration.burst
+        let waterMark =
+            self.configuration.burst
             ? ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 1024 * 1024)
             : ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
         ClientBootstrap(group: self.eventLoop)

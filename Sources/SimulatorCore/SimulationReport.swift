@@ -104,9 +104,10 @@ package struct SimulationReport: Sendable, Codable, Equatable {
         self.reconnects = counters.reconnects.load(ordering: .relaxed)
         self.connectFailures = counters.connectFailures.load(ordering: .relaxed)
         self.ackedPerSecond = elapsedSeconds > 0 ? (Double(acked) / elapsedSeconds).rounded() : 0
-        self.ackLatency = Latency(count: histogram.count, p50Ms: ms(histogram.quantile(0.5)), p95Ms: ms(histogram.quantile(0.95)),
-                                  p99Ms: ms(histogram.quantile(0.99)), maxMs: ms(histogram.count > 0 ? histogram.maximum : nil),
-                                  meanMs: histogram.mean.map { ($0 / 10).rounded() / 100 })
+        self.ackLatency = Latency(
+            count: histogram.count, p50Ms: ms(histogram.quantile(0.5)), p95Ms: ms(histogram.quantile(0.95)),
+            p99Ms: ms(histogram.quantile(0.99)), maxMs: ms(histogram.count > 0 ? histogram.maximum : nil),
+            meanMs: histogram.mean.map { ($0 / 10).rounded() / 100 })
     }
 
     /// The report as pretty JSON with snake_case keys.
@@ -120,7 +121,9 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     /// A human-readable summary, a few lines.
     package var summary: String {
         func ms(_ value: Double?) -> String { value.map { String(format: "%.2f ms", $0) } ?? "-" }
-        let errors = self.errorsByCode.isEmpty ? "none"
+        let errors =
+            self.errorsByCode.isEmpty
+            ? "none"
             : self.errorsByCode.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
         return """
             meters \(self.meters) on \(self.connections) connections (peak \(self.peakConnections) open), \(String(format: "%.1f", self.elapsedSeconds)) s

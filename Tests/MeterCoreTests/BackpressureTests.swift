@@ -98,8 +98,11 @@ import Testing
                 #expect(lastAcks.count == meters)
                 #expect(lastAcks.values.allSatisfy { $0 == Int64(readingsPerMeter) })
                 let (stored, distinct) = try await harness.database.pool.read { db in
-                    (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id WHERE meter.name LIKE 'BURST-%'")!,
-                     try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!)
+                    (
+                        try Int.fetchOne(
+                            db, sql: "SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id WHERE meter.name LIKE 'BURST-%'")!,
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!
+                    )
                 }
                 #expect(stored == meters * readingsPerMeter)
                 let total = try await harness.database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")! }
@@ -140,7 +143,8 @@ import Testing
                 // When meterd has stopped reading from it
                 func storedFromDeaf() async throws -> Int {
                     try await harness.database.pool.read { db in
-                        try Int.fetchOne(db, sql: "SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id WHERE meter.name LIKE 'DEAF-%'")!
+                        try Int.fetchOne(
+                            db, sql: "SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id WHERE meter.name LIKE 'DEAF-%'")!
                     }
                 }
                 var last = -1

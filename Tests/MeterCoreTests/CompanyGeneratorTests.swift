@@ -10,16 +10,17 @@ import Testing
         try await withTemporaryDirectory { directory in
             try CompanyGenerator(customers: 50, seed: 7).write(to: directory)
             let rows = try CompanyRows(directory: directory)
-            #expect(rows.headers == [
-                "customer_data.csv": "CustomerID,Region,InstallationDate",
-                "monthly_data.csv": "CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus",
-                "maintenance_data.csv": "CustomerID,RequestDate,ResolutionDate,TechnicianID",
-                "feedback_data.csv": "CustomerID,FeedbackDate,SatisfactionScore",
-                "technicians.csv": "TechnicianID,TechnicianName",
-                "installations.csv": "CustomerID,RequestDate,InstallationDate,TechnicianID",
-                "bills.csv": "CustomerID,Month,Amount_$,Status",
-                "complaints.csv": "ComplaintID,CustomerID,Date,Category,ResolvedDate",
-            ])
+            #expect(
+                rows.headers == [
+                    "customer_data.csv": "CustomerID,Region,InstallationDate",
+                    "monthly_data.csv": "CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus",
+                    "maintenance_data.csv": "CustomerID,RequestDate,ResolutionDate,TechnicianID",
+                    "feedback_data.csv": "CustomerID,FeedbackDate,SatisfactionScore",
+                    "technicians.csv": "TechnicianID,TechnicianName",
+                    "installations.csv": "CustomerID,RequestDate,InstallationDate,TechnicianID",
+                    "bills.csv": "CustomerID,Month,Amount_$,Status",
+                    "complaints.csv": "ComplaintID,CustomerID,Date,Category,ResolvedDate",
+                ])
             #expect(Set(try FileManager.default.contentsOfDirectory(atPath: directory)) == Set(CompanyGenerator.files))
         }
     }

@@ -34,9 +34,13 @@ struct CompanyRows {
         self.monthly = try rows("monthly_data.csv").map {
             Monthly(customer: Int($0[0])!, month: monthKey($0[1]), kwh: Double($0[2])!, revenue: Double($0[3])!, status: $0[4])
         }
-        self.maintenance = try rows("maintenance_data.csv").map { Maintenance(customer: Int($0[0])!, request: $0[1], resolution: $0[2], technician: Int($0[3])!) }
+        self.maintenance = try rows("maintenance_data.csv").map {
+            Maintenance(customer: Int($0[0])!, request: $0[1], resolution: $0[2], technician: Int($0[3])!)
+        }
         self.feedback = try rows("feedback_data.csv").map { Feedback(customer: Int($0[0])!, date: $0[1], score: Int($0[2])!) }
-        self.installations = try rows("installations.csv").map { Installation(customer: Int($0[0])!, request: $0[1], installed: $0[2], technician: Int($0[3])!) }
+        self.installations = try rows("installations.csv").map {
+            Installation(customer: Int($0[0])!, request: $0[1], installed: $0[2], technician: Int($0[3])!)
+        }
         self.bills = try rows("bills.csv").map { Bill(customer: Int($0[0])!, month: monthKey($0[1]), amount: Double($0[2])!, status: $0[3]) }
         self.complaints = try rows("complaints.csv").map { Complaint(id: Int($0[0])!, customer: Int($0[1])!, date: $0[2], resolved: $0[4]) }
         for row in try rows("technicians.csv") { self.technicians[Int(row[0])!] = row[1] }

@@ -120,18 +120,23 @@ final class ResendingConcentrator: Sendable {
 
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
             let rows = try await database.pool.read { db in
-                try Row.fetchAll(db, sql: """
-                    SELECT meter.name AS name, meter.readings_total AS total, meter.hwm_seq AS hwm,
-                           (SELECT count(*) FROM reading WHERE meter_id = meter.id) AS stored,
-                           (SELECT count(DISTINCT seq) FROM reading WHERE meter_id = meter.id) AS distinctSeqs,
-                           (SELECT sum(kwh) FROM reading WHERE meter_id = meter.id) AS readingKwh,
-                           (SELECT sum(kwh) FROM meter_month WHERE meter_id = meter.id) AS monthKwh,
-                           (SELECT sum(readings) FROM meter_month WHERE meter_id = meter.id) AS monthReadings
-                    FROM meter
-                    """).map { row in
-                    (name: row["name"] as String, total: row["total"] as Int64, hwm: row["hwm"] as Int64, stored: row["stored"] as Int64,
-                     distinct: row["distinctSeqs"] as Int64, readingKwh: row["readingKwh"] as Double,
-                     monthKwh: row["monthKwh"] as Double, monthReadings: row["monthReadings"] as Int64)
+                try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT meter.name AS name, meter.readings_total AS total, meter.hwm_seq AS hwm,
+                               (SELECT count(*) FROM reading WHERE meter_id = meter.id) AS stored,
+                               (SELECT count(DISTINCT seq) FROM reading WHERE meter_id = meter.id) AS distinctSeqs,
+                               (SELECT sum(kwh) FROM reading WHERE meter_id = meter.id) AS readingKwh,
+                               (SELECT sum(kwh) FROM meter_month WHERE meter_id = meter.id) AS monthKwh,
+                               (SELECT sum(readings) FROM meter_month WHERE meter_id = meter.id) AS monthReadings
+                        FROM meter
+                        """
+                ).map { row in
+                    (
+                        name: row["name"] as String, total: row["total"] as Int64, hwm: row["hwm"] as Int64, stored: row["stored"] as Int64,
+                        distinct: row["distinctSeqs"] as Int64, readingKwh: row["readingKwh"] as Double,
+                        monthKwh: row["monthKwh"] as Double, monthReadings: row["monthReadings"] as Int64
+                    )
                 }
             }
             #expect(rows.count == 1000)

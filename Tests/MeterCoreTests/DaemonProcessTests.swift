@@ -111,18 +111,22 @@ final class AckTally: Sendable {
             #expect(ackedMarks.count == 100)
             for (meter, mark) in ackedMarks {
                 let (count, distinct) = try await database.pool.read { db in
-                    let row = try Row.fetchOne(db, sql: """
-                        SELECT count(*) AS n, count(DISTINCT seq) AS d FROM reading JOIN meter ON meter.id = meter_id
-                        WHERE meter.name = ? AND seq <= ?
-                        """, arguments: [meter, mark])!
+                    let row = try Row.fetchOne(
+                        db,
+                        sql: """
+                            SELECT count(*) AS n, count(DISTINCT seq) AS d FROM reading JOIN meter ON meter.id = meter_id
+                            WHERE meter.name = ? AND seq <= ?
+                            """, arguments: [meter, mark])!
                     return (row["n"] as Int, row["d"] as Int)
                 }
                 #expect(count == Int(mark), "meter \(meter): acked up to \(mark), stored \(count)")
                 #expect(distinct == count)
             }
             let (rows, distinctRows) = try await database.pool.read { db in
-                (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!)
+                (
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!
+                )
             }
             #expect(rows == distinctRows)
             #expect(daemon.log.contains("Ingest server stopping"))
@@ -131,8 +135,10 @@ final class AckTally: Sendable {
 
     @Test func invalidConfigurationStopsStartUpWithOneLineNamingTheKey() async throws {
         try await withTemporaryDirectory { directory in
-            for (arguments, key) in [(["--inactive-after", "soon"], "inactive_after"), (["--timezone", "Mars/Olympus"], "timezone"),
-                                     (["--synchronous", "maybe"], "synchronous")] {
+            for (arguments, key) in [
+                (["--inactive-after", "soon"], "inactive_after"), (["--timezone", "Mars/Olympus"], "timezone"),
+                (["--synchronous", "maybe"], "synchronous"),
+            ] {
                 let daemon = try DaemonProcess(dataDirectory: directory, arguments: arguments)
                 #expect(try await daemon.exitStatus() == 2)
                 let lines = daemon.log.split(separator: "\n")
@@ -154,12 +160,17 @@ final class AckTally: Sendable {
             // Given a database with data whose pages were then damaged on disk
             do {
                 let database = try MeterDatabase(path: directory + "/meterd.sqlite")
-                let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
-                                              tariff: Tariff(), unknownMeters: .register)
+                let writer = try IngestWriter(
+                    database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                    tariff: Tariff(), unknownMeters: .register)
                 let now = WallClock.nowMs()
-                _ = try writer.commit([IngestSubmission(readings: (1...5000).map {
-                    SubmittedReading(reading: Reading(meter: "M\($0 % 50)", seq: Int64($0), timestampMs: now, kwh: 1), line: $0, receivedMs: now)
-                }, receiver: nil)])
+                _ = try writer.commit([
+                    IngestSubmission(
+                        readings: (1...5000).map {
+                            SubmittedReading(
+                                reading: Reading(meter: "M\($0 % 50)", seq: Int64($0), timestampMs: now, kwh: 1), line: $0, receivedMs: now)
+                        }, receiver: nil)
+                ])
                 _ = try await database.pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
             }
             let handle = try #require(FileHandle(forUpdatingAtPath: directory + "/meterd.sqlite"))

@@ -25,13 +25,17 @@ struct DashboardFixture {
         #expect(report.succeeded, "\(report.text)")
         let store = SQLiteMeterStore(database: database)
         let engine = KPIEngine(store: store, settings: offlineEngine(database).settings)
-        let queries = DashboardQueries(store: store, kpi: engine,
-                                       operatorQueries: makeOfflineOperatorQueries(store: store, engine: engine, writer: try .direct(store),
-                                                                                   directory: directory))
-        let routes = DashboardRoutes(queries: queries, reporter: nil,
-                                     assets: DashboardAssets(chartJSPath: chartJS ?? directory + "/no-chart.js"), logger: testLogger)
-        return DashboardFixture(directory: directory, rows: try CompanyRows(directory: directory + "/csv"), database: database,
-                                engine: engine, queries: queries, routes: routes)
+        let queries = DashboardQueries(
+            store: store, kpi: engine,
+            operatorQueries: makeOfflineOperatorQueries(
+                store: store, engine: engine, writer: try .direct(store),
+                directory: directory))
+        let routes = DashboardRoutes(
+            queries: queries, reporter: nil,
+            assets: DashboardAssets(chartJSPath: chartJS ?? directory + "/no-chart.js"), logger: testLogger)
+        return DashboardFixture(
+            directory: directory, rows: try CompanyRows(directory: directory + "/csv"), database: database,
+            engine: engine, queries: queries, routes: routes)
     }
 
     func application() -> some ApplicationProtocol {
@@ -53,7 +57,9 @@ func getJSON(_ client: some TestClientProtocol, _ uri: String) async throws -> (
 }
 
 /// Status and body of one request through the router, decoded as the answer type it should be.
-func getAnswer<Answer: Decodable>(_ client: some TestClientProtocol, _ uri: String, as type: Answer.Type) async throws -> (status: Int, answer: Answer) {
+func getAnswer<Answer: Decodable>(
+    _ client: some TestClientProtocol, _ uri: String, as type: Answer.Type
+) async throws -> (status: Int, answer: Answer) {
     try await client.execute(uri: uri, method: .get) { response in
         #expect(response.headers[.contentType]?.hasPrefix("application/json") == true, "\(uri)")
         return (response.status.code, try JSONDecoder().decode(type, from: Data(String(buffer: response.body).utf8)))
@@ -61,8 +67,10 @@ func getAnswer<Answer: Decodable>(_ client: some TestClientProtocol, _ uri: Stri
 }
 
 /// A 4xx answer: JSON with the code and a message that says what was wrong.
-func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, mentioning text: String,
-                 sourceLocation: SourceLocation = #_sourceLocation) async throws {
+func expectError(
+    _ client: some TestClientProtocol, _ uri: String, status: Int, mentioning text: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) async throws {
     let (code, json) = try await getJSON(client, uri)
     #expect(code == status, "\(uri): \(json)", sourceLocation: sourceLocation)
     #expect(json["error"] as? String == (status == 404 ? "not_found" : "bad_request"), "\(uri)", sourceLocation: sourceLocation)
@@ -82,10 +90,12 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
         try await withTemporaryDirectory { directory in
             let fixture = try DashboardFixture.offline(directory)
             try await fixture.application().test(.router) { client in
-                for (query, from, to, region) in [("from=2023-01&to=2023-12", "2023-01", "2023-12", nil),
-                                                  ("from=2023-03&to=2023-05&region=North", "2023-03", "2023-05", "North"),
-                                                  ("from=2023-02&to=2023-02&region=South", "2023-02", "2023-02", "South"),
-                                                  ("to=2023-06&region=", "2022-07", "2023-06", nil)] as [(String, String, String, String?)] {
+                for (query, from, to, region) in [
+                    ("from=2023-01&to=2023-12", "2023-01", "2023-12", nil),
+                    ("from=2023-03&to=2023-05&region=North", "2023-03", "2023-05", "North"),
+                    ("from=2023-02&to=2023-02&region=South", "2023-02", "2023-02", "South"),
+                    ("to=2023-06&region=", "2022-07", "2023-06", nil),
+                ] as [(String, String, String, String?)] {
                     let (status, json) = try await getJSON(client, "/api/kpi?" + query)
                     #expect(status == 200)
                     let period = try KPIPeriod(from: Month(from)!, to: Month(to)!)
@@ -303,7 +313,8 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
 
                 // Once the liveness monitor has flagged them they carry the time.
                 let startMs: Int64 = 1_700_000_000_000
-                let monitor = LivenessMonitor(store: fixture.store, writer: try .direct(fixture.store), inactiveAfterSeconds: 60, logger: testLogger, nowMs: startMs)
+                let monitor = LivenessMonitor(
+                    store: fixture.store, writer: try .direct(fixture.store), inactiveAfterSeconds: 60, logger: testLogger, nowMs: startMs)
                 #expect(try await monitor.check(nowMs: startMs + 61_000).wentInactive.count == 240)
                 let after = try await getAnswer(client, "/api/inactive?region=West&limit=1000", as: DashboardInactiveAnswer.self).answer
                 #expect(after.region == "West")
@@ -338,8 +349,10 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                 let base = WallClock.nowMs() - 60_000
                 var lines: [String] = []
                 for seq in 1...40 {
-                    lines.append(readingLine(meter: "MTR-A", seq: Int64(seq), kwh: Double(seq) / 100, timestampMs: base + Int64(seq) * 1000,
-                                             status: seq % 10 == 0 ? .poor : .good, fault: seq == 35 ? "tamper" : nil))
+                    lines.append(
+                        readingLine(
+                            meter: "MTR-A", seq: Int64(seq), kwh: Double(seq) / 100, timestampMs: base + Int64(seq) * 1000,
+                            status: seq % 10 == 0 ? .poor : .good, fault: seq == 35 ? "tamper" : nil))
                     lines.append(readingLine(meter: "MTR-B", seq: Int64(seq), timestampMs: base + Int64(seq) * 1000))
                 }
                 try await client.send(lines.joined(separator: "\n") + "\n")
@@ -351,12 +364,17 @@ func expectError(_ client: some TestClientProtocol, _ uri: String, status: Int, 
                 func routes() async throws -> DashboardRoutes {
                     let store = SQLiteMeterStore(database: harness.database)
                     let engine = KPIEngine(store: store, settings: KPISettings())
-                    let queries = DashboardQueries(store: store, kpi: engine,
-                                                   operatorQueries: try await makeOperatorQueries(store: store, writer: .pipeline(harness.pipeline),
-                                                                                        directory: directory))
-                    return DashboardRoutes(queries: queries, reporter: StatusReporter(pipeline: harness.pipeline, store: store,
-                                                                                      queries: queries.operatorQueries),
-                                           assets: DashboardAssets(), logger: testLogger)
+                    let queries = DashboardQueries(
+                        store: store, kpi: engine,
+                        operatorQueries: try await makeOperatorQueries(
+                            store: store, writer: .pipeline(harness.pipeline),
+                            directory: directory))
+                    return DashboardRoutes(
+                        queries: queries,
+                        reporter: StatusReporter(
+                            pipeline: harness.pipeline, store: store,
+                            queries: queries.operatorQueries),
+                        assets: DashboardAssets(), logger: testLogger)
                 }
                 let router = Router(context: MeterRequestContext.self)
                 try await routes().register(on: router)

@@ -63,14 +63,18 @@ import Testing
                 #expect(value != nil, "data-kpi=\"\(path)\" is not in the KPI document")
             }
             // Every overview figure of SPEC.md section 5 is on the page.
-            for key in ["total_customers", "total_consumption_kwh", "total_revenue", "average_consumption_kwh", "meters.active",
-                        "meters.inactive", "meters.faulty", "installation_time_days", "satisfaction.average", "complaints.received",
-                        "complaints.resolved", "new_vs_returning.new", "new_vs_returning.returning", "maintenance.received",
-                        "maintenance.processed", "maintenance.open", "reading_latency_ms.p95"] {
+            for key in [
+                "total_customers", "total_consumption_kwh", "total_revenue", "average_consumption_kwh", "meters.active",
+                "meters.inactive", "meters.faulty", "installation_time_days", "satisfaction.average", "complaints.received",
+                "complaints.resolved", "new_vs_returning.new", "new_vs_returning.returning", "maintenance.received",
+                "maintenance.processed", "maintenance.open", "reading_latency_ms.p95",
+            ] {
                 #expect(paths.contains(key), "\(key) missing from the page")
             }
-            for table in ["consumption_by_region", "top_consumers", "monthly_consumption", "meter_health", "faulty_meters", "revenue_by_region",
-                          "revenue_trend", "payment_status", "satisfaction_distribution", "technicians", "inactive_meters"] {
+            for table in [
+                "consumption_by_region", "top_consumers", "monthly_consumption", "meter_health", "faulty_meters", "revenue_by_region",
+                "revenue_trend", "payment_status", "satisfaction_distribution", "technicians", "inactive_meters",
+            ] {
                 #expect(html.contains(#"data-table="\#(table)""#), "\(table) table missing from the page")
             }
         }
@@ -117,9 +121,11 @@ import Testing
             let kpi = try await httpGet(port: port, path: "/api/kpi?from=2023-01&to=2023-12&region=North")
             #expect(kpi.status == 200 && kpi.body.contains(#""region":"North""#))
             // Bad input through the real server: JSON with a message, never a bare 500.
-            for (path, status, text) in [("/api/kpi?from=2023-13", 400, "from: expected YYYY-MM"), ("/api/customers/4242", 404, "No customer 4242"),
-                                         ("/api/customers/x", 400, "positive whole number"), ("/api/regions/Nowhere", 404, "No region"),
-                                         ("/api/meters/MTR-000001/readings?limit=-1", 400, "limit"), ("/api/unknown", 404, "No API endpoint")] {
+            for (path, status, text) in [
+                ("/api/kpi?from=2023-13", 400, "from: expected YYYY-MM"), ("/api/customers/4242", 404, "No customer 4242"),
+                ("/api/customers/x", 400, "positive whole number"), ("/api/regions/Nowhere", 404, "No region"),
+                ("/api/meters/MTR-000001/readings?limit=-1", 400, "limit"), ("/api/unknown", 404, "No API endpoint"),
+            ] {
                 let answer = try await httpGet(port: port, path: path)
                 #expect(answer.status == status, "\(path): \(answer.body)")
                 let json = try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]

@@ -55,8 +55,9 @@ struct DeployTests {
         let result = try await Self.withRoot { root in
             try Self.run(["/usr/bin/systemd-analyze", "security", "--offline=yes", "--root=\(root)", "--threshold=20", "meterd.service"])
         }
-        let line = try #require(result.output.split(separator: "\n").first { $0.contains("Overall exposure level for meterd.service") },
-                                "no rating in:\n\(result.output)")
+        let line = try #require(
+            result.output.split(separator: "\n").first { $0.contains("Overall exposure level for meterd.service") },
+            "no rating in:\n\(result.output)")
         let score = try #require(line.split(separator: ":").last.flatMap { Double($0.split(separator: " ").first ?? "") })
         #expect(score <= 2.0, "\(line)")
         #expect(result.status == 0)

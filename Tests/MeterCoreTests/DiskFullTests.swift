@@ -70,9 +70,11 @@ struct DiskFullTests {
 
             let database = try MeterDatabase(path: data + "/meterd.sqlite")
             let (check, rows, distinct) = try await database.pool.read { db in
-                (try String.fetchAll(db, sql: "PRAGMA integrity_check"),
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!)
+                (
+                    try String.fetchAll(db, sql: "PRAGMA integrity_check"),
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!
+                )
             }
             #expect(check == ["ok"])
             #expect(rows == Int(total) * 10)

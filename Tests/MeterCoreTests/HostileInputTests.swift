@@ -82,9 +82,11 @@ func residentKilobytes(pid: Int32) -> Int? {
 
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
             let (honestKwh, quarantined, overlong) = try await database.pool.read { db in
-                (try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM reading JOIN meter ON meter.id = meter_id WHERE name = 'HONEST'"),
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM quarantine")!,
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM quarantine WHERE code = 'line_too_long'")!)
+                (
+                    try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM reading JOIN meter ON meter.id = meter_id WHERE name = 'HONEST'"),
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM quarantine")!,
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM quarantine WHERE code = 'line_too_long'")!
+                )
             }
             #expect(honestKwh == 50)
             #expect(quarantined >= Self.hostileLines.count + 1)

@@ -14,27 +14,37 @@ import Testing
     @Test func aFullQueueStopsEveryReaderAndResumesThemOldestFirstAsItDrains() async throws {
         try await withTemporaryDirectory { directory in
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
-            let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
-                                          tariff: Tariff(), unknownMeters: .register)
+            let writer = try IngestWriter(
+                database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                tariff: Tariff(), unknownMeters: .register)
             let capacity = 640
-            let pipeline = IngestPipeline(writer: writer, configuration: PipelineConfiguration(
-                queueCapacity: capacity, commitInterval: .milliseconds(1), maximumBatch: 60), logger: testLogger)
+            let pipeline = IngestPipeline(
+                writer: writer,
+                configuration: PipelineConfiguration(
+                    queueCapacity: capacity, commitInterval: .milliseconds(1), maximumBatch: 60), logger: testLogger)
             let group = ServiceGroup(services: [pipeline], logger: testLogger)
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
                 // Given a writer held busy, so nothing drains
                 let gate = DispatchSemaphore(value: 0)
                 let entered = DispatchSemaphore(value: 0)
-                let held = Task { try await pipeline.perform { _ in entered.signal(); gate.wait() } }
+                let held = Task {
+                    try await pipeline.perform { _ in
+                        entered.signal(); gate.wait()
+                    }
+                }
                 await withCheckedContinuation { continuation in
-                    DispatchQueue.global().async { entered.wait(); continuation.resume() }
+                    DispatchQueue.global().async {
+                        entered.wait(); continuation.resume()
+                    }
                 }
                 // When readings fill the queue
                 let now = WallClock.nowMs()
                 var results: [IngestPipeline.SubmitResult] = []
                 for meter in 0..<(capacity / 10) {
                     let readings = (1...10).map { seq in
-                        SubmittedReading(reading: Reading(meter: "P\(meter)", seq: Int64(seq), timestampMs: now, kwh: 0.5), line: seq, receivedMs: now)
+                        SubmittedReading(
+                            reading: Reading(meter: "P\(meter)", seq: Int64(seq), timestampMs: now, kwh: 0.5), line: seq, receivedMs: now)
                     }
                     #expect(!pipeline.isFull)
                     results.append(pipeline.submit(IngestSubmission(readings: readings, receiver: nil)))

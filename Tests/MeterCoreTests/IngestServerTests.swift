@@ -72,10 +72,12 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
                                 acked[meter] = seq
                                 // Only after commit: everything up to the ack is already in the database.
                                 let stored = try await harness.database.pool.read { db in
-                                    try Int.fetchOne(db, sql: """
-                                        SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id
-                                        WHERE meter.name = ? AND reading.seq <= ?
-                                        """, arguments: [meter, seq])!
+                                    try Int.fetchOne(
+                                        db,
+                                        sql: """
+                                            SELECT count(*) FROM reading JOIN meter ON meter.id = reading.meter_id
+                                            WHERE meter.name = ? AND reading.seq <= ?
+                                            """, arguments: [meter, seq])!
                                 }
                                 #expect(stored == Int(seq))
                             }
@@ -109,9 +111,11 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
                 await second.close()
 
                 let (rows, distinct, kwh) = try await harness.database.pool.read { db in
-                    (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
-                     try Int.fetchOne(db, sql: "SELECT count(DISTINCT seq) FROM reading")!,
-                     try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!)
+                    (
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                        try Int.fetchOne(db, sql: "SELECT count(DISTINCT seq) FROM reading")!,
+                        try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!
+                    )
                 }
                 #expect(rows == 15)
                 #expect(distinct == 15)
@@ -132,22 +136,30 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
                         + #"{"meter":"M","seq":4,"ts":"2026-11-29T10:15:00Z","kwh":-4}"# + "\n"
                         + readingLine(meter: "M", seq: 5))
                 let lines = try await client.collect { lastAck($0, meter: "M") == 5 && $0.count >= 4 }
-                #expect(Set(lines) == [.error(code: "invalid_json", line: 2), .error(code: "missing_field", line: 3),
-                                       .error(code: "invalid_field", line: 4), .ack(meter: "M", seq: 5)]
-                        || Set(lines) == [.error(code: "invalid_json", line: 2), .error(code: "missing_field", line: 3),
-                                          .error(code: "invalid_field", line: 4), .ack(meter: "M", seq: 1), .ack(meter: "M", seq: 5)])
+                #expect(
+                    Set(lines) == [
+                        .error(code: "invalid_json", line: 2), .error(code: "missing_field", line: 3),
+                        .error(code: "invalid_field", line: 4), .ack(meter: "M", seq: 5),
+                    ]
+                        || Set(lines) == [
+                            .error(code: "invalid_json", line: 2), .error(code: "missing_field", line: 3),
+                            .error(code: "invalid_field", line: 4), .ack(meter: "M", seq: 1), .ack(meter: "M", seq: 5),
+                        ])
                 await client.close()
                 let (stored, quarantined) = try await harness.database.pool.read { db in
-                    (try Int64.fetchAll(db, sql: "SELECT seq FROM reading ORDER BY seq"),
-                     try Row.fetchAll(db, sql: "SELECT line, code, detail, raw FROM quarantine ORDER BY line")
-                        .map { "\($0["line"] as Int) \($0["code"] as String) \(String(decoding: $0["raw"] as Data, as: UTF8.self))" })
+                    (
+                        try Int64.fetchAll(db, sql: "SELECT seq FROM reading ORDER BY seq"),
+                        try Row.fetchAll(db, sql: "SELECT line, code, detail, raw FROM quarantine ORDER BY line")
+                            .map { "\($0["line"] as Int) \($0["code"] as String) \(String(decoding: $0["raw"] as Data, as: UTF8.self))" }
+                    )
                 }
                 #expect(stored == [1, 5])
-                #expect(quarantined == [
-                    #"2 invalid_json {"meter":"M","seq":2,"#,
-                    #"3 missing_field {"meter":"M","seq":3,"ts":"2026-11-29T10:15:00Z"}"#,
-                    #"4 invalid_field {"meter":"M","seq":4,"ts":"2026-11-29T10:15:00Z","kwh":-4}"#,
-                ])
+                #expect(
+                    quarantined == [
+                        #"2 invalid_json {"meter":"M","seq":2,"#,
+                        #"3 missing_field {"meter":"M","seq":3,"ts":"2026-11-29T10:15:00Z"}"#,
+                        #"4 invalid_field {"meter":"M","seq":4,"ts":"2026-11-29T10:15:00Z","kwh":-4}"#,
+                    ])
             }
         }
     }

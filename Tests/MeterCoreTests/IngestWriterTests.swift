@@ -19,8 +19,10 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             receiver: nil)
     }
 
-    func makeWriter(_ directory: String, timeZone: TimeZone = utc, tariff: Tariff = Tariff(),
-                    unknownMeters: UnknownMeterPolicy = .register) throws -> (MeterDatabase, IngestWriter) {
+    func makeWriter(
+        _ directory: String, timeZone: TimeZone = utc, tariff: Tariff = Tariff(),
+        unknownMeters: UnknownMeterPolicy = .register
+    ) throws -> (MeterDatabase, IngestWriter) {
         let database = try MeterDatabase(path: directory + "/meterd.sqlite")
         let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: timeZone), tariff: tariff, unknownMeters: unknownMeters)
         return (database, writer)
@@ -57,10 +59,12 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
 
             // Then it is stored, aggregated and counted once
             let (readings, kwh, monthKwh, duplicates) = try await database.pool.read { db in
-                (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
-                 try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM reading")!,
-                 try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!,
-                 try Int.fetchOne(db, sql: "SELECT duplicates_total FROM meter WHERE name = 'MTR-1'")!)
+                (
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                    try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM reading")!,
+                    try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!,
+                    try Int.fetchOne(db, sql: "SELECT duplicates_total FROM meter WHERE name = 'MTR-1'")!
+                )
             }
             #expect(readings == 2)
             #expect(kwh == 0.75)
@@ -74,12 +78,15 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             let tariff = Tariff(defaultRate: 0.2, regionRates: ["North": 0.1])
             let (database, writer) = try self.makeWriter(directory, tariff: tariff)
             let ts = RFC3339.parseMilliseconds("2026-11-10T12:00:00Z")!
-            _ = try writer.commit([self.submission([
-                Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1.0, status: .good),
-                Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2.0, status: .poor, fault: "tamper"),
-                Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3.0, status: .poor),
-                Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4.0, status: .fair, fault: "voltage_sag"),
-            ], receivedMs: ts + 5000)])
+            _ = try writer.commit([
+                self.submission(
+                    [
+                        Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1.0, status: .good),
+                        Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2.0, status: .poor, fault: "tamper"),
+                        Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3.0, status: .poor),
+                        Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4.0, status: .fair, fault: "voltage_sag"),
+                    ], receivedMs: ts + 5000)
+            ])
             let fetched = try database.pool.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM meter_month JOIN meter ON meter.id = meter_id WHERE name = 'A'")
             }
@@ -123,10 +130,13 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             let (database, writer) = try self.makeWriter(directory, timeZone: zone)
             let lateEvening = try #require(RFC3339.parseMilliseconds("2026-11-30T23:30:00-05:00"))
             let nextMorning = try #require(RFC3339.parseMilliseconds("2026-12-01T00:30:00-05:00"))
-            _ = try writer.commit([self.submission([
-                Reading(meter: "A", seq: 1, timestampMs: lateEvening, kwh: 1),
-                Reading(meter: "A", seq: 2, timestampMs: nextMorning, kwh: 2),
-            ], receivedMs: nextMorning + 1000)])
+            _ = try writer.commit([
+                self.submission(
+                    [
+                        Reading(meter: "A", seq: 1, timestampMs: lateEvening, kwh: 1),
+                        Reading(meter: "A", seq: 2, timestampMs: nextMorning, kwh: 2),
+                    ], receivedMs: nextMorning + 1000)
+            ])
             let months = try await database.pool.read { db in
                 try Row.fetchAll(db, sql: "SELECT month, kwh FROM meter_month ORDER BY month").map { [$0["month"] as Int: $0["kwh"] as Double] }
             }
@@ -147,11 +157,13 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
                 try db.execute(sql: "CREATE TRIGGER refuse BEFORE INSERT ON reading WHEN NEW.kwh = 13 BEGIN SELECT RAISE(ABORT, 'refused'); END")
             }
             // (A twice: the rollback must restore A as it was before the batch, not between its readings.)
-            let batch = [self.submission([
-                Reading(meter: "A", seq: 2, timestampMs: WallClock.nowMs(), kwh: 2),
-                Reading(meter: "A", seq: 3, timestampMs: WallClock.nowMs(), kwh: 3),
-                Reading(meter: "B", seq: 1, timestampMs: WallClock.nowMs(), kwh: 13),
-            ])]
+            let batch = [
+                self.submission([
+                    Reading(meter: "A", seq: 2, timestampMs: WallClock.nowMs(), kwh: 2),
+                    Reading(meter: "A", seq: 3, timestampMs: WallClock.nowMs(), kwh: 3),
+                    Reading(meter: "B", seq: 1, timestampMs: WallClock.nowMs(), kwh: 13),
+                ])
+            ]
             #expect(throws: DatabaseError.self) { try writer.commit(batch) }
             let countAfterFailure = try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")! }
             #expect(countAfterFailure == 1)
@@ -173,8 +185,10 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             #expect(result.outcomes[0].acks.isEmpty)
             #expect(result.outcomes[0].rejections.map(\.rejection.code) == [.unknownMeter])
             let (readings, quarantined) = try await database.pool.read { db in
-                (try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
-                 try String.fetchAll(db, sql: "SELECT code FROM quarantine"))
+                (
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
+                    try String.fetchAll(db, sql: "SELECT code FROM quarantine")
+                )
             }
             #expect(readings == 0)
             #expect(quarantined == ["unknown_meter"])
@@ -184,24 +198,31 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
     /// Meter state and month aggregates of a meter, and what its stored readings say they must be.
     func aggregatesAndReadings(_ database: MeterDatabase, meter: String) async throws -> (stored: [Double], expected: [Double]) {
         try await database.pool.read { db in
-            let row = try #require(try Row.fetchOne(db, sql: """
-                SELECT m.hwm_seq, m.readings_total, m.faults_total, m.last_ts_ms,
-                       (SELECT sum(kwh) FROM meter_month WHERE meter_id = m.id) AS month_kwh,
-                       (SELECT sum(readings) FROM meter_month WHERE meter_id = m.id) AS month_readings,
-                       (SELECT sum(latency_count) FROM meter_month WHERE meter_id = m.id) AS month_latencies,
-                       (SELECT max(seq) FROM reading WHERE meter_id = m.id) AS max_seq,
-                       (SELECT count(*) FROM reading WHERE meter_id = m.id) AS count,
-                       (SELECT count(fault) FROM reading WHERE meter_id = m.id) AS faults,
-                       (SELECT sum(kwh) FROM reading WHERE meter_id = m.id) AS kwh,
-                       (SELECT ts_ms FROM reading WHERE meter_id = m.id ORDER BY rowid DESC LIMIT 1) AS last_ts
-                FROM meter m WHERE m.name = ?
-                """, arguments: [meter]))
-            let stored: [Double] = [Double(row["hwm_seq"] as Int64), Double(row["readings_total"] as Int), Double(row["faults_total"] as Int),
-                                    Double(row["last_ts_ms"] as Int64? ?? -1), row["month_kwh"] as Double? ?? 0,
-                                    Double(row["month_readings"] as Int? ?? 0), Double(row["month_latencies"] as Int? ?? 0)]
+            let row = try #require(
+                try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT m.hwm_seq, m.readings_total, m.faults_total, m.last_ts_ms,
+                               (SELECT sum(kwh) FROM meter_month WHERE meter_id = m.id) AS month_kwh,
+                               (SELECT sum(readings) FROM meter_month WHERE meter_id = m.id) AS month_readings,
+                               (SELECT sum(latency_count) FROM meter_month WHERE meter_id = m.id) AS month_latencies,
+                               (SELECT max(seq) FROM reading WHERE meter_id = m.id) AS max_seq,
+                               (SELECT count(*) FROM reading WHERE meter_id = m.id) AS count,
+                               (SELECT count(fault) FROM reading WHERE meter_id = m.id) AS faults,
+                               (SELECT sum(kwh) FROM reading WHERE meter_id = m.id) AS kwh,
+                               (SELECT ts_ms FROM reading WHERE meter_id = m.id ORDER BY rowid DESC LIMIT 1) AS last_ts
+                        FROM meter m WHERE m.name = ?
+                        """, arguments: [meter]))
+            let stored: [Double] = [
+                Double(row["hwm_seq"] as Int64), Double(row["readings_total"] as Int), Double(row["faults_total"] as Int),
+                Double(row["last_ts_ms"] as Int64? ?? -1), row["month_kwh"] as Double? ?? 0,
+                Double(row["month_readings"] as Int? ?? 0), Double(row["month_latencies"] as Int? ?? 0),
+            ]
             let count = Double(row["count"] as Int)
-            let expected: [Double] = [Double(row["max_seq"] as Int64? ?? -1), count, Double(row["faults"] as Int),
-                                      Double(row["last_ts"] as Int64? ?? -1), row["kwh"] as Double? ?? 0, count, count]
+            let expected: [Double] = [
+                Double(row["max_seq"] as Int64? ?? -1), count, Double(row["faults"] as Int),
+                Double(row["last_ts"] as Int64? ?? -1), row["kwh"] as Double? ?? 0, count, count,
+            ]
             return (stored, expected)
         }
     }
@@ -213,15 +234,23 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             _ = try writer.commit([self.submission([Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1)])])
 
             // Deferred: the readings are stored and deduplicated at once, the aggregates wait.
-            var result = try writer.commit([self.submission([
-                Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2, status: .poor, fault: "tamper"),
-                Reading(meter: "B", seq: 7, timestampMs: ts + 1000, kwh: 4),
-            ])], deferAggregates: true)
+            var result = try writer.commit(
+                [
+                    self.submission([
+                        Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2, status: .poor, fault: "tamper"),
+                        Reading(meter: "B", seq: 7, timestampMs: ts + 1000, kwh: 4),
+                    ])
+                ], deferAggregates: true)
             #expect(result.stored == 2)
             #expect(writer.hasPendingAggregates)
-            result = try writer.commit([self.submission([Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2),
-                                                          Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3)])],
-                                       deferAggregates: true)
+            result = try writer.commit(
+                [
+                    self.submission([
+                        Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2),
+                        Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3),
+                    ])
+                ],
+                deferAggregates: true)
             #expect(result.stored == 1)
             #expect(result.duplicates == 1)
             let lagging = try await self.aggregatesAndReadings(database, meter: "A")
@@ -229,17 +258,23 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             #expect(lagging.expected[1] == 3)
 
             // A crash here (the writer dropped without a flush): the next writer recovers from the readings.
-            let recovered = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: Self.utc), tariff: Tariff(), unknownMeters: .register)
+            let recovered = try IngestWriter(
+                database: database, calendar: MonthCalendar(timeZone: Self.utc), tariff: Tariff(), unknownMeters: .register)
             #expect(!recovered.hasPendingAggregates)
             for meter in ["A", "B"] {
                 let (stored, expected) = try await self.aggregatesAndReadings(database, meter: meter)
                 #expect(stored == expected, "meter \(meter)")
             }
             // Dedup is exact after the recovery: seq 3 is known, seq 4 is new.
-            result = try recovered.commit([self.submission([Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3),
-                                                             Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4),
-                                                             Reading(meter: "B", seq: 7, timestampMs: ts + 1000, kwh: 4)])],
-                                          deferAggregates: true)
+            result = try recovered.commit(
+                [
+                    self.submission([
+                        Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3),
+                        Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4),
+                        Reading(meter: "B", seq: 7, timestampMs: ts + 1000, kwh: 4),
+                    ])
+                ],
+                deferAggregates: true)
             #expect(result.stored == 1)
             #expect(result.duplicates == 2)
             try recovered.flushAggregates()

@@ -30,8 +30,10 @@ struct InjectionTests {
             #expect(try JSONDecoder().decode(KPIDocument.self, from: Data(before.out.utf8)).totalCustomers == 40)
 
             for value in Self.hostile {
-                let kpi = try await MeterCtlTests.meterctlAsync(["--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12",
-                                                                 "--region", value])
+                let kpi = try await MeterCtlTests.meterctlAsync([
+                    "--socket", socket, "kpi", "--json", "--from", "2023-01", "--to", "2023-12",
+                    "--region", value,
+                ])
                 if kpi.status == 0 {
                     let document = try JSONDecoder().decode(KPIDocument.self, from: Data(kpi.out.utf8))
                     #expect(document.totalCustomers == 0, "region \(value) matched customers")

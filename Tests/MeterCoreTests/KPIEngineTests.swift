@@ -236,12 +236,16 @@ let kpiKeys: Set<String> = [
 
                 let client = try await LineClient(port: harness.port)
                 // 23:30 UTC on 31 January is 00:30 on 1 February in Berlin.
-                try await client.send(readingLine(meter: "MTR-000001", seq: 1, kwh: 2, timestampMs: RFC3339.parseMilliseconds("2024-01-31T23:30:00Z")!,
-                                                  status: .poor))
+                try await client.send(
+                    readingLine(
+                        meter: "MTR-000001", seq: 1, kwh: 2, timestampMs: RFC3339.parseMilliseconds("2024-01-31T23:30:00Z")!,
+                        status: .poor))
                 #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":1}"#)
                 // A late reading: measured in January (Berlin), sent after the February one.
-                try await client.send(readingLine(meter: "MTR-000001", seq: 2, kwh: 3, timestampMs: RFC3339.parseMilliseconds("2024-01-31T22:30:00Z")!,
-                                                  fault: "tamper"))
+                try await client.send(
+                    readingLine(
+                        meter: "MTR-000001", seq: 2, kwh: 3, timestampMs: RFC3339.parseMilliseconds("2024-01-31T22:30:00Z")!,
+                        fault: "tamper"))
                 #expect(try await client.readLine() == #"{"meter":"MTR-000001","ack":2}"#)
                 await client.close()
 
@@ -266,8 +270,10 @@ let kpiKeys: Set<String> = [
                 #expect(try await engine.faultyMeters(period: both).isEmpty)
                 let tamper = try await LineClient(port: harness.port)
                 for seq in 3...4 {
-                    try await tamper.send(readingLine(meter: "MTR-000001", seq: Int64(seq), kwh: 0.1,
-                                                      timestampMs: RFC3339.parseMilliseconds("2024-02-10T10:00:00Z")!, fault: "tamper"))
+                    try await tamper.send(
+                        readingLine(
+                            meter: "MTR-000001", seq: Int64(seq), kwh: 0.1,
+                            timestampMs: RFC3339.parseMilliseconds("2024-02-10T10:00:00Z")!, fault: "tamper"))
                     #expect(try await tamper.readLine() == "{\"meter\":\"MTR-000001\",\"ack\":\(seq)}")
                 }
                 await tamper.close()

@@ -15,8 +15,9 @@ import Testing
             let database = try MeterDatabase(path: directory + "/meterd.sqlite")
             #expect(try CompanyImporter.importDirectory(directory + "/csv", database: database).succeeded)
             let engine = offlineEngine(database)
-            let snapshots = SnapshotService(engine: engine, writer: try WriterAccess.direct(SQLiteMeterStore(database: database)), path: directory + "/kpi.json",
-                                            interval: .seconds(3600), history: 2, logger: testLogger)
+            let snapshots = SnapshotService(
+                engine: engine, writer: try WriterAccess.direct(SQLiteMeterStore(database: database)), path: directory + "/kpi.json",
+                interval: .seconds(3600), history: 2, logger: testLogger)
             let now = RFC3339.parseMilliseconds("2023-12-15T10:00:00Z")!
             for offset in 0..<3 { #expect(try await snapshots.snapshot(nowMs: now + Int64(offset)) == directory + "/kpi.json") }
             let document = try JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: directory + "/kpi.json")!) as! [String: Any]
@@ -45,7 +46,8 @@ import Testing
                 try await waitUntil { FileManager.default.fileExists(atPath: directory + "/kpi.json") }
                 try FileManager.default.removeItem(atPath: directory + "/kpi.json")
                 #expect(try await daemon.snapshots.snapshot() == directory + "/kpi.json")
-                let document = try JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: directory + "/kpi.json")!) as! [String: Any]
+                let document =
+                    try JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: directory + "/kpi.json")!) as! [String: Any]
                 #expect(Set(document.keys) == kpiKeys)
                 tasks.cancelAll()
                 try? await tasks.waitForAll()

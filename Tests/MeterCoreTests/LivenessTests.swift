@@ -46,8 +46,9 @@ final class CapturedLogs: @unchecked Sendable {
                 _ = try await harness.pipeline.perform { writer in try CompanyImporter.importDirectory(directory, into: writer) }
                 let logs = CapturedLogs()
                 let start = WallClock.nowMs()
-                let monitor = LivenessMonitor(store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 60,
-                                              logger: logs.logger, nowMs: start)
+                let monitor = LivenessMonitor(
+                    store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 60,
+                    logger: logs.logger, nowMs: start)
                 let engine = offlineEngine(harness.database)
                 let client = try await LineClient(port: harness.port)
                 try await client.send(readingLine(meter: "MTR-000001", seq: 1))
@@ -64,10 +65,12 @@ final class CapturedLogs: @unchecked Sendable {
                 // Past it both are flagged: the silent one since its last reading, the never-heard one since the start.
                 let later = start + 120_000
                 #expect(try await monitor.check(nowMs: later) == LivenessTransitions(wentInactive: ["MTR-000001", "MTR-000002"]))
-                #expect(try await harness.store.inactiveMeters(region: nil, limit: 10_000) == [
-                    InactiveMeter(meter: "MTR-000001", customerID: 1, region: "North", silentSinceMs: received!, lastReceivedMs: received),
-                    InactiveMeter(meter: "MTR-000002", customerID: 2, region: "South", silentSinceMs: start, lastReceivedMs: nil),
-                ].sorted { $0.silentSinceMs! < $1.silentSinceMs! })
+                #expect(
+                    try await harness.store.inactiveMeters(region: nil, limit: 10_000)
+                        == [
+                            InactiveMeter(meter: "MTR-000001", customerID: 1, region: "North", silentSinceMs: received!, lastReceivedMs: received),
+                            InactiveMeter(meter: "MTR-000002", customerID: 2, region: "South", silentSinceMs: start, lastReceivedMs: nil),
+                        ].sorted { $0.silentSinceMs! < $1.silentSinceMs! })
                 #expect(logs.meters("Meter inactive").sorted() == ["MTR-000001", "MTR-000002"])
                 #expect(try await monitor.check(nowMs: later + 1_000) == LivenessTransitions())
                 meters = object(try await kpiDocument(engine, engine.defaultPeriod())["meters"])
@@ -88,8 +91,9 @@ final class CapturedLogs: @unchecked Sendable {
     func theServiceChecksOnItsOwn() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
-                let monitor = LivenessMonitor(store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1,
-                                              interval: .milliseconds(100), logger: testLogger)
+                let monitor = LivenessMonitor(
+                    store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1,
+                    interval: .milliseconds(100), logger: testLogger)
                 let group = ServiceGroup(services: [monitor], logger: testLogger)
                 try await withThrowingTaskGroup(of: Void.self) { tasks in
                     tasks.addTask { try await group.run() }

@@ -156,7 +156,8 @@ struct MeterCtlTests {
     }
 
     @Test func rendersReadableTables() throws {
-        let line = #"{"version":"0.1.0","uptime_s":3723,"connections":4,"readings_total":1200,"readings_per_s":40.5,"acks_total":1190,"duplicates_total":3,"rejects_total":2,"rejects_by_code":{"invalid_json":2,"clock_skew":0},"queue_depth":0,"last_commit_age_ms":12,"commits_total":40,"busy_signals_total":0,"db_bytes":2097152,"latency_ms":{"p50":5,"p99":null},"meters":{"active":10,"inactive":2,"faulty":1,"total":12},"writer":{"healthy":true,"failure":null}}"#
+        let line =
+            #"{"version":"0.1.0","uptime_s":3723,"connections":4,"readings_total":1200,"readings_per_s":40.5,"acks_total":1190,"duplicates_total":3,"rejects_total":2,"rejects_by_code":{"invalid_json":2,"clock_skew":0},"queue_depth":0,"last_commit_age_ms":12,"commits_total":40,"busy_signals_total":0,"db_bytes":2097152,"latency_ms":{"p50":5,"p99":null},"meters":{"active":10,"inactive":2,"faulty":1,"total":12},"writer":{"healthy":true,"failure":null}}"#
         guard case .value(let status) = try #require(OperatorAnswer<StatusAnswer>(line: line)) else {
             Issue.record("not a value")
             return
@@ -174,7 +175,8 @@ struct MeterCtlTests {
         let meter = MeterDetailAnswer(
             meter: "MTR-1", customerID: 17, region: "North", state: "active", faulty: false, inactiveSince: nil,
             firstSeen: "2026-03-20T11:59:00Z",
-            lastReading: .init(seq: 1_796_017_766_725_002, ts: "2026-03-20T11:59:30Z", received: "2026-03-20T11:59:30.050Z", status: "fair", fault: nil),
+            lastReading: .init(
+                seq: 1_796_017_766_725_002, ts: "2026-03-20T11:59:30Z", received: "2026-03-20T11:59:30.050Z", status: "fair", fault: nil),
             counters: .init(readingsTotal: 2, faultsTotal: 1, duplicatesTotal: 0))
         let table = OperatorOutput.meter(meter)
         #expect(Self.value(of: "last_reading.seq", in: table) == "1796017766725002")
@@ -182,7 +184,10 @@ struct MeterCtlTests {
         #expect(Self.value(of: "inactive_since", in: table) == "-")
         #expect(Self.value(of: "counters.readings_total", in: table) == "2")
 
-        guard case .error(let code, let detail) = try #require(OperatorAnswer<StatusAnswer>(line: #"{"error":"unknown_meter","detail":"unknown meter X"}"#)) else {
+        guard
+            case .error(let code, let detail) = try #require(
+                OperatorAnswer<StatusAnswer>(line: #"{"error":"unknown_meter","detail":"unknown meter X"}"#))
+        else {
             Issue.record("not an error")
             return
         }

@@ -145,15 +145,19 @@ struct MeterdUnderTest {
     var statusSocket: String { self.dataDirectory + "/status.sock" }
 
     /// Starts meterd; `wrapper` runs in front of it (`unshare …`, `sh -c 'LISTEN_PID=$$ exec "$@"' sh`).
-    static func start(dataDirectory: String, arguments: [String] = [], environment: [String: String] = [:],
-                      wrapper: [String] = [], inheritedFDs: [CInt] = []) throws -> MeterdUnderTest {
+    static func start(
+        dataDirectory: String, arguments: [String] = [], environment: [String: String] = [:],
+        wrapper: [String] = [], inheritedFDs: [CInt] = []
+    ) throws -> MeterdUnderTest {
         let binary = try BuiltProduct.path("meterd")
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
         var env = ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": dataDirectory]
         env.merge(environment) { _, new in new }
         let process = try ChildProcess(
-            wrapper + [binary, "--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                       "--status-socket", dataDirectory + "/status.sock"] + arguments,
+            wrapper + [
+                binary, "--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                "--status-socket", dataDirectory + "/status.sock",
+            ] + arguments,
             environment: env, outputPath: dataDirectory + "/meterd.log", inheritedFDs: inheritedFDs)
         return MeterdUnderTest(process: process, dataDirectory: dataDirectory)
     }
@@ -167,8 +171,9 @@ struct MeterdUnderTest {
                 throw CancellationError()
             }
             guard let data = FileManager.default.contents(atPath: self.dataDirectory + "/ports.json"),
-                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Int],
-                  let ingest = object["ingest"], let http = object["http"] else { return false }
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Int],
+                let ingest = object["ingest"], let http = object["http"]
+            else { return false }
             result = (ingest, http)
             return true
         }
@@ -291,7 +296,9 @@ func ask(_ path: String, _ command: String) async throws -> String {
 ///
 /// posix_spawn on the spawner thread rather than Foundation's `Process` and pipes: under the
 /// parallel suite `Process.run()` crashed in memcpy and `readDataToEndOfFile()` trapped on EINTR.
-func runProgram(_ arguments: [String], input: String? = nil, environment: [String: String]? = nil) throws
+func runProgram(
+    _ arguments: [String], input: String? = nil, environment: [String: String]? = nil
+) throws
     -> (status: Int32, stdout: String, stderr: String)
 {
     let directory = NSTemporaryDirectory() + "meterd-run-" + UUID().uuidString
@@ -316,7 +323,8 @@ func runProgram(_ arguments: [String], input: String? = nil, environment: [Strin
         return (pid, result)
     }
     guard result == 0 else {
-        throw CocoaError(.executableNotLoadable, userInfo: [NSLocalizedDescriptionKey: "cannot start \(arguments[0]): \(String(cString: strerror(result)))"])
+        throw CocoaError(
+            .executableNotLoadable, userInfo: [NSLocalizedDescriptionKey: "cannot start \(arguments[0]): \(String(cString: strerror(result)))"])
     }
     var raw: Int32 = 0
     while waitpid(pid, &raw, 0) < 0, errno == EINTR {}

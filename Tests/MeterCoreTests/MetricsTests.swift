@@ -37,10 +37,15 @@ struct MetricsTests {
             // Given three readings, one resent, one malformed line and one from the future.
             let client = try await LineClient(port: ports.ingest)
             let old = WallClock.nowMs() - 90_000
-            try await client.send([readingLine(meter: "MTR-M1", seq: 1, timestampMs: old), readingLine(meter: "MTR-M1", seq: 2),
-                                   readingLine(meter: "MTR-M2", seq: 1)].joined(separator: "\n") + "\n")
+            try await client.send(
+                [
+                    readingLine(meter: "MTR-M1", seq: 1, timestampMs: old), readingLine(meter: "MTR-M1", seq: 2),
+                    readingLine(meter: "MTR-M2", seq: 1),
+                ].joined(separator: "\n") + "\n")
             try await waitUntil { try await ask(meterd.statusSocket, "status").contains(#""acks_total":2"#) }
-            try await client.send(readingLine(meter: "MTR-M1", seq: 2) + "\nnope\n" + readingLine(meter: "MTR-M3", seq: 1, timestampMs: WallClock.nowMs() + 3_600_000) + "\n")
+            try await client.send(
+                readingLine(meter: "MTR-M1", seq: 2) + "\nnope\n" + readingLine(meter: "MTR-M3", seq: 1, timestampMs: WallClock.nowMs() + 3_600_000)
+                    + "\n")
             try await waitUntil { try await ask(meterd.statusSocket, "status").contains(#""duplicates_total":1"#) }
             // Meter counts are cached for two seconds; wait until they show both meters.
             try await waitUntil { try await ask(meterd.statusSocket, "status").contains(#""active":2"#) }
@@ -142,9 +147,11 @@ struct MetricsTests {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
                 let metrics = DaemonMetrics()
-                let reporter = StatusReporter(pipeline: harness.pipeline, store: harness.store,
-                                              queries: try await makeOperatorQueries(store: harness.store, writer: .pipeline(harness.pipeline),
-                                                                                     directory: directory, cacheTTLms: 2_000))
+                let reporter = StatusReporter(
+                    pipeline: harness.pipeline, store: harness.store,
+                    queries: try await makeOperatorQueries(
+                        store: harness.store, writer: .pipeline(harness.pipeline),
+                        directory: directory, cacheTTLms: 2_000))
                 harness.pipeline.statistics.countReject(.lineTooLong, count: 2)
                 metrics.committed(duration: .milliseconds(3), latenciesMs: [10, 20_000])
                 let first = await metrics.scrape(reporter: reporter)

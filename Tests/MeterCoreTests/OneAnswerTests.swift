@@ -34,7 +34,8 @@ struct OneAnswerTests {
     static func faketime() throws -> [String] {
         let wrapper = "/usr/bin/faketime"
         guard FileManager.default.isExecutableFile(atPath: wrapper) else {
-            Issue.record("""
+            Issue.record(
+                """
                 faketime is not installed (no \(wrapper)): this test runs meterd and meterctl under libfaketime \
                 to put them across a month boundary; install it with scripts/install-deps.sh (apt-get install faketime)
                 """)
@@ -98,44 +99,52 @@ struct OneAnswerTests {
     /// month before it (2025-01) and in the month after it (2026-02, inside the UTC period).
     static func writeCompany(_ directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try writeCSV(directory, "customer_data.csv", [
-            "CustomerID,Region,InstallationDate",
-            "1,North,2024-01-10",
-            "2,North,2024-03-05",
-            "3,North,2025-05-20",
-            "4,South,2023-11-01",
-            "5,South,2024-07-15",
-            "6,South,2026-02-01",  // installed after the New York period ends, inside the UTC one
-        ])
-        try writeCSV(directory, "monthly_data.csv", [
-            "CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus",
-            "1,2025-01-15,100,15,Good",  // before both periods
-            "1,2025-02-15,120,18,Poor",  // New York period only: MTR-000001's second poor month
-            "1,2025-06-15,110,16.5,Poor",
-            "1,2025-12-15,90,13.5,Good",
-            "2,2025-02-15,80,12,Good",
-            "2,2025-09-15,85,12.75,Fair",
-            "2,2026-01-15,70,10.5,Good",
-            "3,2025-04-15,60,9,Good",
-            "3,2025-11-15,65,9.75,Good",
-            "4,2025-03-15,200,30,Good",
-            "4,2025-10-15,210,31.5,Fair",
-            "5,2025-07-15,130,19.5,Good",
-            "5,2025-12-15,150,22.5,Poor",
-            "5,2026-02-15,140,21,Poor",  // UTC period only: would make MTR-000005 faulty there
-        ])
-        try writeCSV(directory, "feedback_data.csv", [
-            "CustomerID,FeedbackDate,SatisfactionScore",
-            "1,2025-02-20,4",
-            "4,2025-08-01,5",
-            "2,2026-02-10,2",
-        ])
-        try writeCSV(directory, "bills.csv", [
-            "CustomerID,Month,Amount_$,Status",
-            "1,2025-02,18,paid",
-            "4,2025-10,31.5,unpaid",
-            "5,2026-02,21,unpaid",
-        ])
+        try writeCSV(
+            directory, "customer_data.csv",
+            [
+                "CustomerID,Region,InstallationDate",
+                "1,North,2024-01-10",
+                "2,North,2024-03-05",
+                "3,North,2025-05-20",
+                "4,South,2023-11-01",
+                "5,South,2024-07-15",
+                "6,South,2026-02-01",  // installed after the New York period ends, inside the UTC one
+            ])
+        try writeCSV(
+            directory, "monthly_data.csv",
+            [
+                "CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus",
+                "1,2025-01-15,100,15,Good",  // before both periods
+                "1,2025-02-15,120,18,Poor",  // New York period only: MTR-000001's second poor month
+                "1,2025-06-15,110,16.5,Poor",
+                "1,2025-12-15,90,13.5,Good",
+                "2,2025-02-15,80,12,Good",
+                "2,2025-09-15,85,12.75,Fair",
+                "2,2026-01-15,70,10.5,Good",
+                "3,2025-04-15,60,9,Good",
+                "3,2025-11-15,65,9.75,Good",
+                "4,2025-03-15,200,30,Good",
+                "4,2025-10-15,210,31.5,Fair",
+                "5,2025-07-15,130,19.5,Good",
+                "5,2025-12-15,150,22.5,Poor",
+                "5,2026-02-15,140,21,Poor",  // UTC period only: would make MTR-000005 faulty there
+            ])
+        try writeCSV(
+            directory, "feedback_data.csv",
+            [
+                "CustomerID,FeedbackDate,SatisfactionScore",
+                "1,2025-02-20,4",
+                "4,2025-08-01,5",
+                "2,2026-02-10,2",
+            ])
+        try writeCSV(
+            directory, "bills.csv",
+            [
+                "CustomerID,Month,Amount_$,Status",
+                "1,2025-02,18,paid",
+                "4,2025-10,31.5,unpaid",
+                "5,2026-02,21,unpaid",
+            ])
     }
 
     /// What every interface answered in one round.
@@ -258,7 +267,8 @@ struct OneAnswerTests {
                 for region in [nil, "North", "South"] as [String?] {
                     let regionArguments = region.map { ["--region", $0] } ?? []
                     if includeOffline,
-                        let text = try await tool(["kpi", "--db", data + "/meterd.sqlite", "--json"] + regionArguments) {
+                        let text = try await tool(["kpi", "--db", data + "/meterd.sqlite", "--json"] + regionArguments)
+                    {
                         document("meterctl kpi --db (offline)", region: region, text)
                     }
                     guard daemonRunning else { continue }
@@ -271,7 +281,8 @@ struct OneAnswerTests {
                     document("HTTP /api/kpi\(query)", region: region, kpi.body)
                     let inactive = try await httpGet(port: ports.http, path: "/api/inactive" + query)
                     let inactiveObject = try? JSONSerialization.jsonObject(with: Data(inactive.body.utf8)) as? [String: Any]
-                    answers.inactive[region ?? "", default: []].append(("HTTP /api/inactive\(query) count", (inactiveObject?["count"] as? NSNumber)?.intValue))
+                    answers.inactive[region ?? "", default: []].append(
+                        ("HTTP /api/inactive\(query) count", (inactiveObject?["count"] as? NSNumber)?.intValue))
                 }
                 guard daemonRunning else { return answers }
                 // The snapshot: the default period, all regions.
@@ -283,7 +294,8 @@ struct OneAnswerTests {
                 }
                 // Status and inactive through meterctl.
                 if let out = try await tool(["--socket", socket, "status", "--json"]),
-                    let status = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] {
+                    let status = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+                {
                     let counts = Self.meterCounts(status)
                     answers.meters["", default: []].append(("meterctl status meters", counts))
                     answers.inactive["", default: []].append(("meterctl status meters.inactive", counts[1]))
@@ -327,8 +339,10 @@ struct OneAnswerTests {
             for region in ["", "North", "South"] {
                 let stopped = offline.documents[region]?.first?.text
                 let running = online.documents[region]?.first { $0.source == "status socket kpi" }?.text
-                #expect(stopped != nil && stopped == running,
-                        "region \(region.isEmpty ? "(none)" : region): meterctl kpi --db after meterd stopped answered\n\(stopped ?? "nothing")\nwhile meterd answered\n\(running ?? "nothing")")
+                #expect(
+                    stopped != nil && stopped == running,
+                    "region \(region.isEmpty ? "(none)" : region): meterctl kpi --db after meterd stopped answered\n\(stopped ?? "nothing")\nwhile meterd answered\n\(running ?? "nothing")"
+                )
             }
         }
     }
@@ -344,7 +358,8 @@ struct OneAnswerTests {
             #expect(documents.count == (region.isEmpty ? 5 : 4), "region \(region): \(documents.map(\.source))")
             let reference = documents.first { $0.source == "status socket kpi" } ?? documents[0]
             for document in documents where document.text != reference.text {
-                Issue.record("""
+                Issue.record(
+                    """
                     KPI document (region \(region.isEmpty ? "none" : region)) differs: \(document.source) answered
                     \(document.text)
                     while \(reference.source) answered
@@ -355,13 +370,17 @@ struct OneAnswerTests {
         for (region, sources) in answers.meters.sorted(by: { $0.key < $1.key }) {
             let reference = sources[0]
             for source in sources where source.counts != reference.counts {
-                Issue.record("meters {active, inactive, faulty} (region \(region.isEmpty ? "none" : region)): \(source.source) = \(source.counts), \(reference.source) = \(reference.counts)")
+                Issue.record(
+                    "meters {active, inactive, faulty} (region \(region.isEmpty ? "none" : region)): \(source.source) = \(source.counts), \(reference.source) = \(reference.counts)"
+                )
             }
         }
         for (region, sources) in answers.inactive.sorted(by: { $0.key < $1.key }) {
             let reference = sources[0]
             for source in sources where source.count != reference.count {
-                Issue.record("inactive count (region \(region.isEmpty ? "none" : region)): \(source.source) = \(String(describing: source.count)), \(reference.source) = \(String(describing: reference.count))")
+                Issue.record(
+                    "inactive count (region \(region.isEmpty ? "none" : region)): \(source.source) = \(String(describing: source.count)), \(reference.source) = \(String(describing: reference.count))"
+                )
             }
         }
         #expect(answers.meters[""]?.count == 7, "\(answers.meters[""]?.map(\.source) ?? [])")
@@ -384,8 +403,11 @@ struct OneAnswerTests {
             let document = kpi[region] ?? [:]
             let name = region.isEmpty ? "all regions" : region
             #expect(Self.meterCounts(document) == figures.meters, "\(name): meters \(document["meters"] ?? "none")")
-            #expect(number(document["total_customers"]) == Double(figures.customers), "\(name): total_customers \(document["total_customers"] ?? "none")")
-            #expect(close(number(document["total_consumption_kwh"]), figures.kwh), "\(name): total_consumption_kwh \(document["total_consumption_kwh"] ?? "none")")
+            #expect(
+                number(document["total_customers"]) == Double(figures.customers), "\(name): total_customers \(document["total_customers"] ?? "none")")
+            #expect(
+                close(number(document["total_consumption_kwh"]), figures.kwh),
+                "\(name): total_consumption_kwh \(document["total_consumption_kwh"] ?? "none")")
             #expect(close(number(document["total_revenue"]), figures.revenue), "\(name): total_revenue \(document["total_revenue"] ?? "none")")
             let months = list(document["monthly_consumption"]).compactMap { $0["month"] as? String }
             #expect(months.first == "2025-02" && months.last == "2026-01" && months.count == 12, "\(name): monthly_consumption months \(months)")

@@ -54,7 +54,8 @@ struct OnlineImportBackupTests {
             // A bad file is rejected whole, with file:line: reason, and a non-zero exit.
             let bad = directory + "/bad"
             try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)
-            try "CustomerID,Region,InstallationDate\n1,North,2021-01-05\n2,North,yesterday\n".write(toFile: bad + "/customer_data.csv", atomically: true, encoding: .utf8)
+            try "CustomerID,Region,InstallationDate\n1,North,2021-01-05\n2,North,yesterday\n".write(
+                toFile: bad + "/customer_data.csv", atomically: true, encoding: .utf8)
             let rejected = try await MeterCtlTests.meterctlAsync(["--socket", socket, "import", bad])
             #expect(rejected.status == 1)
             #expect(rejected.out.contains("customer_data.csv: rejected"))
@@ -74,9 +75,11 @@ struct OnlineImportBackupTests {
             #expect(try await meterd.terminate() == 0)
             let database = try DatabaseQueue(path: copy)
             let (check, customers, readings) = try await database.read { db in
-                (try String.fetchAll(db, sql: "PRAGMA integrity_check"),
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM customer")!,
-                 try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!)
+                (
+                    try String.fetchAll(db, sql: "PRAGMA integrity_check"),
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM customer")!,
+                    try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!
+                )
             }
             #expect(check == ["ok"])
             #expect(customers == 200)

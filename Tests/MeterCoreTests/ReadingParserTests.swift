@@ -36,7 +36,8 @@ import Testing
 
     @Test func ignoresUnknownKeysWhateverTheirValues() throws {
         let reading = try self.parser.parse(
-            #"  { "fw" : "1.2.3", "meter":"M1", "extra": {"a":[1,2,{"b":null}], "c":true}, "seq":7, "list":[], "ts":"2026-11-29T10:15:00+01:00", "kwh":1.5e0, "n":-0.5E-3 }  "#)
+            #"  { "fw" : "1.2.3", "meter":"M1", "extra": {"a":[1,2,{"b":null}], "c":true}, "seq":7, "list":[], "ts":"2026-11-29T10:15:00+01:00", "kwh":1.5e0, "n":-0.5E-3 }  "#
+        )
         #expect(reading.meter == "M1")
         #expect(reading.seq == 7)
         #expect(reading.timestampMs == 1_795_943_700_000)
@@ -44,13 +45,16 @@ import Testing
     }
 
     @Test func decodesEscapesInStrings() throws {
-        let reading = try self.parser.parse(#"{"meter":"MTR\u002D1","seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1,"note":"caf\u00e9 \ud83d\ude00 \"q\""}"#)
+        let reading = try self.parser.parse(
+            #"{"meter":"MTR\u002D1","seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1,"note":"caf\u00e9 \ud83d\ude00 \"q\""}"#)
         #expect(reading.meter == "MTR-1")
     }
 
     @Test func readsNumbersExactly() throws {
-        for (text, value) in [("0.1", 0.1), ("123.456", 123.456), ("1e2", 100.0), ("0.30000000000000004", 0.30000000000000004),
-                              ("999.9999999999999", 999.9999999999999), ("1000", 1000.0), ("0", 0.0), ("2.5E-1", 0.25)] {
+        for (text, value) in [
+            ("0.1", 0.1), ("123.456", 123.456), ("1e2", 100.0), ("0.30000000000000004", 0.30000000000000004),
+            ("999.9999999999999", 999.9999999999999), ("1000", 1000.0), ("0", 0.0), ("2.5E-1", 0.25),
+        ] {
             let reading = try self.parser.parse(#"{"meter":"M","seq":1,"ts":"2026-11-29T10:15:00Z","kwh":"# + text + "}")
             #expect(reading.kwh == value, "\(text)")
         }
@@ -104,11 +108,13 @@ import Testing
         #expect(self.rejection(deep)?.detail.contains("nesting") == true)
     }
 
-    @Test(arguments: [("meter", #"{"seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1}"#),
-                      ("seq", #"{"meter":"M","ts":"2026-11-29T10:15:00Z","kwh":1}"#),
-                      ("ts", #"{"meter":"M","seq":1,"kwh":1}"#),
-                      ("kwh", #"{"meter":"M","seq":1,"ts":"2026-11-29T10:15:00Z"}"#),
-                      ("meter", "{}")])
+    @Test(arguments: [
+        ("meter", #"{"seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1}"#),
+        ("seq", #"{"meter":"M","ts":"2026-11-29T10:15:00Z","kwh":1}"#),
+        ("ts", #"{"meter":"M","seq":1,"kwh":1}"#),
+        ("kwh", #"{"meter":"M","seq":1,"ts":"2026-11-29T10:15:00Z"}"#),
+        ("meter", "{}"),
+    ])
     func rejectsMissingFields(field: String, line: String) {
         let rejection = self.rejection(line)
         #expect(rejection?.code == .missingField)
@@ -154,10 +160,12 @@ import Testing
     }
 
     @Test func detailsNameTheProblem() {
-        #expect(self.rejection(#"{"meter":"M","seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1000.5}"#)?.detail
+        #expect(
+            self.rejection(#"{"meter":"M","seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1000.5}"#)?.detail
                 == "kwh 1000.5 exceeds the maximum of 1000.0 per reading")
         #expect(self.rejection(#"{"meter":"M","seq":"x","ts":"2026-11-29T10:15:00Z","kwh":1}"#)?.detail == "seq must be an integer, got a string")
-        #expect(self.rejection(#"{"meter":"M","seq":1,"ts":"yesterday","kwh":1}"#)?.detail
+        #expect(
+            self.rejection(#"{"meter":"M","seq":1,"ts":"yesterday","kwh":1}"#)?.detail
                 == #"ts must be an RFC 3339 date-time with Z or an offset, got "yesterday""#)
         #expect(self.rejection(#"{"meter":"M","seq":1,"seq":1,"ts":"2026-11-29T10:15:00Z","kwh":1}"#)?.detail == #"duplicate key "seq""#)
     }

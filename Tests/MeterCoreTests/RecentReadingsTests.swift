@@ -13,8 +13,9 @@ import Testing
     }
 
     func submission(_ readings: [Reading], receivedMs: Int64) -> IngestSubmission {
-        IngestSubmission(readings: readings.enumerated().map { SubmittedReading(reading: $1, line: $0 + 1, receivedMs: receivedMs) },
-                         receiver: nil)
+        IngestSubmission(
+            readings: readings.enumerated().map { SubmittedReading(reading: $1, line: $0 + 1, receivedMs: receivedMs) },
+            receiver: nil)
     }
 
     func fetch(_ database: MeterDatabase, _ meter: String, limit: Int) async throws -> RecentReadings {
@@ -32,9 +33,10 @@ import Testing
                 let ts = base + Int64(round) * 900_000
                 var readings = (0..<2_000).map { Reading(meter: "MTR-\($0)", seq: Int64(round), timestampMs: ts, kwh: 0.1) }
                 readings.swapAt(1_234, (round * 37) % 2_000)
-                readings[(round * 37) % 2_000] = Reading(meter: "MTR-1234", seq: Int64(round), timestampMs: ts, kwh: Double(round),
-                                                         status: round % 10 == 0 ? .poor : .good, fault: round == 35 ? "tamper" : nil,
-                                                         voltage: 230)
+                readings[(round * 37) % 2_000] = Reading(
+                    meter: "MTR-1234", seq: Int64(round), timestampMs: ts, kwh: Double(round),
+                    status: round % 10 == 0 ? .poor : .good, fault: round == 35 ? "tamper" : nil,
+                    voltage: 230)
                 #expect(try writer.commit([self.submission(readings, receivedMs: ts + 1_500)]).stored == 2_000)
             }
 
@@ -56,9 +58,11 @@ import Testing
             // And the dashboard's answer says so
             let store = SQLiteMeterStore(database: database)
             let engine = KPIEngine(store: store, settings: KPISettings())
-            let queries = DashboardQueries(store: store, kpi: engine,
-                                           operatorQueries: makeOfflineOperatorQueries(store: store, engine: engine, writer: try .direct(store),
-                                                                                       directory: directory))
+            let queries = DashboardQueries(
+                store: store, kpi: engine,
+                operatorQueries: makeOfflineOperatorQueries(
+                    store: store, engine: engine, writer: try .direct(store),
+                    directory: directory))
             let json = try #require(try await queries.readings("MTR-1234", limit: 60)?.serialized)
             let answer = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
             #expect(answer["count"] as? Int == 48 && answer["complete"] as? Bool == true && answer["scanned_since"] is NSNull)
@@ -77,16 +81,19 @@ import Testing
             _ = try writer.commit([self.submission([reading("A", 1)], receivedMs: ts + 1_500)])
 
             // Deferred: the meter row lags, the readings past the watermark are found all the same.
-            _ = try writer.commit([self.submission([reading("A", 2), reading("B", 1), reading("A", 3)], receivedMs: ts + 3_500)],
-                                  deferAggregates: true)
+            _ = try writer.commit(
+                [self.submission([reading("A", 2), reading("B", 1), reading("A", 3)], receivedMs: ts + 3_500)],
+                deferAggregates: true)
             #expect(writer.hasPendingAggregates)
             #expect(try await self.fetch(database, "A", limit: 60).readings.map(\.seq) == [3, 2, 1])
 
             // A crash (no flush): the next writer recovers the meter row's newest reading and links on from it.
             let recovered = try self.makeWriter(database)
             let (newest, last) = try await database.pool.read { db in
-                (try Int64.fetchOne(db, sql: "SELECT max(r.rowid) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name = 'A'"),
-                 try Int64.fetchOne(db, sql: "SELECT last_reading_rowid FROM meter WHERE name = 'A'"))
+                (
+                    try Int64.fetchOne(db, sql: "SELECT max(r.rowid) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name = 'A'"),
+                    try Int64.fetchOne(db, sql: "SELECT last_reading_rowid FROM meter WHERE name = 'A'")
+                )
             }
             #expect(newest != nil && newest == last)
 
@@ -116,11 +123,12 @@ import Testing
             _ = try writer.commit([self.submission([Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1)], receivedMs: ts)])
             // A row inserted by hand has no link to the meter's earlier readings.
             try await database.pool.write { db in
-                try db.execute(sql: """
-                    INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status) VALUES (1, 2, ?, ?, 2, 0);
-                    UPDATE meter SET last_reading_rowid = last_insert_rowid() WHERE id = 1;
-                    UPDATE ingest_watermark SET reading_rowid = last_insert_rowid();
-                    """, arguments: [ts, ts])
+                try db.execute(
+                    sql: """
+                        INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status) VALUES (1, 2, ?, ?, 2, 0);
+                        UPDATE meter SET last_reading_rowid = last_insert_rowid() WHERE id = 1;
+                        UPDATE ingest_watermark SET reading_rowid = last_insert_rowid();
+                        """, arguments: [ts, ts])
             }
             let page = try await self.fetch(database, "A", limit: 60)
             #expect(page.readings.map(\.seq) == [2])
@@ -138,12 +146,14 @@ import Testing
                 try MeterDatabase.migrator.migrate(pool, upTo: "v4-store-settings")
                 try await pool.write { db in
                     #expect(try !db.columns(in: "reading").contains { $0.name == "prev_rowid" })
-                    try db.execute(sql: "INSERT INTO meter (id, name, hwm_seq, readings_total) VALUES (1, 'A', 30, 30), (2, 'B', 30, 30), (3, 'C', -1, 0)")
+                    try db.execute(
+                        sql: "INSERT INTO meter (id, name, hwm_seq, readings_total) VALUES (1, 'A', 30, 30), (2, 'B', 30, 30), (3, 'C', -1, 0)")
                     for seq in 1...30 {
                         for meter in [1, 2] {
-                            try db.execute(sql: """
-                                INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status) VALUES (?, ?, ?, ?, ?, 0)
-                                """, arguments: [meter, seq, seq * 1000, seq * 1000 + 20, Double(meter * 100 + seq)])
+                            try db.execute(
+                                sql: """
+                                    INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status) VALUES (?, ?, ?, ?, ?, 0)
+                                    """, arguments: [meter, seq, seq * 1000, seq * 1000 + 20, Double(meter * 100 + seq)])
                         }
                     }
                     try db.execute(sql: "UPDATE ingest_watermark SET reading_rowid = (SELECT max(rowid) FROM reading)")
@@ -155,8 +165,13 @@ import Testing
             let database = try MeterDatabase(path: path)
             let before = try await self.fetch(database, "A", limit: 60)
             let writer = try self.makeWriter(database)
-            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 31, timestampMs: 31_000, kwh: 131),
-                                                    Reading(meter: "C", seq: 1, timestampMs: 31_000, kwh: 301)], receivedMs: 31_020)])
+            _ = try writer.commit([
+                self.submission(
+                    [
+                        Reading(meter: "A", seq: 31, timestampMs: 31_000, kwh: 131),
+                        Reading(meter: "C", seq: 1, timestampMs: 31_000, kwh: 301),
+                    ], receivedMs: 31_020)
+            ])
 
             // Then every old reading is linked, and the new ones continue the chain
             #expect(before.readings.map(\.seq) == Array((1...30).reversed()) && before.complete)

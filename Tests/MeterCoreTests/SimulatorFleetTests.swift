@@ -19,10 +19,13 @@ struct SimulatorFleetTests {
     static func stored(_ database: MeterDatabase) async throws -> [String: Stored] {
         try await database.pool.read { db in
             var result: [String: Stored] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                SELECT m.name AS name, MAX(r.seq) AS max_seq, SUM(r.kwh) AS kwh, COUNT(*) AS readings
-                FROM reading r JOIN meter m ON m.id = r.meter_id GROUP BY m.name
-                """) {
+            for row in try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.name AS name, MAX(r.seq) AS max_seq, SUM(r.kwh) AS kwh, COUNT(*) AS readings
+                    FROM reading r JOIN meter m ON m.id = r.meter_id GROUP BY m.name
+                    """)
+            {
                 result[row["name"]] = Stored(maxSeq: row["max_seq"], kwh: row["kwh"], readings: row["readings"])
             }
             return result
@@ -45,10 +48,12 @@ struct SimulatorFleetTests {
             #expect(abs(row.kwh - entry.ackedKwh) <= 1e-9 * Double(max(1, row.readings)), "kWh of \(entry.meter)")
         }
         let (readingKwh, monthKwh, distinct, total) = try await database.pool.read { db in
-            (try Double.fetchOne(db, sql: "SELECT COALESCE(SUM(kwh), 0) FROM reading")!,
-             try Double.fetchOne(db, sql: "SELECT COALESCE(SUM(kwh), 0) FROM meter_month")!,
-             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!,
-             try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM reading")!)
+            (
+                try Double.fetchOne(db, sql: "SELECT COALESCE(SUM(kwh), 0) FROM reading")!,
+                try Double.fetchOne(db, sql: "SELECT COALESCE(SUM(kwh), 0) FROM meter_month")!,
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)")!,
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM reading")!
+            )
         }
         #expect(distinct == total, "a reading was stored twice")
         #expect(abs(readingKwh - monthKwh) <= 1e-6 * max(1, readingKwh))
@@ -60,8 +65,10 @@ struct SimulatorFleetTests {
         }
     }
 
-    static func simulate(port: Int, meters: Int, readings: Int, faults: String = "",
-                         _ configure: (inout SimulationConfiguration) -> Void = { _ in }) async throws -> SimulationResult {
+    static func simulate(
+        port: Int, meters: Int, readings: Int, faults: String = "",
+        _ configure: (inout SimulationConfiguration) -> Void = { _ in }
+    ) async throws -> SimulationResult {
         var configuration = SimulationConfiguration(host: "127.0.0.1", port: port, meters: meters)
         configuration.interval = 0
         configuration.readingsPerMeter = readings
@@ -113,7 +120,8 @@ struct SimulatorFleetTests {
                 try await Self.expectLedgerMatches(result.ledger, harness.database)
                 // One reading per meter per tick: consecutive ts of a meter are about an interval apart.
                 let spread = try await harness.database.pool.read { db in
-                    try Int64.fetchOne(db, sql: "SELECT MAX(ts_ms) - MIN(ts_ms) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name = 'MTR-000001'")!
+                    try Int64.fetchOne(
+                        db, sql: "SELECT MAX(ts_ms) - MIN(ts_ms) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name = 'MTR-000001'")!
                 }
                 #expect(spread >= 400 && spread < 5_000)
             }
@@ -132,7 +140,8 @@ struct SimulatorFleetTests {
                 #expect(codes.allSatisfy { (report.errorsByCode[$0] ?? 0) > 0 })
                 #expect(codes.reduce(0) { $0 + (report.errorsByCode[$1] ?? 0) } == report.malformedSent)
                 let statistics = harness.pipeline.statistics
-                #expect(statistics.rejects(.invalidJSON) + statistics.rejects(.missingField) + statistics.rejects(.invalidField) == report.malformedSent)
+                #expect(
+                    statistics.rejects(.invalidJSON) + statistics.rejects(.missingField) + statistics.rejects(.invalidField) == report.malformedSent)
                 try await waitUntil {
                     var total = 0
                     for code in codes { total += try await Self.quarantined(harness.database, code: code) }
@@ -217,7 +226,10 @@ struct SimulatorFleetTests {
                 #expect(harness.pipeline.statistics.rejectsTotal == 0)
                 try await Self.expectLedgerMatches(result.ledger, harness.database)
                 let (stored, duplicates) = try await harness.database.pool.read { db in
-                    (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM reading")!, try Int.fetchOne(db, sql: "SELECT SUM(duplicates_total) FROM meter")!)
+                    (
+                        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM reading")!,
+                        try Int.fetchOne(db, sql: "SELECT SUM(duplicates_total) FROM meter")!
+                    )
                 }
                 #expect(stored == 2_000)
                 #expect(duplicates == harness.pipeline.statistics.duplicates.load(ordering: .relaxed))
@@ -245,8 +257,9 @@ struct SimulatorFleetTests {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
                 // meterd's liveness check watches the same database, with a one-second threshold.
-                let liveness = LivenessMonitor(store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1,
-                                               logger: testLogger)
+                let liveness = LivenessMonitor(
+                    store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1,
+                    logger: testLogger)
                 let watcher = Task {
                     var wentInactive = Set<String>(), cameBack = Set<String>()
                     while !Task.isCancelled {
@@ -272,10 +285,12 @@ struct SimulatorFleetTests {
                 #expect(report.unacked == 0)
                 // A silent meter sends nothing: meterd's receive times of that meter jump by the silence.
                 let gap = try await harness.database.pool.read { db in
-                    try Int64.fetchOne(db, sql: """
-                        SELECT MAX(received_ms - previous) FROM (
-                            SELECT received_ms, LAG(received_ms) OVER (PARTITION BY meter_id ORDER BY seq) AS previous FROM reading)
-                        """)!
+                    try Int64.fetchOne(
+                        db,
+                        sql: """
+                            SELECT MAX(received_ms - previous) FROM (
+                                SELECT received_ms, LAG(received_ms) OVER (PARTITION BY meter_id ORDER BY seq) AS previous FROM reading)
+                            """)!
                 }
                 #expect(gap >= 1_900)
                 try await Self.expectLedgerMatches(result.ledger, harness.database)

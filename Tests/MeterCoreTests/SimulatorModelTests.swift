@@ -84,8 +84,9 @@ struct SimulatorModelTests {
         let t: Int64 = 1_780_000_000_000
         for k in 0..<100 {
             let ts = t + Int64(k) * 900_000
-            #expect(a.reading(meter: "M", seq: Int64(k), previousMs: ts - 900_000, timestampMs: ts)
-                == b.reading(meter: "M", seq: Int64(k), previousMs: ts - 900_000, timestampMs: ts))
+            #expect(
+                a.reading(meter: "M", seq: Int64(k), previousMs: ts - 900_000, timestampMs: ts)
+                    == b.reading(meter: "M", seq: Int64(k), previousMs: ts - 900_000, timestampMs: ts))
         }
     }
 
@@ -136,8 +137,10 @@ struct SimulatorModelTests {
 
     @Test
     func ledgerCSVRoundTrips() throws {
-        let entries = [LedgerEntry(meter: "MTR-000001", ackedMaxSeq: 42, ackedKwh: 1.234567, ackedReadings: 42),
-                       LedgerEntry(meter: "MTR-000002", ackedMaxSeq: nil, ackedKwh: 0, ackedReadings: 0)]
+        let entries = [
+            LedgerEntry(meter: "MTR-000001", ackedMaxSeq: 42, ackedKwh: 1.234567, ackedReadings: 42),
+            LedgerEntry(meter: "MTR-000002", ackedMaxSeq: nil, ackedKwh: 0, ackedReadings: 0),
+        ]
         let text = LedgerEntry.csv(entries)
         #expect(text.hasPrefix("meter,acked_max_seq,acked_kwh,acked_readings\nMTR-000001,42,1.234567,42\nMTR-000002,,0.0,0\n"))
         #expect(LedgerEntry.parse(csv: text) == entries)

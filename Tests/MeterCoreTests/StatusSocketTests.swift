@@ -22,13 +22,15 @@ struct StatusSocketTests {
     ) async throws -> T {
         try await IngestHarness.with(directory: directory) { harness in
             let path = directory + "/status.sock"
-            let queries = try await makeOperatorQueries(store: harness.store, writer: .pipeline(harness.pipeline), settings: settings,
-                                                        directory: directory)
+            let queries = try await makeOperatorQueries(
+                store: harness.store, writer: .pipeline(harness.pipeline), settings: settings,
+                directory: directory)
             let reporter = StatusReporter(pipeline: harness.pipeline, store: harness.store, queries: queries)
             let (listening, sink) = AsyncStream.makeStream(of: Void.self)
-            let server = StatusSocketServer(configuration: StatusSocketConfiguration(path: path),
-                                            responder: StatusResponder(reporter: reporter), logger: testLogger,
-                                            onListening: { sink.yield() })
+            let server = StatusSocketServer(
+                configuration: StatusSocketConfiguration(path: path),
+                responder: StatusResponder(reporter: reporter), logger: testLogger,
+                onListening: { sink.yield() })
             let group = ServiceGroup(services: [server], logger: testLogger)
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }

@@ -17,8 +17,9 @@ struct SystemdTests {
             // Given a notify socket and a 1 s watchdog, as systemd would set them up.
             let notify = try DatagramReceiver(path: directory + "/notify.sock")
             defer { notify.close() }
-            let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data",
-                                                   environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"])
+            let meterd = try MeterdUnderTest.start(
+                dataDirectory: directory + "/data",
+                environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"])
             defer { meterd.process.stop() }
 
             // READY=1 arrives, and only once the listeners are bound.
@@ -55,8 +56,9 @@ struct SystemdTests {
         try await withTemporaryDirectory { directory in
             let notify = try DatagramReceiver(path: directory + "/notify.sock")
             defer { notify.close() }
-            let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data",
-                                                   environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"])
+            let meterd = try MeterdUnderTest.start(
+                dataDirectory: directory + "/data",
+                environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"])
             defer { meterd.process.stop() }
             let ports = try await meterd.ports()
             try await waitUntil { notify.messages.filter { $0 == "WATCHDOG=1" }.count >= 2 }
@@ -156,7 +158,8 @@ struct SystemdTests {
             try FileManager.default.createDirectory(atPath: journalDirectory, withIntermediateDirectories: true)
             let journal = try DatagramReceiver(path: journalDirectory + "/socket")
             defer { journal.close() }
-            let script = #"mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal && mount --bind "$0" /run/systemd/journal && exec "$@""#
+            let script =
+                #"mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal && mount --bind "$0" /run/systemd/journal && exec "$@""#
             let meterd = try MeterdUnderTest.start(
                 dataDirectory: directory + "/data", arguments: ["--log-level", "debug"],
                 environment: ["INVOCATION_ID": "0123456789abcdef0123456789abcdef"],
@@ -203,8 +206,9 @@ struct SystemdTests {
         #expect(JournalLogHandler.fieldName("9lives") == "LIVES")
         #expect(JournalLogHandler.fieldName("...") == nil)
         #expect(JournalLogHandler.fieldName(String(repeating: "a", count: 80))?.count == 64)
-        let fields = JournalLogHandler.fields(level: .warning, message: "two\nlines", metadata: ["meter": "MTR-1", "MESSAGE": "spoof"],
-                                              identifier: "meterd", label: "meterd", file: "F.swift", function: "f()", line: 3)
+        let fields = JournalLogHandler.fields(
+            level: .warning, message: "two\nlines", metadata: ["meter": "MTR-1", "MESSAGE": "spoof"],
+            identifier: "meterd", label: "meterd", file: "F.swift", function: "f()", line: 3)
         #expect(fields.contains("MESSAGE=two\nlines"))
         #expect(fields.contains("PRIORITY=4"))
         #expect(fields.contains("METER=MTR-1"))
@@ -220,8 +224,10 @@ struct SystemdTests {
             #expect(LogBackend.detect(environment: ["INVOCATION_ID": "x"], journalSocket: socket) == .journald)
             #expect(LogBackend.detect(environment: ["JOURNAL_STREAM": "1:2"], journalSocket: directory + "/none") == .stderr)
             let stderr = try #require(LogBackend.stderrIdentity())
-            #expect(LogBackend.detect(environment: ["JOURNAL_STREAM": stderr],
-                                      journalSocket: directory + "/none") == .journald)
+            #expect(
+                LogBackend.detect(
+                    environment: ["JOURNAL_STREAM": stderr],
+                    journalSocket: directory + "/none") == .journald)
         }
     }
 }

@@ -47,13 +47,15 @@ struct IngestHarness {
         _ body: (IngestHarness) async throws -> T
     ) async throws -> T {
         let database = try MeterDatabase(path: directory + "/meterd.sqlite", durability: configuration.durability)
-        let writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
-                                      tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
+        let writer = try IngestWriter(
+            database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
+            tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
         let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: testLogger)
         let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
         let server = IngestServer(
-            configuration: IngestServerConfiguration(host: "127.0.0.1", port: 0, limits: configuration.ingestLimits,
-                                                     maximumKwh: configuration.maximumKwh, maximumConnections: configuration.maximumConnections),
+            configuration: IngestServerConfiguration(
+                host: "127.0.0.1", port: 0, limits: configuration.ingestLimits,
+                maximumKwh: configuration.maximumKwh, maximumConnections: configuration.maximumConnections),
             pipeline: pipeline, logger: testLogger, onListening: { portSink.yield($0.port!) })
         let group = ServiceGroup(services: [pipeline, server], logger: testLogger)
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -166,7 +168,9 @@ final class LineClient: Sendable {
 }
 
 /// A reading line for tests, `ts` now unless given.
-func readingLine(meter: String, seq: Int64, kwh: Double = 0.5, timestampMs: Int64 = WallClock.nowMs(),
-                 status: MeterHealth = .good, fault: String? = nil) -> String {
+func readingLine(
+    meter: String, seq: Int64, kwh: Double = 0.5, timestampMs: Int64 = WallClock.nowMs(),
+    status: MeterHealth = .good, fault: String? = nil
+) -> String {
     Reading(meter: meter, seq: seq, timestampMs: timestampMs, kwh: kwh, status: status, fault: fault).line
 }

@@ -22,8 +22,10 @@ package struct ImportAnswer: Codable, Sendable, Equatable {
 extension ImportAnswer {
     /// The answer for an import's report.
     package init(_ report: ImportReport) {
-        self.init(imported: report.succeeded, files: report.files.map { file in
-            File(file: file.file, rows: file.rows, seconds: file.seconds, errors: file.errors.map(\.description))
-        })
+        self.init(
+            imported: report.succeeded,
+            files: report.files.map { file in
+                File(file: file.file, rows: file.rows, seconds: file.seconds, errors: file.errors.map(\.description))
+            })
     }
 }

@@ -32,11 +32,14 @@ package struct InactiveMetersAnswer: Codable, Sendable, Equatable {
 extension InactiveMetersAnswer {
     /// The answer for the inactive meters the operator queries found, as of `nowMs`.
     package init(_ inactive: InactiveMeters, nowMs: Int64) {
-        self.init(count: inactive.count, truncated: inactive.count > inactive.meters.count, meters: inactive.meters.map { meter in
-            Meter(meter: meter.meter, customerID: meter.customerID, region: meter.region,
-                  silentSince: meter.silentSinceMs.map { RFC3339.format(millisecondsSinceEpoch: $0) },
-                  silentForS: meter.silentSinceMs.map { max(0, (nowMs - $0) / 1000) },
-                  lastReceived: meter.lastReceivedMs.map { RFC3339.format(millisecondsSinceEpoch: $0) })
-        })
+        self.init(
+            count: inactive.count, truncated: inactive.count > inactive.meters.count,
+            meters: inactive.meters.map { meter in
+                Meter(
+                    meter: meter.meter, customerID: meter.customerID, region: meter.region,
+                    silentSince: meter.silentSinceMs.map { RFC3339.format(millisecondsSinceEpoch: $0) },
+                    silentForS: meter.silentSinceMs.map { max(0, (nowMs - $0) / 1000) },
+                    lastReceived: meter.lastReceivedMs.map { RFC3339.format(millisecondsSinceEpoch: $0) })
+            })
     }
 }

@@ -179,7 +179,11 @@ package struct KPIDocument: Codable, Sendable, Equatable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case one = "1", two = "2", three = "3", four = "4", five = "5"
+            case one = "1"
+            case two = "2"
+            case three = "3"
+            case four = "4"
+            case five = "5"
         }
     }
 

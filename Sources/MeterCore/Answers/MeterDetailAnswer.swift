@@ -55,9 +55,11 @@ extension MeterDetailAnswer {
         self.init(
             meter: detail.meter, customerID: detail.customerID, region: detail.region, state: detail.state, faulty: detail.faulty,
             inactiveSince: time(detail.inactiveSinceMs), firstSeen: time(detail.firstSeenMs),
-            lastReading: detail.lastReceivedMs == nil ? nil : LastReading(
-                seq: detail.lastSeq, ts: time(detail.lastTimestampMs), received: time(detail.lastReceivedMs),
-                status: detail.lastStatus?.name, fault: detail.lastFault),
+            lastReading: detail.lastReceivedMs == nil
+                ? nil
+                : LastReading(
+                    seq: detail.lastSeq, ts: time(detail.lastTimestampMs), received: time(detail.lastReceivedMs),
+                    status: detail.lastStatus?.name, fault: detail.lastFault),
             counters: Counters(readingsTotal: detail.readingsTotal, faultsTotal: detail.faultsTotal, duplicatesTotal: detail.duplicatesTotal))
     }
 }

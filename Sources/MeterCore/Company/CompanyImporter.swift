@@ -50,15 +50,19 @@ package struct ImportReport: Sendable {
 /// Imported monthly rows land in `meter_month`, the same aggregates live readings feed.
 package enum CompanyImporter {
     /// The order files are applied in: what others refer to comes first.
-    package static let fileOrder = ["technicians.csv", "customer_data.csv", "meters.csv", "installations.csv", "monthly_data.csv",
-                                    "bills.csv", "maintenance_data.csv", "feedback_data.csv", "complaints.csv"]
+    package static let fileOrder = [
+        "technicians.csv", "customer_data.csv", "meters.csv", "installations.csv", "monthly_data.csv",
+        "bills.csv", "maintenance_data.csv", "feedback_data.csv", "complaints.csv",
+    ]
 
     /// Most problems reported for one file before giving up on it.
     static let maximumErrors = 10
 
     /// Imports every known file found in `directory` with a writer no pipeline runs (offline, tests).
-    package static func importDirectory(_ directory: String, into writer: any MeterStoreWriter,
-                                        progress: (@Sendable (ImportProgress) -> Void)? = nil) throws -> ImportReport {
+    package static func importDirectory(
+        _ directory: String, into writer: any MeterStoreWriter,
+        progress: (@Sendable (ImportProgress) -> Void)? = nil
+    ) throws -> ImportReport {
         var report = ImportReport()
         for path in try self.files(in: directory) {
             report.files.append(self.importFile(path, into: writer, progress: progress))
@@ -68,8 +72,10 @@ package enum CompanyImporter {
 
     /// Imports through the store's single writer one file at a time, so live readings are committed
     /// between two files rather than waiting for the whole directory.
-    package static func importDirectory(_ directory: String, through writer: WriterAccess,
-                                        progress: (@Sendable (ImportProgress) -> Void)? = nil) async throws -> ImportReport {
+    package static func importDirectory(
+        _ directory: String, through writer: WriterAccess,
+        progress: (@Sendable (ImportProgress) -> Void)? = nil
+    ) async throws -> ImportReport {
         var report = ImportReport()
         for path in try self.files(in: directory) {
             report.files.append(try await writer.perform { writer in self.importFile(path, into: writer, progress: progress) })
@@ -79,8 +85,10 @@ package enum CompanyImporter {
 
     /// Imports one file by its name (which says what it holds) in one transaction. The writer's
     /// meters are reloaded and its commit listener told, so a reading for a just-imported meter finds it.
-    package static func importFile(_ path: String, into writer: any MeterStoreWriter,
-                                   progress: (@Sendable (ImportProgress) -> Void)? = nil) -> FileImportResult {
+    package static func importFile(
+        _ path: String, into writer: any MeterStoreWriter,
+        progress: (@Sendable (ImportProgress) -> Void)? = nil
+    ) -> FileImportResult {
         var result = writer.importCompanyFile(path, progress: progress)
         do {
             try writer.reloadMeters()
@@ -106,4 +114,3 @@ package func defaultMeterName(customer: Int64) -> String {
     let digits = String(customer)
     return "MTR-" + String(repeating: "0", count: max(0, 6 - digits.count)) + digits
 }
-

@@ -111,9 +111,15 @@ package struct DaemonConfiguration: Sendable {
         ("queue_capacity", "Readings that may wait for the writer before meters are told busy (default 50000)."),
         ("commit_interval_ms", "Shortest time between two commits in milliseconds (default 5)."),
         ("commit_max_readings", "Most readings in one transaction (default 5000)."),
-        ("aggregate_interval_ms", "0 (default): monthly aggregates commit with their readings; N: under load they wait up to N ms, which saves CPU at many meters."),
-        ("dashboard_chartjs", "Chart.js file the dashboard serves (default /usr/share/javascript/chart.js/chart.min.js, "
-            + "Debian's libjs-chart.js); without it the dashboard shows tables."),
+        (
+            "aggregate_interval_ms",
+            "0 (default): monthly aggregates commit with their readings; N: under load they wait up to N ms, which saves CPU at many meters."
+        ),
+        (
+            "dashboard_chartjs",
+            "Chart.js file the dashboard serves (default /usr/share/javascript/chart.js/chart.min.js, "
+                + "Debian's libjs-chart.js); without it the dashboard shows tables."
+        ),
         ("tariff.default", "Currency units per kWh for live revenue (default 0.15)."),
         ("tariff.REGION", "Currency units per kWh in one region, e.g. tariff.North = 0.14."),
     ]
@@ -197,7 +203,9 @@ package struct DaemonConfiguration: Sendable {
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let where_ = "\(path):\(index + 1)"
             var line = rawLine.trimmingCharacters(in: .whitespaces)
-            if let hash = line.firstIndex(of: "#"), !line[..<hash].contains("\"") { line = String(line[..<hash]).trimmingCharacters(in: .whitespaces) }
+            if let hash = line.firstIndex(of: "#"), !line[..<hash].contains("\"") {
+                line = String(line[..<hash]).trimmingCharacters(in: .whitespaces)
+            }
             if line.isEmpty { continue }
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]"), line.count > 2 else { throw ConfigurationError(key: where_, "malformed section header \"\(line)\"") }
@@ -225,8 +233,10 @@ package struct DaemonConfiguration: Sendable {
     ///   - configFile: path of a config file, if one was given.
     ///   - overrides: settings from the command line, by key, applied last.
     ///   - environment: the process environment (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`).
-    package static func resolve(configFile: String?, overrides: [(key: String, value: String)],
-                                environment: [String: String]) throws(ConfigurationError) -> DaemonConfiguration {
+    package static func resolve(
+        configFile: String?, overrides: [(key: String, value: String)],
+        environment: [String: String]
+    ) throws(ConfigurationError) -> DaemonConfiguration {
         var configuration = DaemonConfiguration()
         // systemd may list several directories separated by ':'; the first is ours.
         if let state = environment["STATE_DIRECTORY"]?.split(separator: ":").first { configuration.dataDirectory = String(state) }

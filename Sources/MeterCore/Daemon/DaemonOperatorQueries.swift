@@ -27,8 +27,9 @@ package final class DaemonOperatorQueries: OperatorQueries {
             return cached.counts
         }
         let counts = try await self.kpi.meterCounts(period: self.kpi.defaultPeriod(nowMs: nowMs), region: nil)
-        let states = MeterStateCounts(total: counts.active + counts.inactive, active: counts.active, inactive: counts.inactive,
-                                      faulty: counts.faulty)
+        let states = MeterStateCounts(
+            total: counts.active + counts.inactive, active: counts.active, inactive: counts.inactive,
+            faulty: counts.faulty)
         self.cache.withLockedValue { $0 = (nowMs, states) }
         return states
     }
@@ -53,8 +54,9 @@ package final class DaemonOperatorQueries: OperatorQueries {
     package func kpi(from: Month?, to: Month?, region: String?) async throws -> KPIDocument {
         let period: KPIPeriod
         do {
-            period = try KPIPeriod.parse(from: from?.description, to: to?.description, nowMs: WallClock.nowMs(),
-                                         timeZone: self.kpi.rules.timeZone)
+            period = try KPIPeriod.parse(
+                from: from?.description, to: to?.description, nowMs: WallClock.nowMs(),
+                timeZone: self.kpi.rules.timeZone)
         } catch {
             throw OperatorQueryError("malformed_command", "\(error)")
         }

@@ -24,8 +24,10 @@ package struct MeterDaemon: Sendable {
     /// let daemon = try MeterDaemon(configuration: configuration, logger: logger)
     /// try await daemon.run()
     /// ```
-    package init(configuration: DaemonConfiguration, logger: Logger, environment: DaemonEnvironment = DaemonEnvironment(),
-                 onIngestListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }) throws {
+    package init(
+        configuration: DaemonConfiguration, logger: Logger, environment: DaemonEnvironment = DaemonEnvironment(),
+        onIngestListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }
+    ) throws {
         self.configuration = configuration
         self.logger = logger
         do {
@@ -35,18 +37,25 @@ package struct MeterDaemon: Sendable {
         }
         let store = try SQLiteMeterStore(path: configuration.databasePath, durability: configuration.durability)
         self.store = store
-        let writer = try store.makeWriter(WriterSettings(timeZone: configuration.timeZone, tariff: configuration.tariff,
-                                                         unknownMeters: configuration.unknownMeters))
+        let writer = try store.makeWriter(
+            WriterSettings(
+                timeZone: configuration.timeZone, tariff: configuration.tariff,
+                unknownMeters: configuration.unknownMeters))
         // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
         try writer.recordTimeZone(configuration.timeZone)
         let rollups = KPIRollups()
         writer.commitListener = rollups
-        logger.info("Database open", metadata: ["db.path": "\(store.location)", "db.meters": "\(writer.meterCount)",
-                                                 "db.synchronous": "\(configuration.durability.rawValue)"])
+        logger.info(
+            "Database open",
+            metadata: [
+                "db.path": "\(store.location)", "db.meters": "\(writer.meterCount)",
+                "db.synchronous": "\(configuration.durability.rawValue)",
+            ])
         let metrics = DaemonMetrics()
         self.metrics = metrics
-        let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline,
-                                      statistics: IngestStatistics(commitObserver: metrics), logger: logger)
+        let pipeline = IngestPipeline(
+            writer: writer, configuration: configuration.pipeline,
+            statistics: IngestStatistics(commitObserver: metrics), logger: logger)
         self.pipeline = pipeline
         let portsPath = (configuration.dataDirectory as NSString).appendingPathComponent("ports.json")
         // A stale file from the last run would send scripts to a port nobody listens on.
@@ -55,9 +64,10 @@ package struct MeterDaemon: Sendable {
         let readiness = Readiness(listeners: ["ingest", "status", "http"])
         let sockets = environment.inheritedSockets
         let ingest = IngestServer(
-            configuration: IngestServerConfiguration(host: configuration.ingest.host, port: configuration.ingest.port,
-                                                     limits: configuration.ingestLimits, maximumKwh: configuration.maximumKwh,
-                                                     maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest),
+            configuration: IngestServerConfiguration(
+                host: configuration.ingest.host, port: configuration.ingest.port,
+                limits: configuration.ingestLimits, maximumKwh: configuration.maximumKwh,
+                maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest),
             pipeline: pipeline, logger: logger,
             onListening: { address in
                 ports.record("ingest", port: address.port ?? 0)
@@ -68,8 +78,9 @@ package struct MeterDaemon: Sendable {
         // Operator interfaces: the status socket, HTTP and systemd all read the same live figures.
         let kpi = KPIEngine(store: store, rollups: rollups, settings: KPISettings(configuration))
         self.kpi = kpi
-        let liveness = LivenessMonitor(store: store, writer: .pipeline(pipeline), inactiveAfterSeconds: configuration.inactiveAfterSeconds,
-                                       logger: logger)
+        let liveness = LivenessMonitor(
+            store: store, writer: .pipeline(pipeline), inactiveAfterSeconds: configuration.inactiveAfterSeconds,
+            logger: logger)
         self.liveness = liveness
         let snapshots = SnapshotService(
             engine: kpi, writer: .pipeline(pipeline),
@@ -79,8 +90,9 @@ package struct MeterDaemon: Sendable {
         self.snapshots = snapshots
         let queries = DaemonOperatorQueries(store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots)
         let reporter = StatusReporter(pipeline: pipeline, store: store, queries: queries)
-        let writerHealth = WriterHealth(pipeline: pipeline,
-                                        staleAfterMs: environment.watchdogInterval.map { $0.milliseconds / 2 } ?? 10_000)
+        let writerHealth = WriterHealth(
+            pipeline: pipeline,
+            staleAfterMs: environment.watchdogInterval.map { $0.milliseconds / 2 } ?? 10_000)
         let status = StatusSocketServer(
             configuration: StatusSocketConfiguration(path: configuration.statusSocketPath, inheritedSocket: sockets.status),
             responder: StatusResponder(reporter: reporter), logger: logger,
@@ -88,11 +100,14 @@ package struct MeterDaemon: Sendable {
         // Routes register here before the server is built; the dashboard and API add theirs the same way.
         let router = Router(context: MeterRequestContext.self)
         OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
-        DashboardRoutes(queries: DashboardQueries(store: store, kpi: kpi, operatorQueries: queries), reporter: reporter,
-                        assets: DashboardAssets(chartJSPath: configuration.dashboardChartJS), logger: logger).register(on: router)
+        DashboardRoutes(
+            queries: DashboardQueries(store: store, kpi: kpi, operatorQueries: queries), reporter: reporter,
+            assets: DashboardAssets(chartJSPath: configuration.dashboardChartJS), logger: logger
+        ).register(on: router)
         let http = HTTPServer(
-            configuration: HTTPServerConfiguration(host: configuration.http.host, port: configuration.http.port,
-                                                   inheritedSocket: sockets.http),
+            configuration: HTTPServerConfiguration(
+                host: configuration.http.host, port: configuration.http.port,
+                inheritedSocket: sockets.http),
             router: router, logger: logger,
             onListening: { address in
                 ports.record("http", port: address.port ?? 0)
@@ -110,10 +125,11 @@ package struct MeterDaemon: Sendable {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     package func run() async throws {
-        let group = ServiceGroup(configuration: .init(
-            services: self.services.map { .init(service: $0) },
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: self.logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: self.services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: self.logger))
         try await group.run()
         self.logger.info("meterd stopped")
     }

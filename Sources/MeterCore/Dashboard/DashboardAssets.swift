@@ -30,8 +30,9 @@ package struct DashboardAssets: Sendable {
         guard let data = FileManager.default.contents(atPath: self.chartJSPath) else {
             throw DashboardError.notFound("Chart.js is not at \(self.chartJSPath) (apt-get install libjs-chart.js, or set dashboard_chartjs).")
         }
-        return Response(status: .ok, headers: [.contentType: "text/javascript; charset=utf-8", .cacheControl: "max-age=3600"],
-                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(
+            status: .ok, headers: [.contentType: "text/javascript; charset=utf-8", .cacheControl: "max-age=3600"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
     static func text(_ text: String, type: String) -> Response {

@@ -37,7 +37,8 @@ package struct DashboardError: Error, HTTPResponseError, CustomStringConvertible
     }
 
     package func response(from request: Request, context: some RequestContext) throws -> Response {
-        Response(status: self.status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
-                 body: .init(byteBuffer: ByteBuffer(string: self.json.serialized + "\n")))
+        Response(
+            status: self.status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: self.json.serialized + "\n")))
     }
 }

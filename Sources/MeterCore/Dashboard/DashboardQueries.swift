@@ -59,9 +59,15 @@ package final class DashboardQueries: Sendable {
                 customers[index] + meters[index] > 0 ? (name, customers[index], meters[index]) : nil
             }
         }
-        return .object([("regions", .array(counts.sorted { $0.0 < $1.0 }.map { name, customers, meters in
-            .object([("region", .string(name)), ("customers", .int(customers)), ("meters", .int(meters))])
-        }))])
+        return .object([
+            (
+                "regions",
+                .array(
+                    counts.sorted { $0.0 < $1.0 }.map { name, customers, meters in
+                        .object([("region", .string(name)), ("customers", .int(customers)), ("meters", .int(meters))])
+                    })
+            )
+        ])
     }
 
     private struct CustomerFigures {
@@ -159,21 +165,25 @@ package final class DashboardQueries: Sendable {
             ("pages", .int(pages)),
             ("total", .int(total)),
             ("meters", .int(computed.meters)),
-            ("customers", .array(page.map { row in
-                let meters = details[row.customerID]?.meters ?? []
-                return .object([
-                    ("customer_id", .int(row.customerID)),
-                    ("installed_on", .optional(details[row.customerID]?.installedOn) { .string($0) }),
-                    ("meters", .array(meters.map { .string($0.0) })),
-                    ("inactive_meters", .int(meters.filter(\.1).count)),
-                    ("kwh", .number(row.kwh)),
-                    ("revenue", .number(row.revenue)),
-                    ("records", .int(row.records)),
-                    ("poor_months", .int(row.poorMonths)),
-                    ("faults", .int(row.faults)),
-                    ("last_status", row.lastStatus >= 0 ? .string(statusNames[row.lastStatus]) : .null),
-                ])
-            })),
+            (
+                "customers",
+                .array(
+                    page.map { row in
+                        let meters = details[row.customerID]?.meters ?? []
+                        return .object([
+                            ("customer_id", .int(row.customerID)),
+                            ("installed_on", .optional(details[row.customerID]?.installedOn) { .string($0) }),
+                            ("meters", .array(meters.map { .string($0.0) })),
+                            ("inactive_meters", .int(meters.filter(\.1).count)),
+                            ("kwh", .number(row.kwh)),
+                            ("revenue", .number(row.revenue)),
+                            ("records", .int(row.records)),
+                            ("poor_months", .int(row.poorMonths)),
+                            ("faults", .int(row.faults)),
+                            ("last_status", row.lastStatus >= 0 ? .string(statusNames[row.lastStatus]) : .null),
+                        ])
+                    })
+            ),
         ])
     }
 
@@ -189,43 +199,75 @@ package final class DashboardQueries: Sendable {
             ("region", .string(customer.region)),
             ("installed_on", date(customer.installedOn)),
             ("generated_at", .string(RFC3339.format(millisecondsSinceEpoch: nowMs))),
-            ("meters", .array(customer.meters.map { meter in
-                .object([
-                    ("meter", .string(meter.name)),
-                    ("state", .string(meter.inactive ? "inactive" : "active")),
-                    ("last_reading", .optional(meter.lastReceivedMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
-                    ("last_status", .optional(meter.lastStatus) { .string($0.name) }),
-                    ("readings_total", .int(meter.readingsTotal)),
-                    ("faults_total", .int(meter.faultsTotal)),
-                ])
-            })),
-            ("monthly", .array(customer.monthly.map { month in
-                .object([
-                    ("month", .string(month.month.description)),
-                    ("kwh", .number(month.kwh)), ("revenue", .number(month.revenue)),
-                    ("readings", .int(month.readings)), ("faults", .int(month.faults)),
-                    ("status", .optional(month.status) { .string($0.name) }),
-                ])
-            })),
-            ("bills", .array(customer.bills.map { bill in
-                .object([("month", .string(bill.month.description)), ("amount", .number(bill.amount)),
-                         ("status", .string(bill.paid ? "paid" : "unpaid"))])
-            })),
-            ("maintenance", .array(customer.maintenance.map { job in
-                .object([("request_date", .string(job.requestDate)), ("resolution_date", date(job.resolutionDate)),
-                         ("resolution_days", .number(job.resolutionDays)), ("technician_id", .int(job.technicianID)),
-                         ("technician", date(job.technician))])
-            })),
+            (
+                "meters",
+                .array(
+                    customer.meters.map { meter in
+                        .object([
+                            ("meter", .string(meter.name)),
+                            ("state", .string(meter.inactive ? "inactive" : "active")),
+                            ("last_reading", .optional(meter.lastReceivedMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
+                            ("last_status", .optional(meter.lastStatus) { .string($0.name) }),
+                            ("readings_total", .int(meter.readingsTotal)),
+                            ("faults_total", .int(meter.faultsTotal)),
+                        ])
+                    })
+            ),
+            (
+                "monthly",
+                .array(
+                    customer.monthly.map { month in
+                        .object([
+                            ("month", .string(month.month.description)),
+                            ("kwh", .number(month.kwh)), ("revenue", .number(month.revenue)),
+                            ("readings", .int(month.readings)), ("faults", .int(month.faults)),
+                            ("status", .optional(month.status) { .string($0.name) }),
+                        ])
+                    })
+            ),
+            (
+                "bills",
+                .array(
+                    customer.bills.map { bill in
+                        .object([
+                            ("month", .string(bill.month.description)), ("amount", .number(bill.amount)),
+                            ("status", .string(bill.paid ? "paid" : "unpaid")),
+                        ])
+                    })
+            ),
+            (
+                "maintenance",
+                .array(
+                    customer.maintenance.map { job in
+                        .object([
+                            ("request_date", .string(job.requestDate)), ("resolution_date", date(job.resolutionDate)),
+                            ("resolution_days", .number(job.resolutionDays)), ("technician_id", .int(job.technicianID)),
+                            ("technician", date(job.technician)),
+                        ])
+                    })
+            ),
             ("feedback", .array(customer.feedback.map { .object([("date", .string($0.date)), ("score", .int($0.score))]) })),
-            ("complaints", .array(customer.complaints.map { complaint in
-                .object([("complaint_id", .int(complaint.id)), ("date", .string(complaint.date)), ("category", .string(complaint.category)),
-                         ("resolved_date", date(complaint.resolvedDate))])
-            })),
-            ("installations", .array(customer.installations.map { installation in
-                .object([("request_date", .string(installation.requestDate)), ("installed_date", .string(installation.installedDate)),
-                         ("days", .number(installation.days)), ("technician_id", .optional(installation.technicianID) { .int($0) }),
-                         ("technician", date(installation.technician))])
-            })),
+            (
+                "complaints",
+                .array(
+                    customer.complaints.map { complaint in
+                        .object([
+                            ("complaint_id", .int(complaint.id)), ("date", .string(complaint.date)), ("category", .string(complaint.category)),
+                            ("resolved_date", date(complaint.resolvedDate)),
+                        ])
+                    })
+            ),
+            (
+                "installations",
+                .array(
+                    customer.installations.map { installation in
+                        .object([
+                            ("request_date", .string(installation.requestDate)), ("installed_date", .string(installation.installedDate)),
+                            ("days", .number(installation.days)), ("technician_id", .optional(installation.technicianID) { .int($0) }),
+                            ("technician", date(installation.technician)),
+                        ])
+                    })
+            ),
         ])
     }
 
@@ -279,22 +321,29 @@ package final class DashboardQueries: Sendable {
             ("complete", .bool(recent.complete)),
             ("scanned_rows", .int(recent.scannedRows)),
             ("scanned_since", .optional(recent.scannedSinceMs) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) }),
-            ("latency_ms", .object([
-                ("avg", .number(latencies.isEmpty ? nil : Double(latencies.reduce(0, +)) / Double(latencies.count))),
-                ("max", .optional(latencies.max()) { .int($0) }),
-            ])),
-            ("readings", .array(recent.readings.map { reading in
+            (
+                "latency_ms",
                 .object([
-                    ("seq", .int(reading.seq)),
-                    ("ts", .string(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs))),
-                    ("received", .string(RFC3339.format(millisecondsSinceEpoch: reading.receivedMs))),
-                    ("latency_ms", .int(reading.receivedMs - reading.timestampMs)),
-                    ("kwh", .number(reading.kwh)),
-                    ("status", .string(reading.status.name)),
-                    ("fault", .optional(reading.fault) { .string($0) }),
-                    ("voltage", .number(reading.voltage)),
+                    ("avg", .number(latencies.isEmpty ? nil : Double(latencies.reduce(0, +)) / Double(latencies.count))),
+                    ("max", .optional(latencies.max()) { .int($0) }),
                 ])
-            })),
+            ),
+            (
+                "readings",
+                .array(
+                    recent.readings.map { reading in
+                        .object([
+                            ("seq", .int(reading.seq)),
+                            ("ts", .string(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs))),
+                            ("received", .string(RFC3339.format(millisecondsSinceEpoch: reading.receivedMs))),
+                            ("latency_ms", .int(reading.receivedMs - reading.timestampMs)),
+                            ("kwh", .number(reading.kwh)),
+                            ("status", .string(reading.status.name)),
+                            ("fault", .optional(reading.fault) { .string($0) }),
+                            ("voltage", .number(reading.voltage)),
+                        ])
+                    })
+            ),
         ])
     }
 
@@ -306,9 +355,12 @@ package final class DashboardQueries: Sendable {
     package func inactive(region: String?, limit: Int) async throws -> DashboardInactiveAnswer {
         let count = try await self.store.meterLivenessCounts(region: region).inactive
         let meters = try await self.store.inactiveMeters(region: region, limit: limit)
-        return DashboardInactiveAnswer(region: region, count: count, meters: meters.map { meter in
-            DashboardInactiveAnswer.Meter(meter: meter.meter, customerID: meter.customerID, region: meter.region,
-                                          silentSinceMs: meter.silentSinceMs, lastReceivedMs: meter.lastReceivedMs)
-        })
+        return DashboardInactiveAnswer(
+            region: region, count: count,
+            meters: meters.map { meter in
+                DashboardInactiveAnswer.Meter(
+                    meter: meter.meter, customerID: meter.customerID, region: meter.region,
+                    silentSinceMs: meter.silentSinceMs, lastReceivedMs: meter.lastReceivedMs)
+            })
     }
 }

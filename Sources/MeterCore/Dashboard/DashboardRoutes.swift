@@ -50,7 +50,9 @@ package struct DashboardRoutes: Sendable {
         }
         router.get("api/regions/:region") { request, context in
             let region = try Self.pathParameter(context, "region")
-            guard region.count <= Self.maximumRegionLength else { throw DashboardError.badRequest("region: longer than \(Self.maximumRegionLength) characters") }
+            guard region.count <= Self.maximumRegionLength else {
+                throw DashboardError.badRequest("region: longer than \(Self.maximumRegionLength) characters")
+            }
             let query = request.uri.queryParameters
             let period = try self.period(query)
             let page = try Self.pageRequest(query)
@@ -109,7 +111,9 @@ package struct DashboardRoutes: Sendable {
 
     static func region(_ query: FlatDictionary<Substring, Substring>) throws(DashboardError) -> String? {
         guard let region = self.nonEmpty(query["region"]) else { return nil }
-        guard region.count <= self.maximumRegionLength else { throw DashboardError.badRequest("region: longer than \(self.maximumRegionLength) characters") }
+        guard region.count <= self.maximumRegionLength else {
+            throw DashboardError.badRequest("region: longer than \(self.maximumRegionLength) characters")
+        }
         return region
     }
 
@@ -117,7 +121,8 @@ package struct DashboardRoutes: Sendable {
         var request = CustomerPageRequest()
         if let sort = self.nonEmpty(query["sort"]) {
             guard let key = CustomerSortKey(rawValue: sort) else {
-                throw DashboardError.badRequest("sort: expected one of \(CustomerSortKey.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(sort)\"")
+                throw DashboardError.badRequest(
+                    "sort: expected one of \(CustomerSortKey.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(sort)\"")
             }
             request.sort = key
             request.descending = key != .customerID
@@ -134,8 +139,10 @@ package struct DashboardRoutes: Sendable {
         return request
     }
 
-    static func integer(_ query: FlatDictionary<Substring, Substring>, _ name: String, default value: Int,
-                        range: ClosedRange<Int>) throws(DashboardError) -> Int {
+    static func integer(
+        _ query: FlatDictionary<Substring, Substring>, _ name: String, default value: Int,
+        range: ClosedRange<Int>
+    ) throws(DashboardError) -> Int {
         guard let text = self.nonEmpty(query[Substring(name)]) else { return value }
         guard let number = Int(text), range.contains(number) else {
             throw DashboardError.badRequest("\(name): expected a whole number from \(range.lowerBound) to \(range.upperBound), got \"\(text)\"")
@@ -166,7 +173,8 @@ package struct DashboardRoutes: Sendable {
     }
 
     static func json(_ text: String) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
-                 body: .init(byteBuffer: ByteBuffer(string: text + "\n")))
+        Response(
+            status: .ok, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: text + "\n")))
     }
 }

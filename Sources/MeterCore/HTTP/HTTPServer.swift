@@ -37,9 +37,11 @@ package struct HTTPServer: Service {
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) async -> Void
 
-    package init(configuration: HTTPServerConfiguration, router: Router<MeterRequestContext>,
-                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
-                 onListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }) {
+    package init(
+        configuration: HTTPServerConfiguration, router: Router<MeterRequestContext>,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        onListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }
+    ) {
         self.configuration = configuration
         // Routes are fixed from here on: register them all before building the server.
         self.responder = router.buildResponder()
@@ -52,23 +54,25 @@ package struct HTTPServer: Service {
         let responder = self.responder
         let logger = self.logger
         let serverName = "meterd/\(MeterdVersion.current)"
-        let http = HTTP1Channel(responder: { request, responseWriter, channel in
-            let context = MeterRequestContext(source: .init(channel: channel, logger: logger))
-            var response: Response
-            do {
-                response = try await responder.respond(to: request, context: context)
-            } catch let error as any HTTPResponseError {
-                // Bad input and unknown paths: the error says which status and body to answer with.
-                response = (try? error.response(from: request, context: context)) ?? Response(status: .internalServerError)
-            } catch {
-                // Routes throw HTTPError for bad input; anything else is ours to fix, not the client's.
-                logger.error("HTTP request failed", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
-                response = Response(status: .internalServerError, headers: [.contentType: "application/json"],
-                                    body: .init(byteBuffer: ByteBuffer(string: #"{"error":"internal server error"}"#)))
-            }
-            response.headers[.server] = serverName
-            try await responseWriter.write(response: response.head, body: response.body)
-        }, configuration: .init(idleTimeout: .seconds(60)))
+        let http = HTTP1Channel(
+            responder: { request, responseWriter, channel in
+                let context = MeterRequestContext(source: .init(channel: channel, logger: logger))
+                var response: Response
+                do {
+                    response = try await responder.respond(to: request, context: context)
+                } catch let error as any HTTPResponseError {
+                    // Bad input and unknown paths: the error says which status and body to answer with.
+                    response = (try? error.response(from: request, context: context)) ?? Response(status: .internalServerError)
+                } catch {
+                    // Routes throw HTTPError for bad input; anything else is ours to fix, not the client's.
+                    logger.error("HTTP request failed", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
+                    response = Response(
+                        status: .internalServerError, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(string: #"{"error":"internal server error"}"#)))
+                }
+                response.headers[.server] = serverName
+                try await responseWriter.write(response: response.head, body: response.body)
+            }, configuration: .init(idleTimeout: .seconds(60)))
 
         let connections = HTTPConnectionRegistry()
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
@@ -87,8 +91,12 @@ package struct HTTPServer: Service {
             server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port, childChannelInitializer: initializer)
         }
         let address = server.channel.localAddress!
-        self.logger.info("HTTP server listening", metadata: ["http.address": "\(address)",
-                                                            "http.inherited": "\(self.configuration.inheritedSocket != nil)"])
+        self.logger.info(
+            "HTTP server listening",
+            metadata: [
+                "http.address": "\(address)",
+                "http.inherited": "\(self.configuration.inheritedSocket != nil)",
+            ])
         await self.onListening(address)
 
         try await withThrowingDiscardingTaskGroup { group in  // reaps finished connections

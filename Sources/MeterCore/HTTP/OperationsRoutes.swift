@@ -24,17 +24,20 @@ package struct OperationsRoutes: Sendable {
     package func register(on router: Router<MeterRequestContext>) {
         router.get("metrics") { _, _ -> Response in
             let text = await self.metrics.scrape(reporter: self.reporter)
-            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                            body: .init(byteBuffer: ByteBuffer(string: text)))
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("healthz") { _, _ -> Response in
             let age = self.writerHealth.progressAgeMs()
             let healthy = self.writerHealth.isMakingProgress()
-            return Self.json(healthy ? .ok : .serviceUnavailable, .object([
-                ("status", .string(healthy ? "ok" : "writer stalled")),
-                ("writer_progress_age_ms", .int(age)),
-                ("writer_failure", .optional(self.reporter.pipeline.failure) { .string($0) }),
-            ]))
+            return Self.json(
+                healthy ? .ok : .serviceUnavailable,
+                .object([
+                    ("status", .string(healthy ? "ok" : "writer stalled")),
+                    ("writer_progress_age_ms", .int(age)),
+                    ("writer_failure", .optional(self.reporter.pipeline.failure) { .string($0) }),
+                ]))
         }
         router.get("readyz") { _, _ -> Response in
             var reasons: [String] = []
@@ -42,15 +45,18 @@ package struct OperationsRoutes: Sendable {
             let pending = self.readiness.pendingListeners
             if !pending.isEmpty { reasons.append("listeners not bound: " + pending.sorted().joined(separator: ", ")) }
             if let failure = self.reporter.pipeline.failure { reasons.append("commits failing: \(failure)") }
-            return Self.json(reasons.isEmpty ? .ok : .serviceUnavailable, .object([
-                ("status", .string(reasons.isEmpty ? "ready" : "not ready")),
-                ("reasons", .array(reasons.map { .string($0) })),
-            ]))
+            return Self.json(
+                reasons.isEmpty ? .ok : .serviceUnavailable,
+                .object([
+                    ("status", .string(reasons.isEmpty ? "ready" : "not ready")),
+                    ("reasons", .array(reasons.map { .string($0) })),
+                ]))
         }
     }
 
     static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {
-        Response(status: status, headers: [.contentType: "application/json"],
-                 body: .init(byteBuffer: ByteBuffer(string: value.serialized + "\n")))
+        Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(string: value.serialized + "\n")))
     }
 }

@@ -84,9 +84,11 @@ final class IngestHandler: ChannelDuplexHandler {
         case closed(ConnectionAckReceiver)
     }
 
-    init(pipeline: IngestPipeline, parser: ReadingParser, limits: LineLimits, statistics: IngestStatistics,
-         logger: Logger = Logger(label: "meterd", factory: { _ in SwiftLogNoOpLogHandler() }),
-         onStateChange: @escaping @Sendable (ConnectionEvent) -> Void) {
+    init(
+        pipeline: IngestPipeline, parser: ReadingParser, limits: LineLimits, statistics: IngestStatistics,
+        logger: Logger = Logger(label: "meterd", factory: { _ in SwiftLogNoOpLogHandler() }),
+        onStateChange: @escaping @Sendable (ConnectionEvent) -> Void
+    ) {
         self.logger = logger
         self.pipeline = pipeline
         self.parser = parser
@@ -429,11 +431,18 @@ final class IngestHandler: ChannelDuplexHandler {
         do {
             let reading = try self.parser.parse(line)
             guard reading.timestampMs <= self.receivedMs + self.limits.clockSkewMs else {
-                self.reject(meter: reading.meter, Rejection(.clockSkew, "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is more than \(self.limits.clockSkewMs / 1000) s ahead of the daemon's clock"), raw: line)
+                self.reject(
+                    meter: reading.meter,
+                    Rejection(
+                        .clockSkew,
+                        "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is more than \(self.limits.clockSkewMs / 1000) s ahead of the daemon's clock"
+                    ), raw: line)
                 return
             }
-            self.readings.append(SubmittedReading(reading: reading, line: self.lineNumber, receivedMs: self.receivedMs,
-                                                  bytes: self.limits.keepsReadingBytes ? Array(line) : nil))
+            self.readings.append(
+                SubmittedReading(
+                    reading: reading, line: self.lineNumber, receivedMs: self.receivedMs,
+                    bytes: self.limits.keepsReadingBytes ? Array(line) : nil))
         } catch {
             self.reject(error, raw: line)
         }
@@ -449,17 +458,23 @@ final class IngestHandler: ChannelDuplexHandler {
 
     private func reject(meter: String? = nil, _ rejection: Rejection, raw: UnsafeRawBufferPointer) {
         self.statistics.countReject(rejection.code)
-        self.logger.debug("Rejected a line", metadata: {
-            var metadata: Logger.Metadata = ["peer": "\(self.peer)", "code": "\(rejection.code.rawValue)",
-                                             "line": "\(self.lineNumber)", "detail": "\(rejection.detail)"]
-            if let meter { metadata["meter"] = "\(meter)" }
-            return metadata
-        }())
+        self.logger.debug(
+            "Rejected a line",
+            metadata: {
+                var metadata: Logger.Metadata = [
+                    "peer": "\(self.peer)", "code": "\(rejection.code.rawValue)",
+                    "line": "\(self.lineNumber)", "detail": "\(rejection.detail)",
+                ]
+                if let meter { metadata["meter"] = "\(meter)" }
+                return metadata
+            }())
         var buffer = self.output ?? self.context!.channel.allocator.buffer(capacity: 128)
         Self.writeError(rejection, line: self.lineNumber, into: &buffer)
         self.output = buffer
-        self.quarantined.append(QuarantinedLine(receivedMs: self.receivedMs, peer: self.peer, line: self.lineNumber,
-                                                rejection: rejection, raw: Array(raw.prefix(1024))))
+        self.quarantined.append(
+            QuarantinedLine(
+                receivedMs: self.receivedMs, peer: self.peer, line: self.lineNumber,
+                rejection: rejection, raw: Array(raw.prefix(1024))))
     }
 
     static func writeError(_ rejection: Rejection, line: Int, into buffer: inout ByteBuffer) {

@@ -21,8 +21,10 @@ package struct PipelineConfiguration: Sendable {
     /// a task (``IngestPipeline/perform(_:)``) and shutdown write them at once.
     package var aggregateInterval: Duration = .zero
 
-    package init(queueCapacity: Int = 50_000, commitInterval: Duration = .milliseconds(5), maximumBatch: Int = 5_000,
-                 aggregateInterval: Duration = .zero) {
+    package init(
+        queueCapacity: Int = 50_000, commitInterval: Duration = .milliseconds(5), maximumBatch: Int = 5_000,
+        aggregateInterval: Duration = .zero
+    ) {
         self.queueCapacity = queueCapacity
         self.commitInterval = commitInterval
         self.maximumBatch = maximumBatch
@@ -88,7 +90,9 @@ package final class IngestPipeline: Service, Sendable {
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
-    package init(writer: sending any MeterStoreWriter, configuration: PipelineConfiguration, statistics: IngestStatistics = IngestStatistics(), logger: Logger) {
+    package init(
+        writer: sending any MeterStoreWriter, configuration: PipelineConfiguration, statistics: IngestStatistics = IngestStatistics(), logger: Logger
+    ) {
         // The writer moves to the writer thread once; the mutex only makes that hand-over explicit.
         self.writer = Mutex(writer)
         self.configuration = configuration
@@ -255,7 +259,8 @@ package final class IngestPipeline: Service, Sendable {
                 state.lastCommitStart = .now
                 // Under continuous load, aggregates wait up to aggregateInterval; after a quiet
                 // spell (or when stopping) they go with this batch, in its transaction.
-                let aggregates = state.idleSinceCommit || state.stopping
+                let aggregates =
+                    state.idleSinceCommit || state.stopping
                     || lastAggregateWrite.duration(to: state.lastCommitStart) >= self.configuration.aggregateInterval
                 state.idleSinceCommit = false
                 return .commit(batch, weight: weight, aggregates: aggregates)
@@ -313,8 +318,9 @@ package final class IngestPipeline: Service, Sendable {
                     self.finishCommit(weight: weight)
                     self.statistics.commitObserver?.committed(duration: ContinuousClock.now - started, latenciesMs: result.latenciesMs)
                 } catch {
-                    self.logger.error("Commit failed; readings stay queued and unacknowledged until it succeeds",
-                                      metadata: ["error": "\(error)", "batch.readings": "\(weight)"])
+                    self.logger.error(
+                        "Commit failed; readings stay queued and unacknowledged until it succeeds",
+                        metadata: ["error": "\(error)", "batch.readings": "\(weight)"])
                     self.state.withLockedValue { state in
                         for submission in batch.reversed() { state.queue.prepend(submission) }
                         state.committing = false
@@ -389,7 +395,9 @@ package final class IngestPipeline: Service, Sendable {
             let capacity = self.configuration.queueCapacity
             if state.queuedWeight <= capacity / 2 {
                 // An empty queue means no commit will come to wake the rest: wake them all.
-                let count = state.queue.isEmpty ? state.capacityWaiters.count
+                let count =
+                    state.queue.isEmpty
+                    ? state.capacityWaiters.count
                     : min(state.capacityWaiters.count, max(1, (capacity - state.queuedWeight) / Self.readingsPerResume))
                 resumers.reserveCapacity(count)
                 for _ in 0..<count { resumers.append(state.capacityWaiters.removeFirst()) }

@@ -22,8 +22,10 @@ package struct IngestServerConfiguration: Sendable {
     /// not, and the kernel's default autotuning lets that buffer grow to 128 KB-32 MB.
     package var receiveBufferSize: Int
 
-    package init(host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
-                 maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 2048) {
+    package init(
+        host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
+        maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 2048
+    ) {
         self.host = host
         self.port = port
         self.limits = limits
@@ -47,9 +49,11 @@ package struct IngestServer: Service {
     /// Internal rather than private so tests can look at each connection's channel.
     let connections = ConnectionRegistry()
 
-    package init(configuration: IngestServerConfiguration, pipeline: IngestPipeline,
-                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
-                 onListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }) {
+    package init(
+        configuration: IngestServerConfiguration, pipeline: IngestPipeline,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        onListening: @escaping @Sendable (SocketAddress) async -> Void = { _ in }
+    ) {
         self.configuration = configuration
         self.pipeline = pipeline
         self.eventLoopGroup = eventLoopGroup

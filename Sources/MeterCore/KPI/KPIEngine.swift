@@ -63,10 +63,13 @@ package struct KPISettings: Sendable {
 
     package var timeZone: TimeZone { self.rules.timeZone }
 
-    package init(timeZone: TimeZone = TimeZone(identifier: "UTC")!, inactiveAfterSeconds: Int = 900, faultyFaults: Int = 3,
-                 faultyPoorMonths: Int = 2, faultyListLimit: Int = 100) {
-        self.rules = MeterRules(timeZone: timeZone, inactiveAfterSeconds: inactiveAfterSeconds, faultyFaults: faultyFaults,
-                                faultyPoorMonths: faultyPoorMonths)
+    package init(
+        timeZone: TimeZone = TimeZone(identifier: "UTC")!, inactiveAfterSeconds: Int = 900, faultyFaults: Int = 3,
+        faultyPoorMonths: Int = 2, faultyListLimit: Int = 100
+    ) {
+        self.rules = MeterRules(
+            timeZone: timeZone, inactiveAfterSeconds: inactiveAfterSeconds, faultyFaults: faultyFaults,
+            faultyPoorMonths: faultyPoorMonths)
         self.faultyListLimit = faultyListLimit
     }
 
@@ -161,8 +164,10 @@ package final class KPIEngine: Sendable {
         var result: [FaultyMeter] = []
         for index in 0..<count where self.rules.isFaulty(faults: Int(faults[index]), poorMonths: Int(poor[index])) {
             let customer = store.meterCustomer[index]
-            result.append(FaultyMeter(meter: store.meterNames[index], customerID: customer >= 0 ? store.customerIDs[Int(customer)] : nil,
-                                      poorMonths: Int(poor[index]), faults: Int(faults[index])))
+            result.append(
+                FaultyMeter(
+                    meter: store.meterNames[index], customerID: customer >= 0 ? store.customerIDs[Int(customer)] : nil,
+                    poorMonths: Int(poor[index]), faults: Int(faults[index])))
         }
         result.sort { lhs, rhs in
             if lhs.poorMonths != rhs.poorMonths { return lhs.poorMonths > rhs.poorMonths }
@@ -412,7 +417,8 @@ package final class KPIEngine: Sendable {
                 installations: installations[id]?.count ?? 0, maintenanceJobs: jobs[id]?.count ?? 0,
                 averageResolutionDays: mean(jobs[id] ?? Sum()))
         }
-        return EventFigures(latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
-                            installationDays: mean(sum("installation")), maintenance: maintenance, technicians: technicians)
+        return EventFigures(
+            latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
+            installationDays: mean(sum("installation")), maintenance: maintenance, technicians: technicians)
     }
 }

@@ -13,63 +13,88 @@ package enum KPITextReport {
         out += "KPIs \(document.period.from)..\(document.period.to), \(region) (generated \(document.generatedAt))\n"
 
         let meters = document.meters
-        out += self.section("Overview", [["figure", "value"]] + [
-            ["customers", "\(document.totalCustomers)"],
-            ["consumption (kWh)", self.decimal(document.totalConsumptionKwh)],
-            ["revenue", self.decimal(document.totalRevenue)],
-            ["average consumption (kWh per customer-month)", self.decimal(document.averageConsumptionKwh)],
-            ["meters active / inactive / faulty", "\(meters.active) / \(meters.inactive) / \(meters.faulty)"],
-        ])
+        out += self.section(
+            "Overview",
+            [["figure", "value"]] + [
+                ["customers", "\(document.totalCustomers)"],
+                ["consumption (kWh)", self.decimal(document.totalConsumptionKwh)],
+                ["revenue", self.decimal(document.totalRevenue)],
+                ["average consumption (kWh per customer-month)", self.decimal(document.averageConsumptionKwh)],
+                ["meters active / inactive / faulty", "\(meters.active) / \(meters.inactive) / \(meters.faulty)"],
+            ])
 
         let revenue = Dictionary(document.revenueByRegion.map { ($0.region, $0.revenue) }, uniquingKeysWith: { first, _ in first })
-        out += self.section("Consumption and revenue by region", [["region", "kWh", "revenue"]] + document.consumptionByRegion.map { row in
-            [row.region, self.decimal(row.kwh), self.decimal(revenue[row.region])]
-        })
-        out += self.section("Top consumers", [["#", "customer", "region", "kWh"]] + document.topConsumers.enumerated().map { index, row in
-            ["\(index + 1)", "\(row.customerID)", row.region, self.decimal(row.kwh)]
-        })
+        out += self.section(
+            "Consumption and revenue by region",
+            [["region", "kWh", "revenue"]]
+                + document.consumptionByRegion.map { row in
+                    [row.region, self.decimal(row.kwh), self.decimal(revenue[row.region])]
+                })
+        out += self.section(
+            "Top consumers",
+            [["#", "customer", "region", "kWh"]]
+                + document.topConsumers.enumerated().map { index, row in
+                    ["\(index + 1)", "\(row.customerID)", row.region, self.decimal(row.kwh)]
+                })
         let trend = Dictionary(document.revenueTrend.map { ($0.month, $0.revenue) }, uniquingKeysWith: { first, _ in first })
-        out += self.section("Monthly consumption (revenue trend: 12 months ending at the period's end)",
-                            [["month", "kWh", "revenue"]] + document.monthlyConsumption.map { row in
-            [row.month, self.decimal(row.kwh), trend[row.month].map { self.decimal($0) } ?? ""]
-        })
+        out += self.section(
+            "Monthly consumption (revenue trend: 12 months ending at the period's end)",
+            [["month", "kWh", "revenue"]]
+                + document.monthlyConsumption.map { row in
+                    [row.month, self.decimal(row.kwh), trend[row.month].map { self.decimal($0) } ?? ""]
+                })
 
         let health = document.meterHealth
         let latency = document.readingLatencyMs
-        out += self.section("Meter performance", [["figure", "value"]] + [
-            ["health good / fair / poor (%)", "\(self.decimal(health.good)) / \(self.decimal(health.fair)) / \(self.decimal(health.poor))"],
-            ["reading latency avg / p50 / p95 / p99 (ms)",
-             "\(self.decimal(latency.avg)) / \(self.decimal(latency.p50)) / \(self.decimal(latency.p95)) / \(self.decimal(latency.p99))"],
-            ["live readings in the period", "\(latency.count)"],
-        ])
-        out += self.section("Faulty meters (worst first)", [["meter", "customer", "poor months", "faults"]] +
-                            document.faultyMeters.prefix(20).map { row in
-            [row.meter, row.customerID.map(String.init) ?? "-", "\(row.poorMonths)", "\(row.faults)"]
-        })
+        out += self.section(
+            "Meter performance",
+            [["figure", "value"]] + [
+                ["health good / fair / poor (%)", "\(self.decimal(health.good)) / \(self.decimal(health.fair)) / \(self.decimal(health.poor))"],
+                [
+                    "reading latency avg / p50 / p95 / p99 (ms)",
+                    "\(self.decimal(latency.avg)) / \(self.decimal(latency.p50)) / \(self.decimal(latency.p95)) / \(self.decimal(latency.p99))",
+                ],
+                ["live readings in the period", "\(latency.count)"],
+            ])
+        out += self.section(
+            "Faulty meters (worst first)",
+            [["meter", "customer", "poor months", "faults"]]
+                + document.faultyMeters.prefix(20).map { row in
+                    [row.meter, row.customerID.map(String.init) ?? "-", "\(row.poorMonths)", "\(row.faults)"]
+                })
 
         let payments = document.paymentStatus
         let satisfaction = document.satisfaction
         let customers = document.newVsReturning
         let complaints = document.complaints
-        out += self.section("Revenue and customers", [["figure", "value"]] + [
-            ["bills paid (count / amount)", "\(payments.paid.count) / \(self.decimal(payments.paid.amount))"],
-            ["bills unpaid (count / amount)", "\(payments.unpaid.count) / \(self.decimal(payments.unpaid.amount))"],
-            ["satisfaction (average of n)", "\(self.decimal(satisfaction.average)) of \(satisfaction.count)"],
-            ["satisfaction scores 1 / 2 / 3 / 4 / 5", (1...5).map { "\(satisfaction.distribution[score: $0])" }.joined(separator: " / ")],
-            ["customers new / returning", "\(customers.new) / \(customers.returning)"],
-            ["complaints in the last month received / resolved", "\(complaints.received) / \(complaints.resolved)"],
-        ])
+        out += self.section(
+            "Revenue and customers",
+            [["figure", "value"]] + [
+                ["bills paid (count / amount)", "\(payments.paid.count) / \(self.decimal(payments.paid.amount))"],
+                ["bills unpaid (count / amount)", "\(payments.unpaid.count) / \(self.decimal(payments.unpaid.amount))"],
+                ["satisfaction (average of n)", "\(self.decimal(satisfaction.average)) of \(satisfaction.count)"],
+                ["satisfaction scores 1 / 2 / 3 / 4 / 5", (1...5).map { "\(satisfaction.distribution[score: $0])" }.joined(separator: " / ")],
+                ["customers new / returning", "\(customers.new) / \(customers.returning)"],
+                ["complaints in the last month received / resolved", "\(complaints.received) / \(complaints.resolved)"],
+            ])
 
         let maintenance = document.maintenance
-        out += self.section("Operations", [["figure", "value"]] + [
-            ["installation time (days)", self.decimal(document.installationTimeDays)],
-            ["maintenance received / processed / open", "\(maintenance.received) / \(maintenance.processed) / \(maintenance.open)"],
-            ["maintenance resolution (days)", self.decimal(maintenance.averageResolutionDays)],
-        ])
-        out += self.section("Technicians", [["id", "name", "installations", "maintenance jobs", "resolution days"]] +
-                            document.technicians.map { row in
-            ["\(row.technicianID)", row.name ?? "-", "\(row.installations)", "\(row.maintenanceJobs)", self.decimal(row.averageResolutionDays)]
-        })
+        out += self.section(
+            "Operations",
+            [["figure", "value"]] + [
+                ["installation time (days)", self.decimal(document.installationTimeDays)],
+                ["maintenance received / processed / open", "\(maintenance.received) / \(maintenance.processed) / \(maintenance.open)"],
+                ["maintenance resolution (days)", self.decimal(maintenance.averageResolutionDays)],
+            ])
+        out += self.section(
+            "Technicians",
+            [["id", "name", "installations", "maintenance jobs", "resolution days"]]
+                + document.technicians.map { row in
+                    [
+                        "\(row.technicianID)", row.name ?? "-", "\(row.installations)", "\(row.maintenanceJobs)",
+                        self.decimal(row.averageResolutionDays),
+                    ]
+                })
         return out
     }
 

@@ -42,8 +42,9 @@ package final class MonthlyStore {
         /// (ties → the worse); -1 when the meter has no record that month.
         @inline(__always)
         func status(_ index: Int) -> Int {
-            MeterRules.monthStatusCode(imported: self.imported[index], readings: self.readings[index], good: self.good[index],
-                                       fair: self.fair[index], poor: self.poor[index])
+            MeterRules.monthStatusCode(
+                imported: self.imported[index], readings: self.readings[index], good: self.good[index],
+                fair: self.fair[index], poor: self.poor[index])
         }
     }
 
@@ -112,8 +113,10 @@ package final class MonthlyStore {
     }
 
     /// Sets one meter-month; rows of the same month come together, after every meter was added.
-    package func setMonth(_ month: Int, meterID: Int64, kwh: Double, revenue: Double, readings: Int32, faults: Int32, good: Int32,
-                          fair: Int32, poor: Int32, importedStatus: Int8) {
+    package func setMonth(
+        _ month: Int, meterID: Int64, kwh: Double, revenue: Double, readings: Int32, faults: Int32, good: Int32,
+        fair: Int32, poor: Int32, importedStatus: Int8
+    ) {
         guard let index = self.meterIndex[meterID].map(Int.init) else { return }
         if month != self.lastLoadedMonth {
             self.lastLoadedSlot = self.slot(month)

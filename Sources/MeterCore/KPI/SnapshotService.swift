@@ -20,8 +20,10 @@ package final class SnapshotService: Service, Sendable {
     /// `beforeFirst` delays the first timed snapshot: the daemon waits for its listeners, since the
     /// first snapshot loads every meter-month into memory (a second of CPU at 100,000 meters) and
     /// would otherwise compete with start-up for the cores.
-    package init(engine: KPIEngine, writer: WriterAccess, path: String,
-                 interval: Duration, history: Int, logger: Logger, beforeFirst: @escaping @Sendable () async -> Void = {}) {
+    package init(
+        engine: KPIEngine, writer: WriterAccess, path: String,
+        interval: Duration, history: Int, logger: Logger, beforeFirst: @escaping @Sendable () async -> Void = {}
+    ) {
         self.beforeFirst = beforeFirst
         self.engine = engine
         self.writer = writer

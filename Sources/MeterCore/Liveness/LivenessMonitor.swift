@@ -43,8 +43,10 @@ package final class LivenessMonitor: Service, Sendable {
     /// - Parameters:
     ///   - writer: the store's single writer, which applies the flags.
     ///   - interval: time between checks; by default a quarter of `inactiveAfterSeconds`, 1–30 s.
-    package init(store: any MeterStore, writer: WriterAccess, inactiveAfterSeconds: Int, interval: Duration? = nil,
-                 logger: Logger, nowMs: Int64 = WallClock.nowMs()) {
+    package init(
+        store: any MeterStore, writer: WriterAccess, inactiveAfterSeconds: Int, interval: Duration? = nil,
+        logger: Logger, nowMs: Int64 = WallClock.nowMs()
+    ) {
         self.store = store
         self.writer = writer
         self.inactiveAfterMs = Int64(inactiveAfterSeconds) * 1000
@@ -97,19 +99,23 @@ package final class LivenessMonitor: Service, Sendable {
         transitions.wentInactive = newlyInactive.map(\.1)
 
         for (index, (_, name, last)) in newlyInactive.enumerated() where index < Self.loggedTransitions {
-            self.logger.notice("Meter inactive", metadata: [
-                "meter.id": "\(name)",
-                "meter.silent_since": "\(RFC3339.format(millisecondsSinceEpoch: last ?? start))",
-                "meter.never_reported": "\(last == nil)",
-            ])
+            self.logger.notice(
+                "Meter inactive",
+                metadata: [
+                    "meter.id": "\(name)",
+                    "meter.silent_since": "\(RFC3339.format(millisecondsSinceEpoch: last ?? start))",
+                    "meter.never_reported": "\(last == nil)",
+                ])
         }
         for (index, name) in transitions.cameBack.enumerated() where index < Self.loggedTransitions {
             self.logger.notice("Meter active again", metadata: ["meter.id": "\(name)"])
         }
         if newlyInactive.count > Self.loggedTransitions || transitions.cameBack.count > Self.loggedTransitions {
-            self.logger.notice("Meter liveness changed", metadata: [
-                "meters.went_inactive": "\(newlyInactive.count)", "meters.came_back": "\(transitions.cameBack.count)",
-            ])
+            self.logger.notice(
+                "Meter liveness changed",
+                metadata: [
+                    "meters.went_inactive": "\(newlyInactive.count)", "meters.came_back": "\(transitions.cameBack.count)",
+                ])
         }
         return transitions
     }

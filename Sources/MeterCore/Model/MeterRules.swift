@@ -20,8 +20,10 @@ package struct MeterRules: Sendable {
     /// …or with this many poor months.
     package var faultyPoorMonths: Int
 
-    package init(timeZone: TimeZone = TimeZone(identifier: "UTC")!, inactiveAfterSeconds: Int = 900, faultyFaults: Int = 3,
-                 faultyPoorMonths: Int = 2) {
+    package init(
+        timeZone: TimeZone = TimeZone(identifier: "UTC")!, inactiveAfterSeconds: Int = 900, faultyFaults: Int = 3,
+        faultyPoorMonths: Int = 2
+    ) {
         self.timeZone = timeZone
         self.inactiveAfterMs = Int64(inactiveAfterSeconds) * 1000
         self.faultyFaults = faultyFaults
@@ -29,8 +31,9 @@ package struct MeterRules: Sendable {
     }
 
     package init(_ configuration: DaemonConfiguration) {
-        self.init(timeZone: configuration.timeZone, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
-                  faultyFaults: configuration.faultyFaults, faultyPoorMonths: configuration.faultyPoorMonths)
+        self.init(
+            timeZone: configuration.timeZone, inactiveAfterSeconds: configuration.inactiveAfterSeconds,
+            faultyFaults: configuration.faultyFaults, faultyPoorMonths: configuration.faultyPoorMonths)
     }
 
     /// Whether a meter counts as inactive: flagged by the liveness sweep, or never heard from.

@@ -53,7 +53,8 @@ package struct Reading: Sendable, Equatable {
 
     /// The reading as one protocol line, newline included: what a meter sends.
     package var line: String {
-        var text = "{\"meter\":\"\(self.meter)\",\"seq\":\(self.seq),\"ts\":\"\(RFC3339.format(millisecondsSinceEpoch: self.timestampMs))\",\"kwh\":\(self.kwh)"
+        var text =
+            "{\"meter\":\"\(self.meter)\",\"seq\":\(self.seq),\"ts\":\"\(RFC3339.format(millisecondsSinceEpoch: self.timestampMs))\",\"kwh\":\(self.kwh)"
         if self.status != .good { text += ",\"status\":\"\(self.status.name)\"" }
         if let fault = self.fault { text += ",\"fault\":\"\(fault)\"" }
         if let voltage = self.voltage { text += ",\"v\":\(voltage)" }

@@ -52,31 +52,38 @@ package final class DaemonMetrics: CommitObserver {
 
     package init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
-        let factory = PrometheusHelpFactory(registry: registry, help: Self.help, durationBuckets: [
-            "meterd_commit_duration_seconds": [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
-                                               .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
-                                               .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(10)],
-        ], valueBuckets: [
-            "meterd_reading_latency_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86_400],
-        ])
+        let factory = PrometheusHelpFactory(
+            registry: registry, help: Self.help,
+            durationBuckets: [
+                "meterd_commit_duration_seconds": [
+                    .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+                    .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                    .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(10),
+                ]
+            ],
+            valueBuckets: [
+                "meterd_reading_latency_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86_400]
+            ])
         self.factory = factory
         self.readings = CoreMetrics.Counter(label: "meterd_readings_total", factory: factory)
         self.acks = CoreMetrics.Counter(label: "meterd_acks_total", factory: factory)
         self.duplicates = CoreMetrics.Counter(label: "meterd_duplicates_total", factory: factory)
         self.busySignals = CoreMetrics.Counter(label: "meterd_busy_signals_total", factory: factory)
         self.commits = CoreMetrics.Counter(label: "meterd_commits_total", factory: factory)
-        self.rejects = Dictionary(uniqueKeysWithValues: RejectionCode.allCases.map { code in
-            (code, CoreMetrics.Counter(label: "meterd_rejects_total", dimensions: [("code", code.rawValue)], factory: factory))
-        })
+        self.rejects = Dictionary(
+            uniqueKeysWithValues: RejectionCode.allCases.map { code in
+                (code, CoreMetrics.Counter(label: "meterd_rejects_total", dimensions: [("code", code.rawValue)], factory: factory))
+            })
         self.connections = CoreMetrics.Gauge(label: "meterd_connections", factory: factory)
         self.queueDepth = CoreMetrics.Gauge(label: "meterd_queue_depth", factory: factory)
         self.databaseBytes = CoreMetrics.Gauge(label: "meterd_database_bytes", factory: factory)
         self.writerHealthy = CoreMetrics.Gauge(label: "meterd_writer_healthy", factory: factory)
         self.lastCommitAge = CoreMetrics.Gauge(label: "meterd_last_commit_age_seconds", factory: factory)
         self.uptime = CoreMetrics.Gauge(label: "meterd_uptime_seconds", factory: factory)
-        self.meters = Dictionary(uniqueKeysWithValues: ["active", "inactive", "faulty"].map { state in
-            (state, CoreMetrics.Gauge(label: "meterd_meters", dimensions: [("state", state)], factory: factory))
-        })
+        self.meters = Dictionary(
+            uniqueKeysWithValues: ["active", "inactive", "faulty"].map { state in
+                (state, CoreMetrics.Gauge(label: "meterd_meters", dimensions: [("state", state)], factory: factory))
+            })
         self.commitDuration = CoreMetrics.Timer(label: "meterd_commit_duration_seconds", factory: factory)
         self.readingLatency = CoreMetrics.Recorder(label: "meterd_reading_latency_seconds", aggregate: true, factory: factory)
     }
@@ -138,8 +145,10 @@ package struct PrometheusHelpFactory: MetricsFactory {
     private let valueBuckets: [String: [Double]]
     private let base: PrometheusMetricsFactory
 
-    package init(registry: PrometheusCollectorRegistry, help: [String: String],
-                 durationBuckets: [String: [Duration]] = [:], valueBuckets: [String: [Double]] = [:]) {
+    package init(
+        registry: PrometheusCollectorRegistry, help: [String: String],
+        durationBuckets: [String: [Duration]] = [:], valueBuckets: [String: [Double]] = [:]
+    ) {
         self.registry = registry
         self.help = help
         self.durationBuckets = durationBuckets

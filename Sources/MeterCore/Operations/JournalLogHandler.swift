@@ -42,14 +42,17 @@ package struct JournalLogHandler: LogHandler {
         var merged = self.metadata
         if let provided = self.metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let metadata = event.metadata { merged.merge(metadata) { _, new in new } }
-        let fields = Self.fields(level: event.level, message: "\(event.message)", metadata: merged, identifier: self.identifier,
-                                 label: self.label, file: event.file, function: event.function, line: event.line)
+        let fields = Self.fields(
+            level: event.level, message: "\(event.message)", metadata: merged, identifier: self.identifier,
+            label: self.label, file: event.file, function: event.function, line: event.line)
         Self.send(fields)
     }
 
     /// The journal fields of one entry, each `NAME=value`.
-    package static func fields(level: Logger.Level, message: String, metadata: Logger.Metadata, identifier: String, label: String,
-                               file: String, function: String, line: UInt) -> [String] {
+    package static func fields(
+        level: Logger.Level, message: String, metadata: Logger.Metadata, identifier: String, label: String,
+        file: String, function: String, line: UInt
+    ) -> [String] {
         var fields = [
             "MESSAGE=\(message)",
             "PRIORITY=\(Self.priority(level))",

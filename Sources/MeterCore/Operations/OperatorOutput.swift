@@ -48,10 +48,14 @@ package enum OperatorOutput {
     /// `meterctl inactive`.
     package static func inactive(_ inactive: InactiveMetersAnswer) -> String {
         guard !inactive.meters.isEmpty else { return "No inactive meters.\n" }
-        var out = Self.table(headers: ["METER", "CUSTOMER", "REGION", "SILENT SINCE", "SILENT FOR"], rows: inactive.meters.map { meter in
-            [meter.meter, Self.text(meter.customerID), meter.region, meter.silentSince ?? "never reported",
-             meter.silentForS.map { Self.duration(seconds: Double($0)) } ?? "-"]
-        })
+        var out = Self.table(
+            headers: ["METER", "CUSTOMER", "REGION", "SILENT SINCE", "SILENT FOR"],
+            rows: inactive.meters.map { meter in
+                [
+                    meter.meter, Self.text(meter.customerID), meter.region, meter.silentSince ?? "never reported",
+                    meter.silentForS.map { Self.duration(seconds: Double($0)) } ?? "-",
+                ]
+            })
         out += inactive.truncated ? "\(inactive.meters.count) of \(inactive.count) inactive meters shown.\n" : "\(inactive.count) inactive meters.\n"
         return out
     }

@@ -15,7 +15,8 @@ package enum StatusCommand: Equatable, Sendable {
     case help
 
     /// Commands and their arguments, for `help` and error messages.
-    package static let usage = "status | inactive [LIMIT] | meter ID | kpi [FROM|- TO|- [REGION]] | snapshot | import DIR | progress | backup FILE | help"
+    package static let usage =
+        "status | inactive [LIMIT] | meter ID | kpi [FROM|- TO|- [REGION]] | snapshot | import DIR | progress | backup FILE | help"
 
     package static let defaultInactiveLimit = 1_000
 

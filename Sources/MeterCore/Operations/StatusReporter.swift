@@ -58,8 +58,9 @@ package struct StatusReporter: Sendable {
             commitsTotal: statistics.commits.load(ordering: .relaxed),
             busySignalsTotal: statistics.busySignals.load(ordering: .relaxed),
             dbBytes: await self.store.sizeInBytes(),
-            latencyMs: StatusAnswer.Latency(p50: statistics.latency.quantile(0.5, nowMs: nowMs),
-                                            p99: statistics.latency.quantile(0.99, nowMs: nowMs)),
+            latencyMs: StatusAnswer.Latency(
+                p50: statistics.latency.quantile(0.5, nowMs: nowMs),
+                p99: statistics.latency.quantile(0.99, nowMs: nowMs)),
             meters: meters,
             writer: StatusAnswer.Writer(healthy: failure == nil, failure: failure),
             metersError: meterError)

@@ -34,9 +34,11 @@ package struct StatusSocketServer: Service {
     private let logger: Logger
     private let onListening: @Sendable () async -> Void
 
-    package init(configuration: StatusSocketConfiguration, responder: StatusResponder,
-                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
-                 onListening: @escaping @Sendable () async -> Void = {}) {
+    package init(
+        configuration: StatusSocketConfiguration, responder: StatusResponder,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+        onListening: @escaping @Sendable () async -> Void = {}
+    ) {
         self.configuration = configuration
         self.responder = responder
         self.eventLoopGroup = eventLoopGroup
@@ -177,7 +179,8 @@ extension String {
     var trimmingSpaces: String {
         let scalars = self.unicodeScalars
         guard let first = scalars.firstIndex(where: { $0 != " " && $0 != "\t" }),
-              let last = scalars.lastIndex(where: { $0 != " " && $0 != "\t" }) else { return "" }
+            let last = scalars.lastIndex(where: { $0 != " " && $0 != "\t" })
+        else { return "" }
         return String(scalars[first...last])
     }
 }

@@ -28,9 +28,11 @@ package struct SystemdNotifier: Service {
     private let send: @Sendable (String) -> Void
 
     /// - Parameter send: delivers one notification; `Systemd.notify` unless a test listens itself.
-    package init(configuration: SystemdNotifierConfiguration, readiness: Readiness, writerHealth: WriterHealth,
-                 reporter: StatusReporter, logger: Logger,
-                 send: @escaping @Sendable (String) -> Void = { Systemd.notify($0) }) {
+    package init(
+        configuration: SystemdNotifierConfiguration, readiness: Readiness, writerHealth: WriterHealth,
+        reporter: StatusReporter, logger: Logger,
+        send: @escaping @Sendable (String) -> Void = { Systemd.notify($0) }
+    ) {
         self.configuration = configuration
         self.readiness = readiness
         self.writerHealth = writerHealth
@@ -58,7 +60,8 @@ package struct SystemdNotifier: Service {
         guard !self.readiness.isStopping, !Task.isCancelled else { return }
         let status = await self.reporter.systemdStatus()
         self.send("READY=1\nSTATUS=\(status)")
-        self.logger.info("meterd ready", metadata: ["systemd.watchdog_ms": "\(self.configuration.watchdogInterval.map { "\($0.milliseconds)" } ?? "off")"])
+        self.logger.info(
+            "meterd ready", metadata: ["systemd.watchdog_ms": "\(self.configuration.watchdogInterval.map { "\($0.milliseconds)" } ?? "off")"])
 
         // Ping several times per watchdog interval so one late tick is not fatal.
         let tick = self.configuration.watchdogInterval.map { min($0 / 4, self.configuration.statusInterval) } ?? self.configuration.statusInterval
@@ -81,9 +84,12 @@ package struct SystemdNotifier: Service {
                     }
                 } else if !watchdogSilent {
                     watchdogSilent = true
-                    self.logger.error("Writer made no progress; withholding watchdog pings so systemd restarts meterd",
-                                      metadata: ["writer.progress_age_ms": "\(self.writerHealth.progressAgeMs())",
-                                                 "writer.failure": "\(self.reporter.pipeline.failure ?? "none")"])
+                    self.logger.error(
+                        "Writer made no progress; withholding watchdog pings so systemd restarts meterd",
+                        metadata: [
+                            "writer.progress_age_ms": "\(self.writerHealth.progressAgeMs())",
+                            "writer.failure": "\(self.reporter.pipeline.failure ?? "none")",
+                        ])
                 }
             }
             if clock.now >= nextStatus {

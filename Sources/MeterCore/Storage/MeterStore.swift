@@ -126,8 +126,10 @@ package struct WriterSettings: Sendable {
     package var tariff: Tariff
     package var unknownMeters: UnknownMeterPolicy
 
-    package init(timeZone: TimeZone = TimeZone(identifier: "UTC")!, tariff: Tariff = Tariff(),
-                 unknownMeters: UnknownMeterPolicy = .register) {
+    package init(
+        timeZone: TimeZone = TimeZone(identifier: "UTC")!, tariff: Tariff = Tariff(),
+        unknownMeters: UnknownMeterPolicy = .register
+    ) {
         self.timeZone = timeZone
         self.tariff = tariff
         self.unknownMeters = unknownMeters

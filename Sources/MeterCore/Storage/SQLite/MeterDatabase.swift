@@ -75,87 +75,90 @@ package final class MeterDatabase: Sendable {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1-ingest") { db in
-            try db.execute(sql: """
-                CREATE TABLE customer (
-                    id INTEGER PRIMARY KEY,
-                    region TEXT NOT NULL,
-                    installed_on TEXT
-                );
-                CREATE TABLE meter (
-                    id INTEGER PRIMARY KEY,
-                    name TEXT NOT NULL UNIQUE,
-                    customer_id INTEGER REFERENCES customer(id),
-                    region TEXT NOT NULL DEFAULT 'Unassigned',
-                    hwm_seq INTEGER NOT NULL DEFAULT -1,
-                    first_seen_ms INTEGER,
-                    last_received_ms INTEGER,
-                    last_ts_ms INTEGER,
-                    last_status INTEGER,
-                    last_fault TEXT,
-                    readings_total INTEGER NOT NULL DEFAULT 0,
-                    faults_total INTEGER NOT NULL DEFAULT 0,
-                    duplicates_total INTEGER NOT NULL DEFAULT 0,
-                    inactive_since_ms INTEGER
-                );
-                -- Append-only: duplicates are caught by meter.hwm_seq, so no per-meter index has to
-                -- be maintained on the hot path (an index here dirties a page per meter per commit).
-                CREATE TABLE reading (
-                    meter_id INTEGER NOT NULL,
-                    seq INTEGER NOT NULL,
-                    ts_ms INTEGER NOT NULL,
-                    received_ms INTEGER NOT NULL,
-                    kwh REAL NOT NULL,
-                    status INTEGER NOT NULL,
-                    fault TEXT,
-                    voltage REAL
-                );
-                CREATE TABLE meter_month (
-                    meter_id INTEGER NOT NULL,
-                    month INTEGER NOT NULL,
-                    kwh REAL NOT NULL DEFAULT 0,
-                    revenue REAL NOT NULL DEFAULT 0,
-                    readings INTEGER NOT NULL DEFAULT 0,
-                    faults INTEGER NOT NULL DEFAULT 0,
-                    good INTEGER NOT NULL DEFAULT 0,
-                    fair INTEGER NOT NULL DEFAULT 0,
-                    poor INTEGER NOT NULL DEFAULT 0,
-                    latency_sum_ms INTEGER NOT NULL DEFAULT 0,
-                    latency_count INTEGER NOT NULL DEFAULT 0,
-                    latency_max_ms INTEGER NOT NULL DEFAULT 0,
-                    imported_status INTEGER,
-                    PRIMARY KEY (meter_id, month)
-                ) WITHOUT ROWID;
-                CREATE TABLE quarantine (
-                    id INTEGER PRIMARY KEY,
-                    received_ms INTEGER NOT NULL,
-                    peer TEXT NOT NULL,
-                    line INTEGER NOT NULL,
-                    code TEXT NOT NULL,
-                    detail TEXT NOT NULL,
-                    raw BLOB NOT NULL
-                );
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE customer (
+                        id INTEGER PRIMARY KEY,
+                        region TEXT NOT NULL,
+                        installed_on TEXT
+                    );
+                    CREATE TABLE meter (
+                        id INTEGER PRIMARY KEY,
+                        name TEXT NOT NULL UNIQUE,
+                        customer_id INTEGER REFERENCES customer(id),
+                        region TEXT NOT NULL DEFAULT 'Unassigned',
+                        hwm_seq INTEGER NOT NULL DEFAULT -1,
+                        first_seen_ms INTEGER,
+                        last_received_ms INTEGER,
+                        last_ts_ms INTEGER,
+                        last_status INTEGER,
+                        last_fault TEXT,
+                        readings_total INTEGER NOT NULL DEFAULT 0,
+                        faults_total INTEGER NOT NULL DEFAULT 0,
+                        duplicates_total INTEGER NOT NULL DEFAULT 0,
+                        inactive_since_ms INTEGER
+                    );
+                    -- Append-only: duplicates are caught by meter.hwm_seq, so no per-meter index has to
+                    -- be maintained on the hot path (an index here dirties a page per meter per commit).
+                    CREATE TABLE reading (
+                        meter_id INTEGER NOT NULL,
+                        seq INTEGER NOT NULL,
+                        ts_ms INTEGER NOT NULL,
+                        received_ms INTEGER NOT NULL,
+                        kwh REAL NOT NULL,
+                        status INTEGER NOT NULL,
+                        fault TEXT,
+                        voltage REAL
+                    );
+                    CREATE TABLE meter_month (
+                        meter_id INTEGER NOT NULL,
+                        month INTEGER NOT NULL,
+                        kwh REAL NOT NULL DEFAULT 0,
+                        revenue REAL NOT NULL DEFAULT 0,
+                        readings INTEGER NOT NULL DEFAULT 0,
+                        faults INTEGER NOT NULL DEFAULT 0,
+                        good INTEGER NOT NULL DEFAULT 0,
+                        fair INTEGER NOT NULL DEFAULT 0,
+                        poor INTEGER NOT NULL DEFAULT 0,
+                        latency_sum_ms INTEGER NOT NULL DEFAULT 0,
+                        latency_count INTEGER NOT NULL DEFAULT 0,
+                        latency_max_ms INTEGER NOT NULL DEFAULT 0,
+                        imported_status INTEGER,
+                        PRIMARY KEY (meter_id, month)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE quarantine (
+                        id INTEGER PRIMARY KEY,
+                        received_ms INTEGER NOT NULL,
+                        peer TEXT NOT NULL,
+                        line INTEGER NOT NULL,
+                        code TEXT NOT NULL,
+                        detail TEXT NOT NULL,
+                        raw BLOB NOT NULL
+                    );
+                    """)
         }
         CompanySchema.register(in: &migrator)
         migrator.registerMigration("v3-aggregate-watermark") { db in
             // The highest reading rowid the aggregates (meter state, meter_month, latency_month)
             // cover; readings past it are applied again on open. Until now they were always in step.
-            try db.execute(sql: """
-                CREATE TABLE ingest_watermark (
-                    id INTEGER PRIMARY KEY CHECK (id = 1),
-                    reading_rowid INTEGER NOT NULL
-                );
-                INSERT INTO ingest_watermark (id, reading_rowid) VALUES (1, COALESCE((SELECT max(rowid) FROM reading), 0));
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE ingest_watermark (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        reading_rowid INTEGER NOT NULL
+                    );
+                    INSERT INTO ingest_watermark (id, reading_rowid) VALUES (1, COALESCE((SELECT max(rowid) FROM reading), 0));
+                    """)
         }
         migrator.registerMigration("v4-store-settings") { db in
             // What offline tools must agree on with the daemon (its time zone, for calendar months).
-            try db.execute(sql: """
-                CREATE TABLE store_setting (
-                    name TEXT PRIMARY KEY,
-                    value TEXT NOT NULL
-                );
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE store_setting (
+                        name TEXT PRIMARY KEY,
+                        value TEXT NOT NULL
+                    );
+                    """)
         }
         migrator.registerMigration("v5-reading-by-meter") { db in
             // A meter's readings as a chain through the append-only table (SQLiteMeterStore's
@@ -163,16 +166,17 @@ package final class MeterDatabase: Sendable {
             // only for a row the writer did not write), the meter row its newest. Still no index on
             // `reading`: the writer knows the previous rowid, so the chain dirties no page an insert
             // does not. Existing rows are linked in one pass: a window over the table, no index needed.
-            try db.execute(sql: """
-                ALTER TABLE reading ADD COLUMN prev_rowid INTEGER;
-                ALTER TABLE meter ADD COLUMN last_reading_rowid INTEGER;
-                UPDATE reading SET prev_rowid = chain.prev
-                FROM (SELECT rowid AS id, lag(rowid, 1, 0) OVER (PARTITION BY meter_id ORDER BY rowid) AS prev FROM reading) AS chain
-                WHERE reading.rowid = chain.id;
-                UPDATE meter SET last_reading_rowid = newest.id
-                FROM (SELECT meter_id, max(rowid) AS id FROM reading GROUP BY meter_id) AS newest
-                WHERE meter.id = newest.meter_id;
-                """)
+            try db.execute(
+                sql: """
+                    ALTER TABLE reading ADD COLUMN prev_rowid INTEGER;
+                    ALTER TABLE meter ADD COLUMN last_reading_rowid INTEGER;
+                    UPDATE reading SET prev_rowid = chain.prev
+                    FROM (SELECT rowid AS id, lag(rowid, 1, 0) OVER (PARTITION BY meter_id ORDER BY rowid) AS prev FROM reading) AS chain
+                    WHERE reading.rowid = chain.id;
+                    UPDATE meter SET last_reading_rowid = newest.id
+                    FROM (SELECT meter_id, max(rowid) AS id FROM reading GROUP BY meter_id) AS newest
+                    WHERE meter.id = newest.meter_id;
+                    """)
         }
         return migrator
     }

@@ -36,7 +36,9 @@ struct ImportContext {
         case "maintenance_data.csv": try self.maintenance(path)
         case "feedback_data.csv": try self.feedback(path)
         case "complaints.csv": try self.complaints(path)
-        default: throw CompanyDataError(file: self.file, line: 0, "not a company file (expected one of \(CompanyImporter.fileOrder.joined(separator: ", ")))")
+        default:
+            throw CompanyDataError(
+                file: self.file, line: 0, "not a company file (expected one of \(CompanyImporter.fileOrder.joined(separator: ", ")))")
         }
         guard self.errors.isEmpty else { throw ImportFailure(errors: self.errors) }
     }
@@ -76,7 +78,9 @@ struct ImportContext {
     // MARK: Field parsing
 
     func integer(_ text: String, _ column: String) throws(CompanyDataError) -> Int64 {
-        guard let value = Int64(text.trimmingCharacters(in: .whitespaces)) else { throw self.fail("\(column): expected a whole number, got \"\(text)\"") }
+        guard let value = Int64(text.trimmingCharacters(in: .whitespaces)) else {
+            throw self.fail("\(column): expected a whole number, got \"\(text)\"")
+        }
         return value
     }
 
@@ -112,9 +116,11 @@ struct ImportContext {
     // MARK: Files
 
     mutating func technicians(_ path: String) throws {
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO technician (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO technician (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name
+                """)
         var seen = Set<Int64>()
         try self.forEachRow(path, columns: ["TechnicianID", "TechnicianName"]) { context, fields in
             let id = try context.integer(fields[0], "TechnicianID")
@@ -135,16 +141,20 @@ struct ImportContext {
             let customer: Int64 = row["customer_id"]
             if (row["name"] as String) != defaultMeterName(customer: customer) { ownMeters.insert(customer) }
         }
-        let upsertCustomer = try RawStatement(self.db, sql: """
-            INSERT INTO customer (id, region, installed_on, installed_month) VALUES (?, ?, ?, ?)
-            ON CONFLICT (id) DO UPDATE SET region = excluded.region, installed_on = excluded.installed_on,
-                installed_month = excluded.installed_month
-            """)
-        let upsertMeter = try RawStatement(self.db, sql: """
-            INSERT INTO meter (name, customer_id, region) VALUES (?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET customer_id = excluded.customer_id, region = excluded.region
-            WHERE meter.customer_id IS NULL OR meter.customer_id = excluded.customer_id
-            """)
+        let upsertCustomer = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO customer (id, region, installed_on, installed_month) VALUES (?, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET region = excluded.region, installed_on = excluded.installed_on,
+                    installed_month = excluded.installed_month
+                """)
+        let upsertMeter = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO meter (name, customer_id, region) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET customer_id = excluded.customer_id, region = excluded.region
+                WHERE meter.customer_id IS NULL OR meter.customer_id = excluded.customer_id
+                """)
         let updateRegion = try RawStatement(self.db, sql: "UPDATE meter SET region = ? WHERE customer_id = ?")
         var seen = Set<Int64>()
         try self.forEachRow(path, columns: ["CustomerID", "Region", "InstallationDate"]) { context, fields in
@@ -175,12 +185,15 @@ struct ImportContext {
     }
 
     mutating func meters(_ path: String) throws {
-        let regions = Dictionary(try Row.fetchAll(self.db, sql: "SELECT id, region FROM customer").map { ($0["id"] as Int64, $0["region"] as String) },
-                                 uniquingKeysWith: { first, _ in first })
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO meter (name, customer_id, region) VALUES (?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET customer_id = excluded.customer_id, region = excluded.region
-            """)
+        let regions = Dictionary(
+            try Row.fetchAll(self.db, sql: "SELECT id, region FROM customer").map { ($0["id"] as Int64, $0["region"] as String) },
+            uniquingKeysWith: { first, _ in first })
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO meter (name, customer_id, region) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET customer_id = excluded.customer_id, region = excluded.region
+                """)
         var seen = Set<String>()
         var customers = Set<Int64>()
         try self.forEachRow(path, columns: ["MeterID", "CustomerID"]) { context, fields in
@@ -198,10 +211,12 @@ struct ImportContext {
         }
         guard self.errors.isEmpty else { return }
         // A default meter the file replaces goes away, unless it already has data (then it stays, as history).
-        let dropDefault = try RawStatement(self.db, sql: """
-            DELETE FROM meter WHERE name = ? AND customer_id = ? AND readings_total = 0
-                AND NOT EXISTS (SELECT 1 FROM meter_month WHERE meter_month.meter_id = meter.id)
-            """)
+        let dropDefault = try RawStatement(
+            self.db,
+            sql: """
+                DELETE FROM meter WHERE name = ? AND customer_id = ? AND readings_total = 0
+                    AND NOT EXISTS (SELECT 1 FROM meter_month WHERE meter_month.meter_id = meter.id)
+                """)
         for customer in customers where !seen.contains(defaultMeterName(customer: customer)) {
             dropDefault.bind(1, defaultMeterName(customer: customer))
             dropDefault.bind(2, customer)
@@ -221,16 +236,18 @@ struct ImportContext {
 
     mutating func monthly(_ path: String) throws {
         let meters = try self.meterOfCustomer()
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (meter_id, month) DO UPDATE SET
-                kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
-                revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
-                imported_status = excluded.imported_status,
-                imported_kwh = excluded.imported_kwh,
-                imported_revenue = excluded.imported_revenue
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (meter_id, month) DO UPDATE SET
+                    kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
+                    revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
+                    imported_status = excluded.imported_status,
+                    imported_kwh = excluded.imported_kwh,
+                    imported_revenue = excluded.imported_revenue
+                """)
         var seen = Set<Int64>()
         try self.forEachRow(path, columns: ["CustomerID", "Date", "Consumption_kWh", "Revenue_$", "MeterStatus"]) { context, fields in
             let customer = try context.customerID(fields[0], known: nil)
@@ -259,10 +276,12 @@ struct ImportContext {
 
     mutating func bills(_ path: String) throws {
         let known = try self.knownCustomers()
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO bill (customer_id, month, amount, paid) VALUES (?, ?, ?, ?)
-            ON CONFLICT (customer_id, month) DO UPDATE SET amount = excluded.amount, paid = excluded.paid
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO bill (customer_id, month, amount, paid) VALUES (?, ?, ?, ?)
+                ON CONFLICT (customer_id, month) DO UPDATE SET amount = excluded.amount, paid = excluded.paid
+                """)
         var seen = Set<Int64>()
         try self.forEachRow(path, columns: ["CustomerID", "Month", "Amount_$", "Status"]) { context, fields in
             let customer = try context.customerID(fields[0], known: known)
@@ -293,14 +312,16 @@ struct ImportContext {
 
     mutating func maintenance(_ path: String) throws {
         let known = try self.knownCustomers()
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO maintenance (customer_id, request_date, technician_id, ordinal, request_month,
-                                     resolution_date, resolution_month, resolution_days)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (customer_id, request_date, technician_id, ordinal) DO UPDATE SET
-                request_month = excluded.request_month, resolution_date = excluded.resolution_date,
-                resolution_month = excluded.resolution_month, resolution_days = excluded.resolution_days
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO maintenance (customer_id, request_date, technician_id, ordinal, request_month,
+                                         resolution_date, resolution_month, resolution_days)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (customer_id, request_date, technician_id, ordinal) DO UPDATE SET
+                    request_month = excluded.request_month, resolution_date = excluded.resolution_date,
+                    resolution_month = excluded.resolution_month, resolution_days = excluded.resolution_days
+                """)
         var ordinals: [String: Int] = [:]
         try self.forEachRow(path, columns: ["CustomerID", "RequestDate", "ResolutionDate", "TechnicianID"]) { context, fields in
             let customer = try context.customerID(fields[0], known: known)
@@ -333,10 +354,12 @@ struct ImportContext {
 
     mutating func feedback(_ path: String) throws {
         let known = try self.knownCustomers()
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO feedback (customer_id, feedback_date, ordinal, month, score) VALUES (?, ?, ?, ?, ?)
-            ON CONFLICT (customer_id, feedback_date, ordinal) DO UPDATE SET month = excluded.month, score = excluded.score
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO feedback (customer_id, feedback_date, ordinal, month, score) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (customer_id, feedback_date, ordinal) DO UPDATE SET month = excluded.month, score = excluded.score
+                """)
         var ordinals: [String: Int] = [:]
         try self.forEachRow(path, columns: ["CustomerID", "FeedbackDate", "SatisfactionScore"]) { context, fields in
             let customer = try context.customerID(fields[0], known: known)
@@ -360,12 +383,14 @@ struct ImportContext {
 
     mutating func installations(_ path: String) throws {
         let known = try self.knownCustomers()
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO installation (customer_id, request_date, ordinal, installed_date, installed_month, days, technician_id)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (customer_id, request_date, ordinal) DO UPDATE SET installed_date = excluded.installed_date,
-                installed_month = excluded.installed_month, days = excluded.days, technician_id = excluded.technician_id
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO installation (customer_id, request_date, ordinal, installed_date, installed_month, days, technician_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (customer_id, request_date, ordinal) DO UPDATE SET installed_date = excluded.installed_date,
+                    installed_month = excluded.installed_month, days = excluded.days, technician_id = excluded.technician_id
+                """)
         var ordinals: [String: Int] = [:]
         try self.forEachRow(path, columns: ["CustomerID", "RequestDate", "InstallationDate", "TechnicianID"]) { context, fields in
             let customer = try context.customerID(fields[0], known: known)
@@ -393,13 +418,15 @@ struct ImportContext {
 
     mutating func complaints(_ path: String) throws {
         let known = try self.knownCustomers()
-        let upsert = try RawStatement(self.db, sql: """
-            INSERT INTO complaint (id, customer_id, complaint_date, month, category, resolved_date, resolved_month)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, complaint_date = excluded.complaint_date,
-                month = excluded.month, category = excluded.category, resolved_date = excluded.resolved_date,
-                resolved_month = excluded.resolved_month
-            """)
+        let upsert = try RawStatement(
+            self.db,
+            sql: """
+                INSERT INTO complaint (id, customer_id, complaint_date, month, category, resolved_date, resolved_month)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET customer_id = excluded.customer_id, complaint_date = excluded.complaint_date,
+                    month = excluded.month, category = excluded.category, resolved_date = excluded.resolved_date,
+                    resolved_month = excluded.resolved_month
+                """)
         var seen = Set<Int64>()
         try self.forEachRow(path, columns: ["ComplaintID", "CustomerID", "Date", "Category", "ResolvedDate"]) { context, fields in
             let id = try context.integer(fields[0], "ComplaintID")
@@ -429,44 +456,44 @@ struct ImportContext {
 enum CompanyRollups {
     static let queries: [String: String] = [
         "installed": """
-            SELECT 'installed', COALESCE(installed_month, 0), region, 0, COUNT(*), 0 FROM customer
-            GROUP BY COALESCE(installed_month, 0), region
-            """,
+        SELECT 'installed', COALESCE(installed_month, 0), region, 0, COUNT(*), 0 FROM customer
+        GROUP BY COALESCE(installed_month, 0), region
+        """,
         "bill": """
-            SELECT 'bill', b.month, COALESCE(c.region, 'Unassigned'), b.paid, COUNT(*), SUM(b.amount)
-            FROM bill b LEFT JOIN customer c ON c.id = b.customer_id
-            GROUP BY b.month, COALESCE(c.region, 'Unassigned'), b.paid
-            """,
+        SELECT 'bill', b.month, COALESCE(c.region, 'Unassigned'), b.paid, COUNT(*), SUM(b.amount)
+        FROM bill b LEFT JOIN customer c ON c.id = b.customer_id
+        GROUP BY b.month, COALESCE(c.region, 'Unassigned'), b.paid
+        """,
         "feedback": """
-            SELECT 'feedback', f.month, COALESCE(c.region, 'Unassigned'), f.score, COUNT(*), SUM(f.score)
-            FROM feedback f LEFT JOIN customer c ON c.id = f.customer_id
-            GROUP BY f.month, COALESCE(c.region, 'Unassigned'), f.score
-            """,
+        SELECT 'feedback', f.month, COALESCE(c.region, 'Unassigned'), f.score, COUNT(*), SUM(f.score)
+        FROM feedback f LEFT JOIN customer c ON c.id = f.customer_id
+        GROUP BY f.month, COALESCE(c.region, 'Unassigned'), f.score
+        """,
         "complaint_received": """
-            SELECT 'complaint_received', k.month, COALESCE(c.region, 'Unassigned'), 0, COUNT(*), 0
-            FROM complaint k LEFT JOIN customer c ON c.id = k.customer_id
-            GROUP BY k.month, COALESCE(c.region, 'Unassigned')
-            """,
+        SELECT 'complaint_received', k.month, COALESCE(c.region, 'Unassigned'), 0, COUNT(*), 0
+        FROM complaint k LEFT JOIN customer c ON c.id = k.customer_id
+        GROUP BY k.month, COALESCE(c.region, 'Unassigned')
+        """,
         "complaint_resolved": """
-            SELECT 'complaint_resolved', k.resolved_month, COALESCE(c.region, 'Unassigned'), 0, COUNT(*), 0
-            FROM complaint k LEFT JOIN customer c ON c.id = k.customer_id WHERE k.resolved_month IS NOT NULL
-            GROUP BY k.resolved_month, COALESCE(c.region, 'Unassigned')
-            """,
+        SELECT 'complaint_resolved', k.resolved_month, COALESCE(c.region, 'Unassigned'), 0, COUNT(*), 0
+        FROM complaint k LEFT JOIN customer c ON c.id = k.customer_id WHERE k.resolved_month IS NOT NULL
+        GROUP BY k.resolved_month, COALESCE(c.region, 'Unassigned')
+        """,
         "installation": """
-            SELECT 'installation', i.installed_month, COALESCE(c.region, 'Unassigned'), COALESCE(i.technician_id, 0), COUNT(*), SUM(i.days)
-            FROM installation i LEFT JOIN customer c ON c.id = i.customer_id
-            GROUP BY i.installed_month, COALESCE(c.region, 'Unassigned'), COALESCE(i.technician_id, 0)
-            """,
+        SELECT 'installation', i.installed_month, COALESCE(c.region, 'Unassigned'), COALESCE(i.technician_id, 0), COUNT(*), SUM(i.days)
+        FROM installation i LEFT JOIN customer c ON c.id = i.customer_id
+        GROUP BY i.installed_month, COALESCE(c.region, 'Unassigned'), COALESCE(i.technician_id, 0)
+        """,
         "maintenance_received": """
-            SELECT 'maintenance_received', m.request_month, COALESCE(c.region, 'Unassigned'), m.technician_id, COUNT(*), 0
-            FROM maintenance m LEFT JOIN customer c ON c.id = m.customer_id
-            GROUP BY m.request_month, COALESCE(c.region, 'Unassigned'), m.technician_id
-            """,
+        SELECT 'maintenance_received', m.request_month, COALESCE(c.region, 'Unassigned'), m.technician_id, COUNT(*), 0
+        FROM maintenance m LEFT JOIN customer c ON c.id = m.customer_id
+        GROUP BY m.request_month, COALESCE(c.region, 'Unassigned'), m.technician_id
+        """,
         "maintenance_resolved": """
-            SELECT 'maintenance_resolved', m.resolution_month, COALESCE(c.region, 'Unassigned'), m.technician_id, COUNT(*), SUM(m.resolution_days)
-            FROM maintenance m LEFT JOIN customer c ON c.id = m.customer_id WHERE m.resolution_month IS NOT NULL
-            GROUP BY m.resolution_month, COALESCE(c.region, 'Unassigned'), m.technician_id
-            """,
+        SELECT 'maintenance_resolved', m.resolution_month, COALESCE(c.region, 'Unassigned'), m.technician_id, COUNT(*), SUM(m.resolution_days)
+        FROM maintenance m LEFT JOIN customer c ON c.id = m.customer_id WHERE m.resolution_month IS NOT NULL
+        GROUP BY m.resolution_month, COALESCE(c.region, 'Unassigned'), m.technician_id
+        """,
     ]
 
     static func rebuild(_ kinds: [String], _ db: Database) throws {

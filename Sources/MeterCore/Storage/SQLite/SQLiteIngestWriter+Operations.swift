@@ -7,10 +7,11 @@ extension IngestWriter {
     package func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
         try self.database.pool.write { db in
             // The condition is checked again: a reading may have arrived since the candidates were read.
-            let update = try db.makeStatement(sql: """
-                UPDATE meter SET inactive_since_ms = COALESCE(last_received_ms, ?)
-                WHERE id = ? AND inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
-                """)
+            let update = try db.makeStatement(
+                sql: """
+                    UPDATE meter SET inactive_since_ms = COALESCE(last_received_ms, ?)
+                    WHERE id = ? AND inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
+                    """)
             var flagged: [InactiveFlag] = []
             for meter in candidates {
                 try update.execute(arguments: [startMs, meter.id, startMs, cutoffMs])
@@ -25,28 +26,32 @@ extension IngestWriter {
 
     package func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
         try self.database.pool.write { db in
-            try db.execute(sql: "INSERT INTO kpi_snapshot (generated_ms, period_from, period_to, document) VALUES (?, ?, ?, ?)",
-                           arguments: [generatedMs, period.from.key, period.to.key, document])
-            try db.execute(sql: """
-                DELETE FROM kpi_snapshot WHERE id <= (SELECT id FROM kpi_snapshot ORDER BY id DESC LIMIT 1 OFFSET ?)
-                """, arguments: [history])
+            try db.execute(
+                sql: "INSERT INTO kpi_snapshot (generated_ms, period_from, period_to, document) VALUES (?, ?, ?, ?)",
+                arguments: [generatedMs, period.from.key, period.to.key, document])
+            try db.execute(
+                sql: """
+                    DELETE FROM kpi_snapshot WHERE id <= (SELECT id FROM kpi_snapshot ORDER BY id DESC LIMIT 1 OFFSET ?)
+                    """, arguments: [history])
         }
     }
 
     package func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
         // Aggregates of readings still pending must not interleave with the import's rows.
         do { try self.flushAggregates() } catch {
-            return FileImportResult(file: (path as NSString).lastPathComponent, rows: 0,
-                                    errors: [CompanyDataError(file: (path as NSString).lastPathComponent, line: 0, "\(error)")], seconds: 0)
+            return FileImportResult(
+                file: (path as NSString).lastPathComponent, rows: 0,
+                errors: [CompanyDataError(file: (path as NSString).lastPathComponent, line: 0, "\(error)")], seconds: 0)
         }
         return ImportContext.importFile(path, database: self.database, progress: progress)
     }
 
     package func recordTimeZone(_ zone: TimeZone) throws {
         try self.database.pool.write { db in
-            try db.execute(sql: """
-                INSERT INTO store_setting (name, value) VALUES ('time_zone', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value
-                """, arguments: [zone.identifier])
+            try db.execute(
+                sql: """
+                    INSERT INTO store_setting (name, value) VALUES ('time_zone', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value
+                    """, arguments: [zone.identifier])
         }
     }
 }

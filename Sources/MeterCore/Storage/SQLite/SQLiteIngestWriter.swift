@@ -89,8 +89,10 @@ package final class IngestWriter: MeterStoreWriter {
             let region: String = row["region"]
             let name: String = row["name"]
             slots[name] = states.count
-            states.append(MeterState(id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
-                                     region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"]))
+            states.append(
+                MeterState(
+                    id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
+                    region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"]))
             names.append(name)
         }
         self.meterSlots = slots
@@ -171,8 +173,9 @@ package final class IngestWriter: MeterStoreWriter {
 
         /// Adds one stored reading's latency, by the month it was received.
         mutating func addLatency(_ latencyMs: Int64, receivedMs: Int64, region: Int, calendar: inout MonthCalendar) {
-            let key = LatencyKey(month: calendar.month(ofMilliseconds: receivedMs).key, region: region,
-                                 bucket: LatencyBuckets.bucket(ofMilliseconds: latencyMs))
+            let key = LatencyKey(
+                month: calendar.month(ofMilliseconds: receivedMs).key, region: region,
+                bucket: LatencyBuckets.bucket(ofMilliseconds: latencyMs))
             self.latencies[key, default: (0, 0)].count += 1
             self.latencies[key, default: (0, 0)].sumMs += latencyMs
         }
@@ -245,17 +248,23 @@ package final class IngestWriter: MeterStoreWriter {
         self.commitListener?.didCommit(written)
     }
 
-    private func apply(_ submissions: [IngestSubmission], db: Database, rollback: inout Rollback,
-                       into batch: inout BatchAggregates) throws -> CommitResult {
+    private func apply(
+        _ submissions: [IngestSubmission], db: Database, rollback: inout Rollback,
+        into batch: inout BatchAggregates
+    ) throws -> CommitResult {
         var result = CommitResult()
         result.outcomes.reserveCapacity(submissions.count)
-        let insertReading = try RawStatement(db, sql: """
-            INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """)
-        let insertQuarantine = try RawStatement(db, sql: """
-            INSERT INTO quarantine (received_ms, peer, line, code, detail, raw) VALUES (?, ?, ?, ?, ?, ?)
-            """)
+        let insertReading = try RawStatement(
+            db,
+            sql: """
+                INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+        let insertQuarantine = try RawStatement(
+            db,
+            sql: """
+                INSERT INTO quarantine (received_ms, peer, line, code, detail, raw) VALUES (?, ?, ?, ?, ?, ?)
+                """)
         func quarantine(_ line: QuarantinedLine) throws {
             insertQuarantine.bind(1, line.receivedMs)
             insertQuarantine.bind(2, line.peer)
@@ -283,8 +292,10 @@ package final class IngestWriter: MeterStoreWriter {
                     guard self.unknownMeters == .register else {
                         let rejection = Rejection(.unknownMeter, "meter \(reading.meter) is not in the company data")
                         outcome.rejections.append((item.line, rejection))
-                        try quarantine(QuarantinedLine(receivedMs: item.receivedMs, peer: submission.peer, line: item.line, rejection: rejection,
-                                                       raw: item.bytes ?? Array(reading.line.utf8.dropLast())))
+                        try quarantine(
+                            QuarantinedLine(
+                                receivedMs: item.receivedMs, peer: submission.peer, line: item.line, rejection: rejection,
+                                raw: item.bytes ?? Array(reading.line.utf8.dropLast())))
                         result.rejected += 1
                         continue
                     }
@@ -292,8 +303,12 @@ package final class IngestWriter: MeterStoreWriter {
                 }
                 let state = self.meterStates[slot]
                 if reading.seq <= state.highWaterMark {
-                    batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: item.receivedMs,
-                                                               lastReceivedMs: item.receivedMs)].recordDuplicate(receivedMs: item.receivedMs)
+                    batch.meters[
+                        state.id,
+                        default: MeterDelta(
+                            highWaterMark: state.highWaterMark, firstSeenMs: item.receivedMs,
+                            lastReceivedMs: item.receivedMs)
+                    ].recordDuplicate(receivedMs: item.receivedMs)
                     result.duplicates += 1
                 } else {
                     insertReading.bind(1, state.id)
@@ -307,8 +322,10 @@ package final class IngestWriter: MeterStoreWriter {
                     insertReading.bind(9, state.lastReadingRowID)  // the meter's chain of readings
                     try insertReading.execute()
                     batch.highRowID = db.lastInsertedRowID
-                    result.latenciesMs.append(self.fold(reading, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID, slot: slot,
-                                                        into: &batch))
+                    result.latenciesMs.append(
+                        self.fold(
+                            reading, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID, slot: slot,
+                            into: &batch))
                     result.stored += 1
                 }
                 outcome.ack(meter: reading.meter, seq: reading.seq, index: &ackIndex)
@@ -325,15 +342,17 @@ package final class IngestWriter: MeterStoreWriter {
     /// Writes aggregates into `meter`, `meter_month`, `latency_month` and the watermark; returns
     /// them as the delta the commit listener learns of once the transaction commits.
     private func write(_ aggregates: inout BatchAggregates, db: Database) throws -> AggregateDelta {
-        let updateMeter = try RawStatement(db, sql: """
-            UPDATE meter SET hwm_seq = ?, first_seen_ms = COALESCE(first_seen_ms, ?), last_received_ms = ?,
-                last_ts_ms = COALESCE(?, last_ts_ms), last_status = COALESCE(?, last_status),
-                last_fault = CASE WHEN ? THEN ? ELSE last_fault END,
-                readings_total = readings_total + ?, faults_total = faults_total + ?,
-                duplicates_total = duplicates_total + ?, inactive_since_ms = NULL,
-                last_reading_rowid = COALESCE(?, last_reading_rowid)
-            WHERE id = ?
-            """)
+        let updateMeter = try RawStatement(
+            db,
+            sql: """
+                UPDATE meter SET hwm_seq = ?, first_seen_ms = COALESCE(first_seen_ms, ?), last_received_ms = ?,
+                    last_ts_ms = COALESCE(?, last_ts_ms), last_status = COALESCE(?, last_status),
+                    last_fault = CASE WHEN ? THEN ? ELSE last_fault END,
+                    readings_total = readings_total + ?, faults_total = faults_total + ?,
+                    duplicates_total = duplicates_total + ?, inactive_since_ms = NULL,
+                    last_reading_rowid = COALESCE(?, last_reading_rowid)
+                WHERE id = ?
+                """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
         for (id, delta) in aggregates.meters.sorted(by: { $0.key < $1.key }) {
             updateMeter.bind(1, delta.highWaterMark)
@@ -354,19 +373,23 @@ package final class IngestWriter: MeterStoreWriter {
         // An UPDATE first, and an INSERT only for a meter's first reading of a month: in steady
         // state the row exists, and an UPDATE finds it in one B-tree seek where an upsert
         // (INSERT … ON CONFLICT DO UPDATE) costs more (callgrind on meter-bench).
-        let updateMonth = try RawStatement(db, sql: """
-            UPDATE meter_month SET
-                kwh = kwh + ?3, revenue = revenue + ?4, readings = readings + ?5, faults = faults + ?6,
-                good = good + ?7, fair = fair + ?8, poor = poor + ?9,
-                latency_sum_ms = latency_sum_ms + ?10, latency_count = latency_count + ?11,
-                latency_max_ms = max(latency_max_ms, ?12)
-            WHERE meter_id = ?1 AND month = ?2
-            """)
-        let insertMonth = try RawStatement(db, sql: """
-            INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
-                                     latency_sum_ms, latency_count, latency_max_ms)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """)
+        let updateMonth = try RawStatement(
+            db,
+            sql: """
+                UPDATE meter_month SET
+                    kwh = kwh + ?3, revenue = revenue + ?4, readings = readings + ?5, faults = faults + ?6,
+                    good = good + ?7, fair = fair + ?8, poor = poor + ?9,
+                    latency_sum_ms = latency_sum_ms + ?10, latency_count = latency_count + ?11,
+                    latency_max_ms = max(latency_max_ms, ?12)
+                WHERE meter_id = ?1 AND month = ?2
+                """)
+        let insertMonth = try RawStatement(
+            db,
+            sql: """
+                INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
+                                         latency_sum_ms, latency_count, latency_max_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
         func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: AggregateDelta.Month) throws {
             statement.bind(1, key.meterID)
             statement.bind(2, key.month)
@@ -387,11 +410,13 @@ package final class IngestWriter: MeterStoreWriter {
             if updateMonth.changes == 0 { try bindAndRun(insertMonth, key, delta) }
         }
         if !aggregates.latencies.isEmpty {
-            let upsert = try RawStatement(db, sql: """
-                INSERT INTO latency_month (month, region, bucket, count, sum_ms) VALUES (?, ?, ?, ?, ?)
-                ON CONFLICT (month, region, bucket) DO UPDATE SET
-                    count = latency_month.count + excluded.count, sum_ms = latency_month.sum_ms + excluded.sum_ms
-                """)
+            let upsert = try RawStatement(
+                db,
+                sql: """
+                    INSERT INTO latency_month (month, region, bucket, count, sum_ms) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (month, region, bucket) DO UPDATE SET
+                        count = latency_month.count + excluded.count, sum_ms = latency_month.sum_ms + excluded.sum_ms
+                    """)
             for (key, latency) in aggregates.latencies {
                 upsert.bind(1, key.month)
                 upsert.bind(2, self.regionNames[key.region])
@@ -430,13 +455,16 @@ package final class IngestWriter: MeterStoreWriter {
 
     /// Applies readings a crash left past the watermark to the meters' state and the aggregates.
     private func recoverAggregates() throws {
-        let watermark = try self.database.pool.read { db in
-            try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1")
-        } ?? 0
+        let watermark =
+            try self.database.pool.read { db in
+                try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1")
+            } ?? 0
         let rows = try self.database.pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault FROM reading WHERE rowid > ? ORDER BY rowid
-                """, arguments: [watermark])
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault FROM reading WHERE rowid > ? ORDER BY rowid
+                    """, arguments: [watermark])
         }
         guard !rows.isEmpty else { return }
         var slots: [Int64: Int] = [:]
@@ -445,8 +473,9 @@ package final class IngestWriter: MeterStoreWriter {
         var batch = BatchAggregates()
         for row in rows {
             guard let slot = slots[row["meter_id"]] else { continue }
-            let reading = Reading(meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
-                                  status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
+            let reading = Reading(
+                meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
+                status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
             _ = self.fold(reading, receivedMs: row["received_ms"], rowID: row["rowid"], slot: slot, into: &batch)
             batch.highRowID = row["rowid"]
         }
@@ -458,8 +487,10 @@ package final class IngestWriter: MeterStoreWriter {
     private func register(_ name: String, db: Database) throws -> Int {
         try db.execute(sql: "INSERT INTO meter (name, region) VALUES (?, ?)", arguments: [name, Region.unassigned])
         let slot = self.meterStates.count
-        self.meterStates.append(MeterState(id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned),
-                                           region: self.index(ofRegion: Region.unassigned), savedBy: self.commitGeneration))
+        self.meterStates.append(
+            MeterState(
+                id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned),
+                region: self.index(ofRegion: Region.unassigned), savedBy: self.commitGeneration))
         self.meterNames.append(name)
         self.meterSlots[name] = slot
         return slot

@@ -14,8 +14,11 @@ extension SQLiteMeterStore {
     /// same meter.
     package func recentReadings(meter name: String, limit: Int) async throws -> RecentReadings? {
         try await self.database.pool.read { db -> RecentReadings? in
-            guard let meter = try Row.fetchOne(db, sql: "SELECT id, COALESCE(last_reading_rowid, 0) AS newest FROM meter WHERE name = ?",
-                                               arguments: [name]) else { return nil }
+            guard
+                let meter = try Row.fetchOne(
+                    db, sql: "SELECT id, COALESCE(last_reading_rowid, 0) AS newest FROM meter WHERE name = ?",
+                    arguments: [name])
+            else { return nil }
             let meterID: Int64 = meter["id"]
             var recent = RecentReadings(readings: [], complete: true, scannedRows: 0, scannedSinceMs: nil)
             guard limit > 0 else { return recent }
@@ -23,15 +26,19 @@ extension SQLiteMeterStore {
             // With deferred aggregates (aggregate_interval_ms) the meter row lags: readings past the
             // watermark are not in it yet, so its newest reading may be among them. Without deferral
             // the range is empty.
-            if let newer = try Int64.fetchOne(db, sql: """
-                SELECT max(rowid) FROM reading
-                WHERE rowid > (SELECT reading_rowid FROM ingest_watermark WHERE id = 1) AND meter_id = ?
-                """, arguments: [meterID]), newer > next {
+            if let newer = try Int64.fetchOne(
+                db,
+                sql: """
+                    SELECT max(rowid) FROM reading
+                    WHERE rowid > (SELECT reading_rowid FROM ingest_watermark WHERE id = 1) AND meter_id = ?
+                    """, arguments: [meterID]), newer > next
+            {
                 next = newer
             }
-            let statement = try db.cachedStatement(sql: """
-                SELECT meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid FROM reading WHERE rowid = ?
-                """)
+            let statement = try db.cachedStatement(
+                sql: """
+                    SELECT meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid FROM reading WHERE rowid = ?
+                    """)
             recent.readings.reserveCapacity(min(limit, 1_000))
             while next > 0 && recent.readings.count < limit {
                 guard let row = try Row.fetchOne(statement, arguments: [next]), row["meter_id"] as Int64 == meterID else {
@@ -40,9 +47,11 @@ extension SQLiteMeterStore {
                 }
                 recent.scannedRows += 1
                 let status: Int64 = row["status"]
-                recent.readings.append(StoredReading(seq: row["seq"], timestampMs: row["ts_ms"], receivedMs: row["received_ms"], kwh: row["kwh"],
-                                                     status: MeterHealth(rawValue: UInt8(clamping: status)) ?? .good, fault: row["fault"],
-                                                     voltage: row["voltage"]))
+                recent.readings.append(
+                    StoredReading(
+                        seq: row["seq"], timestampMs: row["ts_ms"], receivedMs: row["received_ms"], kwh: row["kwh"],
+                        status: MeterHealth(rawValue: UInt8(clamping: status)) ?? .good, fault: row["fault"],
+                        voltage: row["voltage"]))
                 guard let previous: Int64 = row["prev_rowid"], previous < next else {
                     recent.complete = recent.readings.count >= limit
                     break

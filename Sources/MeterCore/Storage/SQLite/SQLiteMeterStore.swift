@@ -23,8 +23,9 @@ package final class SQLiteMeterStore: MeterStore {
     package func sizeInBytes() async -> Int64 { self.database.sizeInBytes() }
 
     package func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter {
-        try IngestWriter(database: self.database, calendar: MonthCalendar(timeZone: settings.timeZone), tariff: settings.tariff,
-                         unknownMeters: settings.unknownMeters)
+        try IngestWriter(
+            database: self.database, calendar: MonthCalendar(timeZone: settings.timeZone), tariff: settings.tariff,
+            unknownMeters: settings.unknownMeters)
     }
 
     package func recordedTimeZone() async throws -> TimeZone? {
@@ -51,17 +52,22 @@ package final class SQLiteMeterStore: MeterStore {
         let store = MonthlyStore()
         store.coveredThrough = try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1") ?? 0
         try forEachRow(db, "SELECT id, region, installed_month FROM customer ORDER BY id") { row in
-            store.addCustomer(id: sqlite3_column_int64(row, 0), region: text(row, 1) ?? Region.unassigned,
-                              installedMonth: Int32(sqlite3_column_int64(row, 2)))
+            store.addCustomer(
+                id: sqlite3_column_int64(row, 0), region: text(row, 1) ?? Region.unassigned,
+                installedMonth: Int32(sqlite3_column_int64(row, 2)))
         }
         try forEachRow(db, "SELECT id, name, customer_id, region FROM meter ORDER BY id") { row in
             let customer = sqlite3_column_type(row, 2) == SQLITE_NULL ? nil : sqlite3_column_int64(row, 2)
-            store.addMeter(id: sqlite3_column_int64(row, 0), name: text(row, 1) ?? "", customerID: customer,
-                           region: text(row, 3) ?? Region.unassigned)
+            store.addMeter(
+                id: sqlite3_column_int64(row, 0), name: text(row, 1) ?? "", customerID: customer,
+                region: text(row, 3) ?? Region.unassigned)
         }
-        try forEachRow(db, """
+        try forEachRow(
+            db,
+            """
             SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status FROM meter_month
-            """) { row in
+            """
+        ) { row in
             store.setMonth(
                 Int(sqlite3_column_int64(row, 0)), meterID: sqlite3_column_int64(row, 1),
                 kwh: sqlite3_column_double(row, 2), revenue: sqlite3_column_double(row, 3),
@@ -76,10 +82,13 @@ package final class SQLiteMeterStore: MeterStore {
         try await self.database.pool.read { db in
             var arguments: StatementArguments = [month.key]
             if let region { arguments += [region] }
-            return try Row.fetchAll(db, sql: """
-                SELECT kind, month, item, SUM(count) AS count, SUM(total) AS total FROM company_rollup
-                WHERE month <= ?\(region == nil ? "" : " AND region = ?") GROUP BY kind, month, item
-                """, arguments: arguments).map { row in
+            return try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT kind, month, item, SUM(count) AS count, SUM(total) AS total FROM company_rollup
+                    WHERE month <= ?\(region == nil ? "" : " AND region = ?") GROUP BY kind, month, item
+                    """, arguments: arguments
+            ).map { row in
                 CompanyEventTotal(kind: row["kind"], month: row["month"], item: row["item"], count: row["count"], total: row["total"])
             }
         }
@@ -89,10 +98,13 @@ package final class SQLiteMeterStore: MeterStore {
         try await self.database.pool.read { db in
             var arguments: StatementArguments = [from.key, to.key]
             if let region { arguments += [region] }
-            return try Row.fetchAll(db, sql: """
-                SELECT bucket, SUM(count) AS count, SUM(sum_ms) AS sum_ms FROM latency_month
-                WHERE month >= ? AND month <= ?\(region == nil ? "" : " AND region = ?") GROUP BY bucket ORDER BY bucket
-                """, arguments: arguments).map { row in
+            return try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT bucket, SUM(count) AS count, SUM(sum_ms) AS sum_ms FROM latency_month
+                    WHERE month >= ? AND month <= ?\(region == nil ? "" : " AND region = ?") GROUP BY bucket ORDER BY bucket
+                    """, arguments: arguments
+            ).map { row in
                 LatencyBucketTotal(bucket: row["bucket"], count: row["count"], sumMs: row["sum_ms"])
             }
         }
@@ -129,19 +141,27 @@ package final class SQLiteMeterStore: MeterStore {
             let filter = region == nil ? "" : " AND region = ?"
             let regionArgument: StatementArguments = region.map { [$0] } ?? []
             // Ties go by meter row id, the order of the partial indexes, so no sort of every inactive meter is needed.
-            var meters = try Row.fetchAll(db, sql: """
-                SELECT name, customer_id, region, inactive_since_ms, last_received_ms FROM meter
-                WHERE \(Self.flaggedInactive)\(filter) ORDER BY inactive_since_ms, id LIMIT ?
-                """, arguments: regionArgument + [limit]).map { row in
-                InactiveMeter(meter: row["name"], customerID: row["customer_id"], region: row["region"],
-                              silentSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"])
+            var meters = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT name, customer_id, region, inactive_since_ms, last_received_ms FROM meter
+                    WHERE \(Self.flaggedInactive)\(filter) ORDER BY inactive_since_ms, id LIMIT ?
+                    """, arguments: regionArgument + [limit]
+            ).map { row in
+                InactiveMeter(
+                    meter: row["name"], customerID: row["customer_id"], region: row["region"],
+                    silentSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"])
             }
             if meters.count < limit {
-                meters += try Row.fetchAll(db, sql: """
-                    SELECT name, customer_id, region FROM meter WHERE \(Self.neverReported)\(filter) ORDER BY id LIMIT ?
-                    """, arguments: regionArgument + [limit - meters.count]).map { row in
-                    InactiveMeter(meter: row["name"], customerID: row["customer_id"], region: row["region"], silentSinceMs: nil,
-                                  lastReceivedMs: nil)
+                meters += try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT name, customer_id, region FROM meter WHERE \(Self.neverReported)\(filter) ORDER BY id LIMIT ?
+                        """, arguments: regionArgument + [limit - meters.count]
+                ).map { row in
+                    InactiveMeter(
+                        meter: row["name"], customerID: row["customer_id"], region: row["region"], silentSinceMs: nil,
+                        lastReceivedMs: nil)
                 }
             }
             return meters
@@ -164,11 +184,14 @@ package final class SQLiteMeterStore: MeterStore {
 
     package func meterMonths(named name: String) async throws -> [MeterMonthRecord] {
         try await self.database.pool.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
-                       mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status
-                FROM meter_month mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = ? ORDER BY mm.month
-                """, arguments: [name]).map { row in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
+                           mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status
+                    FROM meter_month mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = ? ORDER BY mm.month
+                    """, arguments: [name]
+            ).map { row in
                 let imported: Int64? = row["imported_status"]
                 return MeterMonthRecord(
                     month: Month(key: row["month"]), kwh: row["kwh"], revenue: row["revenue"], readings: row["readings"], faults: row["faults"],
@@ -181,9 +204,12 @@ package final class SQLiteMeterStore: MeterStore {
 
     package func livenessCandidates(cutoffMs: Int64, startMs: Int64) async throws -> LivenessCandidates {
         try await self.database.pool.read { db in
-            let silent = try Row.fetchAll(db, sql: """
-                SELECT id, name FROM meter WHERE inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
-                """, arguments: [startMs, cutoffMs]).map { StoredMeterName(id: $0["id"], name: $0["name"]) }
+            let silent = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, name FROM meter WHERE inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
+                    """, arguments: [startMs, cutoffMs]
+            ).map { StoredMeterName(id: $0["id"], name: $0["name"]) }
             let flagged = try Row.fetchAll(db, sql: "SELECT id, name FROM meter WHERE \(Self.flaggedInactive)")
                 .map { StoredMeterName(id: $0["id"], name: $0["name"]) }
             return LivenessCandidates(silent: silent, flagged: flagged)
@@ -198,58 +224,83 @@ package final class SQLiteMeterStore: MeterStore {
                 return nil
             }
             var history = CustomerHistory(id: customer["id"], region: customer["region"], installedOn: customer["installed_on"])
-            history.meters = try Row.fetchAll(db, sql: """
-                SELECT name, inactive_since_ms, last_received_ms, readings_total, faults_total, last_status
-                FROM meter WHERE customer_id = ? ORDER BY name
-                """, arguments: [id]).map { row in
+            history.meters = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT name, inactive_since_ms, last_received_ms, readings_total, faults_total, last_status
+                    FROM meter WHERE customer_id = ? ORDER BY name
+                    """, arguments: [id]
+            ).map { row in
                 let lastStatus: Int64? = row["last_status"]
                 return CustomerHistory.Meter(
-                    name: row["name"], inactive: MeterRules.isInactive(inactiveSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"]),
+                    name: row["name"],
+                    inactive: MeterRules.isInactive(inactiveSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"]),
                     lastReceivedMs: row["last_received_ms"], lastStatus: lastStatus.flatMap { MeterHealth(rawValue: UInt8(truncatingIfNeeded: $0)) },
                     readingsTotal: row["readings_total"], faultsTotal: row["faults_total"])
             }
-            history.monthly = try Row.fetchAll(db, sql: """
-                SELECT mm.month, SUM(mm.kwh) AS kwh, SUM(mm.revenue) AS revenue, SUM(mm.readings) AS readings,
-                       SUM(mm.faults) AS faults, SUM(mm.good) AS good, SUM(mm.fair) AS fair, SUM(mm.poor) AS poor,
-                       MAX(mm.imported_status) AS imported_status
-                FROM meter_month mm JOIN meter m ON m.id = mm.meter_id
-                WHERE m.customer_id = ? GROUP BY mm.month ORDER BY mm.month
-                """, arguments: [id]).map { row in
+            history.monthly = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT mm.month, SUM(mm.kwh) AS kwh, SUM(mm.revenue) AS revenue, SUM(mm.readings) AS readings,
+                           SUM(mm.faults) AS faults, SUM(mm.good) AS good, SUM(mm.fair) AS fair, SUM(mm.poor) AS poor,
+                           MAX(mm.imported_status) AS imported_status
+                    FROM meter_month mm JOIN meter m ON m.id = mm.meter_id
+                    WHERE m.customer_id = ? GROUP BY mm.month ORDER BY mm.month
+                    """, arguments: [id]
+            ).map { row in
                 let imported: Int64? = row["imported_status"]
-                let status = MeterRules.monthStatus(imported: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) },
-                                                    readings: row["readings"], good: row["good"], fair: row["fair"], poor: row["poor"])
-                return CustomerHistory.MonthTotal(month: Month(key: row["month"]), kwh: row["kwh"], revenue: row["revenue"],
-                                                  readings: row["readings"], faults: row["faults"], status: status)
+                let status = MeterRules.monthStatus(
+                    imported: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) },
+                    readings: row["readings"], good: row["good"], fair: row["fair"], poor: row["poor"])
+                return CustomerHistory.MonthTotal(
+                    month: Month(key: row["month"]), kwh: row["kwh"], revenue: row["revenue"],
+                    readings: row["readings"], faults: row["faults"], status: status)
             }
-            history.bills = try Row.fetchAll(db, sql: "SELECT month, amount, paid FROM bill WHERE customer_id = ? ORDER BY month",
-                                             arguments: [id]).map { row in
+            history.bills = try Row.fetchAll(
+                db, sql: "SELECT month, amount, paid FROM bill WHERE customer_id = ? ORDER BY month",
+                arguments: [id]
+            ).map { row in
                 CustomerHistory.Bill(month: Month(key: row["month"]), amount: row["amount"], paid: (row["paid"] as Int64) != 0)
             }
-            history.maintenance = try Row.fetchAll(db, sql: """
-                SELECT m.request_date, m.resolution_date, m.resolution_days, m.technician_id, t.name
-                FROM maintenance m LEFT JOIN technician t ON t.id = m.technician_id
-                WHERE m.customer_id = ? ORDER BY m.request_date, m.ordinal
-                """, arguments: [id]).map { row in
-                CustomerHistory.Maintenance(requestDate: row["request_date"], resolutionDate: row["resolution_date"],
-                                            resolutionDays: row["resolution_days"], technicianID: row["technician_id"], technician: row["name"])
+            history.maintenance = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.request_date, m.resolution_date, m.resolution_days, m.technician_id, t.name
+                    FROM maintenance m LEFT JOIN technician t ON t.id = m.technician_id
+                    WHERE m.customer_id = ? ORDER BY m.request_date, m.ordinal
+                    """, arguments: [id]
+            ).map { row in
+                CustomerHistory.Maintenance(
+                    requestDate: row["request_date"], resolutionDate: row["resolution_date"],
+                    resolutionDays: row["resolution_days"], technicianID: row["technician_id"], technician: row["name"])
             }
-            history.feedback = try Row.fetchAll(db, sql: """
-                SELECT feedback_date, score FROM feedback WHERE customer_id = ? ORDER BY feedback_date, ordinal
-                """, arguments: [id]).map { row in
+            history.feedback = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT feedback_date, score FROM feedback WHERE customer_id = ? ORDER BY feedback_date, ordinal
+                    """, arguments: [id]
+            ).map { row in
                 CustomerHistory.Feedback(date: row["feedback_date"], score: row["score"])
             }
-            history.complaints = try Row.fetchAll(db, sql: """
-                SELECT id, complaint_date, category, resolved_date FROM complaint WHERE customer_id = ? ORDER BY complaint_date, id
-                """, arguments: [id]).map { row in
+            history.complaints = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, complaint_date, category, resolved_date FROM complaint WHERE customer_id = ? ORDER BY complaint_date, id
+                    """, arguments: [id]
+            ).map { row in
                 CustomerHistory.Complaint(id: row["id"], date: row["complaint_date"], category: row["category"], resolvedDate: row["resolved_date"])
             }
-            history.installations = try Row.fetchAll(db, sql: """
-                SELECT i.request_date, i.installed_date, i.days, i.technician_id, t.name
-                FROM installation i LEFT JOIN technician t ON t.id = i.technician_id
-                WHERE i.customer_id = ? ORDER BY i.request_date, i.ordinal
-                """, arguments: [id]).map { row in
-                CustomerHistory.Installation(requestDate: row["request_date"], installedDate: row["installed_date"], days: row["days"],
-                                             technicianID: row["technician_id"], technician: row["name"])
+            history.installations = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT i.request_date, i.installed_date, i.days, i.technician_id, t.name
+                    FROM installation i LEFT JOIN technician t ON t.id = i.technician_id
+                    WHERE i.customer_id = ? ORDER BY i.request_date, i.ordinal
+                    """, arguments: [id]
+            ).map { row in
+                CustomerHistory.Installation(
+                    requestDate: row["request_date"], installedDate: row["installed_date"], days: row["days"],
+                    technicianID: row["technician_id"], technician: row["name"])
             }
             return history
         }
@@ -264,9 +315,12 @@ package final class SQLiteMeterStore: MeterStore {
             for row in try Row.fetchAll(db, sql: "SELECT id, installed_on FROM customer WHERE id IN (\(marks))", arguments: arguments) {
                 summaries[row["id"], default: CustomerSummary()].installedOn = row["installed_on"]
             }
-            for row in try Row.fetchAll(db, sql: """
-                SELECT customer_id, name, inactive_since_ms, last_received_ms FROM meter WHERE customer_id IN (\(marks)) ORDER BY name
-                """, arguments: arguments) {
+            for row in try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT customer_id, name, inactive_since_ms, last_received_ms FROM meter WHERE customer_id IN (\(marks)) ORDER BY name
+                    """, arguments: arguments)
+            {
                 let inactive = MeterRules.isInactive(inactiveSinceMs: row["inactive_since_ms"], lastReceivedMs: row["last_received_ms"])
                 summaries[row["customer_id"], default: CustomerSummary()].meters.append((row["name"], inactive))
             }
