@@ -5,17 +5,22 @@ Scenarios
   a  10,000 connections flat out, a bounded burst per meter
   b  10,000 meters at 1 reading per second for 60 s
   c  1,000 connections flat out
+  burst100  10,000 connections, each writing its 100 readings as fast as the socket takes them
+            (meter-sim --burst --half-close), then half-closing and reading acks until meterd closes
+  burst1000  the same with 1,000 readings per meter: what the kernel buffers beyond what meterd
+            reads must stay in the kernel, not in meterd (issue 14)
   ready  start-up to READY=1 with 100,000 meters (and 24 months of their history) in the database
   floor  scenario (b)'s load against Benchmarks/ackfloor.c, a C epoll server that only reads and
          acks (no storage): the kernel's share that any server pays at that load, for comparison
 
 Figures per scenario: readings acknowledged per second, meterd CPU-seconds per million readings
-(utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), ack latency p50/p99
-(meter-sim's histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
+(utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), the largest
+queue_depth the status socket showed (sampled every 20 ms), ack latency p50/p99 (meter-sim's
+histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
-  Benchmarks/ingest.py [--scenarios a,b,c,ready,floor] [--json FILE] [--bin DIR] [--quick]
+  Benchmarks/ingest.py [--scenarios a,b,c,burst100,burst1000,ready,floor] [--json FILE] [--bin DIR] [--quick]
 """
-import argparse, csv, json, os, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
+import argparse, csv, json, os, resource, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -78,6 +83,40 @@ class Daemon:
         return code
 
 
+class QueueDepthSampler:
+    """Polls the status socket's queue_depth in the background and keeps the largest value seen."""
+
+    def __init__(self, path, interval=0.02):
+        self.path, self.interval, self.maximum, self.samples = path, interval, 0, 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopped.is_set():
+            try:
+                with socket.socket(socket.AF_UNIX) as status:
+                    status.settimeout(5)
+                    status.connect(self.path)
+                    status.sendall(b"status\n")
+                    answer = b""
+                    while not answer.endswith(b"\n"):
+                        chunk = status.recv(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
+                self.maximum = max(self.maximum, json.loads(answer)["queue_depth"])
+                self.samples += 1
+            except (OSError, ValueError, KeyError):
+                pass
+            self.stopped.wait(self.interval)
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join()
+        return self.maximum
+
+
 def loss_check(db_path, ledger_path):
     """Acknowledged readings missing from the database (must be 0), and kWh difference."""
     db = sqlite3.connect(db_path)
@@ -98,6 +137,7 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     daemon = Daemon(bindir, data, meterd_args)
     daemon.wait_ready()
     cpu_before = cpu_seconds(daemon.proc.pid)
+    sampler = QueueDepthSampler(os.path.join(data, "status.sock"))
     report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
     sim = subprocess.run(
         [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(daemon.ingest_port()),
@@ -105,9 +145,10 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cpu = cpu_seconds(daemon.proc.pid) - cpu_before
     rss = peak_rss_mb(daemon.proc.pid)
+    max_queue_depth = sampler.stop()
     code = daemon.stop()
     missing, duplicates, _ = loss_check(os.path.join(data, "meterd.sqlite"), ledger)
-    return {**figures(name, meters, json.load(open(report)), cpu, rss),
+    return {**figures(name, meters, json.load(open(report)), cpu, rss), "max_queue_depth": max_queue_depth,
             "lost": missing, "stored_twice": duplicates, "daemon_exit": code, "sim_exit": sim.returncode}
 
 
@@ -171,6 +212,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller runs, to try the script")
     parser.add_argument("--meterd-arg", action="append", default=[], help="extra meterd argument (repeatable), e.g. --meterd-arg=--queue-capacity=5000")
     args = parser.parse_args()
+    # 10,000 connections need 10,000 descriptors on each side; meterd and meter-sim raise their
+    # soft limit themselves, but only up to the hard limit (ulimit -Hn, 20000 here).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     bindir = args.bin
     if not bindir:
         subprocess.run(["swift", "build", "-c", "release", "--product", "meterd"], check=True)
@@ -183,6 +228,11 @@ def main():
                                            "--connect-timeout", "60"]),
         "b": (10_000 if not q else 2_000, ["--interval", "1", "--duration", "60" if not q else "10"]),
         "c": (1_000, ["--interval", "0", "--readings-per-meter", "1000" if not q else "100"]),
+        "burst100": (10_000 if not q else 2_000, ["--burst", "--half-close", "--interval", "0", "--readings-per-meter", "100",
+                                                  "--start-together", "--connect-timeout", "60", "--drain-timeout", "300"]),
+        "burst1000": (10_000 if not q else 2_000, ["--burst", "--half-close", "--interval", "0", "--readings-per-meter",
+                                                   "1000" if not q else "200", "--start-together", "--connect-timeout", "60",
+                                                   "--drain-timeout", "300"]),
     }
     results = []
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as work:
@@ -197,7 +247,7 @@ def main():
                 results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
             print(json.dumps(results[-1]), file=sys.stderr)
     columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "peak_rss_mb",
-               "ack_p50_ms", "ack_p99_ms", "lost", "stored_twice", "ready_s"]
+               "max_queue_depth", "ack_p50_ms", "ack_p99_ms", "lost", "stored_twice", "ready_s"]
     print(" | ".join(columns))
     for result in results:
         print(" | ".join(str(result.get(column, "")) for column in columns))
