@@ -8,7 +8,8 @@
 #
 # Besides the company's CSV files, the reading table gets READINGS_PER_METER live readings (default
 # 48, half a day at one per 15 minutes) for half the meters, interleaved as a fleet sends them, so
-# the readings endpoint scans a realistic append-only table; the other half never reported. With
+# the readings endpoint reads a realistic append-only table; the other half never reported. The rows
+# carry the per-meter chain (prev_rowid, meter.last_reading_rowid) the writer keeps. With
 # --inactive-after 600 the reporting half (last heard 15 minutes ago) is flagged inactive at start, so
 # /api/inactive lists flagged and never-heard-from meters.
 set -eu
@@ -37,16 +38,21 @@ NOW_MS=$(($(date +%s) * 1000))
 PRAGMA journal_mode = WAL;
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $READINGS_PER_METER * ($CUSTOMERS / 2) - 1)
-INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage)
+INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid)
 SELECT i % ($CUSTOMERS / 2) + 1, i / ($CUSTOMERS / 2) + 1,
        $NOW_MS - ($READINGS_PER_METER - i / ($CUSTOMERS / 2)) * 900000 - 1500,
        $NOW_MS - ($READINGS_PER_METER - i / ($CUSTOMERS / 2)) * 900000,
-       0.1 + (i % 7) * 0.01, CASE WHEN i % 10 = 0 THEN 2 WHEN i % 5 = 0 THEN 1 ELSE 0 END, NULL, 230.0
+       0.1 + (i % 7) * 0.01, CASE WHEN i % 10 = 0 THEN 2 WHEN i % 5 = 0 THEN 1 ELSE 0 END, NULL, 230.0,
+       -- the table is empty, so row i gets rowid i + 1; its meter's previous reading is a round earlier
+       CASE WHEN i >= $CUSTOMERS / 2 THEN i + 1 - $CUSTOMERS / 2 ELSE 0 END
 FROM n;
 UPDATE meter SET hwm_seq = $READINGS_PER_METER, readings_total = $READINGS_PER_METER,
     first_seen_ms = $NOW_MS - $READINGS_PER_METER * 900000, last_received_ms = $NOW_MS - 900000,
-    last_ts_ms = $NOW_MS - 901500, last_status = 0
+    last_ts_ms = $NOW_MS - 901500, last_status = 0,
+    last_reading_rowid = ($READINGS_PER_METER - 1) * ($CUSTOMERS / 2) + id
 WHERE id <= $CUSTOMERS / 2;
+-- The meter rows above already account for these readings: meterd must not apply them again at start.
+UPDATE ingest_watermark SET reading_rowid = (SELECT MAX(rowid) FROM reading);
 COMMIT;
 SQL
 echo "reading rows: $(sqlite3 "$WORK/data/meterd.sqlite" 'SELECT MAX(rowid) FROM reading')"
