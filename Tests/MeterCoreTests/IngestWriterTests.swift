@@ -227,6 +227,27 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
         }
     }
 
+    @Test func aMeterWhoseAggregatesAreDeferredIsNotFlaggedInactive() async throws {
+        try await withTemporaryDirectory { directory in
+            let (_, writer) = try self.makeWriter(directory)
+            let start = WallClock.nowMs() - 600_000
+            _ = try writer.commit([
+                self.submission([Reading(meter: "A", seq: 1, timestampMs: start, kwh: 1)], receivedMs: start)
+            ])
+            let store = SQLiteMeterStore(database: writer.database)
+            let cutoff = start + 300_000
+            let candidates = try await store.livenessCandidates(cutoffMs: cutoff, startMs: start)
+            #expect(candidates.silent.map(\.name) == ["A"])
+
+            // The meter reports after the candidates were read; its aggregates wait for a flush.
+            _ = try writer.commit(
+                [self.submission([Reading(meter: "A", seq: 2, timestampMs: start + 400_000, kwh: 1)], receivedMs: start + 400_000)],
+                deferAggregates: true)
+            #expect(try writer.flagInactive(candidates.silent, cutoffMs: cutoff, startMs: start).isEmpty)
+            #expect(try await store.inactiveMeters(region: nil, limit: 10).isEmpty)
+        }
+    }
+
     @Test func deferredAggregatesWaitForAFlushAndARestartRecoversThem() async throws {
         try await withTemporaryDirectory { directory in
             let (database, writer) = try self.makeWriter(directory)

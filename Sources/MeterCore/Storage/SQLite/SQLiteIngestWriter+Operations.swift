@@ -5,7 +5,10 @@ import GRDB
 /// each one transaction on the writer's connection.
 extension IngestWriter {
     package func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
-        try self.database.pool.write { db in
+        // Deferred aggregates hold the newest `last_received_ms`: the check below must see it, or a
+        // meter that has just reported would be flagged and unflagged again by the next flush.
+        if self.hasPendingAggregates { try self.flushAggregates() }
+        return try self.database.pool.write { db in
             // The condition is checked again: a reading may have arrived since the candidates were read.
             let update = try db.makeStatement(
                 sql: """
