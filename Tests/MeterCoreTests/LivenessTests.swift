@@ -88,6 +88,50 @@ final class CapturedLogs: @unchecked Sendable {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func inactiveMetersAreCountedPerRegionFromTheIndexes() async throws {
+        try await withTemporaryDirectory { directory in
+            try writeCSV(
+                directory, "customer_data.csv",
+                ["CustomerID,Region,InstallationDate", "1,North,2023-01-05", "2,North,2023-01-05", "3,North,2023-01-05", "4,South,2023-01-05"])
+            try await IngestHarness.with(directory: directory) { harness in
+                _ = try await harness.pipeline.perform { writer in try CompanyImporter.importDirectory(directory, into: writer) }
+                let start = WallClock.nowMs()
+                let client = try await LineClient(port: harness.port)
+                for meter in ["MTR-000001", "MTR-000002"] {
+                    try await client.send(readingLine(meter: meter, seq: 1))
+                    #expect(try await client.readLine() == #"{"meter":"\#(meter)","ack":1}"#)
+                }
+                await client.close()
+                // Never heard: 3 (North) and 4 (South). Reported: 1 and 2 (North).
+                #expect(try await harness.store.inactiveMeterCount(region: nil) == 2)
+                #expect(try await harness.store.inactiveMeterCount(region: "North") == 1)
+                #expect(try await harness.store.inactiveMeterCount(region: "South") == 1)
+                #expect(try await harness.store.inactiveMeterCount(region: "East") == 0)
+
+                // A sweep long after: 1 and 2 go silent, 3 and 4 move from never-reported to flagged; each counts once.
+                let monitor = LivenessMonitor(
+                    store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 60, logger: testLogger, nowMs: start)
+                #expect(try await monitor.check(nowMs: start + 3_600_000).wentInactive.count == 4)
+                #expect(try await harness.store.inactiveMeterCount(region: nil) == 4)
+                #expect(try await harness.store.inactiveMeterCount(region: "North") == 3)
+                #expect(try await harness.store.inactiveMeterCount(region: "South") == 1)
+
+                // The never-reported count visits no meter rows: an index holds exactly those meters.
+                let plans = try await harness.database.pool.read { db in
+                    try ["", " AND region = 'North'"].map { filter in
+                        try Row.fetchAll(
+                            db,
+                            sql: "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM meter WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL" + filter
+                        ).map { $0["detail"] as String }.joined(separator: "; ")
+                    }
+                }
+                #expect(plans[0].contains("COVERING INDEX meter_never_reported") || plans[0].contains("USING INDEX meter_never_reported"))
+                #expect(plans[1].contains("meter_never_reported_by_region"))
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func theServiceChecksOnItsOwn() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in

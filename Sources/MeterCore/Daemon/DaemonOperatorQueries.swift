@@ -35,7 +35,7 @@ package final class DaemonOperatorQueries: OperatorQueries {
     }
 
     package func inactiveMeters(nowMs: Int64, limit: Int) async throws -> InactiveMeters {
-        let count = try await self.store.meterLivenessCounts(region: nil).inactive
+        let count = try await self.store.inactiveMeterCount(region: nil)
         return InactiveMeters(count: count, meters: try await self.store.inactiveMeters(region: nil, limit: limit))
     }
 

@@ -353,7 +353,7 @@ package final class DashboardQueries: Sendable {
     /// one region: the count and the first `limit`, longest silent first. Ties go by meter row id,
     /// the order of the partial indexes, so no sort of every inactive meter is needed.
     package func inactive(region: String?, limit: Int) async throws -> DashboardInactiveAnswer {
-        let count = try await self.store.meterLivenessCounts(region: region).inactive
+        let count = try await self.store.inactiveMeterCount(region: region)
         let meters = try await self.store.inactiveMeters(region: region, limit: limit)
         return DashboardInactiveAnswer(
             region: region, count: count,

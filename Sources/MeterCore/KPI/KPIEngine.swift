@@ -132,7 +132,7 @@ package final class KPIEngine: Sendable {
             let total = regionIndex.map { wanted in store.meterRegion.reduce(0) { $0 + ($1 == wanted ? 1 : 0) } } ?? store.meterCount
             return (total, self.faulty(store, period: period, regionIndex: regionIndex).count)
         }
-        let inactive = try await self.store.meterLivenessCounts(region: region).inactive
+        let inactive = try await self.store.inactiveMeterCount(region: region)
         return (max(0, total - inactive), inactive, faulty)
     }
 
@@ -181,7 +181,7 @@ package final class KPIEngine: Sendable {
     package func document(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> KPIDocument {
         let monthly = try await self.withStore { store in self.monthlyFigures(store, period: period, region: region) }
         let events = try await self.eventFigures(period: period, region: region)
-        let inactive = try await self.store.meterLivenessCounts(region: region).inactive
+        let inactive = try await self.store.inactiveMeterCount(region: region)
         // Percent of the customer-months whose status is good (0), fair (1) or poor (2).
         func share(_ status: Int) -> Double? { monthly.records > 0 ? 100 * Double(monthly.health[status]) / Double(monthly.records) : nil }
 

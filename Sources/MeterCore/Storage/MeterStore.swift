@@ -43,9 +43,9 @@ package protocol MeterStore: Sendable {
 
     // MARK: Meters
 
-    /// How many meters there are and how many are inactive (``MeterRules/isInactive(inactiveSinceMs:lastReceivedMs:)``),
-    /// of one region or all.
-    func meterLivenessCounts(region: String?) async throws -> MeterLivenessCounts
+    /// How many meters are inactive (``MeterRules/isInactive(inactiveSinceMs:lastReceivedMs:)``), of one
+    /// region or all. Asked by every KPI document: answered from indexes, not by visiting meter rows.
+    func inactiveMeterCount(region: String?) async throws -> Int
     /// Inactive meters, longest silent first, then those never heard from (by meter row).
     func inactiveMeters(region: String?, limit: Int) async throws -> [InactiveMeter]
     /// One meter's stored state, `nil` when the store does not know it.
@@ -249,17 +249,6 @@ package struct LatencyBucketTotal: Sendable, Equatable {
         self.bucket = bucket
         self.count = count
         self.sumMs = sumMs
-    }
-}
-
-/// Meters of a region (or all) and how many of them are inactive.
-package struct MeterLivenessCounts: Sendable, Equatable {
-    package var total: Int
-    package var inactive: Int
-
-    package init(total: Int, inactive: Int) {
-        self.total = total
-        self.inactive = inactive
     }
 }
 

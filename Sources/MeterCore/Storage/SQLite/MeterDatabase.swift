@@ -178,6 +178,19 @@ package final class MeterDatabase: Sendable {
                     WHERE meter.id = newest.meter_id;
                     """)
         }
+        migrator.registerMigration("v6-never-reported-indexes") { db in
+            // Every KPI document counts the meters never heard from, of a region or all: indexes
+            // that hold exactly those meters (the predicate of SQLiteMeterStore.neverReported) answer
+            // it without visiting meter rows, 25 ms -> 2 ms for a region of 25,000 such meters. A
+            // meter leaves them at its first reading or flag, so the writer pays once per meter.
+            try db.execute(
+                sql: """
+                    DROP INDEX meter_never_reported;
+                    CREATE INDEX meter_never_reported ON meter(id) WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL;
+                    CREATE INDEX meter_never_reported_by_region ON meter(region, id)
+                        WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL;
+                    """)
+        }
         return migrator
     }
 }

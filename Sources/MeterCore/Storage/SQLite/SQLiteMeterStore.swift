@@ -125,14 +125,15 @@ package final class SQLiteMeterStore: MeterStore {
     private static let flaggedInactive = "inactive_since_ms IS NOT NULL"
     private static let neverReported = "last_received_ms IS NULL AND inactive_since_ms IS NULL"
 
-    package func meterLivenessCounts(region: String?) async throws -> MeterLivenessCounts {
+    package func inactiveMeterCount(region: String?) async throws -> Int {
         try await self.database.pool.read { db in
             let filter = region == nil ? "" : " AND region = ?"
             let arguments: StatementArguments = region.map { [$0] } ?? []
-            let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE 1" + filter, arguments: arguments) ?? 0
+            // Both are counted in partial indexes (meter_inactive; meter_never_reported, or
+            // meter_never_reported_by_region with a region): migration v6.
             let flagged = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE \(Self.flaggedInactive)" + filter, arguments: arguments) ?? 0
             let silent = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter WHERE \(Self.neverReported)" + filter, arguments: arguments) ?? 0
-            return MeterLivenessCounts(total: total, inactive: flagged + silent)
+            return flagged + silent
         }
     }
 
