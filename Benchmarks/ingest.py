@@ -9,6 +9,10 @@ Scenarios
             (meter-sim --burst --half-close), then half-closing and reading acks until meterd closes
   burst1000  the same with 1,000 readings per meter: what the kernel buffers beyond what meterd
             reads must stay in the kernel, not in meterd (issue 14)
+  conns5000, conns10000, conns19000  that many connections held at once, each meter sending one
+            reading every 30 s for 150 s (issue 14): nothing lost, ack p99, and meterd's RSS per
+            connection, fitted as a line over the conns scenarios run and projected to 50,000 and
+            100,000 connections (19,000 because this machine allows a process 20,000 open files)
   ready  start-up to READY=1 with 100,000 meters (and 24 months of their history) in the database
   floor  scenario (b)'s load against Benchmarks/ackfloor.c, a C epoll server that only reads and
          acks (no storage): the kernel's share that any server pays at that load, for comparison
@@ -18,7 +22,7 @@ Figures per scenario: readings acknowledged per second, meterd CPU-seconds per m
 queue_depth the status socket showed (sampled every 20 ms), ack latency p50/p99 (meter-sim's
 histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
-  Benchmarks/ingest.py [--scenarios a,b,c,burst100,burst1000,ready,floor] [--json FILE] [--bin DIR] [--quick]
+  Benchmarks/ingest.py [--scenarios a,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,floor] [--json FILE] [--bin DIR] [--quick]
 """
 import argparse, csv, json, os, resource, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
@@ -28,6 +32,13 @@ HZ = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / HZ  # utime, stime
+
+
+def rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def peak_rss_mb(pid):
@@ -136,6 +147,7 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     data = os.path.join(work, f"data-{name}")
     daemon = Daemon(bindir, data, meterd_args)
     daemon.wait_ready()
+    idle_rss = rss_mb(daemon.proc.pid)
     cpu_before = cpu_seconds(daemon.proc.pid)
     sampler = QueueDepthSampler(os.path.join(data, "status.sock"))
     report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
@@ -148,7 +160,7 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     max_queue_depth = sampler.stop()
     code = daemon.stop()
     missing, duplicates, _ = loss_check(os.path.join(data, "meterd.sqlite"), ledger)
-    return {**figures(name, meters, json.load(open(report)), cpu, rss), "max_queue_depth": max_queue_depth,
+    return {**figures(name, meters, json.load(open(report)), cpu, rss), "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": max_queue_depth,
             "lost": missing, "stored_twice": duplicates, "daemon_exit": code, "sim_exit": sim.returncode}
 
 
@@ -230,6 +242,9 @@ def main():
         "c": (1_000, ["--interval", "0", "--readings-per-meter", "1000" if not q else "100"]),
         "burst100": (10_000 if not q else 2_000, ["--burst", "--half-close", "--interval", "0", "--readings-per-meter", "100",
                                                   "--start-together", "--connect-timeout", "60", "--drain-timeout", "300"]),
+        **{f"conns{n}": (n if not q else n // 10, ["--interval", "30", "--duration", "150" if not q else "40",
+                                                    "--drain-timeout", "60", "--connect-timeout", "60"])
+           for n in (5_000, 10_000, 19_000)},
         "burst1000": (10_000 if not q else 2_000, ["--burst", "--half-close", "--interval", "0", "--readings-per-meter",
                                                    "1000" if not q else "200", "--start-together", "--connect-timeout", "60",
                                                    "--drain-timeout", "300"]),
@@ -246,7 +261,18 @@ def main():
                 meters, sim_args = scenarios[name]
                 results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
             print(json.dumps(results[-1]), file=sys.stderr)
-    columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "peak_rss_mb",
+    held = [r for r in results if r["scenario"].startswith("conns") and r.get("peak_rss_mb")]
+    if len(held) >= 2:
+        # Least squares over (connections held, peak RSS): the slope is what one more connection costs.
+        xs, ys = [r["connections"] or r["meters"] for r in held], [r["peak_rss_mb"] for r in held]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        intercept = my - slope * mx
+        line = {"scenario": "conns-line", "kb_per_connection": round(slope * 1024, 2), "intercept_mb": round(intercept, 1),
+                "projected_rss_mb_50000": round(intercept + slope * 50_000), "projected_rss_mb_100000": round(intercept + slope * 100_000)}
+        print(json.dumps(line), file=sys.stderr)
+        results.append(line)
+    columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "idle_rss_mb", "peak_rss_mb",
                "max_queue_depth", "ack_p50_ms", "ack_p99_ms", "lost", "stored_twice", "ready_s"]
     print(" | ".join(columns))
     for result in results:
