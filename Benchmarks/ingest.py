@@ -13,6 +13,9 @@ Scenarios
             reading every 30 s for 150 s (issue 14): nothing lost, ack p99, and meterd's RSS per
             connection, fitted as a line over the conns scenarios run and projected to 50,000 and
             100,000 connections (19,000 because this machine allows a process 20,000 open files)
+  raw100, raw1000  burst100 and burst1000's shape from Benchmarks/burstgen.py, a Python epoll
+            generator that shares no code with meter-sim (all connections at once, the whole backlog
+            in user space, half-close, read acks until closed)
   ready  start-up to READY=1 with 100,000 meters (and 24 months of their history) in the database
   floor  scenario (b)'s load against Benchmarks/ackfloor.c, a C epoll server that only reads and
          acks (no storage): the kernel's share that any server pays at that load, for comparison
@@ -164,6 +167,33 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
             "lost": missing, "stored_twice": duplicates, "daemon_exit": code, "sim_exit": sim.returncode}
 
 
+def raw_burst_scenario(name, bindir, connections, readings, work, meterd_args=()):
+    """burstgen.py against meterd: peak RSS and queue depth under a sender meter-sim is not."""
+    data = os.path.join(work, f"data-{name}")
+    daemon = Daemon(bindir, data, meterd_args)
+    daemon.wait_ready()
+    idle_rss = rss_mb(daemon.proc.pid)
+    cpu_before = cpu_seconds(daemon.proc.pid)
+    sampler = QueueDepthSampler(os.path.join(data, "status.sock"))
+    generator = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "burstgen.py"), "--port", str(daemon.ingest_port()),
+         "--connections", str(connections), "--readings", str(readings), "--pid", str(daemon.proc.pid)],
+        capture_output=True, text=True)
+    cpu = cpu_seconds(daemon.proc.pid) - cpu_before
+    rss = peak_rss_mb(daemon.proc.pid)
+    max_queue_depth = sampler.stop()
+    code = daemon.stop()
+    summary = json.loads(generator.stdout.strip().splitlines()[-1])
+    db = sqlite3.connect(os.path.join(data, "meterd.sqlite"))
+    stored, distinct = db.execute("SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)) FROM reading").fetchone()
+    return {"scenario": name, "meters": connections, "connections": connections, "acked": summary["acked"],
+            "acked_per_s": round(summary["acked"] / max(summary["elapsed_s"], 1e-9)),
+            "cpu_s_per_million": round(cpu / max(summary["acked"], 1) * 1e6, 2), "idle_rss_mb": round(idle_rss, 1),
+            "peak_rss_mb": round(rss, 1), "max_queue_depth": max_queue_depth,
+            "lost": max(0, summary["acked"] - stored), "stored_twice": stored - distinct, "daemon_exit": code,
+            "sim_exit": generator.returncode}
+
+
 def figures(name, meters, summary, cpu, rss):
     """The table's figures from meter-sim's report and the server's CPU seconds and peak RSS."""
     acked, elapsed = summary["acked"], summary["elapsed_seconds"]
@@ -254,6 +284,9 @@ def main():
         for name in args.scenarios.split(","):
             if name == "ready":
                 results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000))
+            elif name in ("raw100", "raw1000"):
+                results.append(raw_burst_scenario(name, bindir, 10_000 if not q else 2_000, int(name[3:]) if not q else 20, work,
+                                                  args.meterd_arg))
             elif name == "floor":
                 meters, sim_args = scenarios["b"]
                 results.append(floor_scenario(bindir, meters, sim_args, work))
