@@ -188,7 +188,10 @@ struct RunCommand: AsyncParsableCommand {
             try AtomicFile.write(LedgerEntry.csv(result.ledger), to: path)
         }
         if result.report.unacked > 0 {
-            FileHandle.standardError.write(Data("meter-sim: \(result.report.unacked) readings were never acknowledged\n".utf8))
+            let hint =
+                result.report.tlsErrors > 0
+                ? " (\(result.report.tlsErrors) TLS errors: check --tls-ca and the client certificates against meterd's ingest_tls settings)" : ""
+            FileHandle.standardError.write(Data("meter-sim: \(result.report.unacked) readings were never acknowledged\(hint)\n".utf8))
             throw ExitCode(1)
         }
     }

@@ -3,12 +3,13 @@
 # production: the CA key sits next to the certificates). ECDSA P-256, openssl CLI only.
 #
 #   scripts/make-certs.sh [--out DIR] [--meters N] [--prefix MTR-] [--first 1] [--meter ID]...
-#                         [--concentrator ID] [--days 30] [--expired ID]...
+#                         [--concentrator ID] [--concentrator-only] [--days 30] [--expired ID]...
 #
 #   --out DIR           where the files go (default ./certs; created, existing files replaced)
 #   --meters N          meters PREFIX + six digits from --first: MTR-000001 … (default 3)
 #   --meter ID          a meter by its id (repeatable; replaces --meters)
 #   --concentrator ID   the data concentrator's id (default DC-000001)
+#   --concentrator-only no meter certificates, only the concentrator's (quicker for a large fleet)
 #   --days N            validity of every certificate from now (default 30)
 #   --expired ID        also a certificate for meter ID that expired in 2020 (for tests)
 #
@@ -29,6 +30,7 @@ days=30
 concentrator=DC-000001
 meters=()
 expired=()
+meter_certs=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
         --first) first=$2; shift 2 ;;
         --meter) meters+=("$2"); shift 2 ;;
         --concentrator) concentrator=$2; shift 2 ;;
+        --concentrator-only) meter_certs=0; shift ;;
         --days) days=$2; shift 2 ;;
         --expired) expired+=("$2"); shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -104,6 +107,7 @@ sign() {
 
 sign server "/CN=meterd" server_ext "$out/server.key" "$out/server.pem"
 for meter in "${meters[@]}"; do
+    [ "$meter_certs" = 1 ] || break
     CERT_SAN="URI:urn:meter:$meter" sign "$meter" "/CN=$meter" client_ext "$out/meters/$meter.key" "$out/meters/$meter.pem"
 done
 CERT_SAN="URI:urn:concentrator:$concentrator" sign concentrator "/CN=$concentrator" client_ext \
@@ -121,5 +125,6 @@ done
     echo "ConcentratorID,MeterID"
     for meter in "${meters[@]}"; do echo "$concentrator,$meter"; done
 } >"$out/concentrators.csv"
-chmod 600 "$out"/*.key "$out"/meters/*.key
-echo "make-certs.sh: CA, server, ${#meters[@]} meter and 1 concentrator certificates in $out (valid $days days)" >&2
+chmod 600 "$out"/*.key
+find "$out/meters" -name '*.key' -exec chmod 600 {} +
+echo "make-certs.sh: CA, server, $(find "$out/meters" -name '*.pem' | wc -l) meter and 1 concentrator certificates in $out (valid $days days)" >&2

@@ -16,7 +16,7 @@ package enum SimulationError: Error, CustomStringConvertible {
         case .cannotConnect(let host, let port, let seconds):
             "Could not connect to meterd at \(host):\(port) within \(Int(seconds)) s; is it running and listening there?"
         case .tlsHandshakesFailed(let host, let port, let failures):
-            "Every TLS handshake with meterd at \(host):\(port) failed (\(failures) tries); check --tls-ca and the client certificates against meterd's ingest_tls settings."
+            "Every TLS handshake with meterd at \(host):\(port) failed (\(failures) TLS errors); check --tls-ca and the client certificates against meterd's ingest_tls settings."
         case .cannotResolve(let host, let reason): "Cannot resolve the host \"\(host)\": \(reason)."
         }
     }
@@ -143,7 +143,7 @@ package final class MeterSimulation: Sendable {
                 case .connectDeadline:
                     context.startBarrier?.open()
                     if counters.established.load(ordering: .relaxed) == 0 {
-                        let handshakes = counters.tlsHandshakeFailures.load(ordering: .relaxed)
+                        let handshakes = counters.tlsErrors.load(ordering: .relaxed)
                         failure =
                             handshakes > 0
                             ? .tlsHandshakesFailed(host: configuration.host, port: configuration.port, failures: handshakes)

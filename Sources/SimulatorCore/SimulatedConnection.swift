@@ -150,7 +150,7 @@ struct SimulatedMeter {
 /// makes the unchecked `Sendable` sound.
 final class SimulatedConnection: @unchecked Sendable {
     let eventLoop: any EventLoop
-    private let context: SimulationContext
+    fileprivate let context: SimulationContext
     private let configuration: SimulationConfiguration
     private var meters: [SimulatedMeter]
     private let meterIndex: [String: Int]
@@ -299,10 +299,9 @@ final class SimulatedConnection: @unchecked Sendable {
         self.pump()
     }
 
-    /// The TLS handshake failed (or the channel closed before it completed): try again later.
+    /// The channel closed before its TLS handshake completed: try again later.
     fileprivate func handshakeFailed() {
         self.connecting = false
-        self.context.counters.tlsHandshakeFailures.add(1, ordering: .relaxed)
         self.scheduleReconnect()
     }
 
@@ -684,6 +683,9 @@ final class SimulatedConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is NIOSSLError || error is BoringSSLError {
+            self.connection.context.counters.tlsErrors.add(1, ordering: .relaxed)
+        }
         context.close(promise: nil)
     }
 }

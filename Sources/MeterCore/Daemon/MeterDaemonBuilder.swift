@@ -139,9 +139,11 @@ package struct MeterDaemon: Sendable {
         // Start order; shutdown runs in reverse: systemd hears STOPPING=1 first, operators' sockets
         // close, then the listener drains into a still-running writer.
         // The liveness and snapshot services hand work to the writer, so they stop before it.
+        var services: [any Service] = [pipeline, ingest]
         // SIGHUP reloads the ingest certificate only when there is one (otherwise it ends meterd, as before).
-        let reloader: [any Service] = tls.map { [IngestTLSReloader(tls: $0, logger: logger)] } ?? []
-        self.services = [pipeline, ingest] + reloader + [liveness, snapshots, http, status, notifier]
+        if let tls { services.append(IngestTLSReloader(tls: tls, logger: logger)) }
+        services += [liveness, snapshots, http, status, notifier]
+        self.services = services
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

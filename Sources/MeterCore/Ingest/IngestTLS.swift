@@ -90,6 +90,8 @@ package final class IngestTLS: Sendable {
         configuration.minimumTLSVersion = .tlsv12
         configuration.cipherSuites = Self.cipherSuites
         configuration.renegotiationSupport = .none
+        // Closing waits this long for the meter's close_notify: keeps graceful shutdown short.
+        configuration.shutdownTimeout = .seconds(2)
         if let clientCA = files.clientCA {
             let authorities = try Self.certificates(at: clientCA, key: "ingest_tls_client_ca")
             configuration.certificateVerification = .noHostnameVerification
