@@ -27,7 +27,8 @@ package struct SimulationTLS: Sendable, Equatable {
             return "--tls-cert-dir (a certificate per meter) and --tls-cert (one for a concentrator) exclude each other"
         }
         if self.certificateDirectory != nil, concentrator != 1 {
-            return "--tls-cert-dir gives each meter its own certificate and connection, so it needs --concentrator 1 (a concentrator uses --tls-cert/--tls-key)"
+            return
+                "--tls-cert-dir gives each meter its own certificate and connection, so it needs --concentrator 1 (a concentrator uses --tls-cert/--tls-key)"
         }
         return nil
     }

@@ -52,10 +52,13 @@ struct IngestHarness {
         directory: String,
         configuration: DaemonConfiguration = DaemonConfiguration(),
         concentrators: ConcentratorDirectory = ConcentratorDirectory(),
+        tlsHandshakeTimeout: TimeAmount = .seconds(10),
         _ body: (IngestHarness) async throws -> T
     ) async throws -> T {
         try configuration.validateSecurity()
-        let tls = try configuration.ingestTLSFiles.map { files throws(ConfigurationError) in try IngestTLS(files: files) }
+        let tls = try configuration.ingestTLSFiles.map { files throws(ConfigurationError) in
+            try IngestTLS(files: files, handshakeTimeout: tlsHandshakeTimeout)
+        }
         let database = try MeterDatabase(path: directory + "/meterd.sqlite", durability: configuration.durability)
         let writer = try IngestWriter(
             database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),

@@ -124,7 +124,8 @@ package struct IngestServer: Service {
                     if let tls {
                         // The context current now: a reload (SIGHUP) affects only later connections.
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
-                        try channel.pipeline.syncOperations.addHandler(IngestTLSPeerHandler(statistics: statistics, logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(
+                            IngestTLSPeerHandler(statistics: statistics, handshakeTimeout: tls.handshakeTimeout, logger: logger))
                     }
                     let handler = IngestHandler(
                         pipeline: pipeline, parser: parser, limits: limits, statistics: statistics,

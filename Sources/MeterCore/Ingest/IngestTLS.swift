@@ -50,11 +50,15 @@ package final class IngestTLS: Sendable {
     static let cipherSuites = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
     package let files: IngestTLSFiles
+    /// A connection that has not completed its handshake by then is closed (and counted as failed),
+    /// so idle half-open connections cannot hold slots for `idle_timeout`.
+    package let handshakeTimeout: TimeAmount
     private let loaded: NIOLockedValueBox<Loaded>
 
     /// Loads the files; a missing, unreadable or mismatched file throws an error naming its key.
-    package init(files: IngestTLSFiles) throws(ConfigurationError) {
+    package init(files: IngestTLSFiles, handshakeTimeout: TimeAmount = .seconds(10)) throws(ConfigurationError) {
         self.files = files
+        self.handshakeTimeout = handshakeTimeout
         self.loaded = NIOLockedValueBox(try Self.load(files))
     }
 
@@ -168,14 +172,33 @@ final class IngestTLSPeerHandler: ChannelInboundHandler {
 
     private let statistics: IngestStatistics
     private let logger: Logger
+    private let handshakeTimeout: TimeAmount
+    private var handshakeDeadline: Scheduled<Void>?
 
-    init(statistics: IngestStatistics, logger: Logger) {
+    init(statistics: IngestStatistics, handshakeTimeout: TimeAmount, logger: Logger) {
         self.statistics = statistics
+        self.handshakeTimeout = handshakeTimeout
         self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let statistics = self.statistics
+        self.handshakeDeadline = context.eventLoop.scheduleTask(in: self.handshakeTimeout) {
+            statistics.tlsHandshakeFailures.add(1, ordering: .relaxed)
+            channel.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.handshakeDeadline?.cancel()
+        self.handshakeDeadline = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            self.handshakeDeadline?.cancel()
+            self.handshakeDeadline = nil
             let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
             let identity = certificate.flatMap(MeterIdentity.named(by:))
             context.fireUserInboundEventTriggered(IngestPeerEvent.authenticated(identity))
@@ -189,6 +212,8 @@ final class IngestTLSPeerHandler: ChannelInboundHandler {
             case .uncleanShutdown:
                 return  // the inputClosed that follows is the end of input
             case .handshakeFailed:
+                self.handshakeDeadline?.cancel()
+                self.handshakeDeadline = nil
                 self.statistics.tlsHandshakeFailures.add(1, ordering: .relaxed)
                 self.logger.debug(
                     "TLS handshake with a meter failed",
@@ -224,7 +249,9 @@ package struct IngestTLSReloader: Service {
             let loaded = try await NIOThreadPool.singleton.runIfActive { try tls.reload() }
             self.logger.info(
                 "Ingest TLS certificate reloaded; new meter connections use it",
-                metadata: ["tls.subject": "\(loaded.subject)", "tls.not_after": "\(RFC3339.format(millisecondsSinceEpoch: loaded.notValidAfter * 1000))"])
+                metadata: [
+                    "tls.subject": "\(loaded.subject)", "tls.not_after": "\(RFC3339.format(millisecondsSinceEpoch: loaded.notValidAfter * 1000))",
+                ])
             Self.warnIfExpiring(loaded, logger: self.logger)
         } catch {
             self.logger.error(
