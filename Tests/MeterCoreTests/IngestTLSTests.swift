@@ -1,7 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import GRDB
 import NIOCore
 import NIOSSL
+import Synchronization
 import Testing
 
 @testable import MeterCore
@@ -22,7 +26,8 @@ struct TestPKI {
         var arguments = [Self.script, "--out", directory, "--concentrator", concentrator, "--days", "2"]
         for meter in meters { arguments += ["--meter", meter] }
         for meter in expired { arguments += ["--expired", meter] }
-        let result = try await offPool { try runProgram(arguments) }
+        let command = arguments
+        let result = try await offPool { try runProgram(command) }
         try #require(result.status == 0, "make-certs.sh failed: \(result.stderr)")
         return TestPKI(directory: directory)
     }

@@ -1,10 +1,10 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
-import Synchronization
 import Testing
 
 @testable import MeterCore
@@ -94,7 +94,7 @@ struct IngestHarness {
 final class LineClient: Sendable {
     private let channel: any Channel
     private nonisolated(unsafe) var iterator: AsyncStream<String>.Iterator
-    private let failure = Mutex<(any Error)?>(nil)
+    private let failure = NIOLockedValueBox<(any Error)?>(nil)
 
     /// Splits what the daemon sends into lines.
     private final class LineCollector: ChannelInboundHandler {
@@ -145,14 +145,14 @@ final class LineClient: Sendable {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        LineCollector(sink: sink, failure: { error in failure.withLock { $0 = $0 ?? error } }))
+                        LineCollector(sink: sink, failure: { error in failure.withLockedValue { $0 = $0 ?? error } }))
                 }
             }
             .connect(host: host, port: port).get()
     }
 
     /// The first error the connection saw (a failed TLS handshake, a reset), if any.
-    var error: (any Error)? { self.failure.withLock { $0 } }
+    var error: (any Error)? { self.failure.withLockedValue { $0 } }
 
     func send(_ text: String) async throws {
         try await self.channel.writeAndFlush(ByteBuffer(string: text))

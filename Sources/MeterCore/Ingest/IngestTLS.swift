@@ -11,6 +11,7 @@ import NIOPosix
 import NIOSSL
 import NIOTLS
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// The ingest listener's TLS files (`ingest_tls_cert`, `ingest_tls_key`, `ingest_tls_client_ca`).
