@@ -186,22 +186,23 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
                 let meter = try await LineClient(port: harness.port, tls: try pki.meterContext("MTR-000001"))
                 try await meter.send(
                     readingLine(meter: "MTR-000002", seq: 1) + readingLine(meter: "MTR-000001", seq: 1)
-                        + readingLine(meter: "MTR-000003", seq: 7) + readingLine(meter: "MTR-000001", seq: 2))
+                        + readingLine(meter: "MTR-000003", seq: 7) + readingLine(meter: "MTR-000001", seq: 2) + "{not json\n")
                 let lines = try await meter.collect { lines in
-                    lastAck(lines, meter: "MTR-000001") == 2 && lines.filter { if case .error = $0 { true } else { false } }.count == 2
+                    lastAck(lines, meter: "MTR-000001") == 2 && lines.filter { if case .error = $0 { true } else { false } }.count == 3
                 }
                 #expect(lines.contains(.error(code: "forbidden", line: 1)))
                 #expect(lines.contains(.error(code: "forbidden", line: 3)))
+                #expect(lines.contains(.error(code: "invalid_json", line: 5)))
                 #expect(!lines.contains { if case .ack(let name, _) = $0 { name != "MTR-000001" } else { false } })
 
                 // Never stored, not even registered as a new meter; quarantined with who sent it.
                 #expect(try await storedReadings(harness.database, meter: "MTR-000001") == 2)
                 #expect(try await !meterIsKnown(harness.database, "MTR-000002"))
                 #expect(try await !meterIsKnown(harness.database, "MTR-000003"))
-                try await waitUntil { try await quarantineRows(harness.database).count == 2 }
+                try await waitUntil { try await quarantineRows(harness.database).count == 3 }
                 let rows = try await quarantineRows(harness.database)
-                #expect(rows.map(\.code) == ["forbidden", "forbidden"])
-                #expect(rows.map(\.line) == [1, 3])
+                #expect(rows.map(\.code) == ["forbidden", "forbidden", "invalid_json"])
+                #expect(rows.map(\.line) == [1, 3, 5])
                 #expect(rows.allSatisfy { $0.identity == "urn:meter:MTR-000001" })
                 #expect(rows[0].raw.contains("\"MTR-000002\""))
                 #expect(harness.pipeline.statistics.rejects(.forbidden) == 2)
