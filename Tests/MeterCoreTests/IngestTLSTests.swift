@@ -177,6 +177,35 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
         }
     }
 
+    @Test func onlyTLS12OrLaterWithForwardSecrecyAndAEADIsAccepted() async throws {
+        try await withTemporaryDirectory { directory in
+            let pki = try await TestPKI.make(in: directory + "/pki")
+            try await IngestHarness.with(directory: directory, configuration: pki.daemonConfiguration()) { harness in
+                func context(maximum: TLSVersion, ciphers: String? = nil) throws -> NIOSSLContext {
+                    var configuration = TLSConfiguration.makeClientConfiguration()
+                    configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(pki.ca))
+                    let pair = pki.meterCertificate("MTR-000001")
+                    configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(pair.certificate).map { .certificate($0) }
+                    configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: pair.key, format: .pem))
+                    configuration.minimumTLSVersion = .tlsv1
+                    configuration.maximumTLSVersion = maximum
+                    if let ciphers { configuration.cipherSuites = ciphers }
+                    return try NIOSSLContext(configuration: configuration)
+                }
+                try await self.expectRefusedHandshake(harness, context: try context(maximum: .tlsv11), meter: "MTR-000001")
+                // TLS 1.2 without forward secrecy, or without AEAD: refused.
+                try await self.expectRefusedHandshake(
+                    harness, context: try context(maximum: .tlsv12, ciphers: "AES128-GCM-SHA256"), meter: "MTR-000001")
+                try await self.expectRefusedHandshake(
+                    harness, context: try context(maximum: .tlsv12, ciphers: "ECDHE-ECDSA-AES128-SHA"), meter: "MTR-000001")
+                // TLS 1.2 with ECDHE and AES-GCM: accepted.
+                let meter = try await LineClient(port: harness.port, tls: try context(maximum: .tlsv12, ciphers: "ECDHE-ECDSA-AES128-GCM-SHA256"))
+                try await meter.send(readingLine(meter: "MTR-000001", seq: 1))
+                _ = try await meter.collect { lastAck($0, meter: "MTR-000001") == 1 }
+            }
+        }
+    }
+
     // MARK: Meter identity
 
     @Test func aMeterCertificateCannotSendAnotherMetersReadings() async throws {
