@@ -206,6 +206,27 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
         }
     }
 
+    @Test func overTLSConnectionsBeyondTheLimitAreToldSoAfterTheHandshakeOrClosedAtItsDeadline() async throws {
+        try await withTemporaryDirectory { directory in
+            let pki = try await TestPKI.make(in: directory + "/pki")
+            var configuration = pki.daemonConfiguration()
+            configuration.maximumConnections = 1
+            try await IngestHarness.with(directory: directory, configuration: configuration, tlsHandshakeTimeout: .milliseconds(500)) {
+                harness in
+                let first = try await LineClient(port: harness.port, tls: try pki.meterContext("MTR-000001"))
+                try await waitUntil { harness.pipeline.statistics.connections.load(ordering: .relaxed) == 1 }
+                let second = try await LineClient(port: harness.port, tls: try pki.meterContext("MTR-000002"))
+                #expect(try await second.readLine() == #"{"error":"too_many_connections"}"#)
+                #expect(try await second.readLine() == nil)
+                // One that never starts its handshake does not stay open either.
+                let silent = try await LineClient(port: harness.port)
+                #expect(try await silent.readLine(timeout: .seconds(10)) == nil)
+                try await first.send(readingLine(meter: "MTR-000001", seq: 1))
+                _ = try await first.collect { lastAck($0, meter: "MTR-000001") == 1 }
+            }
+        }
+    }
+
     // MARK: Meter identity
 
     @Test func aMeterCertificateCannotSendAnotherMetersReadings() async throws {

@@ -112,8 +112,13 @@ package struct IngestServer: Service {
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
                     statistics.refusedConnections.add(1, ordering: .relaxed)
                     return channel.eventLoop.makeCompletedFuture {
-                        // Over TLS the refusal goes out once the handshake is done.
-                        if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context)) }
+                        // Over TLS the refusal goes out once the handshake is done; the handshake
+                        // deadline closes a connection that never gets there (it holds no slot, but an fd).
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                            try channel.pipeline.syncOperations.addHandler(
+                                IngestTLSPeerHandler(statistics: statistics, handshakeTimeout: tls.handshakeTimeout, logger: logger))
+                        }
                         try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler())
                     }
                 }
