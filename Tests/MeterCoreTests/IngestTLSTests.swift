@@ -160,7 +160,7 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
     @Test func aConnectionThatNeverCompletesItsHandshakeIsClosed() async throws {
         try await withTemporaryDirectory { directory in
             let pki = try await TestPKI.make(in: directory + "/pki")
-            try await IngestHarness.with(directory: directory, configuration: pki.daemonConfiguration(), tlsHandshakeTimeout: .milliseconds(300)) {
+            try await IngestHarness.with(directory: directory, configuration: pki.daemonConfiguration(), tlsHandshakeTimeout: .seconds(3)) {
                 harness in
                 // Connects and says nothing: without the handshake deadline it would hold its slot for idle_timeout.
                 let silent = try await LineClient(port: harness.port)
@@ -170,7 +170,7 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
                 let meter = try await LineClient(port: harness.port, tls: try pki.meterContext("MTR-000001"))
                 try await meter.send(readingLine(meter: "MTR-000001", seq: 1))
                 _ = try await meter.collect { lastAck($0, meter: "MTR-000001") == 1 }
-                try await Task.sleep(for: .milliseconds(600))
+                try await Task.sleep(for: .seconds(4))
                 try await meter.send(readingLine(meter: "MTR-000001", seq: 2))
                 _ = try await meter.collect { lastAck($0, meter: "MTR-000001") == 2 }
             }
@@ -211,7 +211,7 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
             let pki = try await TestPKI.make(in: directory + "/pki")
             var configuration = pki.daemonConfiguration()
             configuration.maximumConnections = 1
-            try await IngestHarness.with(directory: directory, configuration: configuration, tlsHandshakeTimeout: .milliseconds(500)) {
+            try await IngestHarness.with(directory: directory, configuration: configuration, tlsHandshakeTimeout: .seconds(3)) {
                 harness in
                 let first = try await LineClient(port: harness.port, tls: try pki.meterContext("MTR-000001"))
                 try await waitUntil { harness.pipeline.statistics.connections.load(ordering: .relaxed) == 1 }
