@@ -543,12 +543,17 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
             try await fresh.send(readingLine(meter: "MTR-000001", seq: 1) + readingLine(meter: "MTR-000002", seq: 1))
             let freshLines = try await fresh.collect { lastAck($0, meter: "MTR-000001") == 1 && $0.count >= 2 }
             #expect(freshLines.contains(.error(code: "forbidden", line: 2)))
+            // A meter still holding a certificate of the old CA is turned away.
+            let stale = try await LineClient(port: ports.ingest, tls: try new.clientContext(old.meterCertificate("MTR-000002")))
+            try? await stale.send(readingLine(meter: "MTR-000002", seq: 1))
+            #expect(try await stale.readLine() == nil)
 
             // Counted on the status socket and in /metrics.
             let status = try JSONSerialization.jsonObject(with: Data(try await ask(daemon.statusSocket, "status").utf8)) as? [String: Any]
             #expect((status?["rejects_by_code"] as? [String: Any])?["forbidden"] as? Int == 2)
             let metrics = try await httpGet(port: ports.http, path: "/metrics")
             #expect(metrics.body.contains(#"meterd_rejects_total{code="forbidden"} 2"#), "\(metrics.body)")
+            #expect(metrics.body.contains("meterd_tls_handshake_failures_total 1"), "\(metrics.body)")
             #expect(try await daemon.terminate() == 0)
         }
     }
