@@ -48,6 +48,13 @@ struct RunCommand: AsyncParsableCommand {
             meter the highest acknowledged seq (empty if none), the sum of the kWh of its acknowledged \
             readings (each counted once, whatever was resent) and how many there were.
 
+            TLS: --tls-ca FILE makes every connection speak TLS and check meterd's certificate against \
+            that CA (the host must match its DNS or IP names). --tls-cert-dir DIR adds each meter's own \
+            client certificate, DIR/<meter>.pem with its key DIR/<meter>.key (one meter per \
+            connection); --tls-cert FILE --tls-key FILE give every connection one certificate, a data \
+            concentrator's (with --concentrator K, each connection carries K meters). \
+            scripts/make-certs.sh makes a throw-away set.
+
             --report FILE writes the end summary as JSON: sent, resent, acked, unacked, rejected, \
             duplicates_sent, errors_by_code, busy_signals, reconnects, acked_per_second, ack_latency \
             {p50_ms, p95_ms, p99_ms, max_ms} (from a log-linear histogram, ±3 %) and more.
@@ -102,6 +109,14 @@ struct RunCommand: AsyncParsableCommand {
     var burst = false
     @Flag(help: "Shut down the write side once a connection has sent everything, then read acks until meterd closes it.")
     var halfClose = false
+    @Option(help: ArgumentHelp("Speak TLS, trusting meterd's certificate if this CA signed it (PEM).", valueName: "file"))
+    var tlsCa: String?
+    @Option(help: ArgumentHelp("Each meter's client certificate and key: DIR/<meter>.pem, DIR/<meter>.key.", valueName: "dir"))
+    var tlsCertDir: String?
+    @Option(help: ArgumentHelp("One client certificate for every connection (a concentrator's), PEM.", valueName: "file"))
+    var tlsCert: String?
+    @Option(help: ArgumentHelp("The private key of --tls-cert, PEM.", valueName: "file"))
+    var tlsKey: String?
 
     func run() async throws {
         var configuration = SimulationConfiguration(host: self.host, port: self.port, meters: self.meters)
@@ -126,6 +141,11 @@ struct RunCommand: AsyncParsableCommand {
         configuration.connectTimeout = self.connectTimeout
         configuration.burst = self.burst
         configuration.halfClose = self.halfClose
+        if let ca = self.tlsCa {
+            configuration.tls = SimulationTLS(caFile: ca, certificateDirectory: self.tlsCertDir, certificate: self.tlsCert, key: self.tlsKey)
+        } else if self.tlsCertDir != nil || self.tlsCert != nil || self.tlsKey != nil {
+            throw ValidationError("--tls-cert-dir, --tls-cert and --tls-key need --tls-ca (the CA of meterd's certificate)")
+        }
         if let problem = configuration.validate() { throw ValidationError(problem) }
 
         let needed = configuration.connectionCount + 64
@@ -168,7 +188,10 @@ struct RunCommand: AsyncParsableCommand {
             try AtomicFile.write(LedgerEntry.csv(result.ledger), to: path)
         }
         if result.report.unacked > 0 {
-            FileHandle.standardError.write(Data("meter-sim: \(result.report.unacked) readings were never acknowledged\n".utf8))
+            let hint =
+                result.report.tlsErrors > 0
+                ? " (\(result.report.tlsErrors) TLS errors: check --tls-ca and the client certificates against meterd's ingest_tls settings)" : ""
+            FileHandle.standardError.write(Data("meter-sim: \(result.report.unacked) readings were never acknowledged\(hint)\n".utf8))
             throw ExitCode(1)
         }
     }

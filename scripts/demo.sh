@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Quick start: meterd with a generated company, a live simulated fleet and the dashboard.
 #   CUSTOMERS=500 METERS=500 INTERVAL=2 METERD_DATA=./meterd-data scripts/demo.sh    (Ctrl-C stops)
+#   TLS=1 scripts/demo.sh: meters speak TLS with client certificates (meter_auth = certificate), as
+#   data concentrators of 50 meters each, with throw-away certificates from scripts/make-certs.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -21,7 +23,18 @@ if [ ! -f "$data/meterd.sqlite" ]; then
     "$bin/meterctl" import "$data/company" --db "$data/meterd.sqlite"
 fi
 
-"$bin/meterd" --data-dir "$data" &
+tls_daemon=()
+tls_sim=()
+if [ "${TLS:-0}" = 1 ]; then
+    # One concentrator certificate for the whole fleet; concentrators.csv assigns it every meter.
+    scripts/make-certs.sh --out "$data/certs" --meters "$meters" --concentrator-only
+    "$bin/meterctl" import "$data/certs" --db "$data/meterd.sqlite"
+    tls_daemon=(--ingest-tls-cert "$data/certs/server.pem" --ingest-tls-key "$data/certs/server.key"
+        --ingest-tls-client-ca "$data/certs/ca.pem" --meter-auth certificate)
+    tls_sim=(--tls-ca "$data/certs/ca.pem" --tls-cert "$data/certs/concentrator.pem" --tls-key "$data/certs/concentrator.key" --concentrator 50)
+fi
+
+"$bin/meterd" --data-dir "$data" "${tls_daemon[@]}" &
 daemon=$!
 sim=""
 trap 'kill -TERM $sim $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT INT TERM
@@ -35,6 +48,6 @@ cat >&2 <<MSG
   $meters simulated meters send a reading every ${INTERVAL:-2} s. Ctrl-C stops both.
 
 MSG
-"$bin/meter-sim" run --host 127.0.0.1 --port "$ingest" --meters "$meters" --interval "${INTERVAL:-2}" &
+"$bin/meter-sim" run --host 127.0.0.1 --port "$ingest" --meters "$meters" --interval "${INTERVAL:-2}" "${tls_sim[@]}" &
 sim=$!
 wait $daemon

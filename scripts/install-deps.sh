@@ -10,6 +10,7 @@ packages=(
     prometheus       # promtool, which checks /metrics in the tests
     libjs-chart.js   # Chart.js, which the dashboard serves (without it the dashboard shows tables)
     faketime         # libfaketime: OneAnswerTests runs meterd and meterctl with their clocks across a month boundary
+    openssl          # the CLI: scripts/make-certs.sh, which the TLS tests and the demo use for throw-away certificates
 )
 # node checks the dashboard's JavaScript (scripts/test.sh); a node from elsewhere (NodeSource, nvm) will do.
 command -v node >/dev/null || packages+=(nodejs)

@@ -60,6 +60,19 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             "Chart.js file the dashboard serves (default Debian's /usr/share/javascript/chart.js/chart.min.js).",
             valueName: "path"))
     var dashboardChartJS: String?
+    @Option(
+        name: .customLong("ingest-tls-cert"),
+        help: ArgumentHelp("PEM certificate of the ingest listener; with --ingest-tls-key meters must use TLS.", valueName: "file"))
+    var ingestTLSCert: String?
+    @Option(
+        name: .customLong("ingest-tls-key"), help: ArgumentHelp("PEM private key of --ingest-tls-cert (SIGHUP reloads both).", valueName: "file"))
+    var ingestTLSKey: String?
+    @Option(
+        name: .customLong("ingest-tls-client-ca"),
+        help: ArgumentHelp("PEM CA that must have signed each meter's client certificate.", valueName: "file"))
+    var ingestTLSClientCA: String?
+    @Option(help: "none (default) or certificate: a connection sends only for the meters its client certificate covers.")
+    var meterAuth: String?
     @Option(help: "Minimum log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String = "info"
     @Option(help: "Where logs go: auto (default: journald when systemd started meterd, else stderr), journald or stderr.")
@@ -110,7 +123,8 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout),
             ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
             ("commit_interval_ms", self.commitIntervalMs), ("aggregate_interval_ms", self.aggregateIntervalMs),
-            ("dashboard_chartjs", self.dashboardChartJS),
+            ("dashboard_chartjs", self.dashboardChartJS), ("ingest_tls_cert", self.ingestTLSCert), ("ingest_tls_key", self.ingestTLSKey),
+            ("ingest_tls_client_ca", self.ingestTLSClientCA), ("meter_auth", self.meterAuth),
         ]
         var configuration: DaemonConfiguration
         do {

@@ -1,7 +1,7 @@
 /// Faults the simulated fleet injects on demand (`meter-sim run --faults SPEC`).
 ///
 /// SPEC is a comma-separated list of `name=rate` entries, some with `:seconds`:
-/// `silent=0.01:120,malformed=0.001,skew=0.01,duplicate=0.01,disconnect=0.001,bytewise=0.01,overlong=0.0005`.
+/// `silent=0.01:120,malformed=0.001,skew=0.01,duplicate=0.01,disconnect=0.001,bytewise=0.01,overlong=0.0005,spoof=0.01`.
 /// Every rate is a probability in 0...1. ``help`` says what each fault does.
 package struct FaultPlan: Sendable, Equatable {
     /// Per reading due: the meter instead falls silent (sends nothing, measures nothing) for `silentSeconds`.
@@ -20,6 +20,8 @@ package struct FaultPlan: Sendable, Equatable {
     package var bytewiseRate = 0.0
     /// Per reading sent: an over-long line (longer than meterd's 4096-byte limit) goes out first.
     package var overlongRate = 0.0
+    /// Per reading sent: a reading for a meter this connection does not own goes out first (``spoofedMeter``).
+    package var spoofRate = 0.0
 
     package init() {}
 
@@ -46,6 +48,11 @@ package struct FaultPlan: Sendable, Equatable {
         bytewise=RATE - the share of connections that write one byte at a time.
 
         overlong=RATE - per reading, a line longer than 4096 bytes goes out before it: line_too_long.
+
+        spoof=RATE - per reading, a reading for a meter the connection does not own goes out before \
+        it: the meter right after the fleet (MTR-000101 for --meters 100), which no certificate of \
+        the run names. Under meter_auth = certificate meterd answers forbidden and stores nothing; \
+        under meter_auth = none it is stored (and acked) like any reading.
         """
 
     /// Parses SPEC; an empty string means no faults.
@@ -74,19 +81,20 @@ package struct FaultPlan: Sendable, Equatable {
             case "skew":
                 self.skewRate = rate
                 if let seconds { self.skewSeconds = seconds }
-            case "malformed", "duplicate", "disconnect", "bytewise", "overlong":
+            case "malformed", "duplicate", "disconnect", "bytewise", "overlong", "spoof":
                 guard seconds == nil else { throw FaultSpecError(entry: String(entry), reason: "\(name) takes no :SECONDS") }
                 switch name {
                 case "malformed": self.malformedRate = rate
                 case "duplicate": self.duplicateRate = rate
                 case "disconnect": self.disconnectRate = rate
                 case "bytewise": self.bytewiseRate = rate
+                case "spoof": self.spoofRate = rate
                 default: self.overlongRate = rate
                 }
             default:
                 throw FaultSpecError(
                     entry: String(entry),
-                    reason: "unknown fault \"\(name)\"; known: silent, malformed, skew, duplicate, disconnect, bytewise, overlong")
+                    reason: "unknown fault \"\(name)\"; known: silent, malformed, skew, duplicate, disconnect, bytewise, overlong, spoof")
             }
         }
     }

@@ -7,6 +7,7 @@ import Synchronization
 package enum SimulationError: Error, CustomStringConvertible {
     case invalidConfiguration(String)
     case cannotConnect(host: String, port: Int, seconds: Double)
+    case tlsHandshakesFailed(host: String, port: Int, failures: Int)
     case cannotResolve(host: String, reason: String)
 
     package var description: String {
@@ -14,6 +15,8 @@ package enum SimulationError: Error, CustomStringConvertible {
         case .invalidConfiguration(let reason): "Invalid simulation: \(reason)."
         case .cannotConnect(let host, let port, let seconds):
             "Could not connect to meterd at \(host):\(port) within \(Int(seconds)) s; is it running and listening there?"
+        case .tlsHandshakesFailed(let host, let port, let failures):
+            "Every TLS handshake with meterd at \(host):\(port) failed (\(failures) TLS errors); check --tls-ca and the client certificates against meterd's ingest_tls settings."
         case .cannotResolve(let host, let reason): "Cannot resolve the host \"\(host)\": \(reason)."
         }
     }
@@ -69,12 +72,19 @@ package final class MeterSimulation: Sendable {
         } catch {
             throw SimulationError.cannotResolve(host: configuration.host, reason: "\(error)")
         }
+        let tls: SimulationTLSContexts?
+        if let files = configuration.tls {
+            tls = try SimulationTLSContexts(
+                files, meters: (0..<configuration.meters).map(configuration.meterName), host: configuration.host)
+        } else {
+            tls = nil
+        }
         let startWallMs = WallClock.nowMs()
         let start = ContinuousClock.now
         let clock = SimulatedClock(startWallMs: startWallMs, timeScale: configuration.timeScale, spanSeconds: configuration.expectedSpanSeconds)
         let context = SimulationContext(
             configuration: configuration, address: address, counters: self.counters, clock: clock,
-            firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink)
+            firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink, tls: tls)
         let connectionCount = configuration.connectionCount
         var connections: [SimulatedConnection] = []
         connections.reserveCapacity(connectionCount)
@@ -133,7 +143,11 @@ package final class MeterSimulation: Sendable {
                 case .connectDeadline:
                     context.startBarrier?.open()
                     if counters.established.load(ordering: .relaxed) == 0 {
-                        failure = .cannotConnect(host: configuration.host, port: configuration.port, seconds: configuration.connectTimeout)
+                        let handshakes = counters.tlsErrors.load(ordering: .relaxed)
+                        failure =
+                            handshakes > 0
+                            ? .tlsHandshakesFailed(host: configuration.host, port: configuration.port, failures: handshakes)
+                            : .cannotConnect(host: configuration.host, port: configuration.port, seconds: configuration.connectTimeout)
                         sink.yield(.drainExpired)
                     }
                 }

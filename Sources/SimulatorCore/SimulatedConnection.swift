@@ -6,6 +6,8 @@ import Darwin
 import MeterCore
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import Synchronization
 
 /// What every connection of a run shares.
@@ -20,11 +22,14 @@ final class SimulationContext: Sendable {
     let events: AsyncStream<SimulationEvent>.Continuation
     /// With `startTogether`, holds every connection's first send until all are connected.
     let startBarrier: StartBarrier?
+    /// Client contexts when the run speaks TLS.
+    let tls: SimulationTLSContexts?
 
     init(
         configuration: SimulationConfiguration, address: SocketAddress, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
-        events: AsyncStream<SimulationEvent>.Continuation
+        events: AsyncStream<SimulationEvent>.Continuation, tls: SimulationTLSContexts? = nil
     ) {
+        self.tls = tls
         self.startBarrier = configuration.startTogether ? StartBarrier(expected: configuration.connectionCount) : nil
         self.configuration = configuration
         self.address = address
@@ -145,7 +150,7 @@ struct SimulatedMeter {
 /// makes the unchecked `Sendable` sound.
 final class SimulatedConnection: @unchecked Sendable {
     let eventLoop: any EventLoop
-    private let context: SimulationContext
+    fileprivate let context: SimulationContext
     private let configuration: SimulationConfiguration
     private var meters: [SimulatedMeter]
     private let meterIndex: [String: Int]
@@ -250,7 +255,13 @@ final class SimulatedConnection: @unchecked Sendable {
             .connectTimeout(.seconds(10))
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(SimulatedConnectionHandler(connection: self))
+                    let tls = self.context.tls.flatMap { contexts in
+                        contexts.context(forConnectionOf: self.meters[0].name).map { ($0, contexts.serverHostname) }
+                    }
+                    if let (context, hostname) = tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: hostname))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(SimulatedConnectionHandler(connection: self, waitsForHandshake: tls != nil))
                 }
             }
             .connect(to: self.context.address)
@@ -286,6 +297,12 @@ final class SimulatedConnection: @unchecked Sendable {
             }
         }
         self.pump()
+    }
+
+    /// The channel closed before its TLS handshake completed: try again later.
+    fileprivate func handshakeFailed() {
+        self.connecting = false
+        self.scheduleReconnect()
     }
 
     fileprivate func disconnected(_ channel: any Channel) {
@@ -433,6 +450,9 @@ final class SimulatedConnection: @unchecked Sendable {
                 let position = self.meters[index].sentCount
                 var entry = self.meters[index].outstanding[offset: position]
                 if !entry.everSent {
+                    if self.rng.chance(faults.spoofRate) {
+                        self.writeSpoofed(entry.reading, into: &buffer)
+                    }
                     if self.rng.chance(faults.malformedRate) {
                         self.writeMalformed(meter: self.meters[index].name, into: &buffer)
                     }
@@ -505,6 +525,16 @@ final class SimulatedConnection: @unchecked Sendable {
         }
         self.lineNumber += 1
         self.context.counters.malformedSent.add(1, ordering: .relaxed)
+    }
+
+    /// A reading for a meter this connection does not own: the meter right after the fleet, which
+    /// no meter or concentrator certificate of the run names.
+    private func writeSpoofed(_ reading: Reading, into buffer: inout ByteBuffer) {
+        var spoofed = reading
+        spoofed.meter = self.configuration.meterName(self.configuration.meters)
+        buffer.writeString(spoofed.line)
+        self.lineNumber += 1
+        self.context.counters.spoofSent.add(1, ordering: .relaxed)
     }
 
     /// A line longer than meterd's default limit of 4096 bytes; no seq, so it can never pass for a reading.
@@ -585,22 +615,43 @@ final class SimulatedConnectionHandler: ChannelInboundHandler {
 
     private let connection: SimulatedConnection
     private var carry: ByteBuffer?
+    /// Over TLS the connection counts as connected once the handshake is done, not at TCP connect.
+    private let waitsForHandshake: Bool
+    private var announced = false
+    private var answered = false
 
-    init(connection: SimulatedConnection) {
+    init(connection: SimulatedConnection, waitsForHandshake: Bool = false) {
         self.connection = connection
+        self.waitsForHandshake = waitsForHandshake
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        self.connection.connected(context.channel)
+        if !self.waitsForHandshake {
+            self.announced = true
+            self.connection.connected(context.channel)
+        }
         context.fireChannelActive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event, !self.announced {
+            self.announced = true
+            self.connection.connected(context.channel)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        self.connection.disconnected(context.channel)
+        if self.announced {
+            self.connection.disconnected(context.channel)
+        } else {
+            self.connection.handshakeFailed()
+        }
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.answered = true
         var buffer = Self.unwrapInboundIn(data)
         if var carry = self.carry {
             carry.writeBuffer(&buffer)
@@ -634,6 +685,11 @@ final class SimulatedConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Over TLS 1.3 meterd refuses a client certificate after the client's side of the handshake
+        // is done: an alert, or a reset when the close overtakes it, before any answer.
+        if error is NIOSSLError || error is BoringSSLError || (self.waitsForHandshake && !self.answered) {
+            self.connection.context.counters.tlsErrors.add(1, ordering: .relaxed)
+        }
         context.close(promise: nil)
     }
 }

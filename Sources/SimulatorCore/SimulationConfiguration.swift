@@ -42,6 +42,8 @@ package struct SimulationConfiguration: Sendable {
     /// (a half-close) and keeps reading acks until meterd closes the connection or all are acked;
     /// readings still unacknowledged then go again on a new connection.
     package var halfClose = false
+    /// TLS to meterd (`--tls-ca`, `--tls-cert-dir`, `--tls-cert`/`--tls-key`); `nil` is plain TCP.
+    package var tls: SimulationTLS?
 
     package init() {}
 
@@ -71,6 +73,7 @@ package struct SimulationConfiguration: Sendable {
         if self.maximumConnecting < 1 { return "--max-connecting must be at least 1" }
         if let firstSeq, firstSeq < 0 { return "--first-seq must not be negative" }
         if self.burst, self.readingsPerMeter == nil { return "--burst needs --readings-per-meter (a burst sends all of them at once)" }
+        if let tls, let problem = tls.validate(concentrator: self.concentrator) { return problem }
         return nil
     }
 

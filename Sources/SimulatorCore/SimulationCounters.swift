@@ -17,6 +17,11 @@ package final class SimulationCounters: Sendable {
     package let duplicatesSent = Atomic<Int>(0)
     package let malformedSent = Atomic<Int>(0)
     package let overlongSent = Atomic<Int>(0)
+    /// Readings sent for a meter the connection does not own (`spoof` fault).
+    package let spoofSent = Atomic<Int>(0)
+    /// TLS errors: failed handshakes and alerts from meterd, such as a refused client certificate
+    /// (the connection is tried again).
+    package let tlsErrors = Atomic<Int>(0)
     package let disconnectsInjected = Atomic<Int>(0)
     package let silences = Atomic<Int>(0)
     package let busySignals = Atomic<Int>(0)

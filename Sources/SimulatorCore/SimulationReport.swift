@@ -64,6 +64,8 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     package var duplicatesSent: Int
     package var malformedSent: Int
     package var overlongSent: Int
+    package var spoofSent: Int
+    package var tlsErrors: Int
     package var disconnectsInjected: Int
     package var silences: Int
     /// Error lines from meterd by code.
@@ -97,6 +99,8 @@ package struct SimulationReport: Sendable, Codable, Equatable {
         self.duplicatesSent = counters.duplicatesSent.load(ordering: .relaxed)
         self.malformedSent = counters.malformedSent.load(ordering: .relaxed)
         self.overlongSent = counters.overlongSent.load(ordering: .relaxed)
+        self.spoofSent = counters.spoofSent.load(ordering: .relaxed)
+        self.tlsErrors = counters.tlsErrors.load(ordering: .relaxed)
         self.disconnectsInjected = counters.disconnectsInjected.load(ordering: .relaxed)
         self.silences = counters.silences.load(ordering: .relaxed)
         self.errorsByCode = counters.errorsByCode
@@ -128,9 +132,9 @@ package struct SimulationReport: Sendable, Codable, Equatable {
         return """
             meters \(self.meters) on \(self.connections) connections (peak \(self.peakConnections) open), \(String(format: "%.1f", self.elapsedSeconds)) s
             readings: generated \(self.generated), sent \(self.sent), resent \(self.resent), acked \(self.acked), unacked \(self.unacked), rejected \(self.rejected)
-            duplicates sent \(self.duplicatesSent); injected: malformed \(self.malformedSent), over-long \(self.overlongSent), disconnects \(self.disconnectsInjected), silences \(self.silences)
+            duplicates sent \(self.duplicatesSent); injected: malformed \(self.malformedSent), over-long \(self.overlongSent), spoofed \(self.spoofSent), disconnects \(self.disconnectsInjected), silences \(self.silences)
             errors from meterd: \(errors)
-            busy signals \(self.busySignals), reconnects \(self.reconnects), failed connects \(self.connectFailures)
+            busy signals \(self.busySignals), reconnects \(self.reconnects), failed connects \(self.connectFailures), TLS errors \(self.tlsErrors)
             throughput \(Int(self.ackedPerSecond)) acked readings/s
             ack latency: p50 \(ms(self.ackLatency.p50Ms)), p95 \(ms(self.ackLatency.p95Ms)), p99 \(ms(self.ackLatency.p99Ms)), max \(ms(self.ackLatency.maxMs))
             """

@@ -1,7 +1,9 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Testing
 
@@ -39,13 +41,24 @@ struct IngestHarness {
     let pipeline: IngestPipeline
     let server: IngestServer
     let port: Int
+    /// The listener's TLS, when the configuration names certificate files.
+    let tls: IngestTLS?
 
     /// Runs the body against a live server, then shuts it down gracefully.
+    ///
+    /// TLS and `meter_auth` come from the configuration's `ingest_tls_*` and `meter_auth` settings;
+    /// `concentrators` is the ingest side's copy of `concentrators.csv`.
     static func with<T>(
         directory: String,
         configuration: DaemonConfiguration = DaemonConfiguration(),
+        concentrators: ConcentratorDirectory = ConcentratorDirectory(),
+        tlsHandshakeTimeout: TimeAmount = .seconds(10),
         _ body: (IngestHarness) async throws -> T
     ) async throws -> T {
+        try configuration.validateSecurity()
+        let tls = try configuration.ingestTLSFiles.map { files throws(ConfigurationError) in
+            try IngestTLS(files: files, handshakeTimeout: tlsHandshakeTimeout)
+        }
         let database = try MeterDatabase(path: directory + "/meterd.sqlite", durability: configuration.durability)
         let writer = try IngestWriter(
             database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
@@ -55,7 +68,8 @@ struct IngestHarness {
         let server = IngestServer(
             configuration: IngestServerConfiguration(
                 host: "127.0.0.1", port: 0, limits: configuration.ingestLimits,
-                maximumKwh: configuration.maximumKwh, maximumConnections: configuration.maximumConnections),
+                maximumKwh: configuration.maximumKwh, maximumConnections: configuration.maximumConnections,
+                tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators),
             pipeline: pipeline, logger: testLogger, onListening: { portSink.yield($0.port!) })
         let group = ServiceGroup(services: [pipeline, server], logger: testLogger)
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -63,7 +77,7 @@ struct IngestHarness {
             var iterator = ports.makeAsyncIterator()
             let port = try #require(await iterator.next())
             do {
-                let result = try await body(IngestHarness(database: database, pipeline: pipeline, server: server, port: port))
+                let result = try await body(IngestHarness(database: database, pipeline: pipeline, server: server, port: port, tls: tls))
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
                 return result
@@ -80,15 +94,23 @@ struct IngestHarness {
 final class LineClient: Sendable {
     private let channel: any Channel
     private nonisolated(unsafe) var iterator: AsyncStream<String>.Iterator
+    private let failure = NIOLockedValueBox<(any Error)?>(nil)
 
     /// Splits what the daemon sends into lines.
     private final class LineCollector: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         private let sink: AsyncStream<String>.Continuation
+        private let failure: @Sendable (any Error) -> Void
         private var pending: [UInt8] = []
 
-        init(sink: AsyncStream<String>.Continuation) {
+        init(sink: AsyncStream<String>.Continuation, failure: @escaping @Sendable (any Error) -> Void) {
             self.sink = sink
+            self.failure = failure
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            self.failure(error)
+            context.close(promise: nil)
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -109,18 +131,28 @@ final class LineClient: Sendable {
         }
     }
 
-    init(port: Int, host: String = "127.0.0.1") async throws {
+    /// - Parameter tls: speaks TLS with this client context (its trust roots and client certificate).
+    init(port: Int, host: String = "127.0.0.1", tls: NIOSSLContext? = nil) async throws {
         let (lines, sink) = AsyncStream.makeStream(of: String.self)
         self.iterator = lines.makeAsyncIterator()
+        let failure = self.failure
         self.channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(LineCollector(sink: sink))
+                    if let tls {
+                        // 127.0.0.1: no SNI; the server certificate is checked against its IP SANs.
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        LineCollector(sink: sink, failure: { error in failure.withLockedValue { $0 = $0 ?? error } }))
                 }
             }
             .connect(host: host, port: port).get()
     }
+
+    /// The first error the connection saw (a failed TLS handshake, a reset), if any.
+    var error: (any Error)? { self.failure.withLockedValue { $0 } }
 
     func send(_ text: String) async throws {
         try await self.channel.writeAndFlush(ByteBuffer(string: text))

@@ -52,7 +52,7 @@ package enum CompanyImporter {
     /// The order files are applied in: what others refer to comes first.
     package static let fileOrder = [
         "technicians.csv", "customer_data.csv", "meters.csv", "installations.csv", "monthly_data.csv",
-        "bills.csv", "maintenance_data.csv", "feedback_data.csv", "complaints.csv",
+        "bills.csv", "maintenance_data.csv", "feedback_data.csv", "complaints.csv", "concentrators.csv",
     ]
 
     /// Most problems reported for one file before giving up on it.

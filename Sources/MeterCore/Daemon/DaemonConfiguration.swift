@@ -78,8 +78,41 @@ package struct DaemonConfiguration: Sendable {
     /// Chart.js the dashboard serves at `/assets/chart.js` (Debian's libjs-chart.js); without the file
     /// the dashboard shows tables.
     package var dashboardChartJS = "/usr/share/javascript/chart.js/chart.min.js"
+    /// `ingest_tls_cert`, `ingest_tls_key`: PEM files that turn TLS on for the ingest listener.
+    package var ingestTLSCertificate: String?
+    package var ingestTLSKey: String?
+    /// `ingest_tls_client_ca`: meters must present a client certificate this CA signed.
+    package var ingestTLSClientCA: String?
+    /// `meter_auth`: whether a connection may send only for the meters its certificate covers.
+    package var meterAuth = MeterAuthMode.none
 
     package init() {}
+
+    /// The ingest listener's TLS files, when TLS is on.
+    package var ingestTLSFiles: IngestTLSFiles? {
+        guard let certificate = self.ingestTLSCertificate, let key = self.ingestTLSKey else { return nil }
+        return IngestTLSFiles(certificate: certificate, key: key, clientCA: self.ingestTLSClientCA)
+    }
+
+    /// Checks that the security settings fit together (SPEC.md section 10); the files themselves
+    /// are read when the daemon starts.
+    package func validateSecurity() throws(ConfigurationError) {
+        if (self.ingestTLSCertificate == nil) != (self.ingestTLSKey == nil) {
+            throw ConfigurationError(
+                key: self.ingestTLSCertificate == nil ? "ingest_tls_cert" : "ingest_tls_key",
+                "ingest_tls_cert and ingest_tls_key go together: TLS needs the certificate and its key")
+        }
+        if self.ingestTLSClientCA != nil, self.ingestTLSCertificate == nil {
+            throw ConfigurationError(
+                key: "ingest_tls_client_ca", "needs ingest_tls_cert and ingest_tls_key: client certificates are checked in the TLS handshake")
+        }
+        if self.meterAuth == .certificate, self.ingestTLSClientCA == nil {
+            throw ConfigurationError(
+                key: "meter_auth",
+                "certificate needs ingest_tls_client_ca (with ingest_tls_cert and ingest_tls_key): meters prove who they are with client certificates"
+            )
+        }
+    }
 
     /// Path of the SQLite database inside the data directory.
     package var databasePath: String { (self.dataDirectory as NSString).appendingPathComponent("meterd.sqlite") }
@@ -119,6 +152,14 @@ package struct DaemonConfiguration: Sendable {
             "dashboard_chartjs",
             "Chart.js file the dashboard serves (default /usr/share/javascript/chart.js/chart.min.js, "
                 + "Debian's libjs-chart.js); without it the dashboard shows tables."
+        ),
+        ("ingest_tls_cert", "PEM certificate (then any intermediates) of the ingest listener; with ingest_tls_key, meters must speak TLS 1.2+."),
+        ("ingest_tls_key", "PEM private key of ingest_tls_cert. SIGHUP reloads both (and the client CA) for new connections."),
+        ("ingest_tls_client_ca", "PEM CA certificate(s): meters must present a client certificate signed by it."),
+        (
+            "meter_auth",
+            "none (default) or certificate: a connection sends only for the meter its client certificate names, "
+                + "or a concentrator's meters (concentrators.csv); needs ingest_tls_client_ca."
         ),
         ("tariff.default", "Currency units per kWh for live revenue (default 0.15)."),
         ("tariff.REGION", "Currency units per kWh in one region, e.g. tariff.North = 0.14."),
@@ -188,6 +229,14 @@ package struct DaemonConfiguration: Sendable {
             }
             self.pipeline.aggregateInterval = .milliseconds(milliseconds)
         case "dashboard_chartjs": self.dashboardChartJS = try path()
+        case "ingest_tls_cert": self.ingestTLSCertificate = try path()
+        case "ingest_tls_key": self.ingestTLSKey = try path()
+        case "ingest_tls_client_ca": self.ingestTLSClientCA = try path()
+        case "meter_auth":
+            guard let mode = MeterAuthMode(rawValue: value.lowercased()) else {
+                throw ConfigurationError(key: key, "expected none or certificate, got \"\(value)\"")
+            }
+            self.meterAuth = mode
         case "tariff.default": self.tariff.defaultRate = try positiveDouble()
         case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
             self.tariff.regionRates[String(key.dropFirst("tariff.".count))] = try positiveDouble()
@@ -253,6 +302,7 @@ package struct DaemonConfiguration: Sendable {
         for (key, value) in overrides {
             try configuration.set(key, to: value)
         }
+        try configuration.validateSecurity()
         return configuration
     }
 }

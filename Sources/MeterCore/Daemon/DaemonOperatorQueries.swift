@@ -12,8 +12,14 @@ package final class DaemonOperatorQueries: OperatorQueries {
     private let cacheTTLms: Int64
     private let cache = NIOLockedValueBox<(atMs: Int64, counts: MeterStateCounts)?>(nil)
     private let runningImport = NIOLockedValueBox<ImportProgress?>(nil)
+    /// The ingest side's copy of `concentrators.csv`, refreshed after each import.
+    private let concentrators: ConcentratorDirectory?
 
-    package init(store: any MeterStore, writer: WriterAccess, kpi: KPIEngine, snapshots: SnapshotService, cacheTTLms: Int64 = 2_000) {
+    package init(
+        store: any MeterStore, writer: WriterAccess, kpi: KPIEngine, snapshots: SnapshotService, cacheTTLms: Int64 = 2_000,
+        concentrators: ConcentratorDirectory? = nil
+    ) {
+        self.concentrators = concentrators
         self.store = store
         self.writer = writer
         self.kpi = kpi
@@ -80,6 +86,10 @@ package final class DaemonOperatorQueries: OperatorQueries {
             throw OperatorQueryError("import_failed", error.description)
         }
         self.cache.withLockedValue { $0 = nil }
+        if let concentrators = self.concentrators {
+            // Committed by now: connections see the new lists from their next reading on.
+            concentrators.replace(with: try await self.store.concentratorAssignments())
+        }
         return ImportAnswer(report)
     }
 

@@ -30,6 +30,9 @@ package struct MeterDaemon: Sendable {
     ) throws {
         self.configuration = configuration
         self.logger = logger
+        try configuration.validateSecurity()
+        // Read before anything starts: a missing or mismatched file stops start-up with one line.
+        let tls = try configuration.ingestTLSFiles.map { files throws(ConfigurationError) in try IngestTLS(files: files) }
         do {
             try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         } catch {
@@ -63,11 +66,26 @@ package struct MeterDaemon: Sendable {
         let ports = ListenerPorts(path: portsPath, logger: logger)
         let readiness = Readiness(listeners: ["ingest", "status", "http"])
         let sockets = environment.inheritedSockets
+        // Loaded now, so the first concentrator to connect finds its meters; imports refresh it.
+        let concentrators = ConcentratorDirectory(try store.loadConcentratorAssignments())
+        if let tls {
+            let loaded = tls.current
+            logger.info(
+                "Ingest TLS on",
+                metadata: [
+                    "tls.subject": "\(loaded.subject)",
+                    "tls.not_after": "\(RFC3339.format(millisecondsSinceEpoch: loaded.notValidAfter * 1000))",
+                    "tls.client_ca": "\(configuration.ingestTLSClientCA ?? "none")", "meter_auth": "\(configuration.meterAuth.rawValue)",
+                    "concentrators": "\(concentrators.concentratorCount)",
+                ])
+            IngestTLSReloader.warnIfExpiring(loaded, logger: logger)
+        }
         let ingest = IngestServer(
             configuration: IngestServerConfiguration(
                 host: configuration.ingest.host, port: configuration.ingest.port,
                 limits: configuration.ingestLimits, maximumKwh: configuration.maximumKwh,
-                maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest),
+                maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest,
+                tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators),
             pipeline: pipeline, logger: logger,
             onListening: { address in
                 ports.record("ingest", port: address.port ?? 0)
@@ -88,7 +106,8 @@ package struct MeterDaemon: Sendable {
             interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger,
             beforeFirst: { await readiness.waitUntilListening() })
         self.snapshots = snapshots
-        let queries = DaemonOperatorQueries(store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots)
+        let queries = DaemonOperatorQueries(
+            store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots, concentrators: concentrators)
         let reporter = StatusReporter(pipeline: pipeline, store: store, queries: queries)
         let writerHealth = WriterHealth(
             pipeline: pipeline,
@@ -120,7 +139,11 @@ package struct MeterDaemon: Sendable {
         // Start order; shutdown runs in reverse: systemd hears STOPPING=1 first, operators' sockets
         // close, then the listener drains into a still-running writer.
         // The liveness and snapshot services hand work to the writer, so they stop before it.
-        self.services = [pipeline, ingest, liveness, snapshots, http, status, notifier]
+        var services: [any Service] = [pipeline, ingest]
+        // SIGHUP reloads the ingest certificate only when there is one (otherwise it ends meterd, as before).
+        if let tls { services.append(IngestTLSReloader(tls: tls, logger: logger)) }
+        services += [liveness, snapshots, http, status, notifier]
+        self.services = services
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

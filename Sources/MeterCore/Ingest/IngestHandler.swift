@@ -57,6 +57,12 @@ final class IngestHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var receiver: ConnectionAckReceiver?
     private var peer = ""
+    /// The client certificate's identity (``MeterIdentity``), once the TLS handshake has named one.
+    private var peerIdentity: String?
+    /// With `meter_auth = certificate`: which meters this connection may send for.
+    private var authorization: ConnectionAuthorization?
+    /// A refused reading is logged once per connection, not once per line.
+    private var loggedForbidden = false
     private var carry: ByteBuffer?
     /// Bytes received while the pipeline was full (or behind a full submission), not yet parsed:
     /// they follow `carry`, and nothing is read from the socket while there are any.
@@ -84,12 +90,16 @@ final class IngestHandler: ChannelDuplexHandler {
         case closed(ConnectionAckReceiver)
     }
 
+    /// - Parameter authorization: set with `meter_auth = certificate`: readings only for the meters
+    ///   the TLS handshake's identity covers (``IngestPeerEvent``), `forbidden` for the rest.
     init(
         pipeline: IngestPipeline, parser: ReadingParser, limits: LineLimits, statistics: IngestStatistics,
+        authorization: ConnectionAuthorization? = nil,
         logger: Logger = Logger(label: "meterd", factory: { _ in SwiftLogNoOpLogHandler() }),
         onStateChange: @escaping @Sendable (ConnectionEvent) -> Void
     ) {
         self.logger = logger
+        self.authorization = authorization
         self.pipeline = pipeline
         self.parser = parser
         self.limits = limits
@@ -268,7 +278,9 @@ final class IngestHandler: ChannelDuplexHandler {
     /// Hands the lines decoded so far to the pipeline as one submission.
     private func submitPending(context: ChannelHandlerContext) {
         guard !self.readings.isEmpty || !self.quarantined.isEmpty else { return }
-        let submission = IngestSubmission(readings: self.readings, quarantined: self.quarantined, receiver: self.receiver, peer: self.peer)
+        let submission = IngestSubmission(
+            readings: self.readings, quarantined: self.quarantined, receiver: self.receiver, peer: self.peer,
+            peerIdentity: self.peerIdentity)
         self.readings = []
         self.quarantined = []
         self.unsettledSubmissions += 1
@@ -313,6 +325,12 @@ final class IngestHandler: ChannelDuplexHandler {
             // kernel buffer by now; what did not fit in the pipeline is held and goes as it drains.
             self.inputClosed = true
             self.closeIfSettled(context: context)
+            return
+        }
+        if let event = event as? IngestPeerEvent, case .authenticated(let identity) = event {
+            self.peerIdentity = identity?.description
+            self.authorization?.authenticated(as: identity)
+            self.logger.debug("Meter connection authenticated", metadata: ["peer": "\(self.peer)", "identity": "\(identity?.description ?? "none")"])
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -430,6 +448,10 @@ final class IngestHandler: ChannelDuplexHandler {
         }
         do {
             let reading = try self.parser.parse(line)
+            if self.authorization?.allows(reading.meter) == false {
+                self.forbid(reading.meter, raw: line)
+                return
+            }
             guard reading.timestampMs <= self.receivedMs + self.limits.clockSkewMs else {
                 self.reject(
                     meter: reading.meter,
@@ -446,6 +468,21 @@ final class IngestHandler: ChannelDuplexHandler {
         } catch {
             self.reject(error, raw: line)
         }
+    }
+
+    /// Refuses a reading for a meter the connection's certificate does not cover: answered,
+    /// quarantined with the peer's identity and counted like any rejection, never stored.
+    private func forbid(_ meter: String, raw: UnsafeRawBufferPointer) {
+        let scope = self.authorization?.scope ?? ""
+        if !self.loggedForbidden {
+            self.loggedForbidden = true
+            self.logger.warning(
+                "Refused a reading for a meter this connection's certificate does not cover (logged once per connection)",
+                metadata: [
+                    "peer": "\(self.peer)", "identity": "\(self.peerIdentity ?? "none")", "meter": "\(meter)", "line": "\(self.lineNumber)",
+                ])
+        }
+        self.reject(meter: meter, Rejection(.forbidden, "not allowed to send for meter \(meter): \(scope)"), raw: raw)
     }
 
     private func rejectOverlong(prefix: ByteBuffer) {
@@ -474,7 +511,7 @@ final class IngestHandler: ChannelDuplexHandler {
         self.quarantined.append(
             QuarantinedLine(
                 receivedMs: self.receivedMs, peer: self.peer, line: self.lineNumber,
-                rejection: rejection, raw: Array(raw.prefix(1024))))
+                rejection: rejection, raw: Array(raw.prefix(1024)), peerIdentity: self.peerIdentity))
     }
 
     static func writeError(_ rejection: Rejection, line: Int, into buffer: inout ByteBuffer) {

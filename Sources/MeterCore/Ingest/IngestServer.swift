@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
@@ -21,11 +22,22 @@ package struct IngestServerConfiguration: Sendable {
     /// half-closes, NIO reads everything in the kernel's receive buffer at once, back-pressure or
     /// not, and the kernel's default autotuning lets that buffer grow to 128 KB-32 MB.
     package var receiveBufferSize: Int
+    /// TLS for every connection (`ingest_tls_cert`, `ingest_tls_key`, `ingest_tls_client_ca`); `nil` is plain TCP.
+    package var tls: IngestTLS?
+    /// `meter_auth`: with `.certificate`, a connection sends only for the meters its client
+    /// certificate covers (needs ``tls`` with a client CA).
+    package var meterAuth: MeterAuthMode
+    /// Which meters each data concentrator covers, for `meter_auth = certificate`.
+    package var concentrators: ConcentratorDirectory
 
     package init(
         host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
-        maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 2048
+        maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 2048,
+        tls: IngestTLS? = nil, meterAuth: MeterAuthMode = .none, concentrators: ConcentratorDirectory = ConcentratorDirectory()
     ) {
+        self.tls = tls
+        self.meterAuth = meterAuth
+        self.concentrators = concentrators
         self.host = host
         self.port = port
         self.limits = limits
@@ -69,6 +81,9 @@ package struct IngestServer: Service {
         let connections = self.connections
         let maximumConnections = self.configuration.maximumConnections
         let logger = self.logger
+        let tls = self.configuration.tls
+        let concentrators = self.configuration.concentrators
+        let authorizes = self.configuration.meterAuth == .certificate
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
             .serverChannelOption(.backlog, value: 4096)
@@ -100,11 +115,30 @@ package struct IngestServer: Service {
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
                     statistics.refusedConnections.add(1, ordering: .relaxed)
                     return channel.eventLoop.makeCompletedFuture {
+                        // Over TLS the refusal goes out once the handshake is done; the handshake
+                        // deadline closes a connection that never gets there (it holds no slot, but an fd).
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                            try channel.pipeline.syncOperations.addHandler(
+                                IngestTLSPeerHandler(statistics: statistics, handshakeTimeout: tls.handshakeTimeout, logger: logger))
+                        }
                         try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler())
                     }
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    let handler = IngestHandler(pipeline: pipeline, parser: parser, limits: limits, statistics: statistics, logger: logger) { event in
+                    // TLS goes in front of the line handler and changes nothing behind it: IngestHandler
+                    // sees plaintext reads and its read() still gates the socket's reads (NIOSSL passes
+                    // read() through), so back-pressure and the memory bound work as over plain TCP.
+                    if let tls {
+                        // The context current now: a reload (SIGHUP) affects only later connections.
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                        try channel.pipeline.syncOperations.addHandler(
+                            IngestTLSPeerHandler(statistics: statistics, handshakeTimeout: tls.handshakeTimeout, logger: logger))
+                    }
+                    let handler = IngestHandler(
+                        pipeline: pipeline, parser: parser, limits: limits, statistics: statistics,
+                        authorization: authorizes ? ConnectionAuthorization(directory: concentrators) : nil, logger: logger
+                    ) { event in
                         switch event {
                         case .opened(let receiver): connections.insert(receiver)
                         case .closed(let receiver): connections.remove(receiver)

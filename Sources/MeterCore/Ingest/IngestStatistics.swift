@@ -9,6 +9,8 @@ package final class IngestStatistics: Sendable {
     package let busySignals = Atomic<Int>(0)
     package let connections = Atomic<Int>(0)
     package let refusedConnections = Atomic<Int>(0)
+    /// TLS handshakes that failed: no, an expired or an untrusted client certificate, or no TLS at all.
+    package let tlsHandshakeFailures = Atomic<Int>(0)
     /// Bytes connections received while the pipeline was full and hold unparsed until it has room:
     /// at most one read (8 KB) plus one kernel receive buffer (4 KB) per connection (see `IngestHandler`).
     package let heldBytes = Atomic<Int>(0)

@@ -25,13 +25,16 @@ package struct QuarantinedLine: Sendable {
     package var line: Int
     package var rejection: Rejection
     package var raw: [UInt8]
+    /// Who the peer's client certificate says it is (``MeterIdentity``), when it presented one.
+    package var peerIdentity: String?
 
-    package init(receivedMs: Int64, peer: String, line: Int, rejection: Rejection, raw: [UInt8]) {
+    package init(receivedMs: Int64, peer: String, line: Int, rejection: Rejection, raw: [UInt8], peerIdentity: String? = nil) {
         self.receivedMs = receivedMs
         self.peer = peer
         self.line = line
         self.rejection = rejection
         self.raw = raw
+        self.peerIdentity = peerIdentity
     }
 }
 
@@ -99,12 +102,18 @@ package struct IngestSubmission: Sendable {
     package var receiver: (any AckReceiver)?
     /// Who sent it (a socket address), recorded with quarantined lines.
     package var peer: String
+    /// Who the sender's client certificate says it is, recorded with quarantined lines.
+    package var peerIdentity: String?
 
-    package init(readings: [SubmittedReading], quarantined: [QuarantinedLine] = [], receiver: (any AckReceiver)?, peer: String = "") {
+    package init(
+        readings: [SubmittedReading], quarantined: [QuarantinedLine] = [], receiver: (any AckReceiver)?, peer: String = "",
+        peerIdentity: String? = nil
+    ) {
         self.readings = readings
         self.quarantined = quarantined
         self.receiver = receiver
         self.peer = peer
+        self.peerIdentity = peerIdentity
     }
 
     /// Units of queue capacity this submission takes.

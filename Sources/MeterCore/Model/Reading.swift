@@ -71,6 +71,8 @@ package enum RejectionCode: String, Sendable, CaseIterable {
     case lineTooLong = "line_too_long"
     case unknownMeter = "unknown_meter"
     case clockSkew = "clock_skew"
+    /// The connection's certificate does not cover the reading's meter (`meter_auth = certificate`).
+    case forbidden = "forbidden"
 }
 
 /// A rejected line: its code and a sentence saying what was wrong.

@@ -18,6 +18,7 @@ package final class DaemonMetrics: CommitObserver {
     private let duplicates: CoreMetrics.Counter
     private let busySignals: CoreMetrics.Counter
     private let commits: CoreMetrics.Counter
+    private let tlsHandshakeFailures: CoreMetrics.Counter
     private let rejects: [RejectionCode: CoreMetrics.Counter]
     private let connections: CoreMetrics.Gauge
     private let queueDepth: CoreMetrics.Gauge
@@ -39,6 +40,8 @@ package final class DaemonMetrics: CommitObserver {
         "meterd_rejects_total": "Lines rejected, by error code.",
         "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full.",
         "meterd_commits_total": "Group commits of the write pipeline.",
+        "meterd_tls_handshake_failures_total":
+            "TLS handshakes on the ingest port that failed (no, an expired or an untrusted client certificate; not TLS).",
         "meterd_connections": "Meter connections open now.",
         "meterd_queue_depth": "Readings waiting for the writer.",
         "meterd_database_bytes": "Size of the SQLite database and its WAL.",
@@ -70,6 +73,7 @@ package final class DaemonMetrics: CommitObserver {
         self.duplicates = CoreMetrics.Counter(label: "meterd_duplicates_total", factory: factory)
         self.busySignals = CoreMetrics.Counter(label: "meterd_busy_signals_total", factory: factory)
         self.commits = CoreMetrics.Counter(label: "meterd_commits_total", factory: factory)
+        self.tlsHandshakeFailures = CoreMetrics.Counter(label: "meterd_tls_handshake_failures_total", factory: factory)
         self.rejects = Dictionary(
             uniqueKeysWithValues: RejectionCode.allCases.map { code in
                 (code, CoreMetrics.Counter(label: "meterd_rejects_total", dimensions: [("code", code.rawValue)], factory: factory))
@@ -106,6 +110,7 @@ package final class DaemonMetrics: CommitObserver {
             ("duplicates", statistics.duplicates.load(ordering: .relaxed), self.duplicates),
             ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
             ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
+            ("tls_handshake_failures", statistics.tlsHandshakeFailures.load(ordering: .relaxed), self.tlsHandshakeFailures),
         ]
         let rejects = statistics.rejectsByCode
         for (code, counter) in self.rejects {

@@ -65,6 +65,11 @@ package protocol MeterStore: Sendable {
     /// Installation dates and meters of the given customers, for a page of a region's list.
     func customerSummaries(ids: [Int64]) async throws -> [Int64: CustomerSummary]
 
+    // MARK: Security
+
+    /// Which meters each data concentrator may send for (`concentrators.csv`), by concentrator id.
+    func concentratorAssignments() async throws -> [String: Set<String>]
+
     // MARK: Operations
 
     /// A consistent copy of the store into a new file, while meters keep sending.

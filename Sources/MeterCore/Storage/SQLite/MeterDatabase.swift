@@ -191,6 +191,20 @@ package final class MeterDatabase: Sendable {
                         WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL;
                     """)
         }
+        migrator.registerMigration("v7-concentrators") { db in
+            // meter_auth = certificate (SPEC.md section 10): the meters each data concentrator may send
+            // for (concentrators.csv), by meter name, as a concentrator may list meters not yet heard
+            // from; and who a quarantined line's client certificate said its sender was.
+            try db.execute(
+                sql: """
+                    CREATE TABLE concentrator_meter (
+                        concentrator TEXT NOT NULL,
+                        meter TEXT NOT NULL,
+                        PRIMARY KEY (concentrator, meter)
+                    ) WITHOUT ROWID;
+                    ALTER TABLE quarantine ADD COLUMN peer_identity TEXT;
+                    """)
+        }
         return migrator
     }
 }

@@ -30,6 +30,7 @@ struct ImportContext {
         case "technicians.csv": try self.technicians(path)
         case "customer_data.csv": try self.customers(path)
         case "meters.csv": try self.meters(path)
+        case "concentrators.csv": try self.concentrators(path)
         case "installations.csv": try self.installations(path)
         case "monthly_data.csv": try self.monthly(path)
         case "bills.csv": try self.bills(path)
@@ -221,6 +222,29 @@ struct ImportContext {
             dropDefault.bind(1, defaultMeterName(customer: customer))
             dropDefault.bind(2, customer)
             try dropDefault.execute()
+        }
+    }
+
+    /// The whole concentrator-to-meter assignment: the file replaces what an earlier import said,
+    /// so a meter taken off a concentrator's list is no longer accepted from it.
+    mutating func concentrators(_ path: String) throws {
+        try self.db.execute(sql: "DELETE FROM concentrator_meter")
+        let insert = try RawStatement(self.db, sql: "INSERT INTO concentrator_meter (concentrator, meter) VALUES (?, ?)")
+        var seen = Set<[String]>()
+        try self.forEachRow(path, columns: ["ConcentratorID", "MeterID"]) { context, fields in
+            let concentrator = fields[0].trimmingCharacters(in: .whitespaces)
+            guard MeterID.isValid(concentrator) else {
+                throw context.fail("ConcentratorID: expected \(MeterID.syntax), got \"\(concentrator)\"")
+            }
+            let meter = fields[1].trimmingCharacters(in: .whitespaces)
+            guard MeterID.isValid(meter) else { throw context.fail("MeterID: expected \(MeterID.syntax), got \"\(meter)\"") }
+            guard seen.insert([concentrator, meter]).inserted else {
+                throw context.fail("meter \(meter) is assigned to concentrator \(concentrator) twice")
+            }
+            guard context.errors.isEmpty else { return }
+            insert.bind(1, concentrator)
+            insert.bind(2, meter)
+            try insert.execute()
         }
     }
 

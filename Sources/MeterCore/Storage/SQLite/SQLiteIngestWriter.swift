@@ -263,7 +263,7 @@ package final class IngestWriter: MeterStoreWriter {
         let insertQuarantine = try RawStatement(
             db,
             sql: """
-                INSERT INTO quarantine (received_ms, peer, line, code, detail, raw) VALUES (?, ?, ?, ?, ?, ?)
+                INSERT INTO quarantine (received_ms, peer, line, code, detail, raw, peer_identity) VALUES (?, ?, ?, ?, ?, ?, ?)
                 """)
         func quarantine(_ line: QuarantinedLine) throws {
             insertQuarantine.bind(1, line.receivedMs)
@@ -272,6 +272,7 @@ package final class IngestWriter: MeterStoreWriter {
             insertQuarantine.bind(4, line.rejection.code.rawValue)
             insertQuarantine.bind(5, line.rejection.detail)
             insertQuarantine.bind(6, bytes: line.raw)
+            insertQuarantine.bind(7, line.peerIdentity)
             try insertQuarantine.execute()
             result.quarantined += 1
         }
@@ -295,7 +296,7 @@ package final class IngestWriter: MeterStoreWriter {
                         try quarantine(
                             QuarantinedLine(
                                 receivedMs: item.receivedMs, peer: submission.peer, line: item.line, rejection: rejection,
-                                raw: item.bytes ?? Array(reading.line.utf8.dropLast())))
+                                raw: item.bytes ?? Array(reading.line.utf8.dropLast()), peerIdentity: submission.peerIdentity))
                         result.rejected += 1
                         continue
                     }

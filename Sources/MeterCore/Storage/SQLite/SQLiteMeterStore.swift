@@ -28,6 +28,23 @@ package final class SQLiteMeterStore: MeterStore {
             unknownMeters: settings.unknownMeters)
     }
 
+    package func concentratorAssignments() async throws -> [String: Set<String>] {
+        try await self.database.pool.read { db in try Self.concentratorAssignments(db) }
+    }
+
+    /// ``concentratorAssignments()`` before the daemon starts, when nothing else reads yet.
+    package func loadConcentratorAssignments() throws -> [String: Set<String>] {
+        try self.database.pool.read { db in try Self.concentratorAssignments(db) }
+    }
+
+    private static func concentratorAssignments(_ db: Database) throws -> [String: Set<String>] {
+        var assignments: [String: Set<String>] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT concentrator, meter FROM concentrator_meter") {
+            assignments[row["concentrator"] as String, default: []].insert(row["meter"])
+        }
+        return assignments
+    }
+
     package func recordedTimeZone() async throws -> TimeZone? {
         try await self.database.pool.read { db in
             try String.fetchOne(db, sql: "SELECT value FROM store_setting WHERE name = 'time_zone'").flatMap(TimeZone.init(identifier:))
