@@ -48,6 +48,13 @@ struct RunCommand: AsyncParsableCommand {
             meter the highest acknowledged seq (empty if none), the sum of the kWh of its acknowledged \
             readings (each counted once, whatever was resent) and how many there were.
 
+            Registers: --register makes each meter send its cumulative register (register_kwh) instead \
+            of kwh, starting from a value of its own (same seed, same values) and wrapping after \
+            10^--register-digits kWh. The ledger's kWh is then what meterd derives from the registers \
+            (the first reading is the baseline and counts 0; a reset counts 0), computed with the same \
+            rules; readings dropped after clock_skew are the exception, their energy going into the \
+            next register difference.
+
             --report FILE writes the end summary as JSON: sent, resent, acked, unacked, rejected, \
             duplicates_sent, errors_by_code, busy_signals, reconnects, acked_per_second, ack_latency \
             {p50_ms, p95_ms, p99_ms, max_ms} (from a log-linear histogram, ±3 %) and more.
@@ -102,6 +109,12 @@ struct RunCommand: AsyncParsableCommand {
     var burst = false
     @Flag(help: "Shut down the write side once a connection has sent everything, then read acks until meterd closes it.")
     var halfClose = false
+    @Flag(help: "Send each meter's cumulative register (register_kwh, from a per-meter starting value) instead of kwh.")
+    var register = false
+    @Option(help: ArgumentHelp("Whole digits of the registers; they wrap after 10^N kWh (meterd's register_digits).", valueName: "n"))
+    var registerDigits = 6
+    @Option(help: ArgumentHelp("meterd's max_kwh: a register going down by more than a wrap of this is a reset.", valueName: "kwh"))
+    var maxKwh = 1_000.0
 
     func run() async throws {
         var configuration = SimulationConfiguration(host: self.host, port: self.port, meters: self.meters)
@@ -126,6 +139,9 @@ struct RunCommand: AsyncParsableCommand {
         configuration.connectTimeout = self.connectTimeout
         configuration.burst = self.burst
         configuration.halfClose = self.halfClose
+        configuration.register = self.register
+        configuration.registerDigits = self.registerDigits
+        configuration.maximumKwh = self.maxKwh
         if let problem = configuration.validate() { throw ValidationError(problem) }
 
         let needed = configuration.connectionCount + 64

@@ -16,6 +16,11 @@ import Logging
 /// Each flush records in `ingest_watermark` the highest reading rowid its aggregates cover, in the
 /// same transaction; on open, readings past the watermark (those a crash left unaggregated) are
 /// applied again, so the aggregates and the high-water marks always equal the stored readings.
+///
+/// Register readings (``MeteringRules``) get their consumption here, from the meter's cached
+/// baseline, before they are stored; the row keeps the derived `kwh`, the register and the start
+/// of a gap's span, so the fold that recovery repeats needs nothing but the row. Validation flags
+/// are inserted with their reading, never deferred.
 package final class IngestWriter: MeterStoreWriter {
     struct MeterState {
         var id: Int64
@@ -26,6 +31,12 @@ package final class IngestWriter: MeterStoreWriter {
         var region: Int
         /// Rowid of the meter's newest reading, 0 for none: the next one's `prev_rowid`.
         var lastReadingRowID: Int64 = 0
+        /// `ts` of the meter's newest reading, for the `clock_backwards` rule.
+        var lastTimestampMs: Int64?
+        /// The register of the meter's newest reading, `nil` when that was a `kwh` reading (or none):
+        /// the baseline of its next register reading, and when it was read.
+        var lastRegister: Double?
+        var lastRegisterTimestampMs: Int64?
         /// The commit that last saved this state for its rollback (see ``Rollback``).
         var savedBy = 0
     }
@@ -43,6 +54,7 @@ package final class IngestWriter: MeterStoreWriter {
     private var calendar: MonthCalendar
     private let tariff: Tariff
     private let unknownMeters: UnknownMeterPolicy
+    private let metering: MeteringRules
     /// The meter cache: a slot per meter in `meterStates`, found by name once per reading.
     private var meterSlots: [String: Int] = [:]
     private var meterStates: [MeterState] = []
@@ -57,11 +69,15 @@ package final class IngestWriter: MeterStoreWriter {
     /// Aggregates of committed readings not yet written (see ``commit(_:deferAggregates:)``).
     private var pending = BatchAggregates()
 
-    package init(database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy) throws {
+    package init(
+        database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy,
+        metering: MeteringRules = MeteringRules()
+    ) throws {
         self.database = database
         self.calendar = calendar
         self.tariff = tariff
         self.unknownMeters = unknownMeters
+        self.metering = metering
         try self.reloadMeters()
         try self.recoverAggregates()
     }
@@ -77,7 +93,13 @@ package final class IngestWriter: MeterStoreWriter {
         // The cached high-water marks are ahead of the table while aggregates are pending.
         try self.flushAggregates()
         let rows = try self.database.pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid FROM meter")
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid, last_ts_ms,
+                           last_register_kwh, last_register_ts_ms
+                    FROM meter
+                    """)
         }
         var slots: [String: Int] = [:]
         var states: [MeterState] = []
@@ -92,7 +114,9 @@ package final class IngestWriter: MeterStoreWriter {
             states.append(
                 MeterState(
                     id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
-                    region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"]))
+                    region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"],
+                    lastTimestampMs: row["last_ts_ms"], lastRegister: row["last_register_kwh"],
+                    lastRegisterTimestampMs: row["last_register_ts_ms"]))
             names.append(name)
         }
         self.meterSlots = slots
@@ -115,6 +139,8 @@ package final class IngestWriter: MeterStoreWriter {
         var lastStatus: MeterHealth?
         var lastFault: String?
         var lastReadingRowID: Int64?
+        var lastRegister: Double?
+        var lastRegisterTimestampMs: Int64?
         var readings = 0
         var faults = 0
         var duplicates = 0
@@ -127,6 +153,8 @@ package final class IngestWriter: MeterStoreWriter {
         mutating func record(_ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64) {
             self.lastReceivedMs = receivedMs
             self.lastReadingRowID = rowID
+            self.lastRegister = reading.registerKwh
+            self.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
             self.highWaterMark = highWaterMark
             self.lastTimestampMs = reading.timestampMs
             self.lastStatus = reading.status
@@ -144,6 +172,8 @@ package final class IngestWriter: MeterStoreWriter {
                 self.lastStatus = later.lastStatus
                 self.lastFault = later.lastFault
                 self.lastReadingRowID = later.lastReadingRowID
+                self.lastRegister = later.lastRegister
+                self.lastRegisterTimestampMs = later.lastRegisterTimestampMs
             }
             self.readings += later.readings
             self.faults += later.faults
@@ -257,9 +287,27 @@ package final class IngestWriter: MeterStoreWriter {
         let insertReading = try RawStatement(
             db,
             sql: """
-                INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid,
+                                     register_kwh, span_start_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
+        // Compiled on the first flag only: most batches raise none.
+        var insertFlag: RawStatement?
+        func flag(_ rule: ValidationRule, _ detail: String, meterID: Int64, reading: Reading) throws {
+            if insertFlag == nil {
+                insertFlag = try RawStatement(
+                    db, sql: "INSERT INTO validation_flag (meter_id, seq, ts_ms, month, rule, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            }
+            let statement = insertFlag!
+            statement.bind(1, meterID)
+            statement.bind(2, reading.seq)
+            statement.bind(3, reading.timestampMs)
+            statement.bind(4, self.calendar.month(ofMilliseconds: reading.timestampMs).key)
+            statement.bind(5, rule.rawValue)
+            statement.bind(6, detail)
+            try statement.execute()
+            result.flags += 1
+        }
         let insertQuarantine = try RawStatement(
             db,
             sql: """
@@ -311,21 +359,54 @@ package final class IngestWriter: MeterStoreWriter {
                     ].recordDuplicate(receivedMs: item.receivedMs)
                     result.duplicates += 1
                 } else {
+                    var stored = reading
+                    var spanStartMs: Int64?
+                    if let register = reading.registerKwh {
+                        let step = self.metering.step(from: state.lastRegister, to: register)
+                        stored.kwh = step.kwh
+                        if case .reset(let wrapped) = step, let previous = state.lastRegister {
+                            try flag(
+                                .registerReset,
+                                "register went down from \(previous) to \(register) kWh; a rollover would make \(wrapped) kWh, "
+                                    + "more than max_kwh \(self.metering.maximumKwh): new baseline",
+                                meterID: state.id, reading: reading)
+                        }
+                        // A gap: its consumption is spread over the months it spans (``fold``).
+                        if stored.kwh > 0, let previousMs = state.lastRegisterTimestampMs,
+                            reading.timestampMs - previousMs > self.metering.expectedIntervalMs
+                        {
+                            spanStartMs = previousMs
+                        }
+                    }
+                    if let previousMs = state.lastTimestampMs, reading.timestampMs < previousMs {
+                        try flag(
+                            .clockBackwards,
+                            "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is before the previous reading's "
+                                + RFC3339.format(millisecondsSinceEpoch: previousMs),
+                            meterID: state.id, reading: reading)
+                    }
+                    if let volts = reading.voltage, self.metering.isVoltageOutOfRange(volts) {
+                        try flag(
+                            .voltage, "\(volts) V is outside \(self.metering.voltageMinimum)–\(self.metering.voltageMaximum) V",
+                            meterID: state.id, reading: reading)
+                    }
                     insertReading.bind(1, state.id)
-                    insertReading.bind(2, reading.seq)
-                    insertReading.bind(3, reading.timestampMs)
+                    insertReading.bind(2, stored.seq)
+                    insertReading.bind(3, stored.timestampMs)
                     insertReading.bind(4, item.receivedMs)
-                    insertReading.bind(5, reading.kwh)
-                    insertReading.bind(6, Int64(reading.status.rawValue))
-                    insertReading.bind(7, reading.fault)
-                    insertReading.bind(8, reading.voltage)
+                    insertReading.bind(5, stored.kwh)
+                    insertReading.bind(6, Int64(stored.status.rawValue))
+                    insertReading.bind(7, stored.fault)
+                    insertReading.bind(8, stored.voltage)
                     insertReading.bind(9, state.lastReadingRowID)  // the meter's chain of readings
+                    insertReading.bind(10, stored.registerKwh)
+                    if let spanStartMs { insertReading.bind(11, spanStartMs) } else { insertReading.bind(11, nil as String?) }
                     try insertReading.execute()
                     batch.highRowID = db.lastInsertedRowID
                     result.latenciesMs.append(
                         self.fold(
-                            reading, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID, slot: slot,
-                            into: &batch))
+                            stored, spanStartMs: spanStartMs, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID,
+                            slot: slot, into: &batch))
                     result.stored += 1
                 }
                 outcome.ack(meter: reading.meter, seq: reading.seq, index: &ackIndex)
@@ -350,8 +431,10 @@ package final class IngestWriter: MeterStoreWriter {
                     last_fault = CASE WHEN ? THEN ? ELSE last_fault END,
                     readings_total = readings_total + ?, faults_total = faults_total + ?,
                     duplicates_total = duplicates_total + ?, inactive_since_ms = NULL,
-                    last_reading_rowid = COALESCE(?, last_reading_rowid)
-                WHERE id = ?
+                    last_reading_rowid = COALESCE(?, last_reading_rowid),
+                    last_register_kwh = CASE WHEN ?6 THEN ?13 ELSE last_register_kwh END,
+                    last_register_ts_ms = CASE WHEN ?6 THEN ?14 ELSE last_register_ts_ms END
+                WHERE id = ?12
                 """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
         for (id, delta) in aggregates.meters.sorted(by: { $0.key < $1.key }) {
@@ -367,6 +450,8 @@ package final class IngestWriter: MeterStoreWriter {
             updateMeter.bind(10, delta.duplicates)
             if let rowID = delta.lastReadingRowID { updateMeter.bind(11, rowID) } else { updateMeter.bind(11, nil as String?) }
             updateMeter.bind(12, id)
+            updateMeter.bind(13, delta.lastRegister)
+            if let ts = delta.lastRegisterTimestampMs { updateMeter.bind(14, ts) } else { updateMeter.bind(14, nil as String?) }
             try updateMeter.execute()
         }
 
@@ -380,15 +465,15 @@ package final class IngestWriter: MeterStoreWriter {
                     kwh = kwh + ?3, revenue = revenue + ?4, readings = readings + ?5, faults = faults + ?6,
                     good = good + ?7, fair = fair + ?8, poor = poor + ?9,
                     latency_sum_ms = latency_sum_ms + ?10, latency_count = latency_count + ?11,
-                    latency_max_ms = max(latency_max_ms, ?12)
+                    latency_max_ms = max(latency_max_ms, ?12), estimated = estimated + ?13, estimated_kwh = estimated_kwh + ?14
                 WHERE meter_id = ?1 AND month = ?2
                 """)
         let insertMonth = try RawStatement(
             db,
             sql: """
                 INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
-                                         latency_sum_ms, latency_count, latency_max_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                         latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
         func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: AggregateDelta.Month) throws {
             statement.bind(1, key.meterID)
@@ -403,6 +488,8 @@ package final class IngestWriter: MeterStoreWriter {
             statement.bind(10, delta.latencySumMs)
             statement.bind(11, delta.readings)
             statement.bind(12, delta.latencyMaxMs)
+            statement.bind(13, delta.estimated)
+            statement.bind(14, delta.estimatedKwh)
             try statement.execute()
         }
         for (key, delta) in aggregates.months.sorted(by: { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }) {
@@ -436,19 +523,43 @@ package final class IngestWriter: MeterStoreWriter {
     }
 
     /// Folds one stored reading into the meter's cached state and the aggregates: the one step a
-    /// commit and crash recovery share. Returns the reading's latency.
-    private func fold(_ reading: Reading, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates) -> Int64 {
+    /// commit and crash recovery share, from what the reading's row holds (its `kwh` already
+    /// derived for a register reading). Returns the reading's latency.
+    ///
+    /// - Parameter spanStartMs: for a gap, the start of the interval its `kwh` is spread over; the
+    ///   reading itself (its count, status, latency) still lands in the month of its `ts`.
+    private func fold(
+        _ reading: Reading, spanStartMs: Int64?, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates
+    ) -> Int64 {
         var state = self.meterStates[slot]
         // The highest seq stored, whatever order recovered rows come in.
         state.highWaterMark = max(state.highWaterMark, reading.seq)
         state.lastReadingRowID = max(state.lastReadingRowID, rowID)
+        state.lastTimestampMs = reading.timestampMs
+        // A kwh reading ends the register's chain: the next register starts a new baseline rather
+        // than count again the energy the kwh readings between them carried.
+        state.lastRegister = reading.registerKwh
+        state.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
         self.meterStates[slot] = state
         batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)]
             .record(reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID)
         let latency = max(0, receivedMs - reading.timestampMs)
         let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
-        batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
-            .add(reading, rate: state.rate, latencyMs: latency)
+        if let spanStartMs, spanStartMs < reading.timestampMs {
+            var counted = reading
+            counted.kwh = 0
+            batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
+                .add(counted, rate: state.rate, latencyMs: latency)
+            let shares = self.calendar.spread(reading.kwh, fromMilliseconds: spanStartMs, to: reading.timestampMs)
+            for share in shares {
+                let key = MonthKey(meterID: state.id, month: share.month.key)
+                batch.months[key, default: AggregateDelta.Month(meterID: state.id, month: key.month)]
+                    .addEnergy(share.kwh, rate: state.rate, estimated: shares.count > 1)
+            }
+        } else {
+            batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
+                .add(reading, rate: state.rate, latencyMs: latency)
+        }
         batch.addLatency(latency, receivedMs: receivedMs, region: state.region, calendar: &self.calendar)
         return latency
     }
@@ -463,7 +574,8 @@ package final class IngestWriter: MeterStoreWriter {
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault FROM reading WHERE rowid > ? ORDER BY rowid
+                    SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault, register_kwh, span_start_ms
+                    FROM reading WHERE rowid > ? ORDER BY rowid
                     """, arguments: [watermark])
         }
         guard !rows.isEmpty else { return }
@@ -475,8 +587,10 @@ package final class IngestWriter: MeterStoreWriter {
             guard let slot = slots[row["meter_id"]] else { continue }
             let reading = Reading(
                 meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
-                status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
-            _ = self.fold(reading, receivedMs: row["received_ms"], rowID: row["rowid"], slot: slot, into: &batch)
+                status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"],
+                registerKwh: row["register_kwh"])
+            _ = self.fold(
+                reading, spanStartMs: row["span_start_ms"], receivedMs: row["received_ms"], rowID: row["rowid"], slot: slot, into: &batch)
             batch.highRowID = row["rowid"]
         }
         _ = try self.database.pool.write { db in try self.write(&batch, db: db) }

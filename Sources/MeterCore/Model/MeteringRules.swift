@@ -1,0 +1,106 @@
+import Foundation
+
+/// The rules that turn what meters send into consumption and validation flags (SPEC.md section 11),
+/// defined once for the writer, the parser and the tests.
+///
+/// - **Register readings**: a reading may carry the meter's cumulative register (`register_kwh`)
+///   instead of `kwh`. Its consumption is the difference to the meter's previous register (by
+///   `seq`); the first register sets the baseline and contributes nothing. A register that goes
+///   down either wrapped at its digit capacity (``registerCapacity``, `10^register_digits`), when
+///   the wrapped difference is at most ``maximumKwh``, or was reset (a meter exchange): a new
+///   baseline, no consumption, and a `register_reset` flag.
+/// - **Gap estimation**: the consumption of a register reading further than
+///   ``expectedIntervalMs`` from the previous one is spread over the gap in proportion to time,
+///   so each calendar month gets its share; months that got a share of a gap spanning more than one
+///   month are `estimated`.
+/// - **Flags**: `register_reset`, `clock_backwards` (a `ts` before the previous reading's) and
+///   `voltage` (outside ``voltageRange``) are kept as rows, never dropped.
+package struct MeteringRules: Sendable, Equatable {
+    /// Whole digits of a meter's register; it wraps to 0 after `10^registerDigits` kWh.
+    package var registerDigits = 6
+    /// Largest consumption one reading may carry; also bounds a rollover's wrapped difference.
+    package var maximumKwh = 1_000.0
+    /// Readings further apart than this are a gap whose consumption is spread over time.
+    package var expectedIntervalMs: Int64 = 900_000
+    /// Voltages a healthy supply stays within (230 V ± 10 %, EN 50160); outside is a `voltage` flag.
+    package var voltageMinimum = 207.0
+    package var voltageMaximum = 253.0
+    /// A reading's consumption above this many times the meter's trailing median is a spike.
+    package var spikeFactor = 10.0
+    /// Days of zero consumption while reporting that make a zero run.
+    package var zeroDays = 3
+
+    package init() {}
+
+    /// The register's capacity: it counts from 0 up to just below this, then wraps.
+    package var registerCapacity: Double { pow(10, Double(self.registerDigits)) }
+
+    /// Whether a voltage is outside the healthy range.
+    package func isVoltageOutOfRange(_ volts: Double) -> Bool {
+        volts < self.voltageMinimum || volts > self.voltageMaximum
+    }
+
+    /// What a register reading means after the meter's previous register.
+    package enum RegisterStep: Equatable, Sendable {
+        /// The meter's first register (or the first after a `kwh` reading): no consumption.
+        case baseline
+        /// The register went up (or stayed): the difference.
+        case advance(kwh: Double)
+        /// The register went down by wrapping at its capacity: the wrapped difference.
+        case rollover(kwh: Double)
+        /// The register went down and did not wrap (a reset or a meter exchange): a new baseline.
+        case reset(wrappedKwh: Double)
+
+        /// The consumption the reading contributes.
+        package var kwh: Double {
+            switch self {
+            case .baseline, .reset: 0
+            case .advance(let kwh), .rollover(let kwh): kwh
+            }
+        }
+    }
+
+    /// Classifies a register against the meter's previous one (`nil`: no baseline yet).
+    package func step(from previous: Double?, to register: Double) -> RegisterStep {
+        guard let previous else { return .baseline }
+        if register >= previous { return .advance(kwh: register - previous) }
+        let wrapped = self.registerCapacity - previous + register
+        return wrapped <= self.maximumKwh ? .rollover(kwh: wrapped) : .reset(wrappedKwh: wrapped)
+    }
+}
+
+/// A validation rule a reading can break (SPEC.md section 11); flags are kept, never dropped.
+package enum ValidationRule: String, Sendable, CaseIterable, Codable {
+    case spike
+    case zeroRun = "zero_run"
+    case registerReset = "register_reset"
+    case clockBackwards = "clock_backwards"
+    case voltage
+}
+
+/// Shares of an interval's energy per calendar month, in proportion to time.
+extension MonthCalendar {
+    /// Splits `kwh` consumed over `[startMs, endMs)` into the months of this zone it spans, oldest
+    /// first; the shares add up to `kwh` exactly (the last takes the rounding).
+    package mutating func spread(_ kwh: Double, fromMilliseconds startMs: Int64, to endMs: Int64) -> [(month: Month, kwh: Double)] {
+        guard endMs > startMs else { return [(self.month(ofMilliseconds: endMs), kwh)] }
+        var pieces: [(month: Month, ms: Int64)] = []
+        var month = self.month(ofMilliseconds: startMs)
+        var cursor = startMs
+        while cursor < endMs {
+            let stop = min(endMs, self.bounds(of: month).end)
+            pieces.append((month, stop - cursor))
+            cursor = stop
+            month = month.adding(months: 1)
+        }
+        let total = Double(endMs - startMs)
+        var shares: [(month: Month, kwh: Double)] = []
+        var given = 0.0
+        for (index, piece) in pieces.enumerated() {
+            let share = index == pieces.count - 1 ? kwh - given : kwh * Double(piece.ms) / total
+            shares.append((piece.month, share))
+            given += share
+        }
+        return shares
+    }
+}
