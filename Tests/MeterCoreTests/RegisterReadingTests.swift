@@ -3,6 +3,7 @@ import GRDB
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// Register readings, gap estimation and validation flags (SPEC.md section 11, issue 16), against
 /// real SQLite files and, end to end, a real TCP listener. Every expected number is worked out by
@@ -340,6 +341,48 @@ import Testing
         }
     }
 
+    @Test func aSpikeAboveTenTimesTheTrailingMedianIsFlagged() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let writer = try self.makeWriter(database)  // spike_factor 10, expected interval 900 s
+            let ts = try #require(RFC3339.parseMilliseconds("2026-11-10T12:00:00Z"))
+            func reading(_ seq: Int64, _ minutes: Int64, _ kwh: Double) -> Reading {
+                Reading(meter: "S", seq: seq, timestampMs: ts + minutes * 60_000, kwh: kwh)
+            }
+            // seq 1 has no predecessor, so seqs 2–6 fill the window with five 1.0s (median 1):
+            // 10.5 > 10 × 1 is a spike; 10 is not above it; 100 after a 2-hour gap is not judged.
+            let readings = [
+                reading(1, 0, 1), reading(2, 1, 1), reading(3, 2, 1), reading(4, 3, 1), reading(5, 4, 1), reading(6, 5, 1),
+                reading(7, 6, 10.5), reading(8, 7, 10), reading(9, 127, 100),
+            ]
+            let result = try writer.commit([self.submission(readings)])
+            #expect(result.stored == 9)
+            #expect(try await self.flags(database).map(\.rule) == ["spike"])
+            #expect(try await self.flags(database).map(\.seq) == [7])
+        }
+    }
+
+    @Test func zeroConsumptionForThreeDaysWhileReportingIsOneZeroRunAndSurvivesARestart() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            var writer = try self.makeWriter(database)  // zero_days 3
+            let ts = try #require(RFC3339.parseMilliseconds("2026-11-10T00:00:00Z"))
+            func reading(_ seq: Int64, _ hours: Int64, _ kwh: Double) -> Reading {
+                Reading(meter: "Z", seq: seq, timestampMs: ts + hours * 3_600_000, kwh: kwh)
+            }
+            // The run starts at seq 1 (the last reading with consumption) and lasts 72 h at seq 7.
+            _ = try writer.commit([self.submission([reading(1, 0, 1), reading(2, 12, 0), reading(3, 24, 0), reading(4, 36, 0)])])
+            _ = try writer.commit([self.submission([reading(5, 48, 0)])], deferAggregates: true)
+            writer = try self.makeWriter(database)  // a restart (the deferred state recovered from the rows)
+            _ = try writer.commit([self.submission([reading(6, 60, 0), reading(7, 72, 0), reading(8, 84, 0)])])
+            #expect(try await self.flags(database).map(\.seq) == [7])
+            // Consumption ends the run; a new one needs three days of its own (96 h + 72 h = 168 h).
+            _ = try writer.commit([self.submission([reading(9, 96, 0.5), reading(10, 108, 0), reading(11, 156, 0), reading(12, 168, 0)])])
+            #expect(try await self.flags(database).map(\.rule) == ["zero_run", "zero_run"])
+            #expect(try await self.flags(database).map(\.seq) == [7, 12])
+        }
+    }
+
     // MARK: End to end
 
     @Test(.timeLimit(.minutes(1)))
@@ -372,6 +415,62 @@ import Testing
                 #expect(registers == [9990, 9999.5, 4])
             }
         }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aSimulatedRegisterFleetWithRolloversResetsSpikesAndBackwardClocksMatchesItsLedger() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                // An accelerated clock (an hour per second) so the readings carry enough energy for
+                // the meters that start just below their capacity to wrap.
+                let result = try await SimulatorFleetTests.simulate(
+                    port: harness.port, meters: 20, readings: 30, faults: "rollover=0.5,reset=0.05,spike=0.05,backwards=0.05"
+                ) {
+                    $0.register = true
+                    $0.interval = 0.01
+                    $0.timeScale = 3600
+                }
+                #expect(result.report.acked == 600)
+                #expect(result.report.unacked == 0)
+                #expect(result.report.errorsTotal == 0)
+                // The ledger holds what meterd must derive (baselines and resets count 0): it does.
+                try await SimulatorFleetTests.expectLedgerMatches(result.ledger, harness.database)
+                let (wrapped, resets, backwards, registers) = try await harness.database.pool.read { db in
+                    (
+                        try Int.fetchOne(
+                            db,
+                            sql: """
+                                SELECT count(*) FROM reading r JOIN reading p ON p.rowid = r.prev_rowid
+                                WHERE r.register_kwh < p.register_kwh AND r.kwh > 0
+                                """)!,
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM validation_flag WHERE rule = 'register_reset'")!,
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM validation_flag WHERE rule = 'clock_backwards'")!,
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM reading WHERE register_kwh IS NOT NULL")!
+                    )
+                }
+                #expect(registers == 600)
+                #expect(wrapped > 0, "no register rolled over")
+                #expect(resets > 0, "no meter was exchanged")
+                #expect(backwards > 0, "no clock went backwards")
+            }
+        }
+    }
+
+    @Test func theSimulatorParsesTheRegisterFaults() throws {
+        let plan = try FaultPlan(parsing: "rollover=0.1,reset=0.01,spike=0.02,backwards=0.03:60,gap=0.001:2678400")
+        #expect(plan.rolloverRate == 0.1)
+        #expect(plan.resetRate == 0.01)
+        #expect(plan.spikeRate == 0.02)
+        #expect(plan.backwardsRate == 0.03)
+        #expect(plan.backwardsSeconds == 60)
+        #expect(plan.gapRate == 0.001)
+        #expect(plan.gapSeconds == 2_678_400)
+        #expect(throws: FaultSpecError.self) { try FaultPlan(parsing: "spike=0.1:5") }
+        var configuration = SimulationConfiguration(host: "127.0.0.1", port: 7700, meters: 1)
+        configuration.faults = plan
+        #expect(configuration.validate() != nil)  // rollover and reset need --register
+        configuration.register = true
+        #expect(configuration.validate() == nil)
     }
 
     // MARK: Parsing and configuration

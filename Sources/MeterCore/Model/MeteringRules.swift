@@ -13,8 +13,9 @@ import Foundation
 ///   ``expectedIntervalMs`` from the previous one is spread over the gap in proportion to time,
 ///   so each calendar month gets its share; months that got a share of a gap spanning more than one
 ///   month are `estimated`.
-/// - **Flags**: `register_reset`, `clock_backwards` (a `ts` before the previous reading's) and
-///   `voltage` (outside ``voltageRange``) are kept as rows, never dropped.
+/// - **Flags**: `register_reset`, `clock_backwards` (a `ts` before the previous reading's),
+///   `voltage` (outside ``voltageMinimum``–``voltageMaximum``), `spike` (``isSpike(_:trailing:)``)
+///   and `zero_run` (``ZeroRun``) are kept as rows, never dropped.
 package struct MeteringRules: Sendable, Equatable {
     /// Whole digits of a meter's register; it wraps to 0 after `10^registerDigits` kWh.
     package var registerDigits = 6
@@ -58,6 +59,51 @@ package struct MeteringRules: Sendable, Equatable {
             case .advance(let kwh), .rollover(let kwh): kwh
             }
         }
+    }
+
+    /// Consumption values of a meter's recent regular readings the spike rule compares against.
+    package static let spikeWindow = 16
+    /// Fewer values than this make no median worth judging by.
+    package static let spikeMinimumWindow = 5
+
+    /// Whether a reading's consumption is a spike: above ``spikeFactor`` times the (upper) median
+    /// of the meter's trailing consumption, once there are enough values and their median is above 0.
+    package func isSpike(_ kwh: Double, trailing: [Float]) -> Bool {
+        guard trailing.count >= Self.spikeMinimumWindow, kwh > 0 else { return false }
+        let median = Double(trailing.sorted()[trailing.count / 2])
+        return median > 0 && kwh > self.spikeFactor * median
+    }
+
+    /// A meter's current run of readings without consumption.
+    package struct ZeroRun: Sendable, Equatable {
+        /// Start of the run: the `ts` of the reading before its first zero (or of that zero when it was the first).
+        package var sinceMs: Int64?
+        /// Whether the run already raised its `zero_run` flag (one per run).
+        package var flagged = false
+
+        package init(sinceMs: Int64? = nil, flagged: Bool = false) {
+            self.sinceMs = sinceMs
+            self.flagged = flagged
+        }
+    }
+
+    /// Advances a meter's zero run by one reading; true when the run reaches ``zeroDays`` with
+    /// this reading (the moment to raise `zero_run`).
+    ///
+    /// - Parameters:
+    ///   - consumption: the reading's consumption, `nil` when it says nothing (a register baseline or reset).
+    ///   - previousMs: the `ts` of the meter's previous reading.
+    package func advance(_ run: inout ZeroRun, consumption: Double?, previousMs: Int64?, timestampMs: Int64) -> Bool {
+        guard let consumption else { return false }
+        guard consumption == 0 else {
+            run = ZeroRun()
+            return false
+        }
+        let since = run.sinceMs ?? previousMs ?? timestampMs
+        run.sinceMs = since
+        guard !run.flagged, timestampMs - since >= Int64(self.zeroDays) * 86_400_000 else { return false }
+        run.flagged = true
+        return true
     }
 
     /// Classifies a register against the meter's previous one (`nil`: no baseline yet).

@@ -183,7 +183,9 @@ package final class MeterDatabase: Sendable {
             // consumption when it stores it and keeps it in `reading.kwh`, with the register beside it
             // and, for a gap, the start of the interval it was spread over (`span_start_ms`): crash
             // recovery folds the row again from these alone, so the aggregates come out the same.
-            // The meter row keeps the baseline for its next register reading. `meter_month.estimated`
+            // The meter row keeps the baseline for its next register reading and its current run of
+            // zero consumption (`zero_since_ms`, `zero_flagged`), so rules that span days survive a
+            // restart. `meter_month.estimated`
             // counts the gap shares a month got, `estimated_kwh` their energy. Validation flags are
             // rows, committed with their reading.
             try db.execute(
@@ -192,6 +194,8 @@ package final class MeterDatabase: Sendable {
                     ALTER TABLE reading ADD COLUMN span_start_ms INTEGER;
                     ALTER TABLE meter ADD COLUMN last_register_kwh REAL;
                     ALTER TABLE meter ADD COLUMN last_register_ts_ms INTEGER;
+                    ALTER TABLE meter ADD COLUMN zero_since_ms INTEGER;
+                    ALTER TABLE meter ADD COLUMN zero_flagged INTEGER NOT NULL DEFAULT 0;
                     ALTER TABLE meter_month ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;
                     ALTER TABLE meter_month ADD COLUMN estimated_kwh REAL NOT NULL DEFAULT 0;
                     CREATE TABLE validation_flag (

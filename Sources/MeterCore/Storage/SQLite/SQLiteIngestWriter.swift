@@ -37,6 +37,8 @@ package final class IngestWriter: MeterStoreWriter {
         /// the baseline of its next register reading, and when it was read.
         var lastRegister: Double?
         var lastRegisterTimestampMs: Int64?
+        /// The meter's current run of readings without consumption (the `zero_run` rule).
+        var zeroRun = MeteringRules.ZeroRun()
         /// The commit that last saved this state for its rollback (see ``Rollback``).
         var savedBy = 0
     }
@@ -59,6 +61,11 @@ package final class IngestWriter: MeterStoreWriter {
     private var meterSlots: [String: Int] = [:]
     private var meterStates: [MeterState] = []
     private var meterNames: [String] = []
+    /// Per slot, the consumption of the meter's recent regular readings (the `spike` rule's trailing
+    /// window), oldest first. Kept apart from ``MeterState`` so appending never copies it; not
+    /// persisted (after a start the rule waits for ``MeteringRules/spikeMinimumWindow`` readings),
+    /// and a failed commit may leave its readings in it.
+    private var trailing: [[Float]] = []
     private var commitGeneration = 0
     /// Learns what each write of aggregates changed (the KPI rollups).
     package var commitListener: (any CommitListener)?
@@ -97,7 +104,7 @@ package final class IngestWriter: MeterStoreWriter {
                 db,
                 sql: """
                     SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid, last_ts_ms,
-                           last_register_kwh, last_register_ts_ms
+                           last_register_kwh, last_register_ts_ms, zero_since_ms, zero_flagged
                     FROM meter
                     """)
         }
@@ -116,9 +123,16 @@ package final class IngestWriter: MeterStoreWriter {
                     id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
                     region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"],
                     lastTimestampMs: row["last_ts_ms"], lastRegister: row["last_register_kwh"],
-                    lastRegisterTimestampMs: row["last_register_ts_ms"]))
+                    lastRegisterTimestampMs: row["last_register_ts_ms"],
+                    zeroRun: MeteringRules.ZeroRun(sinceMs: row["zero_since_ms"], flagged: row["zero_flagged"])))
             names.append(name)
         }
+        // Kept across a reload for the meters still known: the window is in memory only.
+        var trailing = [[Float]](repeating: [], count: states.count)
+        for (name, slot) in slots {
+            if let old = self.meterSlots[name], old < self.trailing.count { trailing[slot] = self.trailing[old] }
+        }
+        self.trailing = trailing
         self.meterSlots = slots
         self.meterStates = states
         self.meterNames = names
@@ -141,6 +155,7 @@ package final class IngestWriter: MeterStoreWriter {
         var lastReadingRowID: Int64?
         var lastRegister: Double?
         var lastRegisterTimestampMs: Int64?
+        var zeroRun = MeteringRules.ZeroRun()
         var readings = 0
         var faults = 0
         var duplicates = 0
@@ -150,7 +165,10 @@ package final class IngestWriter: MeterStoreWriter {
             self.duplicates += 1
         }
 
-        mutating func record(_ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64) {
+        mutating func record(
+            _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, zeroRun: MeteringRules.ZeroRun
+        ) {
+            self.zeroRun = zeroRun
             self.lastReceivedMs = receivedMs
             self.lastReadingRowID = rowID
             self.lastRegister = reading.registerKwh
@@ -174,6 +192,7 @@ package final class IngestWriter: MeterStoreWriter {
                 self.lastReadingRowID = later.lastReadingRowID
                 self.lastRegister = later.lastRegister
                 self.lastRegisterTimestampMs = later.lastRegisterTimestampMs
+                self.zeroRun = later.zeroRun
             }
             self.readings += later.readings
             self.faults += later.faults
@@ -264,6 +283,7 @@ package final class IngestWriter: MeterStoreWriter {
             }
             for name in self.meterNames[rollback.firstRegisteredSlot...] { self.meterSlots[name] = nil }
             self.meterStates.removeSubrange(rollback.firstRegisteredSlot...)
+            self.trailing.removeSubrange(rollback.firstRegisteredSlot...)
             self.meterNames.removeSubrange(rollback.firstRegisteredSlot...)
             throw error
         }
@@ -390,6 +410,25 @@ package final class IngestWriter: MeterStoreWriter {
                             .voltage, "\(volts) V is outside \(self.metering.voltageMinimum)–\(self.metering.voltageMaximum) V",
                             meterID: state.id, reading: reading)
                     }
+                    let consumption = self.knownConsumption(stored, before: state)
+                    if let consumption, self.isRegular(stored, after: state),
+                        self.metering.isSpike(consumption, trailing: self.trailing[slot])
+                    {
+                        try flag(
+                            .spike,
+                            "\(consumption) kWh is more than \(self.metering.spikeFactor) times the meter's trailing median",
+                            meterID: state.id, reading: reading)
+                    }
+                    var zeroRun = state.zeroRun
+                    if self.metering.advance(
+                        &zeroRun, consumption: consumption, previousMs: state.lastTimestampMs, timestampMs: reading.timestampMs)
+                    {
+                        try flag(
+                            .zeroRun,
+                            "no consumption since \(RFC3339.format(millisecondsSinceEpoch: zeroRun.sinceMs ?? reading.timestampMs)) "
+                                + "(\(self.metering.zeroDays) days or more) while reporting",
+                            meterID: state.id, reading: reading)
+                    }
                     insertReading.bind(1, state.id)
                     insertReading.bind(2, stored.seq)
                     insertReading.bind(3, stored.timestampMs)
@@ -433,7 +472,9 @@ package final class IngestWriter: MeterStoreWriter {
                     duplicates_total = duplicates_total + ?, inactive_since_ms = NULL,
                     last_reading_rowid = COALESCE(?, last_reading_rowid),
                     last_register_kwh = CASE WHEN ?6 THEN ?13 ELSE last_register_kwh END,
-                    last_register_ts_ms = CASE WHEN ?6 THEN ?14 ELSE last_register_ts_ms END
+                    last_register_ts_ms = CASE WHEN ?6 THEN ?14 ELSE last_register_ts_ms END,
+                    zero_since_ms = CASE WHEN ?6 THEN ?15 ELSE zero_since_ms END,
+                    zero_flagged = CASE WHEN ?6 THEN ?16 ELSE zero_flagged END
                 WHERE id = ?12
                 """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
@@ -452,6 +493,8 @@ package final class IngestWriter: MeterStoreWriter {
             updateMeter.bind(12, id)
             updateMeter.bind(13, delta.lastRegister)
             if let ts = delta.lastRegisterTimestampMs { updateMeter.bind(14, ts) } else { updateMeter.bind(14, nil as String?) }
+            if let since = delta.zeroRun.sinceMs { updateMeter.bind(15, since) } else { updateMeter.bind(15, nil as String?) }
+            updateMeter.bind(16, delta.zeroRun.flagged ? 1 : 0)
             try updateMeter.execute()
         }
 
@@ -532,6 +575,10 @@ package final class IngestWriter: MeterStoreWriter {
         _ reading: Reading, spanStartMs: Int64?, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates
     ) -> Int64 {
         var state = self.meterStates[slot]
+        // The rules that span readings, advanced as ``apply`` judged them, from the state before this reading.
+        let consumption = self.knownConsumption(reading, before: state)
+        let regular = self.isRegular(reading, after: state)
+        _ = self.metering.advance(&state.zeroRun, consumption: consumption, previousMs: state.lastTimestampMs, timestampMs: reading.timestampMs)
         // The highest seq stored, whatever order recovered rows come in.
         state.highWaterMark = max(state.highWaterMark, reading.seq)
         state.lastReadingRowID = max(state.lastReadingRowID, rowID)
@@ -541,8 +588,15 @@ package final class IngestWriter: MeterStoreWriter {
         state.lastRegister = reading.registerKwh
         state.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
         self.meterStates[slot] = state
+        if let consumption, regular {
+            // In place: the window's buffer is this array's alone, so nothing is copied.
+            if self.trailing[slot].count >= MeteringRules.spikeWindow { self.trailing[slot].removeFirst() }
+            self.trailing[slot].append(Float(consumption))
+        }
         batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)]
-            .record(reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID)
+            .record(
+                reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
+                zeroRun: state.zeroRun)
         let latency = max(0, receivedMs - reading.timestampMs)
         let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
         if let spanStartMs, spanStartMs < reading.timestampMs {
@@ -562,6 +616,23 @@ package final class IngestWriter: MeterStoreWriter {
         }
         batch.addLatency(latency, receivedMs: receivedMs, region: state.region, calendar: &self.calendar)
         return latency
+    }
+
+    /// The consumption a stored reading tells of, `nil` when it tells none: a register reading that
+    /// set a baseline or followed a reset. `reading.kwh` is already derived; `state` is the meter's before it.
+    private func knownConsumption(_ reading: Reading, before state: MeterState) -> Double? {
+        guard let register = reading.registerKwh else { return reading.kwh }
+        switch self.metering.step(from: state.lastRegister, to: register) {
+        case .baseline, .reset: return nil
+        case .advance, .rollover: return reading.kwh
+        }
+    }
+
+    /// Whether a reading came at most the expected interval after the meter's previous one (and
+    /// after it): only such readings are judged, and remembered, by the spike rule.
+    private func isRegular(_ reading: Reading, after state: MeterState) -> Bool {
+        guard let previousMs = state.lastTimestampMs else { return false }
+        return reading.timestampMs > previousMs && reading.timestampMs - previousMs <= self.metering.expectedIntervalMs
     }
 
     /// Applies readings a crash left past the watermark to the meters' state and the aggregates.
@@ -606,6 +677,7 @@ package final class IngestWriter: MeterStoreWriter {
                 id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned),
                 region: self.index(ofRegion: Region.unassigned), savedBy: self.commitGeneration))
         self.meterNames.append(name)
+        self.trailing.append([])
         self.meterSlots[name] = slot
         return slot
     }
