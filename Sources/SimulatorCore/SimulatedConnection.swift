@@ -357,7 +357,8 @@ final class SimulatedConnection: @unchecked Sendable {
             if self.configuration.interval == 0 { self.wake(at: until) }
             return false
         }
-        if self.meters[index].model.chance(faults.gapRate) {
+        // Faults added later draw only when asked for, so a run without them draws as before.
+        if faults.gapRate > 0, self.meters[index].model.chance(faults.gapRate) {
             // Seconds of the meter's clock: an accelerated clock gets through a long gap sooner.
             let until = now + .nanoseconds(Int64(faults.gapSeconds / self.configuration.timeScale * 1e9))
             self.meters[index].silentUntil = until
@@ -369,10 +370,10 @@ final class SimulatedConnection: @unchecked Sendable {
         let timestamp = self.context.clock.meterTime(atWallMs: wallMs)
         var meter = self.meters[index]
         var reading = meter.model.reading(meter: meter.name, seq: meter.nextSeq, previousMs: meter.lastTimestampMs, timestampMs: timestamp)
-        if meter.model.chance(faults.spikeRate) {
+        if faults.spikeRate > 0, meter.model.chance(faults.spikeRate) {
             reading.kwh = (reading.kwh * FaultPlan.spikeMultiplier * 1_000_000).rounded() / 1_000_000
         }
-        if meter.model.chance(faults.backwardsRate) {
+        if faults.backwardsRate > 0, meter.model.chance(faults.backwardsRate) {
             reading.timestampMs = meter.lastTimestampMs - Int64(faults.backwardsSeconds * 1000)
         }
         meter.lastTimestampMs = timestamp
@@ -381,7 +382,7 @@ final class SimulatedConnection: @unchecked Sendable {
         }
         if self.configuration.register {
             let rules = self.configuration.meteringRules
-            if meter.lastSentRegister != nil, meter.model.chance(faults.resetRate) {
+            if meter.lastSentRegister != nil, faults.resetRate > 0, meter.model.chance(faults.resetRate) {
                 meter.register = reading.kwh  // a new meter, from 0
             } else {
                 meter.register = (meter.register + reading.kwh).truncatingRemainder(dividingBy: rules.registerCapacity)

@@ -353,6 +353,7 @@ package final class DashboardQueries: Sendable {
                             ("status", .string(reading.status.name)),
                             ("fault", .optional(reading.fault) { .string($0) }),
                             ("voltage", .number(reading.voltage)),
+                            ("register_kwh", .number(reading.registerKwh)),
                         ])
                     })
             ),

@@ -356,8 +356,13 @@ package struct StoredReading: Sendable, Equatable {
     package var status: MeterHealth
     package var fault: String?
     package var voltage: Double?
+    /// The register a register reading carried (its `kwh` is what meterd derived from it).
+    package var registerKwh: Double?
 
-    package init(seq: Int64, timestampMs: Int64, receivedMs: Int64, kwh: Double, status: MeterHealth, fault: String?, voltage: Double?) {
+    package init(
+        seq: Int64, timestampMs: Int64, receivedMs: Int64, kwh: Double, status: MeterHealth, fault: String?, voltage: Double?,
+        registerKwh: Double? = nil
+    ) {
         self.seq = seq
         self.timestampMs = timestampMs
         self.receivedMs = receivedMs
@@ -365,6 +370,7 @@ package struct StoredReading: Sendable, Equatable {
         self.status = status
         self.fault = fault
         self.voltage = voltage
+        self.registerKwh = registerKwh
     }
 }
 
