@@ -151,7 +151,7 @@ private struct ReadingFields {
         // A null register counts as absent, so a meter may send "register_kwh":null beside its kwh.
         let registerToken = self[.registerKwh].flatMap { $0.isNull ? nil : $0 }
         if self[.kwh] == nil && registerToken == nil {
-            throw Rejection(.missingField, "missing \"kwh\" (or \"register_kwh\")")
+            throw Rejection(.missingField, "missing \"kwh\"")  // or "register_kwh"; the detail meters already know
         }
         let meter = try Self.identifier(self[.meter]!, key: .meter, in: line)
         let seq = try Self.sequenceNumber(self[.seq]!, in: line)
