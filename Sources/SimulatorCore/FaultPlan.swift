@@ -61,15 +61,21 @@ package struct FaultPlan: Sendable, Equatable {
 
         overlong=RATE - per reading, a line longer than 4096 bytes goes out before it: line_too_long.
 
-        rollover=SHARE - with --register, the share of meters whose register starts just below its         capacity (10^--register-digits kWh), so it wraps to 0 during the run: meterd counts the         wrapped difference.
+        rollover=SHARE - with --register, the share of meters whose register starts just below its \
+        capacity (10^--register-digits kWh), so it wraps to 0 during the run: meterd counts the \
+        wrapped difference.
 
-        reset=RATE - with --register, per reading, the meter is exchanged: its register starts again         from 0, meterd raises register_reset and takes the new register as the baseline.
+        reset=RATE - with --register, per reading, the meter is exchanged: its register starts again \
+        from 0, meterd raises register_reset and takes the new register as the baseline.
 
         spike=RATE - per reading, the consumption is 50 times what the meter used (a spike).
 
-        backwards=RATE[:SECONDS] - per reading, its ts is SECONDS (default 600) before the previous         reading's: meterd raises clock_backwards.
+        backwards=RATE[:SECONDS] - per reading, its ts is SECONDS (default 600) before the previous \
+        reading's: meterd raises clock_backwards.
 
-        gap=RATE[:SECONDS] - per reading due, the meter sends nothing for SECONDS (default 86400) of         its own clock (so --time-scale shortens the wait), then one reading covering the whole gap;         with --register meterd spreads its consumption over the months the gap spans.
+        gap=RATE[:SECONDS] - per reading due, the meter sends nothing for SECONDS (default 86400) of \
+        its own clock (so --time-scale shortens the wait), then one reading covering the whole gap; \
+        with --register meterd spreads its consumption over the months the gap spans.
         """
 
     /// Parses SPEC; an empty string means no faults.
