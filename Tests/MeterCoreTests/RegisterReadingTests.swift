@@ -92,6 +92,20 @@ import Testing
         #expect(fourDigits.step(from: 9_999.5, to: 1.5) == .rollover(kwh: 2))
     }
 
+    @Test func aSpikeIsJudgedAgainstTheUpperMedianOfTheTrailingWindow() {
+        let rules = MeteringRules()  // spike_factor 10, at least 5 values
+        #expect(!rules.isSpike(100, trailing: [1, 1, 1, 1]))  // too few to judge
+        // Sorted 0.1, 1, 1, 1, 1: the median is 1, not the smallest value.
+        #expect(rules.isSpike(10.5, trailing: [1, 0.1, 1, 1, 1]))
+        #expect(!rules.isSpike(10, trailing: [1, 0.1, 1, 1, 1]))
+        #expect(!rules.isSpike(5, trailing: [1, 0.1, 1, 1, 1]))
+        // Six values: the upper median (index 3 of 0, 0, 0, 2, 2, 2) is 2.
+        #expect(!rules.isSpike(20, trailing: [0, 0, 0, 2, 2, 2]))
+        #expect(rules.isSpike(20.5, trailing: [0, 0, 0, 2, 2, 2]))
+        // A median of 0 judges nothing.
+        #expect(!rules.isSpike(5, trailing: [0, 0, 0, 0, 1]))
+    }
+
     @Test func spreadingSplitsAGapByTimeOverTheZonesMonths() throws {
         var calendar = MonthCalendar(timeZone: Self.newYork)
         // 2026-11-01T00:00Z is still 31 October (20:00 EDT); November starts at 04:00Z. 12 h of gap,

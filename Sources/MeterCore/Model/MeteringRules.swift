@@ -70,6 +70,9 @@ package struct MeteringRules: Sendable, Equatable {
     /// of the meter's trailing consumption, once there are enough values and their median is above 0.
     package func isSpike(_ kwh: Double, trailing: [Float]) -> Bool {
         guard trailing.count >= Self.spikeMinimumWindow, kwh > 0 else { return false }
+        // The median is at least the smallest value: most readings are settled here, without sorting
+        // (which allocates) on the writer's path.
+        guard let smallest = trailing.min(), kwh > self.spikeFactor * Double(smallest) else { return false }
         let median = Double(trailing.sorted()[trailing.count / 2])
         return median > 0 && kwh > self.spikeFactor * median
     }
