@@ -1,5 +1,7 @@
 import Foundation
 import GRDB
+import Hummingbird
+import HummingbirdTesting
 import Testing
 
 @testable import MeterCore
@@ -493,6 +495,60 @@ import Testing
         #expect(configuration.validate() != nil)  // rollover and reset need --register
         configuration.register = true
         #expect(configuration.validate() == nil)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func theAPIShowsEstimatedMonthsFlagsAndRegisters() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.timeZone = Self.newYork
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                let client = try await LineClient(port: harness.port)
+                // As in the writer's test: 60 kWh over 4 h of October and 8 of November in New York;
+                // then the register goes down by far more than max_kwh: a reset.
+                let readings = [
+                    self.register("R", 1, "2026-11-01T00:00:00Z", 1_000, volts: 230),
+                    self.register("R", 2, "2026-11-01T12:00:00Z", 1_060, volts: 300),
+                    self.register("R", 3, "2026-11-01T12:05:00Z", 7),
+                ]
+                try await client.send(readings.map(\.line).joined())
+                #expect(try await client.readLine() == #"{"meter":"R","ack":3}"#)
+                await client.close()
+
+                let store = SQLiteMeterStore(database: harness.database)
+                let engine = KPIEngine(store: store, settings: KPISettings(timeZone: Self.newYork))
+                let queries = DashboardQueries(
+                    store: store, kpi: engine,
+                    operatorQueries: try await makeOperatorQueries(store: store, writer: .pipeline(harness.pipeline), directory: directory))
+                let routes = DashboardRoutes(
+                    queries: queries, reporter: StatusReporter(pipeline: harness.pipeline, store: store, queries: queries.operatorQueries),
+                    assets: DashboardAssets(), logger: testLogger)
+                let router = Router(context: MeterRequestContext.self)
+                routes.register(on: router)
+                try await Application(router: router).test(.router) { client in
+                    let meter = try await getJSON(client, "/api/meters/R").json
+                    let months = list(meter["monthly"])
+                    #expect(months.map { $0["month"] as? String } == ["2026-10", "2026-11"])
+                    #expect(months.map { number($0["kwh"]) } == [20, 40])
+                    #expect(months.map { $0["estimated"] as? Bool } == [true, true])
+                    #expect(months.map { number($0["estimated_kwh"]) } == [20, 40])
+                    let flags = list(meter["validation_flags"])
+                    #expect(flags.map { $0["rule"] as? String } == ["register_reset", "voltage"])
+                    #expect(flags.map { number($0["seq"]) } == [3, 2])
+
+                    let recent = list(try await getJSON(client, "/api/meters/R/readings?limit=10").json["readings"])
+                    #expect(recent.map { number($0["register_kwh"]) } == [7, 1_060, 1_000])
+                    #expect(recent.map { number($0["kwh"]) } == [0, 60, 0])
+
+                    let kpi = try await getJSON(client, "/api/kpi?from=2026-10&to=2026-11").json
+                    let monthly = list(kpi["monthly_consumption"])
+                    #expect(monthly.map { number($0["kwh"]) } == [20, 40])
+                    #expect(monthly.map { $0["estimated"] as? Bool } == [true, true])
+                    let counts = object(kpi["validation_flags"])
+                    #expect(number(counts["register_reset"]) == 1 && number(counts["voltage"]) == 1 && number(counts["spike"]) == 0)
+                }
+            }
+        }
     }
 
     // MARK: Parsing and configuration
