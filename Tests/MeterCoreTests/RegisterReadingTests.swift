@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Hummingbird
 import HummingbirdTesting
+import Synchronization
 import Testing
 
 @testable import MeterCore
@@ -427,6 +428,7 @@ import Testing
                 #expect(try await client.readLine() == #"{"meter":"R-1","ack":3}"#)
                 await client.close()
                 #expect(try await self.storedKwh(harness.database, meter: "R-1") == [1: 0, 2: 9.5, 3: 4.5])
+                #expect(harness.pipeline.statistics.validationFlags.load(ordering: .relaxed) == 0)
                 let registers = try await harness.database.pool.read { db in
                     try Double.fetchAll(db, sql: "SELECT register_kwh FROM reading ORDER BY seq")
                 }
@@ -514,6 +516,8 @@ import Testing
                 try await client.send(readings.map(\.line).joined())
                 #expect(try await client.readLine() == #"{"meter":"R","ack":3}"#)
                 await client.close()
+                // Counted for /metrics too (meterd_validation_flags_total): the voltage and the reset.
+                #expect(harness.pipeline.statistics.validationFlags.load(ordering: .relaxed) == 2)
 
                 let store = SQLiteMeterStore(database: harness.database)
                 let engine = KPIEngine(store: store, settings: KPISettings(timeZone: Self.newYork))
