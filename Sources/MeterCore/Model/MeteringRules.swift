@@ -25,12 +25,15 @@ package struct MeteringRules: Sendable, Equatable {
     package var expectedIntervalMs: Int64 = 900_000
     /// Voltages a healthy supply stays within (230 V ± 10 %, EN 50160); outside is a `voltage` flag.
     package var voltageMinimum = 207.0
+    /// The top of the healthy range (see ``voltageMinimum``).
     package var voltageMaximum = 253.0
     /// A reading's consumption above this many times the meter's trailing median is a spike.
     package var spikeFactor = 10.0
     /// Days of zero consumption while reporting that make a zero run.
     package var zeroDays = 3
 
+    /// The defaults: 6-digit registers, `max_kwh` 1000, 15-minute readings, 207–253 V, spikes at
+    /// 10 times the median, zero runs of 3 days.
     package init() {}
 
     /// The register's capacity: it counts from 0 up to just below this, then wraps.
@@ -115,41 +118,5 @@ package struct MeteringRules: Sendable, Equatable {
         if register >= previous { return .advance(kwh: register - previous) }
         let wrapped = self.registerCapacity - previous + register
         return wrapped <= self.maximumKwh ? .rollover(kwh: wrapped) : .reset(wrappedKwh: wrapped)
-    }
-}
-
-/// A validation rule a reading can break (SPEC.md section 11); flags are kept, never dropped.
-package enum ValidationRule: String, Sendable, CaseIterable, Codable {
-    case spike
-    case zeroRun = "zero_run"
-    case registerReset = "register_reset"
-    case clockBackwards = "clock_backwards"
-    case voltage
-}
-
-/// Shares of an interval's energy per calendar month, in proportion to time.
-extension MonthCalendar {
-    /// Splits `kwh` consumed over `[startMs, endMs)` into the months of this zone it spans, oldest
-    /// first; the shares add up to `kwh` exactly (the last takes the rounding).
-    package mutating func spread(_ kwh: Double, fromMilliseconds startMs: Int64, to endMs: Int64) -> [(month: Month, kwh: Double)] {
-        guard endMs > startMs else { return [(self.month(ofMilliseconds: endMs), kwh)] }
-        var pieces: [(month: Month, ms: Int64)] = []
-        var month = self.month(ofMilliseconds: startMs)
-        var cursor = startMs
-        while cursor < endMs {
-            let stop = min(endMs, self.bounds(of: month).end)
-            pieces.append((month, stop - cursor))
-            cursor = stop
-            month = month.adding(months: 1)
-        }
-        let total = Double(endMs - startMs)
-        var shares: [(month: Month, kwh: Double)] = []
-        var given = 0.0
-        for (index, piece) in pieces.enumerated() {
-            let share = index == pieces.count - 1 ? kwh - given : kwh * Double(piece.ms) / total
-            shares.append((piece.month, share))
-            given += share
-        }
-        return shares
     }
 }
