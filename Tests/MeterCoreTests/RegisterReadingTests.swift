@@ -441,7 +441,7 @@ import Testing
     func aSimulatedRegisterFleetWithRolloversResetsSpikesAndBackwardClocksMatchesItsLedger() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
-                // An accelerated clock (an hour per second, starting 10 hours back) so the readings
+                // An accelerated clock (an hour per second, starting 60 hours back) so the readings
                 // carry enough energy for the meters that start just below their capacity to wrap, and
                 // a gap of an hour of meter time takes a second.
                 let result = try await SimulatorFleetTests.simulate(
@@ -451,7 +451,7 @@ import Testing
                     $0.register = true
                     $0.interval = 0.01
                     $0.timeScale = 3600
-                    $0.duration = 10
+                    $0.duration = 60  // a bound for the clock's start; the run ends after 30 readings each
                 }
                 #expect(result.report.generated == 600)
                 #expect(result.report.acked == 600)
