@@ -590,6 +590,7 @@ package final class IngestWriter: MeterStoreWriter {
         self.meterStates[slot] = state
         if let consumption, regular {
             // In place: the window's buffer is this array's alone, so nothing is copied.
+            if self.trailing[slot].capacity == 0 { self.trailing[slot].reserveCapacity(MeteringRules.spikeWindow) }  // one allocation
             if self.trailing[slot].count >= MeteringRules.spikeWindow { self.trailing[slot].removeFirst() }
             self.trailing[slot].append(Float(consumption))
         }
