@@ -264,6 +264,10 @@ import Testing
                 #expect(document.meterHealth.good == 100)
                 #expect(close(document.totalRevenue, 768 * 0.15))
             }
+            // meterctl kpi's tables say so too.
+            let text = KPITextReport.render(try await kpiAnswer(KPIEngine(store: store, settings: KPISettings(timeZone: Self.newYork)), period))
+            #expect(text.contains("(estimated)"))
+            #expect(text.contains("validation flags spike / zero_run / register_reset / clock_backwards / voltage"))
             // The meter API marks the months too.
             let months = try await store.meterMonths(named: "B")
             #expect(months.map(\.estimated) == [1, 1, 1])
