@@ -55,6 +55,13 @@ struct RunCommand: AsyncParsableCommand {
             concentrator's (with --concentrator K, each connection carries K meters). \
             scripts/make-certs.sh makes a throw-away set.
 
+            Registers: --register makes each meter send its cumulative register (register_kwh) instead \
+            of kwh, starting from a value of its own (same seed, same values) and wrapping after \
+            10^--register-digits kWh. The ledger's kWh is then what meterd derives from the registers \
+            (the first reading is the baseline and counts 0; a reset counts 0), computed with the same \
+            rules; readings dropped after clock_skew are the exception, their energy going into the \
+            next register difference.
+
             --report FILE writes the end summary as JSON: sent, resent, acked, unacked, rejected, \
             duplicates_sent, errors_by_code, busy_signals, reconnects, acked_per_second, ack_latency \
             {p50_ms, p95_ms, p99_ms, max_ms} (from a log-linear histogram, ±3 %) and more.
@@ -117,6 +124,12 @@ struct RunCommand: AsyncParsableCommand {
     var tlsCert: String?
     @Option(help: ArgumentHelp("The private key of --tls-cert, PEM.", valueName: "file"))
     var tlsKey: String?
+    @Flag(help: "Send each meter's cumulative register (register_kwh, from a per-meter starting value) instead of kwh.")
+    var register = false
+    @Option(help: ArgumentHelp("Whole digits of the registers; they wrap after 10^N kWh (meterd's register_digits).", valueName: "n"))
+    var registerDigits = 6
+    @Option(help: ArgumentHelp("meterd's max_kwh: a register going down by more than a wrap of this is a reset.", valueName: "kwh"))
+    var maxKwh = 1_000.0
 
     func run() async throws {
         var configuration = SimulationConfiguration(host: self.host, port: self.port, meters: self.meters)
@@ -146,6 +159,9 @@ struct RunCommand: AsyncParsableCommand {
         } else if self.tlsCertDir != nil || self.tlsCert != nil || self.tlsKey != nil {
             throw ValidationError("--tls-cert-dir, --tls-cert and --tls-key need --tls-ca (the CA of meterd's certificate)")
         }
+        configuration.register = self.register
+        configuration.registerDigits = self.registerDigits
+        configuration.maximumKwh = self.maxKwh
         if let problem = configuration.validate() { throw ValidationError(problem) }
 
         let needed = configuration.connectionCount + 64

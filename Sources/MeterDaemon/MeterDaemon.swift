@@ -41,6 +41,18 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var clockSkew: String?
     @Option(help: ArgumentHelp("Largest kwh one reading may carry (default 1000).", valueName: "kwh"))
     var maxKwh: String?
+    @Option(help: ArgumentHelp("Whole digits of the meters' registers; they wrap after 10^N kWh (default 6).", valueName: "n"))
+    var registerDigits: String?
+    @Option(help: ArgumentHelp("Seconds between a meter's readings; longer gaps are spread over their months (default 900).", valueName: "seconds"))
+    var expectedInterval: String?
+    @Option(help: ArgumentHelp("Lowest healthy voltage; below it a reading is flagged (default 207).", valueName: "volts"))
+    var voltageMin: String?
+    @Option(help: ArgumentHelp("Highest healthy voltage; above it a reading is flagged (default 253).", valueName: "volts"))
+    var voltageMax: String?
+    @Option(help: ArgumentHelp("Consumption above this many times the meter's trailing median is a spike (default 10).", valueName: "factor"))
+    var spikeFactor: String?
+    @Option(help: ArgumentHelp("Days of zero consumption while reporting that raise a zero_run flag (default 3).", valueName: "days"))
+    var zeroDays: String?
     @Option(help: ArgumentHelp("Meter connections beyond this are told too_many_connections (default 50000).", valueName: "n"))
     var maxConnections: String?
     @Option(help: ArgumentHelp("Seconds after which a connection that sends nothing is closed (default 3600).", valueName: "seconds"))
@@ -120,7 +132,9 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("data_dir", self.dataDir), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
             ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
             ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
-            ("max_kwh", self.maxKwh), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout),
+            ("max_kwh", self.maxKwh), ("register_digits", self.registerDigits), ("expected_interval", self.expectedInterval),
+            ("voltage_min", self.voltageMin), ("voltage_max", self.voltageMax), ("spike_factor", self.spikeFactor),
+            ("zero_days", self.zeroDays), ("max_connections", self.maxConnections), ("idle_timeout", self.idleTimeout),
             ("unknown_meters", self.unknownMeters), ("queue_capacity", self.queueCapacity),
             ("commit_interval_ms", self.commitIntervalMs), ("aggregate_interval_ms", self.aggregateIntervalMs),
             ("dashboard_chartjs", self.dashboardChartJS), ("ingest_tls_cert", self.ingestTLSCert), ("ingest_tls_key", self.ingestTLSKey),

@@ -22,6 +22,20 @@ package struct FaultPlan: Sendable, Equatable {
     package var overlongRate = 0.0
     /// Per reading sent: a reading for a meter this connection does not own goes out first (``spoofedMeter``).
     package var spoofRate = 0.0
+    /// Share of meters whose register starts just below its capacity, so it wraps to 0 early (`--register`).
+    package var rolloverRate = 0.0
+    /// Per reading: the meter was exchanged, its register starts again from 0 (`--register`).
+    package var resetRate = 0.0
+    /// Per reading: its consumption is ``spikeMultiplier`` times what the meter used.
+    package var spikeRate = 0.0
+    package static let spikeMultiplier = 50.0
+    /// Per reading: its `ts` is `backwardsSeconds` before the previous reading's (the clock went backwards).
+    package var backwardsRate = 0.0
+    package var backwardsSeconds = 600.0
+    /// Per reading due: the meter sends nothing for `gapSeconds` of its own clock, then one reading
+    /// covering the whole gap (a long gap; with `--time-scale` it can span months).
+    package var gapRate = 0.0
+    package var gapSeconds = 86_400.0
 
     package init() {}
 
@@ -53,6 +67,22 @@ package struct FaultPlan: Sendable, Equatable {
         it: the meter right after the fleet (MTR-000101 for --meters 100), which no certificate of \
         the run names. Under meter_auth = certificate meterd answers forbidden and stores nothing; \
         under meter_auth = none it is stored (and acked) like any reading.
+
+        rollover=SHARE - with --register, the share of meters whose register starts just below its \
+        capacity (10^--register-digits kWh), so it wraps to 0 during the run: meterd counts the \
+        wrapped difference.
+
+        reset=RATE - with --register, per reading, the meter is exchanged: its register starts again \
+        from 0, meterd raises register_reset and takes the new register as the baseline.
+
+        spike=RATE - per reading, the consumption is 50 times what the meter used (a spike).
+
+        backwards=RATE[:SECONDS] - per reading, its ts is SECONDS (default 600) before the previous \
+        reading's: meterd raises clock_backwards.
+
+        gap=RATE[:SECONDS] - per reading due, the meter sends nothing for SECONDS (default 86400) of \
+        its own clock (so --time-scale shortens the wait), then one reading covering the whole gap; \
+        with --register meterd spreads its consumption over the months the gap spans.
         """
 
     /// Parses SPEC; an empty string means no faults.
@@ -81,7 +111,13 @@ package struct FaultPlan: Sendable, Equatable {
             case "skew":
                 self.skewRate = rate
                 if let seconds { self.skewSeconds = seconds }
-            case "malformed", "duplicate", "disconnect", "bytewise", "overlong", "spoof":
+            case "backwards":
+                self.backwardsRate = rate
+                if let seconds { self.backwardsSeconds = seconds }
+            case "gap":
+                self.gapRate = rate
+                if let seconds { self.gapSeconds = seconds }
+            case "malformed", "duplicate", "disconnect", "bytewise", "overlong", "spoof", "rollover", "reset", "spike":
                 guard seconds == nil else { throw FaultSpecError(entry: String(entry), reason: "\(name) takes no :SECONDS") }
                 switch name {
                 case "malformed": self.malformedRate = rate
@@ -89,12 +125,17 @@ package struct FaultPlan: Sendable, Equatable {
                 case "disconnect": self.disconnectRate = rate
                 case "bytewise": self.bytewiseRate = rate
                 case "spoof": self.spoofRate = rate
+                case "rollover": self.rolloverRate = rate
+                case "reset": self.resetRate = rate
+                case "spike": self.spikeRate = rate
                 default: self.overlongRate = rate
                 }
             default:
                 throw FaultSpecError(
                     entry: String(entry),
-                    reason: "unknown fault \"\(name)\"; known: silent, malformed, skew, duplicate, disconnect, bytewise, overlong, spoof")
+                    reason:
+                        "unknown fault \"\(name)\"; known: silent, malformed, skew, duplicate, disconnect, bytewise, overlong, spoof, rollover, reset, spike, backwards, gap"
+                )
             }
         }
     }

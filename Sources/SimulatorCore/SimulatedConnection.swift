@@ -141,6 +141,9 @@ struct SimulatedMeter {
     var sentCount = 0
     var silentUntil = NIODeadline.distantPast
     var ledger: LedgerEntry
+    /// The cumulative register (`--register`), and the one meterd last stored a baseline from (`nil` before the first).
+    var register = 0.0
+    var lastSentRegister: Double?
 }
 
 /// One TCP link to meterd carrying one meter, or many for a data concentrator; it outlives its
@@ -181,11 +184,19 @@ final class SimulatedConnection: @unchecked Sendable {
         self.bytewise = rng.chance(configuration.faults.bytewiseRate)
         let stepMs = Int64((configuration.interval > 0 ? configuration.interval : 1) * configuration.timeScale * 1000)
         let startMs = context.clock.meterTime(atWallMs: context.clock.startWallMs)
+        let capacity = configuration.meteringRules.registerCapacity
         self.meters = meterIndices.map { meterIndex in
             let name = configuration.meterName(meterIndex)
-            return SimulatedMeter(
+            var meter = SimulatedMeter(
                 name: name, model: MeterModel(index: meterIndex, seed: configuration.seed), nextSeq: context.firstSeq,
                 lastTimestampMs: startMs - stepMs, ledger: LedgerEntry(meter: name, ackedMaxSeq: nil, ackedKwh: 0, ackedReadings: 0))
+            if configuration.register {
+                // Each meter's own starting register, from its own stream: same seed, same registers.
+                meter.register =
+                    meter.model.chance(configuration.faults.rolloverRate)
+                    ? capacity - 0.01 : ((meter.model.unit() * 0.9 * capacity) * 1000).rounded() / 1000
+            }
+            return meter
         }
         self.meterIndex = Dictionary(uniqueKeysWithValues: self.meters.enumerated().map { ($1.name, $0) })
         self.rng = rng
@@ -363,13 +374,40 @@ final class SimulatedConnection: @unchecked Sendable {
             if self.configuration.interval == 0 { self.wake(at: until) }
             return false
         }
+        // Faults added later draw only when asked for, so a run without them draws as before.
+        if faults.gapRate > 0, self.meters[index].model.chance(faults.gapRate) {
+            // Seconds of the meter's clock: an accelerated clock gets through a long gap sooner.
+            let until = now + .nanoseconds(Int64(faults.gapSeconds / self.configuration.timeScale * 1e9))
+            self.meters[index].silentUntil = until
+            self.context.counters.silences.add(1, ordering: .relaxed)
+            if self.configuration.interval == 0 { self.wake(at: until) }
+            return false
+        }
         let wallMs = WallClock.nowMs()
         let timestamp = self.context.clock.meterTime(atWallMs: wallMs)
         var meter = self.meters[index]
         var reading = meter.model.reading(meter: meter.name, seq: meter.nextSeq, previousMs: meter.lastTimestampMs, timestampMs: timestamp)
+        if faults.spikeRate > 0, meter.model.chance(faults.spikeRate) {
+            reading.kwh = (reading.kwh * FaultPlan.spikeMultiplier * 1_000_000).rounded() / 1_000_000
+        }
+        if faults.backwardsRate > 0, meter.model.chance(faults.backwardsRate) {
+            reading.timestampMs = meter.lastTimestampMs - Int64(faults.backwardsSeconds * 1000)
+        }
         meter.lastTimestampMs = timestamp
         if meter.model.chance(faults.skewRate) {
             reading.timestampMs = wallMs + Int64(faults.skewSeconds * 1000)
+        }
+        if self.configuration.register {
+            let rules = self.configuration.meteringRules
+            if meter.lastSentRegister != nil, faults.resetRate > 0, meter.model.chance(faults.resetRate) {
+                meter.register = reading.kwh  // a new meter, from 0
+            } else {
+                meter.register = (meter.register + reading.kwh).truncatingRemainder(dividingBy: rules.registerCapacity)
+            }
+            // The consumption meterd derives, computed as it does: the ledger then matches it exactly.
+            reading.kwh = rules.step(from: meter.lastSentRegister, to: meter.register).kwh
+            reading.registerKwh = meter.register
+            meter.lastSentRegister = meter.register
         }
         meter.nextSeq += 1
         meter.measured += 1

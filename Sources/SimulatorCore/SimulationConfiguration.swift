@@ -1,3 +1,5 @@
+import MeterCore
+
 /// Everything a simulation run needs (the flags of `meter-sim run`).
 package struct SimulationConfiguration: Sendable {
     package var host = "127.0.0.1"
@@ -44,8 +46,23 @@ package struct SimulationConfiguration: Sendable {
     package var halfClose = false
     /// TLS to meterd (`--tls-ca`, `--tls-cert-dir`, `--tls-cert`/`--tls-key`); `nil` is plain TCP.
     package var tls: SimulationTLS?
+    /// Meters send their cumulative register (`register_kwh`) instead of `kwh`, each from its own
+    /// starting value; the ledger's kWh is then what meterd derives from the registers.
+    package var register = false
+    /// Whole digits of the registers: they wrap to 0 after `10^registerDigits` kWh (meterd's `register_digits`).
+    package var registerDigits = 6
+    /// meterd's `max_kwh`: a register that goes down by more than a wrap of this is a reset.
+    package var maximumKwh = 1_000.0
 
     package init() {}
+
+    /// How meterd turns the registers into consumption, so the ledger expects the same.
+    package var meteringRules: MeteringRules {
+        var rules = MeteringRules()
+        rules.registerDigits = self.registerDigits
+        rules.maximumKwh = self.maximumKwh
+        return rules
+    }
 
     package init(host: String, port: Int, meters: Int) {
         self.host = host
@@ -72,6 +89,10 @@ package struct SimulationConfiguration: Sendable {
         if self.port < 1 || self.port > 65_535 { return "--port must be between 1 and 65535" }
         if self.maximumConnecting < 1 { return "--max-connecting must be at least 1" }
         if let firstSeq, firstSeq < 0 { return "--first-seq must not be negative" }
+        if self.registerDigits < 1 || self.registerDigits > 15 { return "--register-digits must be between 1 and 15" }
+        if !self.register, self.faults.rolloverRate > 0 || self.faults.resetRate > 0 {
+            return "the rollover and reset faults need --register (they are faults of a meter's register)"
+        }
         if self.burst, self.readingsPerMeter == nil { return "--burst needs --readings-per-meter (a burst sends all of them at once)" }
         if let tls, let problem = tls.validate(concentrator: self.concentrator) { return problem }
         return nil

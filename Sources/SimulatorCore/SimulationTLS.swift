@@ -1,9 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
+import NIOCore
 import NIOSSL
 
 /// How the simulated fleet speaks TLS to meterd (`meter-sim run --tls-ca …`).
@@ -90,9 +86,7 @@ final class SimulationTLSContexts: Sendable {
 
     /// Whether a host is written as an IP address (then no SNI is sent).
     static func isIPAddress(_ host: String) -> Bool {
-        var v4 = in_addr()
-        var v6 = in6_addr()
-        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+        (try? SocketAddress(ipAddress: host, port: 0)) != nil
     }
 
     private static func certificates(_ path: String, flag: String) throws(SimulationError) -> [NIOSSLCertificate] {

@@ -5,12 +5,12 @@ import Testing
 @testable import MeterCore
 @testable import SimulatorCore
 
-/// The top-level keys of SPEC.md section 5, exactly.
+/// The top-level keys of SPEC.md section 5, exactly, plus section 11's `validation_flags`.
 let kpiKeys: Set<String> = [
     "period", "region", "generated_at", "total_customers", "total_consumption_kwh", "total_revenue", "average_consumption_kwh", "meters",
     "consumption_by_region", "top_consumers", "monthly_consumption", "meter_health", "faulty_meters", "reading_latency_ms",
     "revenue_by_region", "revenue_trend", "payment_status", "satisfaction", "new_vs_returning", "complaints",
-    "installation_time_days", "maintenance", "technicians",
+    "installation_time_days", "maintenance", "technicians", "validation_flags",
 ]
 
 @Suite struct KPIEngineTests {

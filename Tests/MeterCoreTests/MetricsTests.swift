@@ -54,6 +54,7 @@ struct MetricsTests {
             #expect(status == 200)
             #expect(Self.sample(body, "meterd_readings_total") == 3)
             #expect(Self.sample(body, "meterd_duplicates_total") == 1)
+            #expect(Self.sample(body, "meterd_validation_flags_total") == 0)
             #expect((Self.sample(body, "meterd_acks_total") ?? 0) >= 3)
             #expect(Self.sample(body, #"meterd_rejects_total{code="invalid_json"}"#) == 1)
             #expect(Self.sample(body, #"meterd_rejects_total{code="clock_skew"}"#) == 1)

@@ -62,14 +62,15 @@ struct IngestHarness {
         let database = try MeterDatabase(path: directory + "/meterd.sqlite", durability: configuration.durability)
         let writer = try IngestWriter(
             database: database, calendar: MonthCalendar(timeZone: configuration.timeZone),
-            tariff: configuration.tariff, unknownMeters: configuration.unknownMeters)
+            tariff: configuration.tariff, unknownMeters: configuration.unknownMeters, metering: configuration.metering)
         let pipeline = IngestPipeline(writer: writer, configuration: configuration.pipeline, logger: testLogger)
         let (ports, portSink) = AsyncStream.makeStream(of: Int.self)
         let server = IngestServer(
             configuration: IngestServerConfiguration(
                 host: "127.0.0.1", port: 0, limits: configuration.ingestLimits,
                 maximumKwh: configuration.maximumKwh, maximumConnections: configuration.maximumConnections,
-                tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators),
+                tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators,
+                registerCapacity: configuration.metering.registerCapacity),
             pipeline: pipeline, logger: testLogger, onListening: { portSink.yield($0.port!) })
         let group = ServiceGroup(services: [pipeline, server], logger: testLogger)
         return try await withThrowingTaskGroup(of: Void.self) { tasks in

@@ -23,6 +23,7 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var meterHealth: MeterHealthShares
     package var faultyMeters: [FaultyMeterEntry]
     package var readingLatencyMs: ReadingLatency
+    package var validationFlags: ValidationFlags
     // Revenue
     package var revenueByRegion: [RegionRevenue]
     package var revenueTrend: [MonthRevenue]
@@ -50,6 +51,7 @@ package struct KPIDocument: Codable, Sendable, Equatable {
         case meterHealth = "meter_health"
         case faultyMeters = "faulty_meters"
         case readingLatencyMs = "reading_latency_ms"
+        case validationFlags = "validation_flags"
         case revenueByRegion = "revenue_by_region"
         case revenueTrend = "revenue_trend"
         case paymentStatus = "payment_status"
@@ -91,10 +93,49 @@ package struct KPIDocument: Codable, Sendable, Equatable {
         }
     }
 
-    /// An entry of `monthly_consumption`.
+    /// An entry of `monthly_consumption`; `estimated` when part of its kWh was spread from a gap
+    /// spanning more than one month (SPEC.md section 11).
     package struct MonthConsumption: Codable, Sendable, Equatable {
         package var month: String
         package var kwh: Double
+        package var estimated: Bool
+    }
+
+    /// `validation_flags`: flags raised by readings of the period (by their `ts`), per rule; every
+    /// rule is present, 0 when it raised none.
+    package struct ValidationFlags: Codable, Sendable, Equatable {
+        package var spike = 0
+        package var zeroRun = 0
+        package var registerReset = 0
+        package var clockBackwards = 0
+        package var voltage = 0
+
+        enum CodingKeys: String, CodingKey {
+            case spike
+            case zeroRun = "zero_run"
+            case registerReset = "register_reset"
+            case clockBackwards = "clock_backwards"
+            case voltage
+        }
+
+        package init(counts: [ValidationRule: Int] = [:]) {
+            self.spike = counts[.spike] ?? 0
+            self.zeroRun = counts[.zeroRun] ?? 0
+            self.registerReset = counts[.registerReset] ?? 0
+            self.clockBackwards = counts[.clockBackwards] ?? 0
+            self.voltage = counts[.voltage] ?? 0
+        }
+
+        /// The count of one rule.
+        package subscript(rule: ValidationRule) -> Int {
+            switch rule {
+            case .spike: self.spike
+            case .zeroRun: self.zeroRun
+            case .registerReset: self.registerReset
+            case .clockBackwards: self.clockBackwards
+            case .voltage: self.voltage
+            }
+        }
     }
 
     /// `meter_health`: shares of customer-months in percent; `null` without any.

@@ -71,7 +71,13 @@ package struct DaemonConfiguration: Sendable {
         limits.keepsReadingBytes = self.unknownMeters == .reject
         return limits
     }
-    package var maximumKwh = 1_000.0
+    /// Largest `kwh` one reading may carry (``MeteringRules/maximumKwh``, which also bounds a rollover).
+    package var maximumKwh: Double {
+        get { self.metering.maximumKwh }
+        set { self.metering.maximumKwh = newValue }
+    }
+    /// Register readings, gap estimation and validation flags (SPEC.md section 11).
+    package var metering = MeteringRules()
     package var maximumConnections = 50_000
     package var unknownMeters = UnknownMeterPolicy.register
     package var tariff = Tariff()
@@ -137,7 +143,16 @@ package struct DaemonConfiguration: Sendable {
         ("synchronous", "full (default: an acked reading survives power loss) or normal (survives a crash of meterd only)."),
         ("max_line_length", "Longest accepted line in bytes (default 4096)."),
         ("clock_skew", "Seconds a reading's ts may be ahead of the daemon's clock (default 300)."),
-        ("max_kwh", "Largest kwh one reading may carry (default 1000)."),
+        ("max_kwh", "Largest kwh one reading may carry, and the largest difference a register rollover may make (default 1000)."),
+        ("register_digits", "Whole digits of the meters' registers: they wrap to 0 after 10^N kWh (default 6)."),
+        (
+            "expected_interval",
+            "Seconds between a meter's readings; register readings further apart are a gap spread over its months (default 900)."
+        ),
+        ("voltage_min", "Lowest healthy voltage; a reading below it is flagged (default 207)."),
+        ("voltage_max", "Highest healthy voltage; a reading above it is flagged (default 253)."),
+        ("spike_factor", "A reading's consumption above this many times the meter's trailing median is a spike (default 10)."),
+        ("zero_days", "Days of zero consumption while reporting that raise a zero_run flag (default 3)."),
         ("max_connections", "Meter connections beyond this get too_many_connections and are closed (default 50000)."),
         ("idle_timeout", "Seconds after which a connection that sends nothing is closed (default 3600)."),
         ("unknown_meters", "register (default: keep them, unassigned) or reject (answer unknown_meter)."),
@@ -213,6 +228,15 @@ package struct DaemonConfiguration: Sendable {
         case "max_line_length": self.limits.maximumLineLength = try positiveInt(1 << 20)
         case "clock_skew": self.limits.clockSkewMs = Int64(try positiveInt(31_536_000)) * 1000
         case "max_kwh": self.maximumKwh = try positiveDouble()
+        case "register_digits": self.metering.registerDigits = try positiveInt(15)
+        case "expected_interval": self.metering.expectedIntervalMs = Int64(try positiveInt(31_536_000)) * 1000
+        case "voltage_min", "voltage_max":
+            guard let volts = Double(value), volts.isFinite, ReadingParser.voltageRange.contains(volts) else {
+                throw ConfigurationError(key: key, "expected volts between 0 and 1000, got \"\(value)\"")
+            }
+            if key == "voltage_min" { self.metering.voltageMinimum = volts } else { self.metering.voltageMaximum = volts }
+        case "spike_factor": self.metering.spikeFactor = try positiveDouble()
+        case "zero_days": self.metering.zeroDays = try positiveInt(366)
         case "max_connections": self.maximumConnections = try positiveInt(10_000_000)
         case "idle_timeout": self.limits.idleTimeout = .seconds(Int64(try positiveInt(31_536_000)))
         case "unknown_meters":
@@ -303,6 +327,11 @@ package struct DaemonConfiguration: Sendable {
             try configuration.set(key, to: value)
         }
         try configuration.validateSecurity()
+        guard configuration.metering.voltageMinimum < configuration.metering.voltageMaximum else {
+            throw ConfigurationError(
+                key: "voltage_min",
+                "must be below voltage_max (\(configuration.metering.voltageMinimum) is not below \(configuration.metering.voltageMaximum))")
+        }
         return configuration
     }
 }

@@ -43,7 +43,7 @@ package struct MeterDaemon: Sendable {
         let writer = try store.makeWriter(
             WriterSettings(
                 timeZone: configuration.timeZone, tariff: configuration.tariff,
-                unknownMeters: configuration.unknownMeters))
+                unknownMeters: configuration.unknownMeters, metering: configuration.metering))
         // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
         try writer.recordTimeZone(configuration.timeZone)
         let rollups = KPIRollups()
@@ -85,7 +85,8 @@ package struct MeterDaemon: Sendable {
                 host: configuration.ingest.host, port: configuration.ingest.port,
                 limits: configuration.ingestLimits, maximumKwh: configuration.maximumKwh,
                 maximumConnections: configuration.maximumConnections, inheritedSocket: sockets.ingest,
-                tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators),
+                tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators,
+                registerCapacity: configuration.metering.registerCapacity),
             pipeline: pipeline, logger: logger,
             onListening: { address in
                 ports.record("ingest", port: address.port ?? 0)

@@ -111,12 +111,14 @@ package final class DashboardQueries: Sendable {
             for month in period.months {
                 guard let column = store.column(month) else { continue }
                 for (meter, row) in members {
-                    let status = column.status(meter)
-                    guard status >= 0 else { continue }
+                    guard column.hasRecord(meter) else { continue }
                     rows[row].kwh += column.kwh[meter]
                     rows[row].revenue += column.revenue[meter]
                     rows[row].records += 1
                     rows[row].faults += Int(column.faults[meter])
+                    // A month with only energy a gap spread into it has no status.
+                    let status = column.status(meter)
+                    guard status >= 0 else { continue }
                     if status == 2 { rows[row].poorMonths += 1 }
                     // Months go forward; a customer's meters in the same month: the worse status.
                     if month.key > rows[row].lastMonth {
@@ -222,6 +224,7 @@ package final class DashboardQueries: Sendable {
                             ("kwh", .number(month.kwh)), ("revenue", .number(month.revenue)),
                             ("readings", .int(month.readings)), ("faults", .int(month.faults)),
                             ("status", .optional(month.status) { .string($0.name) }),
+                            ("estimated", .bool(month.estimated)),
                         ])
                     })
             ),
@@ -286,6 +289,14 @@ package final class DashboardQueries: Sendable {
                 ("status", .optional(month.status) { .string($0.name) }),
                 ("latency_avg_ms", .number(month.latencyCount > 0 ? Double(month.latencySumMs) / Double(month.latencyCount) : nil)),
                 ("latency_max_ms", month.latencyCount > 0 ? .int(month.latencyMaxMs) : .null),
+                ("estimated", .bool(month.estimated > 0)),
+                ("estimated_kwh", .number(month.estimatedKwh)),
+            ])
+        }
+        let flags = try await self.store.validationFlags(meter: name, limit: 50).map { flag -> JSONValue in
+            .object([
+                ("rule", .string(flag.rule.rawValue)), ("ts", .string(RFC3339.format(millisecondsSinceEpoch: flag.timestampMs))),
+                ("seq", .int(flag.seq)), ("detail", .string(flag.detail)),
             ])
         }
         func time(_ ms: Int64?) -> JSONValue { .optional(ms) { .string(RFC3339.format(millisecondsSinceEpoch: $0)) } }
@@ -307,6 +318,7 @@ package final class DashboardQueries: Sendable {
             ("faults_total", .int(detail.faultsTotal)),
             ("duplicates_total", .int(detail.duplicatesTotal)),
             ("monthly", .array(months)),
+            ("validation_flags", .array(flags)),
         ])
     }
 
@@ -341,6 +353,7 @@ package final class DashboardQueries: Sendable {
                             ("status", .string(reading.status.name)),
                             ("fault", .optional(reading.fault) { .string($0) }),
                             ("voltage", .number(reading.voltage)),
+                            ("register_kwh", .number(reading.registerKwh)),
                         ])
                     })
             ),

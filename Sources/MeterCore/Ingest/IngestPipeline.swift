@@ -337,6 +337,7 @@ package final class IngestPipeline: Service, Sendable {
         let now = WallClock.nowMs()
         self.statistics.stored.add(result.stored, ordering: .relaxed)
         self.statistics.duplicates.add(result.duplicates, ordering: .relaxed)
+        if result.flags > 0 { self.statistics.validationFlags.add(result.flags, ordering: .relaxed) }
         if result.rejected > 0 { self.statistics.countReject(.unknownMeter, count: result.rejected) }
         self.statistics.commits.add(1, ordering: .relaxed)
         self.statistics.lastCommitMs.store(now, ordering: .relaxed)

@@ -12,6 +12,8 @@ package struct IngestServerConfiguration: Sendable {
     package var port: Int
     package var limits: LineLimits
     package var maximumKwh: Double
+    /// A `register_kwh` at or above this cannot be on a meter (`10^register_digits`).
+    package var registerCapacity: Double
     /// Connections beyond this are told `too_many_connections` and closed.
     package var maximumConnections: Int
     /// A listening socket passed by systemd (`ingest`), used instead of binding host and port.
@@ -33,7 +35,8 @@ package struct IngestServerConfiguration: Sendable {
     package init(
         host: String = "127.0.0.1", port: Int = 7700, limits: LineLimits = LineLimits(), maximumKwh: Double = 1_000,
         maximumConnections: Int = 50_000, inheritedSocket: CInt? = nil, receiveBufferSize: Int = 2048,
-        tls: IngestTLS? = nil, meterAuth: MeterAuthMode = .none, concentrators: ConcentratorDirectory = ConcentratorDirectory()
+        tls: IngestTLS? = nil, meterAuth: MeterAuthMode = .none, concentrators: ConcentratorDirectory = ConcentratorDirectory(),
+        registerCapacity: Double = 1_000_000
     ) {
         self.tls = tls
         self.meterAuth = meterAuth
@@ -42,6 +45,7 @@ package struct IngestServerConfiguration: Sendable {
         self.port = port
         self.limits = limits
         self.maximumKwh = maximumKwh
+        self.registerCapacity = registerCapacity
         self.maximumConnections = maximumConnections
         self.inheritedSocket = inheritedSocket
         self.receiveBufferSize = receiveBufferSize
@@ -74,7 +78,7 @@ package struct IngestServer: Service {
     }
 
     package func run() async throws {
-        let parser = ReadingParser(maximumKwh: self.configuration.maximumKwh)
+        let parser = ReadingParser(maximumKwh: self.configuration.maximumKwh, registerCapacity: self.configuration.registerCapacity)
         let limits = self.configuration.limits
         let pipeline = self.pipeline
         let statistics = pipeline.statistics

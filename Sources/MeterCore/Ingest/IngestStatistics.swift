@@ -5,6 +5,8 @@ import Synchronization
 package final class IngestStatistics: Sendable {
     package let stored = Atomic<Int>(0)
     package let duplicates = Atomic<Int>(0)
+    /// Validation flags stored readings raised (SPEC.md section 11).
+    package let validationFlags = Atomic<Int>(0)
     package let acks = Atomic<Int>(0)
     package let busySignals = Atomic<Int>(0)
     package let connections = Atomic<Int>(0)

@@ -15,16 +15,22 @@ import Darwin
 /// let parser = ReadingParser(maximumKwh: 1000)
 /// let reading = try parser.parse(#"{"meter":"MTR-1","seq":1,"ts":"2026-11-29T10:15:00Z","kwh":0.4}"#)
 /// ```
+///
+/// A reading carries `kwh` or, from a meter that reports its cumulative register, `register_kwh`
+/// (SPEC.md section 11), never both; the writer derives the consumption of a register reading.
 package struct ReadingParser: Sendable {
     /// Largest `kwh` a single reading may carry.
     package var maximumKwh: Double
+    /// The register's capacity (`10^register_digits`): a `register_kwh` at or above it cannot be on the meter.
+    package var registerCapacity: Double
     /// Deepest nesting accepted inside the values of unknown keys.
     package static let maximumNesting = 32
     /// Voltages outside this range are rejected as impossible for a metered supply.
     package static let voltageRange: ClosedRange<Double> = 0...1_000
 
-    package init(maximumKwh: Double = 1_000) {
+    package init(maximumKwh: Double = 1_000, registerCapacity: Double = 1_000_000) {
         self.maximumKwh = maximumKwh
+        self.registerCapacity = registerCapacity
     }
 
     /// Parses one line (without its newline).
@@ -45,7 +51,7 @@ package struct ReadingParser: Sendable {
         var scanner = JSONScanner(bytes: line)
         var fields = ReadingFields()
         try scanner.scanObject(into: &fields)
-        return try fields.makeReading(in: line, maximumKwh: self.maximumKwh)
+        return try fields.makeReading(in: line, maximumKwh: self.maximumKwh, registerCapacity: self.registerCapacity)
     }
 }
 
@@ -69,7 +75,7 @@ private enum Token {
 }
 
 private enum Key: Int, CaseIterable {
-    case meter, seq, ts, kwh, status, fault, voltage
+    case meter, seq, ts, kwh, status, fault, voltage, registerKwh
 
     var name: String {
         switch self {
@@ -80,6 +86,7 @@ private enum Key: Int, CaseIterable {
         case .status: "status"
         case .fault: "fault"
         case .voltage: "v"
+        case .registerKwh: "register_kwh"
         }
     }
 
@@ -96,6 +103,8 @@ private enum Key: Int, CaseIterable {
             return bytes.elementsEqual("meter".utf8) ? .meter : bytes.elementsEqual("fault".utf8) ? .fault : nil
         case 6:
             return bytes.elementsEqual("status".utf8) ? .status : nil
+        case 12:
+            return bytes.elementsEqual("register_kwh".utf8) ? .registerKwh : nil
         default:
             return nil
         }
@@ -103,7 +112,7 @@ private enum Key: Int, CaseIterable {
 }
 
 private struct ReadingFields {
-    var tokens: (Token?, Token?, Token?, Token?, Token?, Token?, Token?) = (nil, nil, nil, nil, nil, nil, nil)
+    var tokens: (Token?, Token?, Token?, Token?, Token?, Token?, Token?, Token?) = (nil, nil, nil, nil, nil, nil, nil, nil)
 
     subscript(key: Key) -> Token? {
         get {
@@ -115,6 +124,7 @@ private struct ReadingFields {
             case .status: tokens.4
             case .fault: tokens.5
             case .voltage: tokens.6
+            case .registerKwh: tokens.7
             }
         }
         set {
@@ -126,24 +136,46 @@ private struct ReadingFields {
             case .status: tokens.4 = newValue
             case .fault: tokens.5 = newValue
             case .voltage: tokens.6 = newValue
+            case .registerKwh: tokens.7 = newValue
             }
         }
     }
 
     /// Reported missing in this order; a constant, so no array is built per line.
-    private static let requiredKeys: [Key] = [.meter, .seq, .ts, .kwh]
+    private static let requiredKeys: [Key] = [.meter, .seq, .ts]
 
-    func makeReading(in line: UnsafeRawBufferPointer, maximumKwh: Double) throws(Rejection) -> Reading {
+    func makeReading(in line: UnsafeRawBufferPointer, maximumKwh: Double, registerCapacity: Double) throws(Rejection) -> Reading {
         for key in Self.requiredKeys where self[key] == nil {
             throw Rejection(.missingField, "missing \"\(key.name)\"")
+        }
+        // A null register counts as absent, so a meter may send "register_kwh":null beside its kwh.
+        let registerToken = self[.registerKwh].flatMap { $0.isNull ? nil : $0 }
+        if self[.kwh] == nil && registerToken == nil {
+            throw Rejection(.missingField, "missing \"kwh\"")  // or "register_kwh"; the detail meters already know
         }
         let meter = try Self.identifier(self[.meter]!, key: .meter, in: line)
         let seq = try Self.sequenceNumber(self[.seq]!, in: line)
         let timestamp = try Self.timestamp(self[.ts]!, in: line)
-        let kwh = try Self.double(self[.kwh]!, key: .kwh, in: line)
-        guard kwh >= 0 else { throw Rejection(.invalidField, "kwh must be ≥ 0, got \(Self.excerpt(self[.kwh]!, in: line))") }
-        guard kwh <= maximumKwh else {
-            throw Rejection(.invalidField, "kwh \(Self.excerpt(self[.kwh]!, in: line)) exceeds the maximum of \(maximumKwh) per reading")
+        var kwh = 0.0
+        var register: Double?
+        if let registerToken {
+            guard self[.kwh] == nil else {
+                throw Rejection(.invalidField, "a reading carries kwh or register_kwh, not both")
+            }
+            let value = try Self.double(registerToken, key: .registerKwh, in: line)
+            guard value >= 0 else { throw Rejection(.invalidField, "register_kwh must be ≥ 0, got \(Self.excerpt(registerToken, in: line))") }
+            guard value < registerCapacity else {
+                throw Rejection(
+                    .invalidField,
+                    "register_kwh \(Self.excerpt(registerToken, in: line)) does not fit the register (below \(registerCapacity), register_digits)")
+            }
+            register = value
+        } else {
+            kwh = try Self.double(self[.kwh]!, key: .kwh, in: line)
+            guard kwh >= 0 else { throw Rejection(.invalidField, "kwh must be ≥ 0, got \(Self.excerpt(self[.kwh]!, in: line))") }
+            guard kwh <= maximumKwh else {
+                throw Rejection(.invalidField, "kwh \(Self.excerpt(self[.kwh]!, in: line)) exceeds the maximum of \(maximumKwh) per reading")
+            }
         }
         var status = MeterHealth.good
         if let token = self[.status], !token.isNull {
@@ -164,7 +196,8 @@ private struct ReadingFields {
             }
             voltage = value
         }
-        return Reading(meter: meter, seq: seq, timestampMs: timestamp, kwh: kwh, status: status, fault: fault, voltage: voltage)
+        return Reading(
+            meter: meter, seq: seq, timestampMs: timestamp, kwh: kwh, status: status, fault: fault, voltage: voltage, registerKwh: register)
     }
 
     private static func identifier(_ token: Token, key: Key, in line: UnsafeRawBufferPointer) throws(Rejection) -> String {

@@ -182,8 +182,11 @@ package final class KPIEngine: Sendable {
         let monthly = try await self.withStore { store in self.monthlyFigures(store, period: period, region: region) }
         let events = try await self.eventFigures(period: period, region: region)
         let inactive = try await self.store.inactiveMeterCount(region: region)
-        // Percent of the customer-months whose status is good (0), fair (1) or poor (2).
-        func share(_ status: Int) -> Double? { monthly.records > 0 ? 100 * Double(monthly.health[status]) / Double(monthly.records) : nil }
+        let flags = try await self.store.validationFlagCounts(from: period.from, to: period.to, region: region)
+        // Percent of the customer-months with a status that is good (0), fair (1) or poor (2); a
+        // month with only energy spread from a gap has none.
+        let withStatus = monthly.health.reduce(0, +)
+        func share(_ status: Int) -> Double? { withStatus > 0 ? 100 * Double(monthly.health[status]) / Double(withStatus) : nil }
 
         return KPIDocument(
             period: .init(from: period.from.description, to: period.to.description),
@@ -198,13 +201,14 @@ package final class KPIEngine: Sendable {
             // Consumption
             consumptionByRegion: monthly.byRegion.map { .init(region: $0.region, kwh: $0.kwh) },
             topConsumers: monthly.top.map { .init(customerID: $0.customerID, region: $0.region, kwh: $0.kwh) },
-            monthlyConsumption: monthly.byMonth.map { .init(month: $0.month.description, kwh: $0.kwh) },
+            monthlyConsumption: monthly.byMonth.map { .init(month: $0.month.description, kwh: $0.kwh, estimated: $0.estimated) },
             // Meters
             meterHealth: .init(good: share(0), fair: share(1), poor: share(2)),
             faultyMeters: monthly.faulty.prefix(self.settings.faultyListLimit).map { meter in
                 .init(meter: meter.meter, customerID: meter.customerID, poorMonths: meter.poorMonths, faults: meter.faults)
             },
             readingLatencyMs: events.latency,
+            validationFlags: KPIDocument.ValidationFlags(counts: flags),
             // Revenue
             revenueByRegion: monthly.byRegion.map { .init(region: $0.region, revenue: $0.revenue) },
             revenueTrend: monthly.trend.map { .init(month: $0.month.description, revenue: $0.revenue) },
@@ -231,7 +235,7 @@ package final class KPIEngine: Sendable {
         var health = [0, 0, 0]
         var meters = 0
         var byRegion: [(region: String, kwh: Double, revenue: Double)] = []
-        var byMonth: [(month: Month, kwh: Double)] = []
+        var byMonth: [(month: Month, kwh: Double, estimated: Bool)] = []
         var trend: [(month: Month, revenue: Double)] = []
         var top: [(customerID: Int64, region: String, kwh: Double)] = []
         var faulty: [FaultyMeter] = []
@@ -255,15 +259,16 @@ package final class KPIEngine: Sendable {
         }
         for month in period.months {
             var monthKwh = 0.0
+            var estimated = false
             if let column = store.column(month) {
                 for index in 0..<meterCount {
                     let region = store.meterRegion[index]
-                    guard wanted(region) else { continue }
+                    guard wanted(region), column.hasRecord(index) else { continue }
                     let status = column.status(index)
-                    guard status >= 0 else { continue }
                     let kwh = column.kwh[index]
                     figures.records += 1
-                    figures.health[status] += 1
+                    if status >= 0 { figures.health[status] += 1 }
+                    if column.estimated[index] > 0 { estimated = true }
                     monthKwh += kwh
                     figures.totalRevenue += column.revenue[index]
                     regionKwh[Int(region)] += kwh
@@ -273,12 +278,12 @@ package final class KPIEngine: Sendable {
                 }
             }
             figures.totalKwh += monthKwh
-            figures.byMonth.append((month, monthKwh))
+            figures.byMonth.append((month, monthKwh, estimated))
         }
         for month in KPIPeriod.twelveMonths(endingAt: period.to).months {
             var revenue = 0.0
             if let column = store.column(month) {
-                for index in 0..<meterCount where wanted(store.meterRegion[index]) && column.status(index) >= 0 {
+                for index in 0..<meterCount where wanted(store.meterRegion[index]) && column.hasRecord(index) {
                     revenue += column.revenue[index]
                 }
             }

@@ -41,7 +41,7 @@ package enum KPITextReport {
             "Monthly consumption (revenue trend: 12 months ending at the period's end)",
             [["month", "kWh", "revenue"]]
                 + document.monthlyConsumption.map { row in
-                    [row.month, self.decimal(row.kwh), trend[row.month].map { self.decimal($0) } ?? ""]
+                    [row.month, self.decimal(row.kwh) + (row.estimated ? " (estimated)" : ""), trend[row.month].map { self.decimal($0) } ?? ""]
                 })
 
         let health = document.meterHealth
@@ -55,6 +55,10 @@ package enum KPITextReport {
                     "\(self.decimal(latency.avg)) / \(self.decimal(latency.p50)) / \(self.decimal(latency.p95)) / \(self.decimal(latency.p99))",
                 ],
                 ["live readings in the period", "\(latency.count)"],
+                [
+                    "validation flags " + ValidationRule.allCases.map(\.rawValue).joined(separator: " / "),
+                    ValidationRule.allCases.map { "\(document.validationFlags[$0])" }.joined(separator: " / "),
+                ],
             ])
         out += self.section(
             "Faulty meters (worst first)",

@@ -15,6 +15,8 @@ package final class MonthlyStore {
         var poor: [Int32]
         /// The imported row's status (0 good, 1 fair, 2 poor), or -1 when the month has no imported row.
         var imported: [Int8]
+        /// Gap shares spread into the month from gaps spanning more than one month: its kWh is partly estimated.
+        var estimated: [Int32]
 
         init(count: Int) {
             self.kwh = Array(repeating: 0, count: count)
@@ -25,6 +27,7 @@ package final class MonthlyStore {
             self.fair = Array(repeating: 0, count: count)
             self.poor = Array(repeating: 0, count: count)
             self.imported = Array(repeating: -1, count: count)
+            self.estimated = Array(repeating: 0, count: count)
         }
 
         mutating func append() {
@@ -36,6 +39,7 @@ package final class MonthlyStore {
             self.fair.append(0)
             self.poor.append(0)
             self.imported.append(-1)
+            self.estimated.append(0)
         }
 
         /// The month's status of a meter: the imported row's, else what its readings said most often
@@ -45,6 +49,13 @@ package final class MonthlyStore {
             MeterRules.monthStatusCode(
                 imported: self.imported[index], readings: self.readings[index], good: self.good[index],
                 fair: self.fair[index], poor: self.poor[index])
+        }
+
+        /// Whether the meter has a record that month: a status, or only energy a gap spread into it
+        /// (which counts for consumption and revenue, not for health).
+        @inline(__always)
+        func hasRecord(_ index: Int) -> Bool {
+            self.status(index) >= 0 || self.estimated[index] > 0
         }
     }
 
@@ -115,7 +126,7 @@ package final class MonthlyStore {
     /// Sets one meter-month; rows of the same month come together, after every meter was added.
     package func setMonth(
         _ month: Int, meterID: Int64, kwh: Double, revenue: Double, readings: Int32, faults: Int32, good: Int32,
-        fair: Int32, poor: Int32, importedStatus: Int8
+        fair: Int32, poor: Int32, importedStatus: Int8, estimated: Int32 = 0
     ) {
         guard let index = self.meterIndex[meterID].map(Int.init) else { return }
         if month != self.lastLoadedMonth {
@@ -131,6 +142,7 @@ package final class MonthlyStore {
         self.columns[slot].fair[index] = fair
         self.columns[slot].poor[index] = poor
         self.columns[slot].imported[index] = importedStatus
+        self.columns[slot].estimated[index] = estimated
     }
 
     /// Adds one commit's deltas. A meter it has not seen was registered by the writer: unassigned.
@@ -156,6 +168,7 @@ package final class MonthlyStore {
             self.columns[slot].good[index] += Int32(change.good)
             self.columns[slot].fair[index] += Int32(change.fair)
             self.columns[slot].poor[index] += Int32(change.poor)
+            self.columns[slot].estimated[index] += Int32(change.estimated)
         }
     }
 }

@@ -32,15 +32,18 @@ package struct Reading: Sendable, Equatable {
     package var seq: Int64
     /// Measurement time on the meter's clock, in milliseconds since the Unix epoch.
     package var timestampMs: Int64
-    /// Energy consumed since the meter's previous reading.
+    /// Energy consumed since the meter's previous reading. For a register reading, what the writer
+    /// derived from the registers (0 until then, and for a baseline or a reset).
     package var kwh: Double
     package var status: MeterHealth
     package var fault: String?
     package var voltage: Double?
+    /// The meter's cumulative register (`register_kwh`), when it sent one instead of `kwh`.
+    package var registerKwh: Double?
 
     package init(
         meter: String, seq: Int64, timestampMs: Int64, kwh: Double,
-        status: MeterHealth = .good, fault: String? = nil, voltage: Double? = nil
+        status: MeterHealth = .good, fault: String? = nil, voltage: Double? = nil, registerKwh: Double? = nil
     ) {
         self.meter = meter
         self.seq = seq
@@ -49,12 +52,28 @@ package struct Reading: Sendable, Equatable {
         self.status = status
         self.fault = fault
         self.voltage = voltage
+        self.registerKwh = registerKwh
+    }
+
+    /// A register reading: the meter's cumulative register instead of the energy since its last reading.
+    package init(
+        meter: String, seq: Int64, timestampMs: Int64, registerKwh: Double,
+        status: MeterHealth = .good, fault: String? = nil, voltage: Double? = nil
+    ) {
+        self.init(
+            meter: meter, seq: seq, timestampMs: timestampMs, kwh: 0, status: status, fault: fault, voltage: voltage,
+            registerKwh: registerKwh)
     }
 
     /// The reading as one protocol line, newline included: what a meter sends.
     package var line: String {
         var text =
-            "{\"meter\":\"\(self.meter)\",\"seq\":\(self.seq),\"ts\":\"\(RFC3339.format(millisecondsSinceEpoch: self.timestampMs))\",\"kwh\":\(self.kwh)"
+            "{\"meter\":\"\(self.meter)\",\"seq\":\(self.seq),\"ts\":\"\(RFC3339.format(millisecondsSinceEpoch: self.timestampMs))\""
+        if let register = self.registerKwh {
+            text += ",\"register_kwh\":\(register)"
+        } else {
+            text += ",\"kwh\":\(self.kwh)"
+        }
         if self.status != .good { text += ",\"status\":\"\(self.status.name)\"" }
         if let fault = self.fault { text += ",\"fault\":\"\(fault)\"" }
         if let voltage = self.voltage { text += ",\"v\":\(voltage)" }

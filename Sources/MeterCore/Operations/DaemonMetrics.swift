@@ -16,6 +16,7 @@ package final class DaemonMetrics: CommitObserver {
     private let readings: CoreMetrics.Counter
     private let acks: CoreMetrics.Counter
     private let duplicates: CoreMetrics.Counter
+    private let validationFlags: CoreMetrics.Counter
     private let busySignals: CoreMetrics.Counter
     private let commits: CoreMetrics.Counter
     private let tlsHandshakeFailures: CoreMetrics.Counter
@@ -38,6 +39,7 @@ package final class DaemonMetrics: CommitObserver {
         "meterd_acks_total": "Acknowledgement lines sent to meters.",
         "meterd_duplicates_total": "Resent readings recognised as already committed (acked, not stored again).",
         "meterd_rejects_total": "Lines rejected, by error code.",
+        "meterd_validation_flags_total": "Validation flags raised by stored readings (spike, zero_run, register_reset, clock_backwards, voltage).",
         "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full.",
         "meterd_commits_total": "Group commits of the write pipeline.",
         "meterd_tls_handshake_failures_total":
@@ -71,6 +73,7 @@ package final class DaemonMetrics: CommitObserver {
         self.readings = CoreMetrics.Counter(label: "meterd_readings_total", factory: factory)
         self.acks = CoreMetrics.Counter(label: "meterd_acks_total", factory: factory)
         self.duplicates = CoreMetrics.Counter(label: "meterd_duplicates_total", factory: factory)
+        self.validationFlags = CoreMetrics.Counter(label: "meterd_validation_flags_total", factory: factory)
         self.busySignals = CoreMetrics.Counter(label: "meterd_busy_signals_total", factory: factory)
         self.commits = CoreMetrics.Counter(label: "meterd_commits_total", factory: factory)
         self.tlsHandshakeFailures = CoreMetrics.Counter(label: "meterd_tls_handshake_failures_total", factory: factory)
@@ -108,6 +111,7 @@ package final class DaemonMetrics: CommitObserver {
             ("readings", statistics.stored.load(ordering: .relaxed), self.readings),
             ("acks", statistics.acks.load(ordering: .relaxed), self.acks),
             ("duplicates", statistics.duplicates.load(ordering: .relaxed), self.duplicates),
+            ("flags", statistics.validationFlags.load(ordering: .relaxed), self.validationFlags),
             ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
             ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
             ("tls_handshake_failures", statistics.tlsHandshakeFailures.load(ordering: .relaxed), self.tlsHandshakeFailures),

@@ -40,6 +40,8 @@ package protocol MeterStore: Sendable {
     func latencyBuckets(from: Month, to: Month, region: String?) async throws -> [LatencyBucketTotal]
     /// Technicians' names by id.
     func technicianNames() async throws -> [Int: String]
+    /// Validation flags raised by readings whose `ts` falls in `from...to`, per rule, of one region or all.
+    func validationFlagCounts(from: Month, to: Month, region: String?) async throws -> [ValidationRule: Int]
 
     // MARK: Meters
 
@@ -52,6 +54,8 @@ package protocol MeterStore: Sendable {
     func meterRecord(named name: String) async throws -> MeterRecord?
     /// One meter's monthly aggregates, oldest first.
     func meterMonths(named name: String) async throws -> [MeterMonthRecord]
+    /// A meter's most recent validation flags, newest first (by the reading's `ts`).
+    func validationFlags(meter name: String, limit: Int) async throws -> [ValidationFlag]
     /// A meter's most recent readings, newest first; `nil` for an unknown meter.
     func recentReadings(meter name: String, limit: Int) async throws -> RecentReadings?
     /// Meters the liveness sweep must look at: unflagged ones silent since before `cutoffMs`
@@ -130,14 +134,17 @@ package struct WriterSettings: Sendable {
     package var timeZone: TimeZone
     package var tariff: Tariff
     package var unknownMeters: UnknownMeterPolicy
+    /// How register readings become consumption, and which readings are flagged.
+    package var metering: MeteringRules
 
     package init(
         timeZone: TimeZone = TimeZone(identifier: "UTC")!, tariff: Tariff = Tariff(),
-        unknownMeters: UnknownMeterPolicy = .register
+        unknownMeters: UnknownMeterPolicy = .register, metering: MeteringRules = MeteringRules()
     ) {
         self.timeZone = timeZone
         self.tariff = tariff
         self.unknownMeters = unknownMeters
+        self.metering = metering
     }
 }
 
@@ -165,6 +172,9 @@ package struct AggregateDelta: Sendable {
         package var poor = 0
         package var latencySumMs: Int64 = 0
         package var latencyMaxMs: Int64 = 0
+        /// Shares of gaps spanning more than one month that landed here (``MeteringRules``), and their energy.
+        package var estimated = 0
+        package var estimatedKwh = 0.0
 
         package init(meterID: Int64, month: Int) {
             self.meterID = meterID
@@ -186,6 +196,16 @@ package struct AggregateDelta: Sendable {
             self.latencyMaxMs = max(self.latencyMaxMs, latencyMs)
         }
 
+        /// Adds a gap's share of energy (no reading): `estimated` when the gap spans more than this month.
+        package mutating func addEnergy(_ kwh: Double, rate: Double, estimated: Bool) {
+            self.kwh += kwh
+            self.revenue += kwh * rate
+            if estimated {
+                self.estimated += 1
+                self.estimatedKwh += kwh
+            }
+        }
+
         /// This change followed by `other`, as one.
         package mutating func merge(_ other: Month) {
             self.kwh += other.kwh
@@ -197,6 +217,8 @@ package struct AggregateDelta: Sendable {
             self.poor += other.poor
             self.latencySumMs += other.latencySumMs
             self.latencyMaxMs = max(self.latencyMaxMs, other.latencyMaxMs)
+            self.estimated += other.estimated
+            self.estimatedKwh += other.estimatedKwh
         }
     }
 
@@ -219,6 +241,8 @@ package struct CommitResult: Sendable {
     package var duplicates = 0
     package var rejected = 0
     package var quarantined = 0
+    /// Validation flags raised by the readings stored.
+    package var flags = 0
     /// Latencies (receive time − `ts`, ms, clamped at 0) of the readings stored.
     package var latenciesMs: [Int64] = []
 
@@ -290,10 +314,30 @@ package struct MeterMonthRecord: Sendable, Equatable {
     package var latencyCount: Int64
     package var latencyMaxMs: Int64
     package var importedStatus: MeterHealth?
+    /// Gap shares spread into this month from gaps spanning more than one month, and their energy:
+    /// the month's kWh is partly estimated.
+    package var estimated: Int64 = 0
+    package var estimatedKwh = 0.0
 
     /// The month's prevailing status (``MeterRules/monthStatus(imported:readings:good:fair:poor:)``).
     package var status: MeterHealth? {
         MeterRules.monthStatus(imported: self.importedStatus, readings: self.readings, good: self.good, fair: self.fair, poor: self.poor)
+    }
+}
+
+/// A validation flag a reading raised (SPEC.md section 11): kept, never dropped.
+package struct ValidationFlag: Sendable, Equatable {
+    package var rule: ValidationRule
+    /// `ts` and `seq` of the reading that raised it.
+    package var timestampMs: Int64
+    package var seq: Int64
+    package var detail: String
+
+    package init(rule: ValidationRule, timestampMs: Int64, seq: Int64, detail: String) {
+        self.rule = rule
+        self.timestampMs = timestampMs
+        self.seq = seq
+        self.detail = detail
     }
 }
 
@@ -306,8 +350,13 @@ package struct StoredReading: Sendable, Equatable {
     package var status: MeterHealth
     package var fault: String?
     package var voltage: Double?
+    /// The register a register reading carried (its `kwh` is what meterd derived from it).
+    package var registerKwh: Double?
 
-    package init(seq: Int64, timestampMs: Int64, receivedMs: Int64, kwh: Double, status: MeterHealth, fault: String?, voltage: Double?) {
+    package init(
+        seq: Int64, timestampMs: Int64, receivedMs: Int64, kwh: Double, status: MeterHealth, fault: String?, voltage: Double?,
+        registerKwh: Double? = nil
+    ) {
         self.seq = seq
         self.timestampMs = timestampMs
         self.receivedMs = receivedMs
@@ -315,6 +364,7 @@ package struct StoredReading: Sendable, Equatable {
         self.status = status
         self.fault = fault
         self.voltage = voltage
+        self.registerKwh = registerKwh
     }
 }
 
@@ -380,6 +430,8 @@ package struct CustomerHistory: Sendable {
         package var readings: Int64
         package var faults: Int64
         package var status: MeterHealth?
+        /// Whether part of the month's kWh was spread from a gap spanning more than one month.
+        package var estimated = false
     }
 
     package struct Bill: Sendable {

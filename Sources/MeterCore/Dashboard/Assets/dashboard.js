@@ -162,6 +162,8 @@
   const num = (digits) => (value) => fmtNumber(value, digits);
   const money = (value) => fmtMoney(value);
   const statusCell = (value) => value ? `<span class="status-${esc(value)}">${esc(value)}</span>` : '—';
+  // A month whose kWh was partly spread from a gap in a meter's register readings.
+  const estimatedCell = (value) => value ? '<span class="estimated" title="part of this month\'s kWh is estimated from a gap">estimated</span>' : '';
   const customerCell = (value) => value === null || value === undefined ? '—' : link({ view: 'customer', customer: String(value), meter: '' }, String(value));
   const meterCell = (value, row) => value ? link({ view: 'meter', meter: value, customer: row && row.customer_id ? String(row.customer_id) : state.customer }, value) : '—';
   const regionCell = (value) => value ? link({ region: value, view: state.view === 'customers' ? 'customers' : 'dashboard', page: '' }, value) : '—';
@@ -237,6 +239,7 @@
       { scales: { y: { beginAtZero: true, title: { display: true, text: 'kWh' } } } });
     renderTable('monthly_consumption', [
       { key: 'month', label: 'Month' }, { key: 'kwh', label: 'kWh', num: true, format: num(0) },
+      { key: 'estimated', label: 'Estimated', format: estimatedCell },
     ], kpi.monthly_consumption, { caption: 'Monthly consumption' });
     renderTable('top_consumers', [
       { key: 'rank', label: '#', num: true },
@@ -458,6 +461,7 @@
       { key: 'month', label: 'Month' }, { key: 'kwh', label: 'kWh', num: true, format: num(1) },
       { key: 'revenue', label: 'Revenue ($)', num: true, format: money }, { key: 'status', label: 'Status', format: statusCell },
       { key: 'readings', label: 'Live readings', num: true }, { key: 'faults', label: 'Faults', num: true },
+      { key: 'estimated', label: 'Estimated', format: estimatedCell },
     ], answer.monthly, { caption: 'Monthly history' });
     renderTable('customer_bills', [
       { key: 'month', label: 'Month' }, { key: 'amount', label: 'Amount ($)', num: true, format: money }, { key: 'status', label: 'Status' },
@@ -498,6 +502,7 @@
         `<div class="chart short"><canvas id="chart-meter-latency" role="img" aria-label="Line chart: latency of recent readings"></canvas></div></figure>` +
         `<figure class="panel wide"><figcaption>Recent readings <small id="meter-scan"></small></figcaption><div data-table="meter_readings" class="scroll"></div></figure>` +
         `<figure class="panel wide"><figcaption>Months</figcaption><div data-table="meter_months" class="scroll"></div></figure>` +
+        `<figure class="panel wide"><figcaption>Validation flags</figcaption><div data-table="meter_flags" class="scroll"></div></figure>` +
         `</div></section>`;
     }
     document.getElementById('meter-owner').innerHTML = (meter.customer_id !== null
@@ -538,7 +543,12 @@
       { key: 'status', label: 'Status', format: statusCell },
       { key: 'latency_avg_ms', label: 'Avg latency (ms)', num: true, format: num(0) },
       { key: 'latency_max_ms', label: 'Max latency (ms)', num: true, format: num(0) },
+      { key: 'estimated', label: 'Estimated', format: estimatedCell },
     ], meter.monthly.slice().reverse(), { caption: 'Months' });
+    renderTable('meter_flags', [
+      { key: 'ts', label: 'Meter time', format: (value) => esc(fmtTime(value)) }, { key: 'seq', label: 'Seq', num: true },
+      { key: 'rule', label: 'Rule' }, { key: 'detail', label: 'Detail' },
+    ], meter.validation_flags || [], { caption: 'Validation flags' });
     window.meterd.meter = meter;
     window.meterd.readings = recent;
     markLoaded(meter.generated_at);

@@ -205,6 +205,39 @@ package final class MeterDatabase: Sendable {
                     ALTER TABLE quarantine ADD COLUMN peer_identity TEXT;
                     """)
         }
+        migrator.registerMigration("v8-register-readings") { db in
+            // Register readings (SPEC.md section 11). The writer derives a register reading's
+            // consumption when it stores it and keeps it in `reading.kwh`, with the register beside it
+            // and, for a gap, the start of the interval it was spread over (`span_start_ms`): crash
+            // recovery folds the row again from these alone, so the aggregates come out the same.
+            // The meter row keeps the baseline for its next register reading and its current run of
+            // zero consumption (`zero_since_ms`, `zero_flagged`), so rules that span days survive a
+            // restart. `meter_month.estimated`
+            // counts the gap shares a month got, `estimated_kwh` their energy. Validation flags are
+            // rows, committed with their reading.
+            try db.execute(
+                sql: """
+                    ALTER TABLE reading ADD COLUMN register_kwh REAL;
+                    ALTER TABLE reading ADD COLUMN span_start_ms INTEGER;
+                    ALTER TABLE meter ADD COLUMN last_register_kwh REAL;
+                    ALTER TABLE meter ADD COLUMN last_register_ts_ms INTEGER;
+                    ALTER TABLE meter ADD COLUMN zero_since_ms INTEGER;
+                    ALTER TABLE meter ADD COLUMN zero_flagged INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE meter_month ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE meter_month ADD COLUMN estimated_kwh REAL NOT NULL DEFAULT 0;
+                    CREATE TABLE validation_flag (
+                        id INTEGER PRIMARY KEY,
+                        meter_id INTEGER NOT NULL,
+                        seq INTEGER NOT NULL,
+                        ts_ms INTEGER NOT NULL,
+                        month INTEGER NOT NULL,
+                        rule TEXT NOT NULL,
+                        detail TEXT NOT NULL
+                    );
+                    CREATE INDEX validation_flag_by_month ON validation_flag (month, rule);
+                    CREATE INDEX validation_flag_by_meter ON validation_flag (meter_id, ts_ms);
+                    """)
+        }
         return migrator
     }
 }

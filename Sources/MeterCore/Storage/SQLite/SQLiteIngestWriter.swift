@@ -16,6 +16,11 @@ import Logging
 /// Each flush records in `ingest_watermark` the highest reading rowid its aggregates cover, in the
 /// same transaction; on open, readings past the watermark (those a crash left unaggregated) are
 /// applied again, so the aggregates and the high-water marks always equal the stored readings.
+///
+/// Register readings (``MeteringRules``) get their consumption here, from the meter's cached
+/// baseline, before they are stored; the row keeps the derived `kwh`, the register and the start
+/// of a gap's span, so the fold that recovery repeats needs nothing but the row. Validation flags
+/// are inserted with their reading, never deferred.
 package final class IngestWriter: MeterStoreWriter {
     struct MeterState {
         var id: Int64
@@ -26,6 +31,14 @@ package final class IngestWriter: MeterStoreWriter {
         var region: Int
         /// Rowid of the meter's newest reading, 0 for none: the next one's `prev_rowid`.
         var lastReadingRowID: Int64 = 0
+        /// `ts` of the meter's newest reading, for the `clock_backwards` rule.
+        var lastTimestampMs: Int64?
+        /// The register of the meter's newest reading, `nil` when that was a `kwh` reading (or none):
+        /// the baseline of its next register reading, and when it was read.
+        var lastRegister: Double?
+        var lastRegisterTimestampMs: Int64?
+        /// The meter's current run of readings without consumption (the `zero_run` rule).
+        var zeroRun = MeteringRules.ZeroRun()
         /// The commit that last saved this state for its rollback (see ``Rollback``).
         var savedBy = 0
     }
@@ -43,10 +56,16 @@ package final class IngestWriter: MeterStoreWriter {
     private var calendar: MonthCalendar
     private let tariff: Tariff
     private let unknownMeters: UnknownMeterPolicy
+    private let metering: MeteringRules
     /// The meter cache: a slot per meter in `meterStates`, found by name once per reading.
     private var meterSlots: [String: Int] = [:]
     private var meterStates: [MeterState] = []
     private var meterNames: [String] = []
+    /// Per slot, the consumption of the meter's recent regular readings (the `spike` rule's trailing
+    /// window), oldest first. Kept apart from ``MeterState`` so appending never copies it; not
+    /// persisted (after a start the rule waits for ``MeteringRules/spikeMinimumWindow`` readings),
+    /// and a failed commit may leave its readings in it.
+    private var trailing: [[Float]] = []
     private var commitGeneration = 0
     /// Learns what each write of aggregates changed (the KPI rollups).
     package var commitListener: (any CommitListener)?
@@ -57,11 +76,15 @@ package final class IngestWriter: MeterStoreWriter {
     /// Aggregates of committed readings not yet written (see ``commit(_:deferAggregates:)``).
     private var pending = BatchAggregates()
 
-    package init(database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy) throws {
+    package init(
+        database: MeterDatabase, calendar: MonthCalendar, tariff: Tariff, unknownMeters: UnknownMeterPolicy,
+        metering: MeteringRules = MeteringRules()
+    ) throws {
         self.database = database
         self.calendar = calendar
         self.tariff = tariff
         self.unknownMeters = unknownMeters
+        self.metering = metering
         try self.reloadMeters()
         try self.recoverAggregates()
     }
@@ -77,7 +100,13 @@ package final class IngestWriter: MeterStoreWriter {
         // The cached high-water marks are ahead of the table while aggregates are pending.
         try self.flushAggregates()
         let rows = try self.database.pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid FROM meter")
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid, last_ts_ms,
+                           last_register_kwh, last_register_ts_ms, zero_since_ms, zero_flagged
+                    FROM meter
+                    """)
         }
         var slots: [String: Int] = [:]
         var states: [MeterState] = []
@@ -92,9 +121,18 @@ package final class IngestWriter: MeterStoreWriter {
             states.append(
                 MeterState(
                     id: row["id"], highWaterMark: row["hwm_seq"], rate: self.tariff.rate(forRegion: region),
-                    region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"]))
+                    region: self.index(ofRegion: region), lastReadingRowID: row["last_reading_rowid"],
+                    lastTimestampMs: row["last_ts_ms"], lastRegister: row["last_register_kwh"],
+                    lastRegisterTimestampMs: row["last_register_ts_ms"],
+                    zeroRun: MeteringRules.ZeroRun(sinceMs: row["zero_since_ms"], flagged: row["zero_flagged"])))
             names.append(name)
         }
+        // Kept across a reload for the meters still known: the window is in memory only.
+        var trailing = [[Float]](repeating: [], count: states.count)
+        for (name, slot) in slots {
+            if let old = self.meterSlots[name], old < self.trailing.count { trailing[slot] = self.trailing[old] }
+        }
+        self.trailing = trailing
         self.meterSlots = slots
         self.meterStates = states
         self.meterNames = names
@@ -115,6 +153,9 @@ package final class IngestWriter: MeterStoreWriter {
         var lastStatus: MeterHealth?
         var lastFault: String?
         var lastReadingRowID: Int64?
+        var lastRegister: Double?
+        var lastRegisterTimestampMs: Int64?
+        var zeroRun = MeteringRules.ZeroRun()
         var readings = 0
         var faults = 0
         var duplicates = 0
@@ -124,9 +165,14 @@ package final class IngestWriter: MeterStoreWriter {
             self.duplicates += 1
         }
 
-        mutating func record(_ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64) {
+        mutating func record(
+            _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, zeroRun: MeteringRules.ZeroRun
+        ) {
+            self.zeroRun = zeroRun
             self.lastReceivedMs = receivedMs
             self.lastReadingRowID = rowID
+            self.lastRegister = reading.registerKwh
+            self.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
             self.highWaterMark = highWaterMark
             self.lastTimestampMs = reading.timestampMs
             self.lastStatus = reading.status
@@ -144,6 +190,9 @@ package final class IngestWriter: MeterStoreWriter {
                 self.lastStatus = later.lastStatus
                 self.lastFault = later.lastFault
                 self.lastReadingRowID = later.lastReadingRowID
+                self.lastRegister = later.lastRegister
+                self.lastRegisterTimestampMs = later.lastRegisterTimestampMs
+                self.zeroRun = later.zeroRun
             }
             self.readings += later.readings
             self.faults += later.faults
@@ -234,6 +283,7 @@ package final class IngestWriter: MeterStoreWriter {
             }
             for name in self.meterNames[rollback.firstRegisteredSlot...] { self.meterSlots[name] = nil }
             self.meterStates.removeSubrange(rollback.firstRegisteredSlot...)
+            self.trailing.removeSubrange(rollback.firstRegisteredSlot...)
             self.meterNames.removeSubrange(rollback.firstRegisteredSlot...)
             throw error
         }
@@ -257,9 +307,27 @@ package final class IngestWriter: MeterStoreWriter {
         let insertReading = try RawStatement(
             db,
             sql: """
-                INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO reading (meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid,
+                                     register_kwh, span_start_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
+        // Compiled on the first flag only: most batches raise none.
+        var insertFlag: RawStatement?
+        func flag(_ rule: ValidationRule, _ detail: String, meterID: Int64, reading: Reading) throws {
+            if insertFlag == nil {
+                insertFlag = try RawStatement(
+                    db, sql: "INSERT INTO validation_flag (meter_id, seq, ts_ms, month, rule, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            }
+            let statement = insertFlag!
+            statement.bind(1, meterID)
+            statement.bind(2, reading.seq)
+            statement.bind(3, reading.timestampMs)
+            statement.bind(4, self.calendar.month(ofMilliseconds: reading.timestampMs).key)
+            statement.bind(5, rule.rawValue)
+            statement.bind(6, detail)
+            try statement.execute()
+            result.flags += 1
+        }
         let insertQuarantine = try RawStatement(
             db,
             sql: """
@@ -312,21 +380,73 @@ package final class IngestWriter: MeterStoreWriter {
                     ].recordDuplicate(receivedMs: item.receivedMs)
                     result.duplicates += 1
                 } else {
+                    var stored = reading
+                    var spanStartMs: Int64?
+                    if let register = reading.registerKwh {
+                        let step = self.metering.step(from: state.lastRegister, to: register)
+                        stored.kwh = step.kwh
+                        if case .reset(let wrapped) = step, let previous = state.lastRegister {
+                            try flag(
+                                .registerReset,
+                                "register went down from \(previous) to \(register) kWh; a rollover would make \(wrapped) kWh, "
+                                    + "more than max_kwh \(self.metering.maximumKwh): new baseline",
+                                meterID: state.id, reading: reading)
+                        }
+                        // A gap: its consumption is spread over the months it spans (``fold``).
+                        if stored.kwh > 0, let previousMs = state.lastRegisterTimestampMs,
+                            reading.timestampMs - previousMs > self.metering.expectedIntervalMs
+                        {
+                            spanStartMs = previousMs
+                        }
+                    }
+                    if let previousMs = state.lastTimestampMs, reading.timestampMs < previousMs {
+                        try flag(
+                            .clockBackwards,
+                            "ts \(RFC3339.format(millisecondsSinceEpoch: reading.timestampMs)) is before the previous reading's "
+                                + RFC3339.format(millisecondsSinceEpoch: previousMs),
+                            meterID: state.id, reading: reading)
+                    }
+                    if let volts = reading.voltage, self.metering.isVoltageOutOfRange(volts) {
+                        try flag(
+                            .voltage, "\(volts) V is outside \(self.metering.voltageMinimum)–\(self.metering.voltageMaximum) V",
+                            meterID: state.id, reading: reading)
+                    }
+                    let consumption = self.knownConsumption(stored, before: state)
+                    if let consumption, self.isRegular(stored, after: state),
+                        self.metering.isSpike(consumption, trailing: self.trailing[slot])
+                    {
+                        try flag(
+                            .spike,
+                            "\(consumption) kWh is more than \(self.metering.spikeFactor) times the meter's trailing median",
+                            meterID: state.id, reading: reading)
+                    }
+                    var zeroRun = state.zeroRun
+                    if self.metering.advance(
+                        &zeroRun, consumption: consumption, previousMs: state.lastTimestampMs, timestampMs: reading.timestampMs)
+                    {
+                        try flag(
+                            .zeroRun,
+                            "no consumption since \(RFC3339.format(millisecondsSinceEpoch: zeroRun.sinceMs ?? reading.timestampMs)) "
+                                + "(\(self.metering.zeroDays) days or more) while reporting",
+                            meterID: state.id, reading: reading)
+                    }
                     insertReading.bind(1, state.id)
-                    insertReading.bind(2, reading.seq)
-                    insertReading.bind(3, reading.timestampMs)
+                    insertReading.bind(2, stored.seq)
+                    insertReading.bind(3, stored.timestampMs)
                     insertReading.bind(4, item.receivedMs)
-                    insertReading.bind(5, reading.kwh)
-                    insertReading.bind(6, Int64(reading.status.rawValue))
-                    insertReading.bind(7, reading.fault)
-                    insertReading.bind(8, reading.voltage)
+                    insertReading.bind(5, stored.kwh)
+                    insertReading.bind(6, Int64(stored.status.rawValue))
+                    insertReading.bind(7, stored.fault)
+                    insertReading.bind(8, stored.voltage)
                     insertReading.bind(9, state.lastReadingRowID)  // the meter's chain of readings
+                    insertReading.bind(10, stored.registerKwh)
+                    if let spanStartMs { insertReading.bind(11, spanStartMs) } else { insertReading.bind(11, nil as String?) }
                     try insertReading.execute()
                     batch.highRowID = db.lastInsertedRowID
                     result.latenciesMs.append(
                         self.fold(
-                            reading, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID, slot: slot,
-                            into: &batch))
+                            stored, spanStartMs: spanStartMs, receivedMs: item.receivedMs, rowID: db.lastInsertedRowID,
+                            slot: slot, into: &batch))
                     result.stored += 1
                 }
                 outcome.ack(meter: reading.meter, seq: reading.seq, index: &ackIndex)
@@ -351,8 +471,12 @@ package final class IngestWriter: MeterStoreWriter {
                     last_fault = CASE WHEN ? THEN ? ELSE last_fault END,
                     readings_total = readings_total + ?, faults_total = faults_total + ?,
                     duplicates_total = duplicates_total + ?, inactive_since_ms = NULL,
-                    last_reading_rowid = COALESCE(?, last_reading_rowid)
-                WHERE id = ?
+                    last_reading_rowid = COALESCE(?, last_reading_rowid),
+                    last_register_kwh = CASE WHEN ?6 THEN ?13 ELSE last_register_kwh END,
+                    last_register_ts_ms = CASE WHEN ?6 THEN ?14 ELSE last_register_ts_ms END,
+                    zero_since_ms = CASE WHEN ?6 THEN ?15 ELSE zero_since_ms END,
+                    zero_flagged = CASE WHEN ?6 THEN ?16 ELSE zero_flagged END
+                WHERE id = ?12
                 """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
         for (id, delta) in aggregates.meters.sorted(by: { $0.key < $1.key }) {
@@ -368,6 +492,10 @@ package final class IngestWriter: MeterStoreWriter {
             updateMeter.bind(10, delta.duplicates)
             if let rowID = delta.lastReadingRowID { updateMeter.bind(11, rowID) } else { updateMeter.bind(11, nil as String?) }
             updateMeter.bind(12, id)
+            updateMeter.bind(13, delta.lastRegister)
+            if let ts = delta.lastRegisterTimestampMs { updateMeter.bind(14, ts) } else { updateMeter.bind(14, nil as String?) }
+            if let since = delta.zeroRun.sinceMs { updateMeter.bind(15, since) } else { updateMeter.bind(15, nil as String?) }
+            updateMeter.bind(16, delta.zeroRun.flagged ? 1 : 0)
             try updateMeter.execute()
         }
 
@@ -381,15 +509,15 @@ package final class IngestWriter: MeterStoreWriter {
                     kwh = kwh + ?3, revenue = revenue + ?4, readings = readings + ?5, faults = faults + ?6,
                     good = good + ?7, fair = fair + ?8, poor = poor + ?9,
                     latency_sum_ms = latency_sum_ms + ?10, latency_count = latency_count + ?11,
-                    latency_max_ms = max(latency_max_ms, ?12)
+                    latency_max_ms = max(latency_max_ms, ?12), estimated = estimated + ?13, estimated_kwh = estimated_kwh + ?14
                 WHERE meter_id = ?1 AND month = ?2
                 """)
         let insertMonth = try RawStatement(
             db,
             sql: """
                 INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
-                                         latency_sum_ms, latency_count, latency_max_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                         latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
         func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: AggregateDelta.Month) throws {
             statement.bind(1, key.meterID)
@@ -404,6 +532,8 @@ package final class IngestWriter: MeterStoreWriter {
             statement.bind(10, delta.latencySumMs)
             statement.bind(11, delta.readings)
             statement.bind(12, delta.latencyMaxMs)
+            statement.bind(13, delta.estimated)
+            statement.bind(14, delta.estimatedKwh)
             try statement.execute()
         }
         for (key, delta) in aggregates.months.sorted(by: { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }) {
@@ -437,21 +567,74 @@ package final class IngestWriter: MeterStoreWriter {
     }
 
     /// Folds one stored reading into the meter's cached state and the aggregates: the one step a
-    /// commit and crash recovery share. Returns the reading's latency.
-    private func fold(_ reading: Reading, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates) -> Int64 {
+    /// commit and crash recovery share, from what the reading's row holds (its `kwh` already
+    /// derived for a register reading). Returns the reading's latency.
+    ///
+    /// - Parameter spanStartMs: for a gap, the start of the interval its `kwh` is spread over; the
+    ///   reading itself (its count, status, latency) still lands in the month of its `ts`.
+    private func fold(
+        _ reading: Reading, spanStartMs: Int64?, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates
+    ) -> Int64 {
         var state = self.meterStates[slot]
+        // The rules that span readings, advanced as ``apply`` judged them, from the state before this reading.
+        let consumption = self.knownConsumption(reading, before: state)
+        let regular = self.isRegular(reading, after: state)
+        _ = self.metering.advance(&state.zeroRun, consumption: consumption, previousMs: state.lastTimestampMs, timestampMs: reading.timestampMs)
         // The highest seq stored, whatever order recovered rows come in.
         state.highWaterMark = max(state.highWaterMark, reading.seq)
         state.lastReadingRowID = max(state.lastReadingRowID, rowID)
+        state.lastTimestampMs = reading.timestampMs
+        // A kwh reading ends the register's chain: the next register starts a new baseline rather
+        // than count again the energy the kwh readings between them carried.
+        state.lastRegister = reading.registerKwh
+        state.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
         self.meterStates[slot] = state
+        if let consumption, regular {
+            // In place: the window's buffer is this array's alone, so nothing is copied.
+            if self.trailing[slot].capacity == 0 { self.trailing[slot].reserveCapacity(MeteringRules.spikeWindow) }  // one allocation
+            if self.trailing[slot].count >= MeteringRules.spikeWindow { self.trailing[slot].removeFirst() }
+            self.trailing[slot].append(Float(consumption))
+        }
         batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)]
-            .record(reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID)
+            .record(
+                reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
+                zeroRun: state.zeroRun)
         let latency = max(0, receivedMs - reading.timestampMs)
         let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
-        batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
-            .add(reading, rate: state.rate, latencyMs: latency)
+        if let spanStartMs, spanStartMs < reading.timestampMs {
+            var counted = reading
+            counted.kwh = 0
+            batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
+                .add(counted, rate: state.rate, latencyMs: latency)
+            let shares = self.calendar.spread(reading.kwh, fromMilliseconds: spanStartMs, to: reading.timestampMs)
+            for share in shares {
+                let key = MonthKey(meterID: state.id, month: share.month.key)
+                batch.months[key, default: AggregateDelta.Month(meterID: state.id, month: key.month)]
+                    .addEnergy(share.kwh, rate: state.rate, estimated: shares.count > 1)
+            }
+        } else {
+            batch.months[MonthKey(meterID: state.id, month: month), default: AggregateDelta.Month(meterID: state.id, month: month)]
+                .add(reading, rate: state.rate, latencyMs: latency)
+        }
         batch.addLatency(latency, receivedMs: receivedMs, region: state.region, calendar: &self.calendar)
         return latency
+    }
+
+    /// The consumption a stored reading tells of, `nil` when it tells none: a register reading that
+    /// set a baseline or followed a reset. `reading.kwh` is already derived; `state` is the meter's before it.
+    private func knownConsumption(_ reading: Reading, before state: MeterState) -> Double? {
+        guard let register = reading.registerKwh else { return reading.kwh }
+        switch self.metering.step(from: state.lastRegister, to: register) {
+        case .baseline, .reset: return nil
+        case .advance, .rollover: return reading.kwh
+        }
+    }
+
+    /// Whether a reading came at most the expected interval after the meter's previous one (and
+    /// after it): only such readings are judged, and remembered, by the spike rule.
+    private func isRegular(_ reading: Reading, after state: MeterState) -> Bool {
+        guard let previousMs = state.lastTimestampMs else { return false }
+        return reading.timestampMs > previousMs && reading.timestampMs - previousMs <= self.metering.expectedIntervalMs
     }
 
     /// Applies readings a crash left past the watermark to the meters' state and the aggregates.
@@ -464,7 +647,8 @@ package final class IngestWriter: MeterStoreWriter {
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault FROM reading WHERE rowid > ? ORDER BY rowid
+                    SELECT rowid, meter_id, seq, ts_ms, received_ms, kwh, status, fault, register_kwh, span_start_ms
+                    FROM reading WHERE rowid > ? ORDER BY rowid
                     """, arguments: [watermark])
         }
         guard !rows.isEmpty else { return }
@@ -476,8 +660,10 @@ package final class IngestWriter: MeterStoreWriter {
             guard let slot = slots[row["meter_id"]] else { continue }
             let reading = Reading(
                 meter: self.meterNames[slot], seq: row["seq"], timestampMs: row["ts_ms"], kwh: row["kwh"],
-                status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"])
-            _ = self.fold(reading, receivedMs: row["received_ms"], rowID: row["rowid"], slot: slot, into: &batch)
+                status: MeterHealth(rawValue: UInt8(clamping: row["status"] as Int64)) ?? .good, fault: row["fault"],
+                registerKwh: row["register_kwh"])
+            _ = self.fold(
+                reading, spanStartMs: row["span_start_ms"], receivedMs: row["received_ms"], rowID: row["rowid"], slot: slot, into: &batch)
             batch.highRowID = row["rowid"]
         }
         _ = try self.database.pool.write { db in try self.write(&batch, db: db) }
@@ -493,6 +679,7 @@ package final class IngestWriter: MeterStoreWriter {
                 id: db.lastInsertedRowID, highWaterMark: -1, rate: self.tariff.rate(forRegion: Region.unassigned),
                 region: self.index(ofRegion: Region.unassigned), savedBy: self.commitGeneration))
         self.meterNames.append(name)
+        self.trailing.append([])
         self.meterSlots[name] = slot
         return slot
     }

@@ -37,7 +37,7 @@ extension SQLiteMeterStore {
             }
             let statement = try db.cachedStatement(
                 sql: """
-                    SELECT meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid FROM reading WHERE rowid = ?
+                    SELECT meter_id, seq, ts_ms, received_ms, kwh, status, fault, voltage, prev_rowid, register_kwh FROM reading WHERE rowid = ?
                     """)
             recent.readings.reserveCapacity(min(limit, 1_000))
             while next > 0 && recent.readings.count < limit {
@@ -51,7 +51,7 @@ extension SQLiteMeterStore {
                     StoredReading(
                         seq: row["seq"], timestampMs: row["ts_ms"], receivedMs: row["received_ms"], kwh: row["kwh"],
                         status: MeterHealth(rawValue: UInt8(clamping: status)) ?? .good, fault: row["fault"],
-                        voltage: row["voltage"]))
+                        voltage: row["voltage"], registerKwh: row["register_kwh"]))
                 guard let previous: Int64 = row["prev_rowid"], previous < next else {
                     recent.complete = recent.readings.count >= limit
                     break

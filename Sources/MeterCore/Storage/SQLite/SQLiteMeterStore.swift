@@ -25,7 +25,7 @@ package final class SQLiteMeterStore: MeterStore {
     package func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter {
         try IngestWriter(
             database: self.database, calendar: MonthCalendar(timeZone: settings.timeZone), tariff: settings.tariff,
-            unknownMeters: settings.unknownMeters)
+            unknownMeters: settings.unknownMeters, metering: settings.metering)
     }
 
     package func concentratorAssignments() async throws -> [String: Set<String>] {
@@ -82,7 +82,7 @@ package final class SQLiteMeterStore: MeterStore {
         try forEachRow(
             db,
             """
-            SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status FROM meter_month
+            SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status, estimated FROM meter_month
             """
         ) { row in
             store.setMonth(
@@ -90,7 +90,8 @@ package final class SQLiteMeterStore: MeterStore {
                 kwh: sqlite3_column_double(row, 2), revenue: sqlite3_column_double(row, 3),
                 readings: Int32(sqlite3_column_int64(row, 4)), faults: Int32(sqlite3_column_int64(row, 5)),
                 good: Int32(sqlite3_column_int64(row, 6)), fair: Int32(sqlite3_column_int64(row, 7)), poor: Int32(sqlite3_column_int64(row, 8)),
-                importedStatus: sqlite3_column_type(row, 9) == SQLITE_NULL ? -1 : Int8(sqlite3_column_int64(row, 9)))
+                importedStatus: sqlite3_column_type(row, 9) == SQLITE_NULL ? -1 : Int8(sqlite3_column_int64(row, 9)),
+                estimated: Int32(clamping: sqlite3_column_int64(row, 10)))
         }
         return store
     }
@@ -123,6 +124,41 @@ package final class SQLiteMeterStore: MeterStore {
                     """, arguments: arguments
             ).map { row in
                 LatencyBucketTotal(bucket: row["bucket"], count: row["count"], sumMs: row["sum_ms"])
+            }
+        }
+    }
+
+    package func validationFlagCounts(from: Month, to: Month, region: String?) async throws -> [ValidationRule: Int] {
+        try await self.database.pool.read { db in
+            var arguments: StatementArguments = [from.key, to.key]
+            if let region { arguments += [region] }
+            var counts: [ValidationRule: Int] = [:]
+            for row in try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT f.rule, count(*) AS flags FROM validation_flag f
+                    \(region == nil ? "" : "JOIN meter m ON m.id = f.meter_id ")WHERE f.month >= ? AND f.month <= ?\(region == nil ? "" : " AND m.region = ?")
+                    GROUP BY f.rule
+                    """, arguments: arguments)
+            {
+                if let rule = ValidationRule(rawValue: row["rule"]) { counts[rule] = row["flags"] }
+            }
+            return counts
+        }
+    }
+
+    package func validationFlags(meter name: String, limit: Int) async throws -> [ValidationFlag] {
+        try await self.database.pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT f.rule, f.ts_ms, f.seq, f.detail FROM validation_flag f JOIN meter m ON m.id = f.meter_id
+                    WHERE m.name = ? ORDER BY f.ts_ms DESC, f.id DESC LIMIT ?
+                    """, arguments: [name, limit]
+            ).compactMap { row in
+                ValidationRule(rawValue: row["rule"]).map { rule in
+                    ValidationFlag(rule: rule, timestampMs: row["ts_ms"], seq: row["seq"], detail: row["detail"])
+                }
             }
         }
     }
@@ -206,7 +242,7 @@ package final class SQLiteMeterStore: MeterStore {
                 db,
                 sql: """
                     SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
-                           mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status
+                           mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status, mm.estimated, mm.estimated_kwh
                     FROM meter_month mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = ? ORDER BY mm.month
                     """, arguments: [name]
             ).map { row in
@@ -215,7 +251,8 @@ package final class SQLiteMeterStore: MeterStore {
                     month: Month(key: row["month"]), kwh: row["kwh"], revenue: row["revenue"], readings: row["readings"], faults: row["faults"],
                     good: row["good"], fair: row["fair"], poor: row["poor"], latencySumMs: row["latency_sum_ms"],
                     latencyCount: row["latency_count"], latencyMaxMs: row["latency_max_ms"],
-                    importedStatus: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) })
+                    importedStatus: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) }, estimated: row["estimated"],
+                    estimatedKwh: row["estimated_kwh"])
             }
         }
     }
@@ -261,7 +298,7 @@ package final class SQLiteMeterStore: MeterStore {
                 sql: """
                     SELECT mm.month, SUM(mm.kwh) AS kwh, SUM(mm.revenue) AS revenue, SUM(mm.readings) AS readings,
                            SUM(mm.faults) AS faults, SUM(mm.good) AS good, SUM(mm.fair) AS fair, SUM(mm.poor) AS poor,
-                           MAX(mm.imported_status) AS imported_status
+                           MAX(mm.imported_status) AS imported_status, SUM(mm.estimated) AS estimated
                     FROM meter_month mm JOIN meter m ON m.id = mm.meter_id
                     WHERE m.customer_id = ? GROUP BY mm.month ORDER BY mm.month
                     """, arguments: [id]
@@ -272,7 +309,7 @@ package final class SQLiteMeterStore: MeterStore {
                     readings: row["readings"], good: row["good"], fair: row["fair"], poor: row["poor"])
                 return CustomerHistory.MonthTotal(
                     month: Month(key: row["month"]), kwh: row["kwh"], revenue: row["revenue"],
-                    readings: row["readings"], faults: row["faults"], status: status)
+                    readings: row["readings"], faults: row["faults"], status: status, estimated: (row["estimated"] as Int64) > 0)
             }
             history.bills = try Row.fetchAll(
                 db, sql: "SELECT month, amount, paid FROM bill WHERE customer_id = ? ORDER BY month",
