@@ -146,52 +146,57 @@ def loss_check(db_path, ledger_path):
     return missing, duplicates, kwh_diff
 
 
-def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
+def measured(name, bindir, work, meterd_args, drive):
+    """Starts meterd, runs drive(daemon) as its load, and measures meterd around it."""
     data = os.path.join(work, f"data-{name}")
     daemon = Daemon(bindir, data, meterd_args)
     daemon.wait_ready()
     idle_rss = rss_mb(daemon.proc.pid)
     cpu_before = cpu_seconds(daemon.proc.pid)
     sampler = QueueDepthSampler(os.path.join(data, "status.sock"))
+    exit_code = drive(daemon)
+    taken = {"cpu": cpu_seconds(daemon.proc.pid) - cpu_before, "rss": peak_rss_mb(daemon.proc.pid),
+             "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": sampler.stop()}
+    taken["daemon_exit"] = daemon.stop()
+    taken["sim_exit"] = exit_code
+    return os.path.join(data, "meterd.sqlite"), taken
+
+
+def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
-    sim = subprocess.run(
-        [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(daemon.ingest_port()),
-         "--meters", str(meters), "--report", report, "--ledger", ledger, "--seed", "7", *sim_args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    cpu = cpu_seconds(daemon.proc.pid) - cpu_before
-    rss = peak_rss_mb(daemon.proc.pid)
-    max_queue_depth = sampler.stop()
-    code = daemon.stop()
-    missing, duplicates, _ = loss_check(os.path.join(data, "meterd.sqlite"), ledger)
-    return {**figures(name, meters, json.load(open(report)), cpu, rss), "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": max_queue_depth,
-            "lost": missing, "stored_twice": duplicates, "daemon_exit": code, "sim_exit": sim.returncode}
+
+    def drive(daemon):
+        return subprocess.run(
+            [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(daemon.ingest_port()),
+             "--meters", str(meters), "--report", report, "--ledger", ledger, "--seed", "7", *sim_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).returncode
+
+    database, m = measured(name, bindir, work, meterd_args, drive)
+    missing, duplicates, _ = loss_check(database, ledger)
+    return {**figures(name, meters, json.load(open(report)), m.pop("cpu"), m.pop("rss")), **m, "lost": missing, "stored_twice": duplicates}
 
 
 def raw_burst_scenario(name, bindir, connections, readings, work, meterd_args=()):
     """burstgen.py against meterd: peak RSS and queue depth under a sender meter-sim is not."""
-    data = os.path.join(work, f"data-{name}")
-    daemon = Daemon(bindir, data, meterd_args)
-    daemon.wait_ready()
-    idle_rss = rss_mb(daemon.proc.pid)
-    cpu_before = cpu_seconds(daemon.proc.pid)
-    sampler = QueueDepthSampler(os.path.join(data, "status.sock"))
-    generator = subprocess.run(
-        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "burstgen.py"), "--port", str(daemon.ingest_port()),
-         "--connections", str(connections), "--readings", str(readings), "--pid", str(daemon.proc.pid)],
-        capture_output=True, text=True)
-    cpu = cpu_seconds(daemon.proc.pid) - cpu_before
-    rss = peak_rss_mb(daemon.proc.pid)
-    max_queue_depth = sampler.stop()
-    code = daemon.stop()
-    summary = json.loads(generator.stdout.strip().splitlines()[-1])
-    db = sqlite3.connect(os.path.join(data, "meterd.sqlite"))
-    stored, distinct = db.execute("SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)) FROM reading").fetchone()
+    output = {}
+
+    def drive(daemon):
+        generator = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "burstgen.py"), "--port",
+             str(daemon.ingest_port()), "--connections", str(connections), "--readings", str(readings), "--pid", str(daemon.proc.pid)],
+            capture_output=True, text=True)
+        output["summary"] = json.loads(generator.stdout.strip().splitlines()[-1])
+        return generator.returncode
+
+    database, m = measured(name, bindir, work, meterd_args, drive)
+    summary = output["summary"]
+    stored, distinct = sqlite3.connect(database).execute(
+        "SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)) FROM reading").fetchone()
+    cpu, rss = m.pop("cpu"), m.pop("rss")
     return {"scenario": name, "meters": connections, "connections": connections, "acked": summary["acked"],
             "acked_per_s": round(summary["acked"] / max(summary["elapsed_s"], 1e-9)),
-            "cpu_s_per_million": round(cpu / max(summary["acked"], 1) * 1e6, 2), "idle_rss_mb": round(idle_rss, 1),
-            "peak_rss_mb": round(rss, 1), "max_queue_depth": max_queue_depth,
-            "lost": max(0, summary["acked"] - stored), "stored_twice": stored - distinct, "daemon_exit": code,
-            "sim_exit": generator.returncode}
+            "cpu_s_per_million": round(cpu / max(summary["acked"], 1) * 1e6, 2), "peak_rss_mb": round(rss, 1), **m,
+            "lost": max(0, summary["acked"] - stored), "stored_twice": stored - distinct}
 
 
 def figures(name, meters, summary, cpu, rss):

@@ -194,7 +194,7 @@ final class SimulatedConnection: @unchecked Sendable {
                 // Each meter's own starting register, from its own stream: same seed, same registers.
                 meter.register =
                     meter.model.chance(configuration.faults.rolloverRate)
-                    ? capacity - 0.01 : ((meter.model.unit() * 0.9 * capacity) * 1000).rounded() / 1000
+                    ? capacity - 0.001 : ((meter.model.unit() * 0.9 * capacity) * 1000).rounded() / 1000
             }
             return meter
         }
@@ -399,7 +399,11 @@ final class SimulatedConnection: @unchecked Sendable {
         }
         if self.configuration.register {
             let rules = self.configuration.meteringRules
-            if meter.lastSentRegister != nil, faults.resetRate > 0, meter.model.chance(faults.resetRate) {
+            if meter.lastSentRegister == nil {
+                // The first reading shows the starting register itself (meterd's baseline), so a
+                // meter that starts just below its capacity wraps at its second reading, not before
+                // meterd has seen it.
+            } else if faults.resetRate > 0, meter.model.chance(faults.resetRate) {
                 meter.register = reading.kwh  // a new meter, from 0
             } else {
                 meter.register = (meter.register + reading.kwh).truncatingRemainder(dividingBy: rules.registerCapacity)

@@ -604,7 +604,9 @@ func meterIsKnown(_ database: MeterDatabase, _ meter: String) async throws -> Bo
                 // Without a client certificate meterd refuses the handshake, and meter-sim says so.
                 let refused = try await SimulatorCommandTests.run([
                     "run", "--port", String(harness.port), "--meters", "1", "--readings-per-meter", "1", "--tls-ca", pki.ca,
-                    "--connect-timeout", "2", "--drain-timeout", "2",
+                    // Long enough for the refused handshake to happen on a loaded machine; meter-sim
+                    // reports the TLS error whenever the timeout ends.
+                    "--connect-timeout", "10", "--drain-timeout", "2",
                 ])
                 #expect(refused.status == 1)
                 #expect(refused.stderr.contains("TLS errors"), "\(refused.stderr)")

@@ -445,16 +445,17 @@ import Testing
     func aSimulatedRegisterFleetWithRolloversResetsSpikesAndBackwardClocksMatchesItsLedger() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
-                // An accelerated clock (an hour per second, starting 60 hours back) so the readings
-                // carry enough energy for the meters that start just below their capacity to wrap, and
-                // a gap of an hour of meter time takes a second.
+                // An accelerated clock (ten hours per second, starting 600 hours back): each reading
+                // covers six minutes of meter time, so even at the night-time low of the load curve a
+                // meter that starts 0.01 kWh below its capacity wraps within its 30 readings, whatever
+                // the hour the test runs at; a gap of an hour of meter time takes a tenth of a second.
                 let result = try await SimulatorFleetTests.simulate(
                     port: harness.port, meters: 20, readings: 30,
                     faults: "rollover=0.5,reset=0.05,spike=0.05,backwards=0.05,gap=0.02:3600"
                 ) {
                     $0.register = true
                     $0.interval = 0.01
-                    $0.timeScale = 3600
+                    $0.timeScale = 36_000
                     $0.duration = 60  // a bound for the clock's start; the run ends after 30 readings each
                 }
                 #expect(result.report.generated == 600)
