@@ -10,12 +10,15 @@ scripts/format.sh --check
 echo "== dashboard JavaScript: node --check"
 node --check Sources/MeterCore/Dashboard/Assets/dashboard.js
 swift build --build-tests
-# Tests that time answers under load run after the suite, alone: in parallel with the rest they
-# measure the other tests' load, not meterd.
+# Tests that time answers or hold deadlines (a TLS handshake within 3 s, an answer within 1.5 s)
+# run after the suite, one at a time: in parallel with the other 160 on two cores they measure the
+# other tests' load, not meterd.
 timed="statusAnswersPromptlyWhileTenThousandMetersSend|aConnectionThatSendsNothingIsClosedAfterTheIdleTimeout"
+timed+="|aConnectionThatNeverCompletesItsHandshakeIsClosed|overTLSConnectionsBeyondTheLimitAreToldSoAfterTheHandshakeOrClosedAtItsDeadline"
+timed+="|SimulatorTLSTests|theDaemonWritesSnapshots"
 swift test --skip-build --skip "$timed"
-echo "== timing-sensitive tests, alone"
-swift test --skip-build --filter "$timed"
+echo "== timing-sensitive tests, one at a time"
+swift test --skip-build --no-parallel --filter "$timed"
 echo "== dashboard in headless Chromium"
 ARTIFACTS=${ARTIFACTS:-./artifacts} scripts/browser-tests.sh
 echo "== ingest path under ThreadSanitizer"

@@ -40,6 +40,7 @@ import Testing
             var configuration = DaemonConfiguration()
             configuration.dataDirectory = directory
             configuration.ingest = ListenAddress(host: "127.0.0.1", port: 0)
+            configuration.http = ListenAddress(host: "127.0.0.1", port: 0)  // not the default 8080, which anything may hold
             let daemon = try MeterDaemon(configuration: configuration, logger: testLogger)
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await daemon.run() }
