@@ -85,11 +85,14 @@ struct SimulatorFleetTests {
     func thousandMetersAreAllAcknowledgedAndTheLedgerMatchesTheStore() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in
-                // A reading every 0.25 s: all thousand connections are open at once. Default seqs
-                // (start time in µs): large numbers must round-trip too.
+                // A reading every 0.25 s, all thousand connections open at once: the first send waits
+                // until every meter is connected (on a loaded machine the first meters would otherwise
+                // finish before the last connect). Default seqs (start time in µs): large numbers must
+                // round-trip too.
                 let result = try await Self.simulate(port: harness.port, meters: 1_000, readings: 8) {
                     $0.interval = 0.25
                     $0.firstSeq = nil
+                    $0.startTogether = true
                 }
                 let report = result.report
                 #expect(report.generated == 8_000)
