@@ -225,7 +225,7 @@ def test_drill_down_from_a_region_to_its_customers_a_customer_and_a_meter_and_ba
     exports = browser.execute_script("return Array.from(document.querySelectorAll('#drill button[data-export]')).map(e => e.dataset.export)")
     assert len(tables) == 7 and sorted(tables) == sorted(exports)
     monthly_csv = browser.execute_script("return window.meterd.tableCSV('customer_monthly')").strip().split("\r\n")
-    assert monthly_csv[0] == "Month,kWh,Revenue ($),Status,Live readings,Faults" and len(monthly_csv) == 1 + len(customer["monthly"])
+    assert monthly_csv[0] == "Month,kWh,Revenue ($),Status,Live readings,Faults,Estimated" and len(monthly_csv) == 1 + len(customer["monthly"])
     shot(browser, "drilldown-customer.png", full=True)
 
     # Its meter: state, recent readings with latency, and the figures follow the live stream.
