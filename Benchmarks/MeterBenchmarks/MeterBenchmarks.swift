@@ -83,14 +83,7 @@ enum MeterBenchmarks {
             let batches = quick ? 10 : 60
             let now = WallClock.nowMs()
             // Register the meters first so the rounds measure steady state.
-            _ = try writer.commit([
-                IngestSubmission(
-                    readings: (0..<meters).map { index in
-                        seq[index] += 1
-                        return SubmittedReading(
-                            reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
-                    }, receiver: nil)
-            ])
+            try Self.registerMeters(writer, seq: &seq, nowMs: now)
             try await rollups.load(from: SQLiteMeterStore(database: database))
             var next = 0
             let prepared: [[IngestSubmission]] = (0..<batches).map { _ in
@@ -130,14 +123,7 @@ enum MeterBenchmarks {
             let meters = 10_000
             var seq: [Int64] = Array(repeating: 0, count: meters)
             let now = WallClock.nowMs()
-            _ = try writer.commit([
-                IngestSubmission(
-                    readings: (0..<meters).map { index in
-                        seq[index] += 1
-                        return SubmittedReading(
-                            reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: now, kwh: 0.1), line: 1, receivedMs: now)
-                    }, receiver: nil)
-            ])
+            try Self.registerMeters(writer, seq: &seq, nowMs: now)
             try await rollups.load(from: SQLiteMeterStore(database: database))  // as in the daemon, which loads the KPI store once it is up
             let commits = quick ? 200 : 2_000
             var next = 0
@@ -186,6 +172,16 @@ enum MeterBenchmarks {
 
     /// Median time per operation over several rounds of `body`.
     @inline(never)  // a named frame for callgrind's --toggle-collect
+    /// One reading of each meter `MTR-0`…, so the rounds that follow measure steady state.
+    static func registerMeters(_ writer: IngestWriter, seq: inout [Int64], nowMs: Int64) throws {
+        let readings = seq.indices.map { index in
+            seq[index] += 1
+            return SubmittedReading(
+                reading: Reading(meter: "MTR-\(index)", seq: seq[index], timestampMs: nowMs, kwh: 0.1), line: 1, receivedMs: nowMs)
+        }
+        _ = try writer.commit([IngestSubmission(readings: readings, receiver: nil)])
+    }
+
     static func measure(_ name: String, operations: Int, rounds: Int = 7, _ body: () -> Double) -> Result {
         median(name, operations: operations, rounds: rounds, clock: Self.wallNanoseconds, body)
     }
