@@ -126,12 +126,12 @@ struct UserCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Lists the users with their role and scope (never their hashes).")
 
         @OptionGroup var file: FileOption
-        @Flag(help: "Print JSON.")
-        var json = false
+        // meterctl's own options carry --json (it is parsed there whatever subcommand it follows).
+        @OptionGroup var output: ConnectionOptions
 
         func run() throws {
             let users = self.file.load().users
-            if self.json {
+            if self.output.json {
                 let rows = users.map { user in
                     JSONValue.object([
                         ("user", .string(user.username)), ("role", .string(user.role.rawValue)), ("scope", .string(user.scope.description)),

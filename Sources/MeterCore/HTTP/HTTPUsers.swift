@@ -168,9 +168,17 @@ package struct HTTPUserFile: Sendable, Equatable {
         return self.users.count < before
     }
 
-    /// Writes the file atomically, readable by its owner and group only (it holds password hashes).
+    /// Writes the file atomically. A new file is readable by its owner and group only (it holds
+    /// password hashes); a replaced one keeps its owner, group and mode (`root:meterd 0640`).
     package func write(to path: String) throws(FileWriteError) {
-        try AtomicFile.write(Array(self.text.utf8), to: path, mode: 0o640)
+        let existing = try? FileManager.default.attributesOfItem(atPath: path)
+        let owner = existing.flatMap { attributes -> (uid_t, gid_t, mode_t)? in
+            guard let user = attributes[.ownerAccountID] as? NSNumber, let group = attributes[.groupOwnerAccountID] as? NSNumber,
+                let mode = attributes[.posixPermissions] as? NSNumber
+            else { return nil }
+            return (user.uint32Value, group.uint32Value, mode_t(mode.uint32Value))
+        }
+        try AtomicFile.write(Array(self.text.utf8), to: path, mode: 0o640, owner: owner)
     }
 }
 
@@ -227,6 +235,10 @@ package final class HTTPUserDirectory: Sendable {
     private static func stamp(_ path: String) -> [Int] {
         var info = stat()
         guard stat(path, &info) == 0 else { return [] }
-        return [Int(info.st_ino), Int(info.st_size), Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec)]
+        // ctime too: a chown or chmod that makes the file readable changes nothing else.
+        return [
+            Int(info.st_ino), Int(info.st_size), Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec), Int(info.st_ctim.tv_sec),
+            Int(info.st_ctim.tv_nsec),
+        ]
     }
 }
