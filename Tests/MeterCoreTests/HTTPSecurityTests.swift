@@ -339,6 +339,7 @@ struct SecuredMeterd {
             let session = try await httpRequest(port: port, "/api/session")
             #expect(session.json["authentication"] as? Bool == false && session.json["user"] is NSNull)
             #expect(try await httpRequest(port: port, "/login", method: "POST", body: "username=a&password=b").status == 404)
+            #expect(try await httpRequest(port: port, "/login").header("Location") == "/")
             #expect(try await meterd.terminate() == 0)
         }
     }
@@ -479,6 +480,57 @@ struct SecuredMeterd {
             } catch let error as ConfigurationError {
                 throw ConfigurationError(key: error.key, "")
             }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func theDeployedConfigBehindMeterdSocketOnEveryAddressStartsOnlyWithAllowInsecure() async throws {
+        try await withTemporaryDirectory { directory in
+            // A listening socket on 0.0.0.0, as meterd.socket's ListenStream=7700 passes it.
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = INADDR_ANY
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let ok = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, length) == 0 && listen(fd, 16) == 0 && getsockname(fd, $0, &length) == 0
+                }
+            }
+            try #require(ok)
+            defer { close(fd) }
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            let deployed = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("../../Deploy/meterd.conf").standardized.path
+            let text = try String(contentsOfFile: deployed, encoding: .utf8)
+            let strict = directory + "/strict.conf"
+            try text.replacingOccurrences(of: "\nallow_insecure = true\n", with: "\n").write(toFile: strict, atomically: true, encoding: .utf8)
+            let activation = (
+                environment: ["LISTEN_FDS": "1", "LISTEN_FDNAMES": "ingest"], wrapper: ["/bin/sh", "-c", #"LISTEN_PID=$$ exec "$@""#, "sh"]
+            )
+
+            let refused = try MeterdUnderTest.start(
+                dataDirectory: directory + "/strict", arguments: ["--config", strict], environment: activation.environment,
+                wrapper: activation.wrapper, inheritedFDs: [fd])
+            defer { refused.process.stop() }
+            #expect(try await refused.process.waitForExit() == 2)
+            // Before it, only the log line that says which sockets systemd passed.
+            let lines = refused.process.output.split(separator: "\n")
+            let line = String(lines.last ?? "")
+            #expect(lines.filter { $0.hasPrefix("meterd: ") }.count == 1, "\(lines)")
+            #expect(
+                line.hasPrefix(
+                    "meterd: invalid configuration: ingest: the socket systemd passed (fd 3, 0.0.0.0:\(port)) is reachable from the network with meter_auth = none"
+                ), "\(line)")
+
+            let started = try MeterdUnderTest.start(
+                dataDirectory: directory + "/deployed", arguments: ["--config", deployed], environment: activation.environment,
+                wrapper: activation.wrapper, inheritedFDs: [fd])
+            defer { started.process.stop() }
+            #expect(try await started.ports().ingest == port)
+            #expect(started.process.output.contains("Listening on the network without authentication because allow_insecure = true"))
+            #expect(started.process.output.contains("the socket systemd passed"))
+            #expect(try await started.terminate() == 0)
         }
     }
 

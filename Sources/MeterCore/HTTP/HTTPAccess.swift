@@ -166,7 +166,11 @@ package struct HTTPAccess: Sendable {
 
     package func register(on router: Router<MeterRequestContext>) {
         router.add(middleware: HTTPAccessMiddleware(access: self))
-        router.get("login") { _, _ in Self.loginPage(status: .ok, message: nil) }
+        router.get("login") { _, _ in
+            // Without users there is nothing to log in to: straight to the dashboard.
+            self.configuration.users == nil
+                ? Response(status: .seeOther, headers: [.location: "/"]) : Self.loginPage(status: .ok, message: nil)
+        }
         router.post("login") { request, context in try await self.login(request, context: context) }
         router.post("logout") { request, _ in self.logout(request) }
         // Who is logged in, for the dashboard's header and its region filter.
