@@ -70,11 +70,6 @@ package final class DashboardQueries: Sendable {
         ])
     }
 
-    /// The region a customer belongs to; `nil` for a customer meterd does not know.
-    package func region(ofCustomer id: Int64) async throws -> String? {
-        try await self.kpi.withStore { store in store.region(ofCustomer: id) }
-    }
-
     /// The region a meter belongs to; `nil` for a meter meterd does not know.
     package func region(ofMeter name: String) async throws -> String? {
         try await self.store.meterRecord(named: name)?.region

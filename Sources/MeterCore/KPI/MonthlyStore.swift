@@ -92,11 +92,6 @@ package final class MonthlyStore {
 
     func regionIndex(of name: String) -> Int? { self.regionIndex[name] }
 
-    /// The region of a customer by id; `nil` for one the store does not hold.
-    func region(ofCustomer id: Int64) -> String? {
-        self.customerIndex[id].map { self.regions[Int(self.customerRegion[Int($0)])] }
-    }
-
     private func region(_ name: String) -> Int32 {
         if let index = self.regionIndex[name] { return Int32(index) }
         self.regionIndex[name] = self.regions.count
