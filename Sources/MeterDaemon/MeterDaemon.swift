@@ -85,6 +85,25 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var ingestTLSClientCA: String?
     @Option(help: "none (default) or certificate: a connection sends only for the meters its client certificate covers.")
     var meterAuth: String?
+    @Option(
+        help: ArgumentHelp(
+            "File of username:role:scope:bcrypt-hash lines (meterctl user add); the dashboard then asks for a login.", valueName: "file"))
+    var httpUsers: String?
+    @Option(help: ArgumentHelp("Seconds a dashboard login lasts (default 28800).", valueName: "seconds"))
+    var httpSessionTTL: String?
+    @Option(help: ArgumentHelp("File holding the bearer token /metrics asks for.", valueName: "file"))
+    var metricsTokenFile: String?
+    @Option(
+        name: .customLong("http-tls-cert"),
+        help: ArgumentHelp("PEM certificate of the HTTP listener; with --http-tls-key the dashboard is served over HTTPS.", valueName: "file"))
+    var httpTLSCert: String?
+    @Option(name: .customLong("http-tls-key"), help: ArgumentHelp("PEM private key of --http-tls-cert.", valueName: "file"))
+    var httpTLSKey: String?
+    @Option(
+        help: ArgumentHelp(
+            "true: start even when --http binds a non-loopback address without users, or --ingest one with meter_auth none (default false).",
+            valueName: "bool"))
+    var allowInsecure: String?
     @Option(help: "Minimum log level: trace, debug, info, notice, warning, error, critical (default info).")
     var logLevel: String = "info"
     @Option(help: "Where logs go: auto (default: journald when systemd started meterd, else stderr), journald or stderr.")
@@ -139,6 +158,8 @@ struct MeterDaemonCommand: AsyncParsableCommand {
             ("commit_interval_ms", self.commitIntervalMs), ("aggregate_interval_ms", self.aggregateIntervalMs),
             ("dashboard_chartjs", self.dashboardChartJS), ("ingest_tls_cert", self.ingestTLSCert), ("ingest_tls_key", self.ingestTLSKey),
             ("ingest_tls_client_ca", self.ingestTLSClientCA), ("meter_auth", self.meterAuth),
+            ("http_users", self.httpUsers), ("http_session_ttl", self.httpSessionTTL), ("metrics_token_file", self.metricsTokenFile),
+            ("http_tls_cert", self.httpTLSCert), ("http_tls_key", self.httpTLSKey), ("allow_insecure", self.allowInsecure),
         ]
         var configuration: DaemonConfiguration
         do {

@@ -28,6 +28,13 @@ package struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     }
 
     package var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+
+    /// Whether only this machine can connect: `localhost`, 127.0.0.0/8 or `::1`. Any other name
+    /// or address (`0.0.0.0`, `::`, a host name) may be reachable from the network.
+    package var isLoopback: Bool {
+        if self.host == "localhost" { return true }
+        return LocalSocketAddress.isLoopback(numericHost: self.host)
+    }
 }
 
 /// A configuration value that could not be used; names the key, as the operator wrote it.
@@ -91,8 +98,25 @@ package struct DaemonConfiguration: Sendable {
     package var ingestTLSClientCA: String?
     /// `meter_auth`: whether a connection may send only for the meters its certificate covers.
     package var meterAuth = MeterAuthMode.none
+    /// `http_users`: the file of dashboard and API users; without it HTTP asks nobody to log in.
+    package var httpUsers: String?
+    /// `http_session_ttl`: seconds a login lasts.
+    package var httpSessionTTLSeconds = 28_800
+    /// `metrics_token_file`: the bearer token `/metrics` asks for.
+    package var metricsTokenFile: String?
+    /// `http_tls_cert`, `http_tls_key`: PEM files that turn HTTPS on.
+    package var httpTLSCertificate: String?
+    package var httpTLSKey: String?
+    /// `allow_insecure`: start even when a listener is open to the network without authentication.
+    package var allowInsecure = false
 
     package init() {}
+
+    /// The HTTP listener's TLS files, when HTTPS is on.
+    package var httpTLSFiles: IngestTLSFiles? {
+        guard let certificate = self.httpTLSCertificate, let key = self.httpTLSKey else { return nil }
+        return IngestTLSFiles(certificate: certificate, key: key)
+    }
 
     /// The ingest listener's TLS files, when TLS is on.
     package var ingestTLSFiles: IngestTLSFiles? {
@@ -112,12 +136,48 @@ package struct DaemonConfiguration: Sendable {
             throw ConfigurationError(
                 key: "ingest_tls_client_ca", "needs ingest_tls_cert and ingest_tls_key: client certificates are checked in the TLS handshake")
         }
+        if (self.httpTLSCertificate == nil) != (self.httpTLSKey == nil) {
+            throw ConfigurationError(
+                key: self.httpTLSCertificate == nil ? "http_tls_cert" : "http_tls_key",
+                "http_tls_cert and http_tls_key go together: HTTPS needs the certificate and its key")
+        }
         if self.meterAuth == .certificate, self.ingestTLSClientCA == nil {
             throw ConfigurationError(
                 key: "meter_auth",
                 "certificate needs ingest_tls_client_ca (with ingest_tls_cert and ingest_tls_key): meters prove who they are with client certificates"
             )
         }
+    }
+
+    /// Refuses listeners open to the network without authentication (SPEC.md section 10) unless
+    /// `allow_insecure` is set: HTTP without `http_users`, ingest with `meter_auth = none`.
+    ///
+    /// - Parameter inheritedSockets: sockets systemd passed; their bound address counts, not the
+    ///   configured one.
+    package func validateExposure(inheritedSockets: InheritedSockets = InheritedSockets()) throws(ConfigurationError) {
+        guard !self.allowInsecure else { return }
+        if self.httpUsers == nil, !Self.isLoopback(inherited: inheritedSockets.http, configured: self.http) {
+            throw ConfigurationError(
+                key: "http",
+                "\(Self.describe(inherited: inheritedSockets.http, configured: self.http)) is reachable from the network and no http_users are set, "
+                    + "so anyone could read every figure: set http_users (meterctl user add), bind 127.0.0.1, or set allow_insecure = true")
+        }
+        if self.meterAuth == .none, !Self.isLoopback(inherited: inheritedSockets.ingest, configured: self.ingest) {
+            throw ConfigurationError(
+                key: "ingest",
+                "\(Self.describe(inherited: inheritedSockets.ingest, configured: self.ingest)) is reachable from the network with meter_auth = none, "
+                    + "so anyone could send readings for any meter: set meter_auth = certificate, bind 127.0.0.1, or set allow_insecure = true")
+        }
+    }
+
+    private static func isLoopback(inherited: CInt?, configured: ListenAddress) -> Bool {
+        if let inherited { return LocalSocketAddress.isLoopback(descriptor: inherited) }
+        return configured.isLoopback
+    }
+
+    private static func describe(inherited: CInt?, configured: ListenAddress) -> String {
+        if let inherited { return "the socket systemd passed (fd \(inherited), \(LocalSocketAddress.describe(descriptor: inherited)))" }
+        return configured.description
     }
 
     /// Path of the SQLite database inside the data directory.
@@ -175,6 +235,15 @@ package struct DaemonConfiguration: Sendable {
             "meter_auth",
             "none (default) or certificate: a connection sends only for the meter its client certificate names, "
                 + "or a concentrator's meters (concentrators.csv); needs ingest_tls_client_ca."
+        ),
+        ("http_users", "File of username:role:scope:bcrypt-hash lines (meterctl user add); with it the dashboard and API ask for a login."),
+        ("http_session_ttl", "Seconds a dashboard login lasts (default 28800); sessions live in memory and end when meterd restarts."),
+        ("metrics_token_file", "File holding the bearer token /metrics asks for; with http_users and no token, /metrics is closed."),
+        ("http_tls_cert", "PEM certificate (then any intermediates) of the HTTP listener; with http_tls_key the dashboard is served over HTTPS."),
+        ("http_tls_key", "PEM private key of http_tls_cert."),
+        (
+            "allow_insecure",
+            "true: start even when http binds a non-loopback address without http_users, or ingest one with meter_auth = none (default false)."
         ),
         ("tariff.default", "Currency units per kWh for live revenue (default 0.15)."),
         ("tariff.REGION", "Currency units per kWh in one region, e.g. tariff.North = 0.14."),
@@ -261,6 +330,17 @@ package struct DaemonConfiguration: Sendable {
                 throw ConfigurationError(key: key, "expected none or certificate, got \"\(value)\"")
             }
             self.meterAuth = mode
+        case "http_users": self.httpUsers = try path()
+        case "http_session_ttl": self.httpSessionTTLSeconds = try positiveInt(31_536_000)
+        case "metrics_token_file": self.metricsTokenFile = try path()
+        case "http_tls_cert": self.httpTLSCertificate = try path()
+        case "http_tls_key": self.httpTLSKey = try path()
+        case "allow_insecure":
+            switch value.lowercased() {
+            case "true", "yes", "1": self.allowInsecure = true
+            case "false", "no", "0": self.allowInsecure = false
+            default: throw ConfigurationError(key: key, "expected true or false, got \"\(value)\"")
+            }
         case "tariff.default": self.tariff.defaultRate = try positiveDouble()
         case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
             self.tariff.regionRates[String(key.dropFirst("tariff.".count))] = try positiveDouble()

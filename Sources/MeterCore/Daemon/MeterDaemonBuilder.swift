@@ -31,8 +31,16 @@ package struct MeterDaemon: Sendable {
         self.configuration = configuration
         self.logger = logger
         try configuration.validateSecurity()
+        try configuration.validateExposure(inheritedSockets: environment.inheritedSockets)
         // Read before anything starts: a missing or mismatched file stops start-up with one line.
         let tls = try configuration.ingestTLSFiles.map { files throws(ConfigurationError) in try IngestTLS(files: files) }
+        let httpTLS = try configuration.httpTLSFiles.map { files throws(ConfigurationError) in
+            try IngestTLS(files: files, settingPrefix: "http_tls")
+        }
+        let users = try configuration.httpUsers.map { path throws(ConfigurationError) in try HTTPUserDirectory(path: path, logger: logger) }
+        let metricsToken = try configuration.metricsTokenFile.map { path throws(ConfigurationError) in
+            try HTTPAccessConfiguration.readMetricsToken(path: path)
+        }
         do {
             try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         } catch {
@@ -119,6 +127,14 @@ package struct MeterDaemon: Sendable {
             onListening: { readiness.listenerBound("status") })
         // Routes register here before the server is built; the dashboard and API add theirs the same way.
         let router = Router(context: MeterRequestContext.self)
+        // First, so its checks run in front of every route registered after it.
+        HTTPAccess(
+            configuration: HTTPAccessConfiguration(
+                users: users, metricsToken: metricsToken, sessionTTL: .seconds(configuration.httpSessionTTLSeconds),
+                secureCookies: httpTLS != nil),
+            logger: logger
+        ).register(on: router)
+        Self.logAccess(configuration, users: users, metricsToken: metricsToken, httpTLS: httpTLS, environment: environment, logger: logger)
         OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
         DashboardRoutes(
             queries: DashboardQueries(store: store, kpi: kpi, operatorQueries: queries), reporter: reporter,
@@ -127,7 +143,7 @@ package struct MeterDaemon: Sendable {
         let http = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: configuration.http.host, port: configuration.http.port,
-                inheritedSocket: sockets.http),
+                inheritedSocket: sockets.http, tls: httpTLS),
             router: router, logger: logger,
             onListening: { address in
                 ports.record("http", port: address.port ?? 0)
@@ -145,6 +161,35 @@ package struct MeterDaemon: Sendable {
         if let tls { services.append(IngestTLSReloader(tls: tls, logger: logger)) }
         services += [liveness, snapshots, http, status, notifier]
         self.services = services
+    }
+
+    /// Says at start-up who may use HTTP, and warns when `allow_insecure` lets a listener open to the network.
+    private static func logAccess(
+        _ configuration: DaemonConfiguration, users: HTTPUserDirectory?, metricsToken: String?, httpTLS: IngestTLS?,
+        environment: DaemonEnvironment, logger: Logger
+    ) {
+        if let users {
+            logger.info(
+                "HTTP login required",
+                metadata: [
+                    "http.users": "\(users.count)", "http.users_file": "\(users.path)",
+                    "http.session_ttl_s": "\(configuration.httpSessionTTLSeconds)", "http.metrics_token": "\(metricsToken != nil)",
+                ])
+            if metricsToken == nil { logger.notice("/metrics is closed: http_users is set but metrics_token_file is not") }
+        }
+        if let httpTLS {
+            logger.info("HTTPS on", metadata: ["tls.subject": "\(httpTLS.current.subject)"])
+            IngestTLSReloader.warnIfExpiring(httpTLS.current, logger: logger)
+        }
+        var strict = configuration
+        strict.allowInsecure = false
+        do {
+            try strict.validateExposure(inheritedSockets: environment.inheritedSockets)
+        } catch {
+            logger.warning(
+                "Listening on the network without authentication because allow_insecure = true",
+                metadata: ["setting": "\(error.key)", "reason": "\(error.message)"])
+        }
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

@@ -10,7 +10,7 @@ import NIOCore
 /// ```
 package struct DashboardError: Error, HTTPResponseError, CustomStringConvertible, Equatable {
     package var status: HTTPResponse.Status
-    /// Machine-readable code: `bad_request`, `not_found`, `unavailable`.
+    /// Machine-readable code: `bad_request`, `not_found`, `unavailable`, `unauthorized`, `forbidden`.
     package var code: String
     /// A sentence the operator can act on.
     package var message: String
@@ -27,6 +27,18 @@ package struct DashboardError: Error, HTTPResponseError, CustomStringConvertible
 
     package static func notFound(_ message: String) -> DashboardError {
         DashboardError(.notFound, code: "not_found", message: message)
+    }
+
+    /// 403: the user's scope does not reach what was asked (another region's figures).
+    package static func forbidden(_ message: String) -> DashboardError {
+        DashboardError(.forbidden, code: "forbidden", message: message)
+    }
+
+    /// The error as a response, for code outside a route (the access checks).
+    package var plainResponse: Response {
+        Response(
+            status: self.status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: self.json.serialized + "\n")))
     }
 
     package var description: String { "\(self.status.code) \(self.code): \(self.message)" }

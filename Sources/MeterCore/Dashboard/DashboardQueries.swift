@@ -48,8 +48,8 @@ package final class DashboardQueries: Sendable {
 
     // MARK: Regions
 
-    /// Every region with its customer and meter counts, by name.
-    package func regions() async throws -> JSONValue {
+    /// Every region with its customer and meter counts, by name; only `only` for a region-scoped user.
+    package func regions(only: String? = nil) async throws -> JSONValue {
         let counts = try await self.kpi.withStore { store -> [(String, Int, Int)] in
             var customers = [Int](repeating: 0, count: store.regions.count)
             var meters = [Int](repeating: 0, count: store.regions.count)
@@ -63,11 +63,16 @@ package final class DashboardQueries: Sendable {
             (
                 "regions",
                 .array(
-                    counts.sorted { $0.0 < $1.0 }.map { name, customers, meters in
+                    counts.filter { only == nil || $0.0 == only }.sorted { $0.0 < $1.0 }.map { name, customers, meters in
                         .object([("region", .string(name)), ("customers", .int(customers)), ("meters", .int(meters))])
                     })
             )
         ])
+    }
+
+    /// The region a meter belongs to; `nil` for a meter meterd does not know.
+    package func region(ofMeter name: String) async throws -> String? {
+        try await self.store.meterRecord(named: name)?.region
     }
 
     private struct CustomerFigures {

@@ -39,20 +39,21 @@ package struct DashboardRoutes: Sendable {
         router.get("assets/dashboard.css") { _, _ in DashboardAssets.text(DashboardStyle.source, type: "text/css; charset=utf-8") }
         router.get("assets/chart.js") { _, _ in try self.assets.chartJS() }
 
-        router.get("api/kpi") { request, _ in
+        router.get("api/kpi") { request, context in
             let query = request.uri.queryParameters
             let period = try self.period(query)
-            let region = try Self.region(query)
+            let region = try Self.scoped(try Self.region(query), context)
             return Self.json(try await self.queries.kpi.json(period: period, region: region))
         }
-        router.get("api/regions") { _, _ in
-            Self.json(try await self.queries.regions().serialized)
+        router.get("api/regions") { _, context in
+            Self.json(try await self.queries.regions(only: context.regionScope).serialized)
         }
         router.get("api/regions/:region") { request, context in
             let region = try Self.pathParameter(context, "region")
             guard region.count <= Self.maximumRegionLength else {
                 throw DashboardError.badRequest("region: longer than \(Self.maximumRegionLength) characters")
             }
+            _ = try Self.scoped(region, context)
             let query = request.uri.queryParameters
             let period = try self.period(query)
             let page = try Self.pageRequest(query)
@@ -67,25 +68,39 @@ package struct DashboardRoutes: Sendable {
                 throw DashboardError.badRequest("customer id: expected a positive whole number, got \"\(text)\"")
             }
             guard let answer = try await self.queries.customer(id) else { throw DashboardError.notFound("No customer \(id).") }
+            if context.regionScope != nil {
+                // The answer names the customer's region: a region-scoped user gets it for theirs only.
+                guard case .object(let fields) = answer, case .string(let region)? = fields.first(where: { $0.0 == "region" })?.1 else {
+                    throw DashboardError.forbidden("Customer \(id) has no region.")
+                }
+                try Self.allow(region, context, what: "customer \(id)")
+            }
             return Self.json(answer.serialized)
         }
         router.get("api/meters/:id") { _, context in
             let name = try Self.meterName(context)
+            try await self.allowMeter(name, context)
             guard let answer = try await self.queries.meter(name) else { throw DashboardError.notFound("No meter \(name).") }
             return Self.json(answer.serialized)
         }
         router.get("api/meters/:id/readings") { request, context in
             let name = try Self.meterName(context)
             let limit = try Self.integer(request.uri.queryParameters, "limit", default: 50, range: 1...1000)
+            try await self.allowMeter(name, context)
             guard let answer = try await self.queries.readings(name, limit: limit) else { throw DashboardError.notFound("No meter \(name).") }
             return Self.json(answer.serialized)
         }
-        router.get("api/inactive") { request, _ in
+        router.get("api/inactive") { request, context in
             let query = request.uri.queryParameters
             let limit = try Self.integer(query, "limit", default: 100, range: 1...10_000)
-            return Self.json(try AnswerEncoder.json(try await self.queries.inactive(region: try Self.region(query), limit: limit)))
+            let region = try Self.scoped(try Self.region(query), context)
+            return Self.json(try AnswerEncoder.json(try await self.queries.inactive(region: region, limit: limit)))
         }
-        router.get("api/status") { _, _ in
+        router.get("api/status") { _, context in
+            if let scope = context.regionScope {
+                // Connections, throughput and meter counts are the whole fleet's, not one region's.
+                throw DashboardError.forbidden("Live ingest figures cover every region; user \(context.user?.username ?? "") sees \(scope) only.")
+            }
             guard let reporter = self.reporter else {
                 throw DashboardError(.serviceUnavailable, code: "unavailable", message: "No ingest pipeline runs here.")
             }
@@ -94,6 +109,30 @@ package struct DashboardRoutes: Sendable {
         router.get("api/**") { request, _ -> Response in
             throw DashboardError.notFound("No API endpoint \(request.uri.path) (see SPEC.md section 6).")
         }
+    }
+
+    // MARK: Region scope
+
+    /// The region a request is about, for a region-scoped user (SPEC.md section 10): theirs when
+    /// none was asked, 403 when another was; unchanged for everyone else.
+    static func scoped(_ region: String?, _ context: MeterRequestContext) throws(DashboardError) -> String? {
+        guard let scope = context.regionScope else { return region }
+        guard let region else { return scope }
+        try self.allow(region, context, what: "region \(region)")
+        return region
+    }
+
+    /// 403 unless the user sees `region`.
+    static func allow(_ region: String, _ context: MeterRequestContext, what: String) throws(DashboardError) {
+        guard let scope = context.regionScope, region != scope else { return }
+        throw DashboardError.forbidden("User \(context.user?.username ?? "") sees region \(scope) only; \(what) is not in it.")
+    }
+
+    /// 403 unless the user sees the meter's region; 404 for a meter meterd does not know.
+    func allowMeter(_ name: String, _ context: MeterRequestContext) async throws {
+        guard context.regionScope != nil else { return }
+        guard let region = try await self.queries.region(ofMeter: name) else { throw DashboardError.notFound("No meter \(name).") }
+        try Self.allow(region, context, what: "meter \(name)")
     }
 
     // MARK: Parameters

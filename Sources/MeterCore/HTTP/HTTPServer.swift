@@ -4,6 +4,7 @@ import HTTPTypes
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 
@@ -13,16 +14,35 @@ package struct HTTPServerConfiguration: Sendable {
     package var port: Int
     /// A listening socket passed by systemd (`http`), used instead of binding host and port.
     package var inheritedSocket: CInt?
+    /// HTTPS (`http_tls_cert`, `http_tls_key`); plain HTTP when `nil`.
+    package var tls: IngestTLS?
 
-    package init(host: String = "127.0.0.1", port: Int = 8080, inheritedSocket: CInt? = nil) {
+    package init(host: String = "127.0.0.1", port: Int = 8080, inheritedSocket: CInt? = nil, tls: IngestTLS? = nil) {
         self.host = host
         self.port = port
         self.inheritedSocket = inheritedSocket
+        self.tls = tls
     }
 }
 
-/// The request context of every meterd route.
-package typealias MeterRequestContext = BasicRequestContext
+/// The request context of every meterd route: Hummingbird's core context, plus who asks
+/// (set by ``HTTPAccess`` from the session cookie) and from where.
+package struct MeterRequestContext: RequestContext {
+    package var coreContext: CoreRequestContextStorage
+    /// The logged-in user; `nil` when no `http_users` are configured (everyone sees everything)
+    /// or on the routes that stay open (`/healthz`, `/readyz`, `/login`).
+    package var user: HTTPUser?
+    /// The client's IP address, for the login rate limit and the log.
+    package let peer: String
+
+    package init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.peer = source.channel.remoteAddress?.ipAddress ?? "unknown"
+    }
+
+    /// The one region this request may see, for a region-scoped user; `nil` for all regions.
+    package var regionScope: String? { self.user?.scope.region }
+}
 
 /// meterd's HTTP server (SPEC.md section 6): a Hummingbird router served over HTTP/1.1, as a
 /// `Service` in the daemon's group, on its own socket or one systemd passed.
@@ -79,9 +99,18 @@ package struct HTTPServer: Service {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
+        let tls = self.configuration.tls
         let initializer: @Sendable (any Channel) -> EventLoopFuture<HTTP1Channel.Value> = { channel in
             connections.insert(channel)
             channel.closeFuture.whenComplete { _ in connections.remove(channel) }
+            if let tls {
+                // TLS in front of HTTP/1.1, as on the ingest port; a failed handshake closes the connection.
+                do {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
             return http.setup(channel: channel, logger: logger)
         }
         let server: NIOAsyncChannel<HTTP1Channel.Value, Never>
@@ -96,6 +125,7 @@ package struct HTTPServer: Service {
             metadata: [
                 "http.address": "\(address)",
                 "http.inherited": "\(self.configuration.inheritedSocket != nil)",
+                "http.tls": "\(tls != nil)",
             ])
         await self.onListening(address)
 

@@ -57,10 +57,16 @@ package final class IngestTLS: Sendable {
     private let loaded: NIOLockedValueBox<Loaded>
 
     /// Loads the files; a missing, unreadable or mismatched file throws an error naming its key.
-    package init(files: IngestTLSFiles, handshakeTimeout: TimeAmount = .seconds(10)) throws(ConfigurationError) {
+    /// The setting names errors are reported under: `ingest_tls_*`, or `http_tls_*` for HTTPS,
+    /// which loads its files the same way.
+    package let settingPrefix: String
+
+    package init(files: IngestTLSFiles, handshakeTimeout: TimeAmount = .seconds(10), settingPrefix: String = "ingest_tls") throws(ConfigurationError)
+    {
         self.files = files
         self.handshakeTimeout = handshakeTimeout
-        self.loaded = NIOLockedValueBox(try Self.load(files))
+        self.settingPrefix = settingPrefix
+        self.loaded = NIOLockedValueBox(try Self.load(files, prefix: settingPrefix))
     }
 
     /// The context for the next connection.
@@ -76,19 +82,19 @@ package final class IngestTLS: Sendable {
     /// files are not usable, throws and leaves the current context in place. Blocks on file I/O.
     @discardableResult
     package func reload() throws(ConfigurationError) -> Loaded {
-        let fresh = try Self.load(self.files)
+        let fresh = try Self.load(self.files, prefix: self.settingPrefix)
         self.loaded.withLockedValue { $0 = fresh }
         return fresh
     }
 
-    static func load(_ files: IngestTLSFiles) throws(ConfigurationError) -> Loaded {
-        let chain = try Self.certificates(at: files.certificate, key: "ingest_tls_cert")
-        let keyBytes = try Self.read(files.key, key: "ingest_tls_key")
+    static func load(_ files: IngestTLSFiles, prefix: String = "ingest_tls") throws(ConfigurationError) -> Loaded {
+        let chain = try Self.certificates(at: files.certificate, key: "\(prefix)_cert")
+        let keyBytes = try Self.read(files.key, key: "\(prefix)_key")
         let privateKey: NIOSSLPrivateKey
         do {
             privateKey = try NIOSSLPrivateKey(bytes: keyBytes, format: .pem)
         } catch {
-            throw ConfigurationError(key: "ingest_tls_key", "\(files.key) holds no usable PEM private key (\(error))")
+            throw ConfigurationError(key: "\(prefix)_key", "\(files.key) holds no usable PEM private key (\(error))")
         }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
@@ -109,9 +115,9 @@ package final class IngestTLS: Sendable {
             context = try NIOSSLContext(configuration: configuration)
         } catch NIOSSLError.failedToLoadPrivateKey {
             throw ConfigurationError(
-                key: "ingest_tls_key", "\(files.key) does not match the certificate in \(files.certificate) (ingest_tls_cert)")
+                key: "\(prefix)_key", "\(files.key) does not match the certificate in \(files.certificate) (\(prefix)_cert)")
         } catch {
-            throw ConfigurationError(key: "ingest_tls_cert", "cannot use \(files.certificate) with \(files.key): \(error)")
+            throw ConfigurationError(key: "\(prefix)_cert", "cannot use \(files.certificate) with \(files.key): \(error)")
         }
         let leaf = chain[0]
         let subject = leaf.subjectName.map { "\($0.value)" }.joined(separator: ",")

@@ -18,10 +18,20 @@ package enum AtomicFile {
     /// Makes temporary names unique within the process: two writers of one file must not share one.
     private static let writes = Atomic<Int>(0)
 
-    package static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o644) throws(FileWriteError) {
+    /// - Parameter owner: user, group and mode for the new file (those of the file it replaces,
+    ///   when a root-run tool edits a file a service user reads); `nil` leaves it ours, with `mode`.
+    package static func write(
+        _ bytes: [UInt8], to path: String, mode: mode_t = 0o644, owner: (user: uid_t, group: gid_t, mode: mode_t)? = nil
+    ) throws(FileWriteError) {
         let temporary = path + ".tmp-\(getpid())-\(Self.writes.add(1, ordering: .relaxed).newValue)"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw FileWriteError(path: temporary, reason: String(cString: strerror(errno))) }
+        if let owner {
+            // Before the rename, so readers never see the file with the wrong owner; failing to
+            // chown (not root) leaves it ours, as any new file would be.
+            _ = fchown(fd, owner.user, owner.group)
+            _ = fchmod(fd, owner.mode)
+        }
         var written = 0
         let failure: String? = bytes.withUnsafeBytes { buffer in
             while written < buffer.count {

@@ -37,11 +37,16 @@
   // ---- state in the URL -------------------------------------------------------------------
   const KEYS = ['from', 'to', 'region', 'view', 'customer', 'meter', 'sort', 'order', 'page'];
   let state = {};
+  // Who is logged in (/api/session); a region-scoped user's region is fixed: the server answers
+  // 403 for any other, so the filter never offers one.
+  let session = null;
+  const scopeRegion = () => (session && session.scope && session.scope !== '*' ? session.scope : '');
   function readURL() {
     const query = new URLSearchParams(location.search);
     state = {};
     for (const key of KEYS) { state[key] = query.get(key) || ''; }
     if (!state.view) { state.view = 'dashboard'; }
+    if (scopeRegion()) { state.region = scopeRegion(); }
   }
   function urlFor(next) {
     const query = new URLSearchParams();
@@ -76,6 +81,9 @@
   // ---- API --------------------------------------------------------------------------------
   async function api(url) {
     const response = await fetch(url, { headers: { Accept: 'application/json' } });
+    if (response.status === 401 && session && session.authentication) {
+      location.assign('/login');  // the session expired or the user was removed
+    }
     let body = null;
     try { body = await response.json(); } catch (error) { body = null; }
     if (!response.ok) {
@@ -358,7 +366,22 @@
       select.insertAdjacentHTML('beforeend', `<option value="${esc(current)}">${esc(current)}</option>`);
     }
     select.value = current;
+    if (scopeRegion()) {
+      select.querySelector('option[value=""]').remove();
+      select.disabled = true;
+    }
     regionsLoaded = true;
+  }
+
+  async function loadSession() {
+    session = await api('/api/session').catch(() => null);
+    window.meterd.session = session;
+    if (!session || !session.user) { return; }
+    const scope = scopeRegion();
+    document.getElementById('session-user').textContent =
+      `${session.user} · ${session.role}${scope ? ' · region ' + scope : ' · all regions'}`;
+    document.getElementById('session').hidden = false;
+    readURL();
   }
 
   async function loadDashboard() {
@@ -368,7 +391,8 @@
     const [kpi, inactive, status] = await Promise.all([
       api('/api/kpi' + (query ? '?' + query : '')),
       api('/api/inactive?' + inactiveQuery.toString()),
-      api('/api/status').catch(() => null),
+      // Live ingest figures are the whole fleet's: a region-scoped user is not shown them.
+      scopeRegion() ? Promise.resolve(null) : api('/api/status').catch(() => null),
     ]);
     renderKPI(kpi);
     renderInactive(inactive);
@@ -666,6 +690,6 @@
     for (const details of document.querySelectorAll('details.data')) { details.open = true; }
   }
   readURL();
-  loadRegions().catch(showError).finally(() => render());
+  loadSession().then(loadRegions).catch(showError).finally(() => render());
   setInterval(refresh, REFRESH_MS);
 })();
