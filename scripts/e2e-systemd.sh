@@ -190,7 +190,9 @@ for file in ca.pem meters/MTR-TLS-1.pem meters/MTR-TLS-1.key; do inside sh -c "c
 inside sed -i -e 's|^# ingest_tls_cert = .*|ingest_tls_cert = /etc/meterd/tls/server.pem|' \
     -e 's|^# ingest_tls_key = .*|ingest_tls_key = /etc/meterd/tls/server.key|' \
     -e 's|^# ingest_tls_client_ca = .*|ingest_tls_client_ca = /etc/meterd/tls/ca.pem|' \
-    -e 's|^# meter_auth = .*|meter_auth = certificate|' /etc/meterd/meterd.conf
+    -e 's|^# meter_auth = .*|meter_auth = certificate|' -e 's|^allow_insecure = true|# allow_insecure = true|' /etc/meterd/meterd.conf
+# Without allow_insecure: the ingest socket listens on every address, which meter_auth = certificate makes safe.
+inside grep -q '^allow_insecure' /etc/meterd/meterd.conf && fail "allow_insecure is still set"
 inside systemctl start meterd.service
 inside journalctl -u meterd --no-pager -o json | grep '"MESSAGE":"Ingest TLS on"' | grep -q '"METER_AUTH":"certificate"' ||
     inside journalctl -u meterd --no-pager | grep -q 'Ingest TLS on' || fail "meterd did not start with ingest TLS"
@@ -217,5 +219,5 @@ inside systemctl stop meterd.service
 stored=$(inside sqlite3 /var/lib/meterd/meterd.sqlite "SELECT group_concat(m.name || '#' || r.seq) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name LIKE 'MTR-TLS-%'" 2>&1) ||
     fail "reading the database: $stored"
 [ "$stored" = "MTR-TLS-1#1" ] || fail "stored TLS readings: '$stored' (want MTR-TLS-1#1 only)"
-pass "TLS ingest with meter_auth = certificate: own meter acked, another meter's id forbidden, no certificate and plain TCP refused, one reading stored"
+pass "TLS ingest with meter_auth = certificate and no allow_insecure: own meter acked, another meter's id forbidden, no certificate and plain TCP refused, one reading stored"
 echo "e2e: PASS"
