@@ -91,6 +91,8 @@ package struct DaemonConfiguration: Sendable {
     package var ingestTLSClientCA: String?
     /// `meter_auth`: whether a connection may send only for the meters its certificate covers.
     package var meterAuth = MeterAuthMode.none
+    /// The `[alert]` section: rules, thresholds and webhooks (SPEC.md section 11).
+    package var alerts = AlertConfiguration()
 
     package init() {}
 
@@ -261,6 +263,8 @@ package struct DaemonConfiguration: Sendable {
                 throw ConfigurationError(key: key, "expected none or certificate, got \"\(value)\"")
             }
             self.meterAuth = mode
+        case _ where key.hasPrefix("alert.") || key.hasPrefix("alert_"):
+            try self.alerts.set(String(key.dropFirst("alert.".count)), to: value, key: key)
         case "tariff.default": self.tariff.defaultRate = try positiveDouble()
         case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
             self.tariff.regionRates[String(key.dropFirst("tariff.".count))] = try positiveDouble()
@@ -270,7 +274,8 @@ package struct DaemonConfiguration: Sendable {
     }
 
     /// Reads a config file: `key = value` lines, `#` comments, and `[section]` headers that prefix
-    /// the keys below them (`[tariff]` then `North = 0.14` sets `tariff.North`). Values may be quoted.
+    /// the keys below them (`[tariff]` then `North = 0.14` sets `tariff.North`; `[alert]` then
+    /// `webhook = …` sets `alert.webhook`, the same as `alert_webhook`). Values may be quoted.
     package mutating func load(configFile text: String, path: String) throws(ConfigurationError) {
         var section = ""
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -327,6 +332,9 @@ package struct DaemonConfiguration: Sendable {
             try configuration.set(key, to: value)
         }
         try configuration.validateSecurity()
+        guard configuration.alerts.webhookRetryInitial <= configuration.alerts.webhookRetryMaximum else {
+            throw ConfigurationError(key: "alert_webhook_retry", "must not be above alert_webhook_retry_max")
+        }
         guard configuration.metering.voltageMinimum < configuration.metering.voltageMaximum else {
             throw ConfigurationError(
                 key: "voltage_min",

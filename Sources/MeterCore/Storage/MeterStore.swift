@@ -74,6 +74,12 @@ package protocol MeterStore: Sendable {
     /// Which meters each data concentrator may send for (`concentrators.csv`), by concentrator id.
     func concentratorAssignments() async throws -> [String: Set<String>]
 
+    // MARK: Alerts
+
+    /// Alerts in one state (all when `nil`): firing ones oldest first, then resolved ones newest
+    /// first, at most `limit`; and how many fire in all.
+    func alerts(state: AlertState?, limit: Int) async throws -> (alerts: [Alert], firing: Int)
+
     // MARK: Operations
 
     /// A consistent copy of the store into a new file, while meters keep sending.
@@ -107,6 +113,8 @@ package protocol MeterStoreWriter: AnyObject {
     func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult
     /// Remembers the daemon's time zone for offline tools.
     func recordTimeZone(_ zone: TimeZone) throws
+    /// Inserts or updates alerts by id, then keeps the newest `history` resolved ones.
+    func recordAlerts(_ alerts: [Alert], history: Int) throws
 }
 
 extension MeterStoreWriter {

@@ -238,6 +238,24 @@ package final class MeterDatabase: Sendable {
                     CREATE INDEX validation_flag_by_meter ON validation_flag (meter_id, ts_ms);
                     """)
         }
+        migrator.registerMigration("v10-alerts") { db in
+            // Alerts (SPEC.md section 11), one row per episode of a rule's condition on a subject:
+            // `resolved_ms` is NULL while it fires. The partial index finds the firing ones at start-up
+            // and for every listing without reading the resolved history.
+            try db.execute(
+                sql: """
+                    CREATE TABLE alert (
+                        id TEXT PRIMARY KEY,
+                        rule TEXT NOT NULL,
+                        subject TEXT NOT NULL,
+                        fired_ms INTEGER NOT NULL,
+                        resolved_ms INTEGER,
+                        detail TEXT NOT NULL
+                    ) WITHOUT ROWID;
+                    CREATE INDEX alert_firing ON alert (fired_ms) WHERE resolved_ms IS NULL;
+                    CREATE INDEX alert_resolved ON alert (resolved_ms) WHERE resolved_ms IS NOT NULL;
+                    """)
+        }
         return migrator
     }
 }
