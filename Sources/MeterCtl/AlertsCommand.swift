@@ -19,8 +19,8 @@ extension MeterCtl {
         var limit: Int = 100
         @Option(help: "The database file.")
         var db: String?
-        @Flag(help: "Print the list as one line of JSON.")
-        var json = false
+        // --json (and --socket, unused here) as every subcommand takes them.
+        @OptionGroup var options: ConnectionOptions
 
         func validate() throws {
             guard (1...1_000_000).contains(self.limit) else { throw ValidationError("Please give a limit from 1 to 1000000.") }
@@ -44,7 +44,9 @@ extension MeterCtl {
             } catch {
                 ConnectionOptions.fail("\(error)", code: 1)
             }
-            print(self.json ? try AnswerEncoder.json(answer) : OperatorOutput.alerts(answer, filter: self.state), terminator: self.json ? "\n" : "")
+            print(
+                self.options.json ? try AnswerEncoder.json(answer) : OperatorOutput.alerts(answer, filter: self.state),
+                terminator: self.options.json ? "\n" : "")
         }
     }
 }
