@@ -301,7 +301,7 @@ def test_every_table_exports_as_csv(browser, meterd):
     open_page(browser, meterd, PERIOD, kpi_loaded("window.meterd.kpi.period.from === '%d-01'" % YEAR))
     tables = browser.execute_script("return Array.from(document.querySelectorAll('#sections [data-table]')).map(e => e.dataset.table)")
     buttons = browser.execute_script("return Array.from(document.querySelectorAll('#sections button[data-export]')).map(e => e.dataset.export)")
-    assert sorted(tables) == sorted(buttons) and len(tables) == 11
+    assert sorted(tables) == sorted(buttons) and len(tables) == 12
 
     # A real download of the top consumers.
     button = browser.find_element(By.CSS_SELECTOR, "button[data-export=top_consumers]")

@@ -337,6 +337,33 @@
     }
   }
 
+  // ---- alerts (SPEC.md section 11): firing first, then the most recently resolved -------------
+  const alertSubjectCell = (value, row) => {
+    if (row.rule === 'inactive' || row.rule === 'faulty') { return meterCell(value, {}); }
+    if (row.rule === 'read_success') { return regionCell(value); }
+    return esc(value);
+  };
+  function renderAlerts(answer) {
+    document.getElementById('alerts-count').textContent = `(${fmtNumber(answer.firing, 0)} firing)`;
+    renderTable('alerts', [
+      { key: 'state', label: 'State', format: (value) => `<span class="alert-${esc(value)}">${esc(value)}</span>` },
+      { key: 'rule', label: 'Rule' },
+      { key: 'subject', label: 'Subject', format: alertSubjectCell },
+      { key: 'since', label: 'Since', format: (value) => esc(fmtTime(value)) },
+      { key: 'fired_at', label: 'Fired', format: (value) => esc(fmtTime(value)) },
+      { key: 'detail', label: 'Detail' },
+      { key: 'id', label: 'Alert ID' },
+    ], answer.alerts, { caption: 'Alerts', count: `${fmtNumber(answer.firing, 0)} firing, ${answer.alerts.length} shown` });
+  }
+  async function loadAlerts() {
+    // A daemon without the alert API (or a failing one) leaves the rest of the dashboard alone.
+    const answer = await api('/api/alerts?limit=100').catch(() => null);
+    if (answer) {
+      renderAlerts(answer);
+      window.meterd.alerts = answer;
+    }
+  }
+
   let loads = 0;
   function markLoaded(generatedAt) {
     loads += 1;
@@ -373,6 +400,7 @@
     renderKPI(kpi);
     renderInactive(inactive);
     renderStatus(status);
+    await loadAlerts();
     window.meterd.kpi = kpi;
     window.meterd.inactive = inactive;
     markLoaded(kpi.generated_at);
