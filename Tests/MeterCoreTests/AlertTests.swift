@@ -441,6 +441,23 @@ struct AlertTests {
     }
 }
 
+extension AlertTests {
+    /// Every alert key is in README's table and, commented out with its default, in Deploy/meterd.conf;
+    /// the example's `[alert]` section loads and changes nothing.
+    @Test func everyAlertKeyIsDocumentedInReadmeAndTheExampleConfig() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
+        let readme = try String(contentsOfFile: root + "/README.md", encoding: .utf8)
+        let example = try String(contentsOfFile: root + "/Deploy/meterd.conf", encoding: .utf8)
+        for (key, _) in AlertConfiguration.keys {
+            #expect(readme.contains("`\(key)`"), "README lacks \(key)")
+            #expect(example.contains("\n# \(key) = "), "Deploy/meterd.conf lacks \(key)")
+        }
+        var configuration = DaemonConfiguration()
+        try configuration.load(configFile: example, path: "meterd.conf")
+        #expect(configuration.alerts == AlertConfiguration())
+    }
+}
+
 extension CapturedLogs {
     /// Metadata of every entry with this message.
     func entries(_ message: String) -> [Logger.Metadata] {
