@@ -192,6 +192,47 @@ struct ReadSuccessTests {
         }
     }
 
+    /// Today's rate in `/metrics` and the period's in `meterctl kpi`'s tables, over a pipeline: three
+    /// customers installed long ago (two North, one South); one North meter reports now.
+    @Test func metricsAndTheTextReportShowTheRates() async throws {
+        try await withTemporaryDirectory { directory in
+            try FileManager.default.createDirectory(atPath: directory + "/csv", withIntermediateDirectories: true)
+            try writeCSV(
+                directory + "/csv", "customer_data.csv",
+                ["CustomerID,Region,InstallationDate", "1,North,2025-01-01", "2,North,2025-01-01", "3,South,2025-01-01"])
+            try await IngestHarness.with(directory: directory) { harness in
+                let report = try await CompanyImporter.importDirectory(directory + "/csv", through: .pipeline(harness.pipeline))
+                #expect(report.succeeded, "\(report.text)")
+                let nowMs = WallClock.nowMs()
+                _ = try await harness.pipeline.perform { writer in
+                    try writer.commit([
+                        IngestSubmission(
+                            readings: [
+                                SubmittedReading(
+                                    reading: Reading(meter: "MTR-000001", seq: 1, timestampMs: nowMs - 1_000, kwh: 0.5), line: 1, receivedMs: nowMs)
+                            ], receiver: nil)
+                    ])
+                }
+                let queries = try await makeOperatorQueries(store: harness.store, writer: .pipeline(harness.pipeline), directory: directory)
+                let reporter = StatusReporter(pipeline: harness.pipeline, store: harness.store, queries: queries)
+                let body = await DaemonMetrics().scrape(reporter: reporter, nowMs: nowMs)
+                // One of three installed meters today; North one of two, South none.
+                #expect(MetricsTests.sample(body, "meterd_read_success_rate") == 1.0 / 3)
+                #expect(MetricsTests.sample(body, #"meterd_region_read_success_rate{region="North"}"#) == 0.5)
+                #expect(MetricsTests.sample(body, #"meterd_region_read_success_rate{region="South"}"#) == 0)
+                #expect(body.contains("# HELP meterd_read_success_rate "))
+
+                // meterctl kpi's tables: the same rates in percent, the worst region first.
+                let text = KPITextReport.render(try await queries.kpi(from: nil, to: nil, region: nil))
+                #expect(text.contains("read success rate over the period (%)  33.33"))
+                let regions = try #require(text.range(of: "Read success by region, worst first\n"))
+                let table = text[regions.upperBound...].split(separator: "\n").prefix(4).map { $0.split(separator: " ").map(String.init) }
+                #expect(table.dropFirst(2).map { $0 } == [["South", "0.00"], ["North", "50.00"]])
+                #expect(text.contains("Lowest interval completeness"))
+            }
+        }
+    }
+
     @Test func crashRecoveryAndTheBackfillRebuildTheSameDays() async throws {
         try await withTemporaryDirectory { directory in
             try Self.writeCompany(directory + "/csv")
