@@ -24,6 +24,16 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var faultyMeters: [FaultyMeterEntry]
     package var readingLatencyMs: ReadingLatency
     package var validationFlags: ValidationFlags
+    /// Share of installed meters with at least one reading per day, averaged over the period's
+    /// judged days, 0–1 (``ReadSuccess``); `null` without a judged day.
+    package var readSuccessRate: Double?
+    package var readSuccessDaily: [DailyReadSuccess]
+    package var readSuccessByRegion: [RegionReadSuccess]
+    /// Received ÷ expected readings per meter per judged day, at most 1 a day, averaged over the
+    /// installed meters' judged days, 0–1; `null` without any.
+    package var intervalCompleteness: Double?
+    /// The meters with the lowest interval completeness, lowest first.
+    package var lowestCompletenessMeters: [MeterCompleteness]
     // Revenue
     package var revenueByRegion: [RegionRevenue]
     package var revenueTrend: [MonthRevenue]
@@ -52,6 +62,11 @@ package struct KPIDocument: Codable, Sendable, Equatable {
         case faultyMeters = "faulty_meters"
         case readingLatencyMs = "reading_latency_ms"
         case validationFlags = "validation_flags"
+        case readSuccessRate = "read_success_rate"
+        case readSuccessDaily = "read_success_daily"
+        case readSuccessByRegion = "read_success_by_region"
+        case intervalCompleteness = "interval_completeness"
+        case lowestCompletenessMeters = "lowest_completeness_meters"
         case revenueByRegion = "revenue_by_region"
         case revenueTrend = "revenue_trend"
         case paymentStatus = "payment_status"
@@ -135,6 +150,39 @@ package struct KPIDocument: Codable, Sendable, Equatable {
             case .clockBackwards: self.clockBackwards
             case .voltage: self.voltage
             }
+        }
+    }
+
+    /// An entry of `read_success_daily`: a judged day (`YYYY-MM-DD`, the configured zone's) and its
+    /// rate, `null` when no meter was installed that day. Today's is so far.
+    package struct DailyReadSuccess: Codable, Sendable, Equatable {
+        package var date: String
+        package var rate: Double?
+    }
+
+    /// An entry of `read_success_by_region`: the mean of the region's daily rates.
+    package struct RegionReadSuccess: Codable, Sendable, Equatable {
+        package var region: String
+        package var rate: Double?
+    }
+
+    /// An entry of `lowest_completeness_meters`.
+    package struct MeterCompleteness: Codable, Sendable, Equatable {
+        package var meter: String
+        package var customerID: Int64?
+        package var region: String
+        package var completeness: Double
+        package var readings: Int
+        package var expectedReadings: Double
+        /// The interval the expectation assumed: configured, or observed (``ReadSuccess``).
+        package var intervalSeconds: Double
+
+        enum CodingKeys: String, CodingKey {
+            case meter
+            case customerID = "customer_id"
+            case region, completeness, readings
+            case expectedReadings = "expected_readings"
+            case intervalSeconds = "interval_s"
         }
     }
 

@@ -231,7 +231,9 @@ package struct DaemonConfiguration: Sendable {
         case "clock_skew": self.limits.clockSkewMs = Int64(try positiveInt(31_536_000)) * 1000
         case "max_kwh": self.maximumKwh = try positiveDouble()
         case "register_digits": self.metering.registerDigits = try positiveInt(15)
-        case "expected_interval": self.metering.expectedIntervalMs = Int64(try positiveInt(31_536_000)) * 1000
+        case "expected_interval":
+            self.metering.expectedIntervalMs = Int64(try positiveInt(31_536_000)) * 1000
+            self.metering.configuredIntervalMs = self.metering.expectedIntervalMs
         case "voltage_min", "voltage_max":
             guard let volts = Double(value), volts.isFinite, ReadingParser.voltageRange.contains(volts) else {
                 throw ConfigurationError(key: key, "expected volts between 0 and 1000, got \"\(value)\"")

@@ -28,6 +28,9 @@ package final class DaemonMetrics: CommitObserver {
     private let lastCommitAge: CoreMetrics.Gauge
     private let uptime: CoreMetrics.Gauge
     private let meters: [String: CoreMetrics.Gauge]
+    private let readSuccess: CoreMetrics.Gauge
+    /// Per region, made when a region first shows up.
+    private let regionReadSuccess = Mutex<[String: CoreMetrics.Gauge]>([:])
     private let commitDuration: CoreMetrics.Timer
     private let readingLatency: CoreMetrics.Recorder
     /// What the alert engine and its webhooks report; the daemon hands it to both.
@@ -58,6 +61,9 @@ package final class DaemonMetrics: CommitObserver {
         "meterd_last_commit_age_seconds": "Seconds since the last commit.",
         "meterd_uptime_seconds": "Seconds since meterd started.",
         "meterd_meters": "Meters by liveness state (active, inactive, faulty).",
+        "meterd_read_success_rate":
+            "Today's read success rate so far: the share of installed meters with at least one reading today (0-1).",
+        "meterd_region_read_success_rate": "Today's read success rate so far, per region (0-1).",
         "meterd_commit_duration_seconds": "Time one group commit took, from first write to durable commit.",
         "meterd_reading_latency_seconds": "Reading latency: daemon receive time minus the reading's ts.",
         "meterd_alerts_firing": "Alerts firing now, by rule (SPEC.md section 11).",
@@ -103,6 +109,7 @@ package final class DaemonMetrics: CommitObserver {
             uniqueKeysWithValues: ["active", "inactive", "faulty"].map { state in
                 (state, CoreMetrics.Gauge(label: "meterd_meters", dimensions: [("state", state)], factory: factory))
             })
+        self.readSuccess = CoreMetrics.Gauge(label: "meterd_read_success_rate", factory: factory)
         self.commitDuration = CoreMetrics.Timer(label: "meterd_commit_duration_seconds", factory: factory)
         self.readingLatency = CoreMetrics.Recorder(label: "meterd_reading_latency_seconds", aggregate: true, factory: factory)
         self.alertsFiring = Dictionary(
@@ -165,6 +172,21 @@ package final class DaemonMetrics: CommitObserver {
             self.meters["active"]?.record(counts.active)
             self.meters["inactive"]?.record(counts.inactive)
             self.meters["faulty"]?.record(counts.faulty)
+        }
+        if let regions = try? await reporter.queries.readSuccessToday(nowMs: nowMs), !regions.isEmpty {
+            let installed = regions.reduce(0) { $0 + $1.installed }
+            let reporting = regions.reduce(0) { $0 + $1.reporting }
+            self.readSuccess.record(installed > 0 ? Double(reporting) / Double(installed) : 0)
+            let factory = self.factory
+            self.regionReadSuccess.withLock { gauges in
+                for region in regions {
+                    let gauge =
+                        gauges[region.region]
+                        ?? CoreMetrics.Gauge(label: "meterd_region_read_success_rate", dimensions: [("region", region.region)], factory: factory)
+                    gauges[region.region] = gauge
+                    gauge.record(region.rate ?? 0)
+                }
+            }
         }
         return self.registry.emitToString()
     }
