@@ -172,6 +172,44 @@ struct AlertTests {
         }
     }
 
+    /// ReadSuccessTests' company in Berlin's zone (North installed 20 February, South on 2 March, an
+    /// unknown meter from its first reading on the 2nd), plus a reading of South's meter on the 3rd:
+    /// the rule judges the last complete day.
+    @Test func aRegionBelowTheReadSuccessMinimumOnTheLastCompleteDayFiresAndResolvesAfterAGoodDay() async throws {
+        try await withTemporaryDirectory { directory in
+            try ReadSuccessTests.writeCompany(directory + "/csv")
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            _ = try CompanyImporter.importDirectory(directory + "/csv", database: database)
+            let writer = try SQLiteMeterStore(database: database).makeWriter(ReadSuccessTests.berlin)
+            _ = try writer.commit(ReadSuccessTests.submission(ReadSuccessTests.readings + [("MTR-000002", 1, "2026-03-03T09:00:00Z")]))
+            let pipeline = IngestPipeline(writer: writer, configuration: PipelineConfiguration(), logger: testLogger)
+            let kpi = offlineEngine(database, timeZone: "Europe/Berlin")
+            let engine = AlertEngine(
+                configuration: alertConfiguration([.readSuccess]),
+                sources: AlertSources(pipeline: pipeline, kpi: kpi, readSuccess: KPIReadSuccessRates(kpi: kpi)),
+                store: SQLiteMeterStore(database: database), writer: .pipeline(pipeline), notifier: nil, logger: testLogger)
+
+            // At noon on the 3rd the 2nd is judged: North 1 of 1, South 0 of 1, Unassigned 1 of 1
+            let third = ReadSuccessTests.ms("2026-03-03T12:00:00Z")
+            let south = Alert(
+                rule: .readSuccess, subject: "South", firedMs: third,
+                detail: "read success rate on 2026-03-02 0.0% (0 of 1 installed meters reported), below read_success_min 90.0%")
+            #expect(await engine.evaluate(nowMs: third) == [south])
+            #expect(await engine.evaluate(nowMs: third + 1000).isEmpty)
+
+            // At noon on the 4th the 3rd is judged: South 1 of 1 (resolved), the unknown meter silent (fires)
+            let fourth = ReadSuccessTests.ms("2026-03-04T12:00:00Z")
+            var resolved = south
+            resolved.state = .resolved
+            resolved.resolvedMs = fourth
+            resolved.detail = "read success rate on 2026-03-03 100.0% (1 of 1 installed meters reported), at or above read_success_min 90.0%"
+            let unassigned = Alert(
+                rule: .readSuccess, subject: Region.unassigned, firedMs: fourth,
+                detail: "read success rate on 2026-03-03 0.0% (0 of 1 installed meters reported), below read_success_min 90.0%")
+            #expect(await engine.evaluate(nowMs: fourth) == [resolved, unassigned])
+        }
+    }
+
     @Test func aWriteQueueFullForLongerThanBusySecondsFiresAndResolvesOnceItDrains() async throws {
         try await withTemporaryDirectory { directory in
             var daemon = DaemonConfiguration()

@@ -6,7 +6,7 @@ package enum AlertRule: String, Codable, Sendable, CaseIterable, Comparable {
     case inactive
     /// A meter faulty over the default KPI period (``MeterRules/isFaulty(faults:poorMonths:)``); subject: the meter id.
     case faulty
-    /// A region's read success rate for the day below `read_success_min`; subject: the region.
+    /// A region's read success rate on the last complete day below `read_success_min`; subject: the region.
     case readSuccess = "read_success"
     /// The share of stored readings that raised a validation flag above `flag_rate`; subject: `readings`.
     case validationFlags = "validation_flags"

@@ -11,9 +11,9 @@ package struct AlertConfiguration: Sendable, Equatable {
     /// Time between two evaluations of the polled rules (every rule except `inactive`, which follows
     /// the liveness sweep).
     package var interval: Duration = .seconds(10)
-    /// `read_success`: a region's read success rate for the day below this fires (0–1).
+    /// `read_success`: a region's read success rate on the last complete day below this fires (0–1).
     package var readSuccessMinimum = 0.9
-    /// `validation_flags`: fires when more than this share of the readings stored in the window raised a flag…
+    /// `validation_flags`: fires above this many validation flags per reading stored in the window…
     package var flagRate = 0.05
     /// …over this window…
     package var flagWindow: Duration = .seconds(3600)
@@ -45,8 +45,8 @@ package struct AlertConfiguration: Sendable, Equatable {
             "Comma-separated rules that run (default all): inactive, faulty, read_success, validation_flags, writer, ingest_busy; none for no rules."
         ),
         ("interval", "Seconds between evaluations of the rules other than inactive, which follows the liveness sweep (default 10)."),
-        ("read_success_min", "read_success fires for a region whose read success rate for the day is below this (0-1, default 0.9)."),
-        ("flag_rate", "validation_flags fires when more than this share of the readings stored in flag_window raised a flag (0-1, default 0.05)."),
+        ("read_success_min", "read_success fires for a region whose read success rate on the last complete day is below this (0-1, default 0.9)."),
+        ("flag_rate", "validation_flags fires above this many validation flags per reading stored in flag_window (0-1, default 0.05)."),
         ("flag_window", "Seconds of readings validation_flags looks at (default 3600)."),
         ("flag_min_readings", "Readings flag_window must hold before validation_flags can fire (default 100)."),
         ("busy_seconds", "ingest_busy fires when the write queue has been full (meters told busy) for longer than this (default 60)."),

@@ -3,11 +3,12 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// Each region's read success rate (share of its installed meters with a reading) for the day in
-/// progress: what the `read_success` rule compares with `read_success_min`.
+/// The regions' read success rates on one day: what the `read_success` rule compares with
+/// `read_success_min`.
 package protocol ReadSuccessRates: Sendable {
-    /// Rates from 0 to 1 by region, for the day containing `nowMs` in the daemon's zone.
-    func regionReadSuccess(nowMs: Int64) async throws -> [String: Double]
+    /// The day judged as of `nowMs` and each region's installed and reporting meters on it; `nil`
+    /// when no day can be judged yet.
+    func regionReadSuccess(nowMs: Int64) async throws -> (day: Day, regions: [ReadSuccess.RegionDay])?
 }
 
 /// What the rules watch: the daemon's own live state, never a second copy of it. The write
@@ -166,14 +167,17 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
             }
             return observation
         case .readSuccess:
-            guard let source = self.sources.readSuccess else { return nil }
+            guard let source = self.sources.readSuccess, let judged = try await source.regionReadSuccess(nowMs: nowMs) else { return nil }
             let minimum = self.configuration.readSuccessMinimum
-            var observation = RuleObservation(resolvedDefault: "read success rate back at or above \(Self.percent(minimum))")
-            for (region, rate) in try await source.regionReadSuccess(nowMs: nowMs) {
+            var observation = RuleObservation(resolvedDefault: "no installed meter left in the region on \(judged.day)")
+            for region in judged.regions {
+                guard let rate = region.rate else { continue }
+                let figures =
+                    "read success rate on \(judged.day) \(Self.percent(rate)) (\(region.reporting) of \(region.installed) installed meters reported)"
                 if rate < minimum {
-                    observation.holding[region] = "read success rate today \(Self.percent(rate)), below \(Self.percent(minimum)) (read_success_min)"
+                    observation.holding[region.region] = "\(figures), below read_success_min \(Self.percent(minimum))"
                 } else {
-                    observation.resolved[region] = "read success rate today \(Self.percent(rate)), at or above \(Self.percent(minimum))"
+                    observation.resolved[region.region] = "\(figures), at or above read_success_min \(Self.percent(minimum))"
                 }
             }
             return observation

@@ -102,7 +102,8 @@ package struct MeterDaemon: Sendable {
         let webhooks = try WebhookNotifier(configuration: configuration.alerts, statistics: metrics.alerts, logger: logger)
         let alerts = AlertEngine(
             configuration: configuration.alerts,
-            sources: AlertSources(pipeline: pipeline, kpi: kpi, inactiveAfterSeconds: configuration.inactiveAfterSeconds),
+            sources: AlertSources(
+                pipeline: pipeline, kpi: kpi, readSuccess: KPIReadSuccessRates(kpi: kpi), inactiveAfterSeconds: configuration.inactiveAfterSeconds),
             store: store, writer: .pipeline(pipeline), notifier: webhooks, statistics: metrics.alerts, logger: logger)
         self.alerts = alerts
         let liveness = LivenessMonitor(
