@@ -12,6 +12,7 @@ let kpiKeys: Set<String> = [
     "revenue_by_region", "revenue_trend", "payment_status", "satisfaction", "new_vs_returning", "complaints",
     "installation_time_days", "maintenance", "technicians", "validation_flags",
     "read_success_rate", "read_success_daily", "read_success_by_region", "interval_completeness", "lowest_completeness_meters",
+    "current_month", "complaints_in_period", "installations_in_period",
 ]
 
 @Suite struct KPIEngineTests {

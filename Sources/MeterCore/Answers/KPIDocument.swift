@@ -9,6 +9,9 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var region: String?
     /// RFC 3339 time the document was computed at.
     package var generatedAt: String
+    /// The period's month still in progress in the configured zone (`YYYY-MM`), whose figures are
+    /// month-to-date; `null` when the period is over.
+    package var currentMonth: String?
     // Overview
     package var totalCustomers: Int
     package var totalConsumptionKwh: Double
@@ -42,14 +45,19 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var satisfaction: Satisfaction
     package var newVsReturning: NewVsReturning
     package var complaints: Complaints
+    /// Complaints received and resolved over the whole period (`complaints` is its last month).
+    package var complaintsInPeriod: Complaints
     // Operations
     package var installationTimeDays: Double?
+    /// Installations whose installation date falls in the period.
+    package var installationsInPeriod: Int
     package var maintenance: Maintenance
     package var technicians: [Technician]
 
     enum CodingKeys: String, CodingKey {
         case period, region
         case generatedAt = "generated_at"
+        case currentMonth = "current_month"
         case totalCustomers = "total_customers"
         case totalConsumptionKwh = "total_consumption_kwh"
         case totalRevenue = "total_revenue"
@@ -73,7 +81,9 @@ package struct KPIDocument: Codable, Sendable, Equatable {
         case satisfaction
         case newVsReturning = "new_vs_returning"
         case complaints
+        case complaintsInPeriod = "complaints_in_period"
         case installationTimeDays = "installation_time_days"
+        case installationsInPeriod = "installations_in_period"
         case maintenance, technicians
     }
 

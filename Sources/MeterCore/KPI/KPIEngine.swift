@@ -225,6 +225,10 @@ package final class KPIEngine: Sendable {
             period: .init(from: period.from.description, to: period.to.description),
             region: region,
             generatedAt: RFC3339.format(millisecondsSinceEpoch: nowMs),
+            currentMonth: { () -> String? in
+                let current = self.rules.currentMonth(nowMs: nowMs)
+                return current >= period.from && current <= period.to ? current.description : nil
+            }(),
             // Overview
             totalCustomers: monthly.totalCustomers,
             totalConsumptionKwh: monthly.totalKwh,
@@ -259,8 +263,10 @@ package final class KPIEngine: Sendable {
             satisfaction: events.satisfaction,
             newVsReturning: .init(new: monthly.newCustomers, returning: monthly.returningCustomers),
             complaints: events.complaints,
+            complaintsInPeriod: events.complaintsInPeriod,
             // Operations
             installationTimeDays: events.installationDays,
+            installationsInPeriod: events.installations,
             maintenance: events.maintenance,
             technicians: events.technicians)
     }
@@ -377,7 +383,9 @@ package final class KPIEngine: Sendable {
         var payments: KPIDocument.PaymentStatus
         var satisfaction: KPIDocument.Satisfaction
         var complaints: KPIDocument.Complaints
+        var complaintsInPeriod: KPIDocument.Complaints
         var installationDays: Double?
+        var installations: Int
         var maintenance: KPIDocument.Maintenance
         var technicians: [KPIDocument.Technician]
     }
@@ -466,6 +474,7 @@ package final class KPIEngine: Sendable {
         }
         return EventFigures(
             latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
-            installationDays: mean(sum("installation")), maintenance: maintenance, technicians: technicians)
+            complaintsInPeriod: .init(received: sum("complaint_received").count, resolved: sum("complaint_resolved").count),
+            installationDays: mean(sum("installation")), installations: sum("installation").count, maintenance: maintenance, technicians: technicians)
     }
 }
