@@ -94,10 +94,10 @@ func alertConfiguration(_ rules: Set<AlertRule>, webhooks urls: [URL] = []) -> A
 
 /// Runs a webhook notifier as a service around the body.
 func withNotifier<T>(
-    _ configuration: AlertConfiguration, statistics: AlertStatistics = AlertStatistics(),
+    _ configuration: AlertConfiguration, statistics: AlertStatistics = AlertStatistics(), logger: Logger = testLogger,
     _ body: (WebhookNotifier) async throws -> T
 ) async throws -> T {
-    let notifier = try WebhookNotifier(configuration: configuration, statistics: statistics, logger: testLogger)
+    let notifier = try WebhookNotifier(configuration: configuration, statistics: statistics, logger: logger)
     let group = ServiceGroup(services: [notifier], logger: testLogger)
     return try await withThrowingTaskGroup(of: Void.self) { tasks in
         tasks.addTask { try await group.run() }

@@ -355,7 +355,8 @@ struct AlertTests {
         bResolved.resolvedMs = 4_000
         bResolved.detail = "reporting again"
         let d = Alert(rule: .inactive, subject: "M-4", firedMs: 5_000, detail: "silent")
-        try await withNotifier(configuration, statistics: statistics) { notifier in
+        let logs = CapturedLogs()
+        try await withNotifier(configuration, statistics: statistics, logger: logs.logger) { notifier in
             // Given a webhook that is down and a queue of 3: M-1, M-2 and M-3 firing
             for alert in [a, b, c] { notifier.enqueue(alert) }
             // When M-2 resolves, its firing notice goes: the resolution carries the whole alert
@@ -369,6 +370,12 @@ struct AlertTests {
             let receiver = try await WebhookReceiver.start(port: port)
             #expect(try await receiver.waitFor(3) == [a.answer, bResolved.answer, d.answer])
             try await receiver.stop()
+            // One warning for the streak of drops, naming the first; one when the webhook takes notices again
+            let full = logs.entries(
+                "Webhook queue full: alert notifications are dropped until it has room (the alerts stay listed by meterctl alerts)")
+            #expect(full.map { $0["alert.id"]?.description } == [b.id])
+            let again = logs.entries("Webhook took a notification again; some were dropped while its queue was full")
+            #expect(again.map { $0["webhook.dropped"]?.description } == ["2"])
         }
     }
 

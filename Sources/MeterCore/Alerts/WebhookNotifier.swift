@@ -26,6 +26,9 @@ package final class WebhookNotifier: Service, Sendable {
         var pending: [Delivery] = []
         /// Resumed when a delivery is queued while the sender waits for one.
         var waiter: CheckedContinuation<Void, Never>?
+        /// Deliveries dropped since the webhook last took one: only the first of a streak is a
+        /// warning, so a burst of alerts (thousands of meters going silent at once) logs two lines.
+        var droppedStreak = 0
     }
 
     package let targets: [WebhookTarget]
@@ -67,33 +70,39 @@ package final class WebhookNotifier: Service, Sendable {
         }
         let delivery = Delivery(id: alert.id, state: alert.state, body: body)
         for index in self.targets.indices {
-            let (waiter, dropped) = self.queues.withLockedValue { queues -> (CheckedContinuation<Void, Never>?, Delivery?) in
+            let (waiter, dropped, streak) = self.queues.withLockedValue { queues -> (CheckedContinuation<Void, Never>?, Delivery?, Int) in
                 var queue = queues[index]
                 defer { queues[index] = queue }
                 defer { queue.waiter = nil }
                 guard queue.pending.count >= self.capacity else {
                     queue.pending.append(delivery)
-                    return (queue.waiter, nil)
+                    return (queue.waiter, nil, queue.droppedStreak)
                 }
+                queue.droppedStreak += 1
                 // The sender may be posting pending[0], so it is never the one dropped.
                 let pending = queue.pending
                 let superseded = pending.indices.dropFirst().first { position in
                     pending[position].state == .firing
                         && (pending[(position + 1)...].contains { $0.id == pending[position].id } || delivery.id == pending[position].id)
                 }
-                guard let victim = superseded ?? (pending.count > 1 ? 1 : nil) else { return (queue.waiter, delivery) }
+                guard let victim = superseded ?? (pending.count > 1 ? 1 : nil) else { return (queue.waiter, delivery, queue.droppedStreak) }
                 let dropped = queue.pending.remove(at: victim)
                 queue.pending.append(delivery)
-                return (queue.waiter, dropped)
+                return (queue.waiter, dropped, queue.droppedStreak)
             }
             if let dropped {
                 self.statistics.webhookDropped.add(1, ordering: .relaxed)
-                self.logger.warning(
-                    "Webhook queue full: alert notification dropped (the alert stays listed by meterctl alerts)",
-                    metadata: [
-                        "alert.id": "\(dropped.id)", "alert.state": "\(dropped.state.rawValue)",
-                        "webhook.url": "\(self.targets[index])", "webhook.queue": "\(self.capacity)",
-                    ])
+                let metadata: Logger.Metadata = [
+                    "alert.id": "\(dropped.id)", "alert.state": "\(dropped.state.rawValue)",
+                    "webhook.url": "\(self.targets[index])", "webhook.queue": "\(self.capacity)",
+                ]
+                if streak == 1 {
+                    self.logger.warning(
+                        "Webhook queue full: alert notifications are dropped until it has room (the alerts stay listed by meterctl alerts)",
+                        metadata: metadata)
+                } else {
+                    self.logger.debug("Webhook queue full: alert notification dropped", metadata: metadata)
+                }
             } else {
                 self.statistics.webhookQueued.add(1, ordering: .relaxed)
             }
@@ -124,10 +133,17 @@ package final class WebhookNotifier: Service, Sendable {
                 guard let next = await self.next(index) else { return }
                 do {
                     try await WebhookPost.send(next.body, to: target, timeout: self.timeout, tls: self.tls)
-                    self.queues.withLockedValue { queues in
+                    let dropped = self.queues.withLockedValue { queues -> Int in
                         if queues[index].pending.first?.id == next.id, queues[index].pending.first?.state == next.state {
                             queues[index].pending.removeFirst()
                         }
+                        defer { queues[index].droppedStreak = 0 }
+                        return queues[index].droppedStreak
+                    }
+                    if dropped > 0 {
+                        self.logger.warning(
+                            "Webhook took a notification again; some were dropped while its queue was full",
+                            metadata: ["webhook.url": "\(target)", "webhook.dropped": "\(dropped)"])
                     }
                     self.statistics.webhookQueued.add(-1, ordering: .relaxed)
                     self.statistics.webhookDeliveries.add(1, ordering: .relaxed)
