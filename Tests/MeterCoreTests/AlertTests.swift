@@ -10,7 +10,7 @@ import Testing
 
 /// Alerts (SPEC.md section 11): each rule fires once while its condition holds and resolves when it
 /// stops holding; changes are recorded in the database and POSTed to a real webhook on a loopback port.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(3)))
 struct AlertTests {
     /// The alert engine over a harness's pipeline and store.
     func engine(
@@ -328,15 +328,16 @@ struct AlertTests {
         try await withNotifier(alertConfiguration([], webhooks: [url]), statistics: statistics) { notifier in
             // Given nothing listens on the webhook's port
             for alert in alerts { notifier.enqueue(alert) }
-            try await waitUntil { statistics.webhookFailures.load(ordering: .relaxed) >= 2 }
+            try await waitUntil(timeout: .seconds(60)) { statistics.webhookFailures.load(ordering: .relaxed) >= 2 }
             #expect(notifier.queued(0) == 3)
             #expect(statistics.webhookDeliveries.load(ordering: .relaxed) == 0)
 
             // When the webhook comes up on that port, it receives all three, in order
             let receiver = try await WebhookReceiver.start(port: port)
             #expect(try await receiver.waitFor(3) == alerts.map(\.answer))
-            try await waitUntil { notifier.queued(0) == 0 }
-            #expect(statistics.webhookDeliveries.load(ordering: .relaxed) == 3)
+            // Counted once each answer is in, a moment after the receiver saw the request
+            try await waitUntil(timeout: .seconds(60)) { statistics.webhookDeliveries.load(ordering: .relaxed) == 3 }
+            #expect(notifier.queued(0) == 0)
             #expect(statistics.webhookDropped.load(ordering: .relaxed) == 0)
             try await receiver.stop()
         }
@@ -422,7 +423,7 @@ struct AlertTests {
             #expect(resolved.state == "resolved")
             #expect(resolved.detail == "reporting again")
             #expect(resolved.since == resolved.resolvedAt)
-            try await waitUntil {
+            try await waitUntil(timeout: .seconds(60)) {
                 try await httpGet(port: ports.http, path: "/metrics").body.contains("meterd_alert_webhook_deliveries_total 2\n")
             }
             #expect(try await daemon.terminate() == 0)
