@@ -466,6 +466,11 @@ struct AlertTests {
         #expect(configuration.alerts.webhookQueue == 50)
         #expect(WebhookTarget(configuration.alerts.webhooks[1])?.path == "/meterd?team=ops")
         #expect(WebhookTarget(configuration.alerts.webhooks[1])?.port == 443)
+        #expect(WebhookTarget(configuration.alerts.webhooks[1])?.isAddress == false)
+        #expect(WebhookTarget(configuration.alerts.webhooks[0])?.isAddress == true)
+        #expect(WebhookTarget(URL(string: "http://[::1]:9000/a%20b")!)?.host == "::1")
+        #expect(WebhookTarget(URL(string: "http://[::1]:9000/a%20b")!)?.path == "/a%20b")
+        #expect(WebhookTarget(URL(string: "http://[::1]:9000/a%20b")!)?.hostHeader == "[::1]:9000")
 
         // Defaults: every rule, no webhook
         #expect(DaemonConfiguration().alerts.rules == Set(AlertRule.allCases))

@@ -23,13 +23,23 @@ package struct WebhookTarget: Sendable, Hashable, CustomStringConvertible {
         self.host = host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host
         self.tls = scheme == "https"
         self.port = url.port ?? (self.tls ? 443 : 80)
-        var path = url.path.isEmpty ? "/" : url.path
-        if let query = url.query { path += "?" + query }
+        // As written, percent-escapes kept: the request line must not carry a decoded space.
+        let components = URLComponents(url: url, resolvingAgainstBaseURL: false)
+        let written = components?.percentEncodedPath ?? ""
+        var path = written.isEmpty ? "/" : written
+        if let query = components?.percentEncodedQuery { path += "?" + query }
         self.path = path
     }
 
     /// The URL without user and password, for logs.
     package var description: String { "\(self.tls ? "https" : "http")://\(self.host):\(self.port)\(self.path)" }
+
+    /// Whether the host is an IPv4 or IPv6 address rather than a name.
+    var isAddress: Bool {
+        if self.host.contains(":") { return true }
+        let parts = self.host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts.allSatisfy { UInt8($0) != nil }
+    }
 
     /// The `Host` header: the port only when it is not the scheme's own.
     var hostHeader: String {
@@ -67,7 +77,9 @@ enum WebhookPost {
             .connect(host: target.host, port: target.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if target.tls, let tls {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: target.host))
+                        // SNI carries names only; an address is verified against the certificate's IP entries.
+                        let name = target.isAddress ? nil : target.host
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: name))
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
