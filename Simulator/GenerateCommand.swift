@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MeterCore
 import SimulatorCore
 
 /// `meter-sim generate`: the company's CSV files for a synthetic company (SPEC.md section 4).
@@ -31,15 +32,35 @@ struct GenerateCommand: AsyncParsableCommand {
     @Option(help: "Monthly rows per customer, from January of --year.")
     var months: Int = 12
 
+    @Option(
+        help: """
+            For a live demo (YYYY-MM-DD, usually today): maintenance, feedback and complaints fall up to this day, \
+            and a tenth of the customers are installed in the 11 months before it.
+            """)
+    var eventsThrough: String?
+
     func validate() throws {
         guard self.customers >= 1 else { throw ValidationError("--customers must be at least 1") }
         guard (1...1200).contains(self.months) else { throw ValidationError("--months must be between 1 and 1200") }
         guard (1902...9000).contains(self.year) else { throw ValidationError("--year must be between 1902 and 9000") }
+        if let text = self.eventsThrough, Self.day(text) == nil {
+            throw ValidationError("--events-through: expected YYYY-MM-DD, got \"\(text)\"")
+        }
+    }
+
+    /// Days since 1970-01-01 of a `YYYY-MM-DD` date.
+    static func day(_ text: String) -> Int? {
+        let parts = text.split(separator: "-").compactMap { Int($0) }
+        guard text.count == 10, parts.count == 3, (1...12).contains(parts[1]), (1...31).contains(parts[2]) else { return nil }
+        return RFC3339.daysFromCivil(year: parts[0], month: parts[1], day: parts[2])
     }
 
     func run() async throws {
         let start = ContinuousClock.now
-        try CompanyGenerator(customers: self.customers, seed: self.seed, year: self.year, months: self.months).write(to: self.out)
+        try CompanyGenerator(
+            customers: self.customers, seed: self.seed, year: self.year, months: self.months,
+            eventsThrough: self.eventsThrough.flatMap(Self.day)
+        ).write(to: self.out)
         let elapsed = ContinuousClock.now - start
         print(
             "wrote \(CompanyGenerator.files.count) files for \(self.customers) customers to \(self.out) in \(elapsed.formatted(.units(allowed: [.seconds], fractionalPart: .show(length: 2))))"

@@ -16,10 +16,12 @@ mkdir -p "$data"
 rm -f "$data/ports.json"
 
 if [ ! -f "$data/meterd.sqlite" ]; then
-    # History from January last year up to last month; the live fleet fills this month.
+    # History from January last year up to last month; the live fleet fills this month. Installations,
+    # maintenance, feedback and complaints run up to today, so every panel of the default period has some.
     year=$(( $(date +%Y) - 1 ))
     months=$(( 12 + $(date +%-m) - 1 ))
-    "$bin/meter-sim" generate --customers "$customers" --out "$data/company" --year "$year" --months "$months" --seed 42
+    "$bin/meter-sim" generate --customers "$customers" --out "$data/company" --year "$year" --months "$months" --seed 42 \
+        --events-through "$(date +%F)"
     "$bin/meterctl" import "$data/company" --db "$data/meterd.sqlite"
 fi
 

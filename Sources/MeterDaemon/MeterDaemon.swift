@@ -14,6 +14,9 @@ struct MeterDaemonCommand: AsyncParsableCommand {
 
             Config file keys (key = value; [tariff] section for per-region rates):
             \(DaemonConfiguration.keys.map { "  \($0.key): \($0.help)" }.joined(separator: "\n"))
+
+            Alert keys, in an [alert] section (webhook = URL) or anywhere as alert_KEY (alert_webhook = URL):
+            \(AlertConfiguration.keys.map { "  \($0.key): \($0.help)" }.joined(separator: "\n"))
             """,
         version: MeterdVersion.current)
 

@@ -23,12 +23,19 @@ package struct CompanyGenerator: Sendable {
     package var year: Int
     /// Monthly rows per customer, from January of `year` (12 in the use case).
     package var months: Int
+    /// For a live demo: the day (days since 1970-01-01) the company's dated events run up to, `nil`
+    /// for the use case's files. Maintenance, feedback and complaints then fall anywhere from the
+    /// first month of data to this day (a third of the complaints in the month running then; open
+    /// when their resolution would come later), and a tenth of the customers are new: installed within the
+    /// 11 months before it, with monthly rows and bills from their installation month on.
+    package var eventsThrough: Int?
 
-    package init(customers: Int, seed: UInt64 = 42, year: Int = 2023, months: Int = 12) {
+    package init(customers: Int, seed: UInt64 = 42, year: Int = 2023, months: Int = 12, eventsThrough: Int? = nil) {
         self.customers = customers
         self.seed = seed
         self.year = year
         self.months = months
+        self.eventsThrough = eventsThrough
     }
 
     /// Writes every file into `directory`, creating it if needed.
@@ -44,8 +51,20 @@ package struct CompanyGenerator: Sendable {
         var installDays = [Int](repeating: 0, count: self.customers + 1)
         var customers = CSVWriter(path: path("customer_data.csv"), header: "CustomerID,Region,InstallationDate")
         for id in stride(from: 1, through: self.customers, by: 1) {
-            let region = Self.regions[random.below(4)]
+            _ = random.below(4)  // the region, drawn again below when the row is written
             installDays[id] = installEpoch + random.below(365)
+        }
+        if let through = self.eventsThrough {
+            // A stream of its own: the use case's draws stay as they are.
+            var recent = stream(8)
+            for id in stride(from: 1, through: self.customers, by: 1) where recent.unit() < 0.1 {
+                installDays[id] = through - recent.below(335)
+            }
+        }
+        random = stream(1)
+        for id in stride(from: 1, through: self.customers, by: 1) {
+            let region = Self.regions[random.below(4)]
+            _ = random.below(365)
             customers.row {
                 $0.int(id); $0.text(region); $0.date(installDays[id])
             }
@@ -73,15 +92,18 @@ package struct CompanyGenerator: Sendable {
             let year = self.year + index / 12
             let month = index % 12 + 1
             let firstDay = RFC3339.daysFromCivil(year: year, month: month, day: 1)
+            let nextMonth = RFC3339.daysFromCivil(year: year + month / 12, month: month % 12 + 1, day: 1)
             for id in stride(from: 1, through: self.customers, by: 1) {
                 let kwh = (random.uniform(100, 1000) * 1000).rounded() / 1000
                 let revenue = (kwh * random.uniform(0.1, 0.2) * 100).rounded() / 100
                 let draw = random.unit()
                 let status = draw < 0.7 ? 0 : (draw < 0.9 ? 1 : 2)
+                let paid = bills.unit() < 0.9
+                // A new customer consumes nothing before it was installed.
+                guard self.eventsThrough == nil || installDays[id] < nextMonth else { continue }
                 monthly.row {
                     $0.int(id); $0.date(firstDay); $0.fixed(kwh, 3); $0.fixed(revenue, 2); $0.text(statuses[status])
                 }
-                let paid = bills.unit() < 0.9
                 billFile.row {
                     $0.int(id); $0.month(year: year, month: month); $0.fixed(revenue, 2); $0.text(paid ? "paid" : "unpaid")
                 }
@@ -91,7 +113,11 @@ package struct CompanyGenerator: Sendable {
         try billFile.close()
 
         // A random day (1–27) of a random month of the data, as the use case draws event dates.
+        let firstDataDay = RFC3339.daysFromCivil(year: self.year, month: 1, day: 1)
         func eventDay(_ random: inout SeededGenerator) -> Int {
+            if let through = self.eventsThrough, through >= firstDataDay {
+                return firstDataDay + random.below(through - firstDataDay + 1)
+            }
             let index = random.below(self.months)
             let day = 1 + random.below(27)
             return RFC3339.daysFromCivil(year: self.year + index / 12, month: index % 12 + 1, day: day)
@@ -105,7 +131,10 @@ package struct CompanyGenerator: Sendable {
             let resolution = request + 1 + random.below(9)
             let technician = 1 + random.below(Self.technicianCount)
             maintenance.row {
-                $0.int(customer); $0.date(request); $0.date(resolution); $0.int(technician)
+                $0.int(customer); $0.date(request)
+                // Not resolved yet when that would be after the demo's today.
+                if resolution > self.eventsThrough ?? Int.max { $0.text("") } else { $0.date(resolution) }
+                $0.int(technician)
             }
         }
         try maintenance.close()
@@ -138,9 +167,15 @@ package struct CompanyGenerator: Sendable {
         let categories = ["billing", "outage", "meter", "service", "installation"]
         for id in stride(from: 1, through: self.customers / 10, by: 1) {
             let customer = 1 + random.below(self.customers)
-            let date = eventDay(&random)
+            var date = eventDay(&random)
+            if let through = self.eventsThrough, id % 3 == 0 {
+                // A third in the month running at the demo's today: the dashboard's last-month figures.
+                let (year, month, _) = RFC3339.civilFromDays(through)
+                let monthStart = RFC3339.daysFromCivil(year: year, month: month, day: 1)
+                date = monthStart + (date - firstDataDay) % (through - monthStart + 1)
+            }
             let category = categories[random.below(categories.count)]
-            let resolved = random.unit() < 0.85 ? date + random.below(15) : nil
+            let resolved = (random.unit() < 0.85 ? date + random.below(15) : nil).flatMap { $0 > self.eventsThrough ?? Int.max ? nil : $0 }
             complaints.row { row in
                 row.int(id); row.int(customer); row.date(date); row.text(category)
                 if let resolved { row.date(resolved) } else { row.text("") }

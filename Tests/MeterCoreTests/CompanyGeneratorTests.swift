@@ -25,6 +25,43 @@ import Testing
         }
     }
 
+    /// The quick start's company (`--events-through` today): every panel of the default period has
+    /// installations, complaints (also in the month running now) and technicians' work.
+    @Test(.timeLimit(.minutes(1)))
+    func aDemoCompanyHasEventsInTheDefaultPeriod() async throws {
+        try await withTemporaryDirectory { directory in
+            let today = RFC3339.daysFromCivil(year: 2026, month: 3, day: 20)
+            // History from January last year to last month, as scripts/demo.sh asks.
+            try CompanyGenerator(customers: 400, seed: 42, year: 2025, months: 14, eventsThrough: today).write(to: directory + "/csv")
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            #expect(try CompanyImporter.importDirectory(directory + "/csv", database: database).succeeded)
+            let engine = offlineEngine(database)
+            let nowMs = RFC3339.parseMilliseconds("2026-03-20T12:00:00Z")!
+            let document = try await engine.document(period: engine.defaultPeriod(nowMs: nowMs), region: nil, nowMs: nowMs)
+            #expect(document.period == .init(from: "2025-04", to: "2026-03") && document.currentMonth == "2026-03")
+            // About a tenth of the customers are new, installed by technicians within the period.
+            #expect((25...60).contains(document.installationsInPeriod), "\(document.installationsInPeriod)")
+            #expect(document.newVsReturning.new == document.installationsInPeriod)
+            #expect(document.technicians.reduce(0) { $0 + $1.installations } == document.installationsInPeriod)
+            #expect(document.installationTimeDays != nil)
+            // Complaints over the period and in the month running now; maintenance jobs done.
+            #expect(document.complaintsInPeriod.received > 20)
+            #expect(document.complaints.received > 0)
+            #expect(document.maintenance.processed > 50 && document.technicians.contains { $0.maintenanceJobs > 0 })
+            #expect(document.satisfaction.count > 300)
+            // Nothing is resolved after today, and a new customer has no month before its installation.
+            let late = try String(contentsOfFile: directory + "/csv/maintenance_data.csv", encoding: .utf8)
+                .split(separator: "\n").dropFirst().filter { line in
+                    let resolution = line.split(separator: ",", omittingEmptySubsequences: false)[2]
+                    return resolution > "2026-03-20"
+                }
+            #expect(late.isEmpty)
+            let rows = try CompanyRows(directory: directory + "/csv")
+            let installed = Dictionary(uniqueKeysWithValues: rows.customers.map { ($0.id, monthKey($0.installed)) })
+            #expect(rows.monthly.allSatisfy { $0.month >= installed[$0.customer]! || installed[$0.customer]! < 202_501 })
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func sameSeedSameFilesOtherSeedOtherFiles() async throws {
         try await withTemporaryDirectory { directory in

@@ -11,6 +11,8 @@ let kpiKeys: Set<String> = [
     "consumption_by_region", "top_consumers", "monthly_consumption", "meter_health", "faulty_meters", "reading_latency_ms",
     "revenue_by_region", "revenue_trend", "payment_status", "satisfaction", "new_vs_returning", "complaints",
     "installation_time_days", "maintenance", "technicians", "validation_flags",
+    "read_success_rate", "read_success_daily", "read_success_by_region", "interval_completeness", "lowest_completeness_meters",
+    "current_month", "complaints_in_period", "installations_in_period",
 ]
 
 @Suite struct KPIEngineTests {
@@ -175,6 +177,12 @@ let kpiKeys: Set<String> = [
                 #expect(number(object(document["new_vs_returning"])["new"]) == 0)
                 #expect(number(object(document["complaints"])["received"]) == 0)
                 #expect(list(document["technicians"]).count == 49)
+                // No live reading: no day is judged.
+                #expect(document["read_success_rate"] is NSNull)
+                #expect(list(document["read_success_daily"]).isEmpty)
+                #expect(list(document["read_success_by_region"]).isEmpty)
+                #expect(document["interval_completeness"] is NSNull)
+                #expect(list(document["lowest_completeness_meters"]).isEmpty)
             }
             let atlantis = try await kpiDocument(engine, cases[1].0, region: "Atlantis")
             #expect(number(atlantis["total_customers"]) == 0)

@@ -15,6 +15,9 @@ final class CapturedLogs: @unchecked Sendable {
         Logger(label: "test") { _ in CapturingHandler(sink: self) }
     }
 
+    /// Every entry so far, oldest first.
+    var all: [(message: String, metadata: Logger.Metadata)] { self.lock.withLock { self.entries } }
+
     func append(_ message: String, _ metadata: Logger.Metadata) { self.lock.withLock { self.entries.append((message, metadata)) } }
 
     func meters(_ message: String) -> [String] {

@@ -118,7 +118,7 @@ def kpi_loaded(check):
 def test_every_section_shows_the_figures_the_api_returns(browser, meterd):
     open_page(browser, meterd, PERIOD, kpi_loaded("window.meterd.kpi.period.from === '%d-01'" % YEAR))
     assert browser.execute_script("return window.meterd.hasCharts") is True
-    for section in ["overview", "consumption", "meters", "revenue", "customers", "operations"]:
+    for section in ["overview", "consumption", "meters", "reads", "revenue", "customers", "operations"]:
         assert browser.find_element(By.ID, section).is_displayed(), section
     document = meterd.api("/api/kpi?" + PERIOD)
     assert document["total_customers"] > 0 and document["total_consumption_kwh"] > 0
@@ -301,7 +301,7 @@ def test_every_table_exports_as_csv(browser, meterd):
     open_page(browser, meterd, PERIOD, kpi_loaded("window.meterd.kpi.period.from === '%d-01'" % YEAR))
     tables = browser.execute_script("return Array.from(document.querySelectorAll('#sections [data-table]')).map(e => e.dataset.table)")
     buttons = browser.execute_script("return Array.from(document.querySelectorAll('#sections button[data-export]')).map(e => e.dataset.export)")
-    assert sorted(tables) == sorted(buttons) and len(tables) == 11
+    assert sorted(tables) == sorted(buttons) and len(tables) == 15
 
     # A real download of the top consumers.
     button = browser.find_element(By.CSS_SELECTOR, "button[data-export=top_consumers]")

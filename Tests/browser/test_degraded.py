@@ -56,4 +56,15 @@ def test_without_chartjs_every_figure_is_a_table(browser, meterd_without_chartjs
     browser.find_element(By.CSS_SELECTOR, "[data-table=customer_meters] tbody a").click()
     wait_ready(browser, "window.meterd.state.view === 'meter' && !!window.meterd.meter")
     assert browser.find_element(By.CSS_SELECTOR, "[data-table=meter_months] table").is_displayed()
+
+    # The read success trend, as a table (newest day first) with the API's rates, in the default view.
+    open_page(browser, meterd, "", "window.meterd.kpi && window.meterd.kpi.read_success_daily.length > 0")
+    element = browser.find_element(By.CSS_SELECTOR, "[data-table=read_success_daily] table")
+    assert element.is_displayed()
+    daily = browser.execute_script("return window.meterd.kpi.read_success_daily")
+    assert daily == meterd.api("/api/kpi")["read_success_daily"]
+    rows = browser.execute_script(COLLECT_TABLE, "read_success_daily")
+    assert [row[0] for row in rows] == [d["date"] for d in reversed(daily)]
+    assert all(same(row[1], d["rate"]) for row, d in zip(rows, reversed(daily)))
+    assert browser.find_element(By.CSS_SELECTOR, "[data-table=read_success_regions] table").is_displayed()
     assert severe_console_messages(browser) == []

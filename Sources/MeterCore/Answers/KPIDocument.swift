@@ -9,6 +9,9 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var region: String?
     /// RFC 3339 time the document was computed at.
     package var generatedAt: String
+    /// The period's month still in progress in the configured zone (`YYYY-MM`), whose figures are
+    /// month-to-date; `null` when the period is over.
+    package var currentMonth: String?
     // Overview
     package var totalCustomers: Int
     package var totalConsumptionKwh: Double
@@ -24,6 +27,16 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var faultyMeters: [FaultyMeterEntry]
     package var readingLatencyMs: ReadingLatency
     package var validationFlags: ValidationFlags
+    /// Share of installed meters with at least one reading per day, averaged over the period's
+    /// judged days, 0–1 (``ReadSuccess``); `null` without a judged day.
+    package var readSuccessRate: Double?
+    package var readSuccessDaily: [DailyReadSuccess]
+    package var readSuccessByRegion: [RegionReadSuccess]
+    /// Received ÷ expected readings per meter per judged day, at most 1 a day, averaged over the
+    /// installed meters' judged days, 0–1; `null` without any.
+    package var intervalCompleteness: Double?
+    /// The meters with the lowest interval completeness, lowest first.
+    package var lowestCompletenessMeters: [MeterCompleteness]
     // Revenue
     package var revenueByRegion: [RegionRevenue]
     package var revenueTrend: [MonthRevenue]
@@ -32,14 +45,19 @@ package struct KPIDocument: Codable, Sendable, Equatable {
     package var satisfaction: Satisfaction
     package var newVsReturning: NewVsReturning
     package var complaints: Complaints
+    /// Complaints received and resolved over the whole period (`complaints` is its last month).
+    package var complaintsInPeriod: Complaints
     // Operations
     package var installationTimeDays: Double?
+    /// Installations whose installation date falls in the period.
+    package var installationsInPeriod: Int
     package var maintenance: Maintenance
     package var technicians: [Technician]
 
     enum CodingKeys: String, CodingKey {
         case period, region
         case generatedAt = "generated_at"
+        case currentMonth = "current_month"
         case totalCustomers = "total_customers"
         case totalConsumptionKwh = "total_consumption_kwh"
         case totalRevenue = "total_revenue"
@@ -52,13 +70,20 @@ package struct KPIDocument: Codable, Sendable, Equatable {
         case faultyMeters = "faulty_meters"
         case readingLatencyMs = "reading_latency_ms"
         case validationFlags = "validation_flags"
+        case readSuccessRate = "read_success_rate"
+        case readSuccessDaily = "read_success_daily"
+        case readSuccessByRegion = "read_success_by_region"
+        case intervalCompleteness = "interval_completeness"
+        case lowestCompletenessMeters = "lowest_completeness_meters"
         case revenueByRegion = "revenue_by_region"
         case revenueTrend = "revenue_trend"
         case paymentStatus = "payment_status"
         case satisfaction
         case newVsReturning = "new_vs_returning"
         case complaints
+        case complaintsInPeriod = "complaints_in_period"
         case installationTimeDays = "installation_time_days"
+        case installationsInPeriod = "installations_in_period"
         case maintenance, technicians
     }
 
@@ -135,6 +160,39 @@ package struct KPIDocument: Codable, Sendable, Equatable {
             case .clockBackwards: self.clockBackwards
             case .voltage: self.voltage
             }
+        }
+    }
+
+    /// An entry of `read_success_daily`: a judged day (`YYYY-MM-DD`, the configured zone's) and its
+    /// rate, `null` when no meter was installed that day. Today's is so far.
+    package struct DailyReadSuccess: Codable, Sendable, Equatable {
+        package var date: String
+        package var rate: Double?
+    }
+
+    /// An entry of `read_success_by_region`: the mean of the region's daily rates.
+    package struct RegionReadSuccess: Codable, Sendable, Equatable {
+        package var region: String
+        package var rate: Double?
+    }
+
+    /// An entry of `lowest_completeness_meters`.
+    package struct MeterCompleteness: Codable, Sendable, Equatable {
+        package var meter: String
+        package var customerID: Int64?
+        package var region: String
+        package var completeness: Double
+        package var readings: Int
+        package var expectedReadings: Double
+        /// The interval the expectation assumed: configured, or observed (``ReadSuccess``).
+        package var intervalSeconds: Double
+
+        enum CodingKeys: String, CodingKey {
+            case meter
+            case customerID = "customer_id"
+            case region, completeness, readings
+            case expectedReadings = "expected_readings"
+            case intervalSeconds = "interval_s"
         }
     }
 

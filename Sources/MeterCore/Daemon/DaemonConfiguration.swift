@@ -109,6 +109,8 @@ package struct DaemonConfiguration: Sendable {
     package var httpTLSKey: String?
     /// `allow_insecure`: start even when a listener is open to the network without authentication.
     package var allowInsecure = false
+    /// The `[alert]` section: rules, thresholds and webhooks (SPEC.md section 11).
+    package var alerts = AlertConfiguration()
 
     package init() {}
 
@@ -298,7 +300,9 @@ package struct DaemonConfiguration: Sendable {
         case "clock_skew": self.limits.clockSkewMs = Int64(try positiveInt(31_536_000)) * 1000
         case "max_kwh": self.maximumKwh = try positiveDouble()
         case "register_digits": self.metering.registerDigits = try positiveInt(15)
-        case "expected_interval": self.metering.expectedIntervalMs = Int64(try positiveInt(31_536_000)) * 1000
+        case "expected_interval":
+            self.metering.expectedIntervalMs = Int64(try positiveInt(31_536_000)) * 1000
+            self.metering.configuredIntervalMs = self.metering.expectedIntervalMs
         case "voltage_min", "voltage_max":
             guard let volts = Double(value), volts.isFinite, ReadingParser.voltageRange.contains(volts) else {
                 throw ConfigurationError(key: key, "expected volts between 0 and 1000, got \"\(value)\"")
@@ -341,6 +345,8 @@ package struct DaemonConfiguration: Sendable {
             case "false", "no", "0": self.allowInsecure = false
             default: throw ConfigurationError(key: key, "expected true or false, got \"\(value)\"")
             }
+        case _ where key.hasPrefix("alert.") || key.hasPrefix("alert_"):
+            try self.alerts.set(String(key.dropFirst("alert.".count)), to: value, key: key)
         case "tariff.default": self.tariff.defaultRate = try positiveDouble()
         case _ where key.hasPrefix("tariff.") && key.count > "tariff.".count:
             self.tariff.regionRates[String(key.dropFirst("tariff.".count))] = try positiveDouble()
@@ -350,7 +356,8 @@ package struct DaemonConfiguration: Sendable {
     }
 
     /// Reads a config file: `key = value` lines, `#` comments, and `[section]` headers that prefix
-    /// the keys below them (`[tariff]` then `North = 0.14` sets `tariff.North`). Values may be quoted.
+    /// the keys below them (`[tariff]` then `North = 0.14` sets `tariff.North`; `[alert]` then
+    /// `webhook = …` sets `alert.webhook`, the same as `alert_webhook`). Values may be quoted.
     package mutating func load(configFile text: String, path: String) throws(ConfigurationError) {
         var section = ""
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -407,6 +414,9 @@ package struct DaemonConfiguration: Sendable {
             try configuration.set(key, to: value)
         }
         try configuration.validateSecurity()
+        guard configuration.alerts.webhookRetryInitial <= configuration.alerts.webhookRetryMaximum else {
+            throw ConfigurationError(key: "alert_webhook_retry", "must not be above alert_webhook_retry_max")
+        }
         guard configuration.metering.voltageMinimum < configuration.metering.voltageMaximum else {
             throw ConfigurationError(
                 key: "voltage_min",

@@ -40,6 +40,11 @@ package final class DaemonOperatorQueries: OperatorQueries {
         return states
     }
 
+    package func readSuccessToday(nowMs: Int64) async throws -> [ReadSuccess.RegionDay] {
+        let today = MonthCalendar(timeZone: self.kpi.rules.timeZone).day(ofMilliseconds: nowMs)
+        return try await self.kpi.readSuccessByRegion(on: today, nowMs: nowMs)
+    }
+
     package func inactiveMeters(nowMs: Int64, limit: Int) async throws -> InactiveMeters {
         let count = try await self.store.inactiveMeterCount(region: nil)
         return InactiveMeters(count: count, meters: try await self.store.inactiveMeters(region: nil, limit: limit))

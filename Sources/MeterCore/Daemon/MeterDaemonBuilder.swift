@@ -15,6 +15,7 @@ package struct MeterDaemon: Sendable {
     package let kpi: KPIEngine
     package let liveness: LivenessMonitor
     package let snapshots: SnapshotService
+    package let alerts: AlertEngine
     package let services: [any Service]
     private let logger: Logger
 
@@ -105,9 +106,17 @@ package struct MeterDaemon: Sendable {
         // Operator interfaces: the status socket, HTTP and systemd all read the same live figures.
         let kpi = KPIEngine(store: store, rollups: rollups, settings: KPISettings(configuration))
         self.kpi = kpi
+        // Alerts watch the pipeline, the KPI engine and the liveness sweep; the webhooks get what changes.
+        let webhooks = try WebhookNotifier(configuration: configuration.alerts, statistics: metrics.alerts, logger: logger)
+        let alerts = AlertEngine(
+            configuration: configuration.alerts,
+            sources: AlertSources(
+                pipeline: pipeline, kpi: kpi, readSuccess: KPIReadSuccessRates(kpi: kpi), inactiveAfterSeconds: configuration.inactiveAfterSeconds),
+            store: store, writer: .pipeline(pipeline), notifier: webhooks, statistics: metrics.alerts, logger: logger)
+        self.alerts = alerts
         let liveness = LivenessMonitor(
             store: store, writer: .pipeline(pipeline), inactiveAfterSeconds: configuration.inactiveAfterSeconds,
-            logger: logger)
+            logger: logger, observer: alerts)
         self.liveness = liveness
         let snapshots = SnapshotService(
             engine: kpi, writer: .pipeline(pipeline),
@@ -136,6 +145,7 @@ package struct MeterDaemon: Sendable {
         ).register(on: router)
         Self.logAccess(configuration, users: users, metricsToken: metricsToken, httpTLS: httpTLS, environment: environment, logger: logger)
         OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)
+        AlertRoutes(engine: alerts, regionOfMeter: { name in try await store.meterRecord(named: name)?.region }).register(on: router)
         DashboardRoutes(
             queries: DashboardQueries(store: store, kpi: kpi, operatorQueries: queries), reporter: reporter,
             assets: DashboardAssets(chartJSPath: configuration.dashboardChartJS), logger: logger
@@ -155,11 +165,12 @@ package struct MeterDaemon: Sendable {
 
         // Start order; shutdown runs in reverse: systemd hears STOPPING=1 first, operators' sockets
         // close, then the listener drains into a still-running writer.
-        // The liveness and snapshot services hand work to the writer, so they stop before it.
+        // The liveness, alert and snapshot services hand work to the writer, so they stop before it;
+        // the webhooks outlive the alert engine, which hands them its last changes.
         var services: [any Service] = [pipeline, ingest]
         // SIGHUP reloads the ingest certificate only when there is one (otherwise it ends meterd, as before).
         if let tls { services.append(IngestTLSReloader(tls: tls, logger: logger)) }
-        services += [liveness, snapshots, http, status, notifier]
+        services += [webhooks, alerts, liveness, snapshots, http, status, notifier]
         self.services = services
     }
 

@@ -60,6 +60,10 @@ package struct KPISettings: Sendable {
     package var rules: MeterRules
     /// Most entries in `faulty_meters` (worst first); `meters.faulty` counts them all.
     package var faultyListLimit: Int
+    /// How each meter's expected interval is taken for interval completeness (``ReadSuccess``).
+    package var readIntervals = ReadSuccess.IntervalSettings()
+    /// Most entries in `lowest_completeness_meters`.
+    package var completenessListLimit = 10
 
     package var timeZone: TimeZone { self.rules.timeZone }
 
@@ -76,6 +80,8 @@ package struct KPISettings: Sendable {
     package init(_ configuration: DaemonConfiguration) {
         self.rules = MeterRules(configuration)
         self.faultyListLimit = 100
+        self.readIntervals = ReadSuccess.IntervalSettings(
+            configuredMs: configuration.metering.configuredIntervalMs, fallbackMs: configuration.metering.expectedIntervalMs)
     }
 }
 
@@ -177,12 +183,39 @@ package final class KPIEngine: Sendable {
         return result
     }
 
+    // MARK: Read success
+
+    /// The read success rate and interval completeness of the days `first...last` (``ReadSuccess``),
+    /// of one region or all.
+    package func readSuccess(
+        from first: Day, through last: Day, region: String?, nowMs: Int64 = WallClock.nowMs()
+    ) async throws
+        -> ReadSuccess
+    {
+        let facts = try await self.store.readDays(from: first, through: last, region: region)
+        return ReadSuccess(
+            facts: facts, first: first, last: last, calendar: MonthCalendar(timeZone: self.settings.timeZone), nowMs: nowMs,
+            intervals: self.settings.readIntervals, listLimit: self.settings.completenessListLimit)
+    }
+
+    /// Each region's read success on one day (today's so far): its installed and reporting meters
+    /// and their ratio, by region name; empty for a day that is not judged (before meterd's first
+    /// reading, or in the future). The figure alert rules compare with a threshold.
+    package func readSuccessByRegion(on day: Day, nowMs: Int64 = WallClock.nowMs()) async throws -> [ReadSuccess.RegionDay] {
+        try await self.readSuccess(from: day, through: day, region: nil, nowMs: nowMs).byRegion.compactMap { region in
+            region.days.first.map { ReadSuccess.RegionDay(region: region.region, installed: $0.installed, reporting: $0.reporting) }
+        }
+    }
+
     /// The whole KPI document: one flat object with every key of SPEC.md section 5.
     package func document(period: KPIPeriod, region: String?, nowMs: Int64 = WallClock.nowMs()) async throws -> KPIDocument {
         let monthly = try await self.withStore { store in self.monthlyFigures(store, period: period, region: region) }
         let events = try await self.eventFigures(period: period, region: region)
         let inactive = try await self.store.inactiveMeterCount(region: region)
         let flags = try await self.store.validationFlagCounts(from: period.from, to: period.to, region: region)
+        let calendar = MonthCalendar(timeZone: self.settings.timeZone)
+        let reads = try await self.readSuccess(
+            from: Day.first(of: period.from), through: calendar.lastDay(of: period.to), region: region, nowMs: nowMs)
         // Percent of the customer-months with a status that is good (0), fair (1) or poor (2); a
         // month with only energy spread from a gap has none.
         let withStatus = monthly.health.reduce(0, +)
@@ -192,6 +225,10 @@ package final class KPIEngine: Sendable {
             period: .init(from: period.from.description, to: period.to.description),
             region: region,
             generatedAt: RFC3339.format(millisecondsSinceEpoch: nowMs),
+            currentMonth: { () -> String? in
+                let current = self.rules.currentMonth(nowMs: nowMs)
+                return current >= period.from && current <= period.to ? current.description : nil
+            }(),
             // Overview
             totalCustomers: monthly.totalCustomers,
             totalConsumptionKwh: monthly.totalKwh,
@@ -209,6 +246,15 @@ package final class KPIEngine: Sendable {
             },
             readingLatencyMs: events.latency,
             validationFlags: KPIDocument.ValidationFlags(counts: flags),
+            readSuccessRate: reads.rate,
+            readSuccessDaily: reads.daily.map { .init(date: $0.day.description, rate: $0.rate) },
+            readSuccessByRegion: reads.byRegion.map { .init(region: $0.region, rate: $0.rate) },
+            intervalCompleteness: reads.completeness,
+            lowestCompletenessMeters: reads.lowestCompleteness.map { meter in
+                .init(
+                    meter: meter.meter, customerID: meter.customerID, region: meter.region, completeness: meter.completeness,
+                    readings: meter.readings, expectedReadings: meter.expectedReadings, intervalSeconds: Double(meter.intervalMs) / 1000)
+            },
             // Revenue
             revenueByRegion: monthly.byRegion.map { .init(region: $0.region, revenue: $0.revenue) },
             revenueTrend: monthly.trend.map { .init(month: $0.month.description, revenue: $0.revenue) },
@@ -217,8 +263,10 @@ package final class KPIEngine: Sendable {
             satisfaction: events.satisfaction,
             newVsReturning: .init(new: monthly.newCustomers, returning: monthly.returningCustomers),
             complaints: events.complaints,
+            complaintsInPeriod: events.complaintsInPeriod,
             // Operations
             installationTimeDays: events.installationDays,
+            installationsInPeriod: events.installations,
             maintenance: events.maintenance,
             technicians: events.technicians)
     }
@@ -335,7 +383,9 @@ package final class KPIEngine: Sendable {
         var payments: KPIDocument.PaymentStatus
         var satisfaction: KPIDocument.Satisfaction
         var complaints: KPIDocument.Complaints
+        var complaintsInPeriod: KPIDocument.Complaints
         var installationDays: Double?
+        var installations: Int
         var maintenance: KPIDocument.Maintenance
         var technicians: [KPIDocument.Technician]
     }
@@ -424,6 +474,7 @@ package final class KPIEngine: Sendable {
         }
         return EventFigures(
             latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
-            installationDays: mean(sum("installation")), maintenance: maintenance, technicians: technicians)
+            complaintsInPeriod: .init(received: sum("complaint_received").count, resolved: sum("complaint_resolved").count),
+            installationDays: mean(sum("installation")), installations: sum("installation").count, maintenance: maintenance, technicians: technicians)
     }
 }

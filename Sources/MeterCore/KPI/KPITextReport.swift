@@ -67,6 +67,30 @@ package enum KPITextReport {
                     [row.meter, row.customerID.map(String.init) ?? "-", "\(row.poorMonths)", "\(row.faults)"]
                 })
 
+        out += self.section(
+            "Read success (share of installed meters with a reading, per day)",
+            [["figure", "value"]] + [
+                ["read success rate over the period (%)", self.percent(document.readSuccessRate)],
+                ["interval completeness (%)", self.percent(document.intervalCompleteness)],
+                ["days judged", "\(document.readSuccessDaily.count)"],
+            ])
+        out += self.section(
+            "Read success by region, worst first",
+            [["region", "rate (%)"]]
+                + self.worstFirst(document.readSuccessByRegion).map { row in [row.region, self.percent(row.rate)] })
+        out += self.section(
+            "Read success, last 14 days",
+            [["date", "rate (%)"]] + document.readSuccessDaily.suffix(14).map { row in [row.date, self.percent(row.rate)] })
+        out += self.section(
+            "Lowest interval completeness",
+            [["meter", "region", "completeness (%)", "readings", "expected", "interval (s)"]]
+                + document.lowestCompletenessMeters.map { row in
+                    [
+                        row.meter, row.region, self.percent(row.completeness), "\(row.readings)", self.decimal(row.expectedReadings),
+                        self.decimal(row.intervalSeconds),
+                    ]
+                })
+
         let payments = document.paymentStatus
         let satisfaction = document.satisfaction
         let customers = document.newVsReturning
@@ -100,6 +124,19 @@ package enum KPITextReport {
                     ]
                 })
         return out
+    }
+
+    /// A 0–1 share in percent.
+    private static func percent(_ value: Double?) -> String {
+        self.decimal(value.map { $0 * 100 })
+    }
+
+    /// Regions by rate, lowest first (no rate last), ties by name.
+    private static func worstFirst(_ regions: [KPIDocument.RegionReadSuccess]) -> [KPIDocument.RegionReadSuccess] {
+        regions.sorted { lhs, rhs in
+            let left = lhs.rate ?? .infinity, right = rhs.rate ?? .infinity
+            return left != right ? left < right : lhs.region < rhs.region
+        }
     }
 
     private static func decimal(_ value: Double?) -> String {

@@ -22,6 +22,13 @@ package struct LivenessTransitions: Sendable, Equatable {
     package var cameBack: [String] = []
 }
 
+/// Learns the outcome of every liveness check (the alert engine's `inactive` rule).
+package protocol LivenessObserver: Sendable {
+    /// `inactive` holds every meter flagged inactive after the check, with the time it went silent
+    /// for those this check flagged (`nil` for the others).
+    func livenessChecked(inactive: [String: Int64?], nowMs: Int64) async
+}
+
 /// Flags meters silent longer than `inactive_after` (SPEC.md section 3) in `meter.inactive_since_ms`
 /// and logs every transition; the writer clears the flag on the meter's next reading, and the next
 /// check logs that it came back.
@@ -34,6 +41,7 @@ package final class LivenessMonitor: Service, Sendable {
     private let interval: Duration
     private let logger: Logger
     private let startMs: Int64
+    private let observer: (any LivenessObserver)?
     /// Meters known to be inactive (id → name), `nil` until the first check.
     private let known = NIOLockedValueBox<[Int64: String]?>(nil)
 
@@ -43,10 +51,12 @@ package final class LivenessMonitor: Service, Sendable {
     /// - Parameters:
     ///   - writer: the store's single writer, which applies the flags.
     ///   - interval: time between checks; by default a quarter of `inactiveAfterSeconds`, 1–30 s.
+    ///   - observer: told the inactive meters after every check.
     package init(
         store: any MeterStore, writer: WriterAccess, inactiveAfterSeconds: Int, interval: Duration? = nil,
-        logger: Logger, nowMs: Int64 = WallClock.nowMs()
+        logger: Logger, nowMs: Int64 = WallClock.nowMs(), observer: (any LivenessObserver)? = nil
     ) {
+        self.observer = observer
         self.store = store
         self.writer = writer
         self.inactiveAfterMs = Int64(inactiveAfterSeconds) * 1000
@@ -116,6 +126,11 @@ package final class LivenessMonitor: Service, Sendable {
                 metadata: [
                     "meters.went_inactive": "\(newlyInactive.count)", "meters.came_back": "\(transitions.cameBack.count)",
                 ])
+        }
+        if let observer = self.observer {
+            var inactive: [String: Int64?] = Dictionary(candidates.flagged.map { ($0.name, nil) }, uniquingKeysWith: { first, _ in first })
+            for (_, name, last) in newlyInactive { inactive[name] = last ?? start }
+            await observer.livenessChecked(inactive: inactive, nowMs: nowMs)
         }
         return transitions
     }

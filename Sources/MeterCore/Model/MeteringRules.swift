@@ -23,6 +23,9 @@ package struct MeteringRules: Sendable, Equatable {
     package var maximumKwh = 1_000.0
     /// Readings further apart than this are a gap whose consumption is spread over time.
     package var expectedIntervalMs: Int64 = 900_000
+    /// ``expectedIntervalMs`` when the operator set it (`expected_interval`), `nil` when left at its
+    /// default: interval completeness (``ReadSuccess``) then observes each meter's own interval.
+    package var configuredIntervalMs: Int64?
     /// Voltages a healthy supply stays within (230 V ± 10 %, EN 50160); outside is a `voltage` flag.
     package var voltageMinimum = 207.0
     /// The top of the healthy range (see ``voltageMinimum``).

@@ -55,8 +55,12 @@ package struct Month: Hashable, Comparable, Sendable, CustomStringConvertible {
 package struct MonthCalendar: Sendable {
     package let timeZone: TimeZone
     private var calendar: Calendar
+    /// The Gregorian calendar of the zone, for day arithmetic.
+    var gregorian: Calendar { self.calendar }
     /// The month of the last lookup and its bounds in epoch milliseconds, `[start, end)`.
     private var cached: (month: Month, start: Int64, end: Int64)?
+    /// The day of the last ``day(ofMillisecondsCached:)`` and its bounds: the writer asks once per reading.
+    private var cachedDay: (day: Day, start: Int64, end: Int64)?
 
     package init(timeZone: TimeZone) {
         self.timeZone = timeZone
@@ -74,6 +78,15 @@ package struct MonthCalendar: Sendable {
         let bounds = self.bounds(of: month)
         self.cached = (month, bounds.start, bounds.end)
         return month
+    }
+
+    /// The day holding an instant, from a cache of the last day asked for (the writer's hot path).
+    package mutating func day(ofMillisecondsCached ms: Int64) -> Day {
+        if let cached = self.cachedDay, ms >= cached.start, ms < cached.end { return cached.day }
+        let day = self.day(ofMilliseconds: ms)
+        let bounds = self.bounds(of: day)
+        self.cachedDay = (day, bounds.start, bounds.end)
+        return day
     }
 
     /// The month holding an instant, without touching the cache.

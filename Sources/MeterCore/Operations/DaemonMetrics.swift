@@ -29,8 +29,18 @@ package final class DaemonMetrics: CommitListener {
     private let lastCommitAge: CoreMetrics.Gauge
     private let uptime: CoreMetrics.Gauge
     private let meters: [String: CoreMetrics.Gauge]
+    private let readSuccess: CoreMetrics.Gauge
+    /// Per region, made when a region first shows up.
+    private let regionReadSuccess = Mutex<[String: CoreMetrics.Gauge]>([:])
     private let commitDuration: CoreMetrics.Timer
     private let readingLatency: CoreMetrics.Recorder
+    /// What the alert engine and its webhooks report; the daemon hands it to both.
+    package let alerts = AlertStatistics()
+    private let alertsFiring: [AlertRule: CoreMetrics.Gauge]
+    private let webhookDeliveries: CoreMetrics.Counter
+    private let webhookFailures: CoreMetrics.Counter
+    private let webhookDropped: CoreMetrics.Counter
+    private let webhookQueue: CoreMetrics.Gauge
 
     /// Counter values already reported, so each scrape adds only what is new.
     private let reported = Mutex<[String: Int]>([:])
@@ -52,8 +62,16 @@ package final class DaemonMetrics: CommitListener {
         "meterd_last_commit_age_seconds": "Seconds since the last commit.",
         "meterd_uptime_seconds": "Seconds since meterd started.",
         "meterd_meters": "Meters by liveness state (active, inactive, faulty).",
+        "meterd_read_success_rate":
+            "Today's read success rate so far: the share of installed meters with at least one reading today (0-1).",
+        "meterd_region_read_success_rate": "Today's read success rate so far, per region (0-1).",
         "meterd_commit_duration_seconds": "Time one group commit took, from first write to durable commit.",
         "meterd_reading_latency_seconds": "Reading latency: daemon receive time minus the reading's ts.",
+        "meterd_alerts_firing": "Alerts firing now, by rule (SPEC.md section 11).",
+        "meterd_alert_webhook_deliveries_total": "Alert notifications a webhook accepted (2xx).",
+        "meterd_alert_webhook_failures_total": "Alert webhook POSTs that failed and were retried later.",
+        "meterd_alert_webhook_dropped_total": "Alert notifications dropped because a webhook's queue was full (the alerts stay in the database).",
+        "meterd_alert_webhook_queue": "Alert notifications waiting for their webhooks.",
     ]
 
     package init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -92,8 +110,17 @@ package final class DaemonMetrics: CommitListener {
             uniqueKeysWithValues: ["active", "inactive", "faulty"].map { state in
                 (state, CoreMetrics.Gauge(label: "meterd_meters", dimensions: [("state", state)], factory: factory))
             })
+        self.readSuccess = CoreMetrics.Gauge(label: "meterd_read_success_rate", factory: factory)
         self.commitDuration = CoreMetrics.Timer(label: "meterd_commit_duration_seconds", factory: factory)
         self.readingLatency = CoreMetrics.Recorder(label: "meterd_reading_latency_seconds", aggregate: true, factory: factory)
+        self.alertsFiring = Dictionary(
+            uniqueKeysWithValues: AlertRule.allCases.map { rule in
+                (rule, CoreMetrics.Gauge(label: "meterd_alerts_firing", dimensions: [("rule", rule.rawValue)], factory: factory))
+            })
+        self.webhookDeliveries = CoreMetrics.Counter(label: "meterd_alert_webhook_deliveries_total", factory: factory)
+        self.webhookFailures = CoreMetrics.Counter(label: "meterd_alert_webhook_failures_total", factory: factory)
+        self.webhookDropped = CoreMetrics.Counter(label: "meterd_alert_webhook_dropped_total", factory: factory)
+        self.webhookQueue = CoreMetrics.Gauge(label: "meterd_alert_webhook_queue", factory: factory)
     }
 
     /// Records one commit; called on the writer thread, so it only touches the histograms.
@@ -116,6 +143,9 @@ package final class DaemonMetrics: CommitListener {
             ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
             ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
             ("tls_handshake_failures", statistics.tlsHandshakeFailures.load(ordering: .relaxed), self.tlsHandshakeFailures),
+            ("webhook_deliveries", self.alerts.webhookDeliveries.load(ordering: .relaxed), self.webhookDeliveries),
+            ("webhook_failures", self.alerts.webhookFailures.load(ordering: .relaxed), self.webhookFailures),
+            ("webhook_dropped", self.alerts.webhookDropped.load(ordering: .relaxed), self.webhookDropped),
         ]
         let rejects = statistics.rejectsByCode
         for (code, counter) in self.rejects {
@@ -130,6 +160,8 @@ package final class DaemonMetrics: CommitListener {
                 }
             }
         }
+        for (rule, gauge) in self.alertsFiring { gauge.record(self.alerts.firing(rule)) }
+        self.webhookQueue.record(self.alerts.webhookQueued.load(ordering: .relaxed))
         self.connections.record(statistics.connections.load(ordering: .relaxed))
         self.queueDepth.record(reporter.pipeline.queueDepth)
         self.databaseBytes.record(await reporter.store.sizeInBytes())
@@ -141,6 +173,21 @@ package final class DaemonMetrics: CommitListener {
             self.meters["active"]?.record(counts.active)
             self.meters["inactive"]?.record(counts.inactive)
             self.meters["faulty"]?.record(counts.faulty)
+        }
+        if let regions = try? await reporter.queries.readSuccessToday(nowMs: nowMs), !regions.isEmpty {
+            let installed = regions.reduce(0) { $0 + $1.installed }
+            let reporting = regions.reduce(0) { $0 + $1.reporting }
+            self.readSuccess.record(installed > 0 ? Double(reporting) / Double(installed) : 0)
+            let factory = self.factory
+            self.regionReadSuccess.withLock { gauges in
+                for region in regions {
+                    let gauge =
+                        gauges[region.region]
+                        ?? CoreMetrics.Gauge(label: "meterd_region_read_success_rate", dimensions: [("region", region.region)], factory: factory)
+                    gauges[region.region] = gauge
+                    gauge.record(region.rate ?? 0)
+                }
+            }
         }
         return self.registry.emitToString()
     }

@@ -45,6 +45,18 @@ package enum OperatorOutput {
         return Self.keyValues(rows)
     }
 
+    /// `meterctl alerts`.
+    package static func alerts(_ list: AlertListAnswer, filter: AlertFilter) -> String {
+        guard !list.alerts.isEmpty else {
+            return filter == .resolved ? "No resolved alerts.\n" : (filter == .firing ? "No alerts firing.\n" : "No alerts.\n")
+        }
+        var out = Self.table(
+            headers: ["STATE", "RULE", "SUBJECT", "SINCE", "FIRED", "DETAIL"],
+            rows: list.alerts.map { alert in [alert.state, alert.rule, alert.subject, alert.since, alert.firedAt, alert.detail] })
+        out += "\(list.alerts.count) alerts shown, \(list.firing) firing.\n"
+        return out
+    }
+
     /// `meterctl inactive`.
     package static func inactive(_ inactive: InactiveMetersAnswer) -> String {
         guard !inactive.meters.isEmpty else { return "No inactive meters.\n" }

@@ -79,8 +79,11 @@ package protocol OperatorQueries: Sendable {
     func backup(to path: String) async throws -> BackupAnswer
     /// Where a running import stands, `nil` when none runs; must answer at once.
     func importProgress() -> ImportProgress?
+    /// Each region's read success so far today (``KPIEngine/readSuccessByRegion(on:nowMs:)``), for `/metrics`.
+    func readSuccessToday(nowMs: Int64) async throws -> [ReadSuccess.RegionDay]
 }
 
 extension OperatorQueries {
     package func importProgress() -> ImportProgress? { nil }
+    package func readSuccessToday(nowMs: Int64) async throws -> [ReadSuccess.RegionDay] { [] }
 }

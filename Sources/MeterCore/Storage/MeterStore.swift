@@ -42,6 +42,10 @@ package protocol MeterStore: Sendable {
     func technicianNames() async throws -> [Int: String]
     /// Validation flags raised by readings whose `ts` falls in `from...to`, per rule, of one region or all.
     func validationFlagCounts(from: Month, to: Month, region: String?) async throws -> [ValidationRule: Int]
+    /// What the read success rate and interval completeness of the days `from...through` are
+    /// judged from (``ReadSuccess``): the meters installed by `through` and their readings per day,
+    /// of one region or all.
+    func readDays(from: Day, through: Day, region: String?) async throws -> ReadDayFacts
 
     // MARK: Meters
 
@@ -73,6 +77,12 @@ package protocol MeterStore: Sendable {
 
     /// Which meters each data concentrator may send for (`concentrators.csv`), by concentrator id.
     func concentratorAssignments() async throws -> [String: Set<String>]
+
+    // MARK: Alerts
+
+    /// Alerts in one state (all when `nil`): firing ones oldest first, then resolved ones newest
+    /// first, at most `limit`; and how many fire in all.
+    func alerts(state: AlertState?, limit: Int) async throws -> (alerts: [Alert], firing: Int)
 
     // MARK: Operations
 
@@ -107,6 +117,8 @@ package protocol MeterStoreWriter: AnyObject {
     func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult
     /// Remembers the daemon's time zone for offline tools.
     func recordTimeZone(_ zone: TimeZone) throws
+    /// Inserts or updates alerts by id, then keeps the newest `history` resolved ones.
+    func recordAlerts(_ alerts: [Alert], history: Int) throws
 }
 
 extension MeterStoreWriter {
@@ -308,6 +320,64 @@ package struct LatencyBucketTotal: Sendable, Equatable {
         self.bucket = bucket
         self.count = count
         self.sumMs = sumMs
+    }
+}
+
+/// What the read success rate of some days is judged from (SPEC.md section 11, ``ReadSuccess``).
+package struct ReadDayFacts: Sendable, Equatable {
+    /// A meter with the day it counts as installed from: its customer's installation date or the
+    /// day of its first reading, whichever is earlier.
+    package struct InstalledMeter: Sendable, Equatable {
+        package var id: Int64
+        package var name: String
+        package var customerID: Int64?
+        package var region: String
+        package var installedOn: Day
+
+        package init(id: Int64, name: String, customerID: Int64?, region: String, installedOn: Day) {
+            self.id = id
+            self.name = name
+            self.customerID = customerID
+            self.region = region
+            self.installedOn = installedOn
+        }
+    }
+
+    /// A meter's readings on one day (by their `ts`).
+    package struct MeterDay: Sendable, Equatable {
+        package var meterID: Int64
+        package var day: Day
+        package var readings: Int
+        /// Spacings between the day's readings and their predecessors (positive ones), summed, and
+        /// how many: their mean is the meter's observed interval that day.
+        package var spacingSumMs: Int64
+        package var spacingCount: Int
+
+        package init(meterID: Int64, day: Day, readings: Int, spacingSumMs: Int64 = 0, spacingCount: Int = 0) {
+            self.meterID = meterID
+            self.day = day
+            self.readings = readings
+            self.spacingSumMs = spacingSumMs
+            self.spacingCount = spacingCount
+        }
+    }
+
+    /// When meterd received its first reading: days before are not judged (it was not receiving),
+    /// that day only from then. `nil` before the first reading.
+    package var firstReceivedMs: Int64?
+    /// When meterd received its latest reading, of any meter: today's expected readings count up
+    /// to then, so a figure holds still while nothing arrives and every interface gives the same.
+    package var lastReceivedMs: Int64?
+    /// Meters installed on or before the last day asked for.
+    package var meters: [InstalledMeter]
+    /// Days with readings of those meters, within the days asked for.
+    package var days: [MeterDay]
+
+    package init(firstReceivedMs: Int64?, lastReceivedMs: Int64?, meters: [InstalledMeter], days: [MeterDay]) {
+        self.firstReceivedMs = firstReceivedMs
+        self.lastReceivedMs = lastReceivedMs
+        self.meters = meters
+        self.days = days
     }
 }
 

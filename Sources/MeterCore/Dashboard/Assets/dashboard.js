@@ -22,6 +22,8 @@
     }
     return numberFormats[key].format(value);
   }
+  // A 0–1 share as a percentage.
+  function fmtShare(value, digits) { return value === null || value === undefined ? '—' : fmtNumber(100 * value, digits === undefined ? 1 : digits) + ' %'; }
   function fmtMoney(value) { return value === null || value === undefined ? '—' : '$' + fmtNumber(value, 2); }
   function fmtTime(iso) {
     if (!iso) { return '—'; }
@@ -220,7 +222,26 @@
       element.textContent = text;
       element.dataset.value = value === null || value === undefined ? '' : String(value);
     }
+    for (const element of document.querySelectorAll('[data-share]')) {
+      const value = path(kpi, element.dataset.share);
+      element.textContent = fmtShare(value);
+      element.dataset.value = value === null || value === undefined ? '' : String(value);
+    }
   }
+
+  // A line whose last point is still running (the current month, today): drawn dashed into it,
+  // with a hollow marker, so a partial figure does not read as a collapse.
+  function partialLine(color, values, partialIndex) {
+    const partial = (index) => index === partialIndex;
+    return {
+      borderColor: color, backgroundColor: color, tension: 0.2,
+      pointStyle: values.map((v, i) => partial(i) ? 'rectRot' : 'circle'),
+      pointRadius: values.map((v, i) => partial(i) ? 6 : 3),
+      pointBackgroundColor: values.map((v, i) => partial(i) ? '#fff' : color),
+      segment: { borderDash: (context) => partial(context.p1DataIndex) ? [6, 4] : undefined },
+    };
+  }
+  const toDateCell = (value) => value ? '<span class="to-date" title="still running: the figure so far">to date</span>' : '';
 
   function renderKPI(kpi) {
     lastKPI = kpi;
@@ -231,6 +252,9 @@
     };
     syncFilters();
     document.getElementById('complaints-month').textContent = kpi.period.to;
+    document.getElementById('complaints-period').textContent = `(${kpi.period.from} to ${kpi.period.to})`;
+    // The month still running, if the period holds it: its figures are month-to-date.
+    const toDate = (month) => month === kpi.current_month;
 
     // Consumption
     const byRegion = kpi.consumption_by_region;
@@ -242,13 +266,15 @@
       { key: 'kwh', label: 'kWh', num: true, format: num(0) },
       { key: 'region', label: 'Drill down', format: regionCustomersCell, noCSV: true },
     ], byRegion, { caption: 'Consumption by region' });
-    chart('chart-monthly-consumption', 'line', kpi.monthly_consumption.map(m => m.month),
-      [{ label: 'kWh', data: kpi.monthly_consumption.map(m => m.kwh), borderColor: COLORS[0], backgroundColor: COLORS[0], tension: 0.2 }],
+    const monthlyKwh = kpi.monthly_consumption.map(m => m.kwh);
+    chart('chart-monthly-consumption', 'line', kpi.monthly_consumption.map(m => m.month + (toDate(m.month) ? ' (to date)' : '')),
+      [Object.assign({ label: 'kWh', data: monthlyKwh }, partialLine(COLORS[0], monthlyKwh, kpi.monthly_consumption.findIndex(m => toDate(m.month))))],
       { scales: { y: { beginAtZero: true, title: { display: true, text: 'kWh' } } } });
     renderTable('monthly_consumption', [
       { key: 'month', label: 'Month' }, { key: 'kwh', label: 'kWh', num: true, format: num(0) },
       { key: 'estimated', label: 'Estimated', format: estimatedCell },
-    ], kpi.monthly_consumption, { caption: 'Monthly consumption' });
+      { key: 'to_date', label: 'Month to date', format: toDateCell },
+    ], kpi.monthly_consumption.map(m => Object.assign({ to_date: toDate(m.month) }, m)), { caption: 'Monthly consumption' });
     renderTable('top_consumers', [
       { key: 'rank', label: '#', num: true },
       { key: 'customer_id', label: 'Customer', format: customerCell },
@@ -281,12 +307,14 @@
       { key: 'revenue', label: 'Revenue ($)', num: true, format: money },
       { key: 'region', label: 'Drill down', format: regionCustomersCell, noCSV: true },
     ], revenueByRegion, { caption: 'Revenue by region' });
-    chart('chart-revenue-trend', 'line', kpi.revenue_trend.map(m => m.month),
-      [{ label: 'Revenue', data: kpi.revenue_trend.map(m => m.revenue), borderColor: COLORS[1], backgroundColor: COLORS[1], tension: 0.2 }],
+    const trendRevenue = kpi.revenue_trend.map(m => m.revenue);
+    chart('chart-revenue-trend', 'line', kpi.revenue_trend.map(m => m.month + (toDate(m.month) ? ' (to date)' : '')),
+      [Object.assign({ label: 'Revenue', data: trendRevenue }, partialLine(COLORS[1], trendRevenue, kpi.revenue_trend.findIndex(m => toDate(m.month))))],
       { scales: { y: { beginAtZero: true, title: { display: true, text: 'Revenue ($)' } } } });
     renderTable('revenue_trend', [
       { key: 'month', label: 'Month' }, { key: 'revenue', label: 'Revenue ($)', num: true, format: money },
-    ], kpi.revenue_trend, { caption: 'Revenue trend' });
+      { key: 'to_date', label: 'Month to date', format: toDateCell },
+    ], kpi.revenue_trend.map(m => Object.assign({ to_date: toDate(m.month) }, m)), { caption: 'Revenue trend' });
     const payments = kpi.payment_status;
     const billCount = payments.paid.count + payments.unpaid.count;
     const paymentRows = ['paid', 'unpaid'].map(status => ({
@@ -299,6 +327,37 @@
       { key: 'status', label: 'Status' }, { key: 'count', label: 'Bills', num: true, format: num(0) },
       { key: 'amount', label: 'Amount ($)', num: true, format: money }, { key: 'share', label: '% of bills', num: true, format: num(1) },
     ], paymentRows, { caption: 'Paid and unpaid bills' });
+
+    // Read success: today (the last judged day while the period runs) is so far.
+    const daily = kpi.read_success_daily;
+    const today = kpi.current_month !== null && daily.length > 0 ? daily.length - 1 : -1;
+    const dailyRates = daily.map(d => d.rate);
+    document.getElementById('read-days').textContent = fmtNumber(daily.length, 0);
+    chart('chart-read-success', 'line', daily.map((d, i) => d.date + (i === today ? ' (so far)' : '')),
+      [Object.assign({ label: 'Read success', data: dailyRates }, partialLine(COLORS[5], dailyRates, today))],
+      {
+        scales: { y: { beginAtZero: true, suggestedMax: 1, ticks: { callback: (value) => fmtShare(value, 0) }, title: { display: true, text: 'meters with a reading' } } },
+        plugins: { legend: { display: false }, tooltip: { callbacks: { label: (context) => fmtShare(context.parsed.y) } } },
+      });
+    const share = (value) => esc(fmtShare(value));
+    renderTable('read_success_daily', [
+      { key: 'date', label: 'Date' }, { key: 'rate', label: 'Read success (%)', num: true, format: share },
+      { key: 'so_far', label: 'Today so far', format: toDateCell },
+    ], daily.map((d, i) => Object.assign({ so_far: i === today }, d)).reverse(), { caption: 'Read success per day' });
+    const worstRegions = kpi.read_success_by_region.slice().sort((a, b) => {
+      const left = a.rate === null ? Infinity : a.rate, right = b.rate === null ? Infinity : b.rate;
+      return left !== right ? left - right : (a.region < b.region ? -1 : 1);
+    });
+    renderTable('read_success_regions', [
+      { key: 'region', label: 'Region', format: regionCell }, { key: 'rate', label: 'Read success (%)', num: true, format: share },
+    ], worstRegions, { caption: 'Regions by read success' });
+    renderTable('lowest_completeness', [
+      { key: 'meter', label: 'Meter', format: meterCell }, { key: 'region', label: 'Region', format: regionCell },
+      { key: 'completeness', label: 'Completeness (%)', num: true, format: share },
+      { key: 'readings', label: 'Readings', num: true, format: num(0) },
+      { key: 'expected_readings', label: 'Expected', num: true, format: num(0) },
+      { key: 'interval_s', label: 'Interval (s)', num: true, format: num(0) },
+    ], kpi.lowest_completeness_meters, { caption: 'Meters with the lowest interval completeness' });
 
     // Customers
     const distribution = ['1', '2', '3', '4', '5'].map(score => ({ score, count: kpi.satisfaction.distribution[score] }));
@@ -342,6 +401,33 @@
     if (status) {
       element.dataset.readingsPerS = String(status.readings_per_s);
       element.dataset.readingsTotal = String(status.readings_total);
+    }
+  }
+
+  // ---- alerts (SPEC.md section 11): firing first, then the most recently resolved -------------
+  const alertSubjectCell = (value, row) => {
+    if (row.rule === 'inactive' || row.rule === 'faulty') { return meterCell(value, {}); }
+    if (row.rule === 'read_success') { return regionCell(value); }
+    return esc(value);
+  };
+  function renderAlerts(answer) {
+    document.getElementById('alerts-count').textContent = `(${fmtNumber(answer.firing, 0)} firing)`;
+    renderTable('alerts', [
+      { key: 'state', label: 'State', format: (value) => `<span class="alert-${esc(value)}">${esc(value)}</span>` },
+      { key: 'rule', label: 'Rule' },
+      { key: 'subject', label: 'Subject', format: alertSubjectCell },
+      { key: 'since', label: 'Since', format: (value) => esc(fmtTime(value)) },
+      { key: 'fired_at', label: 'Fired', format: (value) => esc(fmtTime(value)) },
+      { key: 'detail', label: 'Detail' },
+      { key: 'id', label: 'Alert ID' },
+    ], answer.alerts, { caption: 'Alerts', count: `${fmtNumber(answer.firing, 0)} firing, ${answer.alerts.length} shown` });
+  }
+  async function loadAlerts() {
+    // A daemon without the alert API (or a failing one) leaves the rest of the dashboard alone.
+    const answer = await api('/api/alerts?limit=100').catch(() => null);
+    if (answer) {
+      renderAlerts(answer);
+      window.meterd.alerts = answer;
     }
   }
 
@@ -397,6 +483,7 @@
     renderKPI(kpi);
     renderInactive(inactive);
     renderStatus(status);
+    await loadAlerts();
     window.meterd.kpi = kpi;
     window.meterd.inactive = inactive;
     markLoaded(kpi.generated_at);

@@ -238,6 +238,46 @@ package final class MeterDatabase: Sendable {
                     CREATE INDEX validation_flag_by_meter ON validation_flag (meter_id, ts_ms);
                     """)
         }
+        migrator.registerMigration("v9-read-success") { db in
+            // The read success rate and interval completeness (SPEC.md section 11): readings per
+            // meter per calendar day of their `ts` in the configured zone, kept by the writer like
+            // `meter_month` (keyed by day first, so one commit's rows share pages), with the spacings
+            // to each reading's predecessor (the meter's observed interval). `meter.first_reading_day` is
+            // the earliest day a meter reported: it counts as installed from then at the latest.
+            // Days are those of the daemon's zone, which SQL cannot compute: the writer fills both
+            // from the readings already stored when it next opens (`read_days_backfill`).
+            try db.execute(
+                sql: """
+                    CREATE TABLE meter_day (
+                        day INTEGER NOT NULL,
+                        meter_id INTEGER NOT NULL,
+                        readings INTEGER NOT NULL,
+                        spacing_sum_ms INTEGER NOT NULL DEFAULT 0,
+                        spacing_count INTEGER NOT NULL DEFAULT 0,
+                        PRIMARY KEY (day, meter_id)
+                    ) WITHOUT ROWID;
+                    ALTER TABLE meter ADD COLUMN first_reading_day INTEGER;
+                    INSERT INTO store_setting (name, value) SELECT 'read_days_backfill', '1' WHERE EXISTS (SELECT 1 FROM reading);
+                    """)
+        }
+        migrator.registerMigration("v10-alerts") { db in
+            // Alerts (SPEC.md section 11), one row per episode of a rule's condition on a subject:
+            // `resolved_ms` is NULL while it fires. The partial index finds the firing ones at start-up
+            // and for every listing without reading the resolved history.
+            try db.execute(
+                sql: """
+                    CREATE TABLE alert (
+                        id TEXT PRIMARY KEY,
+                        rule TEXT NOT NULL,
+                        subject TEXT NOT NULL,
+                        fired_ms INTEGER NOT NULL,
+                        resolved_ms INTEGER,
+                        detail TEXT NOT NULL
+                    ) WITHOUT ROWID;
+                    CREATE INDEX alert_firing ON alert (fired_ms) WHERE resolved_ms IS NULL;
+                    CREATE INDEX alert_resolved ON alert (resolved_ms) WHERE resolved_ms IS NOT NULL;
+                    """)
+        }
         return migrator
     }
 }

@@ -59,6 +59,29 @@ extension IngestWriter {
     }
 }
 
+extension IngestWriter {
+    package func recordAlerts(_ alerts: [Alert], history: Int) throws {
+        guard !alerts.isEmpty else { return }
+        try self.database.pool.write { db in
+            let upsert = try db.makeStatement(
+                sql: """
+                    INSERT INTO alert (id, rule, subject, fired_ms, resolved_ms, detail) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (id) DO UPDATE SET resolved_ms = excluded.resolved_ms, detail = excluded.detail
+                    """)
+            for alert in alerts {
+                try upsert.execute(arguments: [alert.id, alert.rule.rawValue, alert.subject, alert.firedMs, alert.resolvedMs, alert.detail])
+            }
+            if alerts.contains(where: { $0.state == .resolved }) {
+                try db.execute(
+                    sql: """
+                        DELETE FROM alert WHERE resolved_ms IS NOT NULL AND resolved_ms < (
+                            SELECT resolved_ms FROM alert WHERE resolved_ms IS NOT NULL ORDER BY resolved_ms DESC LIMIT 1 OFFSET ?)
+                        """, arguments: [history - 1])
+            }
+        }
+    }
+}
+
 extension ImportContext {
     /// Imports one file by its name (which says what it holds) in one transaction.
     static func importFile(_ path: String, database: MeterDatabase, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {

@@ -16,6 +16,8 @@ import Logging
 /// Each flush records in `ingest_watermark` the highest reading rowid its aggregates cover, in the
 /// same transaction; on open, readings past the watermark (those a crash left unaggregated) are
 /// applied again, so the aggregates and the high-water marks always equal the stored readings.
+/// The same holds for `meter_day` (readings per meter per day of `ts`, for the read success rate):
+/// it is one more aggregate of the fold, written with the others.
 ///
 /// Register readings (``MeteringRules``) get their consumption here, from the meter's cached
 /// baseline, before they are stored; the row keeps the derived `kwh`, the register and the start
@@ -86,6 +88,7 @@ package final class IngestWriter: MeterStoreWriter {
         self.unknownMeters = unknownMeters
         self.metering = metering
         try self.reloadMeters()
+        try self.backfillReadDays()
         try self.recoverAggregates()
     }
 
@@ -159,6 +162,8 @@ package final class IngestWriter: MeterStoreWriter {
         var readings = 0
         var faults = 0
         var duplicates = 0
+        /// The earliest day (``Day/key``) a reading of this run fell on: the meter row keeps the earliest of all.
+        var firstDay: Int?
 
         mutating func recordDuplicate(receivedMs: Int64) {
             self.lastReceivedMs = receivedMs
@@ -197,6 +202,36 @@ package final class IngestWriter: MeterStoreWriter {
             self.readings += later.readings
             self.faults += later.faults
             self.duplicates += later.duplicates
+            if let day = later.firstDay { self.firstDay = min(self.firstDay ?? day, day) }
+        }
+    }
+
+    /// A meter's day: the `meter_day` row of the read success rate and interval completeness.
+    private struct DayKey: Hashable {
+        var day: Int
+        var meterID: Int64
+    }
+
+    /// What a run of readings adds to a meter's day.
+    private struct DayDelta {
+        var readings = 0
+        /// Spacings to the meter's previous reading (positive ones only), summed, and how many:
+        /// the meter's observed interval that day is their mean.
+        var spacingSumMs: Int64 = 0
+        var spacingCount = 0
+
+        mutating func add(timestampMs: Int64, previousMs: Int64?) {
+            self.readings += 1
+            if let previousMs, timestampMs > previousMs {
+                self.spacingSumMs += timestampMs - previousMs
+                self.spacingCount += 1
+            }
+        }
+
+        mutating func merge(_ other: DayDelta) {
+            self.readings += other.readings
+            self.spacingSumMs += other.spacingSumMs
+            self.spacingCount += other.spacingCount
         }
     }
 
@@ -217,6 +252,7 @@ package final class IngestWriter: MeterStoreWriter {
         var meters: [Int64: MeterDelta] = [:]
         var months: [MonthKey: AggregateDelta.Month] = [:]
         var latencies: [LatencyKey: (count: Int, sumMs: Int64)] = [:]
+        var days: [DayKey: DayDelta] = [:]
         /// Highest rowid of a reading these aggregates cover.
         var highRowID: Int64?
 
@@ -245,6 +281,9 @@ package final class IngestWriter: MeterStoreWriter {
             for (key, latency) in later.latencies {
                 self.latencies[key, default: (0, 0)].count += latency.count
                 self.latencies[key, default: (0, 0)].sumMs += latency.sumMs
+            }
+            for (key, day) in later.days {
+                self.days[key, default: DayDelta()].merge(day)
             }
             if let high = later.highRowID { self.highRowID = high }
         }
@@ -477,7 +516,8 @@ package final class IngestWriter: MeterStoreWriter {
                     last_register_kwh = CASE WHEN ?6 THEN ?13 ELSE last_register_kwh END,
                     last_register_ts_ms = CASE WHEN ?6 THEN ?14 ELSE last_register_ts_ms END,
                     zero_since_ms = CASE WHEN ?6 THEN ?15 ELSE zero_since_ms END,
-                    zero_flagged = CASE WHEN ?6 THEN ?16 ELSE zero_flagged END
+                    zero_flagged = CASE WHEN ?6 THEN ?16 ELSE zero_flagged END,
+                    first_reading_day = CASE WHEN ?17 IS NULL THEN first_reading_day ELSE min(COALESCE(first_reading_day, ?17), ?17) END
                 WHERE id = ?12
                 """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
@@ -498,6 +538,7 @@ package final class IngestWriter: MeterStoreWriter {
             if let ts = delta.lastRegisterTimestampMs { updateMeter.bind(14, ts) } else { updateMeter.bind(14, nil as String?) }
             if let since = delta.zeroRun.sinceMs { updateMeter.bind(15, since) } else { updateMeter.bind(15, nil as String?) }
             updateMeter.bind(16, delta.zeroRun.flagged ? 1 : 0)
+            if let day = delta.firstDay { updateMeter.bind(17, day) } else { updateMeter.bind(17, nil as String?) }
             try updateMeter.execute()
         }
 
@@ -559,6 +600,7 @@ package final class IngestWriter: MeterStoreWriter {
                 try upsert.execute()
             }
         }
+        try Self.writeDays(aggregates.days, db: db)
         if let high = aggregates.highRowID {
             // A cached statement: `db.execute(sql:)` would compile it again at every commit.
             let updateWatermark = try RawStatement(db, sql: "UPDATE ingest_watermark SET reading_rowid = ? WHERE id = 1")
@@ -566,6 +608,64 @@ package final class IngestWriter: MeterStoreWriter {
             try updateWatermark.execute()
         }
         return AggregateDelta(months: Array(aggregates.months.values), position: aggregates.highRowID)
+    }
+
+    /// Adds days to `meter_day`. Keyed by day first: a commit's rows are today's, so they share a few
+    /// neighbouring pages rather than one page per meter; an UPDATE first, an INSERT only for a
+    /// meter's first reading of a day (as for `meter_month`).
+    private static func writeDays(_ days: [DayKey: DayDelta], db: Database) throws {
+        guard !days.isEmpty else { return }
+        let update = try RawStatement(
+            db,
+            sql: """
+                UPDATE meter_day SET readings = readings + ?3, spacing_sum_ms = spacing_sum_ms + ?4,
+                    spacing_count = spacing_count + ?5
+                WHERE day = ?1 AND meter_id = ?2
+                """)
+        let insert = try RawStatement(
+            db,
+            sql: """
+                INSERT INTO meter_day (day, meter_id, readings, spacing_sum_ms, spacing_count) VALUES (?, ?, ?, ?, ?)
+                """)
+        func bindAndRun(_ statement: RawStatement, _ key: DayKey, _ delta: DayDelta) throws {
+            statement.bind(1, key.day)
+            statement.bind(2, key.meterID)
+            statement.bind(3, delta.readings)
+            statement.bind(4, delta.spacingSumMs)
+            statement.bind(5, delta.spacingCount)
+            try statement.execute()
+        }
+        for (key, delta) in days.sorted(by: { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }) {
+            try bindAndRun(update, key, delta)
+            if update.changes == 0 { try bindAndRun(insert, key, delta) }
+        }
+    }
+
+    /// Fills `meter_day` and `meter.first_reading_day` from the readings stored before they existed
+    /// (migration `v9-read-success` leaves a `read_days_backfill` setting): once, in one transaction,
+    /// for the readings the aggregates already cover; ``recoverAggregates()`` folds those past them.
+    private func backfillReadDays() throws {
+        try self.database.pool.write { db in
+            guard try String.fetchOne(db, sql: "SELECT value FROM store_setting WHERE name = 'read_days_backfill'") != nil else { return }
+            let watermark = try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1") ?? 0
+            var days: [DayKey: DayDelta] = [:]
+            var previous: [Int64: Int64] = [:]
+            var firstDays: [Int64: Int] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT meter_id, ts_ms FROM reading WHERE rowid <= ? ORDER BY rowid", arguments: [watermark])
+            while let row = try rows.next() {
+                let meterID: Int64 = row[0]
+                let timestampMs: Int64 = row[1]
+                let day = self.calendar.day(ofMillisecondsCached: timestampMs).key
+                days[DayKey(day: day, meterID: meterID), default: DayDelta()].add(timestampMs: timestampMs, previousMs: previous[meterID])
+                previous[meterID] = timestampMs
+                firstDays[meterID] = min(firstDays[meterID] ?? day, day)
+            }
+            try Self.writeDays(days, db: db)
+            for (meterID, day) in firstDays {
+                try db.execute(sql: "UPDATE meter SET first_reading_day = ? WHERE id = ?", arguments: [day, meterID])
+            }
+            try db.execute(sql: "DELETE FROM store_setting WHERE name = 'read_days_backfill'")
+        }
     }
 
     /// Folds one stored reading into the meter's cached state and the aggregates: the one step a
@@ -578,6 +678,7 @@ package final class IngestWriter: MeterStoreWriter {
         _ reading: Reading, spanStartMs: Int64?, receivedMs: Int64, rowID: Int64, slot: Int, into batch: inout BatchAggregates
     ) -> Int64 {
         var state = self.meterStates[slot]
+        let previousMs = state.lastTimestampMs
         // The rules that span readings, advanced as ``apply`` judged them, from the state before this reading.
         let consumption = self.knownConsumption(reading, before: state)
         let regular = self.isRegular(reading, after: state)
@@ -601,6 +702,10 @@ package final class IngestWriter: MeterStoreWriter {
             .record(
                 reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
                 zeroRun: state.zeroRun)
+        // The meter's day, by `ts` like its month: presence and spacing for the read success rate.
+        let day = self.calendar.day(ofMillisecondsCached: reading.timestampMs).key
+        batch.meters[state.id]!.firstDay = min(batch.meters[state.id]!.firstDay ?? day, day)
+        batch.days[DayKey(day: day, meterID: state.id), default: DayDelta()].add(timestampMs: reading.timestampMs, previousMs: previousMs)
         let latency = max(0, receivedMs - reading.timestampMs)
         let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
         if let spanStartMs, spanStartMs < reading.timestampMs {

@@ -163,6 +163,47 @@ package final class SQLiteMeterStore: MeterStore {
         }
     }
 
+    package func readDays(from: Day, through: Day, region: String?) async throws -> ReadDayFacts {
+        try await self.database.pool.read { db in
+            let received = try Row.fetchOne(db, sql: "SELECT min(first_seen_ms), max(last_received_ms) FROM meter")
+            // The customer's installation date as a day key (its text's first ten characters),
+            // or the meter's first day of readings, whichever is earlier.
+            let installed = """
+                CASE WHEN c.installed_on IS NULL OR length(c.installed_on) < 10 THEN m.first_reading_day
+                     WHEN m.first_reading_day IS NULL THEN CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)
+                     ELSE min(m.first_reading_day, CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)) END
+                """
+            var meterArguments: StatementArguments = [through.key]
+            if let region { meterArguments += [region] }
+            let meters = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.id, m.name, m.customer_id, m.region, \(installed) AS installed_day
+                    FROM meter m LEFT JOIN customer c ON c.id = m.customer_id
+                    WHERE installed_day <= ?\(region == nil ? "" : " AND m.region = ?") ORDER BY m.id
+                    """, arguments: meterArguments
+            ).map { row in
+                ReadDayFacts.InstalledMeter(
+                    id: row["id"], name: row["name"], customerID: row["customer_id"], region: row["region"],
+                    installedOn: Day(key: row["installed_day"]))
+            }
+            var dayArguments: StatementArguments = [from.key, through.key]
+            if let region { dayArguments += [region] }
+            let days = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT d.day, d.meter_id, d.readings, d.spacing_sum_ms, d.spacing_count FROM meter_day d
+                    \(region == nil ? "" : "JOIN meter m ON m.id = d.meter_id ")WHERE d.day >= ? AND d.day <= ?\(region == nil ? "" : " AND m.region = ?")
+                    """, arguments: dayArguments
+            ).map { row in
+                ReadDayFacts.MeterDay(
+                    meterID: row["meter_id"], day: Day(key: row["day"]), readings: row["readings"],
+                    spacingSumMs: row["spacing_sum_ms"], spacingCount: row["spacing_count"])
+            }
+            return ReadDayFacts(firstReceivedMs: received?[0], lastReceivedMs: received?[1], meters: meters, days: days)
+        }
+    }
+
     package func technicianNames() async throws -> [Int: String] {
         try await self.database.pool.read { db in
             var names: [Int: String] = [:]
