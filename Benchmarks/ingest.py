@@ -5,6 +5,9 @@ Scenarios
   a  10,000 connections flat out, a bounded burst per meter
   b  10,000 meters at 1 reading per second for 60 s
   c  1,000 connections flat out
+  a-tls  scenario (a) over TLS with meter_auth = certificate (issue 15): each of the 10,000
+         connections a full mutual ECDSA P-256 handshake, with a data concentrator's certificate
+         whose concentrators.csv lists every meter; run it beside (a) to compare CPU per million
   burst100  10,000 connections, each writing its 100 readings as fast as the socket takes them
             (meter-sim --burst --half-close), then half-closing and reading acks until meterd closes
   burst1000  the same with 1,000 readings per meter: what the kernel buffers beyond what meterd
@@ -25,9 +28,11 @@ Figures per scenario: readings acknowledged per second, meterd CPU-seconds per m
 queue_depth the status socket showed (sampled every 20 ms), ack latency p50/p99 (meter-sim's
 histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
-  Benchmarks/ingest.py [--scenarios a,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,floor] [--json FILE] [--bin DIR] [--quick]
+  Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,floor] [--json FILE] [--bin DIR] [--quick]
 """
 import argparse, csv, json, os, resource, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -146,9 +151,12 @@ def loss_check(db_path, ledger_path):
     return missing, duplicates, kwh_diff
 
 
-def measured(name, bindir, work, meterd_args, drive):
+def measured(name, bindir, work, meterd_args, drive, prepare=None):
     """Starts meterd, runs drive(daemon) as its load, and measures meterd around it."""
     data = os.path.join(work, f"data-{name}")
+    if prepare:
+        os.makedirs(data, exist_ok=True)
+        prepare(data)
     daemon = Daemon(bindir, data, meterd_args)
     daemon.wait_ready()
     idle_rss = rss_mb(daemon.proc.pid)
@@ -162,7 +170,7 @@ def measured(name, bindir, work, meterd_args, drive):
     return os.path.join(data, "meterd.sqlite"), taken
 
 
-def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
+def run_scenario(name, bindir, meters, sim_args, work, meterd_args=(), prepare=None):
     report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
 
     def drive(daemon):
@@ -171,7 +179,7 @@ def run_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
              "--meters", str(meters), "--report", report, "--ledger", ledger, "--seed", "7", *sim_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).returncode
 
-    database, m = measured(name, bindir, work, meterd_args, drive)
+    database, m = measured(name, bindir, work, meterd_args, drive, prepare)
     missing, duplicates, _ = loss_check(database, ledger)
     return {**figures(name, meters, json.load(open(report)), m.pop("cpu"), m.pop("rss")), **m, "lost": missing, "stored_twice": duplicates}
 
@@ -211,6 +219,26 @@ def figures(name, meters, summary, cpu, rss):
         "ack_p50_ms": summary["ack_latency"].get("p50_ms"), "ack_p99_ms": summary["ack_latency"].get("p99_ms"),
         "unacked": summary["unacked"],
     }
+
+
+def tls_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
+    """Scenario (a) over TLS with meter_auth = certificate: every connection a full mutual handshake
+    (ECDSA P-256, scripts/make-certs.sh) with one data concentrator's certificate, whose
+    concentrators.csv lists every meter, so each reading is checked against the certificate."""
+    certs = os.path.join(work, "certs")
+    if not os.path.exists(os.path.join(certs, "concentrator.pem")):
+        subprocess.run([os.path.join(REPO, "scripts", "make-certs.sh"), "--out", certs, "--meters", str(meters), "--concentrator-only"],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def prepare(data):
+        subprocess.run([os.path.join(bindir, "meterctl"), "import", certs, "--db", os.path.join(data, "meterd.sqlite")],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    tls_meterd = ["--ingest-tls-cert", os.path.join(certs, "server.pem"), "--ingest-tls-key", os.path.join(certs, "server.key"),
+                  "--ingest-tls-client-ca", os.path.join(certs, "ca.pem"), "--meter-auth", "certificate"]
+    tls_sim = ["--tls-ca", os.path.join(certs, "ca.pem"), "--tls-cert", os.path.join(certs, "concentrator.pem"),
+               "--tls-key", os.path.join(certs, "concentrator.key")]
+    return run_scenario(name, bindir, meters, [*sim_args, *tls_sim], work, [*meterd_args, *tls_meterd], prepare)
 
 
 def floor_scenario(bindir, meters, sim_args, work):
@@ -295,6 +323,9 @@ def main():
             elif name == "floor":
                 meters, sim_args = scenarios["b"]
                 results.append(floor_scenario(bindir, meters, sim_args, work))
+            elif name == "a-tls":
+                meters, sim_args = scenarios["a"]
+                results.append(tls_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
             else:
                 meters, sim_args = scenarios[name]
                 results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))

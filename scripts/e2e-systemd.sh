@@ -4,8 +4,9 @@
 #
 #   scripts/e2e-systemd.sh [BIN_DIR]
 #
-# BIN_DIR holds release meterd and meterctl built with --static-swift-stdlib; without it they
-# are built into .build-e2e. Needs root and systemd-nspawn (apt-get install -y systemd-container).
+# BIN_DIR holds meterd and meterctl: release binaries built with --static-swift-stdlib, or any
+# build linked to a toolchain's runtime (CI passes its debug build; the toolchain is bound in
+# read-only). Without it they are built into .build-e2e. Needs root and systemd-nspawn (apt-get install -y systemd-container).
 # Checks: install.sh, socket activation on the first connection, READY (unit active only after
 # it), STATUS= text, meterctl over the status socket, structured journal fields, a watchdog
 # restart while the writer is stalled by a held SQLite lock, and a clean stop with STOPPING=1.
@@ -68,12 +69,21 @@ until_ok() {
 
 mkdir -p "$W/ul/bin"
 install -m 0755 "$bins/meterd" "$bins/meterctl" "$W/ul/bin/"
+# Binaries linked to the toolchain's Swift runtime (a debug build, as CI has) find it read-only
+# at the same path; the container's volatile root brings only /usr from the host.
+toolchain=
+runtime=$(ldd "$bins/meterd" | awk '/libswiftCore\.so/ { print $3 }')
+case "$runtime" in
+    /usr/*|"") ;;
+    *) toolchain=${runtime%/usr/lib/swift/linux/libswiftCore.so} ;;
+esac
 echo 'disable *' > "$W/00-ci.preset"
 
 echo "e2e: booting a container..."
 systemd-nspawn --quiet --register=no --keep-unit --volatile=yes -D / --private-network \
     --overlay=/usr/local:"$W/ul":/usr/local --bind-ro="$repo/Deploy":/opt/meterd/Deploy \
     --bind-ro="$W/00-ci.preset":/etc/systemd/system-preset/00-ci.preset \
+    ${toolchain:+--bind-ro="$toolchain"} \
     --console=passive -b systemd.firstboot=off >"$W/nspawn.log" 2>&1 &
 NSPAWN=$!
 L=
@@ -151,7 +161,7 @@ LOCKER=$!
 sleep 1
 inside timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/7700; printf '%s\n' '{\"meter\":\"MTR-E2E\",\"seq\":2,\"ts\":\"$now\",\"kwh\":0.5}' >&3; sleep 4" || true
 restarted() { [ "$(inside systemctl show -P NRestarts meterd.service)" -gt "$restarts_before" ]; }
-until_ok 300 restarted || { kill "$LOCKER" 2>/dev/null; fail "no restart after the writer stalled"; }
+until_ok 300 restarted || { kill "$LOCKER" 2>/dev/null || true; fail "no restart after the writer stalled"; }
 inside journalctl -u meterd --no-pager | grep -q 'Watchdog timeout' || fail "restart was not the watchdog's"
 inside pkill -x sqlite3 || true
 wait "$LOCKER" 2>/dev/null || true
@@ -169,4 +179,43 @@ inside systemctl stop meterd.service
 inside journalctl -u meterd --no-pager | grep -q 'Told systemd meterd is stopping' || fail "no STOPPING=1"
 [ "$(inside systemctl show -P Result meterd.service)" = success ] || fail "stop result: $(inside systemctl show -P Result meterd.service)"
 pass "STOPPING=1 and a clean stop (Result=success)"
+
+# The same hardened unit with TLS ingest and meter_auth = certificate (README "Security").
+"$repo/scripts/make-certs.sh" --out "$W/tls" --meter MTR-TLS-1 --meter MTR-TLS-2 >/dev/null
+inside mkdir -p /etc/meterd/tls /root/tls
+for file in server.pem server.key ca.pem; do inside sh -c "cat > /etc/meterd/tls/$file" <"$W/tls/$file"; done
+inside chgrp meterd /etc/meterd/tls/server.key
+inside chmod 0640 /etc/meterd/tls/server.key
+for file in ca.pem meters/MTR-TLS-1.pem meters/MTR-TLS-1.key; do inside sh -c "cat > /root/tls/${file##*/}" <"$W/tls/$file"; done
+inside sed -i -e 's|^# ingest_tls_cert = .*|ingest_tls_cert = /etc/meterd/tls/server.pem|' \
+    -e 's|^# ingest_tls_key = .*|ingest_tls_key = /etc/meterd/tls/server.key|' \
+    -e 's|^# ingest_tls_client_ca = .*|ingest_tls_client_ca = /etc/meterd/tls/ca.pem|' \
+    -e 's|^# meter_auth = .*|meter_auth = certificate|' /etc/meterd/meterd.conf
+inside systemctl start meterd.service
+inside journalctl -u meterd --no-pager -o json | grep '"MESSAGE":"Ingest TLS on"' | grep -q '"METER_AUTH":"certificate"' ||
+    inside journalctl -u meterd --no-pager | grep -q 'Ingest TLS on' || fail "meterd did not start with ingest TLS"
+send_tls() {  # send LINES as the meter whose certificate is $3 (or none), print the first N answer lines
+    # s_client ends when its input does: keep that open long enough for the answer.
+    inside timeout 20 sh -c '(printf "%s" "$1"; sleep 3) | openssl s_client -quiet -no_ign_eof -verify_return_error \
+        -connect 127.0.0.1:7700 -servername localhost -CAfile /root/tls/ca.pem $3 2>/dev/null | head -n "$2"' sh "$1" "$2" "$3"
+}
+as_meter="-cert /root/tls/MTR-TLS-1.pem -key /root/tls/MTR-TLS-1.key"
+answer=$(send_tls "{\"meter\":\"MTR-TLS-1\",\"seq\":1,\"ts\":\"$now\",\"kwh\":0.5}
+" 1 "$as_meter") || true
+[ "$answer" = '{"meter":"MTR-TLS-1","ack":1}' ] || fail "a meter with its own certificate was not acked: '$answer'"
+answer=$(send_tls "{\"meter\":\"MTR-TLS-2\",\"seq\":1,\"ts\":\"$now\",\"kwh\":0.5}
+" 1 "$as_meter") || true
+case "$answer" in '{"error":"forbidden","line":1,'*) ;; *) false ;; esac || fail "MTR-TLS-1's certificate sending for MTR-TLS-2 was answered '$answer'"
+answer=$(send_tls "{\"meter\":\"MTR-TLS-1\",\"seq\":2,\"ts\":\"$now\",\"kwh\":0.5}
+" 1 "") || true
+case "$answer" in *'"ack"'*) fail "a connection without a client certificate was acked: '$answer'" ;; esac
+answer=$(send "{\"meter\":\"MTR-TLS-1\",\"seq\":2,\"ts\":\"$now\",\"kwh\":0.5}
+" 1 2>/dev/null) || true
+# (It gets a TLS alert record at most.)
+case "$answer" in *'"ack"'*) fail "a plain TCP connection was acked: '$answer'" ;; esac
+inside systemctl stop meterd.service
+stored=$(inside sqlite3 /var/lib/meterd/meterd.sqlite "SELECT group_concat(m.name || '#' || r.seq) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name LIKE 'MTR-TLS-%'" 2>&1) ||
+    fail "reading the database: $stored"
+[ "$stored" = "MTR-TLS-1#1" ] || fail "stored TLS readings: '$stored' (want MTR-TLS-1#1 only)"
+pass "TLS ingest with meter_auth = certificate: own meter acked, another meter's id forbidden, no certificate and plain TCP refused, one reading stored"
 echo "e2e: PASS"

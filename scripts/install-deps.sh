@@ -11,6 +11,8 @@ packages=(
     libjs-chart.js   # Chart.js, which the dashboard serves (without it the dashboard shows tables)
     faketime         # libfaketime: OneAnswerTests runs meterd and meterctl with their clocks across a month boundary
     openssl          # the CLI: scripts/make-certs.sh, which the TLS tests and the demo use for throw-away certificates
+    systemd-container  # systemd-nspawn: scripts/e2e-systemd.sh boots Deploy/ under real systemd in a container
+    procps           # pgrep, which scripts/e2e-systemd.sh finds the container's systemd with
 )
 # node checks the dashboard's JavaScript (scripts/test.sh); a node from elsewhere (NodeSource, nvm) will do.
 command -v node >/dev/null || packages+=(nodejs)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: the dashboard's JavaScript through node --check, debug build and
-# swift test, the dashboard in a real browser, then the ingest path again under ThreadSanitizer.
+# swift test, the dashboard in a real browser, Deploy/ under real systemd (needs root), then the
+# ingest path again under ThreadSanitizer.
 # Screenshots go to $ARTIFACTS (./artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,7 @@ echo "== timing-sensitive tests, one at a time"
 swift test --skip-build --no-parallel --filter "$timed"
 echo "== dashboard in headless Chromium"
 ARTIFACTS=${ARTIFACTS:-./artifacts} scripts/browser-tests.sh
+echo "== Deploy/ under real systemd (systemd-nspawn), plain and with TLS ingest and meter_auth = certificate"
+scripts/e2e-systemd.sh "$(swift build --show-bin-path)"
 echo "== ingest path under ThreadSanitizer"
 swift test --scratch-path .build-tsan --sanitize=thread --filter "IngestServerTests|ConnectionLimitTests|IngestWriterTests|IngestPipelineTests"

@@ -154,7 +154,9 @@ struct MetricsTests {
                         store: harness.store, writer: .pipeline(harness.pipeline),
                         directory: directory, cacheTTLms: 2_000))
                 harness.pipeline.statistics.countReject(.lineTooLong, count: 2)
-                metrics.committed(duration: .milliseconds(3), latenciesMs: [10, 20_000])
+                var stored = CommitResult()
+                stored.latenciesMs = [10, 20_000]
+                metrics.didStore(stored, duration: .milliseconds(3))
                 let first = await metrics.scrape(reporter: reporter)
                 #expect(Self.sample(first, #"meterd_rejects_total{code="line_too_long"}"#) == 2)
                 #expect(Self.sample(first, #"meterd_commit_duration_seconds_bucket{le="0.005"}"#) == 1)

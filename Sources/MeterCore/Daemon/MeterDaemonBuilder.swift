@@ -47,18 +47,18 @@ package struct MeterDaemon: Sendable {
         // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
         try writer.recordTimeZone(configuration.timeZone)
         let rollups = KPIRollups()
-        writer.commitListener = rollups
+        let metrics = DaemonMetrics()
+        self.metrics = metrics
+        writer.commitListener = CommitListeners([rollups, metrics])
         logger.info(
             "Database open",
             metadata: [
                 "db.path": "\(store.location)", "db.meters": "\(writer.meterCount)",
                 "db.synchronous": "\(configuration.durability.rawValue)",
             ])
-        let metrics = DaemonMetrics()
-        self.metrics = metrics
         let pipeline = IngestPipeline(
             writer: writer, configuration: configuration.pipeline,
-            statistics: IngestStatistics(commitObserver: metrics), logger: logger)
+            logger: logger)
         self.pipeline = pipeline
         let portsPath = (configuration.dataDirectory as NSString).appendingPathComponent("ports.json")
         // A stale file from the last run would send scripts to a port nobody listens on.

@@ -316,7 +316,6 @@ package final class IngestPipeline: Service, Sendable {
                     retryDelay = .milliseconds(50)
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
-                    self.statistics.commitObserver?.committed(duration: ContinuousClock.now - started, latenciesMs: result.latenciesMs)
                 } catch {
                     self.logger.error(
                         "Commit failed; readings stay queued and unacknowledged until it succeeds",

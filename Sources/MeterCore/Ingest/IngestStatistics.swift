@@ -21,12 +21,8 @@ package final class IngestStatistics: Sendable {
     private let rejects = NIOLockedValueBox<[RejectionCode: Int]>([:])
     package let latency = LatencyWindow()
     package let throughput = RateWindow()
-    /// Told about every commit (its duration and reading latencies), for metrics histograms.
-    package let commitObserver: (any CommitObserver)?
 
-    package init(commitObserver: (any CommitObserver)? = nil) {
-        self.commitObserver = commitObserver
-    }
+    package init() {}
 
     package func countReject(_ code: RejectionCode, count: Int = 1) {
         self.rejects.withLockedValue { $0[code, default: 0] += count }
@@ -43,11 +39,6 @@ package final class IngestStatistics: Sendable {
     package var rejectsTotal: Int {
         self.rejects.withLockedValue { $0.values.reduce(0, +) }
     }
-}
-
-/// Learns about each commit of the write pipeline; called on the writer thread, so it must be quick.
-package protocol CommitObserver: Sendable {
-    func committed(duration: Duration, latenciesMs: [Int64])
 }
 
 /// Reading latencies over the last five minutes, one ``LatencyHistogram`` per minute, for p50/p99 in `status`.

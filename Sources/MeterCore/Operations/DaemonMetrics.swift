@@ -6,8 +6,9 @@ import Synchronization
 /// meterd's Prometheus metrics (SPEC.md section 6, `/metrics`), kept through swift-metrics.
 ///
 /// Counters that the ingest path already keeps as atomics are brought up to date when scraped;
-/// commit durations and reading latencies are recorded per commit through ``CommitObserver``.
-package final class DaemonMetrics: CommitObserver {
+/// commit durations and reading latencies are recorded per commit, as one of the writer's
+/// ``CommitListener``s.
+package final class DaemonMetrics: CommitListener {
     package let registry: PrometheusCollectorRegistry
     /// The factory behind every metric here, with each metric's help text; the executable may
     /// bootstrap `MetricsSystem` with it so libraries report into the same registry.
@@ -103,9 +104,9 @@ package final class DaemonMetrics: CommitObserver {
     }
 
     /// Records one commit; called on the writer thread, so it only touches the histograms.
-    package func committed(duration: Duration, latenciesMs: [Int64]) {
+    package func didStore(_ result: CommitResult, duration: Duration) {
         self.commitDuration.recordNanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
-        for latency in latenciesMs {
+        for latency in result.latenciesMs {
             self.readingLatency.record(Double(latency) / 1000)
         }
     }

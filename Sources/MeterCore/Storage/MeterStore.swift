@@ -153,11 +153,41 @@ package struct WriterSettings: Sendable {
 }
 
 /// The only observer of the write side: learns what each commit changed, after it committed and
-/// before its acks go out. Called on the writer thread.
+/// before its acks go out. Called on the writer thread, so it must be quick.
 package protocol CommitListener: AnyObject, Sendable {
+    /// A batch of readings committed (`duration`: from its first write to its durable commit).
+    func didStore(_ result: CommitResult, duration: Duration)
+    /// Meter-month aggregates were written: with the batch's readings, or by a deferred flush.
     func didCommit(_ delta: AggregateDelta)
     /// Customers, meters or imported months changed outside the live stream (an import).
     func companyDataChanged()
+}
+
+extension CommitListener {
+    package func didStore(_ result: CommitResult, duration: Duration) {}
+    package func didCommit(_ delta: AggregateDelta) {}
+    package func companyDataChanged() {}
+}
+
+/// Several listeners behind the writer's one: the daemon's KPI rollups and its metrics.
+package final class CommitListeners: CommitListener {
+    private let listeners: [any CommitListener]
+
+    package init(_ listeners: [any CommitListener]) {
+        self.listeners = listeners
+    }
+
+    package func didStore(_ result: CommitResult, duration: Duration) {
+        for listener in self.listeners { listener.didStore(result, duration: duration) }
+    }
+
+    package func didCommit(_ delta: AggregateDelta) {
+        for listener in self.listeners { listener.didCommit(delta) }
+    }
+
+    package func companyDataChanged() {
+        for listener in self.listeners { listener.companyDataChanged() }
+    }
 }
 
 /// What one commit changed in the meter-month aggregates: the one delta type the writer, crash

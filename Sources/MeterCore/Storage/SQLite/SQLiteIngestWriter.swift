@@ -295,6 +295,7 @@ package final class IngestWriter: MeterStoreWriter {
     /// ones; without it the pending aggregates and the batch's are written in this transaction.
     package func commit(_ submissions: [IngestSubmission], deferAggregates: Bool = false) throws -> CommitResult {
         self.commitGeneration += 1
+        let started = ContinuousClock.now
         var rollback = Rollback(generation: self.commitGeneration, firstRegisteredSlot: self.meterStates.count)
         do {
             let (result, batch, written) = try self.database.pool.write { db -> (CommitResult, BatchAggregates, AggregateDelta?) in
@@ -309,6 +310,7 @@ package final class IngestWriter: MeterStoreWriter {
                 }
                 return (result, batch, try self.write(&merged, db: db))
             }
+            self.commitListener?.didStore(result, duration: ContinuousClock.now - started)
             if let written {
                 self.pending = BatchAggregates()
                 self.commitListener?.didCommit(written)
