@@ -95,7 +95,8 @@ package struct FaultyMeter: Sendable, Equatable {
 
 /// Computes the KPI document of SPEC.md section 5 for a period and an optional region.
 ///
-/// Meter-month figures come from the in-memory ``MonthlyStore`` (kept current by ``KPIRollups``);
+/// Meter-month figures come from the in-memory ``MonthlyStore``, read success facts from the in-memory
+/// ``ReadDayStore`` (both kept current by ``KPIRollups``);
 /// company events, latency and liveness from the ``MeterStore``; states from ``MeterRules``.
 package final class KPIEngine: Sendable {
     package let rollups: KPIRollups
@@ -126,6 +127,15 @@ package final class KPIEngine: Sendable {
     func withStore<T>(_ body: (MonthlyStore) throws -> T) async throws -> T {
         for _ in 0..<5 {
             if let result = try self.rollups.withStore(body) { return result }
+            try await self.rollups.load(from: self.store)
+        }
+        throw KPIError.invalidPeriod("the KPI data kept changing while loading; try again")
+    }
+
+    /// Runs `body` over the in-memory read success facts, loading them first if needed.
+    func withReadStore<T>(_ body: (ReadDayStore) throws -> T) async throws -> T {
+        for _ in 0..<5 {
+            if let result = try self.rollups.withReadStore(body) { return result }
             try await self.rollups.load(from: self.store)
         }
         throw KPIError.invalidPeriod("the KPI data kept changing while loading; try again")
@@ -192,7 +202,7 @@ package final class KPIEngine: Sendable {
     ) async throws
         -> ReadSuccess
     {
-        let facts = try await self.store.readDays(from: first, through: last, region: region)
+        let facts = try await self.withReadStore { store in store.facts(from: first, through: last, region: region) }
         return ReadSuccess(
             facts: facts, first: first, last: last, calendar: MonthCalendar(timeZone: self.settings.timeZone), nowMs: nowMs,
             intervals: self.settings.readIntervals, listLimit: self.settings.completenessListLimit)

@@ -1,11 +1,11 @@
 import Foundation
 import NIOConcurrencyHelpers
 
-/// Keeps the in-memory ``MonthlyStore`` the KPI engine reads in step with the writer: the writer's
-/// one ``CommitListener``.
+/// Keeps the in-memory ``MonthlyStore`` and ``ReadDayStore`` the KPI engine reads in step with the
+/// writer: a ``CommitListener``.
 ///
-/// - After each commit that wrote aggregates, the meter-month deltas are queued and applied before
-///   the next KPI query.
+/// - After each commit that wrote aggregates, the meter-month and meter-day deltas are queued and
+///   applied before the next KPI query.
 /// - The store loads on a reader, off the writer thread, while commits go on: the load reads the
 ///   aggregates and the commit position they cover in one snapshot, and deltas that arrive during
 ///   the load are applied afterwards only if their position is past it, so none counts twice.
@@ -22,6 +22,8 @@ package final class KPIRollups: CommitListener, Sendable {
         /// Deltas since the last query, merged per meter-month so they stay as small as the set of
         /// meters reporting, however long no query comes; only while a store is loaded.
         var changes: [MeterMonth: AggregateDelta.Month] = [:]
+        /// The same for the read success facts.
+        var readChanges = ReadDayStore.Changes()
         var hasStore = false
         /// Deltas that arrived while a load was running, with their positions.
         var duringLoad: [AggregateDelta]?
@@ -32,11 +34,13 @@ package final class KPIRollups: CommitListener, Sendable {
     /// (A value lock would demand the non-Sendable store be `sending` in and out.)
     private let storeLock = NSLock()
     private nonisolated(unsafe) var store: MonthlyStore?
+    /// Loaded and dropped with `store`, under the same lock.
+    private nonisolated(unsafe) var readStore: ReadDayStore?
 
     package init() {}
 
     package func didCommit(_ delta: AggregateDelta) {
-        guard !delta.months.isEmpty else { return }
+        guard !delta.isEmpty else { return }
         self.state.withLockedValue { state in
             state.duringLoad?.append(delta)
             guard state.hasStore else { return }
@@ -44,6 +48,7 @@ package final class KPIRollups: CommitListener, Sendable {
                 state.changes[MeterMonth(meterID: change.meterID, month: change.month), default: .init(meterID: change.meterID, month: change.month)]
                     .merge(change)
             }
+            state.readChanges.add(delta)
         }
     }
 
@@ -53,9 +58,13 @@ package final class KPIRollups: CommitListener, Sendable {
             state.generation += 1
             state.hasStore = false
             state.changes = [:]
+            state.readChanges = ReadDayStore.Changes()
             state.duringLoad = nil
         }
-        self.storeLock.withLock { self.store = nil }
+        self.storeLock.withLock {
+            self.store = nil
+            self.readStore = nil
+        }
     }
 
     /// Whether the in-memory store must be (re)loaded before the next query.
@@ -70,20 +79,30 @@ package final class KPIRollups: CommitListener, Sendable {
         }
         guard let generation else { return }
         let fresh = try await source.loadMonthlyStore()
+        let reads = try await source.loadReadDayStore()
         // The same lock order as withStore: the store's, then the state's.
         self.storeLock.withLock {
             let installed = self.state.withLockedValue { state -> Bool in
                 // Another load got there first, or an import made this one stale.
                 guard state.generation == generation, !state.hasStore, let arrived = state.duringLoad else { return false }
-                for delta in arrived where (delta.position ?? Int64.max) > fresh.coveredThrough {
-                    fresh.apply(delta.months)
+                var readChanges = ReadDayStore.Changes()
+                for delta in arrived {
+                    let position = delta.position ?? Int64.max
+                    if position > fresh.coveredThrough { fresh.apply(delta.months) }
+                    // The two stores load in snapshots of their own: each takes the days it lacks.
+                    readChanges.add(delta, days: position > reads.coveredThrough)
                 }
+                readChanges.apply(to: reads)
                 state.duringLoad = nil
                 state.changes = [:]
+                state.readChanges = ReadDayStore.Changes()
                 state.hasStore = true
                 return true
             }
-            if installed { self.store = fresh }
+            if installed {
+                self.store = fresh
+                self.readStore = reads
+            }
         }
     }
 
@@ -96,6 +115,19 @@ package final class KPIRollups: CommitListener, Sendable {
                 return Array(state.changes.values)
             }
             store.apply(changes)
+            return try body(store)
+        }
+    }
+
+    /// Runs `body` over the current read success facts (deltas applied); `nil` when they need a load first.
+    func withReadStore<T>(_ body: (ReadDayStore) throws -> T) rethrows -> T? {
+        try self.storeLock.withLock { () -> T? in
+            guard let store = self.readStore else { return nil }
+            let changes = self.state.withLockedValue { state in
+                defer { state.readChanges = ReadDayStore.Changes() }
+                return state.readChanges
+            }
+            changes.apply(to: store)
             return try body(store)
         }
     }

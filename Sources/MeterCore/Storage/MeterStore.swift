@@ -33,6 +33,9 @@ package protocol MeterStore: Sendable {
     /// Every customer, meter and meter-month aggregate, read in one consistent view, as the
     /// in-memory KPI store, with the commit position it covers (``MonthlyStore/coveredThrough``).
     func loadMonthlyStore() async throws -> sending MonthlyStore
+    /// Every meter and `meter_day` row, for the in-memory read success facts (``ReadDayStore``),
+    /// with the commit position they cover (``ReadDayStore/coveredThrough``), from one snapshot.
+    func loadReadDayStore() async throws -> sending ReadDayStore
     /// Sums of dated company events (bills, feedback, maintenance, installations, complaints) per
     /// kind, month and item, for months up to `month`, of one region or all.
     func companyEventTotals(through month: Month, region: String?) async throws -> [CompanyEventTotal]
@@ -264,14 +267,48 @@ package struct AggregateDelta: Sendable {
         }
     }
 
+    /// A meter whose readings the commit stored: what the read success facts learn of it.
+    package struct MeterReads: Sendable {
+        package var meterID: Int64
+        /// The meter's name: a meter the writer registered is not in a store loaded before.
+        package var name: String
+        /// The earliest day (``Day/key``) of the readings stored: the meter counts as installed from it at the latest.
+        package var firstDay: Int
+
+        package init(meterID: Int64, name: String, firstDay: Int) {
+            self.meterID = meterID
+            self.name = name
+            self.firstDay = firstDay
+        }
+    }
+
     package var months: [Month] = []
+    /// Readings per meter per day of `ts` added by the commit (`meter_day`).
+    package var days: [ReadDayFacts.MeterDay] = []
+    /// Meters with readings stored by the commit.
+    package var meterReads: [MeterReads] = []
+    /// The earliest and latest receive times of the meters the commit touched (readings or duplicates).
+    package var firstReceivedMs: Int64?
+    package var lastReceivedMs: Int64?
     /// The commit's place in the stream (the highest reading position it stored), so a KPI store
     /// loaded concurrently knows which deltas it already holds; `nil` when nothing was stored.
     package var position: Int64?
 
-    package init(months: [Month] = [], position: Int64? = nil) {
+    package init(
+        months: [Month] = [], days: [ReadDayFacts.MeterDay] = [], meterReads: [MeterReads] = [], firstReceivedMs: Int64? = nil,
+        lastReceivedMs: Int64? = nil, position: Int64? = nil
+    ) {
         self.months = months
+        self.days = days
+        self.meterReads = meterReads
+        self.firstReceivedMs = firstReceivedMs
+        self.lastReceivedMs = lastReceivedMs
         self.position = position
+    }
+
+    /// Whether the commit changed nothing a KPI store holds.
+    package var isEmpty: Bool {
+        self.months.isEmpty && self.days.isEmpty && self.meterReads.isEmpty && self.firstReceivedMs == nil && self.lastReceivedMs == nil
     }
 }
 

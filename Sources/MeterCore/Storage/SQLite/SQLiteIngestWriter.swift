@@ -164,6 +164,8 @@ package final class IngestWriter: MeterStoreWriter {
         var duplicates = 0
         /// The earliest day (``Day/key``) a reading of this run fell on: the meter row keeps the earliest of all.
         var firstDay: Int?
+        /// The meter's name, set with its first reading of the run (for ``AggregateDelta/MeterReads``).
+        var name = ""
 
         mutating func recordDuplicate(receivedMs: Int64) {
             self.lastReceivedMs = receivedMs
@@ -203,6 +205,7 @@ package final class IngestWriter: MeterStoreWriter {
             self.faults += later.faults
             self.duplicates += later.duplicates
             if let day = later.firstDay { self.firstDay = min(self.firstDay ?? day, day) }
+            if self.name.isEmpty { self.name = later.name }
         }
     }
 
@@ -607,7 +610,25 @@ package final class IngestWriter: MeterStoreWriter {
             updateWatermark.bind(1, high)
             try updateWatermark.execute()
         }
-        return AggregateDelta(months: Array(aggregates.months.values), position: aggregates.highRowID)
+        return Self.delta(of: aggregates)
+    }
+
+    /// What the commit listener learns of written aggregates.
+    private static func delta(of aggregates: BatchAggregates) -> AggregateDelta {
+        var delta = AggregateDelta(months: Array(aggregates.months.values), position: aggregates.highRowID)
+        delta.days.reserveCapacity(aggregates.days.count)
+        for (key, day) in aggregates.days {
+            delta.days.append(
+                ReadDayFacts.MeterDay(
+                    meterID: key.meterID, day: Day(key: key.day), readings: day.readings, spacingSumMs: day.spacingSumMs,
+                    spacingCount: day.spacingCount))
+        }
+        for (id, meter) in aggregates.meters {
+            delta.firstReceivedMs = min(delta.firstReceivedMs ?? meter.firstSeenMs, meter.firstSeenMs)
+            delta.lastReceivedMs = max(delta.lastReceivedMs ?? meter.lastReceivedMs, meter.lastReceivedMs)
+            if let firstDay = meter.firstDay { delta.meterReads.append(.init(meterID: id, name: meter.name, firstDay: firstDay)) }
+        }
+        return delta
     }
 
     /// Adds days to `meter_day`. Keyed by day first: a commit's rows are today's, so they share a few
@@ -704,7 +725,12 @@ package final class IngestWriter: MeterStoreWriter {
                 zeroRun: state.zeroRun)
         // The meter's day, by `ts` like its month: presence and spacing for the read success rate.
         let day = self.calendar.day(ofMillisecondsCached: reading.timestampMs).key
-        batch.meters[state.id]!.firstDay = min(batch.meters[state.id]!.firstDay ?? day, day)
+        if let first = batch.meters[state.id]!.firstDay {
+            batch.meters[state.id]!.firstDay = min(first, day)
+        } else {
+            batch.meters[state.id]!.firstDay = day
+            batch.meters[state.id]!.name = self.meterNames[slot]
+        }
         batch.days[DayKey(day: day, meterID: state.id), default: DayDelta()].add(timestampMs: reading.timestampMs, previousMs: previousMs)
         let latency = max(0, receivedMs - reading.timestampMs)
         let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key

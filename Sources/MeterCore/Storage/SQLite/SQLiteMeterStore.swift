@@ -163,16 +163,54 @@ package final class SQLiteMeterStore: MeterStore {
         }
     }
 
+    /// The customer's installation date as a day key (its text's first ten characters), or the
+    /// meter's first day of readings, whichever is earlier (`m` a meter, `c` its customer).
+    private static let installedDay = """
+        CASE WHEN c.installed_on IS NULL OR length(c.installed_on) < 10 THEN m.first_reading_day
+             WHEN m.first_reading_day IS NULL THEN CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)
+             ELSE min(m.first_reading_day, CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)) END
+        """
+
+    package func loadReadDayStore() async throws -> sending ReadDayStore {
+        let pool = self.database.pool
+        // Seconds of CPU at 100,000 meters × a year of days: off the cooperative threads, and off
+        // the writer, which keeps committing while the snapshot is read.
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ReadDayStore, any Error>) in
+            DispatchQueue.global(qos: .utility).async {
+                continuation.resume(with: Result { try pool.read { db in try Self.loadReadDayStore(db) } })
+            }
+        }
+    }
+
+    /// One read transaction: the rows and the watermark they cover come from the same snapshot.
+    private static func loadReadDayStore(_ db: Database) throws -> ReadDayStore {
+        let store = ReadDayStore()
+        store.coveredThrough = try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1") ?? 0
+        let received = try Row.fetchOne(db, sql: "SELECT min(first_seen_ms), max(last_received_ms) FROM meter")
+        store.setReceived(firstMs: received?[0], lastMs: received?[1])
+        try forEachRow(
+            db,
+            "SELECT m.id, m.name, m.customer_id, m.region, \(Self.installedDay) FROM meter m LEFT JOIN customer c ON c.id = m.customer_id ORDER BY m.id"
+        ) { row in
+            store.addMeter(
+                id: sqlite3_column_int64(row, 0), name: text(row, 1) ?? "",
+                customerID: sqlite3_column_type(row, 2) == SQLITE_NULL ? nil : sqlite3_column_int64(row, 2),
+                region: text(row, 3) ?? Region.unassigned,
+                installedDay: sqlite3_column_type(row, 4) == SQLITE_NULL ? nil : Int(sqlite3_column_int64(row, 4)))
+        }
+        // In key order (day, meter): each meter's days arrive oldest first.
+        try forEachRow(db, "SELECT day, meter_id, readings, spacing_sum_ms, spacing_count FROM meter_day ORDER BY day, meter_id") { row in
+            store.addDay(
+                meterID: sqlite3_column_int64(row, 1), day: Int(sqlite3_column_int64(row, 0)), readings: Int(sqlite3_column_int64(row, 2)),
+                spacingSumMs: sqlite3_column_int64(row, 3), spacingCount: Int(sqlite3_column_int64(row, 4)))
+        }
+        return store
+    }
+
     package func readDays(from: Day, through: Day, region: String?) async throws -> ReadDayFacts {
         try await self.database.pool.read { db in
             let received = try Row.fetchOne(db, sql: "SELECT min(first_seen_ms), max(last_received_ms) FROM meter")
-            // The customer's installation date as a day key (its text's first ten characters),
-            // or the meter's first day of readings, whichever is earlier.
-            let installed = """
-                CASE WHEN c.installed_on IS NULL OR length(c.installed_on) < 10 THEN m.first_reading_day
-                     WHEN m.first_reading_day IS NULL THEN CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)
-                     ELSE min(m.first_reading_day, CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)) END
-                """
+            let installed = Self.installedDay
             var meterArguments: StatementArguments = [through.key]
             if let region { meterArguments += [region] }
             let meters = try Row.fetchAll(
