@@ -15,7 +15,9 @@ struct MeterCtl: AsyncParsableCommand {
             kpi and import also work without a daemon, on a database file given with --db.
             """,
         version: MeterdVersion.current,
-        subcommands: [Status.self, Inactive.self, Meter.self, KPI.self, Snapshot.self, ImportCommand.self, Backup.self, UserCommand.self, Alerts.self])
+        subcommands: [
+            Status.self, Inactive.self, Meter.self, KPI.self, Snapshot.self, ImportCommand.self, Backup.self, UserCommand.self, Alerts.self,
+        ])
 
     // Declared here too so `meterctl --socket PATH status` works as well as `meterctl status --socket PATH`.
     @OptionGroup var options: ConnectionOptions

@@ -535,9 +535,10 @@ struct AlertScopeTests {
             asked.withLock { $0.append(meter) }
             return regions[meter]
         }
-        #expect(north.alerts.map { "\($0.rule) \($0.subject) \($0.state)" } == [
-            "inactive MTR-N1 firing", "faulty MTR-N2 firing", "read_success North firing", "faulty MTR-N1 resolved",
-        ])
+        #expect(
+            north.alerts.map { "\($0.rule) \($0.subject) \($0.state)" } == [
+                "inactive MTR-N1 firing", "faulty MTR-N2 firing", "read_success North firing", "faulty MTR-N1 resolved",
+            ])
         #expect(north.firing == 3)
         // Each meter's region is looked up once per listing.
         #expect(asked.withLock { $0 } == ["MTR-N1", "MTR-S1", "MTR-N2", "MTR-GONE"])
