@@ -242,7 +242,9 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
                 try await client.send((1...50).map { readingLine(meter: "H", seq: $0) }.joined())
                 try await client.finishSending()
                 var lines: [DaemonLine] = []
-                while let text = try await client.readLine() { lines.append(try #require(DaemonLine(text))) }
+                // Patient: with the whole suite in parallel on two cores, commits (fsync) have
+                // been seen to stall for 20 s. What counts is every ack, then the close.
+                while let text = try await client.readLine(timeout: .seconds(60)) { lines.append(try #require(DaemonLine(text))) }
                 #expect(lastAck(lines, meter: "H") == 50)
                 await client.close()
             }
