@@ -172,9 +172,19 @@ package final class IngestWriter: MeterStoreWriter {
             self.duplicates += 1
         }
 
+        /// - Parameters:
+        ///   - day: the ``Day/key`` of the reading's `ts`.
+        ///   - name: the meter's name, asked for with its first reading of the run only.
         mutating func record(
-            _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, zeroRun: MeteringRules.ZeroRun
+            _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, zeroRun: MeteringRules.ZeroRun, day: Int,
+            name: () -> String
         ) {
+            if let first = self.firstDay {
+                self.firstDay = min(first, day)
+            } else {
+                self.firstDay = day
+                self.name = name()
+            }
             self.zeroRun = zeroRun
             self.lastReceivedMs = receivedMs
             self.lastReadingRowID = rowID
@@ -719,21 +729,16 @@ package final class IngestWriter: MeterStoreWriter {
             if self.trailing[slot].count >= MeteringRules.spikeWindow { self.trailing[slot].removeFirst() }
             self.trailing[slot].append(Float(consumption))
         }
+        // The meter's day and month, by `ts`: one calendar lookup gives both.
+        let day = self.calendar.day(ofMillisecondsCached: reading.timestampMs)
         batch.meters[state.id, default: MeterDelta(highWaterMark: state.highWaterMark, firstSeenMs: receivedMs, lastReceivedMs: receivedMs)]
             .record(
                 reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
-                zeroRun: state.zeroRun)
-        // The meter's day, by `ts` like its month: presence and spacing for the read success rate.
-        let day = self.calendar.day(ofMillisecondsCached: reading.timestampMs).key
-        if let first = batch.meters[state.id]!.firstDay {
-            batch.meters[state.id]!.firstDay = min(first, day)
-        } else {
-            batch.meters[state.id]!.firstDay = day
-            batch.meters[state.id]!.name = self.meterNames[slot]
-        }
-        batch.days[DayKey(day: day, meterID: state.id), default: DayDelta()].add(timestampMs: reading.timestampMs, previousMs: previousMs)
+                zeroRun: state.zeroRun, day: day.key, name: { self.meterNames[slot] })
+        // Presence and spacing for the read success rate.
+        batch.days[DayKey(day: day.key, meterID: state.id), default: DayDelta()].add(timestampMs: reading.timestampMs, previousMs: previousMs)
         let latency = max(0, receivedMs - reading.timestampMs)
-        let month = self.calendar.month(ofMilliseconds: reading.timestampMs).key
+        let month = day.month.key
         if let spanStartMs, spanStartMs < reading.timestampMs {
             var counted = reading
             counted.kwh = 0
