@@ -107,20 +107,7 @@ func withNotifier<T>(
     _ body: (WebhookNotifier) async throws -> T
 ) async throws -> T {
     let notifier = try WebhookNotifier(configuration: configuration, statistics: statistics, logger: logger)
-    let group = ServiceGroup(services: [notifier], logger: testLogger)
-    return try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { try await group.run() }
-        do {
-            let result = try await body(notifier)
-            await group.triggerGracefulShutdown()
-            try await tasks.waitForAll()
-            return result
-        } catch {
-            await group.triggerGracefulShutdown()
-            try? await tasks.waitForAll()
-            throw error
-        }
-    }
+    return try await withRunningServices([notifier]) { try await body(notifier) }
 }
 
 /// Turns a ``FailingWriter``'s failures on and off from the test.

@@ -72,21 +72,29 @@ struct IngestHarness {
                 tls: tls, meterAuth: configuration.meterAuth, concentrators: concentrators,
                 registerCapacity: configuration.metering.registerCapacity),
             pipeline: pipeline, logger: testLogger, onListening: { portSink.yield($0.port!) })
-        let group = ServiceGroup(services: [pipeline, server], logger: testLogger)
-        return try await withThrowingTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { try await group.run() }
+        return try await withRunningServices([pipeline, server]) {
             var iterator = ports.makeAsyncIterator()
             let port = try #require(await iterator.next())
-            do {
-                let result = try await body(IngestHarness(database: database, pipeline: pipeline, server: server, port: port, tls: tls))
-                await group.triggerGracefulShutdown()
-                try await tasks.waitForAll()
-                return result
-            } catch {
-                await group.triggerGracefulShutdown()
-                try? await tasks.waitForAll()
-                throw error
-            }
+            return try await body(IngestHarness(database: database, pipeline: pipeline, server: server, port: port, tls: tls))
+        }
+    }
+}
+
+/// Runs `services` in a service group around `body`, then shuts them down gracefully, whether
+/// `body` returned or threw.
+func withRunningServices<T>(_ services: [any Service], _ body: () async throws -> T) async throws -> T {
+    let group = ServiceGroup(services: services, logger: testLogger)
+    return try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        do {
+            let result = try await body()
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+            return result
+        } catch {
+            await group.triggerGracefulShutdown()
+            try? await tasks.waitForAll()
+            throw error
         }
     }
 }
