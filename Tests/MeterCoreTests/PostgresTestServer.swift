@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+
+@testable import MeterCore
+
+/// A throw-away PostgreSQL 15 cluster (scripts/postgres-test-server.sh) in a directory of its own:
+/// an unprivileged owner, a Unix socket in that directory and a loopback port with a password.
+/// ``with(_:)`` stops and removes it when the body ends, whether it passed, failed or threw.
+struct PostgresTestServer: Sendable {
+    let directory: String
+    let port: Int
+    let user: String
+    let password: String
+
+    /// The repository's copy of the script, found from this file's path.
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("scripts/postgres-test-server.sh").path
+
+    /// Starts a cluster, runs `body` with it, then stops it and removes its directory.
+    static func with<T>(_ body: (PostgresTestServer) async throws -> T) async throws -> T {
+        // Under /tmp, not the tests' temporary directory: the server's unprivileged owner must be
+        // able to reach it, and the socket's path must stay under 108 bytes.
+        let directory = "/tmp/meterd-pg-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer {
+            _ = try? runProgram([Self.script, "stop", directory])
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let server = try await offPool { try Self.start(directory: directory) }
+        return try await body(server)
+    }
+
+    private static func start(directory: String) throws -> PostgresTestServer {
+        let run = try runProgram([Self.script, "start", directory])
+        guard run.status == 0 else {
+            Issue.record("scripts/postgres-test-server.sh start failed (\(run.status)):\n\(run.stderr)")
+            throw CancellationError()
+        }
+        var values: [String: String] = [:]
+        for line in run.stdout.split(separator: "\n") {
+            let pair = line.split(separator: "=", maxSplits: 1).map(String.init)
+            if pair.count == 2 { values[pair[0]] = pair[1] }
+        }
+        guard let port = values["PGTEST_PORT"].flatMap(Int.init), let user = values["PGTEST_USER"], let password = values["PGTEST_PASSWORD"] else {
+            Issue.record("scripts/postgres-test-server.sh printed no server.env:\n\(run.stdout)")
+            throw CancellationError()
+        }
+        return PostgresTestServer(directory: directory, port: port, user: user, password: password)
+    }
+
+    /// Creates a database and returns its address over the Unix socket (trusted, no password).
+    func createDatabase(_ name: String = "meterd_" + UUID().uuidString.prefix(8).lowercased()) async throws -> PostgreSQLAddress {
+        let run = try await offPool { try runProgram([Self.script, "createdb", self.directory, name]) }
+        guard run.status == 0 else {
+            Issue.record("createdb \(name) failed:\n\(run.stderr)")
+            throw CancellationError()
+        }
+        return PostgreSQLAddress(user: self.user, port: self.port, database: name, socketDirectory: self.directory)
+    }
+
+    /// The same database over loopback TCP, where the server asks for the password.
+    func tcpAddress(database: String, password: String?) -> PostgreSQLAddress {
+        PostgreSQLAddress(user: self.user, password: password, host: "127.0.0.1", port: self.port, database: database)
+    }
+
+    /// `-m fast` stop: the server is gone until ``restart()``.
+    func stop() async throws {
+        _ = try await offPool { try runProgram([Self.script, "stop", self.directory]) }
+    }
+}
+
+/// The stores the same behavioural tests run against: SQLite, and PostgreSQL when the server can
+/// be started (Debian's postgresql-15; scripts/install-deps.sh installs it).
+enum StoreBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite
+    case postgresql
+
+    var testDescription: String { self.rawValue }
+
+    /// Runs `body` with a fresh, empty store location of this backend.
+    func withFreshStore<T>(_ body: (StoreLocation) async throws -> T) async throws -> T {
+        switch self {
+        case .sqlite:
+            try await withTemporaryDirectory { directory in try await body(.sqlite(path: directory + "/meterd.sqlite")) }
+        case .postgresql:
+            try await PostgresTestServer.with { server in try await body(.postgresql(try await server.createDatabase())) }
+        }
+    }
+}
