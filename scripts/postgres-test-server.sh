@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL 15 cluster for the tests, in a directory of its own:
-#   scripts/postgres-test-server.sh start DIR       initdb (first time) and start; prints DIR/server.env
+#   scripts/postgres-test-server.sh start DIR [PID] initdb (first time) and start; prints DIR/server.env;
+#                                                   with PID, the cluster is stopped and DIR removed once
+#                                                   that process is gone (a test run that crashed)
 #   scripts/postgres-test-server.sh stop DIR        fast shutdown (the cluster's files stay until DIR is removed)
 #   scripts/postgres-test-server.sh crash DIR       immediate shutdown, as near a power cut as a test gets
 #   scripts/postgres-test-server.sh createdb DIR NAME
@@ -15,7 +17,7 @@ set -euo pipefail
 
 bin=/usr/lib/postgresql/15/bin
 usage() {
-    echo "usage: scripts/postgres-test-server.sh start|stop|crash DIR | createdb DIR NAME" >&2
+    echo "usage: scripts/postgres-test-server.sh start DIR [PID] | stop|crash DIR | createdb DIR NAME" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -64,6 +66,15 @@ PGTEST_USER=meterd
 PGTEST_PASSWORD=meterd-test
 EOF
             cat "$dir/server.env"
+            if [ -n "${3:-}" ]; then
+                # Outlives this script, detached from its output, and ends with the watched process.
+                watched=$3
+                (
+                    while kill -0 "$watched" 2>/dev/null; do sleep 2; done
+                    as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop
+                    rm -rf "$dir"
+                ) </dev/null >/dev/null 2>&1 &
+            fi
             exit 0
         fi
         grep -q "Address already in use\|could not bind" "$dir/server.log" || {

@@ -141,7 +141,8 @@ extension MeterCtl {
 
         func run() async throws {
             if self.db != nil || self.store != nil {
-                let text = try await KPIOptions(db: self.db, store: self.store, timezone: self.timezone).json(from: self.from, to: self.to, region: self.region)
+                let text = try await KPIOptions(db: self.db, store: self.store, timezone: self.timezone).json(
+                    from: self.from, to: self.to, region: self.region)
                 print(self.options.json ? text : try KPITextReport.render(json: text), terminator: self.options.json ? "\n" : "")
                 return
             }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import MeterCore
@@ -30,11 +31,36 @@ struct PostgresTestServer: Sendable {
         return try await body(server)
     }
 
-    private static func start(directory: String) throws -> PostgresTestServer {
-        let run = try runProgram([Self.script, "start", directory])
+    /// One cluster for the whole test process, each test in a database of its own: a cluster per
+    /// test would cost an initdb (seconds of CPU) each. The script stops it once this process is
+    /// gone, however it ended; `atexit` stops it sooner after a normal exit.
+    static func shared() async throws -> PostgresTestServer {
+        try await Self.sharedServer.value.get()
+    }
+
+    private static let sharedServer = Task.detached { () -> Result<PostgresTestServer, PostgresTestServerError> in
+        let directory = "/tmp/meterd-pg-" + UUID().uuidString.prefix(8)
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+            let server = try await offPool { try Self.start(directory: directory, watching: getpid()) }
+            Self.sharedDirectory.withLock { $0 = directory }
+            atexit {
+                guard let directory = PostgresTestServer.sharedDirectory.withLock({ $0 }) else { return }
+                _ = try? runProgram([PostgresTestServer.script, "stop", directory])
+                try? FileManager.default.removeItem(atPath: directory)
+            }
+            return .success(server)
+        } catch {
+            return .failure(PostgresTestServerError(message: "\(error)"))
+        }
+    }
+
+    private static let sharedDirectory = Mutex<String?>(nil)
+
+    private static func start(directory: String, watching pid: pid_t? = nil) throws -> PostgresTestServer {
+        let run = try runProgram([Self.script, "start", directory] + (pid.map { [String($0)] } ?? []))
         guard run.status == 0 else {
-            Issue.record("scripts/postgres-test-server.sh start failed (\(run.status)):\n\(run.stderr)")
-            throw CancellationError()
+            throw PostgresTestServerError(message: "scripts/postgres-test-server.sh start failed (\(run.status)):\n\(run.stderr)")
         }
         var values: [String: String] = [:]
         for line in run.stdout.split(separator: "\n") {
@@ -42,8 +68,7 @@ struct PostgresTestServer: Sendable {
             if pair.count == 2 { values[pair[0]] = pair[1] }
         }
         guard let port = values["PGTEST_PORT"].flatMap(Int.init), let user = values["PGTEST_USER"], let password = values["PGTEST_PASSWORD"] else {
-            Issue.record("scripts/postgres-test-server.sh printed no server.env:\n\(run.stdout)")
-            throw CancellationError()
+            throw PostgresTestServerError(message: "scripts/postgres-test-server.sh printed no server.env:\n\(run.stdout)")
         }
         return PostgresTestServer(directory: directory, port: port, user: user, password: password)
     }
@@ -51,10 +76,7 @@ struct PostgresTestServer: Sendable {
     /// Creates a database and returns its address over the Unix socket (trusted, no password).
     func createDatabase(_ name: String = "meterd_" + UUID().uuidString.prefix(8).lowercased()) async throws -> PostgreSQLAddress {
         let run = try await offPool { try runProgram([Self.script, "createdb", self.directory, name]) }
-        guard run.status == 0 else {
-            Issue.record("createdb \(name) failed:\n\(run.stderr)")
-            throw CancellationError()
-        }
+        guard run.status == 0 else { throw PostgresTestServerError(message: "createdb \(name) failed:\n\(run.stderr)") }
         return PostgreSQLAddress(user: self.user, port: self.port, database: name, socketDirectory: self.directory)
     }
 
@@ -67,6 +89,12 @@ struct PostgresTestServer: Sendable {
     func stop() async throws {
         _ = try await offPool { try runProgram([Self.script, "stop", self.directory]) }
     }
+}
+
+/// Why the test cluster could not be used, with the script's own words.
+struct PostgresTestServerError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { self.message }
 }
 
 /// The stores the same behavioural tests run against: SQLite, and PostgreSQL when the server can
@@ -83,7 +111,7 @@ enum StoreBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .sqlite:
             try await withTemporaryDirectory { directory in try await body(.sqlite(path: directory + "/meterd.sqlite")) }
         case .postgresql:
-            try await PostgresTestServer.with { server in try await body(.postgresql(try await server.createDatabase())) }
+            try await body(.postgresql(try await PostgresTestServer.shared().createDatabase()))
         }
     }
 }

@@ -222,8 +222,8 @@ import Testing
 @Suite struct PostgreSQLStoreTests {
     @Test(.timeLimit(.minutes(2)))
     func twoNodesStartingAtOnceMigrateOnce() async throws {
-        try await PostgresTestServer.with { server in
-            let address = try await server.createDatabase()
+        do {
+            let address = try await PostgresTestServer.shared().createDatabase()
             // Both open (and migrate) at the same moment; the advisory lock lets one apply the migrations.
             async let first = offPool { _ = try PostgreSQLMeterStore(address: address, logger: testLogger) }
             async let second = offPool { _ = try PostgreSQLMeterStore(address: address, logger: testLogger) }
@@ -246,13 +246,15 @@ import Testing
 
     @Test(.timeLimit(.minutes(2)))
     func readingsOfThisMonthGoToItsPartitionAndTheKeysHoldTheMeterAndTimestamp() async throws {
-        try await PostgresTestServer.with { server in
-            let address = try await server.createDatabase()
+        do {
+            let address = try await PostgresTestServer.shared().createDatabase()
             let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
             let writer = try store.makeWriter(WriterSettings())
             let now = WallClock.nowMs()
             _ = try writer.commit([
-                IngestSubmission(readings: [SubmittedReading(reading: Reading(meter: "A", seq: 1, timestampMs: now, kwh: 1), line: 1, receivedMs: now)], receiver: nil)
+                IngestSubmission(
+                    readings: [SubmittedReading(reading: Reading(meter: "A", seq: 1, timestampMs: now, kwh: 1), line: 1, receivedMs: now)],
+                    receiver: nil)
             ])
             let month = PostgreSQLSchema.utcMonth(ofMilliseconds: now).key
             #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading_p\(month)") == ["1"])

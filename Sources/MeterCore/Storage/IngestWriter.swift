@@ -375,9 +375,9 @@ package final class IngestWriter: MeterStoreWriter {
                 previousHighWaterMark: previousHighWaterMark, highWaterMark: state.highWaterMark, firstSeenMs: receivedMs,
                 lastReceivedMs: receivedMs)
         ]
-            .record(
-                reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
-                zeroRun: state.zeroRun, day: day.key, name: { self.meterNames[slot] })
+        .record(
+            reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
+            zeroRun: state.zeroRun, day: day.key, name: { self.meterNames[slot] })
         // Presence and spacing for the read success rate.
         batch.days[DayKey(day: day.key, meterID: state.id), default: DayDelta()].add(timestampMs: reading.timestampMs, previousMs: previousMs)
         let latency = max(0, receivedMs - reading.timestampMs)

@@ -58,7 +58,9 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
     /// `?host=DIR`: the directory of the server's Unix socket (`DIR/.s.PGSQL.PORT`).
     package var socketDirectory: String?
 
-    package init(user: String, password: String? = nil, host: String = "localhost", port: Int = 5432, database: String, socketDirectory: String? = nil) {
+    package init(
+        user: String, password: String? = nil, host: String = "localhost", port: Int = 5432, database: String, socketDirectory: String? = nil
+    ) {
         self.user = user
         self.password = password
         self.host = host
@@ -71,7 +73,8 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
     /// database may be percent-encoded, and HOST may be empty when `host=` names a socket directory.
     package init(parsing text: String) throws(ConfigurationError) {
         func invalid(_ problem: String) -> ConfigurationError {
-            ConfigurationError(key: "store", "\(problem) in \"\(StoreLocation.redacted(text))\" (expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DB)")
+            ConfigurationError(
+                key: "store", "\(problem) in \"\(StoreLocation.redacted(text))\" (expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DB)")
         }
         func decoded(_ part: Substring, _ what: String) throws(ConfigurationError) -> String {
             guard let value = String(part).removingPercentEncoding else { throw invalid("malformed percent-encoding in the \(what)") }

@@ -108,7 +108,9 @@ struct PostgreSQLCommitStatement {
         let null = Self.nullInteger
         let meters = self.aggregates.meters.sorted { $0.key < $1.key }
         let months = self.aggregates.months.sorted { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }
-        let latencies = self.aggregates.latencies.sorted { ($0.key.month, $0.key.region, $0.key.bucket) < ($1.key.month, $1.key.region, $1.key.bucket) }
+        let latencies = self.aggregates.latencies.sorted {
+            ($0.key.month, $0.key.region, $0.key.bucket) < ($1.key.month, $1.key.region, $1.key.bucket)
+        }
         let days = self.aggregates.days.sorted { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }
         let r = self.readings
         let f = self.flags

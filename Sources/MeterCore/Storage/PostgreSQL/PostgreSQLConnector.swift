@@ -65,7 +65,7 @@ package struct PostgreSQLStoreError: Error, CustomStringConvertible {
         if let error = error as? NIOConnectionError, let first = error.connectionErrors.first {
             return Self.plain(first.error)
         }
-        if let error = error as? IOError { return error.description }
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
         return "\(error)"
     }
 }
@@ -119,6 +119,12 @@ package struct PostgreSQLConnector: Sendable {
 }
 
 extension PostgresConnection {
+    /// Closes without waiting. The closure holds the connection until it is closed: PostgresNIO
+    /// requires a connection to be closed before it is released.
+    func closeInBackground() {
+        self.close().whenComplete { _ in withExtendedLifetime(self) {} }
+    }
+
     /// Runs a statement and collects its rows, blocking the calling thread (the writer's own).
     func runBlocking(_ query: PostgresQuery, logger: Logger, address: PostgreSQLAddress, doing: String) throws -> [PostgresRow] {
         do {

@@ -33,7 +33,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
     }
 
     deinit {
-        self.connection.close().whenComplete { _ in }
+        self.connection.closeInBackground()
     }
 
     var supportsDeferredAggregates: Bool { false }

@@ -20,7 +20,7 @@ package final class PostgreSQLMeterStore: MeterStore {
         self.connector = PostgreSQLConnector(address: address, logger: logger)
         self.logger = logger
         let connection = try self.connector.connectBlocking(id: 0)
-        defer { connection.close().whenComplete { _ in } }
+        defer { connection.closeInBackground() }
         let rows = try connection.runBlocking("SHOW server_version_num", logger: logger, address: address, doing: "checking the version")
         let version = Int(try rows.first?.decode(String.self) ?? "0") ?? 0
         guard version >= 150_000 else {
@@ -52,7 +52,7 @@ package final class PostgreSQLMeterStore: MeterStore {
 
     package func loadConcentratorAssignments() throws -> [String: Set<String>] {
         let connection = try self.connector.connectBlocking(id: 4)
-        defer { connection.close().whenComplete { _ in } }
+        defer { connection.closeInBackground() }
         var assignments: [String: Set<String>] = [:]
         for row in try connection.runBlocking(
             "SELECT concentrator, meter FROM concentrator_meter", logger: self.logger, address: self.connector.address,
@@ -78,7 +78,8 @@ package final class PostgreSQLMeterStore: MeterStore {
     package func loadMonthlyStore() async throws -> sending MonthlyStore {
         try await self.withSnapshot { connection in
             let store = MonthlyStore()
-            store.coveredThrough = try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
+            store.coveredThrough =
+                try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
                 .decode(Int64.self) ?? 0
             for row in try await self.rows(connection, "SELECT id, region, COALESCE(installed_month, 0) FROM customer ORDER BY id") {
                 let (id, region, month) = try row.decode((Int64, String, Int64).self)
@@ -113,7 +114,8 @@ package final class PostgreSQLMeterStore: MeterStore {
     package func loadReadDayStore() async throws -> sending ReadDayStore {
         try await self.withSnapshot { connection in
             let store = ReadDayStore()
-            store.coveredThrough = try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
+            store.coveredThrough =
+                try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
                 .decode(Int64.self) ?? 0
             if let received = try await self.rows(connection, "SELECT min(first_seen_ms), max(last_received_ms) FROM meter").first {
                 let (first, last) = try received.decode((Int64?, Int64?).self)
@@ -263,7 +265,9 @@ package final class PostgreSQLMeterStore: MeterStore {
             FROM meter WHERE name = \(name)
             """
         ).first.map { row in
-            let (id, name, customer, region, hwm, firstSeen, lastReceived, lastTs, lastStatus, lastFault, inactiveSince, readings, faults, duplicates) =
+            let (
+                id, name, customer, region, hwm, firstSeen, lastReceived, lastTs, lastStatus, lastFault, inactiveSince, readings, faults, duplicates
+            ) =
                 try row.decode((Int64, String, Int64?, String, Int64, Int64?, Int64?, Int64?, Int64?, String?, Int64?, Int64, Int64, Int64).self)
             return MeterRecord(
                 id: id, name: name, customerID: customer, region: region, highWaterMark: hwm, firstSeenMs: firstSeen, lastReceivedMs: lastReceived,
@@ -366,7 +370,8 @@ package final class PostgreSQLMeterStore: MeterStore {
             let status = MeterRules.monthStatus(
                 imported: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) }, readings: readings, good: good, fair: fair, poor: poor)
             return CustomerHistory.MonthTotal(
-                month: Month(key: Int(month)), kwh: kwh, revenue: revenue, readings: readings, faults: faults, status: status, estimated: estimated > 0)
+                month: Month(key: Int(month)), kwh: kwh, revenue: revenue, readings: readings, faults: faults, status: status,
+                estimated: estimated > 0)
         }
         history.bills = try await self.reader.query("SELECT month, amount, paid FROM bill WHERE customer_id = \(id) ORDER BY month").map { row in
             let (month, amount, paid) = try row.decode((Int64, Double, Bool).self)
@@ -403,7 +408,8 @@ package final class PostgreSQLMeterStore: MeterStore {
             """
         ).map { row in
             let (request, installed, days, technician, name) = try row.decode((String, String, Double?, Int64?, String?).self)
-            return CustomerHistory.Installation(requestDate: request, installedDate: installed, days: days, technicianID: technician, technician: name)
+            return CustomerHistory.Installation(
+                requestDate: request, installedDate: installed, days: days, technicianID: technician, technician: name)
         }
         return history
     }
@@ -434,7 +440,8 @@ package final class PostgreSQLMeterStore: MeterStore {
                 let (rule, subject, fired, resolved, detail) = try row.decode((String, String, Int64, Int64?, String).self)
                 // A rule this build does not know (a newer meterd wrote it) is left out rather than failing the list.
                 guard let rule = AlertRule(rawValue: rule) else { return nil }
-                return Alert(rule: rule, subject: subject, state: resolved == nil ? .firing : .resolved, firedMs: fired, resolvedMs: resolved, detail: detail)
+                return Alert(
+                    rule: rule, subject: subject, state: resolved == nil ? .firing : .resolved, firedMs: fired, resolvedMs: resolved, detail: detail)
             }
         }
         var found: [Alert] = []
@@ -502,9 +509,22 @@ actor PostgreSQLReader {
         self.connector = connector
     }
 
+    deinit {
+        self.connection?.closeInBackground()
+    }
+
+    /// A connect in progress: readers that arrive meanwhile wait for it rather than open their
+    /// own (the actor is re-entered at the `await`).
+    private var connecting: Task<PostgresConnection, any Error>?
+
     private func open() async throws -> PostgresConnection {
         if let connection = self.connection, !connection.isClosed { return connection }
-        let connection = try await self.connector.connect(id: 3)
+        if let connecting = self.connecting { return try await connecting.value }
+        let connector = self.connector
+        let connecting = Task { try await connector.connect(id: 3) }
+        self.connecting = connecting
+        defer { self.connecting = nil }
+        let connection = try await connecting.value
         self.connection = connection
         return connection
     }
