@@ -269,3 +269,80 @@ import Testing
         }
     }
 }
+
+/// What one commit costs on each store: `METERD_MEASURE=1 swift test --filter CommitCostMeasurement`.
+/// Not run by default (it measures the machine as much as meterd); it prints the figures.
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["METERD_MEASURE"] == "1"))
+struct CommitCostMeasurement {
+    @Test(.timeLimit(.minutes(5)), arguments: StoreBackend.allCases)
+    func commitLatencyAndRoundTrips(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try location.open(logger: testLogger)
+            let writer = try store.makeWriter(WriterSettings())
+            let meters = 1_000
+            let batch = 5_000
+            let batches = 20
+            func submission(_ round: Int) -> IngestSubmission {
+                let now = WallClock.nowMs()
+                return IngestSubmission(
+                    readings: (0..<batch).map { index in
+                        let reading = Reading(
+                            meter: String(format: "MTR-%06d", index % meters), seq: Int64(round * batch + index + 1), timestampMs: now - 1000,
+                            kwh: 0.25)
+                        return SubmittedReading(reading: reading, line: index + 1, receivedMs: now)
+                    }, receiver: nil)
+            }
+            _ = try writer.commit([submission(0)])  // registers the meters
+            let commitsBefore = try await Self.transactions(store)
+            let serverBefore = try await Self.serverCPUSeconds(store)
+            let clientBefore = Self.cpuSeconds(pid: getpid())
+            var durations: [Duration] = []
+            for round in 1...batches {
+                let started = ContinuousClock.now
+                let result = try writer.commit([submission(round)])
+                durations.append(ContinuousClock.now - started)
+                #expect(result.stored == batch)
+            }
+            let clientAfter = Self.cpuSeconds(pid: getpid())
+            let serverAfter = try await Self.serverCPUSeconds(store)
+            let commitsAfter = try await Self.transactions(store)
+            let perMillion = 1_000_000 / Double(batch * batches)
+            durations.sort()
+            let median = durations[durations.count / 2]
+            let transactions = commitsAfter.map { after in commitsBefore.map { after - $0 } ?? -1 }
+            print(
+                "commit cost \(backend): \(batch) readings over \(meters) meters per commit, median \(median), "
+                    + "max \(durations.last!), server transactions for \(batches) commits: \(transactions.map(String.init) ?? "n/a"), "
+                    + "CPU-s per million readings: test process (debug build) \((clientAfter - clientBefore) * perMillion), "
+                    + "PostgreSQL backends \(serverAfter.map { after in String((after - (serverBefore ?? 0)) * perMillion) } ?? "n/a")")
+        }
+    }
+
+    /// User plus system CPU seconds of a process so far, from /proc.
+    static func cpuSeconds(pid: pid_t) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// CPU seconds of the server processes serving this database (PostgreSQL only).
+    static func serverCPUSeconds(_ store: any MeterStore) async throws -> Double? {
+        guard let store = store as? PostgreSQLMeterStore else { return nil }
+        let pids = try await store.firstColumnText("SELECT pid::text FROM pg_stat_activity WHERE datname = current_database()")
+        return pids.compactMap { Int32($0) }.map { Self.cpuSeconds(pid: $0) }.reduce(0, +)
+    }
+
+    /// Transactions the server committed in this database so far (PostgreSQL only).
+    static func transactions(_ store: any MeterStore) async throws -> Int? {
+        guard let store = store as? PostgreSQLMeterStore else { return nil }
+        // The statistics collector reports with a delay; the snapshot is cleared first.
+        _ = try await store.firstColumnText("SELECT pg_stat_clear_snapshot()::text")
+        try await Task.sleep(for: .milliseconds(700))
+        return try await store.firstColumnText("SELECT xact_commit::text FROM pg_stat_database WHERE datname = current_database()").first
+            .flatMap { Int($0) }
+    }
+}
