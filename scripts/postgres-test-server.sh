@@ -3,7 +3,8 @@
 #   scripts/postgres-test-server.sh start DIR [PID] initdb (first time) and start; prints DIR/server.env;
 #                                                   with PID, the cluster is stopped and DIR removed once
 #                                                   that process is gone (a test run that crashed)
-#   scripts/postgres-test-server.sh stop DIR        fast shutdown (the cluster's files stay until DIR is removed)
+#   scripts/postgres-test-server.sh stop DIR        fast shutdown (the cluster's files stay until DIR is removed;
+#                                                   start DIR again brings it back on the same port)
 #   scripts/postgres-test-server.sh crash DIR       immediate shutdown, as near a power cut as a test gets
 #   scripts/postgres-test-server.sh createdb DIR NAME
 #
@@ -54,9 +55,12 @@ start)
             exit 1
         }
     fi
-    # A loopback port nobody uses: pick one at random and try the next on a clash.
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
+    # A loopback port nobody uses: pick one at random and try the next on a clash. A restart
+    # (after stop or crash) takes the port it had, so clients reconnect to the same address.
+    previous=$(sed -n 's/^PGTEST_PORT=//p' "$dir/server.env" 2>/dev/null || true)
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
         port=$((20000 + RANDOM % 40000))
+        if [ -n "$previous" ] && [ "$attempt" -le 3 ]; then port=$previous; fi
         if as_owner "$bin/pg_ctl" -D "$dir/data" -w -t 30 -l "$dir/server.log" \
             -o "-k $dir -c listen_addresses=127.0.0.1 -p $port -c fsync=on -c synchronous_commit=on" start >/dev/null; then
             cat >"$dir/server.env" <<EOF

@@ -85,9 +85,19 @@ struct PostgresTestServer: Sendable {
         PostgreSQLAddress(user: self.user, password: password, host: "127.0.0.1", port: self.port, database: database)
     }
 
-    /// `-m fast` stop: the server is gone until ``restart()``.
-    func stop() async throws {
-        _ = try await offPool { try runProgram([Self.script, "stop", self.directory]) }
+    /// `-m immediate` stop, the nearest a test gets to pulling the plug: connections drop at once,
+    /// and the next start runs crash recovery.
+    func crash() async throws {
+        let run = try await offPool { try runProgram([Self.script, "crash", self.directory]) }
+        guard run.status == 0 else { throw PostgresTestServerError(message: "crash failed:\n\(run.stderr)") }
+    }
+
+    /// Starts the stopped cluster again, on the same port and socket.
+    func restart() async throws {
+        let run = try await offPool { try runProgram([Self.script, "start", self.directory]) }
+        guard run.status == 0, run.stdout.contains("PGTEST_PORT=\(self.port)\n") else {
+            throw PostgresTestServerError(message: "restart failed or moved to another port:\n\(run.stdout)\(run.stderr)")
+        }
     }
 }
 

@@ -266,6 +266,11 @@ import Testing
                 """)
             #expect(!keys.isEmpty)
             for key in keys { #expect(key.contains("meter_id") && key.contains("ts_ms"), "\(key)") }
+
+            // Acks wait for durable commits even where the database's default says otherwise.
+            _ = try await store.firstColumnText("ALTER DATABASE \(address.database) SET synchronous_commit = off")
+            let reopened = try PostgreSQLMeterStore(address: address, logger: testLogger)
+            #expect(try await reopened.firstColumnText("SHOW synchronous_commit") == ["on"])
         }
     }
 }

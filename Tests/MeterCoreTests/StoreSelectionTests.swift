@@ -217,3 +217,46 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
         #expect(meter.readingsTotal == Int64(entry.ackedReadings), "readings total of \(entry.meter)")
     }
 }
+
+/// Database faults (issue 13 point 5): PostgreSQL goes away while meters send.
+@Suite struct PostgreSQLFaultTests {
+    @Test(.timeLimit(.minutes(3)))
+    func aDatabaseCrashMidStreamStopsAcksThenMeterdReconnectsAndLosesOrDoublesNothing() async throws {
+        try await PostgresTestServer.with { server in
+            let address = try await server.createDatabase()
+            try await withTemporaryDirectory { directory in
+                // Given meterd on PostgreSQL over its Unix socket, and meters sending for a few seconds
+                let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let daemon = try MeterdUnderTest.start(dataDirectory: directory, arguments: ["--store", url])
+                defer { daemon.process.stop() }
+                let (ingest, http) = try await daemon.ports()
+                var configuration = SimulationConfiguration(host: "127.0.0.1", port: ingest, meters: 100)
+                configuration.interval = 0.1
+                configuration.readingsPerMeter = 60
+                configuration.firstSeq = 1
+                configuration.window = 100
+                configuration.drainTimeout = 60
+                async let simulation = MeterSimulation(configuration: configuration).run()
+
+                // When the database crashes mid-stream and comes back a few seconds later
+                try await Task.sleep(for: .seconds(2))
+                try await server.crash()
+                // meterd notices: readiness goes down while commits fail
+                try await waitUntil(timeout: .seconds(30)) { try await httpGet(port: http, path: "/readyz").status != 200 }
+                try await Task.sleep(for: .seconds(2))
+                try await server.restart()
+                let result = try await simulation
+
+                // Then every reading is acknowledged in the end, stored once, and meterd said what happened
+                #expect(result.report.acked == 6_000)
+                #expect(result.report.unacked == 0)
+                try await waitUntil(timeout: .seconds(30)) { try await httpGet(port: http, path: "/readyz").status == 200 }
+                #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")
+                #expect(daemon.process.output.contains("Commit failed"))
+                #expect(daemon.process.output.contains("Reconnected to PostgreSQL"))
+                let store = try StoreLocation.postgresql(address).open(logger: testLogger)
+                try await expectLedgerMatches(result.ledger, store)
+            }
+        }
+    }
+}

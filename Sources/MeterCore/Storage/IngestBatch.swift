@@ -216,6 +216,11 @@ protocol IngestBackend: AnyObject {
     func readingsPastWatermark() throws -> [RecoveredReading]
     /// Fills read-success facts the schema added after readings were stored (SQLite's `v9-read-success`).
     func backfillReadDays(calendar: inout MonthCalendar) throws
+    /// Whether, after a commit failed with `error`, the meter rows may differ from the writer's
+    /// cache: the commit's outcome is unknown (the connection dropped) or another writer moved a
+    /// high-water mark. The writer then reloads its cache, so the retried batch finds what did
+    /// commit as duplicates: nothing counts twice.
+    func invalidatesMeterCache(_ error: any Error) -> Bool
 
     func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag]
     func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws

@@ -24,7 +24,9 @@ import Logging
 /// are inserted with their reading, never deferred.
 ///
 /// The writer decides what is stored and what the aggregates become, for every store alike; its
-/// ``IngestBackend`` (SQLite, PostgreSQL) says it in SQL.
+/// ``IngestBackend`` (SQLite, PostgreSQL) says it in SQL. Deferred aggregates and recovery are
+/// SQLite's: PostgreSQL commits every batch's aggregates with it
+/// (``IngestBackend/supportsDeferredAggregates``).
 package final class IngestWriter: MeterStoreWriter {
     struct MeterState {
         var id: Int64
@@ -179,6 +181,10 @@ package final class IngestWriter: MeterStoreWriter {
             self.meterStates.removeSubrange(rollback.firstRegisteredSlot...)
             self.trailing.removeSubrange(rollback.firstRegisteredSlot...)
             self.meterNames.removeSubrange(rollback.firstRegisteredSlot...)
+            if self.backend.invalidatesMeterCache(error) {
+                // If this fails too (the store is still down), the next failed attempt tries again.
+                try? self.reloadMeters()
+            }
             throw error
         }
     }

@@ -38,11 +38,22 @@ final class PostgreSQLIngestBackend: IngestBackend {
 
     var supportsDeferredAggregates: Bool { false }
 
-    /// Runs a statement on the writer's connection.
+    /// Runs a statement on the writer's connection, opening a new one first when the last one
+    /// closed (the server restarted, the network dropped): the pipeline retries failed commits
+    /// with a growing delay, so that is the reconnect backoff.
     @discardableResult
     func run(_ query: PostgresQuery, _ doing: String) throws -> [PostgresRow] {
-        try self.connection.runBlocking(query, logger: self.logger, address: self.connector.address, doing: doing)
+        if self.connection.isClosed {
+            self.connection = try self.connector.connectBlocking(id: 1)
+            self.logger.notice("Reconnected to PostgreSQL", metadata: ["db.store": "\(self.connector.address)"])
+        }
+        return try self.connection.runBlocking(query, logger: self.logger, address: self.connector.address, doing: doing)
     }
+
+    /// Any failed commit may have committed after all (a connection lost after the server took the
+    /// call) or met another node's write (SQLSTATE 40001): reloading the meter rows is cheap next
+    /// to a commit retried with stale high-water marks.
+    func invalidatesMeterCache(_ error: any Error) -> Bool { true }
 
     func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T {
         let month = PostgreSQLSchema.utcMonth(ofMilliseconds: WallClock.nowMs()).key

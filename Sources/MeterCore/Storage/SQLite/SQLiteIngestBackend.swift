@@ -33,6 +33,9 @@ final class SQLiteIngestBackend: IngestBackend {
         try self.database.pool.write { db in try body(SQLiteIngestTransaction(db)) }
     }
 
+    /// A failed SQLite transaction is rolled back whole, and nothing else writes the file.
+    func invalidatesMeterCache(_ error: any Error) -> Bool { false }
+
     func loadMeters() throws -> [StoredMeterState] {
         try self.database.pool.read { db in
             try Row.fetchAll(
