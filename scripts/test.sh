@@ -17,7 +17,12 @@ swift build --build-tests
 timed="statusAnswersPromptlyWhileTenThousandMetersSend|aConnectionThatSendsNothingIsClosedAfterTheIdleTimeout"
 timed+="|aConnectionThatNeverCompletesItsHandshakeIsClosed|overTLSConnectionsBeyondTheLimitAreToldSoAfterTheHandshakeOrClosedAtItsDeadline"
 timed+="|SimulatorTLSTests|theDaemonWritesSnapshots"
-swift test --skip-build --skip "$timed"
+# The PostgreSQL store's tests start throw-away clusters (scripts/postgres-test-server.sh): in a pass
+# of their own, so initdb and the servers do not compete with the main suite's deadlines.
+postgres="StoreIngestTests|StoreSelectionTests|PostgreSQLStoreTests|PostgreSQLFaultTests"
+swift test --skip-build --skip "$timed|$postgres"
+echo "== store tests on SQLite and PostgreSQL 15"
+swift test --skip-build --filter "$postgres"
 echo "== timing-sensitive tests, one at a time"
 swift test --skip-build --no-parallel --filter "$timed"
 echo "== dashboard in headless Chromium"
