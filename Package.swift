@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(
@@ -66,6 +67,8 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+                // Only Storage/PostgreSQL/ imports it, as only Storage/SQLite/ imports GRDB.
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             // The dashboard's page, stylesheet and script, compiled into the binary as byte arrays.
             resources: [.embedInCode("Dashboard/Assets")],
@@ -97,6 +100,7 @@ let package = Package(
             dependencies: [
                 "MeterCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

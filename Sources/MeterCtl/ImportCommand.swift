@@ -23,14 +23,24 @@ struct ImportCommand: AsyncParsableCommand {
     @Option(help: "Import straight into this database file (meterd must not be running on it).")
     var db: String?
 
+    @Option(help: ArgumentHelp("Import straight into this store: sqlite:PATH or postgresql://USER@HOST/DB.", valueName: "url"))
+    var store: String?
+
     @OptionGroup var options: ConnectionOptions
 
     func run() async throws {
-        guard let path = self.db else {
+        guard self.db != nil || self.store != nil else {
             try await self.importThroughDaemon()
             return
         }
-        let writer = try SQLiteMeterStore(path: path).makeWriter(WriterSettings())
+        // A new SQLite file is created for the import, so only a URL's store must exist already.
+        let store: any MeterStore
+        if let path = self.db, self.store == nil {
+            store = try SQLiteMeterStore(path: path)
+        } else {
+            store = try KPIOptions.openStore(db: self.db, store: self.store)
+        }
+        let writer = try store.makeWriter(WriterSettings())
         let terminal = isatty(STDERR_FILENO) == 1
         let report = try CompanyImporter.importDirectory(self.directory, into: writer) { progress in
             let percent = Int((progress.fraction * 100).rounded())

@@ -1,18 +1,23 @@
 import ArgumentParser
 import Foundation
+import Logging
 import MeterCore
 
 /// Options that say how KPIs are computed offline (the daemon has them from its configuration).
 struct KPIOptions: ParsableArguments {
     init() {}
 
-    init(db: String, timezone: String?) {
+    init(db: String?, store: String?, timezone: String?) {
         self.db = db
+        self.store = store
         self.timezone = timezone
     }
 
     @Option(help: "Read this database file directly instead of asking meterd.")
     var db: String?
+
+    @Option(help: ArgumentHelp("Read this store directly: sqlite:PATH or postgresql://USER@HOST/DB (as meterd --store).", valueName: "url"))
+    var store: String?
 
     @Option(
         help: ArgumentHelp(
@@ -33,11 +38,7 @@ struct KPIOptions: ParsableArguments {
     }
 
     func engine() async throws -> (KPIEngine, KPISettings) {
-        guard let path = self.db else {
-            throw ValidationError("pass --db PATH to read a database file directly")
-        }
-        guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("no database at \(path)") }
-        let store = try SQLiteMeterStore(path: path)
+        let store = try Self.openStore(db: self.db, store: self.store)
         let zone: TimeZone
         if let name = self.timezone {
             guard let given = TimeZone(identifier: name) else { throw ValidationError("unknown time zone \(name)") }
@@ -48,5 +49,28 @@ struct KPIOptions: ParsableArguments {
         }
         let settings = KPISettings(timeZone: zone)
         return (KPIEngine(store: store, settings: settings), settings)
+    }
+}
+
+extension KPIOptions {
+    /// The store `--db PATH` or `--store URL` names, opened for offline commands; a bad URL, a
+    /// missing file or an unreachable server is one line naming the problem.
+    static func openStore(db: String?, store: String?) throws -> any MeterStore {
+        let location: StoreLocation
+        switch (db, store) {
+        case (let path?, nil): location = .sqlite(path: path)
+        case (nil, let url?):
+            do { location = try StoreLocation(parsing: url) } catch { throw ValidationError(error.message) }
+        case (.some, .some): throw ValidationError("pass --db PATH or --store URL, not both")
+        case (nil, nil): throw ValidationError("pass --db PATH or --store URL to read a store directly")
+        }
+        if case .sqlite(let path) = location, !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("no database at \(path)")
+        }
+        do {
+            return try location.open(logger: Logger(label: "meterctl"))
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 }

@@ -119,6 +119,9 @@ extension MeterCtl {
         @Option(help: "Compute from this database file instead of asking meterd (meterd need not run).")
         var db: String?
         @Option(
+            help: ArgumentHelp("Compute from this store (sqlite:PATH or postgresql://…) instead of asking meterd.", valueName: "url"))
+        var store: String?
+        @Option(
             help: ArgumentHelp(
                 "With --db: IANA time zone of the calendar months (default: the zone meterd last ran with, else UTC).",
                 valueName: "iana-name"))
@@ -137,8 +140,9 @@ extension MeterCtl {
         }
 
         func run() async throws {
-            if let db = self.db {
-                let text = try await KPIOptions(db: db, timezone: self.timezone).json(from: self.from, to: self.to, region: self.region)
+            if self.db != nil || self.store != nil {
+                let text = try await KPIOptions(db: self.db, store: self.store, timezone: self.timezone).json(
+                    from: self.from, to: self.to, region: self.region)
                 print(self.options.json ? text : try KPITextReport.render(json: text), terminator: self.options.json ? "\n" : "")
                 return
             }

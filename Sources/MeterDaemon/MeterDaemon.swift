@@ -24,6 +24,11 @@ struct MeterDaemonCommand: AsyncParsableCommand {
     var config: String?
     @Option(help: "Directory of the database, kpi.json and ports.json (default ./meterd-data).")
     var dataDir: String?
+    @Option(
+        help: ArgumentHelp(
+            "sqlite:PATH (default sqlite:<data-dir>/meterd.sqlite) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?host=DIR]; also $METERD_STORE.",
+            valueName: "url"))
+    var store: String?
     @Option(help: ArgumentHelp("HOST:PORT meters connect to (default 127.0.0.1:7700; port 0 picks one).", valueName: "host:port"))
     var ingest: String?
     @Option(help: ArgumentHelp("HOST:PORT of the dashboard, API and metrics (default 127.0.0.1:8080).", valueName: "host:port"))
@@ -151,7 +156,7 @@ struct MeterDaemonCommand: AsyncParsableCommand {
         let daemonEnvironment = DaemonEnvironment(inheritedSockets: sockets, watchdogInterval: Systemd.watchdogInterval())
 
         let flags: [(String, String?)] = [
-            ("data_dir", self.dataDir), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
+            ("data_dir", self.dataDir), ("store", self.store), ("ingest", self.ingest), ("http", self.http), ("status_socket", self.statusSocket),
             ("timezone", self.timezone), ("inactive_after", self.inactiveAfter), ("snapshot_interval", self.snapshotInterval),
             ("synchronous", self.synchronous), ("max_line_length", self.maxLineLength), ("clock_skew", self.clockSkew),
             ("max_kwh", self.maxKwh), ("register_digits", self.registerDigits), ("expected_interval", self.expectedInterval),

@@ -37,116 +37,7 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
         }
     }
 
-    @Test func storesAReadingOnceHoweverOftenItIsResent() async throws {
-        try await withTemporaryDirectory { directory in
-            // Given a stored reading
-            let (database, initialWriter) = try self.makeWriter(directory)
-            var writer = initialWriter
-            let first = Reading(meter: "MTR-1", seq: 1, timestampMs: 1_795_947_300_000, kwh: 0.5)
-            let second = Reading(meter: "MTR-1", seq: 2, timestampMs: 1_795_947_360_000, kwh: 0.25)
-            var result = try writer.commit([self.submission([first, second])])
-            #expect(result.stored == 2)
-            #expect(result.outcomes[0].acks.map(\.seq) == [2])
-
-            // When it is resent in the same batch, a later batch, and after a restart
-            result = try writer.commit([self.submission([first]), self.submission([second, second])])
-            #expect(result.stored == 0)
-            #expect(result.duplicates == 3)
-            #expect(result.outcomes.map { $0.acks.map(\.seq) } == [[1], [2]])
-            writer = try IngestWriter(database: database, calendar: MonthCalendar(timeZone: Self.utc), tariff: Tariff(), unknownMeters: .register)
-            result = try writer.commit([self.submission([first, second])])
-            #expect(result.duplicates == 2)
-
-            // Then it is stored, aggregated and counted once
-            let (readings, kwh, monthKwh, duplicates) = try await database.pool.read { db in
-                (
-                    try Int.fetchOne(db, sql: "SELECT count(*) FROM reading")!,
-                    try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM reading")!,
-                    try Double.fetchOne(db, sql: "SELECT sum(kwh) FROM meter_month")!,
-                    try Int.fetchOne(db, sql: "SELECT duplicates_total FROM meter WHERE name = 'MTR-1'")!
-                )
-            }
-            #expect(readings == 2)
-            #expect(kwh == 0.75)
-            #expect(monthKwh == 0.75)
-            #expect(duplicates == 5)
-        }
-    }
-
-    @Test func keepsMonthlyAggregatesWithTariffStatusFaultsAndLatency() async throws {
-        try await withTemporaryDirectory { directory in
-            let tariff = Tariff(defaultRate: 0.2, regionRates: ["North": 0.1])
-            let (database, writer) = try self.makeWriter(directory, tariff: tariff)
-            let ts = RFC3339.parseMilliseconds("2026-11-10T12:00:00Z")!
-            _ = try writer.commit([
-                self.submission(
-                    [
-                        Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1.0, status: .good),
-                        Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2.0, status: .poor, fault: "tamper"),
-                        Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3.0, status: .poor),
-                        Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4.0, status: .fair, fault: "voltage_sag"),
-                    ], receivedMs: ts + 5000)
-            ])
-            let fetched = try database.pool.read { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM meter_month JOIN meter ON meter.id = meter_id WHERE name = 'A'")
-            }
-            let row = try #require(fetched)
-            #expect(row["month"] as Int == 202611)
-            #expect(row["kwh"] as Double == 10.0)
-            #expect(abs((row["revenue"] as Double) - 2.0) < 1e-9)  // unassigned meters pay the default rate
-            #expect(row["readings"] as Int == 4)
-            #expect(row["faults"] as Int == 2)
-            #expect([row["good"], row["fair"], row["poor"]] as [Int] == [1, 1, 2])
-            #expect(row["latency_sum_ms"] as Int64 == 5000 + 4000 + 3000 + 2000)
-            #expect(row["latency_count"] as Int == 4)
-            #expect(row["latency_max_ms"] as Int64 == 5000)
-            #expect(row["hwm_seq"] as Int64 == 4)
-            #expect(row["last_status"] as Int == Int(MeterHealth.fair.rawValue))
-            #expect(row["last_fault"] as String? == "voltage_sag")
-            #expect(row["faults_total"] as Int == 2)
-            #expect(row["region"] as String == "Unassigned")
-        }
-    }
-
-    @Test func aLateReadingLandsInTheMonthOfItsTimestamp() async throws {
-        try await withTemporaryDirectory { directory in
-            let (database, writer) = try self.makeWriter(directory)
-            let november = RFC3339.parseMilliseconds("2026-11-29T10:00:00Z")!
-            let october = RFC3339.parseMilliseconds("2026-10-31T23:59:59.999Z")!
-            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 1, timestampMs: november, kwh: 1)], receivedMs: november)])
-            // Received in November, measured in October: October's aggregate takes it.
-            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 2, timestampMs: october, kwh: 2)], receivedMs: november + 60_000)])
-            let months = try await database.pool.read { db in
-                try Row.fetchAll(db, sql: "SELECT month, kwh FROM meter_month ORDER BY month").map { [$0["month"] as Int: $0["kwh"] as Double] }
-            }
-            #expect(months == [[202610: 2.0], [202611: 1.0]])
-        }
-    }
-
-    @Test func monthsFollowTheConfiguredTimeZone() async throws {
-        try await withTemporaryDirectory { directory in
-            // 23:30 on 30 November in New York is already 1 December in UTC.
-            let zone = try #require(TimeZone(identifier: "America/New_York"))
-            let (database, writer) = try self.makeWriter(directory, timeZone: zone)
-            let lateEvening = try #require(RFC3339.parseMilliseconds("2026-11-30T23:30:00-05:00"))
-            let nextMorning = try #require(RFC3339.parseMilliseconds("2026-12-01T00:30:00-05:00"))
-            _ = try writer.commit([
-                self.submission(
-                    [
-                        Reading(meter: "A", seq: 1, timestampMs: lateEvening, kwh: 1),
-                        Reading(meter: "A", seq: 2, timestampMs: nextMorning, kwh: 2),
-                    ], receivedMs: nextMorning + 1000)
-            ])
-            let months = try await database.pool.read { db in
-                try Row.fetchAll(db, sql: "SELECT month, kwh FROM meter_month ORDER BY month").map { [$0["month"] as Int: $0["kwh"] as Double] }
-            }
-            #expect(months == [[202611: 1.0], [202612: 2.0]])
-
-            var berlin = MonthCalendar(timeZone: try #require(TimeZone(identifier: "Europe/Berlin")))
-            #expect(berlin.month(ofMilliseconds: RFC3339.parseMilliseconds("2026-03-31T23:30:00+02:00")!) == Month(year: 2026, month: 3))
-            #expect(berlin.month(ofMilliseconds: RFC3339.parseMilliseconds("2026-03-31T22:00:00Z")!) == Month(year: 2026, month: 4))
-        }
-    }
+    // Resends, monthly aggregates, late readings and time zones: StoreIngestTests, on every store.
 
     @Test func aFailedCommitAppliesNothingAndCanBeRetried() async throws {
         try await withTemporaryDirectory { directory in
@@ -234,7 +125,7 @@ final class RecordingReceiver: AckReceiver, @unchecked Sendable {
             _ = try writer.commit([
                 self.submission([Reading(meter: "A", seq: 1, timestampMs: start, kwh: 1)], receivedMs: start)
             ])
-            let store = SQLiteMeterStore(database: writer.database)
+            let store = SQLiteMeterStore(database: try #require(writer.database))
             let cutoff = start + 300_000
             let candidates = try await store.livenessCandidates(cutoffMs: cutoff, startMs: start)
             #expect(candidates.silent.map(\.name) == ["A"])

@@ -228,6 +228,7 @@ final class LoadInterleavingStore: MeterStore {
     func customerHistory(id: Int64) async throws -> CustomerHistory? { try await self.base.customerHistory(id: id) }
     func customerSummaries(ids: [Int64]) async throws -> [Int64: CustomerSummary] { try await self.base.customerSummaries(ids: ids) }
     func concentratorAssignments() async throws -> [String: Set<String>] { try await self.base.concentratorAssignments() }
+    func loadConcentratorAssignments() throws -> [String: Set<String>] { try self.base.loadConcentratorAssignments() }
     func backup(to path: String) async throws -> BackupReport { try await self.base.backup(to: path) }
     func alerts(state: AlertState?, limit: Int) async throws -> (alerts: [Alert], firing: Int) {
         try await self.base.alerts(state: state, limit: limit)

@@ -68,6 +68,8 @@ package struct DaemonConfiguration: Sendable {
     /// …and so is one with this many `poor` months in it.
     package var faultyPoorMonths = 2
     package var durability = Durability.full
+    /// `store`: where the data lives; `nil` is the default, `sqlite:<data_dir>/meterd.sqlite` (``storeLocation``).
+    package var store: StoreLocation?
     package var pipeline = PipelineConfiguration()
     package var limits = LineLimits()
 
@@ -185,6 +187,9 @@ package struct DaemonConfiguration: Sendable {
     /// Path of the SQLite database inside the data directory.
     package var databasePath: String { (self.dataDirectory as NSString).appendingPathComponent("meterd.sqlite") }
 
+    /// Where the data lives: ``store``, or the SQLite file in the data directory.
+    package var storeLocation: StoreLocation { self.store ?? .sqlite(path: self.databasePath) }
+
     /// Path of the status socket.
     package var statusSocketPath: String {
         self.statusSocket ?? ((self.runtimeDirectory ?? self.dataDirectory) as NSString).appendingPathComponent("status.sock")
@@ -193,6 +198,11 @@ package struct DaemonConfiguration: Sendable {
     /// Keys a config file and the command line may set, with what each means (for `--help` and README).
     package static let keys: [(key: String, help: String)] = [
         ("data_dir", "Directory of the database, kpi.json and ports.json (default ./meterd-data; $STATE_DIRECTORY under systemd)."),
+        (
+            "store",
+            "sqlite:PATH (default sqlite:<data_dir>/meterd.sqlite) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?host=SOCKET-DIR]; "
+                + "also $METERD_STORE."
+        ),
         ("ingest", "HOST:PORT meters connect to (default 127.0.0.1:7700; port 0 picks a free one)."),
         ("http", "HOST:PORT of the dashboard, API and metrics (default 127.0.0.1:8080)."),
         ("status_socket", "Path of the status socket (default <runtime dir>/status.sock)."),
@@ -277,6 +287,7 @@ package struct DaemonConfiguration: Sendable {
         }
         switch key {
         case "data_dir": self.dataDirectory = try path()
+        case "store": self.store = try StoreLocation(parsing: value)
         case "runtime_dir": self.runtimeDirectory = try path()
         case "ingest": self.ingest = try address()
         case "http": self.http = try address()
@@ -392,7 +403,8 @@ package struct DaemonConfiguration: Sendable {
     /// - Parameters:
     ///   - configFile: path of a config file, if one was given.
     ///   - overrides: settings from the command line, by key, applied last.
-    ///   - environment: the process environment (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`).
+    ///   - environment: the process environment (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`, and
+    ///     `METERD_STORE`, which overrides the file's `store` and yields to the flag).
     package static func resolve(
         configFile: String?, overrides: [(key: String, value: String)],
         environment: [String: String]
@@ -409,6 +421,13 @@ package struct DaemonConfiguration: Sendable {
                 throw ConfigurationError(key: "config", "cannot read \(configFile): \((error as NSError).localizedDescription)")
             }
             try configuration.load(configFile: text, path: configFile)
+        }
+        if let store = environment["METERD_STORE"], !store.isEmpty {
+            do {
+                try configuration.set("store", to: store)
+            } catch {
+                throw ConfigurationError(key: "store", "\(error.message) (from METERD_STORE)")
+            }
         }
         for (key, value) in overrides {
             try configuration.set(key, to: value)

@@ -47,7 +47,7 @@ package struct MeterDaemon: Sendable {
         } catch {
             throw ConfigurationError(key: "data_dir", "cannot create \(configuration.dataDirectory): \(error.localizedDescription)")
         }
-        let store = try SQLiteMeterStore(path: configuration.databasePath, durability: configuration.durability)
+        let store = try configuration.storeLocation.open(durability: configuration.durability, logger: logger)
         self.store = store
         let writer = try store.makeWriter(
             WriterSettings(
@@ -62,7 +62,7 @@ package struct MeterDaemon: Sendable {
         logger.info(
             "Database open",
             metadata: [
-                "db.path": "\(store.location)", "db.meters": "\(writer.meterCount)",
+                "db.store": "\(store.location)", "db.meters": "\(writer.meterCount)",
                 "db.synchronous": "\(configuration.durability.rawValue)",
             ])
         let pipeline = IngestPipeline(

@@ -80,6 +80,8 @@ package protocol MeterStore: Sendable {
 
     /// Which meters each data concentrator may send for (`concentrators.csv`), by concentrator id.
     func concentratorAssignments() async throws -> [String: Set<String>]
+    /// ``concentratorAssignments()`` before the daemon starts, blocking the caller.
+    func loadConcentratorAssignments() throws -> [String: Set<String>]
 
     // MARK: Alerts
 

@@ -3,12 +3,9 @@ import GRDB
 
 /// The writer's work besides readings: liveness flags, KPI snapshots, company imports and settings,
 /// each one transaction on the writer's connection.
-extension IngestWriter {
-    package func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
-        // Deferred aggregates hold the newest `last_received_ms`: the check below must see it, or a
-        // meter that has just reported would be flagged and unflagged again by the next flush.
-        if self.hasPendingAggregates { try self.flushAggregates() }
-        return try self.database.pool.write { db in
+extension SQLiteIngestBackend {
+    func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
+        try self.database.pool.write { db in
             // The condition is checked again: a reading may have arrived since the candidates were read.
             let update = try db.makeStatement(
                 sql: """
@@ -27,7 +24,7 @@ extension IngestWriter {
         }
     }
 
-    package func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
+    func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
         try self.database.pool.write { db in
             try db.execute(
                 sql: "INSERT INTO kpi_snapshot (generated_ms, period_from, period_to, document) VALUES (?, ?, ?, ?)",
@@ -39,17 +36,11 @@ extension IngestWriter {
         }
     }
 
-    package func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
-        // Aggregates of readings still pending must not interleave with the import's rows.
-        do { try self.flushAggregates() } catch {
-            return FileImportResult(
-                file: (path as NSString).lastPathComponent, rows: 0,
-                errors: [CompanyDataError(file: (path as NSString).lastPathComponent, line: 0, "\(error)")], seconds: 0)
-        }
-        return ImportContext.importFile(path, database: self.database, progress: progress)
+    func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
+        ImportContext.importFile(path, database: self.database, progress: progress)
     }
 
-    package func recordTimeZone(_ zone: TimeZone) throws {
+    func recordTimeZone(_ zone: TimeZone) throws {
         try self.database.pool.write { db in
             try db.execute(
                 sql: """
@@ -59,8 +50,8 @@ extension IngestWriter {
     }
 }
 
-extension IngestWriter {
-    package func recordAlerts(_ alerts: [Alert], history: Int) throws {
+extension SQLiteIngestBackend {
+    func recordAlerts(_ alerts: [Alert], history: Int) throws {
         guard !alerts.isEmpty else { return }
         try self.database.pool.write { db in
             let upsert = try db.makeStatement(

@@ -1,0 +1,230 @@
+import Foundation
+
+// What one commit (or a run of deferred commits) adds to the aggregates, as the backend-neutral
+// ``IngestWriter`` folds it; each store's ``IngestTransaction`` writes it in its own SQL.
+
+/// What a run of readings changes in one meter's row.
+struct MeterDelta {
+    /// The meter's committed high-water mark before these readings: a store several nodes share
+    /// checks that it still holds when it writes ``highWaterMark`` (PostgreSQL).
+    var previousHighWaterMark: Int64
+    var highWaterMark: Int64
+    var firstSeenMs: Int64
+    var lastReceivedMs: Int64
+    var lastTimestampMs: Int64?
+    var lastStatus: MeterHealth?
+    var lastFault: String?
+    var lastReadingRowID: Int64?
+    var lastRegister: Double?
+    var lastRegisterTimestampMs: Int64?
+    var zeroRun = MeteringRules.ZeroRun()
+    var readings = 0
+    var faults = 0
+    var duplicates = 0
+    /// The earliest day (``Day/key``) a reading of this run fell on: the meter row keeps the earliest of all.
+    var firstDay: Int?
+    /// The meter's name, set with its first reading of the run (for ``AggregateDelta/MeterReads``).
+    var name = ""
+
+    mutating func recordDuplicate(receivedMs: Int64) {
+        self.lastReceivedMs = receivedMs
+        self.duplicates += 1
+    }
+
+    /// - Parameters:
+    ///   - day: the ``Day/key`` of the reading's `ts`.
+    ///   - name: the meter's name, asked for with its first reading of the run only.
+    mutating func record(
+        _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, zeroRun: MeteringRules.ZeroRun, day: Int,
+        name: () -> String
+    ) {
+        if let first = self.firstDay {
+            self.firstDay = min(first, day)
+        } else {
+            self.firstDay = day
+            self.name = name()
+        }
+        self.zeroRun = zeroRun
+        self.lastReceivedMs = receivedMs
+        self.lastReadingRowID = rowID
+        self.lastRegister = reading.registerKwh
+        self.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
+        self.highWaterMark = highWaterMark
+        self.lastTimestampMs = reading.timestampMs
+        self.lastStatus = reading.status
+        self.lastFault = reading.fault
+        self.readings += 1
+        if reading.fault != nil { self.faults += 1 }
+    }
+
+    /// This delta followed by `later`, as one.
+    mutating func merge(_ later: MeterDelta) {
+        self.highWaterMark = later.highWaterMark
+        self.lastReceivedMs = later.lastReceivedMs
+        if later.readings > 0 {
+            self.lastTimestampMs = later.lastTimestampMs
+            self.lastStatus = later.lastStatus
+            self.lastFault = later.lastFault
+            self.lastReadingRowID = later.lastReadingRowID
+            self.lastRegister = later.lastRegister
+            self.lastRegisterTimestampMs = later.lastRegisterTimestampMs
+            self.zeroRun = later.zeroRun
+        }
+        self.readings += later.readings
+        self.faults += later.faults
+        self.duplicates += later.duplicates
+        if let day = later.firstDay { self.firstDay = min(self.firstDay ?? day, day) }
+        if self.name.isEmpty { self.name = later.name }
+    }
+}
+
+/// A meter's day: the `meter_day` row of the read success rate and interval completeness.
+struct DayKey: Hashable {
+    var day: Int
+    var meterID: Int64
+}
+
+/// What a run of readings adds to a meter's day.
+struct DayDelta {
+    var readings = 0
+    /// Spacings to the meter's previous reading (positive ones only), summed, and how many:
+    /// the meter's observed interval that day is their mean.
+    var spacingSumMs: Int64 = 0
+    var spacingCount = 0
+
+    mutating func add(timestampMs: Int64, previousMs: Int64?) {
+        self.readings += 1
+        if let previousMs, timestampMs > previousMs {
+            self.spacingSumMs += timestampMs - previousMs
+            self.spacingCount += 1
+        }
+    }
+
+    mutating func merge(_ other: DayDelta) {
+        self.readings += other.readings
+        self.spacingSumMs += other.spacingSumMs
+        self.spacingCount += other.spacingCount
+    }
+}
+
+struct MonthKey: Hashable {
+    var meterID: Int64
+    var month: Int
+}
+
+/// Live reading latencies by the month they were received in, the meter's region and a bucket.
+struct LatencyKey: Hashable {
+    var month: Int
+    var region: Int
+    var bucket: Int
+}
+
+/// The aggregates of a run of readings: one batch's, or all those pending.
+struct BatchAggregates {
+    var meters: [Int64: MeterDelta] = [:]
+    var months: [MonthKey: AggregateDelta.Month] = [:]
+    var latencies: [LatencyKey: (count: Int, sumMs: Int64)] = [:]
+    var days: [DayKey: DayDelta] = [:]
+    /// Highest rowid of a reading these aggregates cover.
+    var highRowID: Int64?
+
+    /// Adds one stored reading's latency, by the month it was received.
+    mutating func addLatency(_ latencyMs: Int64, receivedMs: Int64, region: Int, calendar: inout MonthCalendar) {
+        let key = LatencyKey(
+            month: calendar.month(ofMilliseconds: receivedMs).key, region: region,
+            bucket: LatencyBuckets.bucket(ofMilliseconds: latencyMs))
+        self.latencies[key, default: (0, 0)].count += 1
+        self.latencies[key, default: (0, 0)].sumMs += latencyMs
+    }
+
+    /// These aggregates followed by `later`, as one.
+    mutating func absorb(_ later: BatchAggregates) {
+        for (id, delta) in later.meters {
+            if var earlier = self.meters[id] {
+                earlier.merge(delta)
+                self.meters[id] = earlier
+            } else {
+                self.meters[id] = delta
+            }
+        }
+        for (key, delta) in later.months {
+            self.months[key, default: AggregateDelta.Month(meterID: key.meterID, month: key.month)].merge(delta)
+        }
+        for (key, latency) in later.latencies {
+            self.latencies[key, default: (0, 0)].count += latency.count
+            self.latencies[key, default: (0, 0)].sumMs += latency.sumMs
+        }
+        for (key, day) in later.days {
+            self.days[key, default: DayDelta()].merge(day)
+        }
+        if let high = later.highRowID { self.highRowID = high }
+    }
+}
+
+/// A stored reading the writer folds again on open: one a crash left past the aggregates' watermark.
+struct RecoveredReading {
+    var rowID: Int64
+    var meterID: Int64
+    var seq: Int64
+    var timestampMs: Int64
+    var receivedMs: Int64
+    var kwh: Double
+    var status: MeterHealth
+    var fault: String?
+    var registerKwh: Double?
+    var spanStartMs: Int64?
+}
+
+/// A meter's row as the writer caches it.
+struct StoredMeterState {
+    var id: Int64
+    var name: String
+    var region: String
+    var highWaterMark: Int64
+    var lastReadingRowID: Int64
+    var lastTimestampMs: Int64?
+    var lastRegister: Double?
+    var lastRegisterTimestampMs: Int64?
+    var zeroRun: MeteringRules.ZeroRun
+}
+
+/// One commit's writes in a store's dialect: the ``IngestWriter`` decides what is stored, the
+/// transaction how. Every call of one transaction commits together or not at all.
+protocol IngestTransaction: AnyObject {
+    /// Stores a reading (its `kwh` already derived for a register reading); returns its position,
+    /// which grows with every reading stored.
+    func insertReading(meterID: Int64, _ reading: Reading, receivedMs: Int64, previousRowID: Int64, spanStartMs: Int64?) throws -> Int64
+    func insertFlag(meterID: Int64, reading: Reading, month: Int, rule: ValidationRule, detail: String) throws
+    func quarantine(_ line: QuarantinedLine) throws
+    /// Adds a meter the company data does not know, in `region`; returns its id.
+    func registerMeter(named name: String, region: String) throws -> Int64
+    /// Adds aggregates to `meter`, `meter_month`, `latency_month`, `meter_day` and the watermark.
+    func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws
+}
+
+/// The SQL side of an ``IngestWriter``: transactions, the meter rows it caches, and the writer's
+/// work besides readings (liveness flags, snapshots, imports, settings, alerts).
+protocol IngestBackend: AnyObject {
+    /// Whether aggregates may commit after their readings (``IngestWriter/commit(_:deferAggregates:)``),
+    /// because the store folds readings past its watermark again on open.
+    var supportsDeferredAggregates: Bool { get }
+    /// Runs `body` in one transaction, committed when it returns and rolled back when it throws.
+    func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T
+    /// Every meter row.
+    func loadMeters() throws -> [StoredMeterState]
+    /// Readings past the aggregates' watermark, in the order they were stored.
+    func readingsPastWatermark() throws -> [RecoveredReading]
+    /// Fills read-success facts the schema added after readings were stored (SQLite's `v9-read-success`).
+    func backfillReadDays(calendar: inout MonthCalendar) throws
+    /// Whether, after a commit failed with `error`, the meter rows may differ from the writer's
+    /// cache: the commit's outcome is unknown (the connection dropped) or another writer moved a
+    /// high-water mark. The writer then reloads its cache, so the retried batch finds what did
+    /// commit as duplicates: nothing counts twice.
+    func invalidatesMeterCache(_ error: any Error) -> Bool
+
+    func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag]
+    func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws
+    func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult
+    func recordTimeZone(_ zone: TimeZone) throws
+    func recordAlerts(_ alerts: [Alert], history: Int) throws
+}

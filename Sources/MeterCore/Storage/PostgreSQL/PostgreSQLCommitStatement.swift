@@ -1,0 +1,239 @@
+import Foundation
+import NIOCore
+import PostgresNIO
+
+/// One ingest commit on PostgreSQL: the batch's readings, flags, quarantined lines and aggregates
+/// as arrays, handed to `meterd_commit_batch` in one call.
+///
+/// One statement is one round trip and one implicit transaction: the function's INSERTs and
+/// UPDATEs commit together, or an error rolls all of them back. Arrays unnested server-side cost
+/// one bind per column rather than per row; COPY into a staging table would need a BEGIN, the
+/// COPY, the merge and a COMMIT: four round trips. PostgresNIO's arrays carry
+/// no NULL elements, so a nullable column travels with a sentinel the function turns back into
+/// NULL: ``nullInteger``, NaN for doubles (readings' numbers are finite), and the empty string for
+/// texts that are never empty when present (fault codes, certificate identities).
+///
+/// The meter rows are updated only where `hwm_seq` still holds the value the writer's cache had:
+/// when another node moved a meter's high-water mark in between, the function raises SQLSTATE
+/// 40001 and the whole batch rolls back, so nothing is stored twice.
+struct PostgreSQLCommitStatement {
+    /// Stands for NULL in a `bigint[]`.
+    static let nullInteger = Int64.min
+
+    struct Readings {
+        var meterIDs: [Int64] = []
+        var timestamps: [Int64] = []
+        var seqs: [Int64] = []
+        var positions: [Int64] = []
+        var received: [Int64] = []
+        var kwh: [Double] = []
+        var statuses: [Int64] = []
+        var faults: [String] = []
+        var voltages: [Double] = []
+        var registers: [Double] = []
+        var spanStarts: [Int64] = []
+
+        mutating func append(meterID: Int64, _ reading: Reading, position: Int64, receivedMs: Int64, spanStartMs: Int64?) {
+            self.meterIDs.append(meterID)
+            self.timestamps.append(reading.timestampMs)
+            self.seqs.append(reading.seq)
+            self.positions.append(position)
+            self.received.append(receivedMs)
+            self.kwh.append(reading.kwh)
+            self.statuses.append(Int64(reading.status.rawValue))
+            self.faults.append(reading.fault ?? "")
+            self.voltages.append(reading.voltage ?? .nan)
+            self.registers.append(reading.registerKwh ?? .nan)
+            self.spanStarts.append(spanStartMs ?? PostgreSQLCommitStatement.nullInteger)
+        }
+    }
+
+    struct Flags {
+        var meterIDs: [Int64] = []
+        var seqs: [Int64] = []
+        var timestamps: [Int64] = []
+        var months: [Int64] = []
+        var rules: [String] = []
+        var details: [String] = []
+
+        mutating func append(meterID: Int64, reading: Reading, month: Int, rule: ValidationRule, detail: String) {
+            self.meterIDs.append(meterID)
+            self.seqs.append(reading.seq)
+            self.timestamps.append(reading.timestampMs)
+            self.months.append(Int64(month))
+            self.rules.append(rule.rawValue)
+            self.details.append(PostgreSQLCommitStatement.text(detail))
+        }
+    }
+
+    struct Quarantined {
+        var received: [Int64] = []
+        var peers: [String] = []
+        var lines: [Int64] = []
+        var codes: [String] = []
+        var details: [String] = []
+        var raws: [ByteBuffer] = []
+        var identities: [String] = []
+
+        mutating func append(_ line: QuarantinedLine) {
+            self.received.append(line.receivedMs)
+            self.peers.append(PostgreSQLCommitStatement.text(line.peer))
+            self.lines.append(Int64(line.line))
+            self.codes.append(line.rejection.code.rawValue)
+            self.details.append(PostgreSQLCommitStatement.text(line.rejection.detail))
+            self.raws.append(ByteBuffer(bytes: line.raw))
+            self.identities.append(line.peerIdentity.map(PostgreSQLCommitStatement.text) ?? "")
+        }
+    }
+
+    /// PostgreSQL's text refuses NUL; a rejected line's detail may quote one (the raw bytes are kept apart).
+    static func text(_ value: String) -> String {
+        value.contains("\0") ? value.replacingOccurrences(of: "\0", with: "\u{FFFD}") : value
+    }
+
+    let readings: Readings
+    let flags: Flags
+    let quarantined: Quarantined
+    let aggregates: BatchAggregates
+    let regionNames: [String]
+
+    var isEmpty: Bool {
+        self.readings.meterIDs.isEmpty && self.flags.meterIDs.isEmpty && self.quarantined.received.isEmpty && self.aggregates.meters.isEmpty
+            && self.aggregates.months.isEmpty && self.aggregates.days.isEmpty && self.aggregates.latencies.isEmpty
+    }
+
+    /// The call, with every array bound as a parameter. Rows of each table go in key order, so two
+    /// nodes committing at once lock shared rows in the same order.
+    var query: PostgresQuery {
+        let null = Self.nullInteger
+        let meters = self.aggregates.meters.sorted { $0.key < $1.key }
+        let months = self.aggregates.months.sorted { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }
+        let latencies = self.aggregates.latencies.sorted {
+            ($0.key.month, $0.key.region, $0.key.bucket) < ($1.key.month, $1.key.region, $1.key.bucket)
+        }
+        let days = self.aggregates.days.sorted { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }
+        let r = self.readings
+        let f = self.flags
+        let q = self.quarantined
+        return """
+            SELECT meterd_commit_batch(
+                \(r.meterIDs), \(r.timestamps), \(r.seqs), \(r.positions), \(r.received), \(r.kwh), \(r.statuses), \(r.faults),
+                \(r.voltages), \(r.registers), \(r.spanStarts),
+                \(f.meterIDs), \(f.seqs), \(f.timestamps), \(f.months), \(f.rules), \(f.details),
+                \(q.received), \(q.peers), \(q.lines), \(q.codes), \(q.details), \(q.raws), \(q.identities),
+                \(meters.map(\.key)), \(meters.map(\.value.previousHighWaterMark)), \(meters.map(\.value.highWaterMark)),
+                \(meters.map(\.value.firstSeenMs)), \(meters.map(\.value.lastReceivedMs)), \(meters.map { $0.value.lastTimestampMs ?? null }),
+                \(meters.map { $0.value.lastStatus.map { Int64($0.rawValue) } ?? null }), \(meters.map { $0.value.readings > 0 }),
+                \(meters.map { $0.value.lastFault ?? "" }), \(meters.map { Int64($0.value.readings) }), \(meters.map { Int64($0.value.faults) }),
+                \(meters.map { Int64($0.value.duplicates) }), \(meters.map { $0.value.lastReadingRowID ?? null }),
+                \(meters.map { $0.value.lastRegister ?? .nan }), \(meters.map { $0.value.lastRegisterTimestampMs ?? null }),
+                \(meters.map { $0.value.zeroRun.sinceMs ?? null }), \(meters.map(\.value.zeroRun.flagged)),
+                \(meters.map { $0.value.firstDay.map(Int64.init) ?? null }),
+                \(months.map(\.key.meterID)), \(months.map { Int64($0.key.month) }), \(months.map(\.value.kwh)), \(months.map(\.value.revenue)),
+                \(months.map { Int64($0.value.readings) }), \(months.map { Int64($0.value.faults) }), \(months.map { Int64($0.value.good) }),
+                \(months.map { Int64($0.value.fair) }), \(months.map { Int64($0.value.poor) }), \(months.map(\.value.latencySumMs)),
+                \(months.map(\.value.latencyMaxMs)), \(months.map { Int64($0.value.estimated) }), \(months.map(\.value.estimatedKwh)),
+                \(latencies.map { Int64($0.key.month) }), \(latencies.map { self.regionNames[$0.key.region] }),
+                \(latencies.map { Int64($0.key.bucket) }), \(latencies.map { Int64($0.value.count) }), \(latencies.map(\.value.sumMs)),
+                \(days.map { Int64($0.key.day) }), \(days.map(\.key.meterID)), \(days.map { Int64($0.value.readings) }),
+                \(days.map(\.value.spacingSumMs)), \(days.map { Int64($0.value.spacingCount) }),
+                \(self.aggregates.highRowID ?? null))
+            """
+    }
+
+    /// `meterd_commit_batch`, created by migration `v1-schema`. Changing it takes a new migration
+    /// with `CREATE OR REPLACE FUNCTION`.
+    static let functionDefinition = """
+        CREATE FUNCTION meterd_commit_batch(
+            r_meter bigint[], r_ts bigint[], r_seq bigint[], r_position bigint[], r_received bigint[], r_kwh double precision[],
+            r_status bigint[], r_fault text[], r_voltage double precision[], r_register double precision[], r_span bigint[],
+            f_meter bigint[], f_seq bigint[], f_ts bigint[], f_month bigint[], f_rule text[], f_detail text[],
+            q_received bigint[], q_peer text[], q_line bigint[], q_code text[], q_detail text[], q_raw bytea[], q_identity text[],
+            m_id bigint[], m_previous_hwm bigint[], m_hwm bigint[], m_first_seen bigint[], m_last_received bigint[], m_last_ts bigint[],
+            m_last_status bigint[], m_has_readings boolean[], m_last_fault text[], m_readings bigint[], m_faults bigint[],
+            m_duplicates bigint[], m_last_position bigint[], m_last_register double precision[], m_last_register_ts bigint[],
+            m_zero_since bigint[], m_zero_flagged boolean[], m_first_day bigint[],
+            mm_meter bigint[], mm_month bigint[], mm_kwh double precision[], mm_revenue double precision[], mm_readings bigint[],
+            mm_faults bigint[], mm_good bigint[], mm_fair bigint[], mm_poor bigint[], mm_latency_sum bigint[], mm_latency_max bigint[],
+            mm_estimated bigint[], mm_estimated_kwh double precision[],
+            l_month bigint[], l_region text[], l_bucket bigint[], l_count bigint[], l_sum bigint[],
+            d_day bigint[], d_meter bigint[], d_readings bigint[], d_spacing_sum bigint[], d_spacing_count bigint[],
+            watermark bigint
+        ) RETURNS void LANGUAGE plpgsql AS $$
+        DECLARE
+            null_integer constant bigint := -9223372036854775808;
+            updated bigint;
+        BEGIN
+            INSERT INTO reading (meter_id, ts_ms, seq, position, received_ms, kwh, status, fault, voltage, register_kwh, span_start_ms)
+            SELECT meter, ts, seq, position, received, kwh, status, NULLIF(fault, ''), NULLIF(voltage, 'NaN'), NULLIF(register, 'NaN'),
+                   NULLIF(span, null_integer)
+            FROM unnest(r_meter, r_ts, r_seq, r_position, r_received, r_kwh, r_status, r_fault, r_voltage, r_register, r_span)
+                AS r(meter, ts, seq, position, received, kwh, status, fault, voltage, register, span);
+
+            INSERT INTO validation_flag (meter_id, seq, ts_ms, month, rule, detail)
+            SELECT * FROM unnest(f_meter, f_seq, f_ts, f_month, f_rule, f_detail);
+
+            INSERT INTO quarantine (received_ms, peer, line, code, detail, raw, peer_identity)
+            SELECT received, peer, line, code, detail, raw, NULLIF(identity, '')
+            FROM unnest(q_received, q_peer, q_line, q_code, q_detail, q_raw, q_identity) AS q(received, peer, line, code, detail, raw, identity);
+
+            UPDATE meter SET
+                hwm_seq = d.hwm,
+                first_seen_ms = COALESCE(meter.first_seen_ms, d.first_seen),
+                last_received_ms = d.last_received,
+                last_ts_ms = COALESCE(NULLIF(d.last_ts, null_integer), meter.last_ts_ms),
+                last_status = COALESCE(NULLIF(d.last_status, null_integer), meter.last_status),
+                last_fault = CASE WHEN d.has_readings THEN NULLIF(d.last_fault, '') ELSE meter.last_fault END,
+                readings_total = meter.readings_total + d.readings,
+                faults_total = meter.faults_total + d.faults,
+                duplicates_total = meter.duplicates_total + d.duplicates,
+                inactive_since_ms = NULL,
+                last_reading_position = COALESCE(NULLIF(d.last_position, null_integer), meter.last_reading_position),
+                last_register_kwh = CASE WHEN d.has_readings THEN NULLIF(d.last_register, 'NaN') ELSE meter.last_register_kwh END,
+                last_register_ts_ms = CASE WHEN d.has_readings THEN NULLIF(d.last_register_ts, null_integer) ELSE meter.last_register_ts_ms END,
+                zero_since_ms = CASE WHEN d.has_readings THEN NULLIF(d.zero_since, null_integer) ELSE meter.zero_since_ms END,
+                zero_flagged = CASE WHEN d.has_readings THEN d.zero_flagged ELSE meter.zero_flagged END,
+                first_reading_day = CASE WHEN d.first_day = null_integer THEN meter.first_reading_day
+                                         ELSE LEAST(COALESCE(meter.first_reading_day, d.first_day), d.first_day) END
+            FROM unnest(m_id, m_previous_hwm, m_hwm, m_first_seen, m_last_received, m_last_ts, m_last_status, m_has_readings, m_last_fault,
+                        m_readings, m_faults, m_duplicates, m_last_position, m_last_register, m_last_register_ts, m_zero_since,
+                        m_zero_flagged, m_first_day)
+                AS d(id, previous_hwm, hwm, first_seen, last_received, last_ts, last_status, has_readings, last_fault, readings, faults,
+                     duplicates, last_position, last_register, last_register_ts, zero_since, zero_flagged, first_day)
+            WHERE meter.id = d.id AND meter.hwm_seq = d.previous_hwm;
+            GET DIAGNOSTICS updated = ROW_COUNT;
+            IF updated <> cardinality(m_id) THEN
+                RAISE EXCEPTION 'the high-water mark of % meter(s) moved under this batch', cardinality(m_id) - updated
+                    USING ERRCODE = '40001';
+            END IF;
+
+            INSERT INTO meter_month AS mm (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
+                                           latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh)
+            SELECT meter, month, kwh, revenue, readings, faults, good, fair, poor, latency_sum, readings, latency_max, estimated, estimated_kwh
+            FROM unnest(mm_meter, mm_month, mm_kwh, mm_revenue, mm_readings, mm_faults, mm_good, mm_fair, mm_poor, mm_latency_sum,
+                        mm_latency_max, mm_estimated, mm_estimated_kwh)
+                AS m(meter, month, kwh, revenue, readings, faults, good, fair, poor, latency_sum, latency_max, estimated, estimated_kwh)
+            ON CONFLICT (meter_id, month) DO UPDATE SET
+                kwh = mm.kwh + excluded.kwh, revenue = mm.revenue + excluded.revenue, readings = mm.readings + excluded.readings,
+                faults = mm.faults + excluded.faults, good = mm.good + excluded.good, fair = mm.fair + excluded.fair,
+                poor = mm.poor + excluded.poor, latency_sum_ms = mm.latency_sum_ms + excluded.latency_sum_ms,
+                latency_count = mm.latency_count + excluded.latency_count,
+                latency_max_ms = GREATEST(mm.latency_max_ms, excluded.latency_max_ms),
+                estimated = mm.estimated + excluded.estimated, estimated_kwh = mm.estimated_kwh + excluded.estimated_kwh;
+
+            INSERT INTO latency_month AS lm (month, region, bucket, count, sum_ms)
+            SELECT * FROM unnest(l_month, l_region, l_bucket, l_count, l_sum)
+            ON CONFLICT (month, region, bucket) DO UPDATE SET count = lm.count + excluded.count, sum_ms = lm.sum_ms + excluded.sum_ms;
+
+            INSERT INTO meter_day AS md (day, meter_id, readings, spacing_sum_ms, spacing_count)
+            SELECT * FROM unnest(d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count)
+            ON CONFLICT (day, meter_id) DO UPDATE SET readings = md.readings + excluded.readings,
+                spacing_sum_ms = md.spacing_sum_ms + excluded.spacing_sum_ms, spacing_count = md.spacing_count + excluded.spacing_count;
+
+            IF watermark <> null_integer THEN
+                UPDATE ingest_watermark SET reading_position = GREATEST(reading_position, watermark) WHERE id = 1;
+            END IF;
+        END
+        $$
+        """
+}

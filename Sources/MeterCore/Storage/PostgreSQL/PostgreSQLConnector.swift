@@ -1,0 +1,136 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+
+/// A PostgreSQL problem in one line an operator can act on: PostgresNIO's own errors print a
+/// generic text on purpose (they may carry data), so meterd says what failed itself.
+package struct PostgreSQLStoreError: Error, CustomStringConvertible {
+    package var message: String
+    /// The server's SQLSTATE, when the server answered with an error.
+    package var sqlState: String?
+
+    package init(_ message: String, sqlState: String? = nil) {
+        self.message = message
+        self.sqlState = sqlState
+    }
+
+    package var description: String { self.message }
+
+    /// Whether the server refused the work because another transaction got there first
+    /// (serialization failure, deadlock): the same work may simply be tried again.
+    package var isRetryable: Bool { self.sqlState == "40001" || self.sqlState == "40P01" }
+
+    /// Describes `error`, which happened while `doing` something with the database at `address`.
+    static func describing(_ error: any Error, doing: String, address: PostgreSQLAddress) -> PostgreSQLStoreError {
+        if let error = error as? PostgreSQLStoreError { return error }
+        guard let error = error as? PSQLError else {
+            return PostgreSQLStoreError("PostgreSQL at \(address.server): \(doing) failed: \(Self.plain(error))")
+        }
+        if let info = error.serverInfo {
+            let state = info[.sqlState]
+            let message = info[.message] ?? "error"
+            switch state {
+            case "28P01", "28000":
+                return PostgreSQLStoreError(
+                    "PostgreSQL at \(address.server) refused user \(address.user): \(message) (check the password in the store URL)", sqlState: state)
+            case "3D000":
+                return PostgreSQLStoreError(
+                    "PostgreSQL at \(address.server) has no database \(address.database): \(message) (create it, or fix the store URL)",
+                    sqlState: state)
+            default:
+                let detail = info[.detail].map { " (\($0))" } ?? ""
+                return PostgreSQLStoreError(
+                    "PostgreSQL at \(address.server): \(doing) failed: \(message)\(detail) [SQLSTATE \(state ?? "?")]", sqlState: state)
+            }
+        }
+        switch error.code {
+        case .connectionError:
+            let underlying = error.underlying.map(Self.plain) ?? "connection failed"
+            return PostgreSQLStoreError("cannot connect to PostgreSQL at \(address.server): \(underlying)")
+        case .serverClosedConnection, .uncleanShutdown:
+            return PostgreSQLStoreError("PostgreSQL at \(address.server) closed the connection while \(doing)")
+        case .clientClosedConnection:
+            return PostgreSQLStoreError("the connection to PostgreSQL at \(address.server) is closed (\(doing))")
+        case .authMechanismRequiresPassword:
+            return PostgreSQLStoreError("PostgreSQL at \(address.server) asks user \(address.user) for a password: put it in the store URL")
+        default:
+            return PostgreSQLStoreError("PostgreSQL at \(address.server): \(doing) failed (\(error.code))")
+        }
+    }
+
+    /// An error's text without type names: NIO's connect errors read "connection refused" this way.
+    private static func plain(_ error: any Error) -> String {
+        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first {
+            return Self.plain(first.error)
+        }
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
+        return "\(error)"
+    }
+}
+
+/// Opens connections to one PostgreSQL database, synchronously (the writer's thread, start-up) or
+/// asynchronously (readers).
+package struct PostgreSQLConnector: Sendable {
+    package let address: PostgreSQLAddress
+    let logger: Logger
+
+    package init(address: PostgreSQLAddress, logger: Logger) {
+        self.address = address
+        self.logger = logger
+    }
+
+    var configuration: PostgresConnection.Configuration {
+        var configuration: PostgresConnection.Configuration
+        if let socketPath = self.address.socketPath {
+            configuration = .init(
+                unixSocketPath: socketPath, username: self.address.user, password: self.address.password, database: self.address.database)
+        } else {
+            configuration = .init(
+                host: self.address.host, port: self.address.port, username: self.address.user, password: self.address.password,
+                database: self.address.database, tls: .disable)
+        }
+        configuration.options.connectTimeout = .seconds(10)
+        // Every commit must be durable before its acks go out, whatever the server's default.
+        configuration.options.additionalStartupParameters = [("synchronous_commit", "on"), ("application_name", "meterd")]
+        return configuration
+    }
+
+    /// Connects, blocking the calling thread: never call it from a task or an event loop.
+    func connectBlocking(id: Int) throws -> PostgresConnection {
+        do {
+            return try PostgresConnection.connect(
+                on: MultiThreadedEventLoopGroup.singleton.any(), configuration: self.configuration, id: id, logger: self.logger
+            ).wait()
+        } catch {
+            throw PostgreSQLStoreError.describing(error, doing: "connecting", address: self.address)
+        }
+    }
+
+    func connect(id: Int) async throws -> PostgresConnection {
+        do {
+            return try await PostgresConnection.connect(
+                on: MultiThreadedEventLoopGroup.singleton.any(), configuration: self.configuration, id: id, logger: self.logger)
+        } catch {
+            throw PostgreSQLStoreError.describing(error, doing: "connecting", address: self.address)
+        }
+    }
+}
+
+extension PostgresConnection {
+    /// Closes without waiting. The closure holds the connection until it is closed: PostgresNIO
+    /// requires a connection to be closed before it is released.
+    func closeInBackground() {
+        self.close().whenComplete { _ in withExtendedLifetime(self) {} }
+    }
+
+    /// Runs a statement and collects its rows, blocking the calling thread (the writer's own).
+    func runBlocking(_ query: PostgresQuery, logger: Logger, address: PostgreSQLAddress, doing: String) throws -> [PostgresRow] {
+        do {
+            return try self.query(query, logger: logger).wait().rows
+        } catch {
+            throw PostgreSQLStoreError.describing(error, doing: doing, address: address)
+        }
+    }
+}

@@ -1,0 +1,223 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// The PostgreSQL side of the ``IngestWriter``: its own connection, used from the writer's thread
+/// only, blocking on each round trip (the writer is a plain thread, not a task).
+///
+/// A transaction collects the batch's rows in arrays and sends them at the end as one call of
+/// `meterd_commit_batch` (``PostgreSQLCommitStatement``): one statement, so one round trip and one
+/// implicit transaction, committed with `synchronous_commit = on` before the call returns, and so
+/// before any ack goes out. Aggregates always commit with their readings
+/// (``supportsDeferredAggregates`` is false): there is no recovery pass to fold readings again.
+final class PostgreSQLIngestBackend: IngestBackend {
+    let connector: PostgreSQLConnector
+    private let logger: Logger
+    private var connection: PostgresConnection
+    /// Reading positions come from `reading_position_block` in blocks: a round trip per
+    /// ``positionBlock`` readings, and positions stay unique when several nodes write.
+    private var nextPosition: Int64 = 0
+    private var positionLimit: Int64 = 0
+    static let positionBlock: Int64 = 10_000
+    /// The UTC month whose partitions were last made sure of.
+    private var partitionedMonth: Int
+
+    init(connector: PostgreSQLConnector, logger: Logger) throws {
+        self.connector = connector
+        self.logger = logger
+        self.connection = try connector.connectBlocking(id: 1)
+        let now = WallClock.nowMs()
+        self.partitionedMonth = PostgreSQLSchema.utcMonth(ofMilliseconds: now).key
+        try PostgreSQLSchema.ensurePartitions(self.connection, nowMs: now, address: connector.address, logger: logger)
+    }
+
+    deinit {
+        self.connection.closeInBackground()
+    }
+
+    var supportsDeferredAggregates: Bool { false }
+
+    /// Runs a statement on the writer's connection, opening a new one first when the last one
+    /// closed (the server restarted, the network dropped): the pipeline retries failed commits
+    /// with a growing delay, so that is the reconnect backoff.
+    @discardableResult
+    func run(_ query: PostgresQuery, _ doing: String) throws -> [PostgresRow] {
+        if self.connection.isClosed {
+            self.connection = try self.connector.connectBlocking(id: 1)
+            self.logger.notice("Reconnected to PostgreSQL", metadata: ["db.store": "\(self.connector.address)"])
+        }
+        return try self.connection.runBlocking(query, logger: self.logger, address: self.connector.address, doing: doing)
+    }
+
+    /// Any failed commit may have committed after all (a connection lost after the server took the
+    /// call) or met another node's write (SQLSTATE 40001): reloading the meter rows is cheap next
+    /// to a commit retried with stale high-water marks.
+    func invalidatesMeterCache(_ error: any Error) -> Bool { true }
+
+    func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T {
+        let month = PostgreSQLSchema.utcMonth(ofMilliseconds: WallClock.nowMs()).key
+        if month != self.partitionedMonth {
+            try PostgreSQLSchema.ensurePartitions(self.connection, nowMs: WallClock.nowMs(), address: self.connector.address, logger: self.logger)
+            self.partitionedMonth = month
+        }
+        let transaction = PostgreSQLIngestTransaction(backend: self)
+        let value = try body(transaction)
+        try transaction.commit()
+        return value
+    }
+
+    /// The next reading position, taking a new block from the sequence when this one is used up.
+    func allocatePosition() throws -> Int64 {
+        if self.nextPosition >= self.positionLimit {
+            let rows = try self.run("SELECT nextval('reading_position_block')", "allocating reading positions")
+            let block = try rows.first?.decode(Int64.self) ?? 1
+            self.nextPosition = block * Self.positionBlock
+            self.positionLimit = self.nextPosition + Self.positionBlock
+        }
+        defer { self.nextPosition += 1 }
+        return self.nextPosition
+    }
+
+    func loadMeters() throws -> [StoredMeterState] {
+        let rows = try self.run(
+            """
+            SELECT id, name, hwm_seq, region, COALESCE(last_reading_position, 0), last_ts_ms, last_register_kwh, last_register_ts_ms,
+                   zero_since_ms, zero_flagged
+            FROM meter
+            """, "loading the meters")
+        return try rows.map { row in
+            let (id, name, hwm, region, position, lastTs, register, registerTs, zeroSince, zeroFlagged) = try row.decode(
+                (Int64, String, Int64, String, Int64, Int64?, Double?, Int64?, Int64?, Bool).self)
+            return StoredMeterState(
+                id: id, name: name, region: region, highWaterMark: hwm, lastReadingRowID: position, lastTimestampMs: lastTs,
+                lastRegister: register, lastRegisterTimestampMs: registerTs,
+                zeroRun: MeteringRules.ZeroRun(sinceMs: zeroSince, flagged: zeroFlagged))
+        }
+    }
+
+    /// Aggregates commit with their readings in the same statement: nothing is ever past the watermark.
+    func readingsPastWatermark() throws -> [RecoveredReading] { [] }
+
+    /// The schema had `meter_day` from its first migration.
+    func backfillReadDays(calendar: inout MonthCalendar) throws {}
+
+    func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
+        guard !candidates.isEmpty else { return [] }
+        // The condition is checked again: a reading may have arrived since the candidates were read.
+        let rows = try self.run(
+            """
+            UPDATE meter SET inactive_since_ms = COALESCE(last_received_ms, \(startMs))
+            WHERE id = ANY(\(candidates.map(\.id))) AND inactive_since_ms IS NULL AND COALESCE(last_received_ms, \(startMs)) < \(cutoffMs)
+            RETURNING id, last_received_ms
+            """, "flagging inactive meters")
+        var last: [Int64: Int64?] = [:]
+        for row in rows {
+            let (id, received) = try row.decode((Int64, Int64?).self)
+            last[id] = received
+        }
+        return candidates.compactMap { meter in last[meter.id].map { InactiveFlag(meter: meter, lastReceivedMs: $0) } }
+    }
+
+    func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
+        try self.run(
+            """
+            WITH added AS (
+                INSERT INTO kpi_snapshot (generated_ms, period_from, period_to, document)
+                VALUES (\(generatedMs), \(period.from.key), \(period.to.key), \(document))
+            )
+            DELETE FROM kpi_snapshot WHERE id <= (SELECT id FROM kpi_snapshot ORDER BY id DESC LIMIT 1 OFFSET \(history - 1))
+            """, "recording a KPI snapshot")
+        // The DELETE sees the table as it was before the INSERT, so the snapshot just added is kept
+        // with the newest `history - 1` before it.
+    }
+
+    func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
+        let name = (path as NSString).lastPathComponent
+        return FileImportResult(
+            file: name, rows: 0,
+            errors: [CompanyDataError(file: name, line: 0, "importing company data into PostgreSQL is not supported yet (issue 13)")],
+            seconds: 0)
+    }
+
+    func recordTimeZone(_ zone: TimeZone) throws {
+        try self.run(
+            """
+            INSERT INTO store_setting (name, value) VALUES ('time_zone', \(zone.identifier))
+            ON CONFLICT (name) DO UPDATE SET value = excluded.value
+            """, "recording the time zone")
+    }
+
+    func recordAlerts(_ alerts: [Alert], history: Int) throws {
+        try self.run(
+            """
+            INSERT INTO alert (id, rule, subject, fired_ms, resolved_ms, detail)
+            SELECT id, rule, subject, fired_ms, NULLIF(resolved_ms, \(PostgreSQLCommitStatement.nullInteger)), detail
+            FROM unnest(\(alerts.map(\.id)), \(alerts.map(\.rule.rawValue)), \(alerts.map(\.subject)), \(alerts.map(\.firedMs)),
+                        \(alerts.map { $0.resolvedMs ?? PostgreSQLCommitStatement.nullInteger }), \(alerts.map(\.detail)))
+                 AS a(id, rule, subject, fired_ms, resolved_ms, detail)
+            ON CONFLICT (id) DO UPDATE SET resolved_ms = excluded.resolved_ms, detail = excluded.detail
+            """, "recording alerts")
+        if alerts.contains(where: { $0.state == .resolved }) {
+            try self.run(
+                """
+                DELETE FROM alert WHERE resolved_ms IS NOT NULL AND resolved_ms < (
+                    SELECT resolved_ms FROM alert WHERE resolved_ms IS NOT NULL ORDER BY resolved_ms DESC LIMIT 1 OFFSET \(history - 1))
+                """, "trimming resolved alerts")
+        }
+    }
+}
+
+/// One batch of the PostgreSQL writer: rows collected in arrays, sent as one statement by ``commit()``.
+final class PostgreSQLIngestTransaction: IngestTransaction {
+    private let backend: PostgreSQLIngestBackend
+    private var readings = PostgreSQLCommitStatement.Readings()
+    private var flags = PostgreSQLCommitStatement.Flags()
+    private var quarantined = PostgreSQLCommitStatement.Quarantined()
+    private var aggregates: BatchAggregates?
+    private var regionNames: [String] = []
+
+    init(backend: PostgreSQLIngestBackend) {
+        self.backend = backend
+    }
+
+    func insertReading(meterID: Int64, _ reading: Reading, receivedMs: Int64, previousRowID: Int64, spanStartMs: Int64?) throws -> Int64 {
+        let position = try self.backend.allocatePosition()
+        self.readings.append(meterID: meterID, reading, position: position, receivedMs: receivedMs, spanStartMs: spanStartMs)
+        return position
+    }
+
+    func insertFlag(meterID: Int64, reading: Reading, month: Int, rule: ValidationRule, detail: String) throws {
+        self.flags.append(meterID: meterID, reading: reading, month: month, rule: rule, detail: detail)
+    }
+
+    func quarantine(_ line: QuarantinedLine) throws {
+        self.quarantined.append(line)
+    }
+
+    /// Registered at once, outside the batch, and idempotent: if the batch then fails, the meter
+    /// stays known with no readings, and registering it again finds the same row.
+    func registerMeter(named name: String, region: String) throws -> Int64 {
+        let rows = try self.backend.run(
+            """
+            INSERT INTO meter (name, region) VALUES (\(name), \(region))
+            ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id
+            """, "registering meter \(name)")
+        guard let id = try rows.first?.decode(Int64.self) else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
+        return id
+    }
+
+    func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws {
+        self.aggregates = aggregates
+        self.regionNames = regionNames
+    }
+
+    /// Sends the batch: one statement, one round trip, one transaction.
+    func commit() throws {
+        let statement = PostgreSQLCommitStatement(
+            readings: self.readings, flags: self.flags, quarantined: self.quarantined, aggregates: self.aggregates ?? BatchAggregates(),
+            regionNames: self.regionNames)
+        guard !statement.isEmpty else { return }
+        try self.backend.run(statement.query, "committing a batch")
+    }
+}

@@ -1,0 +1,543 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// The shared store (SPEC.md section 9): one PostgreSQL database, migrated by meterd itself
+/// (``PostgreSQLSchema``), written by the ``IngestWriter`` through ``PostgreSQLIngestBackend``.
+///
+/// Reads share one connection (PostgresNIO queues queries on it); reads that must see one
+/// consistent snapshot (the KPI stores) open a short-lived connection for a REPEATABLE READ
+/// transaction, so no other query can slip into it.
+package final class PostgreSQLMeterStore: MeterStore {
+    package let connector: PostgreSQLConnector
+    private let logger: Logger
+    private let reader: PostgreSQLReader
+
+    /// Connects, checks the server and migrates the schema: a bad URL, a refused connection or a
+    /// wrong password throws ``PostgreSQLStoreError`` with one line naming the problem.
+    package init(address: PostgreSQLAddress, logger: Logger) throws {
+        self.connector = PostgreSQLConnector(address: address, logger: logger)
+        self.logger = logger
+        let connection = try self.connector.connectBlocking(id: 0)
+        defer { connection.closeInBackground() }
+        let rows = try connection.runBlocking("SHOW server_version_num", logger: logger, address: address, doing: "checking the version")
+        let version = Int(try rows.first?.decode(String.self) ?? "0") ?? 0
+        guard version >= 150_000 else {
+            throw PostgreSQLStoreError("PostgreSQL at \(address.server) is version \(version / 10_000); meterd needs 15 or later")
+        }
+        let applied = try PostgreSQLSchema.migrate(connection, nowMs: WallClock.nowMs(), address: address, logger: logger)
+        if !applied.isEmpty {
+            logger.info("PostgreSQL schema migrated", metadata: ["db.migrations": "\(applied.joined(separator: ","))"])
+        }
+        self.reader = PostgreSQLReader(connector: self.connector)
+    }
+
+    package var location: String { self.connector.address.description }
+
+    package func sizeInBytes() async -> Int64 {
+        (try? await self.reader.query("SELECT pg_database_size(current_database())").first?.decode(Int64.self)) ?? 0
+    }
+
+    package func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter {
+        try IngestWriter(
+            backend: PostgreSQLIngestBackend(connector: self.connector, logger: self.logger), calendar: MonthCalendar(timeZone: settings.timeZone),
+            tariff: settings.tariff, unknownMeters: settings.unknownMeters, metering: settings.metering)
+    }
+
+    package func recordedTimeZone() async throws -> TimeZone? {
+        try await self.reader.query("SELECT value FROM store_setting WHERE name = 'time_zone'").first
+            .flatMap { TimeZone(identifier: try $0.decode(String.self)) }
+    }
+
+    package func loadConcentratorAssignments() throws -> [String: Set<String>] {
+        let connection = try self.connector.connectBlocking(id: 4)
+        defer { connection.closeInBackground() }
+        var assignments: [String: Set<String>] = [:]
+        for row in try connection.runBlocking(
+            "SELECT concentrator, meter FROM concentrator_meter", logger: self.logger, address: self.connector.address,
+            doing: "reading the concentrators")
+        {
+            let (concentrator, meter) = try row.decode((String, String).self)
+            assignments[concentrator, default: []].insert(meter)
+        }
+        return assignments
+    }
+
+    package func concentratorAssignments() async throws -> [String: Set<String>] {
+        var assignments: [String: Set<String>] = [:]
+        for row in try await self.reader.query("SELECT concentrator, meter FROM concentrator_meter") {
+            let (concentrator, meter) = try row.decode((String, String).self)
+            assignments[concentrator, default: []].insert(meter)
+        }
+        return assignments
+    }
+
+    // MARK: KPIs
+
+    package func loadMonthlyStore() async throws -> sending MonthlyStore {
+        try await self.withSnapshot { connection in
+            let store = MonthlyStore()
+            store.coveredThrough =
+                try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
+                .decode(Int64.self) ?? 0
+            for row in try await self.rows(connection, "SELECT id, region, COALESCE(installed_month, 0) FROM customer ORDER BY id") {
+                let (id, region, month) = try row.decode((Int64, String, Int64).self)
+                store.addCustomer(id: id, region: region, installedMonth: Int32(clamping: month))
+            }
+            for row in try await self.rows(connection, "SELECT id, name, customer_id, region FROM meter ORDER BY id") {
+                let (id, name, customer, region) = try row.decode((Int64, String, Int64?, String).self)
+                store.addMeter(id: id, name: name, customerID: customer, region: region)
+            }
+            for row in try await self.rows(
+                connection, "SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status, estimated FROM meter_month")
+            {
+                let (month, meter, kwh, revenue, readings, faults, good, fair, poor, imported, estimated) = try row.decode(
+                    (Int64, Int64, Double, Double, Int64, Int64, Int64, Int64, Int64, Int64?, Int64).self)
+                store.setMonth(
+                    Int(month), meterID: meter, kwh: kwh, revenue: revenue, readings: Int32(clamping: readings), faults: Int32(clamping: faults),
+                    good: Int32(clamping: good), fair: Int32(clamping: fair), poor: Int32(clamping: poor),
+                    importedStatus: imported.map { Int8(clamping: $0) } ?? -1, estimated: Int32(clamping: estimated))
+            }
+            return store
+        }
+    }
+
+    /// The customer's installation date as a day key, or the meter's first day of readings,
+    /// whichever is earlier (`m` a meter, `c` its customer); as in ``SQLiteMeterStore``.
+    private static let installedDay = """
+        CASE WHEN c.installed_on IS NULL OR length(c.installed_on) < 10 THEN m.first_reading_day
+             WHEN m.first_reading_day IS NULL THEN replace(substr(c.installed_on, 1, 10), '-', '')::integer
+             ELSE LEAST(m.first_reading_day, replace(substr(c.installed_on, 1, 10), '-', '')::integer) END
+        """
+
+    package func loadReadDayStore() async throws -> sending ReadDayStore {
+        try await self.withSnapshot { connection in
+            let store = ReadDayStore()
+            store.coveredThrough =
+                try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
+                .decode(Int64.self) ?? 0
+            if let received = try await self.rows(connection, "SELECT min(first_seen_ms), max(last_received_ms) FROM meter").first {
+                let (first, last) = try received.decode((Int64?, Int64?).self)
+                store.setReceived(firstMs: first, lastMs: last)
+            }
+            for row in try await self.rows(
+                connection,
+                PostgresQuery(
+                    unsafeSQL:
+                        "SELECT m.id, m.name, m.customer_id, m.region, \(Self.installedDay) FROM meter m LEFT JOIN customer c ON c.id = m.customer_id ORDER BY m.id"
+                ))
+            {
+                let (id, name, customer, region, installed) = try row.decode((Int64, String, Int64?, String, Int64?).self)
+                store.addMeter(id: id, name: name, customerID: customer, region: region, installedDay: installed.map(Int.init))
+            }
+            for row in try await self.rows(
+                connection, "SELECT day, meter_id, readings, spacing_sum_ms, spacing_count FROM meter_day ORDER BY day, meter_id")
+            {
+                let (day, meter, readings, spacingSum, spacingCount) = try row.decode((Int64, Int64, Int64, Int64, Int64).self)
+                store.addDay(meterID: meter, day: Int(day), readings: Int(readings), spacingSumMs: spacingSum, spacingCount: Int(spacingCount))
+            }
+            return store
+        }
+    }
+
+    package func companyEventTotals(through month: Month, region: String?) async throws -> [CompanyEventTotal] {
+        try await self.reader.query(
+            """
+            SELECT kind, month, item, SUM(count)::bigint, SUM(total) FROM company_rollup
+            WHERE month <= \(month.key) AND (\(region)::text IS NULL OR region = \(region)) GROUP BY kind, month, item
+            """
+        ).map { row in
+            let (kind, month, item, count, total) = try row.decode((String, Int64, Int64, Int64, Double).self)
+            return CompanyEventTotal(kind: kind, month: Int(month), item: Int(item), count: Int(count), total: total)
+        }
+    }
+
+    package func latencyBuckets(from: Month, to: Month, region: String?) async throws -> [LatencyBucketTotal] {
+        try await self.reader.query(
+            """
+            SELECT bucket, SUM(count)::bigint, SUM(sum_ms)::double precision FROM latency_month
+            WHERE month >= \(from.key) AND month <= \(to.key) AND (\(region)::text IS NULL OR region = \(region))
+            GROUP BY bucket ORDER BY bucket
+            """
+        ).map { row in
+            let (bucket, count, sum) = try row.decode((Int64, Int64, Double).self)
+            return LatencyBucketTotal(bucket: Int(bucket), count: Int(count), sumMs: sum)
+        }
+    }
+
+    package func technicianNames() async throws -> [Int: String] {
+        var names: [Int: String] = [:]
+        for row in try await self.reader.query("SELECT id, name FROM technician") {
+            let (id, name) = try row.decode((Int64, String).self)
+            names[Int(id)] = name
+        }
+        return names
+    }
+
+    package func validationFlagCounts(from: Month, to: Month, region: String?) async throws -> [ValidationRule: Int] {
+        var counts: [ValidationRule: Int] = [:]
+        for row in try await self.reader.query(
+            """
+            SELECT f.rule, count(*) FROM validation_flag f JOIN meter m ON m.id = f.meter_id
+            WHERE f.month >= \(from.key) AND f.month <= \(to.key) AND (\(region)::text IS NULL OR m.region = \(region))
+            GROUP BY f.rule
+            """)
+        {
+            let (rule, count) = try row.decode((String, Int64).self)
+            if let rule = ValidationRule(rawValue: rule) { counts[rule] = Int(count) }
+        }
+        return counts
+    }
+
+    package func readDays(from: Day, through: Day, region: String?) async throws -> ReadDayFacts {
+        let received = try await self.reader.query("SELECT min(first_seen_ms), max(last_received_ms) FROM meter").first?
+            .decode((Int64?, Int64?).self)
+        var meterQuery = PostgresQuery(
+            unsafeSQL: """
+                SELECT * FROM (SELECT m.id, m.name, m.customer_id, m.region, \(Self.installedDay) AS installed_day
+                               FROM meter m LEFT JOIN customer c ON c.id = m.customer_id) AS meters
+                WHERE installed_day <= $1 AND ($2::text IS NULL OR region = $2) ORDER BY id
+                """)
+        meterQuery.binds.append(Int64(through.key))
+        meterQuery.binds.append(region)
+        let meters = try await self.reader.query(meterQuery).map { row in
+            let (id, name, customer, region, installed) = try row.decode((Int64, String, Int64?, String, Int64).self)
+            return ReadDayFacts.InstalledMeter(id: id, name: name, customerID: customer, region: region, installedOn: Day(key: Int(installed)))
+        }
+        let days = try await self.reader.query(
+            """
+            SELECT d.day, d.meter_id, d.readings, d.spacing_sum_ms, d.spacing_count FROM meter_day d JOIN meter m ON m.id = d.meter_id
+            WHERE d.day >= \(from.key) AND d.day <= \(through.key) AND (\(region)::text IS NULL OR m.region = \(region))
+            """
+        ).map { row in
+            let (day, meter, readings, spacingSum, spacingCount) = try row.decode((Int64, Int64, Int64, Int64, Int64).self)
+            return ReadDayFacts.MeterDay(
+                meterID: meter, day: Day(key: Int(day)), readings: Int(readings), spacingSumMs: spacingSum, spacingCount: Int(spacingCount))
+        }
+        return ReadDayFacts(firstReceivedMs: received?.0, lastReceivedMs: received?.1, meters: meters, days: days)
+    }
+
+    // MARK: Meters
+
+    package func inactiveMeterCount(region: String?) async throws -> Int {
+        // ``MeterRules/isInactive(inactiveSinceMs:lastReceivedMs:)``: flagged, or never heard from.
+        let rows = try await self.reader.query(
+            """
+            SELECT (SELECT count(*) FROM meter WHERE inactive_since_ms IS NOT NULL AND (\(region)::text IS NULL OR region = \(region)))
+                 + (SELECT count(*) FROM meter WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL
+                                                 AND (\(region)::text IS NULL OR region = \(region)))
+            """)
+        return Int(try rows.first?.decode(Int64.self) ?? 0)
+    }
+
+    package func inactiveMeters(region: String?, limit: Int) async throws -> [InactiveMeter] {
+        var meters = try await self.reader.query(
+            """
+            SELECT name, customer_id, region, inactive_since_ms, last_received_ms FROM meter
+            WHERE inactive_since_ms IS NOT NULL AND (\(region)::text IS NULL OR region = \(region))
+            ORDER BY inactive_since_ms, id LIMIT \(Int64(limit))
+            """
+        ).map { row in
+            let (name, customer, region, since, last) = try row.decode((String, Int64?, String, Int64?, Int64?).self)
+            return InactiveMeter(meter: name, customerID: customer, region: region, silentSinceMs: since, lastReceivedMs: last)
+        }
+        if meters.count < limit {
+            meters += try await self.reader.query(
+                """
+                SELECT name, customer_id, region FROM meter
+                WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL AND (\(region)::text IS NULL OR region = \(region))
+                ORDER BY id LIMIT \(Int64(limit - meters.count))
+                """
+            ).map { row in
+                let (name, customer, region) = try row.decode((String, Int64?, String).self)
+                return InactiveMeter(meter: name, customerID: customer, region: region, silentSinceMs: nil, lastReceivedMs: nil)
+            }
+        }
+        return meters
+    }
+
+    package func meterRecord(named name: String) async throws -> MeterRecord? {
+        try await self.reader.query(
+            """
+            SELECT id, name, customer_id, region, hwm_seq, first_seen_ms, last_received_ms, last_ts_ms, last_status, last_fault,
+                   inactive_since_ms, readings_total, faults_total, duplicates_total
+            FROM meter WHERE name = \(name)
+            """
+        ).first.map { row in
+            let (
+                id, name, customer, region, hwm, firstSeen, lastReceived, lastTs, lastStatus, lastFault, inactiveSince, readings, faults, duplicates
+            ) =
+                try row.decode((Int64, String, Int64?, String, Int64, Int64?, Int64?, Int64?, Int64?, String?, Int64?, Int64, Int64, Int64).self)
+            return MeterRecord(
+                id: id, name: name, customerID: customer, region: region, highWaterMark: hwm, firstSeenMs: firstSeen, lastReceivedMs: lastReceived,
+                lastTimestampMs: lastTs, lastStatus: lastStatus.flatMap { MeterHealth(rawValue: UInt8(truncatingIfNeeded: $0)) },
+                lastFault: lastFault, inactiveSinceMs: inactiveSince, readingsTotal: readings, faultsTotal: faults, duplicatesTotal: duplicates)
+        }
+    }
+
+    package func meterMonths(named name: String) async throws -> [MeterMonthRecord] {
+        try await self.reader.query(
+            """
+            SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
+                   mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status, mm.estimated, mm.estimated_kwh
+            FROM meter_month mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = \(name) ORDER BY mm.month
+            """
+        ).map { row in
+            let (month, kwh, revenue, readings, faults, good, fair, poor, latencySum, latencyCount, latencyMax, imported, estimated, estimatedKwh) =
+                try row.decode((Int64, Double, Double, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64, Int64?, Int64, Double).self)
+            return MeterMonthRecord(
+                month: Month(key: Int(month)), kwh: kwh, revenue: revenue, readings: readings, faults: faults, good: good, fair: fair, poor: poor,
+                latencySumMs: latencySum, latencyCount: latencyCount, latencyMaxMs: latencyMax,
+                importedStatus: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) }, estimated: estimated, estimatedKwh: estimatedKwh)
+        }
+    }
+
+    package func validationFlags(meter name: String, limit: Int) async throws -> [ValidationFlag] {
+        try await self.reader.query(
+            """
+            SELECT f.rule, f.ts_ms, f.seq, f.detail FROM validation_flag f JOIN meter m ON m.id = f.meter_id
+            WHERE m.name = \(name) ORDER BY f.ts_ms DESC, f.id DESC LIMIT \(Int64(limit))
+            """
+        ).compactMap { row in
+            let (rule, ts, seq, detail) = try row.decode((String, Int64, Int64, String).self)
+            return ValidationRule(rawValue: rule).map { ValidationFlag(rule: $0, timestampMs: ts, seq: seq, detail: detail) }
+        }
+    }
+
+    /// A meter's newest readings by the order they were stored (`position`), from its primary key
+    /// range: every reading of the meter is found, so the answer is always complete.
+    package func recentReadings(meter name: String, limit: Int) async throws -> RecentReadings? {
+        guard let id = try await self.reader.query("SELECT id FROM meter WHERE name = \(name)").first?.decode(Int64.self) else { return nil }
+        let readings = try await self.reader.query(
+            """
+            SELECT seq, ts_ms, received_ms, kwh, status, fault, voltage, register_kwh FROM reading
+            WHERE meter_id = \(id) ORDER BY position DESC LIMIT \(Int64(max(0, limit)))
+            """
+        ).map { row in
+            let (seq, ts, received, kwh, status, fault, voltage, register) = try row.decode(
+                (Int64, Int64, Int64, Double, Int64, String?, Double?, Double?).self)
+            return StoredReading(
+                seq: seq, timestampMs: ts, receivedMs: received, kwh: kwh, status: MeterHealth(rawValue: UInt8(clamping: status)) ?? .good,
+                fault: fault, voltage: voltage, registerKwh: register)
+        }
+        return RecentReadings(readings: readings, complete: true, scannedRows: Int64(readings.count), scannedSinceMs: nil)
+    }
+
+    package func livenessCandidates(cutoffMs: Int64, startMs: Int64) async throws -> LivenessCandidates {
+        let silent = try await self.reader.query(
+            "SELECT id, name FROM meter WHERE inactive_since_ms IS NULL AND COALESCE(last_received_ms, \(startMs)) < \(cutoffMs)"
+        ).map { row in
+            let (id, name) = try row.decode((Int64, String).self)
+            return StoredMeterName(id: id, name: name)
+        }
+        let flagged = try await self.reader.query("SELECT id, name FROM meter WHERE inactive_since_ms IS NOT NULL").map { row in
+            let (id, name) = try row.decode((Int64, String).self)
+            return StoredMeterName(id: id, name: name)
+        }
+        return LivenessCandidates(silent: silent, flagged: flagged)
+    }
+
+    // MARK: Customers
+
+    package func customerHistory(id: Int64) async throws -> CustomerHistory? {
+        guard let customer = try await self.reader.query("SELECT id, region, installed_on FROM customer WHERE id = \(id)").first else { return nil }
+        let (customerID, region, installedOn) = try customer.decode((Int64, String, String?).self)
+        var history = CustomerHistory(id: customerID, region: region, installedOn: installedOn)
+        history.meters = try await self.reader.query(
+            """
+            SELECT name, inactive_since_ms, last_received_ms, readings_total, faults_total, last_status
+            FROM meter WHERE customer_id = \(id) ORDER BY name
+            """
+        ).map { row in
+            let (name, inactiveSince, lastReceived, readings, faults, lastStatus) = try row.decode(
+                (String, Int64?, Int64?, Int64, Int64, Int64?).self)
+            return CustomerHistory.Meter(
+                name: name, inactive: MeterRules.isInactive(inactiveSinceMs: inactiveSince, lastReceivedMs: lastReceived),
+                lastReceivedMs: lastReceived, lastStatus: lastStatus.flatMap { MeterHealth(rawValue: UInt8(truncatingIfNeeded: $0)) },
+                readingsTotal: readings, faultsTotal: faults)
+        }
+        history.monthly = try await self.reader.query(
+            """
+            SELECT mm.month, SUM(mm.kwh), SUM(mm.revenue), SUM(mm.readings)::bigint, SUM(mm.faults)::bigint, SUM(mm.good)::bigint,
+                   SUM(mm.fair)::bigint, SUM(mm.poor)::bigint, MAX(mm.imported_status), SUM(mm.estimated)::bigint
+            FROM meter_month mm JOIN meter m ON m.id = mm.meter_id
+            WHERE m.customer_id = \(id) GROUP BY mm.month ORDER BY mm.month
+            """
+        ).map { row in
+            let (month, kwh, revenue, readings, faults, good, fair, poor, imported, estimated) = try row.decode(
+                (Int64, Double, Double, Int64, Int64, Int64, Int64, Int64, Int64?, Int64).self)
+            let status = MeterRules.monthStatus(
+                imported: imported.flatMap { MeterHealth(rawValue: UInt8(clamping: $0)) }, readings: readings, good: good, fair: fair, poor: poor)
+            return CustomerHistory.MonthTotal(
+                month: Month(key: Int(month)), kwh: kwh, revenue: revenue, readings: readings, faults: faults, status: status,
+                estimated: estimated > 0)
+        }
+        history.bills = try await self.reader.query("SELECT month, amount, paid FROM bill WHERE customer_id = \(id) ORDER BY month").map { row in
+            let (month, amount, paid) = try row.decode((Int64, Double, Bool).self)
+            return CustomerHistory.Bill(month: Month(key: Int(month)), amount: amount, paid: paid)
+        }
+        history.maintenance = try await self.reader.query(
+            """
+            SELECT m.request_date, m.resolution_date, m.resolution_days, m.technician_id, t.name
+            FROM maintenance m LEFT JOIN technician t ON t.id = m.technician_id
+            WHERE m.customer_id = \(id) ORDER BY m.request_date, m.ordinal
+            """
+        ).map { row in
+            let (request, resolution, days, technician, name) = try row.decode((String, String?, Double?, Int64, String?).self)
+            return CustomerHistory.Maintenance(
+                requestDate: request, resolutionDate: resolution, resolutionDays: days, technicianID: technician, technician: name)
+        }
+        history.feedback = try await self.reader.query(
+            "SELECT feedback_date, score FROM feedback WHERE customer_id = \(id) ORDER BY feedback_date, ordinal"
+        ).map { row in
+            let (date, score) = try row.decode((String, Int64).self)
+            return CustomerHistory.Feedback(date: date, score: score)
+        }
+        history.complaints = try await self.reader.query(
+            "SELECT id, complaint_date, category, resolved_date FROM complaint WHERE customer_id = \(id) ORDER BY complaint_date, id"
+        ).map { row in
+            let (complaint, date, category, resolved) = try row.decode((Int64, String, String, String?).self)
+            return CustomerHistory.Complaint(id: complaint, date: date, category: category, resolvedDate: resolved)
+        }
+        history.installations = try await self.reader.query(
+            """
+            SELECT i.request_date, i.installed_date, i.days, i.technician_id, t.name
+            FROM installation i LEFT JOIN technician t ON t.id = i.technician_id
+            WHERE i.customer_id = \(id) ORDER BY i.request_date, i.ordinal
+            """
+        ).map { row in
+            let (request, installed, days, technician, name) = try row.decode((String, String, Double?, Int64?, String?).self)
+            return CustomerHistory.Installation(
+                requestDate: request, installedDate: installed, days: days, technicianID: technician, technician: name)
+        }
+        return history
+    }
+
+    package func customerSummaries(ids: [Int64]) async throws -> [Int64: CustomerSummary] {
+        guard !ids.isEmpty else { return [:] }
+        var summaries: [Int64: CustomerSummary] = [:]
+        for row in try await self.reader.query("SELECT id, installed_on FROM customer WHERE id = ANY(\(ids))") {
+            let (id, installed) = try row.decode((Int64, String?).self)
+            summaries[id, default: CustomerSummary()].installedOn = installed
+        }
+        for row in try await self.reader.query(
+            "SELECT customer_id, name, inactive_since_ms, last_received_ms FROM meter WHERE customer_id = ANY(\(ids)) ORDER BY name")
+        {
+            let (customer, name, inactiveSince, lastReceived) = try row.decode((Int64, String, Int64?, Int64?).self)
+            summaries[customer, default: CustomerSummary()].meters.append(
+                (name, MeterRules.isInactive(inactiveSinceMs: inactiveSince, lastReceivedMs: lastReceived)))
+        }
+        return summaries
+    }
+
+    // MARK: Alerts
+
+    package func alerts(state: AlertState?, limit: Int) async throws -> (alerts: [Alert], firing: Int) {
+        let firing = Int(try await self.reader.query("SELECT count(*) FROM alert WHERE resolved_ms IS NULL").first?.decode(Int64.self) ?? 0)
+        func alerts(_ rows: [PostgresRow]) throws -> [Alert] {
+            try rows.compactMap { row in
+                let (rule, subject, fired, resolved, detail) = try row.decode((String, String, Int64, Int64?, String).self)
+                // A rule this build does not know (a newer meterd wrote it) is left out rather than failing the list.
+                guard let rule = AlertRule(rawValue: rule) else { return nil }
+                return Alert(
+                    rule: rule, subject: subject, state: resolved == nil ? .firing : .resolved, firedMs: fired, resolvedMs: resolved, detail: detail)
+            }
+        }
+        var found: [Alert] = []
+        if state != .resolved {
+            found += try alerts(
+                try await self.reader.query(
+                    """
+                    SELECT rule, subject, fired_ms, resolved_ms, detail FROM alert WHERE resolved_ms IS NULL ORDER BY fired_ms, id LIMIT \(Int64(limit))
+                    """))
+        }
+        if state != .firing, found.count < limit {
+            found += try alerts(
+                try await self.reader.query(
+                    """
+                    SELECT rule, subject, fired_ms, resolved_ms, detail FROM alert WHERE resolved_ms IS NOT NULL
+                    ORDER BY resolved_ms DESC, id LIMIT \(Int64(limit - found.count))
+                    """))
+        }
+        return (found, firing)
+    }
+
+    // MARK: Operations
+
+    package func backup(to path: String) async throws -> BackupReport {
+        throw OperatorQueryError(
+            "not_supported", "meterctl backup copies the SQLite file; back a PostgreSQL store up with pg_dump or pg_basebackup")
+    }
+
+    // MARK: Plumbing
+
+    /// The first column of each row of `sql`, as text: for tests and diagnostics that look under
+    /// the boundary (cast the column `::text`).
+    package func firstColumnText(_ sql: String) async throws -> [String] {
+        try await self.reader.query(PostgresQuery(unsafeSQL: sql)).map { try $0.decode(String.self) }
+    }
+
+    /// Runs `body` in a REPEATABLE READ transaction on a connection of its own, closed afterwards.
+    private func withSnapshot<T>(_ body: (PostgresConnection) async throws -> sending T) async throws -> sending T {
+        let connection = try await self.connector.connect(id: 2)
+        do {
+            _ = try await self.rows(connection, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            let value = try await body(connection)
+            _ = try await self.rows(connection, "COMMIT")
+            try? await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw PostgreSQLStoreError.describing(error, doing: "reading a snapshot", address: self.connector.address)
+        }
+    }
+
+    private func rows(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
+        var rows: [PostgresRow] = []
+        for try await row in try await connection.query(query, logger: self.logger) { rows.append(row) }
+        return rows
+    }
+}
+
+/// The readers' shared connection, opened on first use and again after it closed.
+actor PostgreSQLReader {
+    private let connector: PostgreSQLConnector
+    private var connection: PostgresConnection?
+
+    init(connector: PostgreSQLConnector) {
+        self.connector = connector
+    }
+
+    deinit {
+        self.connection?.closeInBackground()
+    }
+
+    /// A connect in progress: readers that arrive meanwhile wait for it rather than open their
+    /// own (the actor is re-entered at the `await`).
+    private var connecting: Task<PostgresConnection, any Error>?
+
+    private func open() async throws -> PostgresConnection {
+        if let connection = self.connection, !connection.isClosed { return connection }
+        if let connecting = self.connecting { return try await connecting.value }
+        let connector = self.connector
+        let connecting = Task { try await connector.connect(id: 3) }
+        self.connecting = connecting
+        defer { self.connecting = nil }
+        let connection = try await connecting.value
+        self.connection = connection
+        return connection
+    }
+
+    /// Runs a query and collects its rows.
+    nonisolated func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        let connection = try await self.open()
+        do {
+            var rows: [PostgresRow] = []
+            for try await row in try await connection.query(query, logger: self.connector.logger) { rows.append(row) }
+            return rows
+        } catch {
+            throw PostgreSQLStoreError.describing(error, doing: "reading", address: self.connector.address)
+        }
+    }
+}

@@ -1,0 +1,353 @@
+import Foundation
+import Testing
+
+@testable import MeterCore
+
+/// The writer's guarantees (SPEC.md section 2) through the store boundary, on every backend:
+/// the same tests, asserting through ``MeterStore`` reads, against SQLite and PostgreSQL.
+@Suite struct StoreIngestTests {
+    static let utc = TimeZone(identifier: "UTC")!
+
+    func submission(_ readings: [Reading], receivedMs: Int64 = WallClock.nowMs()) -> IngestSubmission {
+        IngestSubmission(
+            readings: readings.enumerated().map { SubmittedReading(reading: $1, line: $0 + 1, receivedMs: receivedMs) },
+            receiver: nil)
+    }
+
+    func open(_ location: StoreLocation) throws -> any MeterStore {
+        try location.open(logger: testLogger)
+    }
+
+    /// Every reading the store keeps of a meter.
+    func storedReadings(_ store: any MeterStore, meter: String) async throws -> [StoredReading] {
+        try #require(try await store.recentReadings(meter: meter, limit: 10_000)).readings
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func storesAReadingOnceHoweverOftenItIsResent(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            // Given a stored reading
+            let store = try self.open(location)
+            var writer = try store.makeWriter(WriterSettings())
+            let first = Reading(meter: "MTR-1", seq: 1, timestampMs: 1_795_947_300_000, kwh: 0.5)
+            let second = Reading(meter: "MTR-1", seq: 2, timestampMs: 1_795_947_360_000, kwh: 0.25)
+            var result = try writer.commit([self.submission([first, second])])
+            #expect(result.stored == 2)
+            #expect(result.outcomes[0].acks.map(\.seq) == [2])
+
+            // When it is resent in the same batch, a later batch, and after a restart
+            result = try writer.commit([self.submission([first]), self.submission([second, second])])
+            #expect(result.stored == 0)
+            #expect(result.duplicates == 3)
+            #expect(result.outcomes.map { $0.acks.map(\.seq) } == [[1], [2]])
+            writer = try self.open(location).makeWriter(WriterSettings())
+            result = try writer.commit([self.submission([first, second])])
+            #expect(result.duplicates == 2)
+
+            // Then it is stored, aggregated and counted once
+            let readings = try await self.storedReadings(store, meter: "MTR-1")
+            #expect(readings.count == 2)
+            #expect(readings.map(\.kwh).reduce(0, +) == 0.75)
+            #expect(try await store.meterMonths(named: "MTR-1").map(\.kwh).reduce(0, +) == 0.75)
+            let meter = try #require(try await store.meterRecord(named: "MTR-1"))
+            #expect(meter.duplicatesTotal == 5)
+            #expect(meter.readingsTotal == 2)
+            #expect(meter.highWaterMark == 2)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func keepsMonthlyAggregatesWithTariffStatusFaultsAndLatency(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let tariff = Tariff(defaultRate: 0.2, regionRates: ["North": 0.1])
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings(tariff: tariff))
+            let ts = RFC3339.parseMilliseconds("2026-11-10T12:00:00Z")!
+            _ = try writer.commit([
+                self.submission(
+                    [
+                        Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1.0, status: .good),
+                        Reading(meter: "A", seq: 2, timestampMs: ts + 1000, kwh: 2.0, status: .poor, fault: "tamper"),
+                        Reading(meter: "A", seq: 3, timestampMs: ts + 2000, kwh: 3.0, status: .poor),
+                        Reading(meter: "A", seq: 4, timestampMs: ts + 3000, kwh: 4.0, status: .fair, fault: "voltage_sag"),
+                    ], receivedMs: ts + 5000)
+            ])
+            let months = try await store.meterMonths(named: "A")
+            let month = try #require(months.first)
+            #expect(months.count == 1)
+            #expect(month.month == Month(year: 2026, month: 11))
+            #expect(month.kwh == 10.0)
+            #expect(abs(month.revenue - 2.0) < 1e-9)  // unassigned meters pay the default rate
+            #expect(month.readings == 4)
+            #expect(month.faults == 2)
+            #expect([month.good, month.fair, month.poor] == [1, 1, 2])
+            #expect(month.latencySumMs == 5000 + 4000 + 3000 + 2000)
+            #expect(month.latencyCount == 4)
+            #expect(month.latencyMaxMs == 5000)
+            let meter = try #require(try await store.meterRecord(named: "A"))
+            #expect(meter.highWaterMark == 4)
+            #expect(meter.lastStatus == .fair)
+            #expect(meter.lastFault == "voltage_sag")
+            #expect(meter.faultsTotal == 2)
+            #expect(meter.region == "Unassigned")
+            #expect(meter.lastTimestampMs == ts + 3000)
+            #expect(meter.lastReceivedMs == ts + 5000)
+            let latency = try await store.latencyBuckets(from: Month(year: 2026, month: 11), to: Month(year: 2026, month: 11), region: nil)
+            #expect(latency.map(\.count).reduce(0, +) == 4)
+            #expect(latency.map(\.sumMs).reduce(0, +) == 14_000)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func aLateReadingLandsInTheMonthOfItsTimestamp(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings())
+            let november = RFC3339.parseMilliseconds("2026-11-29T10:00:00Z")!
+            let october = RFC3339.parseMilliseconds("2026-10-31T23:59:59.999Z")!
+            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 1, timestampMs: november, kwh: 1)], receivedMs: november)])
+            // Received in November, measured in October: October's aggregate takes it.
+            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 2, timestampMs: october, kwh: 2)], receivedMs: november + 60_000)])
+            let months = try await store.meterMonths(named: "A").map { [$0.month.key: $0.kwh] }
+            #expect(months == [[202610: 2.0], [202611: 1.0]])
+            // A reading years late is kept too (PostgreSQL: in the default partition).
+            _ = try writer.commit([
+                self.submission([Reading(meter: "A", seq: 3, timestampMs: october - 3 * 365 * 86_400_000, kwh: 4)], receivedMs: november + 120_000)
+            ])
+            #expect(try await self.storedReadings(store, meter: "A").count == 3)
+            #expect(try await store.meterMonths(named: "A").count == 3)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func monthsFollowTheConfiguredTimeZone(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            // 23:30 on 30 November in New York is already 1 December in UTC.
+            let zone = try #require(TimeZone(identifier: "America/New_York"))
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings(timeZone: zone))
+            let lateEvening = try #require(RFC3339.parseMilliseconds("2026-11-30T23:30:00-05:00"))
+            let nextMorning = try #require(RFC3339.parseMilliseconds("2026-12-01T00:30:00-05:00"))
+            _ = try writer.commit([
+                self.submission(
+                    [
+                        Reading(meter: "A", seq: 1, timestampMs: lateEvening, kwh: 1),
+                        Reading(meter: "A", seq: 2, timestampMs: nextMorning, kwh: 2),
+                    ], receivedMs: nextMorning + 1000)
+            ])
+            let months = try await store.meterMonths(named: "A").map { [$0.month.key: $0.kwh] }
+            #expect(months == [[202611: 1.0], [202612: 2.0]])
+            try writer.recordTimeZone(zone)
+            #expect(try await store.recordedTimeZone() == zone)
+
+            var berlin = MonthCalendar(timeZone: try #require(TimeZone(identifier: "Europe/Berlin")))
+            #expect(berlin.month(ofMilliseconds: RFC3339.parseMilliseconds("2026-03-31T23:30:00+02:00")!) == Month(year: 2026, month: 3))
+            #expect(berlin.month(ofMilliseconds: RFC3339.parseMilliseconds("2026-03-31T22:00:00Z")!) == Month(year: 2026, month: 4))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func unknownMetersAreRejectedWhenConfigured(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings(unknownMeters: .reject))
+            let result = try writer.commit([self.submission([Reading(meter: "STRANGER", seq: 1, timestampMs: WallClock.nowMs(), kwh: 1)])])
+            #expect(result.stored == 0)
+            #expect(result.quarantined == 1)
+            #expect(result.outcomes[0].acks.isEmpty)
+            #expect(result.outcomes[0].rejections.map(\.rejection.code) == [.unknownMeter])
+            #expect(try await store.meterRecord(named: "STRANGER") == nil)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func validationFlagsAndLivenessFlagsAreStored(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings())
+            let start = WallClock.nowMs() - 600_000
+            // Given a meter whose clock went backwards and whose voltage is out of range
+            _ = try writer.commit([
+                self.submission(
+                    [
+                        Reading(meter: "A", seq: 1, timestampMs: start, kwh: 1),
+                        Reading(meter: "A", seq: 2, timestampMs: start - 60_000, kwh: 1, voltage: 300),
+                    ], receivedMs: start)
+            ])
+            let flags = try await store.validationFlags(meter: "A", limit: 10)
+            #expect(Set(flags.map(\.rule)) == [.clockBackwards, .voltage])
+            let month = Month(year: 2000, month: 1)
+            let counts = try await store.validationFlagCounts(from: month, to: Month(year: 2100, month: 12), region: nil)
+            #expect(counts[.clockBackwards] == 1 && counts[.voltage] == 1)
+
+            // When it falls silent past the cutoff, the sweep flags it once
+            let cutoff = start + 300_000
+            let candidates = try await store.livenessCandidates(cutoffMs: cutoff, startMs: start)
+            #expect(candidates.silent.map(\.name) == ["A"])
+            let flagged = try writer.flagInactive(candidates.silent, cutoffMs: cutoff, startMs: start)
+            #expect(flagged.map(\.meter.name) == ["A"])
+            #expect(flagged.first?.lastReceivedMs == start)
+            #expect(try writer.flagInactive(candidates.silent, cutoffMs: cutoff, startMs: start).isEmpty)
+            #expect(try await store.inactiveMeterCount(region: nil) == 1)
+            #expect(try await store.inactiveMeters(region: nil, limit: 10).map(\.meter) == ["A"])
+
+            // And its next reading makes it active again
+            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 3, timestampMs: start + 400_000, kwh: 1)])])
+            #expect(try await store.inactiveMeterCount(region: nil) == 0)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func snapshotsAndAlertsAreKept(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings())
+            let period = try KPIPeriod(from: Month(year: 2026, month: 1), to: Month(year: 2026, month: 12))
+            for index in 0..<5 { try writer.recordSnapshot("{\"n\":\(index)}", period: period, generatedMs: Int64(index), history: 3) }
+            let firing = Alert(rule: .inactive, subject: "A", firedMs: 1_000, detail: "silent")
+            var resolved = Alert(rule: .inactive, subject: "B", firedMs: 500, detail: "silent")
+            try writer.recordAlerts([firing, resolved], history: 10)
+            resolved.state = .resolved
+            resolved.resolvedMs = 2_000
+            try writer.recordAlerts([resolved], history: 10)
+            let (alerts, count) = try await store.alerts(state: nil, limit: 10)
+            #expect(count == 1)
+            #expect(alerts.map(\.subject) == ["A", "B"])
+            #expect(alerts.last?.resolvedMs == 2_000)
+        }
+    }
+}
+
+/// What only the PostgreSQL store has: its schema, partitions and the way it fails at start-up.
+@Suite struct PostgreSQLStoreTests {
+    @Test(.timeLimit(.minutes(2)))
+    func twoNodesStartingAtOnceMigrateOnce() async throws {
+        do {
+            let address = try await PostgresTestServer.shared().createDatabase()
+            // Both open (and migrate) at the same moment; the advisory lock lets one apply the migrations.
+            async let first = offPool { _ = try PostgreSQLMeterStore(address: address, logger: testLogger) }
+            async let second = offPool { _ = try PostgreSQLMeterStore(address: address, logger: testLogger) }
+            _ = try await (first, second)
+            let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+            let applied = try await store.firstColumnText("SELECT name FROM meterd_migration ORDER BY name")
+            #expect(applied == PostgreSQLSchema.migrations.map(\.name))
+            // This month's partition and the next ones exist.
+            let partitions = try await store.firstColumnText(
+                """
+                SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+                WHERE p.relname = 'reading' ORDER BY c.relname
+                """)
+            let thisMonth = PostgreSQLSchema.utcMonth(ofMilliseconds: WallClock.nowMs()).key
+            #expect(partitions.contains("reading_p\(thisMonth)"))
+            #expect(partitions.contains("reading_default"))
+            #expect(partitions.count == PostgreSQLSchema.monthsAhead + 2)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func readingsOfThisMonthGoToItsPartitionAndTheKeysHoldTheMeterAndTimestamp() async throws {
+        do {
+            let address = try await PostgresTestServer.shared().createDatabase()
+            let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+            let writer = try store.makeWriter(WriterSettings())
+            let now = WallClock.nowMs()
+            _ = try writer.commit([
+                IngestSubmission(
+                    readings: [SubmittedReading(reading: Reading(meter: "A", seq: 1, timestampMs: now, kwh: 1), line: 1, receivedMs: now)],
+                    receiver: nil)
+            ])
+            let month = PostgreSQLSchema.utcMonth(ofMilliseconds: now).key
+            #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading_p\(month)") == ["1"])
+            // Every unique index of reading holds meter_id and ts_ms (Citus-ready).
+            let keys = try await store.firstColumnText(
+                """
+                SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                WHERE c.relname = 'reading' AND i.indisunique
+                """)
+            #expect(!keys.isEmpty)
+            for key in keys { #expect(key.contains("meter_id") && key.contains("ts_ms"), "\(key)") }
+
+            // Acks wait for durable commits even where the database's default says otherwise.
+            _ = try await store.firstColumnText("ALTER DATABASE \(address.database) SET synchronous_commit = off")
+            let reopened = try PostgreSQLMeterStore(address: address, logger: testLogger)
+            #expect(try await reopened.firstColumnText("SHOW synchronous_commit") == ["on"])
+        }
+    }
+}
+
+/// What one commit costs on each store: `METERD_MEASURE=1 swift test --filter CommitCostMeasurement`.
+/// Not run by default (it measures the machine as much as meterd); it prints the figures.
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["METERD_MEASURE"] == "1"))
+struct CommitCostMeasurement {
+    @Test(.timeLimit(.minutes(5)), arguments: StoreBackend.allCases)
+    func commitLatencyAndRoundTrips(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try location.open(logger: testLogger)
+            let writer = try store.makeWriter(WriterSettings())
+            let meters = 1_000
+            let batch = 5_000
+            let batches = 20
+            func submission(_ round: Int) -> IngestSubmission {
+                let now = WallClock.nowMs()
+                return IngestSubmission(
+                    readings: (0..<batch).map { index in
+                        let reading = Reading(
+                            meter: String(format: "MTR-%06d", index % meters), seq: Int64(round * batch + index + 1), timestampMs: now - 1000,
+                            kwh: 0.25)
+                        return SubmittedReading(reading: reading, line: index + 1, receivedMs: now)
+                    }, receiver: nil)
+            }
+            _ = try writer.commit([submission(0)])  // registers the meters
+            let commitsBefore = try await Self.transactions(store)
+            let serverBefore = try await Self.serverCPUSeconds(store)
+            let clientBefore = Self.cpuSeconds(pid: getpid())
+            var durations: [Duration] = []
+            for round in 1...batches {
+                let started = ContinuousClock.now
+                let result = try writer.commit([submission(round)])
+                durations.append(ContinuousClock.now - started)
+                #expect(result.stored == batch)
+            }
+            let clientAfter = Self.cpuSeconds(pid: getpid())
+            let serverAfter = try await Self.serverCPUSeconds(store)
+            let commitsAfter = try await Self.transactions(store)
+            let perMillion = 1_000_000 / Double(batch * batches)
+            durations.sort()
+            let median = durations[durations.count / 2]
+            let transactions = commitsAfter.map { after in commitsBefore.map { after - $0 } ?? -1 }
+            print(
+                "commit cost \(backend): \(batch) readings over \(meters) meters per commit, median \(median), "
+                    + "max \(durations.last!), server transactions for \(batches) commits: \(transactions.map(String.init) ?? "n/a"), "
+                    + "CPU-s per million readings: test process (debug build) \((clientAfter - clientBefore) * perMillion), "
+                    + "PostgreSQL backends \(serverAfter.map { after in String((after - (serverBefore ?? 0)) * perMillion) } ?? "n/a")")
+        }
+    }
+
+    /// User plus system CPU seconds of a process so far, from /proc.
+    static func cpuSeconds(pid: pid_t) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// CPU seconds of the server processes serving this database (PostgreSQL only).
+    static func serverCPUSeconds(_ store: any MeterStore) async throws -> Double? {
+        guard let store = store as? PostgreSQLMeterStore else { return nil }
+        let pids = try await store.firstColumnText("SELECT pid::text FROM pg_stat_activity WHERE datname = current_database()")
+        return pids.compactMap { Int32($0) }.map { Self.cpuSeconds(pid: $0) }.reduce(0, +)
+    }
+
+    /// Transactions the server committed in this database so far (PostgreSQL only).
+    static func transactions(_ store: any MeterStore) async throws -> Int? {
+        guard let store = store as? PostgreSQLMeterStore else { return nil }
+        // The statistics collector reports with a delay; the snapshot is cleared first.
+        _ = try await store.firstColumnText("SELECT pg_stat_clear_snapshot()::text")
+        try await Task.sleep(for: .milliseconds(700))
+        return try await store.firstColumnText("SELECT xact_commit::text FROM pg_stat_database WHERE datname = current_database()").first
+            .flatMap { Int($0) }
+    }
+}
