@@ -613,14 +613,16 @@ package final class IngestWriter: MeterStoreWriter {
                 try upsert.execute()
             }
         }
-        try Self.writeDays(aggregates.days, db: db)
+        let startedDays = try Self.writeDays(aggregates.days, db: db)
         if let high = aggregates.highRowID {
             // A cached statement: `db.execute(sql:)` would compile it again at every commit.
             let updateWatermark = try RawStatement(db, sql: "UPDATE ingest_watermark SET reading_rowid = ? WHERE id = 1")
             updateWatermark.bind(1, high)
             try updateWatermark.execute()
         }
-        return Self.delta(of: aggregates)
+        var delta = Self.delta(of: aggregates)
+        delta.startedDays = startedDays
+        return delta
     }
 
     /// What the commit listener learns of written aggregates.
@@ -643,9 +645,11 @@ package final class IngestWriter: MeterStoreWriter {
 
     /// Adds days to `meter_day`. Keyed by day first: a commit's rows are today's, so they share a few
     /// neighbouring pages rather than one page per meter; an UPDATE first, an INSERT only for a
-    /// meter's first reading of a day (as for `meter_month`).
-    private static func writeDays(_ days: [DayKey: DayDelta], db: Database) throws {
-        guard !days.isEmpty else { return }
+    /// meter's first reading of a day (as for `meter_month`). Returns the meter-days inserted: the
+    /// ones that start reporting.
+    @discardableResult
+    private static func writeDays(_ days: [DayKey: DayDelta], db: Database) throws -> [AggregateDelta.MeterDayKey] {
+        guard !days.isEmpty else { return [] }
         let update = try RawStatement(
             db,
             sql: """
@@ -666,10 +670,15 @@ package final class IngestWriter: MeterStoreWriter {
             statement.bind(5, delta.spacingCount)
             try statement.execute()
         }
+        var started: [AggregateDelta.MeterDayKey] = []
         for (key, delta) in days.sorted(by: { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }) {
             try bindAndRun(update, key, delta)
-            if update.changes == 0 { try bindAndRun(insert, key, delta) }
+            if update.changes == 0 {
+                try bindAndRun(insert, key, delta)
+                started.append(.init(meterID: key.meterID, day: Day(key: key.day)))
+            }
         }
+        return started
     }
 
     /// Fills `meter_day` and `meter.first_reading_day` from the readings stored before they existed
