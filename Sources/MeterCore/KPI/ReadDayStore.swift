@@ -78,6 +78,7 @@ package final class ReadDayStore {
     /// - Parameter heldMonths: months of meter sums to hold (``defaultHeldMonths`` for the daemon), `nil` for all.
     package init(heldMonths: Int? = ReadDayStore.defaultHeldMonths) {
         self.heldMonths = heldMonths
+        if heldMonths == nil { self.heldMonthKeys = Int32.min...Int32.max }
     }
 
     var meterCount: Int { self.meterIDs.count }
@@ -107,7 +108,7 @@ package final class ReadDayStore {
     package func setReceived(firstMs: Int64?, lastMs: Int64?) {
         self.firstReceivedMs = firstMs
         self.lastReceivedMs = lastMs
-        self.dropMonthsOutsideTheWindow()
+        self.moveWindow()
     }
 
     // MARK: Changes
@@ -136,35 +137,37 @@ package final class ReadDayStore {
 
     private func addReporting(_ index: Int, day: Int32) {
         let region = Int(self.meterRegions[index])
-        var counts = self.reporting[day] ?? []
-        if counts.count <= region { counts.append(contentsOf: repeatElement(0, count: region + 1 - counts.count)) }
-        counts[region] += 1
-        self.reporting[day] = counts
+        // Mutated in place (a copy per row would allocate once per `meter_day` row loaded).
+        self.reporting[day, default: []].increment(at: region)
     }
 
     /// The month keys held: from ``heldFromMonth``, and up to the month after the latest receipt
-    /// (readings dated later are clock errors, and would each open a month of sums).
-    private var heldMonthKeys: ClosedRange<Int32>? {
-        guard let heldMonths = self.heldMonths else { return Int32.min...Int32.max }
-        guard let lastMs = self.lastReceivedMs else { return nil }
-        // By UTC: one month either side of the zone's makes no difference to a window of months.
-        var utc = Self.utc
-        let latest = utc.month(ofMilliseconds: lastMs)
-        return Int32(latest.adding(months: -(heldMonths - 1)).key)...Int32(latest.adding(months: 1).key)
-    }
+    /// (readings dated later are clock errors, and would each open a month of sums); `nil` before
+    /// any receipt. Kept with ``lastReceivedMs`` (``moveWindow()``), not worked out per row.
+    private var heldMonthKeys: ClosedRange<Int32>?
 
     private static let utc = MonthCalendar(timeZone: TimeZone(identifier: "UTC")!)
 
     private func addSums(_ index: Int, month: Int32, readings: Int, spacingSumMs: Int64, spacingCount: Int) {
-        guard let held = self.heldMonthKeys, held.contains(month), month >= self.heldFromMonth else { return }
+        guard let held = self.heldMonthKeys, held.contains(month) else { return }
         self.months[month, default: MonthSums()].add(index, readings: readings, spacingSumMs: spacingSumMs, spacingCount: spacingCount)
     }
 
-    /// Drops the months that fell out of the window as the latest receipt moved on.
-    private func dropMonthsOutsideTheWindow() {
-        guard self.heldMonths != nil, let held = self.heldMonthKeys, held.lowerBound > self.heldFromMonth else { return }
-        self.heldFromMonth = held.lowerBound
-        for month in self.months.keys where month < held.lowerBound { self.months[month] = nil }
+    /// Moves the held months with the latest receipt, dropping those that fell out of the window.
+    private func moveWindow() {
+        guard let heldMonths = self.heldMonths else {
+            self.heldMonthKeys = Int32.min...Int32.max
+            return
+        }
+        guard let lastMs = self.lastReceivedMs else { return }
+        // By UTC: one month either side of the zone's makes no difference to a window of months.
+        var utc = Self.utc
+        let latest = utc.month(ofMilliseconds: lastMs)
+        let lower = max(Int32(latest.adding(months: -(heldMonths - 1)).key), self.heldFromMonth)
+        self.heldMonthKeys = lower...Int32(latest.adding(months: 1).key)
+        guard lower > self.heldFromMonth else { return }
+        self.heldFromMonth = lower
+        for month in self.months.keys where month < lower { self.months[month] = nil }
     }
 
     /// Commit deltas merged, so they stay as small as the set of meter-months reporting (and the
@@ -223,7 +226,7 @@ package final class ReadDayStore {
             if let first = self.firstReceivedMs { store.firstReceivedMs = min(store.firstReceivedMs ?? first, first) }
             if let last = self.lastReceivedMs {
                 store.lastReceivedMs = max(store.lastReceivedMs ?? last, last)
-                store.dropMonthsOutsideTheWindow()
+                store.moveWindow()
             }
             for meter in self.meters.values.sorted(by: { $0.meterID < $1.meterID }) { store.meterRead(meter) }
             for day in self.started {
@@ -398,5 +401,13 @@ package final class ReadDayStore {
         result.completeness = judgedTotal > 0 ? creditTotal / Double(judgedTotal) : nil
         result.lowestCompleteness = lowest
         return result
+    }
+}
+
+extension Array where Element == Int32 {
+    /// Adds one at `index`, growing the array with zeros to reach it.
+    fileprivate mutating func increment(at index: Int) {
+        if index >= self.count { self.append(contentsOf: repeatElement(0, count: index + 1 - self.count)) }
+        self[index] += 1
     }
 }
