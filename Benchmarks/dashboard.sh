@@ -5,6 +5,7 @@
 #
 #   Benchmarks/dashboard.sh                    # 100,000 customers, release build, temporary directory
 #   CUSTOMERS=10000 Benchmarks/dashboard.sh    # smaller
+#   BIN=/path/to/bin Benchmarks/dashboard.sh   # another build's binaries
 #
 # Besides the company's CSV files, the reading table gets READINGS_PER_METER live readings (default
 # 48, half a day at one per 15 minutes) for half the meters, interleaved as a fleet sends them, so
@@ -24,8 +25,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-swift build -c release --scratch-path "$SCRATCH" >/dev/null
-BIN=$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path)
+# BIN=dir runs another build's binaries (to compare two builds over the same recipe).
+if [ -z "${BIN:-}" ]; then
+    swift build -c release --scratch-path "$SCRATCH" >/dev/null
+    BIN=$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path)
+fi
 
 echo "== generate and import $CUSTOMERS customers x 24 months"
 "$BIN/meter-sim" generate --customers "$CUSTOMERS" --months 24 --year 2023 --out "$WORK/csv" >/dev/null

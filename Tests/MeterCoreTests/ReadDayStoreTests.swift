@@ -4,10 +4,10 @@ import Testing
 
 @testable import MeterCore
 
-/// The in-memory read success facts (``ReadDayStore`` in ``KPIRollups``) give the answer the store
-/// gives (``MeterStore/readDays(from:through:region:)``), over a real SQLite file: after live
-/// readings, a late reading for an earlier day, a company import, and deltas that arrive while the
-/// facts load.
+/// The in-memory read success counts and sums (``ReadDayStore`` in ``KPIRollups``) give the answer
+/// judged from what the store holds (``MeterStore/readDays(from:through:region:)``), over a real
+/// SQLite file: after live readings, late readings for earlier days, a company import, deltas that
+/// arrive while the store loads, random streams of commits, and months older than the ones held.
 @Suite(.timeLimit(.minutes(1)))
 struct ReadDayStoreTests {
     static let utc = MonthCalendar(timeZone: TimeZone(identifier: "UTC")!)
@@ -18,14 +18,16 @@ struct ReadDayStoreTests {
     static func ms(_ text: String) -> Int64 { RFC3339.parseMilliseconds(text)! }
 
     /// One commit of readings `(meter, seq, ts)`, all received at `receivedAt`.
-    static func commit(_ writer: any MeterStoreWriter, at receivedAt: String, _ entries: [(String, Int64, String)]) throws {
+    static func commit(
+        _ writer: any MeterStoreWriter, at receivedAt: String, _ entries: [(String, Int64, String)], deferAggregates: Bool = false
+    ) throws {
         let submission = IngestSubmission(
             readings: entries.enumerated().map { index, entry in
                 SubmittedReading(
                     reading: Reading(meter: entry.0, seq: entry.1, timestampMs: ms(entry.2), kwh: 0.5), line: index + 1,
                     receivedMs: ms(receivedAt))
             }, receiver: nil)
-        let result = try writer.commit([submission])
+        let result = try writer.commit([submission], deferAggregates: deferAggregates)
         #expect(result.stored == entries.count)
     }
 
@@ -36,29 +38,44 @@ struct ReadDayStoreTests {
         try writeCSV(directory, "customer_data.csv", lines)
     }
 
-    /// The in-memory answer equals the store-read one, facts and figures, for every region and a
-    /// short period too; returns the fleet's daily installed and reporting counts.
+    /// The figures judged in memory equal those judged from the facts the store reads, for every
+    /// region: whole months in full, a single day's rates (its completeness is judged per month);
+    /// returns the fleet's daily installed and reporting counts over `from...through`.
     @discardableResult
-    static func expectSameAnswer(_ engine: KPIEngine, _ store: SQLiteMeterStore) async throws -> (installed: [Int], reporting: [Int]) {
-        for region in [nil, "North", "South", Region.unassigned] {
-            for (from, through) in [(Self.first, Self.last), (Day("2026-03-02")!, Day("2026-03-02")!)] {
-                let read = try await store.readDays(from: from, through: through, region: region)
-                let held = try await engine.withReadStore { $0.facts(from: from, through: through, region: region) }
-                #expect(held.meters == read.meters, "\(region ?? "all")")
-                #expect(held.firstReceivedMs == read.firstReceivedMs)
-                #expect(held.lastReceivedMs == read.lastReceivedMs)
-                func key(_ day: ReadDayFacts.MeterDay) -> String {
-                    "\(day.day) \(day.meterID) \(day.readings) \(day.spacingSumMs) \(day.spacingCount)"
-                }
-                #expect(held.days.map(key).sorted() == read.days.map(key).sorted(), "\(region ?? "all")")
-                let direct = ReadSuccess(
-                    facts: read, first: from, last: through, calendar: Self.utc, nowMs: Self.nowMs, intervals: engine.settings.readIntervals,
-                    listLimit: engine.settings.completenessListLimit)
-                #expect(try await engine.readSuccess(from: from, through: through, region: region, nowMs: Self.nowMs) == direct)
+    static func expectSameAnswer(
+        _ engine: KPIEngine, _ store: SQLiteMeterStore, from: Day = Self.first, through: Day = Self.last, nowMs: Int64 = Self.nowMs,
+        regions: [String?] = [nil, "North", "South", Region.unassigned], sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> (installed: [Int], reporting: [Int]) {
+        func direct(_ from: Day, _ through: Day, _ region: String?) async throws -> ReadSuccess {
+            ReadSuccess(
+                facts: try await store.readDays(from: from, through: through, region: region), first: from, last: through,
+                calendar: Self.utc, nowMs: nowMs, intervals: engine.settings.readIntervals, listLimit: engine.settings.completenessListLimit)
+        }
+        for region in regions {
+            let held = try await engine.readSuccess(from: from, through: through, region: region, nowMs: nowMs)
+            #expect(held == (try await direct(from, through, region)), "\(region ?? "all")", sourceLocation: sourceLocation)
+            for day in [from, Day("2026-03-02")!] {
+                let heldDay = try await engine.readSuccess(from: day, through: day, region: region, nowMs: nowMs)
+                let directDay = try await direct(day, day, region)
+                #expect(heldDay.daily == directDay.daily, "\(day) \(region ?? "all")", sourceLocation: sourceLocation)
+                #expect(heldDay.byRegion == directDay.byRegion, "\(day) \(region ?? "all")", sourceLocation: sourceLocation)
+                #expect(heldDay.rate == directDay.rate, sourceLocation: sourceLocation)
             }
         }
-        let figures = try await engine.readSuccess(from: Self.first, through: Self.last, region: nil, nowMs: Self.nowMs)
+        // The alert rule's figure: each region on one day.
+        let alerts = try await engine.readSuccessByRegion(on: Day("2026-03-02")!, nowMs: nowMs)
+        let directDay = try await direct(Day("2026-03-02")!, Day("2026-03-02")!, nil)
+        #expect(alerts.map(\.region) == directDay.byRegion.map(\.region), sourceLocation: sourceLocation)
+        #expect(alerts.map(\.installed) == directDay.byRegion.map { $0.days.first?.installed ?? -1 }, sourceLocation: sourceLocation)
+        #expect(alerts.map(\.reporting) == directDay.byRegion.map { $0.days.first?.reporting ?? -1 }, sourceLocation: sourceLocation)
+        let figures = try await engine.readSuccess(from: from, through: through, region: nil, nowMs: nowMs)
         return (figures.daily.map(\.installed), figures.daily.map(\.reporting))
+    }
+
+    /// A meter's readings in the days judged, as the lowest-completeness list gives them.
+    static func readings(of meter: String, _ engine: KPIEngine, region: String? = nil) async throws -> Int? {
+        try await engine.readSuccess(from: Self.first, through: Self.last, region: region, nowMs: Self.nowMs).lowestCompleteness
+            .first { $0.meter == meter }?.readings
     }
 
     @Test func theHeldFactsFollowLiveLateAndImportedChanges() async throws {
@@ -96,8 +113,10 @@ struct ReadDayStoreTests {
             counts = try await Self.expectSameAnswer(engine, store)
             #expect(counts.installed == [2, 2, 3])
             #expect(counts.reporting == [2, 2, 1])
-            let held = try await engine.withReadStore { $0.facts(from: Self.first, through: Self.first, region: "North") }
-            #expect(held.days.map(\.readings) == [3])
+            // Meter 1: three readings on the 1st, one on the 2nd, as the store has them.
+            #expect(try await Self.readings(of: "MTR-000001", engine, region: "North") == 4)
+            let stored = try await store.readDays(from: Self.first, through: Self.first, region: "North")
+            #expect(stored.days.map(\.readings) == [3])
 
             // An import adds customer 3 (North, installed on the 1st): the facts load again.
             try Self.writeCompany(directory + "/csv", thirdCustomer: true)
@@ -147,8 +166,8 @@ struct ReadDayStoreTests {
             // Installed: meter 1 (20 Feb), meter 3 (1 March), meter 2 (2 March), the new one (3 March).
             #expect(counts.installed == [2, 3, 4])
             #expect(counts.reporting == [1, 2, 2])
-            let held = try await engine.withReadStore { $0.facts(from: Self.first, through: Self.last, region: "North") }
-            #expect(held.days.filter { $0.meterID == 1 }.map(\.readings) == [1, 1, 1])
+            // Meter 1 read once a day: three readings, none counted twice.
+            #expect(try await Self.readings(of: "MTR-000001", engine) == 3)
             // The monthly figures count each reading once too.
             let period = try KPIPeriod(from: Month(year: 2026, month: 3), to: Month(year: 2026, month: 3))
             let document = try await engine.document(period: period, region: nil, nowMs: Self.nowMs)
@@ -156,6 +175,125 @@ struct ReadDayStoreTests {
             let offline = try await KPIEngine(store: sqlite, settings: KPISettings()).document(period: period, region: nil, nowMs: Self.nowMs)
             #expect(document.readSuccessDaily == offline.readSuccessDaily)
             #expect(document.intervalCompleteness == offline.intervalCompleteness)
+        }
+    }
+
+    /// A tiny deterministic generator, so a failing stream can be replayed.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            self.state = self.state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return self.state ^ (self.state >> 29)
+        }
+    }
+
+    /// Random streams of commits over February and March, live and late, some with their
+    /// aggregates deferred to a later flush: after each, the counts and sums kept from the deltas
+    /// judge as the store's rows do.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func randomCommitsKeepTheSameAnswer(seed: UInt64) async throws {
+        try await withTemporaryDirectory { directory in
+            try FileManager.default.createDirectory(atPath: directory + "/csv", withIntermediateDirectories: true)
+            var random = SeededGenerator(state: seed)
+            var lines = ["CustomerID,Region,InstallationDate"]
+            for customer in 1...10 {
+                let region = ["North", "South", "East"][customer % 3]
+                lines.append("\(customer),\(region),2026-0\(customer % 2 + 2)-\(10 + customer)")
+            }
+            try writeCSV(directory + "/csv", "customer_data.csv", lines)
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let store = SQLiteMeterStore(database: database)
+            let writer = try store.makeWriter(WriterSettings(timeZone: TimeZone(identifier: "UTC")!))
+            let rollups = KPIRollups()
+            writer.commitListener = rollups
+            _ = try CompanyImporter.importDirectory(directory + "/csv", into: writer)
+            let engine = KPIEngine(store: store, rollups: rollups, settings: KPISettings())
+            let meters = (1...10).map { String(format: "MTR-%06d", $0) } + ["MTR-NEW1", "MTR-NEW2"]
+            var seqs = [String: Int64]()
+            let start = Self.ms("2026-02-25T00:00:00Z")
+            for round in 0..<8 {
+                let receivedMs = start + Int64(round) * 36 * 3_600_000
+                let received = RFC3339.format(millisecondsSinceEpoch: receivedMs)
+                var entries: [(String, Int64, String)] = []
+                for meter in meters where Int.random(in: 0..<3, using: &random) > 0 {
+                    for _ in 0..<Int.random(in: 1...3, using: &random) {
+                        seqs[meter, default: 0] += 1
+                        // Mostly the last day; sometimes days late, out of order.
+                        let ageMs = Int64.random(in: 0..<(Int.random(in: 0..<4, using: &random) == 0 ? 6 * 86_400_000 : 86_400_000), using: &random)
+                        entries.append((meter, seqs[meter]!, RFC3339.format(millisecondsSinceEpoch: receivedMs - ageMs)))
+                    }
+                }
+                try Self.commit(writer, at: received, entries, deferAggregates: round % 3 == 1)
+                if round % 3 != 1 { try writer.flushAggregates() }
+                if round == 0 { _ = try await engine.readSuccess(from: Self.first, through: Self.last, region: nil, nowMs: receivedMs) }
+                for (from, through) in [(Day("2026-02-01")!, Day("2026-02-28")!), (Self.first, Self.last), (Day("2026-02-01")!, Self.last)] {
+                    try await Self.expectSameAnswer(
+                        engine, store, from: from, through: through, nowMs: receivedMs + 3_600_000,
+                        regions: [nil, "North", "South", "East", Region.unassigned])
+                }
+            }
+            let figures = try await engine.readSuccess(from: Day("2026-02-01")!, through: Self.last, region: nil, nowMs: start + 9 * 36 * 3_600_000)
+            #expect(figures.completeness != nil && figures.rate != nil)
+        }
+    }
+
+    /// Meter sums are held for the newest months only; a period that reaches before them is judged
+    /// from the store, with the same answer. Per-day counts stay for every day.
+    @Test func monthsBeforeTheHeldOnesAreJudgedFromTheStore() async throws {
+        try await withTemporaryDirectory { directory in
+            try FileManager.default.createDirectory(atPath: directory + "/csv", withIntermediateDirectories: true)
+            try writeCSV(directory + "/csv", "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2022-12-01", "2,South,2022-12-01"])
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let store = SQLiteMeterStore(database: database)
+            let writer = try store.makeWriter(WriterSettings(timeZone: TimeZone(identifier: "UTC")!))
+            let rollups = KPIRollups()
+            writer.commitListener = rollups
+            _ = try CompanyImporter.importDirectory(directory + "/csv", into: writer)
+            let engine = KPIEngine(store: store, rollups: rollups, settings: KPISettings())
+            let january = (Day("2023-01-01")!, Day("2023-01-31")!)
+            let march = (Day("2026-03-01")!, Day("2026-03-31")!)
+
+            // meterd ran in January 2023: meter 1 read twice on the 10th, an hour apart (the hour
+            // between the two receipts is judged).
+            try Self.commit(writer, at: "2023-01-10T10:00:01Z", [("MTR-000001", 1, "2023-01-10T10:00:00Z")])
+            try Self.commit(writer, at: "2023-01-10T11:00:01Z", [("MTR-000001", 2, "2023-01-10T11:00:00Z")])
+            let then = try await engine.readSuccess(from: january.0, through: january.1, region: nil, nowMs: Self.ms("2023-01-20T00:00:00Z"))
+            let meter = try #require(then.lowestCompleteness.first { $0.meter == "MTR-000001" })
+            #expect(meter.readings == 2 && meter.intervalMs == 3_600_000 && meter.completeness == 1)
+            #expect(try await engine.withReadStore { $0.heldFromMonth } == 202102)
+
+            // Three years on, a reading moves the 24 held months to April 2024 – April 2026: January 2023's sums go.
+            try Self.commit(writer, at: "2026-03-02T10:00:01Z", [("MTR-000002", 1, "2026-03-02T10:00:00Z")])
+            let calendar = Self.utc
+            let settings = engine.settings
+            let heldJanuary = try await engine.withReadStore { store in
+                (
+                    store.heldFromMonth,
+                    store.figures(
+                        first: january.0, last: january.1, region: nil, calendar: calendar, nowMs: Self.nowMs, intervals: settings.readIntervals)
+                )
+            }
+            #expect(heldJanuary.0 == 202404)
+            #expect(heldJanuary.1 == nil)
+
+            // Every answer still agrees with the store's rows, the old month's (from the store) and
+            // the new (from memory); and a store loaded afresh holds the same months.
+            for engine in [engine, KPIEngine(store: store, settings: KPISettings())] {
+                for (from, through) in [january, march, (january.0, march.1)] {
+                    let held = try await engine.readSuccess(from: from, through: through, region: nil, nowMs: Self.nowMs)
+                    let direct = ReadSuccess(
+                        facts: try await store.readDays(from: from, through: through, region: nil), first: from, last: through,
+                        calendar: Self.utc, nowMs: Self.nowMs, intervals: settings.readIntervals, listLimit: settings.completenessListLimit)
+                    #expect(held == direct, "\(from)...\(through)")
+                }
+                let old = try await engine.readSuccess(from: january.0, through: january.1, region: nil, nowMs: Self.nowMs)
+                #expect(old.lowestCompleteness.first { $0.meter == "MTR-000001" }?.readings == 2)
+                // The day's rate comes from the per-day counts, held for every day.
+                #expect(
+                    try await engine.readSuccessByRegion(on: Day("2023-01-10")!, nowMs: Self.nowMs) == [
+                        .init(region: "North", installed: 1, reporting: 1), .init(region: "South", installed: 1, reporting: 0),
+                    ])
+            }
         }
     }
 }

@@ -56,33 +56,68 @@ struct ReadSuccessTests {
         let figures = ReadSuccess(
             facts: Self.facts, first: Day("2026-03-01")!, last: Day("2026-03-03")!, calendar: Self.utc,
             nowMs: Self.ms("2026-03-03T12:00:00Z"), intervals: .init(configuredMs: nil, fallbackMs: 900_000))
-        // A: hourly observed; 18/18, 24/24, 6/12. B: no spacing, 15 minutes: 1/96 on the 2nd, 0 on
-        // the 3rd. C: 15 minutes, nothing on three days.
+        // Judged time: A and C 18 + 24 + 12 = 54 hours, B (installed on the 2nd) 24 + 12 = 36.
+        // A: hourly observed (47 spacings of an hour in March); 48 readings cover 48 of 54 hours.
+        // B: no spacing, 15 minutes: one reading covers a quarter of an hour of 36. C: 15 minutes,
+        // nothing of 54 hours.
         let byName = Dictionary(uniqueKeysWithValues: figures.lowestCompleteness.map { ($0.meter, $0) })
         let a = try #require(byName["MTR-A"])
         #expect(a.intervalMs == Self.hour)
-        #expect(abs(a.completeness - 2.5 / 3) < 1e-12)
+        #expect(abs(a.completeness - 48.0 / 54) < 1e-12)
         #expect(a.readings == 48)
         #expect(a.expectedReadings == 54)
         let b = try #require(byName["MTR-B"])
         #expect(b.intervalMs == 900_000)
-        #expect(abs(b.completeness - 1.0 / 192) < 1e-12)
+        #expect(abs(b.completeness - 0.25 / 36) < 1e-12)
         #expect(b.expectedReadings == 144)
         let c = try #require(byName["MTR-C"])
         #expect(c.completeness == 0)
         #expect(c.expectedReadings == 216)
         #expect(figures.lowestCompleteness.map(\.meter) == ["MTR-C", "MTR-B", "MTR-A"])
-        // Meter-days: 3 of A, 2 of B, 3 of C.
-        #expect(abs(figures.completeness! - (2.5 + 1.0 / 96) / 8) < 1e-12)
+        // Covered hours of judged hours, all meters: (48 + 0.25 + 0) of (54 + 36 + 54).
+        #expect(abs(figures.completeness! - 48.25 / 144) < 1e-12)
 
-        // A configured interval of two hours applies to every meter; a day counts at most 1.
+        // A configured interval of two hours applies to every meter; a month covers at most its
+        // judged time: A's 48 readings would cover 96 hours of 54.
         let configured = ReadSuccess(
             facts: Self.facts, first: Day("2026-03-01")!, last: Day("2026-03-03")!, calendar: Self.utc,
             nowMs: Self.ms("2026-03-03T12:00:00Z"), intervals: .init(configuredMs: 2 * Self.hour, fallbackMs: 900_000),
             listLimit: 2)
         #expect(configured.lowestCompleteness.map(\.meter) == ["MTR-C", "MTR-B"])
-        #expect(abs(configured.lowestCompleteness[1].completeness - (2.0 / 24) / 2) < 1e-12)
-        #expect(abs(configured.completeness! - (3 + 2.0 / 24) / 8) < 1e-12)
+        #expect(abs(configured.lowestCompleteness[1].completeness - 2.0 / 36) < 1e-12)
+        #expect(abs(configured.completeness! - (54 + 2.0) / 144) < 1e-12)
+    }
+
+    /// Completeness is judged per month: a month covers at most its own judged time, and the
+    /// observed interval is the median of the months' mean spacings.
+    @Test func completenessIsCappedPerMonthWithTheMedianOfMonthlySpacings() throws {
+        // meterd received from 00:00 on 30 January to 00:00 on 2 March: 2 days of January, 28 of
+        // February and 1 of March are judged (the days after have no judged part).
+        let jan30 = Day("2026-01-30")!
+        let facts = ReadDayFacts(
+            firstReceivedMs: Self.ms("2026-01-30T00:00:00Z"), lastReceivedMs: Self.ms("2026-03-02T00:00:00Z"),
+            meters: [.init(id: 1, name: "MTR-X", customerID: nil, region: "North", installedOn: Day("2025-12-01")!)],
+            days: [
+                // January: 96 readings over two days at 30 minutes (mean spacing 30 minutes).
+                .init(meterID: 1, day: jan30, readings: 96, spacingSumMs: 95 * Self.hour / 2, spacingCount: 95),
+                // February: 300 readings at a mean of 2 hours (a day's outage inflates it).
+                .init(meterID: 1, day: Day("2026-02-10")!, readings: 300, spacingSumMs: 600 * Self.hour, spacingCount: 300),
+                // March: 10 readings an hour apart on the 1st.
+                .init(meterID: 1, day: Day("2026-03-01")!, readings: 10, spacingSumMs: 10 * Self.hour, spacingCount: 10),
+            ])
+        let figures = ReadSuccess(
+            facts: facts, first: Day("2026-01-01")!, last: Day("2026-03-31")!, calendar: Self.utc,
+            nowMs: Self.ms("2026-03-05T00:00:00Z"), intervals: .init())
+        let x = try #require(figures.lowestCompleteness.first)
+        // Judged months: January (48 h), February (672 h), March (the 1st, 24 h: the latest receipt
+        // ends it). Monthly mean spacings 0.5, 2 and 1 hour: the median is 1 hour.
+        #expect(x.intervalMs == Self.hour)
+        // January's 96 readings would cover 96 hours: at most its 48. February's 300 cover 300 of
+        // 672. March's 10 cover 10 of 24.
+        #expect(x.readings == 406)
+        #expect(x.expectedReadings == 744)
+        #expect(abs(x.completeness - (48.0 + 300 + 10) / 744) < 1e-12)
+        #expect(abs(figures.completeness! - 358.0 / 744) < 1e-12)
     }
 
     @Test func nothingIsJudgedBeforeTheFirstReadingOrAfterToday() {
@@ -103,7 +138,7 @@ struct ReadSuccessTests {
         #expect(silent.daily.map(\.reporting) == [1, 2, 1, 0])
         #expect(silent.daily.last?.rate == 0)
         #expect(abs(silent.rate! - 1.5 / 4) < 1e-12)
-        #expect(abs(silent.completeness! - (2.5 + 1.0 / 96) / 8) < 1e-12)
+        #expect(abs(silent.completeness! - 48.25 / 144) < 1e-12)
     }
 
     // MARK: The writer's days, over SQLite

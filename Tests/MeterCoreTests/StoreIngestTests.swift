@@ -56,6 +56,50 @@ import Testing
         }
     }
 
+    /// Records the deltas the writer hands its commit listener.
+    final class DeltaRecorder: CommitListener, @unchecked Sendable {
+        var deltas: [AggregateDelta] = []
+        func didCommit(_ delta: AggregateDelta) { self.deltas.append(delta) }
+    }
+
+    /// The read success rate counts reporting meters per day from the meter-days a commit starts:
+    /// a meter's first reading of a day starts one, later readings of that day (in the same commit or
+    /// a later one, or after a restart) do not, and a reading of another day starts that day.
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func aMetersFirstReadingOfADayStartsThatDayOnce(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            let recorder = DeltaRecorder()
+            var writer = try store.makeWriter(WriterSettings())
+            writer.commitListener = recorder
+            let ts = RFC3339.parseMilliseconds("2026-11-10T12:00:00Z")!
+            let day = Day(year: 2026, month: 11, day: 10)
+            _ = try writer.commit([
+                self.submission([
+                    Reading(meter: "A", seq: 1, timestampMs: ts, kwh: 1), Reading(meter: "A", seq: 2, timestampMs: ts + 60_000, kwh: 1),
+                    Reading(meter: "B", seq: 1, timestampMs: ts, kwh: 1),
+                ])
+            ])
+            _ = try writer.commit([self.submission([Reading(meter: "A", seq: 3, timestampMs: ts + 120_000, kwh: 1)])])
+            writer = try self.open(location).makeWriter(WriterSettings())
+            writer.commitListener = recorder
+            _ = try writer.commit([
+                self.submission([
+                    Reading(meter: "B", seq: 2, timestampMs: ts + 60_000, kwh: 1),
+                    Reading(meter: "B", seq: 3, timestampMs: ts + 86_400_000, kwh: 1),
+                ])
+            ])
+            let idA = try #require(try await store.meterRecord(named: "A")).id
+            let idB = try #require(try await store.meterRecord(named: "B")).id
+            let started = recorder.deltas.map { Set($0.startedDays) }
+            #expect(
+                started == [
+                    [.init(meterID: idA, day: day), .init(meterID: idB, day: day)], [],
+                    [.init(meterID: idB, day: Day(year: 2026, month: 11, day: 11))],
+                ])
+        }
+    }
+
     @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
     func keepsMonthlyAggregatesWithTariffStatusFaultsAndLatency(backend: StoreBackend) async throws {
         try await backend.withFreshStore { location in

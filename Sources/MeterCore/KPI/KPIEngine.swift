@@ -202,17 +202,35 @@ package final class KPIEngine: Sendable {
     ) async throws
         -> ReadSuccess
     {
-        let facts = try await self.withReadStore { store in store.facts(from: first, through: last, region: region) }
+        try await self.readSuccess(from: first, through: last, region: region, nowMs: nowMs, completeness: true)
+    }
+
+    /// - Parameter completeness: whether to judge interval completeness too; the rates alone come
+    ///   from per-day counts whatever the period.
+    private func readSuccess(
+        from first: Day, through last: Day, region: String?, nowMs: Int64, completeness: Bool
+    ) async throws
+        -> ReadSuccess
+    {
+        let calendar = MonthCalendar(timeZone: self.settings.timeZone)
+        // `nil` for completeness of months older than the ones held in memory: judged from the store below.
+        let held = try await self.withReadStore { store in
+            store.figures(
+                first: first, last: last, region: region, calendar: calendar, nowMs: nowMs, intervals: self.settings.readIntervals,
+                completeness: completeness, listLimit: self.settings.completenessListLimit)
+        }
+        if let held { return held }
+        let facts = try await self.store.readDays(from: first, through: last, region: region)
         return ReadSuccess(
-            facts: facts, first: first, last: last, calendar: MonthCalendar(timeZone: self.settings.timeZone), nowMs: nowMs,
-            intervals: self.settings.readIntervals, listLimit: self.settings.completenessListLimit)
+            facts: facts, first: first, last: last, calendar: calendar, nowMs: nowMs, intervals: self.settings.readIntervals,
+            listLimit: self.settings.completenessListLimit)
     }
 
     /// Each region's read success on one day (today's so far): its installed and reporting meters
     /// and their ratio, by region name; empty for a day that is not judged (before meterd's first
     /// reading, or in the future). The figure alert rules compare with a threshold.
     package func readSuccessByRegion(on day: Day, nowMs: Int64 = WallClock.nowMs()) async throws -> [ReadSuccess.RegionDay] {
-        try await self.readSuccess(from: day, through: day, region: nil, nowMs: nowMs).byRegion.compactMap { region in
+        try await self.readSuccess(from: day, through: day, region: nil, nowMs: nowMs, completeness: false).byRegion.compactMap { region in
             region.days.first.map { ReadSuccess.RegionDay(region: region.region, installed: $0.installed, reporting: $0.reporting) }
         }
     }

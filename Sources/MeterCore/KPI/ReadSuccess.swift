@@ -1,7 +1,9 @@
 import Foundation
 
 /// The read success rate and interval completeness (SPEC.md section 11), from what the store knows
-/// of the days asked for (``ReadDayFacts``).
+/// of the days asked for (``ReadDayFacts``), or from the counts and sums held in memory
+/// (``ReadDayStore/figures(first:last:region:calendar:nowMs:intervals:completeness:listLimit:)``,
+/// which this type's facts initializer runs too, so both give the same answer).
 ///
 /// - **Judged days**: calendar days of the configured zone, from the day meterd received its first
 ///   reading (it was not receiving before) to today (as it stands so far), within the days asked
@@ -12,14 +14,16 @@ import Foundation
 /// - **Read success rate** of a day: the share of installed meters with at least one reading
 ///   whose `ts` falls on that day; of a period, the mean over its judged days (days without an
 ///   installed meter have no rate and are left out); per region the same over the region's meters.
-/// - **Interval completeness** of a meter on a day: received readings ÷ expected readings, at most
-///   1, where expected = the judged part of the day ÷ the meter's interval. The judged part is the
-///   whole day, but for the first (from meterd's first reading) and today (up to the latest reading
-///   meterd received, so the figure holds still while nothing arrives; a day with no judged part is
-///   left out of completeness, not of the rate). The interval is the configured
-///   `expected_interval` when the operator set one, else the median over the days of the meter's
-///   mean spacing between readings, else the default `expected_interval`. Of a meter over a period:
-///   the mean over its judged installed days; overall: the mean over all such meter-days.
+/// - **Interval completeness**, judged per meter and calendar month (so it is kept as per
+///   meter-month sums, not per meter-day): the month's judged time is the part of its judged days
+///   from the meter's installation on (whole days, but for the first, from meterd's first reading,
+///   and today, up to the latest reading meterd received, so the figure holds still while nothing
+///   arrives); the readings it covers are the meter's readings dated in the month × the meter's
+///   interval, at most the month's judged time. A meter's completeness is its covered time ÷ its
+///   judged time over the months of the days asked for; overall, all installed meters' covered
+///   time ÷ their judged time. The interval is the configured `expected_interval` when the
+///   operator set one, else the median over those months of the meter's mean spacing between
+///   consecutive readings in the month, else the default `expected_interval`.
 package struct ReadSuccess: Sendable, Equatable {
     /// How a meter's expected interval is taken.
     package struct IntervalSettings: Sendable, Equatable {
@@ -101,114 +105,33 @@ package struct ReadSuccess: Sendable, Equatable {
         facts: ReadDayFacts, first: Day, last: Day, calendar: MonthCalendar, nowMs: Int64, intervals: IntervalSettings,
         listLimit: Int = 10
     ) {
-        guard let startMs = facts.firstReceivedMs else { return }
-        let endMs = max(startMs, facts.lastReceivedMs ?? startMs)
-        let from = max(first, calendar.day(ofMilliseconds: startMs))
-        let through = min(last, calendar.day(ofMilliseconds: nowMs))
-        let days = calendar.days(from: from, through: through)
-        guard !days.isEmpty else { return }
-        // How much of each day completeness judges: all of it but the first and the latest.
-        let judgedMs = days.map { day in
-            let bounds = calendar.bounds(of: day)
-            return max(0, min(bounds.end, endMs) - max(bounds.start, startMs))
+        let store = ReadDayStore(heldMonths: nil)
+        store.setReceived(firstMs: facts.firstReceivedMs, lastMs: facts.lastReceivedMs)
+        for meter in facts.meters {
+            store.addMeter(id: meter.id, name: meter.name, customerID: meter.customerID, region: meter.region, installedDay: meter.installedOn.key)
         }
-        var dayIndex: [Day: Int] = [:]
-        for (index, day) in days.enumerated() { dayIndex[day] = index }
-        // Judged time, and days with some, from the first day up to (not including) day i.
-        var judgedBefore: [Int64] = [0]
-        var judgedDaysBefore = [0]
-        for span in judgedMs {
-            judgedBefore.append(judgedBefore.last! + span)
-            judgedDaysBefore.append(judgedDaysBefore.last! + (span > 0 ? 1 : 0))
+        for day in facts.days where day.day >= first && day.day <= last {
+            store.addDay(
+                meterID: day.meterID, day: day.day.key, readings: day.readings, spacingSumMs: day.spacingSumMs, spacingCount: day.spacingCount)
         }
-
-        var regionNames: [String] = []
-        var regionOf: [String: Int] = [:]
-        var meterIndex: [Int64: Int] = [:]
-        var meterRegion: [Int] = []
-        // The index of the first judged day each meter is installed on.
-        var firstJudged: [Int] = []
-        for (index, meter) in facts.meters.enumerated() {
-            meterIndex[meter.id] = index
-            if regionOf[meter.region] == nil {
-                regionOf[meter.region] = regionNames.count
-                regionNames.append(meter.region)
-            }
-            meterRegion.append(regionOf[meter.region]!)
-            // A binary search: the days are sorted.
-            var low = 0
-            var high = days.count
-            while low < high {
-                let middle = (low + high) / 2
-                if days[middle] < meter.installedOn { low = middle + 1 } else { high = middle }
-            }
-            firstJudged.append(low)
-        }
-        // Installed meters per region and day: a count from each meter's first day on.
-        var installedFrom = [[Int]](repeating: [Int](repeating: 0, count: days.count + 1), count: regionNames.count)
-        for index in facts.meters.indices { installedFrom[meterRegion[index]][firstJudged[index]] += 1 }
-        var reporting = [[Int]](repeating: [Int](repeating: 0, count: days.count), count: regionNames.count)
-        var meterDays = [[(day: Int, readings: Int)]](repeating: [], count: facts.meters.count)
-        var spacings = [[Double]](repeating: [], count: facts.meters.count)
-        for entry in facts.days {
-            guard let meter = meterIndex[entry.meterID] else { continue }
-            if entry.spacingCount > 0 { spacings[meter].append(Double(entry.spacingSumMs) / Double(entry.spacingCount)) }
-            guard let day = dayIndex[entry.day], day >= firstJudged[meter], entry.readings > 0 else { continue }
-            reporting[meterRegion[meter]][day] += 1
-            meterDays[meter].append((day, entry.readings))
-        }
-
-        var fleet = days.map { DayRate(day: $0, installed: 0, reporting: 0) }
-        for region in regionNames.indices {
-            var installed = 0
-            var regionDays: [DayRate] = []
-            for index in days.indices {
-                installed += installedFrom[region][index]
-                regionDays.append(DayRate(day: days[index], installed: installed, reporting: reporting[region][index]))
-                fleet[index].installed += installed
-                fleet[index].reporting += reporting[region][index]
-            }
-            self.byRegion.append(RegionRate(region: regionNames[region], rate: Self.mean(regionDays.compactMap(\.rate)), days: regionDays))
-        }
-        self.byRegion.sort { $0.region < $1.region }
-        self.daily = fleet
-        self.rate = Self.mean(fleet.compactMap(\.rate))
-
-        var completenessSum = 0.0
-        var meterDayCount = 0
-        var meters: [MeterCompleteness] = []
-        for (index, meter) in facts.meters.enumerated() where firstJudged[index] < days.count {
-            let intervalMs = intervals.configuredMs ?? Self.median(spacings[index]).map { max(1, Int64($0.rounded())) } ?? intervals.fallbackMs
-            var sum = 0.0
-            var readings = 0
-            for (day, count) in meterDays[index] where judgedMs[day] > 0 {
-                sum += min(1, Double(count) * Double(intervalMs) / Double(judgedMs[day]))
-                readings += count
-            }
-            let judgedDays = judgedDaysBefore[days.count] - judgedDaysBefore[firstJudged[index]]
-            guard judgedDays > 0 else { continue }
-            completenessSum += sum
-            meterDayCount += judgedDays
-            meters.append(
-                MeterCompleteness(
-                    meter: meter.name, customerID: meter.customerID, region: meter.region, completeness: sum / Double(judgedDays),
-                    readings: readings,
-                    expectedReadings: Double(judgedBefore[days.count] - judgedBefore[firstJudged[index]]) / Double(intervalMs),
-                    intervalMs: intervalMs))
-        }
-        self.completeness = meterDayCount > 0 ? completenessSum / Double(meterDayCount) : nil
-        meters.sort { $0.completeness != $1.completeness ? $0.completeness < $1.completeness : $0.meter < $1.meter }
-        self.lowestCompleteness = Array(meters.prefix(listLimit))
+        // Every month is held (no window), so there is always an answer.
+        self = store.figures(first: first, last: last, region: nil, calendar: calendar, nowMs: nowMs, intervals: intervals, listLimit: listLimit)!
     }
 
-    private static func mean(_ values: [Double]) -> Double? {
+    static func mean(_ values: [Double]) -> Double? {
         values.isEmpty ? nil : values.reduce(0, +) / Double(values.count)
     }
 
-    private static func median(_ values: [Double]) -> Double? {
+    /// The median of `values` (sorted in place, so a caller's buffer is reused).
+    static func median(_ values: inout [Double]) -> Double? {
         guard !values.isEmpty else { return nil }
-        let sorted = values.sorted()
-        let middle = sorted.count / 2
-        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+        values.sort()
+        let middle = values.count / 2
+        return values.count % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2
+    }
+
+    /// The order of ``lowestCompleteness``: lowest first, ties by meter name.
+    static func ranksLower(_ lhs: MeterCompleteness, _ rhs: MeterCompleteness) -> Bool {
+        lhs.completeness != rhs.completeness ? lhs.completeness < rhs.completeness : lhs.meter < rhs.meter
     }
 }

@@ -200,6 +200,9 @@ protocol IngestTransaction: AnyObject {
     func registerMeter(named name: String, region: String) throws -> Int64
     /// Adds aggregates to `meter`, `meter_month`, `latency_month`, `meter_day` and the watermark.
     func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws
+    /// The meter-days whose `meter_day` row the written aggregates created (a meter's first reading
+    /// of a day); complete once the transaction has committed.
+    var startedDays: [AggregateDelta.MeterDayKey] { get }
 }
 
 /// The SQL side of an ``IngestWriter``: transactions, the meter rows it caches, and the writer's

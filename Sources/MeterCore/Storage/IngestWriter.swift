@@ -153,7 +153,9 @@ package final class IngestWriter: MeterStoreWriter {
         // A store that cannot fold readings again on open writes every batch's aggregates with it.
         let deferAggregates = deferAggregates && self.backend.supportsDeferredAggregates
         do {
-            let (result, batch, written) = try self.backend.write { transaction -> (CommitResult, BatchAggregates, AggregateDelta?) in
+            var committed: (any IngestTransaction)?
+            let (result, batch, writtenAggregates) = try self.backend.write { transaction -> (CommitResult, BatchAggregates, AggregateDelta?) in
+                committed = transaction
                 var batch = BatchAggregates()
                 let result = try self.apply(submissions, transaction: transaction, rollback: &rollback, into: &batch)
                 guard !deferAggregates else { return (result, batch, nil) }
@@ -166,7 +168,8 @@ package final class IngestWriter: MeterStoreWriter {
                 return (result, batch, try self.write(merged, transaction: transaction))
             }
             self.commitListener?.didStore(result, duration: ContinuousClock.now - started)
-            if let written {
+            if var written = writtenAggregates {
+                written.startedDays = committed?.startedDays ?? []
                 self.pending = BatchAggregates()
                 self.commitListener?.didCommit(written)
             } else {
@@ -193,7 +196,12 @@ package final class IngestWriter: MeterStoreWriter {
     package func flushAggregates() throws {
         guard self.hasPendingAggregates else { return }
         let pending = self.pending
-        let written = try self.backend.write { transaction in try self.write(pending, transaction: transaction) }
+        var committed: (any IngestTransaction)?
+        var written = try self.backend.write { transaction in
+            committed = transaction
+            return try self.write(pending, transaction: transaction)
+        }
+        if let committed { written.startedDays = committed.startedDays }
         self.pending = BatchAggregates()
         self.commitListener?.didCommit(written)
     }

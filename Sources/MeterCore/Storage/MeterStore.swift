@@ -33,8 +33,9 @@ package protocol MeterStore: Sendable {
     /// Every customer, meter and meter-month aggregate, read in one consistent view, as the
     /// in-memory KPI store, with the commit position it covers (``MonthlyStore/coveredThrough``).
     func loadMonthlyStore() async throws -> sending MonthlyStore
-    /// Every meter and `meter_day` row, for the in-memory read success facts (``ReadDayStore``),
-    /// with the commit position they cover (``ReadDayStore/coveredThrough``), from one snapshot.
+    /// Every meter and `meter_day` row, folded into the in-memory read success counts and sums
+    /// (``ReadDayStore``: meters, then the receive times, then the rows in any order), with the
+    /// commit position they cover (``ReadDayStore/coveredThrough``), from one snapshot.
     func loadReadDayStore() async throws -> sending ReadDayStore
     /// Sums of dated company events (bills, feedback, maintenance, installations, complaints) per
     /// kind, month and item, for months up to `month`, of one region or all.
@@ -284,9 +285,24 @@ package struct AggregateDelta: Sendable {
         }
     }
 
+    /// A meter's day.
+    package struct MeterDayKey: Sendable, Hashable {
+        package var meterID: Int64
+        package var day: Day
+
+        package init(meterID: Int64, day: Day) {
+            self.meterID = meterID
+            self.day = day
+        }
+    }
+
     package var months: [Month] = []
     /// Readings per meter per day of `ts` added by the commit (`meter_day`).
     package var days: [ReadDayFacts.MeterDay] = []
+    /// The meter-days of ``days`` that got their first reading in this commit (a new `meter_day`
+    /// row): each adds one reporting meter to its day's read success rate, so the KPI counts
+    /// reporting meters per day without holding meter-days.
+    package var startedDays: [MeterDayKey] = []
     /// Meters with readings stored by the commit.
     package var meterReads: [MeterReads] = []
     /// The earliest and latest receive times of the meters the commit touched (readings or duplicates).
@@ -297,11 +313,12 @@ package struct AggregateDelta: Sendable {
     package var position: Int64?
 
     package init(
-        months: [Month] = [], days: [ReadDayFacts.MeterDay] = [], meterReads: [MeterReads] = [], firstReceivedMs: Int64? = nil,
-        lastReceivedMs: Int64? = nil, position: Int64? = nil
+        months: [Month] = [], days: [ReadDayFacts.MeterDay] = [], startedDays: [MeterDayKey] = [], meterReads: [MeterReads] = [],
+        firstReceivedMs: Int64? = nil, lastReceivedMs: Int64? = nil, position: Int64? = nil
     ) {
         self.months = months
         self.days = days
+        self.startedDays = startedDays
         self.meterReads = meterReads
         self.firstReceivedMs = firstReceivedMs
         self.lastReceivedMs = lastReceivedMs

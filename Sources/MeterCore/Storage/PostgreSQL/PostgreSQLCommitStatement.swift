@@ -116,7 +116,7 @@ struct PostgreSQLCommitStatement {
         let f = self.flags
         let q = self.quarantined
         return """
-            SELECT meterd_commit_batch(
+            SELECT started_day, started_meter FROM meterd_commit_batch(
                 \(r.meterIDs), \(r.timestamps), \(r.seqs), \(r.positions), \(r.received), \(r.kwh), \(r.statuses), \(r.faults),
                 \(r.voltages), \(r.registers), \(r.spanStarts),
                 \(f.meterIDs), \(f.seqs), \(f.timestamps), \(f.months), \(f.rules), \(f.details),
@@ -159,7 +159,7 @@ struct PostgreSQLCommitStatement {
             l_month bigint[], l_region text[], l_bucket bigint[], l_count bigint[], l_sum bigint[],
             d_day bigint[], d_meter bigint[], d_readings bigint[], d_spacing_sum bigint[], d_spacing_count bigint[],
             watermark bigint
-        ) RETURNS void LANGUAGE plpgsql AS $$
+        ) RETURNS TABLE (started_day bigint, started_meter bigint) LANGUAGE plpgsql AS $$
         DECLARE
             null_integer constant bigint := -9223372036854775808;
             updated bigint;
@@ -225,10 +225,17 @@ struct PostgreSQLCommitStatement {
             SELECT * FROM unnest(l_month, l_region, l_bucket, l_count, l_sum)
             ON CONFLICT (month, region, bucket) DO UPDATE SET count = lm.count + excluded.count, sum_ms = lm.sum_ms + excluded.sum_ms;
 
-            INSERT INTO meter_day AS md (day, meter_id, readings, spacing_sum_ms, spacing_count)
-            SELECT * FROM unnest(d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count)
-            ON CONFLICT (day, meter_id) DO UPDATE SET readings = md.readings + excluded.readings,
-                spacing_sum_ms = md.spacing_sum_ms + excluded.spacing_sum_ms, spacing_count = md.spacing_count + excluded.spacing_count;
+            -- The meter-days this batch created (xmax is 0 on a row inserted rather than updated): each is a
+            -- meter's first reading of a day, one more reporting meter for the read success rate.
+            RETURN QUERY
+            WITH written AS (
+                INSERT INTO meter_day AS md (day, meter_id, readings, spacing_sum_ms, spacing_count)
+                SELECT * FROM unnest(d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count)
+                ON CONFLICT (day, meter_id) DO UPDATE SET readings = md.readings + excluded.readings,
+                    spacing_sum_ms = md.spacing_sum_ms + excluded.spacing_sum_ms, spacing_count = md.spacing_count + excluded.spacing_count
+                RETURNING md.day, md.meter_id, md.xmax::text = '0' AS inserted
+            )
+            SELECT written.day::bigint, written.meter_id FROM written WHERE written.inserted;
 
             IF watermark <> null_integer THEN
                 UPDATE ingest_watermark SET reading_position = GREATEST(reading_position, watermark) WHERE id = 1;

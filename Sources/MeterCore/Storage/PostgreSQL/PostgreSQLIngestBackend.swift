@@ -170,6 +170,8 @@ final class PostgreSQLIngestBackend: IngestBackend {
 
 /// One batch of the PostgreSQL writer: rows collected in arrays, sent as one statement by ``commit()``.
 final class PostgreSQLIngestTransaction: IngestTransaction {
+    /// Filled by ``commit()`` from what `meterd_commit_batch` returns.
+    private(set) var startedDays: [AggregateDelta.MeterDayKey] = []
     private let backend: PostgreSQLIngestBackend
     private var readings = PostgreSQLCommitStatement.Readings()
     private var flags = PostgreSQLCommitStatement.Flags()
@@ -218,6 +220,10 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
             readings: self.readings, flags: self.flags, quarantined: self.quarantined, aggregates: self.aggregates ?? BatchAggregates(),
             regionNames: self.regionNames)
         guard !statement.isEmpty else { return }
-        try self.backend.run(statement.query, "committing a batch")
+        let rows = try self.backend.run(statement.query, "committing a batch")
+        self.startedDays = try rows.map { row in
+            let (day, meterID) = try row.decode((Int64, Int64).self)
+            return AggregateDelta.MeterDayKey(meterID: meterID, day: Day(key: Int(day)))
+        }
     }
 }

@@ -102,9 +102,11 @@ final class SQLiteIngestBackend: IngestBackend {
 
     /// Adds days to `meter_day`. Keyed by day first: a commit's rows are today's, so they share a few
     /// neighbouring pages rather than one page per meter; an UPDATE first, an INSERT only for a
-    /// meter's first reading of a day (as for `meter_month`).
-    static func writeDays(_ days: [DayKey: DayDelta], db: Database) throws {
-        guard !days.isEmpty else { return }
+    /// meter's first reading of a day (as for `meter_month`). Returns the meter-days inserted: the
+    /// ones that start reporting.
+    @discardableResult
+    static func writeDays(_ days: [DayKey: DayDelta], db: Database) throws -> [AggregateDelta.MeterDayKey] {
+        guard !days.isEmpty else { return [] }
         let update = try RawStatement(
             db,
             sql: """
@@ -125,10 +127,15 @@ final class SQLiteIngestBackend: IngestBackend {
             statement.bind(5, delta.spacingCount)
             try statement.execute()
         }
+        var started: [AggregateDelta.MeterDayKey] = []
         for (key, delta) in days.sorted(by: { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }) {
             try bindAndRun(update, key, delta)
-            if update.changes == 0 { try bindAndRun(insert, key, delta) }
+            if update.changes == 0 {
+                try bindAndRun(insert, key, delta)
+                started.append(.init(meterID: key.meterID, day: Day(key: key.day)))
+            }
         }
+        return started
     }
 }
 
@@ -136,6 +143,7 @@ final class SQLiteIngestBackend: IngestBackend {
 /// rest of the batch.
 final class SQLiteIngestTransaction: IngestTransaction {
     let db: Database
+    private(set) var startedDays: [AggregateDelta.MeterDayKey] = []
     private var insertReadingStatement: RawStatement?
     private var insertFlagStatement: RawStatement?
     private var insertQuarantineStatement: RawStatement?
@@ -308,7 +316,7 @@ final class SQLiteIngestTransaction: IngestTransaction {
                 try upsert.execute()
             }
         }
-        try SQLiteIngestBackend.writeDays(aggregates.days, db: self.db)
+        self.startedDays = try SQLiteIngestBackend.writeDays(aggregates.days, db: self.db)
         if let high = aggregates.highRowID {
             // A cached statement: `db.execute(sql:)` would compile it again at every commit.
             let updateWatermark = try RawStatement(self.db, sql: "UPDATE ingest_watermark SET reading_rowid = ? WHERE id = 1")

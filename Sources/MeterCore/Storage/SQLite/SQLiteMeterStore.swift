@@ -198,7 +198,8 @@ package final class SQLiteMeterStore: MeterStore {
                 region: text(row, 3) ?? Region.unassigned,
                 installedDay: sqlite3_column_type(row, 4) == SQLITE_NULL ? nil : Int(sqlite3_column_int64(row, 4)))
         }
-        // In key order (day, meter): each meter's days arrive oldest first.
+        // In key order (day, meter), the table's own: no sort. Each row counts a reporting meter
+        // that day and adds to its meter-month's sums; no row is kept.
         try forEachRow(db, "SELECT day, meter_id, readings, spacing_sum_ms, spacing_count FROM meter_day ORDER BY day, meter_id") { row in
             store.addDay(
                 meterID: sqlite3_column_int64(row, 1), day: Int(sqlite3_column_int64(row, 0)), readings: Int(sqlite3_column_int64(row, 2)),
