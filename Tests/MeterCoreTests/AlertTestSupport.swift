@@ -126,16 +126,27 @@ final class FailingWriter: MeterStoreWriter {
         var description: String { "database or disk is full" }
     }
 
+    /// What a database server that went away makes the store throw.
+    struct Unreachable: StoreReachabilityError, CustomStringConvertible {
+        var meansStoreUnreachable: Bool { true }
+        var description: String { "cannot connect to the database: connection refused" }
+    }
+
     private let base: any MeterStoreWriter
     private let failure: FailSwitch
+    private let unreachable: Bool
 
-    init(_ base: any MeterStoreWriter, failure: FailSwitch) {
+    /// - Parameter unreachable: fail as an unreachable server does, rather than as a full disk.
+    init(_ base: any MeterStoreWriter, failure: FailSwitch, unreachable: Bool = false) {
         self.base = base
         self.failure = failure
+        self.unreachable = unreachable
     }
 
     private func check() throws {
-        if self.failure.isOn { throw DiskFull() }
+        guard self.failure.isOn else { return }
+        if self.unreachable { throw Unreachable() }
+        throw DiskFull()
     }
 
     var commitListener: (any CommitListener)? {

@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import NIOConcurrencyHelpers
 import ServiceLifecycle
+import Synchronization
 import Testing
 
 @testable import MeterCore
@@ -78,6 +79,60 @@ import Testing
                 #expect(stored == capacity)
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
+            }
+        }
+    }
+
+    /// A store outage (issue 13 point 5): while commits fail every reader is stopped and told busy
+    /// whatever the queue's depth, nobody is resumed until a commit succeeds, and the writer counts
+    /// as alive for the watchdog only while the failure is an unreachable store it keeps retrying.
+    @Test(.timeLimit(.minutes(1)), arguments: [true, false])
+    func failingCommitsStopEveryReaderUntilOneSucceeds(unreachable: Bool) async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
+            let failure = FailSwitch()
+            let pipeline = IngestPipeline(
+                writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: unreachable),
+                configuration: PipelineConfiguration(queueCapacity: 1_000, commitInterval: .milliseconds(1), maximumBatch: 100),
+                logger: testLogger)
+            let health = WriterHealth(pipeline: pipeline, staleAfterMs: 2_000)
+            try await withRunningServices([pipeline]) {
+                func submission(_ meter: String) -> IngestSubmission {
+                    let now = WallClock.nowMs()
+                    return IngestSubmission(
+                        readings: [SubmittedReading(reading: Reading(meter: meter, seq: 1, timestampMs: now, kwh: 0.5), line: 1, receivedMs: now)],
+                        receiver: nil)
+                }
+                // Given a store that fails every commit
+                failure.isOn = true
+                #expect(pipeline.submit(submission("S1")) == .accepted)
+                // When the writer has failed at it
+                try await waitUntil(timeout: .seconds(10)) { pipeline.isStalled }
+                // Then one reading in a queue of 1,000 stops every reader, and a submission hears it
+                #expect(pipeline.isFull)
+                #expect(!pipeline.hasRoom)
+                #expect(pipeline.submit(submission("S2")) == .full)
+                #expect((pipeline.storeUnreachableSinceMs != nil) == unreachable)
+                // and nobody is resumed however much room the queue has
+                let resumed = Atomic<Int>(0)
+                pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }
+                try await Task.sleep(for: .milliseconds(2_500))
+                #expect(resumed.load(ordering: .relaxed) == 0)
+                // and past the stale limit the writer is not progressing, but alive only if it waits out an outage
+                #expect(!health.isMakingProgress())
+                #expect(health.isAlive() == unreachable)
+
+                // When commits succeed again
+                failure.isOn = false
+                await pipeline.drain()
+                // Then the waiting reader is resumed and every reading was committed
+                try await waitUntil(timeout: .seconds(5)) { resumed.load(ordering: .relaxed) == 1 }
+                #expect(!pipeline.isStalled)
+                #expect(!pipeline.isFull)
+                #expect(pipeline.failure == nil)
+                #expect(pipeline.storeUnreachableSinceMs == nil)
+                #expect(health.isMakingProgress())
+                #expect(pipeline.statistics.stored.load(ordering: .relaxed) == 2)
             }
         }
     }

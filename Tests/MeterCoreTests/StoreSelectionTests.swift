@@ -252,10 +252,77 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
                 #expect(result.report.unacked == 0)
                 try await waitUntil(timeout: .seconds(30)) { try await httpGet(port: http, path: "/readyz").status == 200 }
                 #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")
-                #expect(daemon.process.output.contains("Commit failed"))
+                #expect(daemon.process.output.contains("Store unreachable; meters are told busy"))
+                #expect(result.report.busySignals > 0, "meters sending during the outage are told busy")
                 #expect(daemon.process.output.contains("Reconnected to PostgreSQL"))
                 let store = try StoreLocation.postgresql(address).open(logger: testLogger)
                 try await expectLedgerMatches(result.ledger, store)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func whileTheDatabaseIsDownMetersAreToldBusyAndTheWatchdogStillPings() async throws {
+        try await PostgresTestServer.with { server in
+            let address = try await server.createDatabase()
+            try await withTemporaryDirectory { directory in
+                // Given meterd on PostgreSQL under a 1 s watchdog, and a meter whose first reading is acknowledged
+                let notify = try DatagramReceiver(path: directory + "/notify.sock")
+                defer { notify.close() }
+                let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let daemon = try MeterdUnderTest.start(
+                    dataDirectory: directory + "/data", arguments: ["--store", url],
+                    environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"])
+                defer { daemon.process.stop() }
+                let (ingest, http) = try await daemon.ports()
+                let meter = try await LineClient(port: ingest)
+                try await meter.send(readingLine(meter: "MTR-PG1", seq: 1) + "\n")
+                #expect(try await meter.readLine(timeout: .seconds(30)) == #"{"meter":"MTR-PG1","ack":1}"#)
+
+                // When the database goes away and the meter keeps sending
+                try await server.crash()
+                try await meter.send(readingLine(meter: "MTR-PG1", seq: 2) + "\n")
+                try await waitUntil(timeout: .seconds(30)) {
+                    try await ask(daemon.statusSocket, "status").contains(#""store_unreachable_since":"20"#)
+                }
+                try await meter.send(readingLine(meter: "MTR-PG1", seq: 3) + "\n")
+
+                // Then the meter is told busy, not acknowledged, and so is a meter that connects now
+                #expect(try await meter.readLine(timeout: .seconds(30)) == #"{"busy":true,"retry_after_ms":500}"#)
+                let newcomer = try await LineClient(port: ingest)
+                try await newcomer.send(readingLine(meter: "MTR-PG2", seq: 1) + "\n")
+                #expect(try await newcomer.readLine(timeout: .seconds(30)) == #"{"busy":true,"retry_after_ms":500}"#)
+                // readiness is down and says why, the process calls itself alive, and systemd keeps
+                // getting pings for several watchdog intervals: a restart could not bring the database back
+                let ready = try await httpGet(port: http, path: "/readyz")
+                #expect(ready.status == 503 && ready.body.contains("store unreachable"), "\(ready)")
+                let pingsBefore = notify.messages.count { $0 == "WATCHDOG=1" }
+                try await Task.sleep(for: .seconds(4))
+                #expect(notify.messages.count { $0 == "WATCHDOG=1" } >= pingsBefore + 4)
+                let health = try await httpGet(port: http, path: "/healthz")
+                #expect(health.status == 200 && health.body.contains("store unreachable, retrying"), "\(health)")
+                try await waitUntil(timeout: .seconds(10)) {
+                    notify.messages.contains { $0.hasPrefix("STATUS=") && $0.contains("store unreachable for") }
+                }
+
+                // When the database is back, both meters' readings are acknowledged and stored once
+                try await server.restart()
+                var acks: [String] = []
+                while acks.last != #"{"meter":"MTR-PG1","ack":3}"#, let line = try await meter.readLine(timeout: .seconds(30)) { acks.append(line) }
+                #expect(acks.allSatisfy { $0.hasPrefix(#"{"meter":"MTR-PG1","ack":"#) }, "\(acks)")
+                #expect(try await newcomer.readLine(timeout: .seconds(30)) == #"{"meter":"MTR-PG2","ack":1}"#)
+                try await waitUntil(timeout: .seconds(10)) { try await httpGet(port: http, path: "/readyz").status == 200 }
+                #expect(
+                    try await ask(daemon.statusSocket, "status").contains(#""writer":{"healthy":true,"failure":null,"store_unreachable_since":null}"#)
+                )
+                await meter.close()
+                await newcomer.close()
+                #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")
+                #expect(daemon.process.output.contains("Store unreachable; meters are told busy"))
+                #expect(daemon.process.output.contains("Commits succeed again"))
+                let store = try StoreLocation.postgresql(address).open(logger: testLogger)
+                #expect(try await store.recentReadings(meter: "MTR-PG1", limit: 10)?.readings.map(\.seq).sorted() == [1, 2, 3])
+                #expect(try await store.recentReadings(meter: "MTR-PG2", limit: 10)?.readings.map(\.seq) == [1])
             }
         }
     }

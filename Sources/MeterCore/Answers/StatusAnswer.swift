@@ -81,10 +81,23 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
         package var total: Int?
     }
 
-    /// `writer`: whether commits succeed, and the last failure if not.
+    /// `writer`: whether commits succeed, and the last failure if not; while the store cannot be
+    /// reached, since when (`store_unreachable_since`, RFC 3339), meters being told `busy` meanwhile.
     package struct Writer: Codable, Sendable, Equatable {
         package var healthy: Bool
         package var failure: String?
+        package var storeUnreachableSince: String?
+
+        enum CodingKeys: String, CodingKey {
+            case healthy, failure
+            case storeUnreachableSince = "store_unreachable_since"
+        }
+
+        package init(healthy: Bool, failure: String?, storeUnreachableSince: String? = nil) {
+            self.healthy = healthy
+            self.failure = failure
+            self.storeUnreachableSince = storeUnreachableSince
+        }
     }
 
     /// `rejects_by_code`: rejected lines per protocol error code, every code of ``RejectionCode``

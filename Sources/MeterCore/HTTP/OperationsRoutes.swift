@@ -29,12 +29,15 @@ package struct OperationsRoutes: Sendable {
                 body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         router.get("healthz") { _, _ -> Response in
+            // Alive as the watchdog sees it: waiting out an unreachable store is not a stall that
+            // a restart would mend (`/readyz` says the node cannot take readings meanwhile).
             let age = self.writerHealth.progressAgeMs()
-            let healthy = self.writerHealth.isMakingProgress()
+            let progressing = self.writerHealth.isMakingProgress()
+            let healthy = progressing || self.writerHealth.isAlive()
             return Self.json(
                 healthy ? .ok : .serviceUnavailable,
                 .object([
-                    ("status", .string(healthy ? "ok" : "writer stalled")),
+                    ("status", .string(progressing ? "ok" : healthy ? "store unreachable, retrying" : "writer stalled")),
                     ("writer_progress_age_ms", .int(age)),
                     ("writer_failure", .optional(self.reporter.pipeline.failure) { .string($0) }),
                 ]))
@@ -44,7 +47,10 @@ package struct OperationsRoutes: Sendable {
             if self.readiness.isStopping { reasons.append("shutting down") }
             let pending = self.readiness.pendingListeners
             if !pending.isEmpty { reasons.append("listeners not bound: " + pending.sorted().joined(separator: ", ")) }
-            if let failure = self.reporter.pipeline.failure { reasons.append("commits failing: \(failure)") }
+            if let failure = self.reporter.pipeline.failure {
+                reasons.append(
+                    self.reporter.pipeline.storeUnreachableSinceMs == nil ? "commits failing: \(failure)" : "store unreachable: \(failure)")
+            }
             return Self.json(
                 reasons.isEmpty ? .ok : .serviceUnavailable,
                 .object([

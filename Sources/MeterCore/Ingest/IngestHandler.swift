@@ -173,8 +173,9 @@ final class IngestHandler: ChannelDuplexHandler {
             if buffer.readableBytes == 0 { return }
         } else if !self.paused, !self.mayTake {
             // A read asked for before the queue filled, or the rest of the kernel's buffer after the
-            // meter half-closed: keep the bytes, wait for room like every other reader.
-            self.pause(context: context, tellMeter: false)
+            // meter half-closed: keep the bytes, wait for room like every other reader. In a store
+            // outage the meter hears why its readings go unacknowledged.
+            self.pause(context: context, tellMeter: self.pipeline.isStalled)
         }
         self.hold(&buffer, context: context)
     }
@@ -306,9 +307,12 @@ final class IngestHandler: ChannelDuplexHandler {
         } else if !self.mayTake {
             // Every connection stops once the queue is full, not only those whose own submission
             // filled it: at 10 k connections one more readiness each could be ~800 k readings in memory.
-            // The busy line went to those that filled it; TCP tells the rest.
+            // The busy line went to those that filled it; TCP tells the rest. A store outage is
+            // told to every meter: it may last long, and nothing sent now can be acknowledged.
             self.readPending = true
-            self.pause(context: context, tellMeter: false)
+            let stalled = self.pipeline.isStalled
+            self.pause(context: context, tellMeter: stalled)
+            if stalled { self.flushOutput(context: context) }
         } else {
             context.read()
         }

@@ -60,6 +60,14 @@ package final class IngestPipeline: Service, Sendable {
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
         var failure: String?
         var lastProgressMs: Int64 = 0
+        /// Failed commit attempts since the last success.
+        var consecutiveFailures = 0
+        /// Since when the store has been unreachable (``StoreReachabilityError``), while it is.
+        var storeUnreachableSinceMs: Int64?
+        /// When the writer last finished a commit attempt, successful or not.
+        var lastAttemptMs: Int64 = 0
+        /// When a failed commit was last logged: a long outage logs now and then, not every retry.
+        var lastFailureLogMs: Int64 = 0
         var tasks: [@Sendable (any MeterStoreWriter) -> Void] = []
         var exited = false
     }
@@ -87,6 +95,9 @@ package final class IngestPipeline: Service, Sendable {
     private let full = Atomic<Bool>(false)
     /// `queuedWeight`, readable without the lock: a resumed connection checks it before each submission.
     private let depth = Atomic<Int>(0)
+    /// Set while commits keep failing (a store outage): connections stop reading and are told
+    /// busy whatever the queue's depth, because nothing they send can be acknowledged until it ends.
+    private let stalled = Atomic<Bool>(false)
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
@@ -110,7 +121,16 @@ package final class IngestPipeline: Service, Sendable {
     /// Whether the queue is below its capacity right now. ``isFull`` stays set until every paused
     /// connection has been resumed (so that they go first); a resumed one checks this instead
     /// before it submits, so that no submission starts once the queue has reached capacity.
-    package var hasRoom: Bool { self.depth.load(ordering: .relaxed) < self.configuration.queueCapacity }
+    package var hasRoom: Bool { !self.isStalled && self.depth.load(ordering: .relaxed) < self.configuration.queueCapacity }
+
+    /// Whether commits keep failing: connections are told busy until one succeeds.
+    package var isStalled: Bool { self.stalled.load(ordering: .relaxed) }
+
+    /// Since when the store has been unreachable, while commits fail for that reason.
+    package var storeUnreachableSinceMs: Int64? { self.state.withLockedValue { $0.storeUnreachableSinceMs } }
+
+    /// Wall-clock time the writer last finished a commit attempt, whatever its outcome.
+    package var lastAttemptMs: Int64 { self.state.withLockedValue { $0.lastAttemptMs } }
 
     /// Why the last commit failed, while the writer is retrying it; `nil` when commits succeed.
     package var failure: String? { self.state.withLockedValue { $0.failure } }
@@ -134,7 +154,9 @@ package final class IngestPipeline: Service, Sendable {
             case .window: signal = state.queuedWeight >= self.configuration.maximumBatch
             }
             if signal { state.writerWait = .busy }
-            guard state.queuedWeight >= self.configuration.queueCapacity else { return (.accepted, signal) }
+            guard state.queuedWeight >= self.configuration.queueCapacity || self.stalled.load(ordering: .relaxed) else {
+                return (.accepted, signal)
+            }
             self.full.store(true, ordering: .relaxed)
             return (.full, signal)
         }
@@ -143,14 +165,15 @@ package final class IngestPipeline: Service, Sendable {
     }
 
     /// Calls `resume` once there is room for this caller again (at once if the queue is below half
-    /// its capacity and nobody waits before it).
+    /// its capacity, commits succeed and nobody waits before it).
     ///
     /// Waiters resume oldest first, about one per ``readingsPerResume`` of room each commit makes,
     /// not all at once: at 10,000 paused connections waking every one would let each read and
     /// most pause again at once, thousands of wakeups and re-registrations per commit for nothing.
     package func whenCapacityAvailable(_ resume: @escaping @Sendable () -> Void) {
         let now = self.state.withLockedValue { state -> Bool in
-            if state.queuedWeight <= self.configuration.queueCapacity / 2 && state.capacityWaiters.isEmpty { return true }
+            // In an outage the room is no use: the next successful commit resumes everyone.
+            if !self.isStalled, state.queuedWeight <= self.configuration.queueCapacity / 2, state.capacityWaiters.isEmpty { return true }
             state.capacityWaiters.append(resume)
             return false
         }
@@ -161,6 +184,9 @@ package final class IngestPipeline: Service, Sendable {
     /// see `IngestServer`) holds about this many readings of ~100 bytes. A connection resumed when
     /// others took the room first finds ``hasRoom`` false and waits again.
     static let readingsPerResume = 64
+
+    /// Longest wait between two attempts at a failing commit: retries back off from 50 ms to this.
+    package static let maximumRetryDelay = Duration.seconds(2)
 
     /// Returns once everything submitted so far is committed and its acks handed to the senders.
     package func drain() async {
@@ -317,16 +343,9 @@ package final class IngestPipeline: Service, Sendable {
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
                 } catch {
-                    self.logger.error(
-                        "Commit failed; readings stay queued and unacknowledged until it succeeds",
-                        metadata: ["error": "\(error)", "batch.readings": "\(weight)"])
-                    self.state.withLockedValue { state in
-                        for submission in batch.reversed() { state.queue.prepend(submission) }
-                        state.committing = false
-                        state.failure = "\(error)"
-                    }
+                    self.commitFailed(error, batch: batch, weight: weight, retryDelay: retryDelay)
                     Thread.sleep(forTimeInterval: Double(retryDelay.components.seconds) + Double(retryDelay.components.attoseconds) / 1e18)
-                    retryDelay = min(retryDelay * 2, .seconds(2))
+                    retryDelay = min(retryDelay * 2, Self.maximumRetryDelay)
                 }
             }
         }
@@ -384,13 +403,54 @@ package final class IngestPipeline: Service, Sendable {
         }
     }
 
+    /// Puts a failed batch back at the head of the queue and, once failures persist (or the store
+    /// is unreachable at all), stops every connection until a commit succeeds.
+    private func commitFailed(_ error: any Error, batch: [IngestSubmission], weight: Int, retryDelay: Duration) {
+        let unreachable = (error as? any StoreReachabilityError)?.meansStoreUnreachable ?? false
+        let now = WallClock.nowMs()
+        let (log, failures) = self.state.withLockedValue { state -> (Bool, Int) in
+            for submission in batch.reversed() { state.queue.prepend(submission) }
+            state.committing = false
+            let text = "\(error)"
+            let log = text != state.failure || now - state.lastFailureLogMs >= 60_000
+            if log { state.lastFailureLogMs = now }
+            state.failure = text
+            state.consecutiveFailures += 1
+            state.lastAttemptMs = now
+            state.storeUnreachableSinceMs = unreachable ? (state.storeUnreachableSinceMs ?? now) : nil
+            // One failure may be a conflict with another node that the retry resolves: only a
+            // second one, or an outage, stops the connections.
+            if unreachable || state.consecutiveFailures >= 2 {
+                self.stalled.store(true, ordering: .relaxed)
+                self.full.store(true, ordering: .relaxed)
+            }
+            return (log, state.consecutiveFailures)
+        }
+        guard log else { return }
+        self.logger.error(
+            unreachable
+                ? "Store unreachable; meters are told busy and readings stay queued and unacknowledged until a commit succeeds"
+                : "Commit failed; readings stay queued and unacknowledged until it succeeds",
+            metadata: [
+                "error": "\(error)", "batch.readings": "\(weight)", "commit.attempts": "\(failures)",
+                "commit.retry_ms": "\(retryDelay.milliseconds)",
+            ])
+    }
+
     private func finishCommit(weight: Int) {
-        let (resumers, drained) = self.state.withLockedValue { state -> ([@Sendable () -> Void], [CheckedContinuation<Void, Never>]) in
+        let now = WallClock.nowMs()
+        let (resumers, drained, outage) = self.state.withLockedValue {
+            state -> ([@Sendable () -> Void], [CheckedContinuation<Void, Never>], (failures: Int, sinceMs: Int64?)?) in
             state.committing = false
             state.queuedWeight -= weight
             self.depth.store(state.queuedWeight, ordering: .relaxed)
+            let outage = state.failure == nil ? nil : (failures: state.consecutiveFailures, sinceMs: state.storeUnreachableSinceMs)
             state.failure = nil
-            state.lastProgressMs = WallClock.nowMs()
+            state.consecutiveFailures = 0
+            state.storeUnreachableSinceMs = nil
+            state.lastProgressMs = now
+            state.lastAttemptMs = now
+            self.stalled.store(false, ordering: .relaxed)
             var resumers: [@Sendable () -> Void] = []
             let capacity = self.configuration.queueCapacity
             if state.queuedWeight <= capacity / 2 {
@@ -408,7 +468,12 @@ package final class IngestPipeline: Service, Sendable {
                 drained = state.drainWaiters
                 state.drainWaiters = []
             }
-            return (resumers, drained)
+            return (resumers, drained, outage)
+        }
+        if let outage {
+            var metadata: Logger.Metadata = ["commit.attempts": "\(outage.failures + 1)", "queue.depth": "\(self.queueDepth)"]
+            if let since = outage.sinceMs { metadata["store.unreachable_ms"] = "\(now - since)" }
+            self.logger.notice("Commits succeed again; acknowledging and reading from meters", metadata: metadata)
         }
         for resume in resumers { resume() }
         for continuation in drained { continuation.resume() }

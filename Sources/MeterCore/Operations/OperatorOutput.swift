@@ -42,6 +42,7 @@ package enum OperatorOutput {
         let meters = status.meters
         rows.append(("meters", "active \(Self.text(meters.active)), inactive \(Self.text(meters.inactive)), faulty \(Self.text(meters.faulty))"))
         rows.append(("writer", status.writer.healthy ? "healthy" : "FAILING: \(Self.text(status.writer.failure))"))
+        if let since = status.writer.storeUnreachableSince { rows.append(("store", "UNREACHABLE since \(since); meters told busy")) }
         return Self.keyValues(rows)
     }
 

@@ -82,4 +82,15 @@ package struct WriterHealth: Sendable {
     package func isMakingProgress(nowMs: Int64 = WallClock.nowMs()) -> Bool {
         self.progressAgeMs(nowMs: nowMs) <= self.staleAfterMs
     }
+
+    /// Whether the writer is doing its job, which is what the watchdog vouches for: committing, or
+    /// waiting out an unreachable store by retrying with backoff (at most ``IngestPipeline/maximumRetryDelay``
+    /// apart). A restart would not bring the database back, and a meterd that cannot reach it
+    /// at start-up exits, so systemd would give up on the unit instead of it resuming by itself.
+    /// Any other failure (a held lock, a full disk) that outlasts `staleAfterMs` is a stall.
+    package func isAlive(nowMs: Int64 = WallClock.nowMs()) -> Bool {
+        if self.isMakingProgress(nowMs: nowMs) { return true }
+        guard self.pipeline.storeUnreachableSinceMs != nil else { return false }
+        return nowMs - self.pipeline.lastAttemptMs <= self.staleAfterMs + IngestPipeline.maximumRetryDelay.milliseconds
+    }
 }

@@ -62,7 +62,9 @@ package struct StatusReporter: Sendable {
                 p50: statistics.latency.quantile(0.5, nowMs: nowMs),
                 p99: statistics.latency.quantile(0.99, nowMs: nowMs)),
             meters: meters,
-            writer: StatusAnswer.Writer(healthy: failure == nil, failure: failure),
+            writer: StatusAnswer.Writer(
+                healthy: failure == nil, failure: failure,
+                storeUnreachableSince: self.pipeline.storeUnreachableSinceMs.map { RFC3339.format(millisecondsSinceEpoch: $0) }),
             metersError: meterError)
     }
 
@@ -75,7 +77,13 @@ package struct StatusReporter: Sendable {
             text += ", \(counts.inactive) inactive meters, \(counts.faulty) faulty"
         }
         text += ", queue \(self.pipeline.queueDepth)"
-        if let failure = self.pipeline.failure { text += "; commits failing: \(failure)" }
+        if let failure = self.pipeline.failure {
+            if let since = self.pipeline.storeUnreachableSinceMs {
+                text += "; store unreachable for \(max(0, nowMs - since) / 1000) s, meters told busy: \(failure)"
+            } else {
+                text += "; commits failing: \(failure)"
+            }
+        }
         return text
     }
 }

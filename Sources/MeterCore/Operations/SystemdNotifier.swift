@@ -76,7 +76,7 @@ package struct SystemdNotifier: Service {
             }
             if self.readiness.isStopping { return }
             if self.configuration.watchdogInterval != nil {
-                if self.writerHealth.isMakingProgress() {
+                if self.writerHealth.isAlive() {
                     self.send("WATCHDOG=1")
                     if watchdogSilent {
                         watchdogSilent = false

@@ -96,6 +96,13 @@ package protocol MeterStore: Sendable {
     func backup(to path: String) async throws -> BackupReport
 }
 
+/// An error that may mean the database cannot be reached at all (refused, dropped, restarting),
+/// rather than one it answered. meterd waits such an outage out, answering meters `busy`, instead
+/// of asking systemd for a restart that could not bring the database back.
+package protocol StoreReachabilityError: Error {
+    var meansStoreUnreachable: Bool { get }
+}
+
 /// The write side of a ``MeterStore``: owned by the ingest pipeline's one writer thread, so its
 /// methods are synchronous and may block; nothing else calls them concurrently.
 package protocol MeterStoreWriter: AnyObject {

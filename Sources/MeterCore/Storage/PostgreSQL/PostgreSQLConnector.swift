@@ -6,14 +6,17 @@ import PostgresNIO
 
 /// A PostgreSQL problem in one line an operator can act on: PostgresNIO's own errors print a
 /// generic text on purpose (they may carry data), so meterd says what failed itself.
-package struct PostgreSQLStoreError: Error, CustomStringConvertible {
+package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvertible {
     package var message: String
     /// The server's SQLSTATE, when the server answered with an error.
     package var sqlState: String?
+    /// No connection, or it broke: the server was not reached, or went away mid-statement.
+    package var connectionLost: Bool
 
-    package init(_ message: String, sqlState: String? = nil) {
+    package init(_ message: String, sqlState: String? = nil, connectionLost: Bool = false) {
         self.message = message
         self.sqlState = sqlState
+        self.connectionLost = connectionLost
     }
 
     package var description: String { self.message }
@@ -22,11 +25,20 @@ package struct PostgreSQLStoreError: Error, CustomStringConvertible {
     /// (serialization failure, deadlock): the same work may simply be tried again.
     package var isRetryable: Bool { self.sqlState == "40001" || self.sqlState == "40P01" }
 
+    /// The connection failed, or the server said it is starting, stopping or out of connections
+    /// (SQLSTATE classes 08 and 57P, and 53300): it will take work again once it is back.
+    package var meansStoreUnreachable: Bool {
+        if self.connectionLost { return true }
+        guard let state = self.sqlState else { return false }
+        return state.hasPrefix("08") || state.hasPrefix("57P") || state == "53300"
+    }
+
     /// Describes `error`, which happened while `doing` something with the database at `address`.
     static func describing(_ error: any Error, doing: String, address: PostgreSQLAddress) -> PostgreSQLStoreError {
         if let error = error as? PostgreSQLStoreError { return error }
         guard let error = error as? PSQLError else {
-            return PostgreSQLStoreError("PostgreSQL at \(address.server): \(doing) failed: \(Self.plain(error))")
+            let network = error is IOError || error is ChannelError || error is NIOConnectionError
+            return PostgreSQLStoreError("PostgreSQL at \(address.server): \(doing) failed: \(Self.plain(error))", connectionLost: network)
         }
         if let info = error.serverInfo {
             let state = info[.sqlState]
@@ -48,11 +60,11 @@ package struct PostgreSQLStoreError: Error, CustomStringConvertible {
         switch error.code {
         case .connectionError:
             let underlying = error.underlying.map(Self.plain) ?? "connection failed"
-            return PostgreSQLStoreError("cannot connect to PostgreSQL at \(address.server): \(underlying)")
+            return PostgreSQLStoreError("cannot connect to PostgreSQL at \(address.server): \(underlying)", connectionLost: true)
         case .serverClosedConnection, .uncleanShutdown:
-            return PostgreSQLStoreError("PostgreSQL at \(address.server) closed the connection while \(doing)")
+            return PostgreSQLStoreError("PostgreSQL at \(address.server) closed the connection while \(doing)", connectionLost: true)
         case .clientClosedConnection:
-            return PostgreSQLStoreError("the connection to PostgreSQL at \(address.server) is closed (\(doing))")
+            return PostgreSQLStoreError("the connection to PostgreSQL at \(address.server) is closed (\(doing))", connectionLost: true)
         case .authMechanismRequiresPassword:
             return PostgreSQLStoreError("PostgreSQL at \(address.server) asks user \(address.user) for a password: put it in the store URL")
         default:
