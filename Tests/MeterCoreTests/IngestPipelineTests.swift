@@ -113,6 +113,7 @@ import Testing
                 #expect(!pipeline.hasRoom)
                 #expect(pipeline.submit(submission("S2")) == .full)
                 #expect((pipeline.storeUnreachableSinceMs != nil) == unreachable)
+                #expect(pipeline.statistics.commitFailures.load(ordering: .relaxed) >= 1)
                 // and nobody is resumed however much room the queue has
                 let resumed = Atomic<Int>(0)
                 pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }

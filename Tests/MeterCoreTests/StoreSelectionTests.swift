@@ -296,6 +296,8 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
                 // getting pings for several watchdog intervals: a restart could not bring the database back
                 let ready = try await httpGet(port: http, path: "/readyz")
                 #expect(ready.status == 503 && ready.body.contains("store unreachable"), "\(ready)")
+                let metrics = try await httpGet(port: http, path: "/metrics").body
+                #expect(metrics.contains("meterd_writer_healthy 0") && metrics.contains("meterd_commit_failures_total "), "\(metrics)")
                 let pingsBefore = notify.messages.count { $0 == "WATCHDOG=1" }
                 try await Task.sleep(for: .seconds(4))
                 #expect(notify.messages.count { $0 == "WATCHDOG=1" } >= pingsBefore + 4)

@@ -407,6 +407,7 @@ package final class IngestPipeline: Service, Sendable {
     /// is unreachable at all), stops every connection until a commit succeeds.
     private func commitFailed(_ error: any Error, batch: [IngestSubmission], weight: Int, retryDelay: Duration) {
         let unreachable = (error as? any StoreReachabilityError)?.meansStoreUnreachable ?? false
+        self.statistics.commitFailures.add(1, ordering: .relaxed)
         let now = WallClock.nowMs()
         let (log, failures) = self.state.withLockedValue { state -> (Bool, Int) in
             for submission in batch.reversed() { state.queue.prepend(submission) }

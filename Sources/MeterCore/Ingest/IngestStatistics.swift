@@ -17,6 +17,9 @@ package final class IngestStatistics: Sendable {
     /// at most one read (8 KB) plus one kernel receive buffer (4 KB) per connection (see `IngestHandler`).
     package let heldBytes = Atomic<Int>(0)
     package let commits = Atomic<Int>(0)
+    /// Commit attempts that failed and were retried: an outage, a full disk, or a conflict with
+    /// another node over a meter's high-water mark (SQLSTATE 40001).
+    package let commitFailures = Atomic<Int>(0)
     package let lastCommitMs = Atomic<Int64>(0)
     private let rejects = NIOLockedValueBox<[RejectionCode: Int]>([:])
     package let latency = LatencyWindow()

@@ -20,6 +20,7 @@ package final class DaemonMetrics: CommitListener {
     private let validationFlags: CoreMetrics.Counter
     private let busySignals: CoreMetrics.Counter
     private let commits: CoreMetrics.Counter
+    private let commitFailures: CoreMetrics.Counter
     private let tlsHandshakeFailures: CoreMetrics.Counter
     private let rejects: [RejectionCode: CoreMetrics.Counter]
     private let connections: CoreMetrics.Gauge
@@ -51,8 +52,9 @@ package final class DaemonMetrics: CommitListener {
         "meterd_duplicates_total": "Resent readings recognised as already committed (acked, not stored again).",
         "meterd_rejects_total": "Lines rejected, by error code.",
         "meterd_validation_flags_total": "Validation flags raised by stored readings (spike, zero_run, register_reset, clock_backwards, voltage).",
-        "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full.",
+        "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full or commits were failing.",
         "meterd_commits_total": "Group commits of the write pipeline.",
+        "meterd_commit_failures_total": "Commit attempts that failed and were retried (store unreachable, disk full, a conflict with another node).",
         "meterd_tls_handshake_failures_total":
             "TLS handshakes on the ingest port that failed (no, an expired or an untrusted client certificate; not TLS).",
         "meterd_connections": "Meter connections open now.",
@@ -95,6 +97,7 @@ package final class DaemonMetrics: CommitListener {
         self.validationFlags = CoreMetrics.Counter(label: "meterd_validation_flags_total", factory: factory)
         self.busySignals = CoreMetrics.Counter(label: "meterd_busy_signals_total", factory: factory)
         self.commits = CoreMetrics.Counter(label: "meterd_commits_total", factory: factory)
+        self.commitFailures = CoreMetrics.Counter(label: "meterd_commit_failures_total", factory: factory)
         self.tlsHandshakeFailures = CoreMetrics.Counter(label: "meterd_tls_handshake_failures_total", factory: factory)
         self.rejects = Dictionary(
             uniqueKeysWithValues: RejectionCode.allCases.map { code in
@@ -142,6 +145,7 @@ package final class DaemonMetrics: CommitListener {
             ("flags", statistics.validationFlags.load(ordering: .relaxed), self.validationFlags),
             ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
             ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
+            ("commit_failures", statistics.commitFailures.load(ordering: .relaxed), self.commitFailures),
             ("tls_handshake_failures", statistics.tlsHandshakeFailures.load(ordering: .relaxed), self.tlsHandshakeFailures),
             ("webhook_deliveries", self.alerts.webhookDeliveries.load(ordering: .relaxed), self.webhookDeliveries),
             ("webhook_failures", self.alerts.webhookFailures.load(ordering: .relaxed), self.webhookFailures),
