@@ -28,7 +28,17 @@ Figures per scenario: readings acknowledged per second, meterd CPU-seconds per m
 queue_depth the status socket showed (sampled every 20 ms), ack latency p50/p99 (meter-sim's
 histogram) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
+With --store postgresql (issue 13 point 8) every scenario runs against a throw-away PostgreSQL 15
+cluster (scripts/postgres-test-server.sh, a fresh database per scenario) and --nodes N starts N
+meterd nodes on that database, meter-sim spreading the meters over them (--endpoints). CPU per
+million then counts every meterd node and every PostgreSQL process (the postmaster, its live
+children, and the backends it reaped: cutime+cstime), split in meterd_cpu_s_per_million and
+postgres_cpu_s_per_million; lock waits over 100 ms (log_lock_waits), deadlocks
+(pg_stat_database) and meterd's retried commits (meterd_commit_failures_total: conflicts between
+nodes over a meter's high-water mark) are reported too.
+
   Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,floor] [--json FILE] [--bin DIR] [--quick]
+                       [--store sqlite|postgresql] [--nodes N]
 """
 import argparse, csv, json, os, resource, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
 
@@ -102,6 +112,68 @@ class Daemon:
         return code
 
 
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class PostgresCluster:
+    """A throw-away PostgreSQL 15 cluster from scripts/postgres-test-server.sh, measured from outside."""
+
+    def __init__(self, work):
+        self.dir = os.path.join(work, "postgres")
+        os.makedirs(self.dir, exist_ok=True)
+        script = os.path.join(REPO, "scripts", "postgres-test-server.sh")
+        out = subprocess.run([script, "start", self.dir, str(os.getpid())], check=True, capture_output=True, text=True).stdout
+        env = dict(line.split("=", 1) for line in out.strip().splitlines() if "=" in line)
+        self.port, self.user = env["PGTEST_PORT"], env["PGTEST_USER"]
+        self.script = script
+        # Lock waits longer than deadlock_timeout are logged: the benchmark counts them.
+        self.psql("postgres", "ALTER SYSTEM SET log_lock_waits = on")
+        self.psql("postgres", "ALTER SYSTEM SET deadlock_timeout = '100ms'")
+        self.psql("postgres", "SELECT pg_reload_conf()")
+
+    def psql(self, database, sql):
+        """Rows of `sql` as lists of strings."""
+        out = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-h", self.dir,
+                              "-p", self.port, "-U", self.user, "-d", database, "-c", sql],
+                             check=True, capture_output=True, text=True).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+
+    def create_database(self, name):
+        subprocess.run([self.script, "createdb", self.dir, name], check=True, capture_output=True)
+        return f"postgresql://{self.user}@/{name}?host={self.dir}&port={self.port}"
+
+    def postmaster_pid(self):
+        return int(open(os.path.join(self.dir, "data", "postmaster.pid")).readline())
+
+    def cpu_seconds(self):
+        """The postmaster's own CPU, its live children's, and that of the children it reaped."""
+        pid = self.postmaster_pid()
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / HZ  # utime, stime, cutime, cstime
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                total += (int(stat[11]) + int(stat[12])) / HZ
+        return total
+
+    def lock_waits(self):
+        try:
+            return open(os.path.join(self.dir, "server.log"), errors="replace").read().count("still waiting for")
+        except OSError:
+            return 0
+
+    def deadlocks(self, database):
+        return int(self.psql(database, f"SELECT deadlocks FROM pg_stat_database WHERE datname = '{database}'")[0][0])
+
+    def stop(self):
+        subprocess.run([self.script, "stop", self.dir], capture_output=True)
+
+
 class QueueDepthSampler:
     """Polls the status socket's queue_depth in the background and keeps the largest value seen."""
 
@@ -136,52 +208,125 @@ class QueueDepthSampler:
         return self.maximum
 
 
+STORED_PER_METER = "SELECT m.name, count(r.seq), coalesce(sum(r.kwh), 0) FROM meter m LEFT JOIN reading r ON r.meter_id = m.id GROUP BY m.id"
+STORED_TWICE = "SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading) AS d) FROM reading"
+
+
 def loss_check(db_path, ledger_path):
-    """Acknowledged readings missing from the database (must be 0), and kWh difference."""
-    db = sqlite3.connect(db_path)
-    stored = {name: (count, kwh) for name, count, kwh in db.execute(
-        "SELECT m.name, count(r.seq), coalesce(sum(r.kwh), 0) FROM meter m LEFT JOIN reading r ON r.meter_id = m.id GROUP BY m.id")}
+    """Acknowledged readings missing from the database (must be 0), and kWh difference.
+
+    `db_path` is a SQLite file, or (cluster, database) for PostgreSQL."""
+    if isinstance(db_path, tuple):
+        cluster, database = db_path
+        stored = {name: (int(count), float(kwh)) for name, count, kwh in cluster.psql(database, STORED_PER_METER)}
+        duplicates = int(cluster.psql(database, STORED_TWICE)[0][0])
+    else:
+        db = sqlite3.connect(db_path)
+        stored = {name: (count, kwh) for name, count, kwh in db.execute(STORED_PER_METER)}
+        duplicates = db.execute(STORED_TWICE).fetchone()[0]
     missing, kwh_diff = 0, 0.0
     for row in csv.DictReader(open(ledger_path)):
         acked = int(row["acked_readings"] or 0)
         count, kwh = stored.get(row["meter"], (0, 0.0))
         missing += max(0, acked - count)
         kwh_diff += abs(float(row["acked_kwh"] or 0) - kwh) if count == acked else 0
-    duplicates = db.execute("SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT meter_id, seq FROM reading)) FROM reading").fetchone()[0]
     return missing, duplicates, kwh_diff
 
 
-def measured(name, bindir, work, meterd_args, drive, prepare=None):
-    """Starts meterd, runs drive(daemon) as its load, and measures meterd around it."""
-    data = os.path.join(work, f"data-{name}")
-    if prepare:
-        os.makedirs(data, exist_ok=True)
-        prepare(data)
-    daemon = Daemon(bindir, data, meterd_args)
-    daemon.wait_ready()
-    idle_rss = rss_mb(daemon.proc.pid)
-    cpu_before = cpu_seconds(daemon.proc.pid)
-    sampler = QueueDepthSampler(os.path.join(data, "status.sock"))
-    exit_code = drive(daemon)
-    taken = {"cpu": cpu_seconds(daemon.proc.pid) - cpu_before, "rss": peak_rss_mb(daemon.proc.pid),
-             "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": sampler.stop()}
-    taken["daemon_exit"] = daemon.stop()
+class Backend:
+    """Where the scenarios' meterd nodes keep their data: SQLite (one node) or a PostgreSQL cluster (N nodes)."""
+
+    def __init__(self, store, nodes, work):
+        self.nodes = nodes
+        self.cluster = PostgresCluster(work) if store == "postgresql" else None
+        self.databases = 0
+
+    def prepare(self, name):
+        """meterd arguments per node, and what loss_check reads."""
+        if not self.cluster:
+            return [[]], None
+        self.databases += 1
+        database = f"bench_{self.databases}_{name.replace('-', '_')}"
+        url = self.cluster.create_database(database)
+        return [["--store", url]] * self.nodes, (self.cluster, database)
+
+    def stop(self):
+        if self.cluster:
+            self.cluster.stop()
+
+
+def commit_failures(daemon):
+    """meterd_commit_failures_total from the node's /metrics."""
+    import urllib.request
+    port = json.load(open(os.path.join(daemon.data, "ports.json")))["http"]
+    for line in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines():
+        if line.startswith("meterd_commit_failures_total "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def measured(name, bindir, work, meterd_args, drive, prepare=None, backend=None):
+    """Starts meterd (one node per backend node), runs drive(daemons) as their load, and measures
+    the nodes, and the PostgreSQL cluster if there is one, around it."""
+    node_args, database = backend.prepare(name) if backend else ([[]], None)
+    daemons = []
+    for index, store_args in enumerate(node_args):
+        data = os.path.join(work, f"data-{name}" + (f"-node{index + 1}" if len(node_args) > 1 else ""))
+        if prepare and index == 0:
+            os.makedirs(data, exist_ok=True)
+            prepare(data)
+        daemons.append(Daemon(bindir, data, [*meterd_args, *store_args]))
+    for daemon in daemons:
+        daemon.wait_ready()
+    cluster = backend.cluster if backend else None
+    idle_rss = sum(rss_mb(daemon.proc.pid) for daemon in daemons)
+    cpu_before = [cpu_seconds(daemon.proc.pid) for daemon in daemons]
+    pg_before, waits_before = (cluster.cpu_seconds(), cluster.lock_waits()) if cluster else (0, 0)
+    samplers = [QueueDepthSampler(os.path.join(daemon.data, "status.sock")) for daemon in daemons]
+    exit_code = drive(daemons[0] if len(daemons) == 1 else daemons)
+    meterd_cpu = sum(cpu_seconds(daemon.proc.pid) - before for daemon, before in zip(daemons, cpu_before))
+    taken = {"cpu": meterd_cpu, "rss": max(peak_rss_mb(daemon.proc.pid) for daemon in daemons),
+             "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": max(sampler.stop() for sampler in samplers)}
+    if cluster:
+        taken["postgres_cpu"] = cluster.cpu_seconds() - pg_before
+        taken["lock_waits"] = cluster.lock_waits() - waits_before
+        taken["deadlocks"] = cluster.deadlocks(database[1])
+        taken["retried_commits"] = sum(commit_failures(daemon) for daemon in daemons)
+        taken["nodes"] = len(daemons)
+    exits = [daemon.stop() for daemon in daemons]
+    taken["daemon_exit"] = max(exits, key=abs)
     taken["sim_exit"] = exit_code
-    return os.path.join(data, "meterd.sqlite"), taken
+    return database or os.path.join(daemons[0].data, "meterd.sqlite"), taken
 
 
-def run_scenario(name, bindir, meters, sim_args, work, meterd_args=(), prepare=None):
+def with_postgres_cpu(result, taken):
+    """Adds the PostgreSQL share to a result: cpu_s_per_million counts meterd and PostgreSQL together."""
+    if "postgres_cpu" not in taken:
+        return result
+    acked = max(result["acked"], 1)
+    meterd = result["cpu_s_per_million"]
+    postgres = round(taken.pop("postgres_cpu") / acked * 1e6, 2)
+    return {**result, "cpu_s_per_million": round(meterd + postgres, 2), "meterd_cpu_s_per_million": meterd,
+            "postgres_cpu_s_per_million": postgres, **taken}
+
+
+def run_scenario(name, bindir, meters, sim_args, work, meterd_args=(), prepare=None, backend=None):
     report, ledger = os.path.join(work, f"report-{name}.json"), os.path.join(work, f"ledger-{name}.csv")
 
-    def drive(daemon):
+    def drive(daemons):
+        if isinstance(daemons, list):
+            target = ["--endpoints", ",".join(f"127.0.0.1:{daemon.ingest_port()}" for daemon in daemons)]
+        else:
+            target = ["--host", "127.0.0.1", "--port", str(daemons.ingest_port())]
         return subprocess.run(
-            [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(daemon.ingest_port()),
+            [os.path.join(bindir, "meter-sim"), "run", *target,
              "--meters", str(meters), "--report", report, "--ledger", ledger, "--seed", "7", *sim_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).returncode
 
-    database, m = measured(name, bindir, work, meterd_args, drive, prepare)
+    database, m = measured(name, bindir, work, meterd_args, drive, prepare, backend)
     missing, duplicates, _ = loss_check(database, ledger)
-    return {**figures(name, meters, json.load(open(report)), m.pop("cpu"), m.pop("rss")), **m, "lost": missing, "stored_twice": duplicates}
+    result = figures(name, meters, json.load(open(report)), m.pop("cpu"), m.pop("rss"))
+    return {**with_postgres_cpu(result, m), "lost": missing, "stored_twice": duplicates}
 
 
 def raw_burst_scenario(name, bindir, connections, readings, work, meterd_args=()):
@@ -286,7 +431,15 @@ def main():
     parser.add_argument("--bin", help="directory of release binaries (default: build them)")
     parser.add_argument("--quick", action="store_true", help="smaller runs, to try the script")
     parser.add_argument("--meterd-arg", action="append", default=[], help="extra meterd argument (repeatable), e.g. --meterd-arg=--queue-capacity=5000")
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="where the nodes keep their data: a SQLite file each run, or a throw-away PostgreSQL 15 cluster")
+    parser.add_argument("--nodes", type=int, default=1, help="meterd nodes on one PostgreSQL database (meter-sim --endpoints)")
     args = parser.parse_args()
+    if args.nodes > 1 and args.store != "postgresql":
+        parser.error("--nodes above 1 needs --store postgresql: SQLite is one node")
+    only_sqlite = {"ready", "floor", "raw100", "raw1000", "a-tls"} & set(args.scenarios.split(","))
+    if args.store == "postgresql" and only_sqlite:
+        parser.error(f"scenarios {', '.join(sorted(only_sqlite))} run on SQLite only")
     # 10,000 connections need 10,000 descriptors on each side; meterd and meter-sim raise their
     # soft limit themselves, but only up to the hard limit (ulimit -Hn, 20000 here).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -314,6 +467,9 @@ def main():
     }
     results = []
     with tempfile.TemporaryDirectory(prefix="meterd-bench-") as work:
+        if os.geteuid() == 0:
+            os.chmod(work, 0o755)  # the cluster runs as an unprivileged user under it
+        backend = Backend(args.store, args.nodes, work)
         for name in args.scenarios.split(","):
             if name == "ready":
                 results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000))
@@ -328,8 +484,9 @@ def main():
                 results.append(tls_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
             else:
                 meters, sim_args = scenarios[name]
-                results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg))
+                results.append(run_scenario(name, bindir, meters, sim_args, work, args.meterd_arg, backend=backend))
             print(json.dumps(results[-1]), file=sys.stderr)
+        backend.stop()
     held = [r for r in results if r["scenario"].startswith("conns") and r.get("peak_rss_mb")]
     if len(held) >= 2:
         # Least squares over (connections held, peak RSS): the slope is what one more connection costs.
@@ -343,10 +500,13 @@ def main():
         results.append(line)
     columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "idle_rss_mb", "peak_rss_mb",
                "max_queue_depth", "ack_p50_ms", "ack_p99_ms", "lost", "stored_twice", "ready_s"]
+    if args.store == "postgresql":
+        columns += ["nodes", "meterd_cpu_s_per_million", "postgres_cpu_s_per_million", "lock_waits", "deadlocks", "retried_commits"]
     print(" | ".join(columns))
     for result in results:
         print(" | ".join(str(result.get(column, "")) for column in columns))
-    json.dump({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().nodename, "cores": os.cpu_count(), "results": results},
+    json.dump({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().nodename, "cores": os.cpu_count(), "store": args.store,
+               "nodes": args.nodes, "results": results},
               open(args.json, "w"), indent=2)
 
 
