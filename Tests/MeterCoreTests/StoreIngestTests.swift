@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import MeterCore
+@testable import SimulatorCore
 
 /// The writer's guarantees (SPEC.md section 2) through the store boundary, on every backend:
 /// the same tests, asserting through ``MeterStore`` reads, against SQLite and PostgreSQL.
@@ -258,6 +259,80 @@ import Testing
             #expect(count == 1)
             #expect(alerts.map(\.subject) == ["A", "B"])
             #expect(alerts.last?.resolvedMs == 2_000)
+        }
+    }
+
+    /// Whether two KPI documents hold the same figures: the same keys and texts, numbers equal to
+    /// 1e-9 relative (SQL sums floating-point amounts in whatever order it reads the rows).
+    func sameFigures(_ lhs: String, _ rhs: String) throws -> Bool {
+        func same(_ a: Any, _ b: Any) -> Bool {
+            switch (a, b) {
+            case (let a as [String: Any], let b as [String: Any]): a.keys.sorted() == b.keys.sorted() && a.allSatisfy { same($1, b[$0]!) }
+            case (let a as [Any], let b as [Any]): a.count == b.count && zip(a, b).allSatisfy(same)
+            case (let a as NSNumber, let b as NSNumber): abs(a.doubleValue - b.doubleValue) <= 1e-9 * max(1, abs(a.doubleValue))
+            case (let a as String, let b as String): a == b
+            case (is NSNull, is NSNull): true
+            default: false
+            }
+        }
+        return same(try JSONSerialization.jsonObject(with: Data(lhs.utf8)), try JSONSerialization.jsonObject(with: Data(rhs.utf8)))
+    }
+
+    /// Company data (issue 13 point 1: `meterctl import --store`) goes into either store with the
+    /// same checks, and the KPI document over it is the same, byte for byte; importing again
+    /// changes nothing, and a file with a bad row leaves the store as it was.
+    @Test(.timeLimit(.minutes(3)))
+    func companyDataImportsIntoEitherStoreWithTheSameKPIs() async throws {
+        try await withTemporaryDirectory { directory in
+            let csv = directory + "/csv"
+            try CompanyGenerator(customers: 300, seed: 11, year: 2025, months: 8).write(to: csv)
+            // Customer 7 has meters of its own, which replace its MTR-000007; two meters hang off a concentrator.
+            try "MeterID,CustomerID\nMTR-7A,7\nMTR-7B,7\n".write(toFile: csv + "/meters.csv", atomically: true, encoding: .utf8)
+            try "ConcentratorID,MeterID\nDC-1,MTR-7A\nDC-1,MTR-000008\n".write(toFile: csv + "/concentrators.csv", atomically: true, encoding: .utf8)
+            let bad = directory + "/bad"
+            try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)
+            try "CustomerID,Month,Amount_$,Status\n1,2025-03,10.5,paid\n2,2025-03,12,maybe\n"
+                .write(toFile: bad + "/bills.csv", atomically: true, encoding: .utf8)
+            let period = try KPIPeriod(from: Month("2025-01")!, to: Month("2025-08")!)
+            let nowMs: Int64 = 1_756_000_000_000  // 2025-08-24
+
+            var documents: [StoreBackend: String] = [:]
+            for backend in StoreBackend.allCases {
+                try await backend.withFreshStore { location in
+                    let store = try location.open(logger: testLogger)
+                    let writer = try store.makeWriter(WriterSettings())
+                    func document() async throws -> String {
+                        try await KPIEngine(store: store, settings: KPISettings()).json(period: period, region: nil, nowMs: nowMs)
+                    }
+                    // When the directory is imported
+                    let report = try CompanyImporter.importDirectory(csv, into: writer)
+                    #expect(report.files.count == 10, "\(backend)")
+                    #expect(report.files.allSatisfy { $0.errors.isEmpty }, "\(backend): \(report.files.flatMap(\.errors))")
+                    #expect(report.files.first { $0.file == "monthly_data.csv" }?.rows == 300 * 8, "\(backend)")
+                    let first = try await document()
+                    // Then the meters.csv meters replaced the default one, and the concentrator knows its meters
+                    #expect(try await store.meterRecord(named: "MTR-7A")?.customerID == 7, "\(backend)")
+                    #expect(try await store.meterRecord(named: "MTR-000007") == nil, "\(backend)")
+                    #expect(try await store.concentratorAssignments() == ["DC-1": ["MTR-7A", "MTR-000008"]], "\(backend)")
+
+                    // When it is imported again, nothing changes
+                    let again = try CompanyImporter.importDirectory(csv, into: writer)
+                    #expect(again.files.allSatisfy { $0.errors.isEmpty }, "\(backend)")
+                    #expect(try sameFigures(try await document(), first), "\(backend): a second import changed the KPIs")
+
+                    // When a file has a bad row, it is refused with the row's line, and none of its rows stay
+                    let refused = try CompanyImporter.importDirectory(bad, into: writer)
+                    #expect(
+                        refused.files.map { $0.errors.map(\.description) } == [["bills.csv:3: Status: expected paid or unpaid, got \"maybe\""]],
+                        "\(backend)")
+                    #expect(try sameFigures(try await document(), first), "\(backend): a refused file changed the KPIs")
+                    #expect(try await store.customerHistory(id: 1)?.bills.first { $0.month == Month("2025-03")! }?.amount != 10.5, "\(backend)")
+                    documents[backend] = first
+                }
+            }
+            // And both stores answer the same KPI document
+            let sqlite = try #require(documents[.sqlite])
+            #expect(try sameFigures(sqlite, try #require(documents[.postgresql])))
         }
     }
 }

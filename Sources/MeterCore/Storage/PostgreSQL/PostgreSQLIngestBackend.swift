@@ -22,6 +22,9 @@ final class PostgreSQLIngestBackend: IngestBackend {
     static let positionBlock: Int64 = 10_000
     /// The UTC month whose partitions were last made sure of.
     private var partitionedMonth: Int
+    /// Inside an explicit transaction (a company import): a dropped connection must fail the
+    /// transaction, not be replaced by a new one where later statements would commit on their own.
+    private var transactionOpen = false
 
     init(connector: PostgreSQLConnector, logger: Logger) throws {
         self.connector = connector
@@ -44,6 +47,11 @@ final class PostgreSQLIngestBackend: IngestBackend {
     @discardableResult
     func run(_ query: PostgresQuery, _ doing: String) throws -> [PostgresRow] {
         if self.connection.isClosed {
+            guard !self.transactionOpen else {
+                throw PostgreSQLStoreError(
+                    "the connection to PostgreSQL at \(self.connector.address.server) dropped mid-transaction, which was rolled back",
+                    connectionLost: true)
+            }
             self.connection = try self.connector.connectBlocking(id: 1)
             self.logger.notice("Reconnected to PostgreSQL", metadata: ["db.store": "\(self.connector.address)"])
         }
@@ -133,11 +141,24 @@ final class PostgreSQLIngestBackend: IngestBackend {
     }
 
     func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
-        let name = (path as NSString).lastPathComponent
-        return FileImportResult(
-            file: name, rows: 0,
-            errors: [CompanyDataError(file: name, line: 0, "importing company data into PostgreSQL is not supported yet (issue 13)")],
-            seconds: 0)
+        PostgreSQLCompanyImportSink.importFile(path, backend: self, progress: progress)
+    }
+
+    /// Runs `body` in one explicit transaction on the writer's connection: committed if it
+    /// returns, rolled back if it throws.
+    func inTransaction<T>(_ doing: String, _ body: () throws -> T) throws -> T {
+        try self.run("BEGIN", "starting \(doing)")
+        self.transactionOpen = true
+        do {
+            let value = try body()
+            try self.run("COMMIT", "committing \(doing)")
+            self.transactionOpen = false
+            return value
+        } catch {
+            if !self.connection.isClosed { _ = try? self.run("ROLLBACK", "rolling \(doing) back") }
+            self.transactionOpen = false
+            throw error
+        }
     }
 
     func recordTimeZone(_ zone: TimeZone) throws {

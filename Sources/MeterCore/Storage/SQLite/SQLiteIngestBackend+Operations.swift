@@ -37,7 +37,7 @@ extension SQLiteIngestBackend {
     }
 
     func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
-        ImportContext.importFile(path, database: self.database, progress: progress)
+        SQLiteCompanyImportSink.importFile(path, database: self.database, progress: progress)
     }
 
     func recordTimeZone(_ zone: TimeZone) throws {
@@ -69,32 +69,6 @@ extension SQLiteIngestBackend {
                             SELECT resolved_ms FROM alert WHERE resolved_ms IS NOT NULL ORDER BY resolved_ms DESC LIMIT 1 OFFSET ?)
                         """, arguments: [history - 1])
             }
-        }
-    }
-}
-
-extension ImportContext {
-    /// Imports one file by its name (which says what it holds) in one transaction.
-    static func importFile(_ path: String, database: MeterDatabase, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
-        let name = (path as NSString).lastPathComponent
-        let start = ContinuousClock.now
-        func seconds() -> Double {
-            let elapsed = ContinuousClock.now - start
-            return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        }
-        do {
-            let rows = try database.pool.write { db in
-                var context = ImportContext(file: name, db: db, progress: progress)
-                try context.run(path: path)
-                return context.rows
-            }
-            return FileImportResult(file: name, rows: rows, errors: [], seconds: seconds())
-        } catch let failure as ImportFailure {
-            return FileImportResult(file: name, rows: 0, errors: failure.errors, seconds: seconds())
-        } catch let error as CompanyDataError {
-            return FileImportResult(file: name, rows: 0, errors: [error], seconds: seconds())
-        } catch {
-            return FileImportResult(file: name, rows: 0, errors: [CompanyDataError(file: name, line: 0, "\(error)")], seconds: seconds())
         }
     }
 }
