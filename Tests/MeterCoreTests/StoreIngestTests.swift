@@ -339,6 +339,50 @@ import Testing
 
 /// What only the PostgreSQL store has: its schema, partitions and the way it fails at start-up.
 @Suite struct PostgreSQLStoreTests {
+    /// Issue 13 point 5: a commit whose outcome is unknown (the connection dropped after the server
+    /// took the call) is sent again; readings and aggregates show themselves as duplicates, and
+    /// quarantined lines, which carry no key, must not be kept twice either.
+    @Test(.timeLimit(.minutes(2)))
+    func aBatchResentAfterAnUnknownOutcomeKeepsItsRejectedLinesOnce() async throws {
+        // A server of its own: this test crashes it.
+        try await PostgresTestServer.with { server in try await self.resendAfterUnknownOutcome(server) }
+    }
+
+    func resendAfterUnknownOutcome(_ server: PostgresTestServer) async throws {
+        let address = try await server.createDatabase()
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let backend = try PostgreSQLIngestBackend(connector: PostgreSQLConnector(address: address, logger: testLogger), logger: testLogger)
+        let writer = try IngestWriter(
+            backend: backend, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!), tariff: Tariff(), unknownMeters: .register)
+        let now = WallClock.nowMs()
+        func rejected(_ line: Int, peer: String = "127.0.0.1:5000") -> QuarantinedLine {
+            QuarantinedLine(receivedMs: now, peer: peer, line: line, rejection: Rejection(.invalidJSON, "not JSON"), raw: Array("x\(line)".utf8))
+        }
+        let batch = IngestSubmission(
+            readings: [SubmittedReading(reading: Reading(meter: "Q1", seq: 1, timestampMs: now, kwh: 1), line: 1, receivedMs: now)],
+            quarantined: [rejected(2), rejected(3)], receiver: nil)
+        // Given a batch the server committed, though the writer never heard back
+        _ = try writer.commit([batch])
+        backend.lastOutcomeUnknown = true
+        // When it is sent again, with a rejected line that is new (same time and line, another connection)
+        let result = try writer.commit([batch, IngestSubmission(readings: [], quarantined: [rejected(2, peer: "127.0.0.1:5001")], receiver: nil)])
+        // Then its reading is a duplicate, its rejected lines are kept once, and the new one is kept
+        #expect(result.duplicates == 1)
+        #expect(
+            try await store.firstColumnText("SELECT peer || ' ' || line FROM quarantine ORDER BY peer, line") == [
+                "127.0.0.1:5000 2", "127.0.0.1:5000 3", "127.0.0.1:5001 2",
+            ])
+        #expect(!backend.lastOutcomeUnknown)
+
+        // And a real lost connection marks the outcome unknown
+        try await server.crash()
+        #expect(throws: PostgreSQLStoreError.self) { try writer.commit([IngestSubmission(readings: [], quarantined: [rejected(9)], receiver: nil)]) }
+        #expect(backend.lastOutcomeUnknown)
+        try await server.restart()
+        _ = try writer.commit([IngestSubmission(readings: [], quarantined: [rejected(9)], receiver: nil)])
+        #expect(try await store.firstColumnText("SELECT count(*)::text FROM quarantine") == ["4"])
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func twoNodesStartingAtOnceMigrateOnce() async throws {
         do {

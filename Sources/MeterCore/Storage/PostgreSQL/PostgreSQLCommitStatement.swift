@@ -84,6 +84,28 @@ struct PostgreSQLCommitStatement {
             self.raws.append(ByteBuffer(bytes: line.raw))
             self.identities.append(line.peerIdentity.map(PostgreSQLCommitStatement.text) ?? "")
         }
+
+        /// Drops the lines whose (receive time, peer, line number) is in `stored`: a connection's
+        /// line numbers only grow, so those name the same rejected line, kept by an earlier attempt.
+        mutating func removeAll(storedAs stored: Set<Key>) {
+            let keep = self.received.indices.filter {
+                !stored.contains(Key(receivedMs: self.received[$0], peer: self.peers[$0], line: self.lines[$0]))
+            }
+            guard keep.count < self.received.count else { return }
+            self.received = keep.map { self.received[$0] }
+            self.peers = keep.map { self.peers[$0] }
+            self.lines = keep.map { self.lines[$0] }
+            self.codes = keep.map { self.codes[$0] }
+            self.details = keep.map { self.details[$0] }
+            self.raws = keep.map { self.raws[$0] }
+            self.identities = keep.map { self.identities[$0] }
+        }
+
+        struct Key: Hashable {
+            var receivedMs: Int64
+            var peer: String
+            var line: Int64
+        }
     }
 
     /// PostgreSQL's text refuses NUL; a rejected line's detail may quote one (the raw bytes are kept apart).

@@ -25,6 +25,10 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// Inside an explicit transaction (a company import): a dropped connection must fail the
     /// transaction, not be replaced by a new one where later statements would commit on their own.
     private var transactionOpen = false
+    /// The last commit failed with the connection: the server may have committed it all the same.
+    /// Readings and aggregates find out by themselves (the high-water marks moved); quarantined
+    /// lines, which have no key, are looked up before the next commit sends them again.
+    var lastOutcomeUnknown = false
 
     init(connector: PostgreSQLConnector, logger: Logger) throws {
         self.connector = connector
@@ -237,14 +241,38 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
 
     /// Sends the batch: one statement, one round trip, one transaction.
     func commit() throws {
+        if self.backend.lastOutcomeUnknown, !self.quarantined.received.isEmpty {
+            try self.dropQuarantinedLinesAlreadyStored()
+        }
         let statement = PostgreSQLCommitStatement(
             readings: self.readings, flags: self.flags, quarantined: self.quarantined, aggregates: self.aggregates ?? BatchAggregates(),
             regionNames: self.regionNames)
         guard !statement.isEmpty else { return }
-        let rows = try self.backend.run(statement.query, "committing a batch")
+        let rows: [PostgresRow]
+        do {
+            rows = try self.backend.run(statement.query, "committing a batch")
+        } catch let error as PostgreSQLStoreError where error.connectionLost {
+            self.backend.lastOutcomeUnknown = true
+            throw error
+        }
+        self.backend.lastOutcomeUnknown = false
         self.startedDays = try rows.map { row in
             let (day, meterID) = try row.decode((Int64, Int64).self)
             return AggregateDelta.MeterDayKey(meterID: meterID, day: Day(key: Int(day)))
         }
+    }
+
+    /// Leaves out the quarantined lines an attempt whose outcome was unknown did store: one
+    /// look-up after a lost connection, not on every commit.
+    private func dropQuarantinedLinesAlreadyStored() throws {
+        let times = Array(Set(self.quarantined.received))
+        var stored = Set<PostgreSQLCommitStatement.Quarantined.Key>()
+        for row in try self.backend.run(
+            "SELECT received_ms, peer, line FROM quarantine WHERE received_ms = ANY(\(times))", "looking for quarantined lines already stored")
+        {
+            let (received, peer, line) = try row.decode((Int64, String, Int64).self)
+            stored.insert(.init(receivedMs: received, peer: peer, line: line))
+        }
+        self.quarantined.removeAll(storedAs: stored)
     }
 }
