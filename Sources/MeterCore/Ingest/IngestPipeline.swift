@@ -161,6 +161,8 @@ package final class IngestPipeline: Service, Sendable {
     /// see `IngestServer`) holds about this many readings of ~100 bytes. A connection resumed when
     /// others took the room first finds ``hasRoom`` false and waits again.
     static let readingsPerResume = 64
+    /// Commits lost in a row to other nodes' writers before a conflict counts as a failure.
+    static let maximumLostRaces = 20
 
     /// Returns once everything submitted so far is committed and its acks handed to the senders.
     package func drain() async {
@@ -227,6 +229,8 @@ package final class IngestPipeline: Service, Sendable {
 
     private func writerLoop() {
         var retryDelay = Duration.milliseconds(50)
+        // Races lost in a row; past ``maximumLostRaces`` a conflict counts as a failure (and backs off).
+        var lostRaces = 0
         var lastAggregateWrite = ContinuousClock.now
         while true {
             enum Step {
@@ -314,9 +318,21 @@ package final class IngestPipeline: Service, Sendable {
                     }
                     if flushed { lastAggregateWrite = started }
                     retryDelay = .milliseconds(50)
+                    lostRaces = 0
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
+                } catch let error where self.writer.withLock({ $0.lostRace(error) }) && lostRaces < Self.maximumLostRaces {
+                    // Another node committed some of these meters first: the writer reloaded its
+                    // cache, so the batch goes again now and finds those readings as duplicates.
+                    lostRaces += 1
+                    self.statistics.lostRaces.add(1, ordering: .relaxed)
+                    self.logger.debug("Commit lost a race with another node; retrying", metadata: ["error": "\(error)"])
+                    self.state.withLockedValue { state in
+                        for submission in batch.reversed() { state.queue.prepend(submission) }
+                        state.committing = false
+                    }
                 } catch {
+                    lostRaces = 0
                     self.logger.error(
                         "Commit failed; readings stay queued and unacknowledged until it succeeds",
                         metadata: ["error": "\(error)", "batch.readings": "\(weight)"])

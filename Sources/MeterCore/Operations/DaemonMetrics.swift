@@ -41,6 +41,7 @@ package final class DaemonMetrics: CommitListener {
     private let webhookFailures: CoreMetrics.Counter
     private let webhookDropped: CoreMetrics.Counter
     private let webhookQueue: CoreMetrics.Gauge
+    private let singletonLeader: CoreMetrics.Gauge
 
     /// Counter values already reported, so each scrape adds only what is new.
     private let reported = Mutex<[String: Int]>([:])
@@ -72,6 +73,8 @@ package final class DaemonMetrics: CommitListener {
         "meterd_alert_webhook_failures_total": "Alert webhook POSTs that failed and were retried later.",
         "meterd_alert_webhook_dropped_total": "Alert notifications dropped because a webhook's queue was full (the alerts stay in the database).",
         "meterd_alert_webhook_queue": "Alert notifications waiting for their webhooks.",
+        "meterd_singleton_leader":
+            "1 while this node does the singleton work (liveness sweeps, KPI snapshots, alert rules); always 1 on a store of one node.",
     ]
 
     package init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -121,6 +124,7 @@ package final class DaemonMetrics: CommitListener {
         self.webhookFailures = CoreMetrics.Counter(label: "meterd_alert_webhook_failures_total", factory: factory)
         self.webhookDropped = CoreMetrics.Counter(label: "meterd_alert_webhook_dropped_total", factory: factory)
         self.webhookQueue = CoreMetrics.Gauge(label: "meterd_alert_webhook_queue", factory: factory)
+        self.singletonLeader = CoreMetrics.Gauge(label: "meterd_singleton_leader", factory: factory)
     }
 
     /// Records one commit; called on the writer thread, so it only touches the histograms.
@@ -162,6 +166,7 @@ package final class DaemonMetrics: CommitListener {
         }
         for (rule, gauge) in self.alertsFiring { gauge.record(self.alerts.firing(rule)) }
         self.webhookQueue.record(self.alerts.webhookQueued.load(ordering: .relaxed))
+        self.singletonLeader.record(reporter.lease?.isLeader ?? true ? 1 : 0)
         self.connections.record(statistics.connections.load(ordering: .relaxed))
         self.queueDepth.record(reporter.pipeline.queueDepth)
         self.databaseBytes.record(await reporter.store.sizeInBytes())
