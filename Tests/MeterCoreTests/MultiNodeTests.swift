@@ -165,10 +165,13 @@ import Testing
                 let a = try await Self.start(address, directory: root + "/a", in: &tasks)
                 let b = try await Self.start(address, directory: root + "/b", in: &tasks)
                 let nodes = [a, b]
-                // Both have their KPI stores loaded before any reading, so what follows reaches
-                // node B's through the commit feed, not through a load.
+                // Both have their KPI stores loaded before any reading (after the feed's first poll,
+                // which drops them), so what follows reaches each through the writer or the feed, not a load.
+                try await waitUntil(timeout: .seconds(10)) { nodes.allSatisfy { ($0.daemon.feed?.polls ?? 0) > 0 } }
                 let now = WallClock.nowMs()
                 for node in nodes { _ = try await Self.kpis(node, nowMs: now) }
+                let loads = nodes.map(\.daemon.rollups.loads)
+                #expect(loads == [1, 1])
 
                 // Exactly one node does the singleton work
                 try await waitUntil(timeout: .seconds(10)) { nodes.filter { $0.daemon.lease.isLeader }.count == 1 }
@@ -198,6 +201,7 @@ import Testing
                 }
                 #expect(ContinuousClock.now - started < .seconds(3), "other nodes' commits show within a poll or two")
                 #expect(abs(documents[1].totalConsumptionKwh - expectedKwh) < 1e-9)
+                #expect(nodes.map(\.daemon.rollups.loads) == loads, "the figures came through the feed, not a reload")
                 let store = try StoreLocation.postgresql(address).open(logger: testLogger)
                 #expect(try #require(try await store.meterRecord(named: "MTR-M")).highWaterMark == 60)
                 #expect(try #require(try await store.recentReadings(meter: "MTR-M", limit: 1000)).readings.count == 60)

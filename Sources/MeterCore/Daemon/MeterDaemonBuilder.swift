@@ -22,6 +22,8 @@ package struct MeterDaemon: Sendable {
     package let feed: CommitFeedFollower?
     /// The live figures the status socket, `/metrics` and systemd report.
     package let reporter: StatusReporter
+    /// The in-memory KPI stores the writer and the commit feed keep current.
+    package let rollups: KPIRollups
     package let services: [any Service]
     private let logger: Logger
 
@@ -62,6 +64,7 @@ package struct MeterDaemon: Sendable {
         // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
         try writer.recordTimeZone(configuration.timeZone)
         let rollups = KPIRollups()
+        self.rollups = rollups
         // Several nodes on one store: one of them sweeps, snapshots and alerts; each follows the others' commits.
         let lock = store.makeSingletonLock()
         let lease = SingletonLease(lock: lock, interval: configuration.singletonLeaseInterval, logger: logger)

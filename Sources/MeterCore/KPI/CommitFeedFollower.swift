@@ -21,6 +21,10 @@ package final class CommitFeedFollower: Service, Sendable {
     private let logger: Logger
     private let lastPrune = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
     private let failing = NIOLockedValueBox(false)
+    private let pollCount = NIOLockedValueBox(0)
+
+    /// Polls that succeeded so far.
+    package var polls: Int { self.pollCount.withLockedValue { $0 } }
 
     package init(
         feed: any CommitFeedSource, rollups: KPIRollups, lease: SingletonLease, interval: Duration = .seconds(1),
@@ -53,6 +57,7 @@ package final class CommitFeedFollower: Service, Sendable {
                 self.logger.info("Commit feed followed from here on: KPI stores load afresh")
             }
             for delta in poll.deltas { self.rollups.didCommit(delta) }
+            self.pollCount.withLockedValue { $0 += 1 }
             if self.failing.withLockedValue({ $0 }) {
                 self.failing.withLockedValue { $0 = false }
                 self.logger.notice("Commit feed readable again")

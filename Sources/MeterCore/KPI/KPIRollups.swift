@@ -32,7 +32,12 @@ package final class KPIRollups: CommitListener, Sendable {
         /// commits a poll after they happened).
         var monthSnapshot: CommitSnapshot?
         var readSnapshot: CommitSnapshot?
+        /// Stores loaded so far.
+        var loads = 0
     }
+
+    /// How many times the stores were loaded: each commit after the first load arrives as a delta.
+    package var loads: Int { self.state.withLockedValue { $0.loads } }
 
     /// Whether a store loaded in `snapshot` up to `position` holds `delta` already.
     private static func covers(_ snapshot: CommitSnapshot?, through position: Int64, _ delta: AggregateDelta) -> Bool {
@@ -108,6 +113,7 @@ package final class KPIRollups: CommitListener, Sendable {
                     // The two stores load in snapshots of their own: each takes the days it lacks.
                     readChanges.add(delta, days: !Self.covers(reads.coveredSnapshot, through: reads.coveredThrough, delta))
                 }
+                state.loads += 1
                 state.monthSnapshot = fresh.coveredSnapshot
                 state.readSnapshot = reads.coveredSnapshot
                 readChanges.apply(to: reads)
