@@ -308,3 +308,45 @@ import Testing
         #expect(throws: CommitFeedError.self) { try CommitFeedPayload.decode(CommitFeedPayload.encode(delta).dropLast()) }
     }
 }
+
+/// What the commit feed costs the writer and each other node per reading, in this build
+/// (`METERD_MEASURE=1 swift test --filter CommitFeedCostMeasurement`).
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["METERD_MEASURE"] == "1"))
+struct CommitFeedCostMeasurement {
+    @Test func encodeAndDecodeCostPerReading() throws {
+        // A batch of 5,000 readings over 1,000 meters, as CommitCostMeasurement commits.
+        let meters = 1_000
+        let readings = 5_000
+        var delta = AggregateDelta()
+        for meter in 0..<meters {
+            var month = AggregateDelta.Month(meterID: Int64(100_000 + meter), month: 202_611)
+            month.kwh = 1.25
+            month.revenue = 0.31
+            month.readings = readings / meters
+            month.good = readings / meters
+            month.latencySumMs = 5_000
+            month.latencyMaxMs = 1_000
+            delta.months.append(month)
+            delta.days.append(
+                ReadDayFacts.MeterDay(
+                    meterID: Int64(100_000 + meter), day: Day(key: 20_261_130), readings: 5, spacingSumMs: 3_600_000, spacingCount: 4))
+            delta.meterReads.append(.init(meterID: Int64(100_000 + meter), name: String(format: "MTR-%06d", meter), firstDay: 20_261_130))
+        }
+        delta.firstReceivedMs = WallClock.nowMs()
+        delta.lastReceivedMs = WallClock.nowMs()
+        let rounds = 50
+        var bytes: [UInt8] = []
+        let encodeStart = ContinuousClock.now
+        for _ in 0..<rounds { bytes = CommitFeedPayload.encode(delta) }
+        let encoded = ContinuousClock.now - encodeStart
+        let decodeStart = ContinuousClock.now
+        for _ in 0..<rounds { _ = try CommitFeedPayload.decode(bytes) }
+        let decoded = ContinuousClock.now - decodeStart
+        let perMillion = 1_000_000 / Double(readings * rounds)
+        func seconds(_ duration: Duration) -> Double { Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18 }
+        print(
+            "commit feed: \(bytes.count) bytes per commit of \(readings) readings over \(meters) meters "
+                + "(\(Double(bytes.count) / Double(readings)) per reading); CPU-s per million readings: encode \(seconds(encoded) * perMillion), "
+                + "decode (each other node) \(seconds(decoded) * perMillion)")
+    }
+}
