@@ -259,6 +259,41 @@ import Testing
     }
 }
 
+extension MultiNodeTests {
+    @Test(.timeLimit(.minutes(2)))
+    func theFeedDeliversAnotherNodesCommitOnceAndANodeThatFellBehindThePruneReloads() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let writerNode = try Node(address)
+        let reader = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let feed = try #require(reader.makeCommitFeed())
+        // Given a node that follows the feed from now on
+        #expect(try await feed.poll().restarted, "the first poll starts the feed")
+        #expect(try await feed.poll().deltas.isEmpty)
+        let own = try #require(writerNode.store.makeCommitFeed())
+        _ = try await own.poll()
+
+        // When another node commits, it is delivered once, with its transaction id and started days
+        _ = try writerNode.commit((1...3).map { Self.reading(meter: 1, seq: $0) })
+        let poll = try await feed.poll()
+        #expect(!poll.restarted)
+        let delta = try #require(poll.deltas.first)
+        #expect(poll.deltas.count == 1)
+        #expect(delta.commitXid != nil)
+        let sent: [Double] = (1...3).map { Self.reading(meter: 1, seq: $0).kwh }
+        let folded: [Double] = delta.months.map(\.kwh)
+        #expect(abs(folded.reduce(0, +) - sent.reduce(0, +)) < 1e-12)
+        #expect(delta.startedDays.count == 1)
+        #expect(try await feed.poll().deltas.isEmpty, "and never again")
+        #expect(try await own.poll().deltas.isEmpty, "a node's own commits are not fed back to it")
+        // When the leader prunes rows this node may not have read (here: everything, as if it had
+        // not polled for longer than the retention)
+        _ = try writerNode.commit((4...5).map { Self.reading(meter: 1, seq: $0) })
+        #expect(try await feed.prune(keepingMs: -60_000) >= 1)
+        // Then it says so, and a KPI store following it reloads
+        #expect(try await feed.poll().restarted)
+    }
+}
+
 /// The commit feed's pieces that need no database.
 @Suite struct MultiNodeFeedTests {
     @Test func aSnapshotSeesWhatCommittedBeforeItAndNothingInProgressOrLater() throws {

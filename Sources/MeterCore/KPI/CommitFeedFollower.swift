@@ -34,7 +34,8 @@ package final class CommitFeedFollower: Service, Sendable {
         self.rollups = rollups
         self.lease = lease
         self.interval = interval
-        self.retentionMs = retentionMs
+        // A node that polled within the retention must never count as fallen behind (PostgreSQLCommitFeed's allowance is 30 s).
+        self.retentionMs = max(retentionMs, 60_000)
         self.pruneEvery = pruneEvery
         self.logger = logger
     }
