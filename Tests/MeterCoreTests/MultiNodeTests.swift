@@ -294,6 +294,57 @@ extension MultiNodeTests {
     }
 }
 
+extension MultiNodeTests {
+    /// Two real meterd processes on one database; the leader is SIGKILLed.
+    @Test(.timeLimit(.minutes(2)))
+    func whenTheLeaderProcessIsKilledTheOtherNodeTakesOverAndBothAnswerTheSameKPIs() async throws {
+        let server = try await PostgresTestServer.shared()
+        let address = try await server.createDatabase()
+        let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+        try await withTemporaryDirectory { root in
+            let nodes = try ["a", "b"].map { try MeterdUnderTest.start(dataDirectory: root + "/" + $0, arguments: ["--store", url]) }
+            defer { for node in nodes { node.process.stop() } }
+            var ports: [(ingest: Int, http: Int)] = []
+            for node in nodes { ports.append(try await node.ports()) }
+            func leads(_ index: Int) async throws -> Bool {
+                try await httpGet(port: ports[index].http, path: "/metrics").body.contains("\nmeterd_singleton_leader 1")
+            }
+            // Given one leader
+            var leader = -1
+            try await waitUntil(timeout: .seconds(15)) {
+                let flags = [try await leads(0), try await leads(1)]
+                leader = flags.firstIndex(of: true) ?? -1
+                return flags.filter { $0 }.count == 1
+            }
+            let follower = 1 - leader
+
+            // When readings go through the follower, both nodes' KPIs count them within a few seconds
+            let now = WallClock.nowMs()
+            try await Self.send(
+                (1...20).map { Reading(meter: "MTR-P", seq: $0, timestampMs: now - 60_000 + $0, kwh: 0.5) }, to: ports[follower].ingest)
+            func consumption(_ index: Int) async throws -> Double? {
+                let body = try await httpGet(port: ports[index].http, path: "/api/kpi").body
+                let object = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+                return object?["total_consumption_kwh"] as? Double
+            }
+            try await waitUntil(timeout: .seconds(10)) {
+                let leaderSees = try await consumption(leader)
+                let followerSees = try await consumption(follower)
+                return leaderSees == 10 && followerSees == 10
+            }
+
+            // When the leader is killed, the other node leads within a few seconds and says so
+            nodes[leader].process.stop()
+            let killed = ContinuousClock.now
+            try await waitUntil(timeout: .seconds(15)) { try await leads(follower) }
+            #expect(ContinuousClock.now - killed < .seconds(3), "the lease moved within 3 lease intervals (0.5 s) plus a scrape")
+            #expect(nodes[follower].process.output.contains("This node now does the singleton work"))
+            #expect(try await consumption(follower) == 10)
+            #expect(try await nodes[follower].terminate() == 0)
+        }
+    }
+}
+
 /// The commit feed's pieces that need no database.
 @Suite struct MultiNodeFeedTests {
     @Test func aSnapshotSeesWhatCommittedBeforeItAndNothingInProgressOrLater() throws {
