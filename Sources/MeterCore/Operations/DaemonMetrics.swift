@@ -42,6 +42,7 @@ package final class DaemonMetrics: CommitListener {
     private let webhookDropped: CoreMetrics.Counter
     private let webhookQueue: CoreMetrics.Gauge
     private let singletonLeader: CoreMetrics.Gauge
+    private let lostRaces: CoreMetrics.Counter
 
     /// Counter values already reported, so each scrape adds only what is new.
     private let reported = Mutex<[String: Int]>([:])
@@ -73,6 +74,8 @@ package final class DaemonMetrics: CommitListener {
         "meterd_alert_webhook_failures_total": "Alert webhook POSTs that failed and were retried later.",
         "meterd_alert_webhook_dropped_total": "Alert notifications dropped because a webhook's queue was full (the alerts stay in the database).",
         "meterd_alert_webhook_queue": "Alert notifications waiting for their webhooks.",
+        "meterd_commit_lost_races_total":
+            "Commits rolled back and retried at once because another node's writer committed some of the same meters first.",
         "meterd_singleton_leader":
             "1 while this node does the singleton work (liveness sweeps, KPI snapshots, alert rules); always 1 on a store of one node.",
     ]
@@ -125,6 +128,7 @@ package final class DaemonMetrics: CommitListener {
         self.webhookDropped = CoreMetrics.Counter(label: "meterd_alert_webhook_dropped_total", factory: factory)
         self.webhookQueue = CoreMetrics.Gauge(label: "meterd_alert_webhook_queue", factory: factory)
         self.singletonLeader = CoreMetrics.Gauge(label: "meterd_singleton_leader", factory: factory)
+        self.lostRaces = CoreMetrics.Counter(label: "meterd_commit_lost_races_total", factory: factory)
     }
 
     /// Records one commit; called on the writer thread, so it only touches the histograms.
@@ -146,6 +150,7 @@ package final class DaemonMetrics: CommitListener {
             ("flags", statistics.validationFlags.load(ordering: .relaxed), self.validationFlags),
             ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
             ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
+            ("lost_races", statistics.lostRaces.load(ordering: .relaxed), self.lostRaces),
             ("tls_handshake_failures", statistics.tlsHandshakeFailures.load(ordering: .relaxed), self.tlsHandshakeFailures),
             ("webhook_deliveries", self.alerts.webhookDeliveries.load(ordering: .relaxed), self.webhookDeliveries),
             ("webhook_failures", self.alerts.webhookFailures.load(ordering: .relaxed), self.webhookFailures),
