@@ -34,8 +34,8 @@ meterd nodes on that database, meter-sim spreading the meters over them (--endpo
 million then counts every meterd node and every PostgreSQL process (the postmaster, its live
 children, and the backends it reaped: cutime+cstime), split in meterd_cpu_s_per_million and
 postgres_cpu_s_per_million; lock waits over 100 ms (log_lock_waits), deadlocks
-(pg_stat_database) and meterd's retried commits (meterd_commit_failures_total: conflicts between
-nodes over a meter's high-water mark) are reported too.
+(pg_stat_database) and meterd's retried commits (meterd_commit_lost_races_total: another node
+committed some of the batch's meters first; meterd_commit_failures_total) are reported too.
 
   Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,floor] [--json FILE] [--bin DIR] [--quick]
                        [--store sqlite|postgresql] [--nodes N]
@@ -256,13 +256,14 @@ class Backend:
 
 
 def commit_failures(daemon):
-    """meterd_commit_failures_total from the node's /metrics."""
+    """Commits the node retried: meterd_commit_failures_total and meterd_commit_lost_races_total from its /metrics."""
     import urllib.request
     port = json.load(open(os.path.join(daemon.data, "ports.json")))["http"]
+    retried = 0
     for line in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines():
-        if line.startswith("meterd_commit_failures_total "):
-            return int(float(line.split()[1]))
-    return 0
+        if line.startswith(("meterd_commit_failures_total ", "meterd_commit_lost_races_total ")):
+            retried += int(float(line.split()[1]))
+    return retried
 
 
 def measured(name, bindir, work, meterd_args, drive, prepare=None, backend=None):

@@ -75,14 +75,17 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
     private let statistics: AlertStatistics
     private let logger: Logger
     private let state = Mutex(State())
+    /// Rules are evaluated only while this node leads (several nodes on one store); `nil`: always.
+    private let lease: SingletonLease?
 
     /// Most alert changes logged one by one per evaluation; the rest are summed up in one line.
     static let loggedChanges = 100
 
     package init(
         configuration: AlertConfiguration, sources: AlertSources, store: any MeterStore, writer: WriterAccess,
-        notifier: WebhookNotifier?, statistics: AlertStatistics = AlertStatistics(), logger: Logger
+        notifier: WebhookNotifier?, statistics: AlertStatistics = AlertStatistics(), logger: Logger, lease: SingletonLease? = nil
     ) {
+        self.lease = lease
         self.configuration = configuration
         self.sources = sources
         self.store = store
@@ -97,8 +100,17 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.recordLoop() }
                 while !Task.isCancelled {
-                    await self.evaluate()
-                    do { try await Task.sleep(for: self.configuration.interval) } catch { break }
+                    if self.lease?.isLeader ?? true {
+                        await self.evaluate()
+                    } else {
+                        // The leader owns the firing alerts; this node takes them over from the database when it leads.
+                        self.state.withLock { state in
+                            state.loaded = false
+                            state.firing = [:]
+                        }
+                    }
+                    let pause = min(self.configuration.interval, self.lease?.interval ?? self.configuration.interval)
+                    do { try await Task.sleep(for: self.lease?.isLeader ?? true ? self.configuration.interval : pause) } catch { break }
                 }
                 group.cancelAll()
             }
@@ -299,8 +311,10 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
     /// The alerts of the database with the changes not written yet laid over them, as `/api/alerts`
     /// lists them: firing ones oldest first, then resolved ones newest first.
     package func list(_ filter: AlertFilter, limit: Int) async throws -> AlertListAnswer {
-        let (stored, _) = try await self.store.alerts(state: filter.state, limit: limit)
-        let (unsaved, firing) = self.state.withLock { state in (Array(state.unsaved.values), state.firing.count) }
+        let (stored, storedFiring) = try await self.store.alerts(state: filter.state, limit: limit)
+        var (unsaved, firing) = self.state.withLock { state in (Array(state.unsaved.values), state.firing.count) }
+        // A node that does not run the rules (another node leads) answers from the shared table.
+        if !(self.lease?.isLeader ?? true) { firing = storedFiring }
         var byID = Dictionary(stored.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         for alert in unsaved { byID[alert.id] = alert }
         var alerts = byID.values.filter { filter.state == nil || $0.state == filter.state }

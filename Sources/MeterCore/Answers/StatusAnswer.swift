@@ -24,6 +24,9 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
     package var writer: Writer
     /// Why `meters` is all `null`; left out when the counts were read.
     package var metersError: String?
+    /// On a store several nodes share: whether this node does the singleton work (liveness sweeps,
+    /// KPI snapshots, alert rules); left out on a store of one node.
+    package var singletonLeader: Bool?
 
     enum CodingKeys: String, CodingKey {
         case version
@@ -43,6 +46,7 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
         case latencyMs = "latency_ms"
         case meters, writer
         case metersError = "meters_error"
+        case singletonLeader = "singleton_leader"
     }
 
     package func encode(to encoder: any Encoder) throws {
@@ -65,6 +69,7 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
         try container.encode(self.meters, forKey: .meters)
         try container.encode(self.writer, forKey: .writer)
         if let metersError = self.metersError { try container.encode(metersError, forKey: .metersError) }
+        if let singletonLeader = self.singletonLeader { try container.encode(singletonLeader, forKey: .singletonLeader) }
     }
 
     /// `latency_ms`: ack latency over the last 5 minutes; `null` without readings.

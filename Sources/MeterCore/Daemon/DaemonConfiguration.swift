@@ -61,6 +61,10 @@ package struct DaemonConfiguration: Sendable {
     package var timeZone = TimeZone(identifier: "UTC")!
     package var inactiveAfterSeconds = 900
     package var snapshotIntervalSeconds = 60
+    /// Several nodes on one store: how often a node tries to take (or confirms it holds) the singleton
+    /// lease, and how often it reads the other nodes' commits. Not settings an operator needs; tests shorten them.
+    package var singletonLeaseInterval: Duration = .milliseconds(500)
+    package var commitFeedInterval: Duration = .seconds(1)
     /// KPI snapshots kept in the database.
     package var snapshotHistory = 1440
     /// A meter with this many faults in the KPI period is faulty…

@@ -16,6 +16,14 @@ package struct MeterDaemon: Sendable {
     package let liveness: LivenessMonitor
     package let snapshots: SnapshotService
     package let alerts: AlertEngine
+    /// Who does the singleton work when several nodes share the store (always this node on SQLite).
+    package let lease: SingletonLease
+    /// Folds the other nodes' commits into this node's KPIs; `nil` on a store of one node.
+    package let feed: CommitFeedFollower?
+    /// The live figures the status socket, `/metrics` and systemd report.
+    package let reporter: StatusReporter
+    /// The in-memory KPI stores the writer and the commit feed keep current.
+    package let rollups: KPIRollups
     package let services: [any Service]
     private let logger: Logger
 
@@ -56,6 +64,15 @@ package struct MeterDaemon: Sendable {
         // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
         try writer.recordTimeZone(configuration.timeZone)
         let rollups = KPIRollups()
+        self.rollups = rollups
+        // Several nodes on one store: one of them sweeps, snapshots and alerts; each follows the others' commits.
+        let lock = store.makeSingletonLock()
+        let lease = SingletonLease(lock: lock, interval: configuration.singletonLeaseInterval, logger: logger)
+        self.lease = lease
+        let feed = store.makeCommitFeed().map { source in
+            CommitFeedFollower(feed: source, rollups: rollups, lease: lease, interval: configuration.commitFeedInterval, logger: logger)
+        }
+        self.feed = feed
         let metrics = DaemonMetrics()
         self.metrics = metrics
         writer.commitListener = CommitListeners([rollups, metrics])
@@ -112,21 +129,22 @@ package struct MeterDaemon: Sendable {
             configuration: configuration.alerts,
             sources: AlertSources(
                 pipeline: pipeline, kpi: kpi, readSuccess: KPIReadSuccessRates(kpi: kpi), inactiveAfterSeconds: configuration.inactiveAfterSeconds),
-            store: store, writer: .pipeline(pipeline), notifier: webhooks, statistics: metrics.alerts, logger: logger)
+            store: store, writer: .pipeline(pipeline), notifier: webhooks, statistics: metrics.alerts, logger: logger, lease: lease)
         self.alerts = alerts
         let liveness = LivenessMonitor(
             store: store, writer: .pipeline(pipeline), inactiveAfterSeconds: configuration.inactiveAfterSeconds,
-            logger: logger, observer: alerts)
+            logger: logger, observer: alerts, lease: lease)
         self.liveness = liveness
         let snapshots = SnapshotService(
             engine: kpi, writer: .pipeline(pipeline),
             path: (configuration.dataDirectory as NSString).appendingPathComponent("kpi.json"),
             interval: .seconds(configuration.snapshotIntervalSeconds), history: configuration.snapshotHistory, logger: logger,
-            beforeFirst: { await readiness.waitUntilListening() })
+            beforeFirst: { await readiness.waitUntilListening() }, lease: lease)
         self.snapshots = snapshots
         let queries = DaemonOperatorQueries(
             store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots, concentrators: concentrators)
-        let reporter = StatusReporter(pipeline: pipeline, store: store, queries: queries)
+        let reporter = StatusReporter(pipeline: pipeline, store: store, queries: queries, lease: lock == nil ? nil : lease)
+        self.reporter = reporter
         let writerHealth = WriterHealth(
             pipeline: pipeline,
             staleAfterMs: environment.watchdogInterval.map { $0.milliseconds / 2 } ?? 10_000)
@@ -170,6 +188,9 @@ package struct MeterDaemon: Sendable {
         var services: [any Service] = [pipeline, ingest]
         // SIGHUP reloads the ingest certificate only when there is one (otherwise it ends meterd, as before).
         if let tls { services.append(IngestTLSReloader(tls: tls, logger: logger)) }
+        // The lease starts before the services that ask it and stops after them; the feed follower needs no writer.
+        services += [lease]
+        if let feed { services.append(feed) }
         services += [webhooks, alerts, liveness, snapshots, http, status, notifier]
         self.services = services
     }

@@ -184,6 +184,8 @@ package final class IngestPipeline: Service, Sendable {
     /// see `IngestServer`) holds about this many readings of ~100 bytes. A connection resumed when
     /// others took the room first finds ``hasRoom`` false and waits again.
     static let readingsPerResume = 64
+    /// Commits lost in a row to other nodes' writers before a conflict counts as a failure.
+    static let maximumLostRaces = 20
 
     /// Longest wait between two attempts at a failing commit: retries back off from 50 ms to this.
     package static let maximumRetryDelay = Duration.seconds(2)
@@ -253,6 +255,8 @@ package final class IngestPipeline: Service, Sendable {
 
     private func writerLoop() {
         var retryDelay = Duration.milliseconds(50)
+        // Races lost in a row; past ``maximumLostRaces`` a conflict counts as a failure (and backs off).
+        var lostRaces = 0
         var lastAggregateWrite = ContinuousClock.now
         while true {
             enum Step {
@@ -340,9 +344,21 @@ package final class IngestPipeline: Service, Sendable {
                     }
                     if flushed { lastAggregateWrite = started }
                     retryDelay = .milliseconds(50)
+                    lostRaces = 0
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
+                } catch let error where self.writer.withLock({ $0.lostRace(error) }) && lostRaces < Self.maximumLostRaces {
+                    // Another node committed some of these meters first: the writer reloaded its
+                    // cache, so the batch goes again now and finds those readings as duplicates.
+                    lostRaces += 1
+                    self.statistics.lostRaces.add(1, ordering: .relaxed)
+                    self.logger.debug("Commit lost a race with another node; retrying", metadata: ["error": "\(error)"])
+                    self.state.withLockedValue { state in
+                        for submission in batch.reversed() { state.queue.prepend(submission) }
+                        state.committing = false
+                    }
                 } catch {
+                    lostRaces = 0
                     self.commitFailed(error, batch: batch, weight: weight, retryDelay: retryDelay)
                     Thread.sleep(forTimeInterval: Double(retryDelay.components.seconds) + Double(retryDelay.components.attoseconds) / 1e18)
                     retryDelay = min(retryDelay * 2, Self.maximumRetryDelay)

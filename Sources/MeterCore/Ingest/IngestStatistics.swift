@@ -17,9 +17,11 @@ package final class IngestStatistics: Sendable {
     /// at most one read (8 KB) plus one kernel receive buffer (4 KB) per connection (see `IngestHandler`).
     package let heldBytes = Atomic<Int>(0)
     package let commits = Atomic<Int>(0)
-    /// Commit attempts that failed and were retried: an outage, a full disk, or a conflict with
-    /// another node over a meter's high-water mark (SQLSTATE 40001).
+    /// Commit attempts that failed and were retried after a delay: the store unreachable, a full
+    /// disk, or races with another node lost ``IngestPipeline/maximumLostRaces`` times in a row.
     package let commitFailures = Atomic<Int>(0)
+    /// Commits retried because another node's writer committed some of the same meters first.
+    package let lostRaces = Atomic<Int>(0)
     package let lastCommitMs = Atomic<Int64>(0)
     private let rejects = NIOLockedValueBox<[RejectionCode: Int]>([:])
     package let latency = LatencyWindow()

@@ -27,6 +27,22 @@ package final class KPIRollups: CommitListener, Sendable {
         var hasStore = false
         /// Deltas that arrived while a load was running, with their positions.
         var duringLoad: [AggregateDelta]?
+        /// The snapshots the loaded stores were read in (PostgreSQL): a delta whose commit they see
+        /// is counted already, however late it arrives (the commit feed delivers other nodes'
+        /// commits a poll after they happened).
+        var monthSnapshot: CommitSnapshot?
+        var readSnapshot: CommitSnapshot?
+        /// Stores loaded so far.
+        var loads = 0
+    }
+
+    /// How many times the stores were loaded: each commit after the first load arrives as a delta.
+    package var loads: Int { self.state.withLockedValue { $0.loads } }
+
+    /// Whether a store loaded in `snapshot` up to `position` holds `delta` already.
+    private static func covers(_ snapshot: CommitSnapshot?, through position: Int64, _ delta: AggregateDelta) -> Bool {
+        if let xid = delta.commitXid, let snapshot { return snapshot.sees(xid) }
+        return (delta.position ?? Int64.max) <= position
     }
 
     private let state = NIOLockedValueBox(State())
@@ -44,15 +60,21 @@ package final class KPIRollups: CommitListener, Sendable {
         self.state.withLockedValue { state in
             state.duringLoad?.append(delta)
             guard state.hasStore else { return }
-            for change in delta.months {
-                state.changes[MeterMonth(meterID: change.meterID, month: change.month), default: .init(meterID: change.meterID, month: change.month)]
+            let monthsHeld = delta.commitXid.map { state.monthSnapshot?.sees($0) ?? false } ?? false
+            if !monthsHeld {
+                for change in delta.months {
+                    state.changes[
+                        MeterMonth(meterID: change.meterID, month: change.month), default: .init(meterID: change.meterID, month: change.month)
+                    ]
                     .merge(change)
+                }
             }
-            state.readChanges.add(delta)
+            state.readChanges.add(delta, days: !(delta.commitXid.map { state.readSnapshot?.sees($0) ?? false } ?? false))
         }
     }
 
-    /// Company data (customers, meters, monthly rows) changed outside the live stream: reload on next use.
+    /// Company data (customers, meters, monthly rows) changed outside the live stream, or the
+    /// commit feed lost track of other nodes' commits: reload on next use.
     package func companyDataChanged() {
         self.state.withLockedValue { state in
             state.generation += 1
@@ -87,11 +109,13 @@ package final class KPIRollups: CommitListener, Sendable {
                 guard state.generation == generation, !state.hasStore, let arrived = state.duringLoad else { return false }
                 var readChanges = ReadDayStore.Changes()
                 for delta in arrived {
-                    let position = delta.position ?? Int64.max
-                    if position > fresh.coveredThrough { fresh.apply(delta.months) }
+                    if !Self.covers(fresh.coveredSnapshot, through: fresh.coveredThrough, delta) { fresh.apply(delta.months) }
                     // The two stores load in snapshots of their own: each takes the days it lacks.
-                    readChanges.add(delta, days: position > reads.coveredThrough)
+                    readChanges.add(delta, days: !Self.covers(reads.coveredSnapshot, through: reads.coveredThrough, delta))
                 }
+                state.loads += 1
+                state.monthSnapshot = fresh.coveredSnapshot
+                state.readSnapshot = reads.coveredSnapshot
                 readChanges.apply(to: reads)
                 state.duringLoad = nil
                 state.changes = [:]

@@ -101,6 +101,8 @@ package final class MonthlyStore {
 
     /// The highest commit position (``AggregateDelta/position``) the loaded rows include.
     var coveredThrough: Int64 = 0
+    /// The database snapshot the store was loaded in, where commits carry transaction ids (PostgreSQL).
+    package var coveredSnapshot: CommitSnapshot?
     private var lastLoadedMonth = -1
     private var lastLoadedSlot = 0
 

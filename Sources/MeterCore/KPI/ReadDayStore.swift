@@ -74,6 +74,8 @@ package final class ReadDayStore {
     var lastReceivedMs: Int64?
     /// The highest commit position (``AggregateDelta/position``) the loaded rows include.
     package var coveredThrough: Int64 = 0
+    /// The database snapshot the store was loaded in, where commits carry transaction ids (PostgreSQL).
+    package var coveredSnapshot: CommitSnapshot?
 
     /// - Parameter heldMonths: months of meter sums to hold (``defaultHeldMonths`` for the daemon), `nil` for all.
     package init(heldMonths: Int? = ReadDayStore.defaultHeldMonths) {

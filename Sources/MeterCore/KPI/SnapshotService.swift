@@ -16,15 +16,19 @@ package final class SnapshotService: Service, Sendable {
     private let fileLock = NSLock()
     /// Awaited before the first timed snapshot.
     private let beforeFirst: @Sendable () async -> Void
+    /// Timed snapshots are written only while this node leads (several nodes on one store); `nil`: always.
+    private let lease: SingletonLease?
 
     /// `beforeFirst` delays the first timed snapshot: the daemon waits for its listeners, since the
     /// first snapshot loads every meter-month into memory (a second of CPU at 100,000 meters) and
     /// would otherwise compete with start-up for the cores.
     package init(
         engine: KPIEngine, writer: WriterAccess, path: String,
-        interval: Duration, history: Int, logger: Logger, beforeFirst: @escaping @Sendable () async -> Void = {}
+        interval: Duration, history: Int, logger: Logger, beforeFirst: @escaping @Sendable () async -> Void = {},
+        lease: SingletonLease? = nil
     ) {
         self.beforeFirst = beforeFirst
+        self.lease = lease
         self.engine = engine
         self.writer = writer
         self.path = path
@@ -37,6 +41,11 @@ package final class SnapshotService: Service, Sendable {
         try? await cancelWhenGracefulShutdown {
             await self.beforeFirst()
             while !Task.isCancelled {
+                guard self.lease?.isLeader ?? true else {
+                    // Checked every lease interval, so a new leader's first snapshot follows soon after it takes over.
+                    try await Task.sleep(for: min(self.interval, self.lease?.interval ?? self.interval))
+                    continue
+                }
                 do {
                     _ = try await self.snapshot()
                 } catch is CancellationError {

@@ -42,6 +42,8 @@ package final class LivenessMonitor: Service, Sendable {
     private let logger: Logger
     private let startMs: Int64
     private let observer: (any LivenessObserver)?
+    /// Sweeps run only while this node leads (several nodes on one store); `nil`: always.
+    private let lease: SingletonLease?
     /// Meters known to be inactive (id → name), `nil` until the first check.
     private let known = NIOLockedValueBox<[Int64: String]?>(nil)
 
@@ -52,11 +54,13 @@ package final class LivenessMonitor: Service, Sendable {
     ///   - writer: the store's single writer, which applies the flags.
     ///   - interval: time between checks; by default a quarter of `inactiveAfterSeconds`, 1–30 s.
     ///   - observer: told the inactive meters after every check.
+    ///   - lease: on a store several nodes share, the sweep runs on the node holding it only.
     package init(
         store: any MeterStore, writer: WriterAccess, inactiveAfterSeconds: Int, interval: Duration? = nil,
-        logger: Logger, nowMs: Int64 = WallClock.nowMs(), observer: (any LivenessObserver)? = nil
+        logger: Logger, nowMs: Int64 = WallClock.nowMs(), observer: (any LivenessObserver)? = nil, lease: SingletonLease? = nil
     ) {
         self.observer = observer
+        self.lease = lease
         self.store = store
         self.writer = writer
         self.inactiveAfterMs = Int64(inactiveAfterSeconds) * 1000
@@ -68,6 +72,12 @@ package final class LivenessMonitor: Service, Sendable {
     package func run() async throws {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
+                guard self.lease?.isLeader ?? true else {
+                    // What another node logged meanwhile is not this node's to log again when it leads.
+                    self.known.withLockedValue { $0 = nil }
+                    try await Task.sleep(for: min(self.interval, self.lease?.interval ?? self.interval))
+                    continue
+                }
                 do {
                     _ = try await self.check()
                 } catch is CancellationError {

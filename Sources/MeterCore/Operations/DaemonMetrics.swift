@@ -42,6 +42,8 @@ package final class DaemonMetrics: CommitListener {
     private let webhookFailures: CoreMetrics.Counter
     private let webhookDropped: CoreMetrics.Counter
     private let webhookQueue: CoreMetrics.Gauge
+    private let singletonLeader: CoreMetrics.Gauge
+    private let lostRaces: CoreMetrics.Counter
 
     /// Counter values already reported, so each scrape adds only what is new.
     private let reported = Mutex<[String: Int]>([:])
@@ -54,7 +56,7 @@ package final class DaemonMetrics: CommitListener {
         "meterd_validation_flags_total": "Validation flags raised by stored readings (spike, zero_run, register_reset, clock_backwards, voltage).",
         "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full or commits were failing.",
         "meterd_commits_total": "Group commits of the write pipeline.",
-        "meterd_commit_failures_total": "Commit attempts that failed and were retried (store unreachable, disk full, a conflict with another node).",
+        "meterd_commit_failures_total": "Commit attempts that failed and were retried after a delay (store unreachable, disk full); lost races are counted apart.",
         "meterd_tls_handshake_failures_total":
             "TLS handshakes on the ingest port that failed (no, an expired or an untrusted client certificate; not TLS).",
         "meterd_connections": "Meter connections open now.",
@@ -74,6 +76,10 @@ package final class DaemonMetrics: CommitListener {
         "meterd_alert_webhook_failures_total": "Alert webhook POSTs that failed and were retried later.",
         "meterd_alert_webhook_dropped_total": "Alert notifications dropped because a webhook's queue was full (the alerts stay in the database).",
         "meterd_alert_webhook_queue": "Alert notifications waiting for their webhooks.",
+        "meterd_commit_lost_races_total":
+            "Commits rolled back and retried at once because another node's writer committed some of the same meters first.",
+        "meterd_singleton_leader":
+            "1 while this node does the singleton work (liveness sweeps, KPI snapshots, alert rules); always 1 on a store of one node.",
     ]
 
     package init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -124,6 +130,8 @@ package final class DaemonMetrics: CommitListener {
         self.webhookFailures = CoreMetrics.Counter(label: "meterd_alert_webhook_failures_total", factory: factory)
         self.webhookDropped = CoreMetrics.Counter(label: "meterd_alert_webhook_dropped_total", factory: factory)
         self.webhookQueue = CoreMetrics.Gauge(label: "meterd_alert_webhook_queue", factory: factory)
+        self.singletonLeader = CoreMetrics.Gauge(label: "meterd_singleton_leader", factory: factory)
+        self.lostRaces = CoreMetrics.Counter(label: "meterd_commit_lost_races_total", factory: factory)
     }
 
     /// Records one commit; called on the writer thread, so it only touches the histograms.
@@ -146,6 +154,7 @@ package final class DaemonMetrics: CommitListener {
             ("busy", statistics.busySignals.load(ordering: .relaxed), self.busySignals),
             ("commits", statistics.commits.load(ordering: .relaxed), self.commits),
             ("commit_failures", statistics.commitFailures.load(ordering: .relaxed), self.commitFailures),
+            ("lost_races", statistics.lostRaces.load(ordering: .relaxed), self.lostRaces),
             ("tls_handshake_failures", statistics.tlsHandshakeFailures.load(ordering: .relaxed), self.tlsHandshakeFailures),
             ("webhook_deliveries", self.alerts.webhookDeliveries.load(ordering: .relaxed), self.webhookDeliveries),
             ("webhook_failures", self.alerts.webhookFailures.load(ordering: .relaxed), self.webhookFailures),
@@ -166,6 +175,7 @@ package final class DaemonMetrics: CommitListener {
         }
         for (rule, gauge) in self.alertsFiring { gauge.record(self.alerts.firing(rule)) }
         self.webhookQueue.record(self.alerts.webhookQueued.load(ordering: .relaxed))
+        self.singletonLeader.record(reporter.lease?.isLeader ?? true ? 1 : 0)
         self.connections.record(statistics.connections.load(ordering: .relaxed))
         self.queueDepth.record(reporter.pipeline.queueDepth)
         self.databaseBytes.record(await reporter.store.sizeInBytes())

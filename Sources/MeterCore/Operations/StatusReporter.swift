@@ -12,8 +12,14 @@ package struct StatusReporter: Sendable {
     package let store: any MeterStore
     package let queries: any OperatorQueries
     package let startedAtMs: Int64
+    /// The singleton lease, on a store several nodes share.
+    package let lease: SingletonLease?
 
-    package init(pipeline: IngestPipeline, store: any MeterStore, queries: any OperatorQueries, startedAtMs: Int64 = WallClock.nowMs()) {
+    package init(
+        pipeline: IngestPipeline, store: any MeterStore, queries: any OperatorQueries, startedAtMs: Int64 = WallClock.nowMs(),
+        lease: SingletonLease? = nil
+    ) {
+        self.lease = lease
         self.pipeline = pipeline
         self.store = store
         self.queries = queries
@@ -65,7 +71,8 @@ package struct StatusReporter: Sendable {
             writer: StatusAnswer.Writer(
                 healthy: failure == nil, failure: failure,
                 storeUnreachableSince: self.pipeline.storeUnreachableSinceMs.map { RFC3339.format(millisecondsSinceEpoch: $0) }),
-            metersError: meterError)
+            metersError: meterError,
+            singletonLeader: self.lease?.isLeader)
     }
 
     /// The one-line summary systemd shows as the unit's status.

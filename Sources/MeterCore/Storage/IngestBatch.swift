@@ -203,6 +203,20 @@ protocol IngestTransaction: AnyObject {
     /// The meter-days whose `meter_day` row the written aggregates created (a meter's first reading
     /// of a day); complete once the transaction has committed.
     var startedDays: [AggregateDelta.MeterDayKey] { get }
+    /// Told what the written aggregates change in a KPI store, before the transaction commits: a
+    /// store several nodes share publishes it to the others in the same transaction.
+    func publish(_ delta: AggregateDelta)
+    /// The committed transaction's id, where commits carry one (``AggregateDelta/commitXid``).
+    var commitXid: UInt64? { get }
+}
+
+extension IngestBackend {
+    func lostRace(_ error: any Error) -> Bool { false }
+}
+
+extension IngestTransaction {
+    func publish(_ delta: AggregateDelta) {}
+    var commitXid: UInt64? { nil }
 }
 
 /// The SQL side of an ``IngestWriter``: transactions, the meter rows it caches, and the writer's
@@ -224,6 +238,8 @@ protocol IngestBackend: AnyObject {
     /// high-water mark. The writer then reloads its cache, so the retried batch finds what did
     /// commit as duplicates: nothing counts twice.
     func invalidatesMeterCache(_ error: any Error) -> Bool
+    /// Whether `error` says another writer committed the same meters first (``MeterStoreWriter/lostRace(_:)``).
+    func lostRace(_ error: any Error) -> Bool
 
     func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag]
     func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws

@@ -103,6 +103,8 @@ package final class IngestWriter: MeterStoreWriter {
     /// Number of meters the writer knows.
     package var meterCount: Int { self.meterStates.count }
 
+    package func lostRace(_ error: any Error) -> Bool { self.backend.lostRace(error) }
+
     /// Reloads the meter cache; needed after meters or customers change outside the writer.
     package func reloadMeters() throws {
         // The cached high-water marks are ahead of the table while aggregates are pending.
@@ -170,6 +172,7 @@ package final class IngestWriter: MeterStoreWriter {
             self.commitListener?.didStore(result, duration: ContinuousClock.now - started)
             if var written = writtenAggregates {
                 written.startedDays = committed?.startedDays ?? []
+                written.commitXid = committed?.commitXid
                 self.pending = BatchAggregates()
                 self.commitListener?.didCommit(written)
             } else {
@@ -187,6 +190,10 @@ package final class IngestWriter: MeterStoreWriter {
             if self.backend.invalidatesMeterCache(error) {
                 // If this fails too (the store is still down), the next failed attempt tries again.
                 try? self.reloadMeters()
+                // Unless another writer won a race (then nothing committed), the batch may have
+                // committed before the connection dropped, and no delta said so: the KPI stores
+                // load afresh rather than miss it.
+                if !self.backend.lostRace(error) { self.commitListener?.companyDataChanged() }
             }
             throw error
         }
@@ -201,7 +208,10 @@ package final class IngestWriter: MeterStoreWriter {
             committed = transaction
             return try self.write(pending, transaction: transaction)
         }
-        if let committed { written.startedDays = committed.startedDays }
+        if let committed {
+            written.startedDays = committed.startedDays
+            written.commitXid = committed.commitXid
+        }
         self.pending = BatchAggregates()
         self.commitListener?.didCommit(written)
     }
@@ -330,7 +340,9 @@ package final class IngestWriter: MeterStoreWriter {
     /// returns them as the delta the commit listener learns of once it commits.
     private func write(_ aggregates: BatchAggregates, transaction: any IngestTransaction) throws -> AggregateDelta {
         try transaction.writeAggregates(aggregates, regionNames: self.regionNames)
-        return Self.delta(of: aggregates)
+        let delta = Self.delta(of: aggregates)
+        transaction.publish(delta)
+        return delta
     }
 
     /// What the commit listener learns of written aggregates.

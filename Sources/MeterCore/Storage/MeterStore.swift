@@ -23,6 +23,13 @@ package protocol MeterStore: Sendable {
     /// The store's single writer. Call once per process: two writers would race for high-water marks.
     func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter
 
+    // MARK: Several nodes
+
+    /// The other nodes' commits, for a store several nodes may share; `nil` for a store of one node.
+    func makeCommitFeed() -> (any CommitFeedSource)?
+    /// The lock that elects the one node doing singleton work; `nil` for a store of one node (always the leader).
+    func makeSingletonLock() -> (any SingletonLock)?
+
     // MARK: Settings the store remembers
 
     /// The time zone the daemon last ran with, so offline tools pick the same calendar months.
@@ -120,6 +127,10 @@ package protocol MeterStoreWriter: AnyObject {
     func flushAggregates() throws
     /// Reloads the writer's meter cache after meters or customers changed outside it.
     func reloadMeters() throws
+    /// Whether a failed commit lost a race with another node's writer on the same meters (its
+    /// high-water mark moved, or the same readings committed first): nothing of it committed, the
+    /// cache is reloaded, and the batch may go again at once. Not a fault of the store.
+    func lostRace(_ error: any Error) -> Bool
 
     /// Flags meters silent since before `cutoffMs` (never-reported ones since `startMs`) as
     /// inactive; returns those it flagged with their last receive time.
@@ -134,7 +145,14 @@ package protocol MeterStoreWriter: AnyObject {
     func recordAlerts(_ alerts: [Alert], history: Int) throws
 }
 
+extension MeterStore {
+    package func makeCommitFeed() -> (any CommitFeedSource)? { nil }
+    package func makeSingletonLock() -> (any SingletonLock)? { nil }
+}
+
 extension MeterStoreWriter {
+    package func lostRace(_ error: any Error) -> Bool { false }
+
     /// Commits a batch with its aggregates.
     package func commit(_ submissions: [IngestSubmission]) throws -> CommitResult {
         try self.commit(submissions, deferAggregates: false)
@@ -318,6 +336,9 @@ package struct AggregateDelta: Sendable {
     /// The commit's place in the stream (the highest reading position it stored), so a KPI store
     /// loaded concurrently knows which deltas it already holds; `nil` when nothing was stored.
     package var position: Int64?
+    /// The committing transaction's id on a store several nodes share (PostgreSQL's `xid8`): a KPI
+    /// store loaded in a ``CommitSnapshot`` that sees it holds this delta already.
+    package var commitXid: UInt64?
 
     package init(
         months: [Month] = [], days: [ReadDayFacts.MeterDay] = [], startedDays: [MeterDayKey] = [], meterReads: [MeterReads] = [],

@@ -118,6 +118,9 @@ struct PostgreSQLCommitStatement {
     let quarantined: Quarantined
     let aggregates: BatchAggregates
     let regionNames: [String]
+    /// This node's name in the commit feed, and the batch's ``CommitFeedPayload``.
+    let node: String
+    let feedPayload: ByteBuffer
 
     var isEmpty: Bool {
         self.readings.meterIDs.isEmpty && self.flags.meterIDs.isEmpty && self.quarantined.received.isEmpty && self.aggregates.meters.isEmpty
@@ -137,8 +140,11 @@ struct PostgreSQLCommitStatement {
         let r = self.readings
         let f = self.flags
         let q = self.quarantined
+        // The batch and its commit feed row (migration `v2-commit-feed`) in one statement, so one
+        // transaction: the feed row takes the meter-days the function started, and its `xid` comes
+        // back as the last row (the started days come with a NULL `xid`).
         return """
-            SELECT started_day, started_meter FROM meterd_commit_batch(
+            WITH started AS (SELECT started_day, started_meter FROM meterd_commit_batch(
                 \(r.meterIDs), \(r.timestamps), \(r.seqs), \(r.positions), \(r.received), \(r.kwh), \(r.statuses), \(r.faults),
                 \(r.voltages), \(r.registers), \(r.spanStarts),
                 \(f.meterIDs), \(f.seqs), \(f.timestamps), \(f.months), \(f.rules), \(f.details),
@@ -159,7 +165,15 @@ struct PostgreSQLCommitStatement {
                 \(latencies.map { Int64($0.key.bucket) }), \(latencies.map { Int64($0.value.count) }), \(latencies.map(\.value.sumMs)),
                 \(days.map { Int64($0.key.day) }), \(days.map(\.key.meterID)), \(days.map { Int64($0.value.readings) }),
                 \(days.map(\.value.spacingSumMs)), \(days.map { Int64($0.value.spacingCount) }),
-                \(self.aggregates.highRowID ?? null))
+                \(self.aggregates.highRowID ?? null))),
+            feed AS (
+                INSERT INTO commit_feed (node, payload, started_days, started_meters)
+                SELECT \(self.node), \(self.feedPayload), COALESCE(array_agg(started_day), '{}'), COALESCE(array_agg(started_meter), '{}')
+                FROM started
+                RETURNING xid
+            )
+            SELECT started_day, started_meter, NULL::bigint FROM started
+            UNION ALL SELECT NULL, NULL, xid FROM feed
             """
     }
 

@@ -30,8 +30,12 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// lines, which have no key, are looked up before the next commit sends them again.
     var lastOutcomeUnknown = false
 
-    init(connector: PostgreSQLConnector, logger: Logger) throws {
+    /// This node's name in the commit feed.
+    let node: String
+
+    init(connector: PostgreSQLConnector, node: String, logger: Logger) throws {
         self.connector = connector
+        self.node = node
         self.logger = logger
         self.connection = try connector.connectBlocking(id: 1)
         let now = WallClock.nowMs()
@@ -66,6 +70,15 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// call) or met another node's write (SQLSTATE 40001): reloading the meter rows is cheap next
     /// to a commit retried with stale high-water marks.
     func invalidatesMeterCache(_ error: any Error) -> Bool { true }
+
+    /// `meterd_commit_batch` raises 40001 when a meter's `hwm_seq` moved under the batch; a reading
+    /// another node committed first (the same meter on two nodes at once) fails the insert with
+    /// 23505 (unique violation) while waiting for that node's transaction; 40P01 is a deadlock the
+    /// server broke. Each rolled the whole batch back.
+    func lostRace(_ error: any Error) -> Bool {
+        guard let error = error as? PostgreSQLStoreError else { return false }
+        return error.isRetryable || error.sqlState == "23505"
+    }
 
     func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T {
         let month = PostgreSQLSchema.utcMonth(ofMilliseconds: WallClock.nowMs()).key
@@ -197,6 +210,8 @@ final class PostgreSQLIngestBackend: IngestBackend {
 final class PostgreSQLIngestTransaction: IngestTransaction {
     /// Filled by ``commit()`` from what `meterd_commit_batch` returns.
     private(set) var startedDays: [AggregateDelta.MeterDayKey] = []
+    private(set) var commitXid: UInt64?
+    private var published = AggregateDelta()
     private let backend: PostgreSQLIngestBackend
     private var readings = PostgreSQLCommitStatement.Readings()
     private var flags = PostgreSQLCommitStatement.Flags()
@@ -239,6 +254,10 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         self.regionNames = regionNames
     }
 
+    func publish(_ delta: AggregateDelta) {
+        self.published = delta
+    }
+
     /// Sends the batch: one statement, one round trip, one transaction.
     func commit() throws {
         if self.backend.lastOutcomeUnknown, !self.quarantined.received.isEmpty {
@@ -246,7 +265,7 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         }
         let statement = PostgreSQLCommitStatement(
             readings: self.readings, flags: self.flags, quarantined: self.quarantined, aggregates: self.aggregates ?? BatchAggregates(),
-            regionNames: self.regionNames)
+            regionNames: self.regionNames, node: self.backend.node, feedPayload: ByteBuffer(bytes: CommitFeedPayload.encode(self.published)))
         guard !statement.isEmpty else { return }
         let rows: [PostgresRow]
         do {
@@ -256,10 +275,16 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
             throw error
         }
         self.backend.lastOutcomeUnknown = false
-        self.startedDays = try rows.map { row in
-            let (day, meterID) = try row.decode((Int64, Int64).self)
-            return AggregateDelta.MeterDayKey(meterID: meterID, day: Day(key: Int(day)))
+        var started: [AggregateDelta.MeterDayKey] = []
+        for row in rows {
+            let (day, meterID, xid) = try row.decode((Int64?, Int64?, Int64?).self)
+            if let day, let meterID {
+                started.append(AggregateDelta.MeterDayKey(meterID: meterID, day: Day(key: Int(day))))
+            } else if let xid {
+                self.commitXid = UInt64(xid)
+            }
         }
+        self.startedDays = started
     }
 
     /// Leaves out the quarantined lines an attempt whose outcome was unknown did store: one

@@ -13,6 +13,9 @@ package final class PostgreSQLMeterStore: MeterStore {
     package let connector: PostgreSQLConnector
     private let logger: Logger
     private let reader: PostgreSQLReader
+    /// This process's name in the commit feed: host, process id and a random part, so a restarted
+    /// node never takes its earlier rows for its own.
+    package let node: String = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
 
     /// Connects, checks the server and migrates the schema: a bad URL, a refused connection or a
     /// wrong password throws ``PostgreSQLStoreError`` with one line naming the problem.
@@ -41,8 +44,17 @@ package final class PostgreSQLMeterStore: MeterStore {
 
     package func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter {
         try IngestWriter(
-            backend: PostgreSQLIngestBackend(connector: self.connector, logger: self.logger), calendar: MonthCalendar(timeZone: settings.timeZone),
+            backend: PostgreSQLIngestBackend(connector: self.connector, node: self.node, logger: self.logger),
+            calendar: MonthCalendar(timeZone: settings.timeZone),
             tariff: settings.tariff, unknownMeters: settings.unknownMeters, metering: settings.metering)
+    }
+
+    package func makeCommitFeed() -> (any CommitFeedSource)? {
+        PostgreSQLCommitFeed(connector: self.connector, node: self.node)
+    }
+
+    package func makeSingletonLock() -> (any SingletonLock)? {
+        PostgreSQLSingletonLock(connector: self.connector)
     }
 
     package func recordedTimeZone() async throws -> TimeZone? {
@@ -78,6 +90,9 @@ package final class PostgreSQLMeterStore: MeterStore {
     package func loadMonthlyStore() async throws -> sending MonthlyStore {
         try await self.withSnapshot { connection in
             let store = MonthlyStore()
+            // The snapshot first: REPEATABLE READ takes it at the first statement, and it decides which
+            // deltas (other nodes' too) the store holds already.
+            store.coveredSnapshot = try await self.snapshot(connection)
             store.coveredThrough =
                 try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
                 .decode(Int64.self) ?? 0
@@ -114,6 +129,9 @@ package final class PostgreSQLMeterStore: MeterStore {
     package func loadReadDayStore() async throws -> sending ReadDayStore {
         try await self.withSnapshot { connection in
             let store = ReadDayStore()
+            // The snapshot first: REPEATABLE READ takes it at the first statement, and it decides which
+            // deltas (other nodes' too) the store holds already.
+            store.coveredSnapshot = try await self.snapshot(connection)
             store.coveredThrough =
                 try await self.rows(connection, "SELECT reading_position FROM ingest_watermark WHERE id = 1").first?
                 .decode(Int64.self) ?? 0
@@ -491,6 +509,13 @@ package final class PostgreSQLMeterStore: MeterStore {
             try? await connection.close()
             throw PostgreSQLStoreError.describing(error, doing: "reading a snapshot", address: self.connector.address)
         }
+    }
+
+    /// The transaction's snapshot (`pg_current_snapshot()`).
+    private func snapshot(_ connection: PostgresConnection) async throws -> CommitSnapshot {
+        let text = try await self.rows(connection, "SELECT pg_current_snapshot()::text").first?.decode(String.self) ?? ""
+        guard let snapshot = CommitSnapshot(text) else { throw PostgreSQLStoreError("PostgreSQL returned a snapshot meterd cannot read: \(text)") }
+        return snapshot
     }
 
     private func rows(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {

@@ -253,7 +253,32 @@ enum PostgreSQLSchema {
                 )
                 """,
                 PostgreSQLCommitStatement.functionDefinition,
-            ])
+            ]),
+        // Several nodes (issue 13 point 4): one row per commit with what it changed in the KPI
+        // stores, written in the commit's transaction (``PostgreSQLCommitStatement``); every node
+        // folds the other nodes' rows into its own stores (``PostgreSQLCommitFeed``). `xid` is the
+        // committing transaction's `xid8` (as bigint, so it sorts and compares on PostgreSQL 15);
+        // the payload is stored uncompressed (pglz would cost CPU on every commit for little).
+        Migration(
+            name: "v2-commit-feed",
+            statements: [
+                """
+                CREATE TABLE commit_feed (
+                    xid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+                    node text NOT NULL,
+                    created_ms bigint NOT NULL DEFAULT ((extract(epoch FROM clock_timestamp()) * 1000)::bigint),
+                    payload bytea NOT NULL,
+                    started_days bigint[] NOT NULL,
+                    started_meters bigint[] NOT NULL
+                )
+                """,
+                "ALTER TABLE commit_feed ALTER COLUMN payload SET STORAGE EXTERNAL",
+                "CREATE INDEX commit_feed_xid ON commit_feed (xid)",
+                "CREATE INDEX commit_feed_created ON commit_feed (created_ms)",
+                // Rows created before `before_ms` (server time) were pruned: a node that last polled before then may have lost some.
+                "CREATE TABLE commit_feed_pruned (id integer PRIMARY KEY CHECK (id = 1), before_ms bigint NOT NULL)",
+                "INSERT INTO commit_feed_pruned (id, before_ms) VALUES (1, 0)",
+            ]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
