@@ -40,6 +40,18 @@ struct RunCommand: AsyncParsableCommand {
             each connection's write side once it has sent everything its meters will measure, then reads \
             acks until meterd closes the connection (readings still unacknowledged go again on a new one).
 
+            Several nodes: --endpoints HOST:PORT,HOST:PORT,... (instead of --host and --port) spreads \
+            the connections over the nodes in turn: connection i (with one meter per connection, meter \
+            i) starts on endpoint i mod N. When a connection fails or is lost (refused, reset, closed \
+            by the node, a connect timeout, an injected disconnect) it moves to the next endpoint in \
+            the list, round robin, after its usual reconnect backoff (100 ms doubling up to 5 s, reset \
+            once a connection succeeds; a move does not reset it, so with every node down each \
+            connection tries at most every 5 s), and resends its unacknowledged readings there with \
+            the same seqs. Meters stay where they moved: a node that comes back gets meters again as \
+            others fail over to it. The summary and --report list per endpoint the meters that \
+            started there, connections, failed connects, lost connections, and connections that \
+            moved away and in (report key endpoints).
+
             Seqs: each meter's first seq is --first-seq, by default the start time in microseconds \
             since the epoch, so a later run with the same meter ids continues above an earlier one's \
             seqs instead of being taken for duplicates.
@@ -72,10 +84,15 @@ struct RunCommand: AsyncParsableCommand {
             \(FaultPlan.help)
             """)
 
-    @Option(help: "Host meterd listens on.")
-    var host = "127.0.0.1"
-    @Option(help: "meterd's ingest port.")
-    var port = 7700
+    @Option(help: "Host meterd listens on (default: 127.0.0.1).")
+    var host: String?
+    @Option(help: "meterd's ingest port (default: 7700).")
+    var port: Int?
+    @Option(
+        help: ArgumentHelp(
+            "Several meterd nodes, HOST:PORT,HOST:PORT,... (instead of --host/--port): meters are spread over them and move on when a node goes away (see above).",
+            valueName: "list"))
+    var endpoints: String?
     @Option(help: "Number of simulated meters.")
     var meters: Int
     @Option(help: ArgumentHelp("Seconds between two readings of a meter; 0 sends flat out, limited by --window.", valueName: "seconds"))
@@ -132,7 +149,17 @@ struct RunCommand: AsyncParsableCommand {
     var maxKwh = 1_000.0
 
     func run() async throws {
-        var configuration = SimulationConfiguration(host: self.host, port: self.port, meters: self.meters)
+        var configuration = SimulationConfiguration(host: self.host ?? "127.0.0.1", port: self.port ?? 7700, meters: self.meters)
+        if let endpoints = self.endpoints {
+            if self.host != nil || self.port != nil {
+                throw ValidationError("--endpoints replaces --host and --port; give HOST:PORT in the list instead")
+            }
+            do {
+                configuration.endpoints = try SimulationEndpoint.parseList(endpoints)
+            } catch {
+                throw ValidationError(error.description)
+            }
+        }
         configuration.interval = self.interval
         configuration.duration = self.duration
         configuration.readingsPerMeter = self.readingsPerMeter

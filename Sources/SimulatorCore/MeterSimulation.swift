@@ -6,19 +6,23 @@ import Synchronization
 /// Why a run could not go ahead.
 package enum SimulationError: Error, CustomStringConvertible {
     case invalidConfiguration(String)
-    case cannotConnect(host: String, port: Int, seconds: Double)
-    case tlsHandshakesFailed(host: String, port: Int, failures: Int)
+    case cannotConnect(endpoints: [SimulationEndpoint], seconds: Double)
+    case tlsHandshakesFailed(endpoints: [SimulationEndpoint], failures: Int)
     case cannotResolve(host: String, reason: String)
 
     package var description: String {
         switch self {
         case .invalidConfiguration(let reason): "Invalid simulation: \(reason)."
-        case .cannotConnect(let host, let port, let seconds):
-            "Could not connect to meterd at \(host):\(port) within \(Int(seconds)) s; is it running and listening there?"
-        case .tlsHandshakesFailed(let host, let port, let failures):
-            "Every TLS handshake with meterd at \(host):\(port) failed (\(failures) TLS errors); check --tls-ca and the client certificates against meterd's ingest_tls settings."
+        case .cannotConnect(let endpoints, let seconds):
+            "Could not connect to meterd at \(Self.list(endpoints)) within \(Int(seconds)) s; is it running and listening there?"
+        case .tlsHandshakesFailed(let endpoints, let failures):
+            "Every TLS handshake with meterd at \(Self.list(endpoints)) failed (\(failures) TLS errors); check --tls-ca and the client certificates against meterd's ingest_tls settings."
         case .cannotResolve(let host, let reason): "Cannot resolve the host \"\(host)\": \(reason)."
         }
+    }
+
+    private static func list(_ endpoints: [SimulationEndpoint]) -> String {
+        endpoints.count == 1 ? endpoints[0].description : "any of " + endpoints.map(\.description).joined(separator: ", ")
     }
 }
 
@@ -38,7 +42,7 @@ package struct SimulationResult: Sendable {
 /// ``stopMeasuring()``) and everything measured is acknowledged, or the drain timeout has passed.
 package final class MeterSimulation: Sendable {
     package let configuration: SimulationConfiguration
-    package let counters = SimulationCounters()
+    package let counters: SimulationCounters
     private let group: any EventLoopGroup
     private let events: AsyncStream<SimulationEvent>
     private let eventSink: AsyncStream<SimulationEvent>.Continuation
@@ -46,6 +50,7 @@ package final class MeterSimulation: Sendable {
 
     package init(configuration: SimulationConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.configuration = configuration
+        self.counters = SimulationCounters(endpoints: configuration.targets)
         self.group = group
         (self.events, self.eventSink) = AsyncStream.makeStream(of: SimulationEvent.self)
     }
@@ -66,16 +71,18 @@ package final class MeterSimulation: Sendable {
         guard !self.started.exchange(true, ordering: .relaxed) else {
             throw SimulationError.invalidConfiguration("a simulation runs once")
         }
-        let address: SocketAddress
-        do {
-            address = try SocketAddress.makeAddressResolvingHost(configuration.host, port: configuration.port)
-        } catch {
-            throw SimulationError.cannotResolve(host: configuration.host, reason: "\(error)")
+        var addresses: [SocketAddress] = []
+        for endpoint in configuration.targets {
+            do {
+                addresses.append(try SocketAddress.makeAddressResolvingHost(endpoint.host, port: endpoint.port))
+            } catch {
+                throw SimulationError.cannotResolve(host: endpoint.host, reason: "\(error)")
+            }
         }
         let tls: SimulationTLSContexts?
         if let files = configuration.tls {
             tls = try SimulationTLSContexts(
-                files, meters: (0..<configuration.meters).map(configuration.meterName), host: configuration.host)
+                files, meters: (0..<configuration.meters).map(configuration.meterName), host: configuration.targets[0].host)
         } else {
             tls = nil
         }
@@ -83,7 +90,7 @@ package final class MeterSimulation: Sendable {
         let start = ContinuousClock.now
         let clock = SimulatedClock(startWallMs: startWallMs, timeScale: configuration.timeScale, spanSeconds: configuration.expectedSpanSeconds)
         let context = SimulationContext(
-            configuration: configuration, address: address, counters: self.counters, clock: clock,
+            configuration: configuration, addresses: addresses, counters: self.counters, clock: clock,
             firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink, tls: tls)
         let connectionCount = configuration.connectionCount
         var connections: [SimulatedConnection] = []
@@ -146,8 +153,8 @@ package final class MeterSimulation: Sendable {
                         let handshakes = counters.tlsErrors.load(ordering: .relaxed)
                         failure =
                             handshakes > 0
-                            ? .tlsHandshakesFailed(host: configuration.host, port: configuration.port, failures: handshakes)
-                            : .cannotConnect(host: configuration.host, port: configuration.port, seconds: configuration.connectTimeout)
+                            ? .tlsHandshakesFailed(endpoints: configuration.targets, failures: handshakes)
+                            : .cannotConnect(endpoints: configuration.targets, seconds: configuration.connectTimeout)
                         sink.yield(.drainExpired)
                     }
                 }

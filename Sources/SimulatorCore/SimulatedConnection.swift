@@ -17,8 +17,10 @@ final class SimulationContext: Sendable {
     let clock: SimulatedClock
     let gate: ConnectGate
     let firstSeq: Int64
-    /// meterd's address, resolved once: a resolver per connection costs more than the connection.
-    let address: SocketAddress
+    /// Each endpoint's address, resolved once: a resolver per connection costs more than the connection.
+    let addresses: [SocketAddress]
+    /// Each endpoint's name for SNI and the certificate check; `nil` for an IP address.
+    let serverHostnames: [String?]
     let events: AsyncStream<SimulationEvent>.Continuation
     /// With `startTogether`, holds every connection's first send until all are connected.
     let startBarrier: StartBarrier?
@@ -26,13 +28,15 @@ final class SimulationContext: Sendable {
     let tls: SimulationTLSContexts?
 
     init(
-        configuration: SimulationConfiguration, address: SocketAddress, counters: SimulationCounters, clock: SimulatedClock, firstSeq: Int64,
+        configuration: SimulationConfiguration, addresses: [SocketAddress], counters: SimulationCounters, clock: SimulatedClock,
+        firstSeq: Int64,
         events: AsyncStream<SimulationEvent>.Continuation, tls: SimulationTLSContexts? = nil
     ) {
         self.tls = tls
         self.startBarrier = configuration.startTogether ? StartBarrier(expected: configuration.connectionCount) : nil
         self.configuration = configuration
-        self.address = address
+        self.addresses = addresses
+        self.serverHostnames = configuration.targets.map { SimulationTLSContexts.isIPAddress($0.host) ? nil : $0.host }
         self.counters = counters
         self.clock = clock
         self.gate = ConnectGate(limit: configuration.maximumConnecting)
@@ -161,6 +165,8 @@ final class SimulatedConnection: @unchecked Sendable {
     private let bytewise: Bool
 
     private var channel: (any Channel)?
+    /// Index of the endpoint this connection uses now (``SimulationContext/addresses``).
+    private var endpoint: Int
     private var connecting = false
     private var everConnected = false
     private var reconnectDelayMs = 100.0
@@ -182,6 +188,7 @@ final class SimulatedConnection: @unchecked Sendable {
         self.configuration = configuration
         var rng = SeededGenerator(seed: configuration.seed &+ 0x5DEE_CE66 &* UInt64(index + 1))
         self.bytewise = rng.chance(configuration.faults.bytewiseRate)
+        self.endpoint = configuration.homeEndpoint(ofConnection: index)
         let stepMs = Int64((configuration.interval > 0 ? configuration.interval : 1) * configuration.timeScale * 1000)
         let startMs = context.clock.meterTime(atWallMs: context.clock.startWallMs)
         let capacity = configuration.meteringRules.registerCapacity
@@ -267,7 +274,7 @@ final class SimulatedConnection: @unchecked Sendable {
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let tls = self.context.tls.flatMap { contexts in
-                        contexts.context(forConnectionOf: self.meters[0].name).map { ($0, contexts.serverHostname) }
+                        contexts.context(forConnectionOf: self.meters[0].name).map { ($0, self.context.serverHostnames[self.endpoint]) }
                     }
                     if let (context, hostname) = tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: hostname))
@@ -275,12 +282,14 @@ final class SimulatedConnection: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(SimulatedConnectionHandler(connection: self, waitsForHandshake: tls != nil))
                 }
             }
-            .connect(to: self.context.address)
+            .connect(to: self.context.addresses[self.endpoint])
             .whenComplete { [self] result in
                 self.context.gate.release()
                 if case .failure = result {
                     self.connecting = false
                     self.context.counters.connectFailures.add(1, ordering: .relaxed)
+                    self.context.counters.endpoints[self.endpoint].connectFailures.add(1, ordering: .relaxed)
+                    self.moveToNextEndpoint()
                     self.scheduleReconnect()
                 }
             }
@@ -298,6 +307,7 @@ final class SimulatedConnection: @unchecked Sendable {
         self.outputClosed = false
         self.reconnectDelayMs = 100
         self.context.counters.connectionOpened()
+        self.context.counters.endpoints[self.endpoint].connections.add(1, ordering: .relaxed)
         if self.everConnected {
             self.context.counters.reconnects.add(1, ordering: .relaxed)
         } else {
@@ -313,6 +323,7 @@ final class SimulatedConnection: @unchecked Sendable {
     /// The channel closed before its TLS handshake completed: try again later.
     fileprivate func handshakeFailed() {
         self.connecting = false
+        self.moveToNextEndpoint()
         self.scheduleReconnect()
     }
 
@@ -324,7 +335,21 @@ final class SimulatedConnection: @unchecked Sendable {
         for index in self.meters.indices { self.meters[index].sentCount = 0 }
         self.duplicates = []
         guard !self.finished else { return }
+        self.context.counters.endpoints[self.endpoint].lost.add(1, ordering: .relaxed)
+        self.moveToNextEndpoint()
         self.scheduleReconnect()
+    }
+
+    /// A connection that failed or was lost goes on at the next endpoint (round robin): a meter
+    /// cannot tell a dead node from a dropped link, and the next node may well be up. With one
+    /// endpoint it stays; the reconnect backoff is not reset by a move, so with every node down the
+    /// attempts still slow to one per 5 s at most.
+    private func moveToNextEndpoint() {
+        let count = self.context.addresses.count
+        guard count > 1 else { return }
+        self.context.counters.endpoints[self.endpoint].movedAway.add(1, ordering: .relaxed)
+        self.endpoint = (self.endpoint + 1) % count
+        self.context.counters.endpoints[self.endpoint].movedIn.add(1, ordering: .relaxed)
     }
 
     private func scheduleReconnect() {

@@ -4,6 +4,10 @@ import MeterCore
 package struct SimulationConfiguration: Sendable {
     package var host = "127.0.0.1"
     package var port = 7700
+    /// Several meterd nodes (`--endpoints`); empty means the one node at `host`:`port`. Connection
+    /// `i` starts on endpoint `i mod N` and moves to the next one (round robin) whenever its
+    /// connection fails or is lost, resending its unacknowledged readings there.
+    package var endpoints: [SimulationEndpoint] = []
     /// Simulated meters.
     package var meters = 100
     /// Real seconds between two readings of a meter; 0 sends flat out (as fast as acks allow).
@@ -70,6 +74,17 @@ package struct SimulationConfiguration: Sendable {
         self.meters = meters
     }
 
+    /// The nodes the fleet connects to: ``endpoints``, or `host`:`port` when none are given.
+    package var targets: [SimulationEndpoint] {
+        self.endpoints.isEmpty ? [SimulationEndpoint(host: self.host, port: self.port)] : self.endpoints
+    }
+
+    /// The endpoint a connection starts on: connections are dealt out in turn, so each node gets
+    /// every N-th connection (and, one meter per connection, every N-th meter).
+    package func homeEndpoint(ofConnection index: Int) -> Int {
+        index % self.targets.count
+    }
+
     package var connectionCount: Int { (self.meters + self.concentrator - 1) / self.concentrator }
 
     package func meterName(_ index: Int) -> String {
@@ -86,7 +101,11 @@ package struct SimulationConfiguration: Sendable {
         if self.concentrator < 1 { return "--concentrator must be at least 1" }
         if !(self.timeScale >= 1) || !self.timeScale.isFinite { return "--time-scale must be 1 or more" }
         if self.window < 1 { return "--window must be at least 1" }
-        if self.port < 1 || self.port > 65_535 { return "--port must be between 1 and 65535" }
+        if self.endpoints.isEmpty, self.port < 1 || self.port > 65_535 { return "--port must be between 1 and 65535" }
+        if let bad = self.endpoints.first(where: { !(1...65_535).contains($0.port) || $0.host.isEmpty }) {
+            return "--endpoints: \(bad) is not a valid HOST:PORT"
+        }
+        if Set(self.endpoints).count != self.endpoints.count { return "--endpoints lists an endpoint twice" }
         if self.maximumConnecting < 1 { return "--max-connecting must be at least 1" }
         if let firstSeq, firstSeq < 0 { return "--first-seq must not be negative" }
         if self.registerDigits < 1 || self.registerDigits > 15 { return "--register-digits must be between 1 and 15" }

@@ -34,10 +34,14 @@ package final class SimulationCounters: Sendable {
     package let peakConnections = Atomic<Int>(0)
     /// Connections that were ever established.
     package let established = Atomic<Int>(0)
+    /// Per endpoint (`--endpoints`, or the one `--host`:`--port`), in the order given.
+    package let endpoints: [EndpointCounters]
     private let errors = Mutex<[String: Int]>([:])
     private let latency = Mutex(LatencyHistogram())
 
-    package init() {}
+    package init(endpoints: [SimulationEndpoint] = [SimulationEndpoint(host: "127.0.0.1", port: 7700)]) {
+        self.endpoints = endpoints.map(EndpointCounters.init)
+    }
 
     package func countError(_ code: String) {
         self.errors.withLock { $0[code, default: 0] += 1 }
@@ -91,4 +95,24 @@ package struct SimulationProgress: Sendable, Equatable {
     package var errors: Int
     package var busySignals: Int
     package var reconnects: Int
+}
+
+/// What happened at one endpoint of a run: connections made and lost there, and meters that moved
+/// away from it or onto it.
+package final class EndpointCounters: Sendable {
+    package let endpoint: SimulationEndpoint
+    /// Connections established to it.
+    package let connections = Atomic<Int>(0)
+    /// Connection attempts that failed (refused, timed out, unreachable).
+    package let connectFailures = Atomic<Int>(0)
+    /// Established connections that ended before their meters were done (reset, EOF, an injected disconnect).
+    package let lost = Atomic<Int>(0)
+    /// Connections that moved from it to the next endpoint after a failure or a loss.
+    package let movedAway = Atomic<Int>(0)
+    /// Connections that moved onto it from the endpoint before.
+    package let movedIn = Atomic<Int>(0)
+
+    init(_ endpoint: SimulationEndpoint) {
+        self.endpoint = endpoint
+    }
 }

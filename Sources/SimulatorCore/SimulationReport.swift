@@ -45,6 +45,23 @@ package struct SimulationReport: Sendable, Codable, Equatable {
         package var meanMs: Double?
     }
 
+    /// One endpoint's share of the run (`--endpoints`, or the one `--host`:`--port`).
+    package struct Endpoint: Sendable, Codable, Equatable {
+        /// `HOST:PORT`.
+        package var endpoint: String
+        /// Meters whose connection started on it (connection `i` starts on endpoint `i mod N`).
+        package var homeMeters: Int
+        /// Connections established to it.
+        package var connections: Int
+        package var connectFailures: Int
+        /// Established connections that ended early there (reset, EOF, injected disconnects).
+        package var lostConnections: Int
+        /// Connections that moved from it to the next endpoint after a failure or a loss.
+        package var movedAway: Int
+        /// Connections that moved onto it from the endpoint before.
+        package var movedIn: Int
+    }
+
     package var meters: Int
     package var connections: Int
     package var peakConnections: Int
@@ -77,6 +94,8 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     package var ackedPerSecond: Double
     /// From a reading's (last) write to its ack.
     package var ackLatency: Latency
+    /// Per endpoint, in the order given.
+    package var endpoints: [Endpoint]
 
     package var errorsTotal: Int { self.errorsByCode.values.reduce(0, +) }
 
@@ -112,6 +131,18 @@ package struct SimulationReport: Sendable, Codable, Equatable {
             count: histogram.count, p50Ms: ms(histogram.quantile(0.5)), p95Ms: ms(histogram.quantile(0.95)),
             p99Ms: ms(histogram.quantile(0.99)), maxMs: ms(histogram.count > 0 ? histogram.maximum : nil),
             meanMs: histogram.mean.map { ($0 / 10).rounded() / 100 })
+        var homeMeters = [Int](repeating: 0, count: counters.endpoints.count)
+        for connection in 0..<configuration.connectionCount where !homeMeters.isEmpty {
+            let lower = connection * configuration.concentrator
+            homeMeters[connection % homeMeters.count] += min(lower + configuration.concentrator, configuration.meters) - lower
+        }
+        self.endpoints = counters.endpoints.enumerated().map { index, endpoint in
+            Endpoint(
+                endpoint: endpoint.endpoint.description, homeMeters: homeMeters[index],
+                connections: endpoint.connections.load(ordering: .relaxed),
+                connectFailures: endpoint.connectFailures.load(ordering: .relaxed), lostConnections: endpoint.lost.load(ordering: .relaxed),
+                movedAway: endpoint.movedAway.load(ordering: .relaxed), movedIn: endpoint.movedIn.load(ordering: .relaxed))
+        }
     }
 
     /// The report as pretty JSON with snake_case keys.
@@ -129,6 +160,13 @@ package struct SimulationReport: Sendable, Codable, Equatable {
             self.errorsByCode.isEmpty
             ? "none"
             : self.errorsByCode.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        let endpoints =
+            self.endpoints.count < 2
+            ? ""
+            : "\n"
+                + self.endpoints.map {
+                    "endpoint \($0.endpoint): \($0.homeMeters) meters started here, \($0.connections) connections, \($0.connectFailures) failed connects, \($0.lostConnections) lost, moved away \($0.movedAway), moved in \($0.movedIn)"
+                }.joined(separator: "\n")
         return """
             meters \(self.meters) on \(self.connections) connections (peak \(self.peakConnections) open), \(String(format: "%.1f", self.elapsedSeconds)) s
             readings: generated \(self.generated), sent \(self.sent), resent \(self.resent), acked \(self.acked), unacked \(self.unacked), rejected \(self.rejected)
@@ -137,6 +175,6 @@ package struct SimulationReport: Sendable, Codable, Equatable {
             busy signals \(self.busySignals), reconnects \(self.reconnects), failed connects \(self.connectFailures), TLS errors \(self.tlsErrors)
             throughput \(Int(self.ackedPerSecond)) acked readings/s
             ack latency: p50 \(ms(self.ackLatency.p50Ms)), p95 \(ms(self.ackLatency.p95Ms)), p99 \(ms(self.ackLatency.p99Ms)), max \(ms(self.ackLatency.maxMs))
-            """
+            """ + endpoints
     }
 }

@@ -145,9 +145,10 @@ struct MeterdUnderTest {
     var statusSocket: String { self.dataDirectory + "/status.sock" }
 
     /// Starts meterd; `wrapper` runs in front of it (`unshare …`, `sh -c 'LISTEN_PID=$$ exec "$@"' sh`).
+    /// `ingest` and `http` default to ephemeral ports; a restart passes the ports it had before.
     static func start(
         dataDirectory: String, arguments: [String] = [], environment: [String: String] = [:],
-        wrapper: [String] = [], inheritedFDs: [CInt] = []
+        wrapper: [String] = [], inheritedFDs: [CInt] = [], ingest: String = "127.0.0.1:0", http: String = "127.0.0.1:0"
     ) throws -> MeterdUnderTest {
         let binary = try BuiltProduct.path("meterd")
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
@@ -155,7 +156,7 @@ struct MeterdUnderTest {
         env.merge(environment) { _, new in new }
         let process = try ChildProcess(
             wrapper + [
-                binary, "--data-dir", dataDirectory, "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                binary, "--data-dir", dataDirectory, "--ingest", ingest, "--http", http,
                 "--status-socket", dataDirectory + "/status.sock",
             ] + arguments,
             environment: env, outputPath: dataDirectory + "/meterd.log", inheritedFDs: inheritedFDs)

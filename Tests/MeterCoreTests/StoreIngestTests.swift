@@ -262,22 +262,6 @@ import Testing
         }
     }
 
-    /// Whether two KPI documents hold the same figures: the same keys and texts, numbers equal to
-    /// 1e-9 relative (SQL sums floating-point amounts in whatever order it reads the rows).
-    func sameFigures(_ lhs: String, _ rhs: String) throws -> Bool {
-        func same(_ a: Any, _ b: Any) -> Bool {
-            switch (a, b) {
-            case (let a as [String: Any], let b as [String: Any]): a.keys.sorted() == b.keys.sorted() && a.allSatisfy { same($1, b[$0]!) }
-            case (let a as [Any], let b as [Any]): a.count == b.count && zip(a, b).allSatisfy(same)
-            case (let a as NSNumber, let b as NSNumber): abs(a.doubleValue - b.doubleValue) <= 1e-9 * max(1, abs(a.doubleValue))
-            case (let a as String, let b as String): a == b
-            case (is NSNull, is NSNull): true
-            default: false
-            }
-        }
-        return same(try JSONSerialization.jsonObject(with: Data(lhs.utf8)), try JSONSerialization.jsonObject(with: Data(rhs.utf8)))
-    }
-
     /// Company data (issue 13 point 1: `meterctl import --store`) goes into either store with the
     /// same checks, and the KPI document over it is the same, byte for byte; importing again
     /// changes nothing, and a file with a bad row leaves the store as it was.
@@ -351,7 +335,8 @@ import Testing
     func resendAfterUnknownOutcome(_ server: PostgresTestServer) async throws {
         let address = try await server.createDatabase()
         let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
-        let backend = try PostgreSQLIngestBackend(connector: PostgreSQLConnector(address: address, logger: testLogger), node: "test-node", logger: testLogger)
+        let backend = try PostgreSQLIngestBackend(
+            connector: PostgreSQLConnector(address: address, logger: testLogger), node: "test-node", logger: testLogger)
         let writer = try IngestWriter(
             backend: backend, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!), tariff: Tariff(), unknownMeters: .register)
         let now = WallClock.nowMs()

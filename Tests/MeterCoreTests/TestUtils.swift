@@ -215,3 +215,19 @@ func readingLine(
 ) -> String {
     Reading(meter: meter, seq: seq, timestampMs: timestampMs, kwh: kwh, status: status, fault: fault).line
 }
+
+/// Whether two KPI documents hold the same figures: the same keys and texts, numbers equal to
+/// 1e-9 relative (SQL sums floating-point amounts in whatever order it reads the rows).
+func sameFigures(_ lhs: String, _ rhs: String) throws -> Bool {
+    func same(_ a: Any, _ b: Any) -> Bool {
+        switch (a, b) {
+        case (let a as [String: Any], let b as [String: Any]): a.keys.sorted() == b.keys.sorted() && a.allSatisfy { same($1, b[$0]!) }
+        case (let a as [Any], let b as [Any]): a.count == b.count && zip(a, b).allSatisfy(same)
+        case (let a as NSNumber, let b as NSNumber): abs(a.doubleValue - b.doubleValue) <= 1e-9 * max(1, abs(a.doubleValue))
+        case (let a as String, let b as String): a == b
+        case (is NSNull, is NSNull): true
+        default: false
+        }
+    }
+    return same(try JSONSerialization.jsonObject(with: Data(lhs.utf8)), try JSONSerialization.jsonObject(with: Data(rhs.utf8)))
+}

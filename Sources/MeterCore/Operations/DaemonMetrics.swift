@@ -56,7 +56,8 @@ package final class DaemonMetrics: CommitListener {
         "meterd_validation_flags_total": "Validation flags raised by stored readings (spike, zero_run, register_reset, clock_backwards, voltage).",
         "meterd_busy_signals_total": "Times a connection was told busy because the write queue was full or commits were failing.",
         "meterd_commits_total": "Group commits of the write pipeline.",
-        "meterd_commit_failures_total": "Commit attempts that failed and were retried after a delay (store unreachable, disk full); lost races are counted apart.",
+        "meterd_commit_failures_total":
+            "Commit attempts that failed and were retried after a delay (store unreachable, disk full); lost races are counted apart.",
         "meterd_tls_handshake_failures_total":
             "TLS handshakes on the ingest port that failed (no, an expired or an untrusted client certificate; not TLS).",
         "meterd_connections": "Meter connections open now.",
