@@ -212,6 +212,7 @@ protocol IngestTransaction: AnyObject {
 
 extension IngestBackend {
     func lostRace(_ error: any Error) -> Bool { false }
+    func outcomeUnknown(_ error: any Error) -> Bool { false }
 }
 
 extension IngestTransaction {
@@ -240,6 +241,9 @@ protocol IngestBackend: AnyObject {
     func invalidatesMeterCache(_ error: any Error) -> Bool
     /// Whether `error` says another writer committed the same meters first (``MeterStoreWriter/lostRace(_:)``).
     func lostRace(_ error: any Error) -> Bool
+    /// Whether the commit that failed with `error` may have committed all the same (the connection
+    /// dropped after the server took it): then no delta says what it changed.
+    func outcomeUnknown(_ error: any Error) -> Bool
 
     func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag]
     func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws

@@ -190,10 +190,9 @@ package final class IngestWriter: MeterStoreWriter {
             if self.backend.invalidatesMeterCache(error) {
                 // If this fails too (the store is still down), the next failed attempt tries again.
                 try? self.reloadMeters()
-                // Unless another writer won a race (then nothing committed), the batch may have
-                // committed before the connection dropped, and no delta said so: the KPI stores
-                // load afresh rather than miss it.
-                if !self.backend.lostRace(error) { self.commitListener?.companyDataChanged() }
+                // The batch may have committed before the connection dropped, and no delta said
+                // so: the KPI stores load afresh rather than miss it.
+                if self.backend.outcomeUnknown(error) { self.commitListener?.companyDataChanged() }
             }
             throw error
         }

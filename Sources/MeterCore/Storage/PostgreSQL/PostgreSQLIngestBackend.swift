@@ -75,6 +75,12 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// another node committed first (the same meter on two nodes at once) fails the insert with
     /// 23505 (unique violation) while waiting for that node's transaction; 40P01 is a deadlock the
     /// server broke. Each rolled the whole batch back.
+    /// Only a lost connection leaves the outcome open: an error the server answered rolled the
+    /// batch back. Errors of another kind are taken as unknown, to be safe.
+    func outcomeUnknown(_ error: any Error) -> Bool {
+        (error as? PostgreSQLStoreError)?.connectionLost ?? true
+    }
+
     func lostRace(_ error: any Error) -> Bool {
         guard let error = error as? PostgreSQLStoreError else { return false }
         return error.isRetryable || error.sqlState == "23505"
@@ -270,8 +276,8 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         let rows: [PostgresRow]
         do {
             rows = try self.backend.run(statement.query, "committing a batch")
-        } catch let error as PostgreSQLStoreError where error.connectionLost {
-            self.backend.lastOutcomeUnknown = true
+        } catch {
+            if self.backend.outcomeUnknown(error) { self.backend.lastOutcomeUnknown = true }
             throw error
         }
         self.backend.lastOutcomeUnknown = false
