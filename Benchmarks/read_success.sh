@@ -39,6 +39,15 @@ WITH RECURSIVE d(i) AS (SELECT $DAYS UNION ALL SELECT i - 1 FROM d WHERE i > 1),
 days(i, day) AS (SELECT i, CAST(strftime('%Y%m%d', $NOW_MS / 1000, 'unixepoch', '-' || i || ' days') AS INTEGER) FROM d)
 INSERT INTO meter_day (day, meter_id, readings, spacing_sum_ms, spacing_count)
 SELECT days.day, m.id, 96, 96 * 900000, 96 FROM days CROSS JOIN meter m WHERE (m.id * 7 + days.i) % 50 != 0;
+-- What the writer keeps beside meter_day (migration v11-read-success-rollups): per meter-month
+-- readings and spacing sums, per region-day the meters reporting.
+INSERT INTO meter_month (meter_id, month, readings, spacing_sum_ms, spacing_count)
+SELECT meter_id, day / 100, sum(readings), sum(spacing_sum_ms), sum(spacing_count) FROM meter_day GROUP BY meter_id, day / 100
+ON CONFLICT (meter_id, month) DO UPDATE SET readings = excluded.readings, spacing_sum_ms = excluded.spacing_sum_ms,
+    spacing_count = excluded.spacing_count;
+DELETE FROM region_day;
+INSERT INTO region_day (day, region, reporting)
+SELECT d.day, m.region, count(*) FROM meter_day d JOIN meter m ON m.id = d.meter_id GROUP BY d.day, m.region;
 UPDATE meter SET first_reading_day = CAST(strftime('%Y%m%d', $NOW_MS / 1000, 'unixepoch', '-$DAYS days') AS INTEGER),
     first_seen_ms = $NOW_MS - $DAYS * 86400000, last_received_ms = $NOW_MS - 900000;
 COMMIT;

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import NIOConcurrencyHelpers
 import Testing
 
@@ -31,9 +32,9 @@ struct ReadDayStoreTests {
         #expect(result.stored == entries.count)
     }
 
-    static func writeCompany(_ directory: String, thirdCustomer: Bool = false) throws {
+    static func writeCompany(_ directory: String, thirdCustomer: Bool = false, secondRegion: String = "South") throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var lines = ["CustomerID,Region,InstallationDate", "1,North,2026-02-20", "2,South,2026-03-02"]
+        var lines = ["CustomerID,Region,InstallationDate", "1,North,2026-02-20", "2,\(secondRegion),2026-03-02"]
         if thirdCustomer { lines.append("3,North,2026-03-01") }
         try writeCSV(directory, "customer_data.csv", lines)
     }
@@ -70,6 +71,32 @@ struct ReadDayStoreTests {
         #expect(alerts.map(\.reporting) == directDay.byRegion.map { $0.days.first?.reporting ?? -1 }, sourceLocation: sourceLocation)
         let figures = try await engine.readSuccess(from: from, through: through, region: nil, nowMs: nowMs)
         return (figures.daily.map(\.installed), figures.daily.map(\.reporting))
+    }
+
+    /// `region_day` and the spacing sums of `meter_month`, which the store loads in place of
+    /// `meter_day`, hold what `meter_day` and the meters' current regions give.
+    static func expectRollupsFollowDays(_ database: MeterDatabase, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        @Sendable func lines(_ db: Database, _ sql: String) throws -> [String] {
+            try Row.fetchAll(db, sql: sql).map { row in (0..<row.count).map { "\(row[$0] as DatabaseValue)" }.joined(separator: " ") }
+        }
+        let (regionDays, fromDays, monthSums, fromDayRows) = try await database.pool.read { db in
+            (
+                try lines(db, "SELECT day, region, reporting FROM region_day ORDER BY day, region"),
+                try lines(
+                    db,
+                    "SELECT d.day, m.region, count(*) FROM meter_day d JOIN meter m ON m.id = d.meter_id GROUP BY d.day, m.region ORDER BY 1, 2"),
+                try lines(db, "SELECT meter_id, month, readings, spacing_sum_ms, spacing_count FROM meter_month WHERE readings > 0 ORDER BY 1, 2"),
+                try lines(
+                    db,
+                    """
+                    SELECT meter_id, day / 100, sum(readings), sum(spacing_sum_ms), sum(spacing_count) FROM meter_day
+                    GROUP BY meter_id, day / 100 ORDER BY 1, 2
+                    """)
+            )
+        }
+        #expect(!fromDays.isEmpty, sourceLocation: sourceLocation)
+        #expect(regionDays == fromDays, sourceLocation: sourceLocation)
+        #expect(monthSums == fromDayRows, sourceLocation: sourceLocation)
     }
 
     /// A meter's readings in the days judged, as the lowest-completeness list gives them.
@@ -131,6 +158,16 @@ struct ReadDayStoreTests {
             try Self.commit(writer, at: "2026-03-03T10:00:01Z", [("MTR-000003", 1, "2026-03-03T10:00:00Z")])
             counts = try await Self.expectSameAnswer(engine, store)
             #expect(counts.reporting == [2, 2, 2])
+            try await Self.expectRollupsFollowDays(database)
+
+            // Customer 2 moves to the North: its meter's reporting days count there now.
+            try Self.writeCompany(directory + "/csv", thirdCustomer: true, secondRegion: "North")
+            #expect(try CompanyImporter.importDirectory(directory + "/csv", into: writer).succeeded)
+            counts = try await Self.expectSameAnswer(engine, store)
+            #expect(counts.reporting == [2, 2, 2])
+            let north = try await engine.readSuccess(from: Self.first, through: Self.last, region: "North", nowMs: Self.nowMs)
+            #expect(north.daily.map(\.reporting) == [2, 2, 1])
+            try await Self.expectRollupsFollowDays(database)
         }
     }
 
@@ -175,6 +212,42 @@ struct ReadDayStoreTests {
             let offline = try await KPIEngine(store: sqlite, settings: KPISettings()).document(period: period, region: nil, nowMs: Self.nowMs)
             #expect(document.readSuccessDaily == offline.readSuccessDaily)
             #expect(document.intervalCompleteness == offline.intervalCompleteness)
+        }
+    }
+
+    /// A database from before `v11-read-success-rollups` gets `region_day` and the spacing sums
+    /// of `meter_month` from its `meter_day` rows when it opens.
+    @Test func anOlderDatabaseGetsItsRollupsWhenItOpens() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = directory + "/meterd.sqlite"
+            do {
+                let pool = try DatabasePool(path: path)
+                try MeterDatabase.migrator.migrate(pool, upTo: "v10-alerts")
+                try await pool.write { db in
+                    try db.execute(
+                        sql: """
+                            INSERT INTO meter (id, name, region) VALUES (1, 'A', 'North'), (2, 'B', 'South'), (3, 'C', 'North');
+                            INSERT INTO meter_month (meter_id, month, readings) VALUES (1, 202602, 3), (1, 202603, 2), (2, 202603, 1), (3, 202603, 2);
+                            INSERT INTO meter_day (day, meter_id, readings, spacing_sum_ms, spacing_count) VALUES
+                                (20260228, 1, 3, 7200000, 2), (20260301, 1, 2, 3600000, 1), (20260301, 2, 1, 0, 0),
+                                (20260301, 3, 1, 0, 0), (20260302, 3, 1, 900000, 1);
+                            """)
+                }
+            }
+            let database = try MeterDatabase(path: path)
+            try await Self.expectRollupsFollowDays(database)
+            let (regionDays, spacings) = try await database.pool.read { db in
+                (
+                    try Row.fetchAll(db, sql: "SELECT day, region, reporting FROM region_day ORDER BY day, region").map {
+                        "\($0[0] as Int) \($0[1] as String) \($0[2] as Int)"
+                    },
+                    try Row.fetchAll(db, sql: "SELECT spacing_sum_ms, spacing_count FROM meter_month ORDER BY meter_id, month").map {
+                        "\($0[0] as Int64)/\($0[1] as Int)"
+                    }
+                )
+            }
+            #expect(regionDays == ["20260228 North 1", "20260301 North 2", "20260301 South 1", "20260302 North 1"])
+            #expect(spacings == ["7200000/2", "3600000/1", "0/0", "900000/1"])
         }
     }
 
@@ -226,11 +299,16 @@ struct ReadDayStoreTests {
                 try Self.commit(writer, at: received, entries, deferAggregates: round % 3 == 1)
                 if round % 3 != 1 { try writer.flushAggregates() }
                 if round == 0 { _ = try await engine.readSuccess(from: Self.first, through: Self.last, region: nil, nowMs: receivedMs) }
+                // The engine kept current by deltas, and one loading afresh what the store keeps.
+                let fresh = KPIEngine(store: store, rollups: KPIRollups(), settings: KPISettings())
                 for (from, through) in [(Day("2026-02-01")!, Day("2026-02-28")!), (Self.first, Self.last), (Day("2026-02-01")!, Self.last)] {
-                    try await Self.expectSameAnswer(
-                        engine, store, from: from, through: through, nowMs: receivedMs + 3_600_000,
-                        regions: [nil, "North", "South", "East", Region.unassigned])
+                    for judge in [engine, fresh] {
+                        try await Self.expectSameAnswer(
+                            judge, store, from: from, through: through, nowMs: receivedMs + 3_600_000,
+                            regions: [nil, "North", "South", "East", Region.unassigned])
+                    }
                 }
+                try await Self.expectRollupsFollowDays(database)
             }
             let figures = try await engine.readSuccess(from: Day("2026-02-01")!, through: Self.last, region: nil, nowMs: start + 9 * 36 * 3_600_000)
             #expect(figures.completeness != nil && figures.rate != nil)
@@ -310,6 +388,10 @@ final class LoadInterleavingStore: MeterStore {
     let afterMonthly: @Sendable () throws -> Void
     let afterReadDays: @Sendable () throws -> Void
     let loads = NIOLockedValueBox(0)
+    private let readLoads = NIOLockedValueBox(0)
+    /// Set once the first monthly snapshot was read and `afterMonthly` committed: the two loads run
+    /// side by side, and the first read facts' load waits for it to keep the interleaving above.
+    private let monthlyDone = NIOLockedValueBox(false)
 
     init(base: SQLiteMeterStore, afterMonthly: @escaping @Sendable () throws -> Void, afterReadDays: @escaping @Sendable () throws -> Void) {
         self.base = base
@@ -327,12 +409,20 @@ final class LoadInterleavingStore: MeterStore {
             $0 += 1; return $0
         }) == 1 {
             try self.afterMonthly()
+            self.monthlyDone.withLockedValue { $0 = true }
         }
         return store
     }
     func loadReadDayStore() async throws -> sending ReadDayStore {
+        let first = self.readLoads.withLockedValue {
+            $0 += 1
+            return $0 == 1
+        }
+        if first {
+            while !self.monthlyDone.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(1)) }
+        }
         let store = try await self.base.loadReadDayStore()
-        if self.loads.withLockedValue({ $0 }) == 1 { try self.afterReadDays() }
+        if first { try self.afterReadDays() }
         return store
     }
     func companyEventTotals(through month: Month, region: String?) async throws -> [CompanyEventTotal] {

@@ -284,6 +284,7 @@ struct ReadSuccessTests {
             _ = try SQLiteMeterStore(database: database).makeWriter(Self.berlin)
             #expect(try Self.dayRows(database) == Self.expectedRows)
             #expect(try Self.firstDays(database) == ["20260301", nil, "20260302"])
+            try await ReadDayStoreTests.expectRollupsFollowDays(database)
 
             // A database from before v9-read-success: no days yet, and the backfill flag the migration sets.
             try await database.pool.write { db in
@@ -297,6 +298,7 @@ struct ReadSuccessTests {
                 try Int.fetchOne(db, sql: "SELECT count(*) FROM store_setting WHERE name = 'read_days_backfill'")
             }
             #expect(flag == 0)
+            try await ReadDayStoreTests.expectRollupsFollowDays(database)
             // Opening again changes nothing.
             _ = try SQLiteMeterStore(database: database).makeWriter(Self.berlin)
             #expect(try Self.dayRows(database) == Self.expectedRows)

@@ -101,6 +101,72 @@ import Testing
         }
     }
 
+    /// The read success facts a store loads for the daemon (per region-day counts and per
+    /// meter-month sums, kept or folded by the store) judge as the store's `meter_day` rows do,
+    /// on both stores, after an import moved a meter to another region.
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func theLoadedReadSuccessFactsJudgeAsTheStoredDays(backend: StoreBackend) async throws {
+        try await withTemporaryDirectory { directory in
+            func company(secondRegion: String) throws {
+                try writeCSV(
+                    directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2026-10-20", "2,\(secondRegion),2026-11-02"])
+            }
+            try company(secondRegion: "South")
+            try await backend.withFreshStore { location in
+                let store = try self.open(location)
+                let writer = try store.makeWriter(WriterSettings())
+                #expect(try CompanyImporter.importDirectory(directory, into: writer).succeeded)
+                let start = RFC3339.parseMilliseconds("2026-11-01T00:30:00Z")!
+                // Meter 1 every 15 min for three days but a gap on the 2nd, meter 2 hourly from the 2nd,
+                // an unknown meter on the 3rd; a late reading of meter 2 on the 1st.
+                var readings: [Reading] = []
+                for step in 0..<(3 * 96) where !(110..<150).contains(step) {
+                    readings.append(Reading(meter: "MTR-000001", seq: Int64(step + 1), timestampMs: start + Int64(step) * 900_000, kwh: 0.1))
+                }
+                for hour in 0..<40 {
+                    readings.append(
+                        Reading(meter: "MTR-000002", seq: Int64(hour + 2), timestampMs: start + 86_400_000 + Int64(hour) * 3_600_000, kwh: 0.2))
+                }
+                readings.append(Reading(meter: "MTR-NEW", seq: 1, timestampMs: start + 2 * 86_400_000 + 3_600_000, kwh: 0.3))
+                // A commit a day, received as the day's last reading was taken; then the late one.
+                for day in 0..<4 {
+                    let chunk = readings.filter { ($0.timestampMs - start + 1_800_000) / 86_400_000 == day }
+                    _ = try writer.commit([self.submission(chunk, receivedMs: chunk.map(\.timestampMs).max()! + 1_000)])
+                }
+                _ = try writer.commit([
+                    self.submission(
+                        [Reading(meter: "MTR-000002", seq: 100, timestampMs: start + 7_200_000, kwh: 0.2)],
+                        receivedMs: start + 3 * 86_400_000 - 60_000)
+                ])
+
+                let first = Day(year: 2026, month: 11, day: 1)
+                let last = Day(year: 2026, month: 11, day: 30)
+                let nowMs = start + 3 * 86_400_000
+                let calendar = MonthCalendar(timeZone: Self.utc)
+                for secondRegion in ["South", "North"] {
+                    if secondRegion == "North" {
+                        try company(secondRegion: "North")
+                        #expect(try CompanyImporter.importDirectory(directory, into: writer).succeeded)
+                    }
+                    // A fresh engine loads what the store keeps.
+                    let engine = KPIEngine(store: store, settings: KPISettings())
+                    for region in [nil, "North", "South", Region.unassigned] as [String?] {
+                        let loaded = try await engine.readSuccess(from: first, through: last, region: region, nowMs: nowMs)
+                        let direct = ReadSuccess(
+                            facts: try await store.readDays(from: first, through: last, region: region), first: first, last: last,
+                            calendar: calendar, nowMs: nowMs, intervals: engine.settings.readIntervals,
+                            listLimit: engine.settings.completenessListLimit)
+                        #expect(loaded == direct, "\(backend) \(secondRegion) \(region ?? "all")")
+                        // (The South has no meter left once meter 2 moved.)
+                        #expect((loaded.completeness != nil) == (region != "South" || secondRegion == "South"), "\(backend) \(region ?? "all")")
+                    }
+                    let north = try await engine.readSuccess(from: first, through: last, region: "North", nowMs: nowMs)
+                    #expect(north.daily.map(\.reporting) == (secondRegion == "North" ? [2, 2, 2, 1] : [1, 1, 1, 1]), "\(backend)")
+                }
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
     func keepsMonthlyAggregatesWithTariffStatusFaultsAndLatency(backend: StoreBackend) async throws {
         try await backend.withFreshStore { location in

@@ -106,6 +106,29 @@ package final class ReadDayStore {
         self.addSums(Int(index), month: Int32(day / 100), readings: readings, spacingSumMs: spacingSumMs, spacingCount: spacingCount)
     }
 
+    /// Adds `meters` reporting on `day` in `region` (a store's per-region-day count), in place of
+    /// their `meter_day` rows; call after the meters.
+    package func addReporting(day: Int, region: String, meters: Int) {
+        guard meters > 0 else { return }
+        let regionIndex = Int(self.region(region))
+        self.reporting[Int32(day), default: []].increment(at: regionIndex, by: Int32(clamping: meters))
+    }
+
+    /// Adds a meter-month's sums (a store's per-meter-month totals of its `meter_day` rows), in
+    /// place of those rows; call after the meters and ``setReceived(firstMs:lastMs:)``.
+    package func addMonth(meterID: Int64, month: Int, readings: Int, spacingSumMs: Int64, spacingCount: Int) {
+        guard let index = self.meterIndex[meterID] else { return }
+        self.addSums(Int(index), month: Int32(month), readings: readings, spacingSumMs: spacingSumMs, spacingCount: spacingCount)
+    }
+
+    /// The earliest month key (`yyyymm`) whose sums are held, `nil` for every month: a store
+    /// need not load older ones.
+    package var firstHeldMonth: Int? {
+        guard self.heldMonths != nil else { return nil }
+        // Before any receipt no month is held.
+        return Int(self.heldMonthKeys?.lowerBound ?? Int32.max)
+    }
+
     /// Sets the receive times; call before the days, so the held months are known.
     package func setReceived(firstMs: Int64?, lastMs: Int64?) {
         self.firstReceivedMs = firstMs
@@ -408,8 +431,8 @@ package final class ReadDayStore {
 
 extension Array where Element == Int32 {
     /// Adds one at `index`, growing the array with zeros to reach it.
-    fileprivate mutating func increment(at index: Int) {
+    fileprivate mutating func increment(at index: Int, by amount: Int32 = 1) {
         if index >= self.count { self.append(contentsOf: repeatElement(0, count: index + 1 - self.count)) }
-        self[index] += 1
+        self[index] += amount
     }
 }

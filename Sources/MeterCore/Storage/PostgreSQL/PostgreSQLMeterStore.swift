@@ -149,11 +149,29 @@ package final class PostgreSQLMeterStore: MeterStore {
                 let (id, name, customer, region, installed) = try row.decode((Int64, String, Int64?, String, Int64?).self)
                 store.addMeter(id: id, name: name, customerID: customer, region: region, installedDay: installed.map(Int.init))
             }
+            // `meter_day` folded by the server into what the store keeps (reporting meters per
+            // region and day, sums per meter and held month): days × regions and meters × months
+            // cross the wire, not every meter-day.
             for row in try await self.rows(
-                connection, "SELECT day, meter_id, readings, spacing_sum_ms, spacing_count FROM meter_day ORDER BY day, meter_id")
+                connection,
+                """
+                SELECT d.day, m.region, count(*) FROM meter_day d JOIN meter m ON m.id = d.meter_id WHERE d.readings > 0
+                GROUP BY d.day, m.region
+                """)
             {
-                let (day, meter, readings, spacingSum, spacingCount) = try row.decode((Int64, Int64, Int64, Int64, Int64).self)
-                store.addDay(meterID: meter, day: Int(day), readings: Int(readings), spacingSumMs: spacingSum, spacingCount: Int(spacingCount))
+                let (day, region, meters) = try row.decode((Int64, String, Int64).self)
+                store.addReporting(day: Int(day), region: region, meters: Int(meters))
+            }
+            let firstDay = Int64(store.firstHeldMonth ?? 0) * 100
+            for row in try await self.rows(
+                connection,
+                """
+                SELECT meter_id, day / 100, sum(readings)::bigint, sum(spacing_sum_ms)::bigint, sum(spacing_count)::bigint FROM meter_day
+                WHERE day >= \(firstDay) GROUP BY meter_id, day / 100
+                """)
+            {
+                let (meter, month, readings, spacingSum, spacingCount) = try row.decode((Int64, Int64, Int64, Int64, Int64).self)
+                store.addMonth(meterID: meter, month: Int(month), readings: Int(readings), spacingSumMs: spacingSum, spacingCount: Int(spacingCount))
             }
             return store
         }

@@ -278,6 +278,61 @@ package final class MeterDatabase: Sendable {
                     CREATE INDEX alert_resolved ON alert (resolved_ms) WHERE resolved_ms IS NOT NULL;
                     """)
         }
+        migrator.registerMigration("v11-read-success-rollups") { db in
+            // What the in-memory read success store loads, kept by the writer so that loading it
+            // reads days × regions and meters × months rather than every `meter_day` row (tens of
+            // millions after a year at 100,000 meters): per day and region the meters that reported
+            // (`region_day`, by the meter's current region: an import that moves meters between
+            // regions counts again), and per meter-month the spacing sums beside `readings`.
+            try db.execute(
+                sql: """
+                    ALTER TABLE meter_month ADD COLUMN spacing_sum_ms INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE meter_month ADD COLUMN spacing_count INTEGER NOT NULL DEFAULT 0;
+                    CREATE TABLE region_day (
+                        day INTEGER NOT NULL,
+                        region TEXT NOT NULL,
+                        reporting INTEGER NOT NULL,
+                        PRIMARY KEY (day, region)
+                    ) WITHOUT ROWID;
+                    """)
+            try ReadSuccessRollups.rebuild(db)
+        }
         return migrator
+    }
+}
+
+/// `region_day` and the spacing sums of `meter_month` (migration `v11-read-success-rollups`), as
+/// they follow from `meter_day` and the meters' regions.
+enum ReadSuccessRollups {
+    /// Recomputes both from `meter_day`: once when the tables appear, and after `meter_day` was
+    /// filled from stored readings (`read_days_backfill`).
+    static func rebuild(_ db: Database) throws {
+        try self.rebuildRegionDays(db)
+        try db.execute(
+            sql: """
+                UPDATE meter_month SET spacing_sum_ms = s.spacing_sum_ms, spacing_count = s.spacing_count
+                FROM (SELECT meter_id, day / 100 AS month, sum(spacing_sum_ms) AS spacing_sum_ms, sum(spacing_count) AS spacing_count
+                      FROM meter_day GROUP BY meter_id, day / 100) AS s
+                WHERE meter_month.meter_id = s.meter_id AND meter_month.month = s.month
+                """)
+    }
+
+    /// Recomputes `region_day`: after an import moved meters to other regions, whose days then count there.
+    static func rebuildRegionDays(_ db: Database) throws {
+        try db.execute(
+            sql: """
+                DELETE FROM region_day;
+                INSERT INTO region_day (day, region, reporting)
+                SELECT d.day, m.region, count(*) FROM meter_day d JOIN meter m ON m.id = d.meter_id WHERE d.readings > 0
+                GROUP BY d.day, m.region;
+                """)
+    }
+
+    /// Each meter's region, to tell after an import whether one moved.
+    static func meterRegions(_ db: Database) throws -> [Int64: String] {
+        var regions: [Int64: String] = [:]
+        let rows = try Row.fetchCursor(db, sql: "SELECT id, region FROM meter")
+        while let row = try rows.next() { regions[row[0]] = row[1] }
+        return regions
     }
 }

@@ -13,7 +13,16 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
     /// Imports one file in one write transaction of `database`.
     static func importFile(_ path: String, database: MeterDatabase, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
         CompanyFileImport.importFile(path, progress: progress) { body in
-            try database.pool.write { db in try body(SQLiteCompanyImportSink(db: db)) }
+            try database.pool.write { db in
+                let regions = try ReadSuccessRollups.meterRegions(db)
+                let result = try body(SQLiteCompanyImportSink(db: db))
+                // Meters the file moved to another region take their reporting days with them.
+                let moved = try ReadSuccessRollups.meterRegions(db).contains { id, region in regions[id].map { $0 != region } ?? false }
+                if moved {
+                    try ReadSuccessRollups.rebuildRegionDays(db)
+                }
+                return result
+            }
         }
     }
 

@@ -93,6 +93,7 @@ final class SQLiteIngestBackend: IngestBackend {
                 firstDays[meterID] = min(firstDays[meterID] ?? day, day)
             }
             try Self.writeDays(days, db: db)
+            try ReadSuccessRollups.rebuild(db)
             for (meterID, day) in firstDays {
                 try db.execute(sql: "UPDATE meter SET first_reading_day = ? WHERE id = ?", arguments: [day, meterID])
             }
@@ -127,12 +128,22 @@ final class SQLiteIngestBackend: IngestBackend {
             statement.bind(5, delta.spacingCount)
             try statement.execute()
         }
+        // One more meter reporting that day in its region (`v11-read-success-rollups`).
+        let countReporting = try RawStatement(
+            db,
+            sql: """
+                INSERT INTO region_day (day, region, reporting) SELECT ?1, region, 1 FROM meter WHERE id = ?2
+                ON CONFLICT (day, region) DO UPDATE SET reporting = reporting + 1
+                """)
         var started: [AggregateDelta.MeterDayKey] = []
         for (key, delta) in days.sorted(by: { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }) {
             try bindAndRun(update, key, delta)
             if update.changes == 0 {
                 try bindAndRun(insert, key, delta)
                 started.append(.init(meterID: key.meterID, day: Day(key: key.day)))
+                countReporting.bind(1, key.day)
+                countReporting.bind(2, key.meterID)
+                try countReporting.execute()
             }
         }
         return started
@@ -268,16 +279,25 @@ final class SQLiteIngestTransaction: IngestTransaction {
                     kwh = kwh + ?3, revenue = revenue + ?4, readings = readings + ?5, faults = faults + ?6,
                     good = good + ?7, fair = fair + ?8, poor = poor + ?9,
                     latency_sum_ms = latency_sum_ms + ?10, latency_count = latency_count + ?11,
-                    latency_max_ms = max(latency_max_ms, ?12), estimated = estimated + ?13, estimated_kwh = estimated_kwh + ?14
+                    latency_max_ms = max(latency_max_ms, ?12), estimated = estimated + ?13, estimated_kwh = estimated_kwh + ?14,
+                    spacing_sum_ms = spacing_sum_ms + ?15, spacing_count = spacing_count + ?16
                 WHERE meter_id = ?1 AND month = ?2
                 """)
         let insertMonth = try RawStatement(
             self.db,
             sql: """
                 INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
-                                         latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                         latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh,
+                                         spacing_sum_ms, spacing_count)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
+        // The days' spacings summed per meter-month: a reading's day and month come from the same
+        // `ts`, so each day's month has its `meter_month` delta in the batch.
+        var spacings: [MonthKey: (sumMs: Int64, count: Int)] = [:]
+        for (key, day) in aggregates.days where day.spacingCount > 0 {
+            spacings[MonthKey(meterID: key.meterID, month: key.day / 100), default: (0, 0)].sumMs += day.spacingSumMs
+            spacings[MonthKey(meterID: key.meterID, month: key.day / 100), default: (0, 0)].count += day.spacingCount
+        }
         func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: AggregateDelta.Month) throws {
             statement.bind(1, key.meterID)
             statement.bind(2, key.month)
@@ -293,6 +313,9 @@ final class SQLiteIngestTransaction: IngestTransaction {
             statement.bind(12, delta.latencyMaxMs)
             statement.bind(13, delta.estimated)
             statement.bind(14, delta.estimatedKwh)
+            let spacing = spacings[key] ?? (0, 0)
+            statement.bind(15, spacing.sumMs)
+            statement.bind(16, spacing.count)
             try statement.execute()
         }
         for (key, delta) in aggregates.months.sorted(by: { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }) {

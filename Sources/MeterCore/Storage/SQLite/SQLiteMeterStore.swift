@@ -198,11 +198,20 @@ package final class SQLiteMeterStore: MeterStore {
                 region: text(row, 3) ?? Region.unassigned,
                 installedDay: sqlite3_column_type(row, 4) == SQLITE_NULL ? nil : Int(sqlite3_column_int64(row, 4)))
         }
-        // In key order (day, meter), the table's own: no sort. Each row counts a reporting meter
-        // that day and adds to its meter-month's sums; no row is kept.
-        try forEachRow(db, "SELECT day, meter_id, readings, spacing_sum_ms, spacing_count FROM meter_day ORDER BY day, meter_id") { row in
-            store.addDay(
-                meterID: sqlite3_column_int64(row, 1), day: Int(sqlite3_column_int64(row, 0)), readings: Int(sqlite3_column_int64(row, 2)),
+        // The writer's per-region-day counts and per-meter-month sums of `meter_day`
+        // (`v11-read-success-rollups`): days × regions and meters × held months, however many
+        // meter-days the history holds.
+        try forEachRow(db, "SELECT day, region, reporting FROM region_day") { row in
+            store.addReporting(
+                day: Int(sqlite3_column_int64(row, 0)), region: text(row, 1) ?? Region.unassigned, meters: Int(sqlite3_column_int64(row, 2)))
+        }
+        let firstMonth = store.firstHeldMonth ?? 0
+        try forEachRow(
+            db,
+            "SELECT meter_id, month, readings, spacing_sum_ms, spacing_count FROM meter_month WHERE month >= \(firstMonth) AND readings > 0"
+        ) { row in
+            store.addMonth(
+                meterID: sqlite3_column_int64(row, 0), month: Int(sqlite3_column_int64(row, 1)), readings: Int(sqlite3_column_int64(row, 2)),
                 spacingSumMs: sqlite3_column_int64(row, 3), spacingCount: Int(sqlite3_column_int64(row, 4)))
         }
         return store
