@@ -51,6 +51,52 @@ struct SystemdTests {
         }
     }
 
+    /// A schema migration can take minutes on a large store: meterd tells systemd to wait longer
+    /// (`EXTEND_TIMEOUT_USEC`) before it migrates, and only then.
+    @Test(.timeLimit(.minutes(1)))
+    func aPendingMigrationExtendsTheStartTimeout() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given a database from before v11-read-success-rollups, with meter-days of two regions.
+            let data = directory + "/data"
+            try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+            do {
+                let pool = try DatabasePool(path: data + "/meterd.sqlite")
+                try MeterDatabase.migrator.migrate(pool, upTo: "v10-alerts")
+                try await pool.write { db in
+                    try db.execute(
+                        sql: """
+                            INSERT INTO meter (id, name, region) VALUES (1, 'A', 'North'), (2, 'B', 'South');
+                            INSERT INTO meter_day (day, meter_id, readings) VALUES (20261101, 1, 4), (20261101, 2, 1), (20261102, 1, 2);
+                            """)
+                }
+            }
+            for run in 1...2 {
+                let notify = try DatagramReceiver(path: directory + "/notify-\(run).sock")
+                defer { notify.close() }
+                let meterd = try MeterdUnderTest.start(dataDirectory: data, environment: ["NOTIFY_SOCKET": notify.path])
+                defer { meterd.process.stop() }
+                try await waitUntil { notify.messages.contains { $0.hasPrefix("READY=1") } }
+                let extended = notify.messages.firstIndex { $0.hasPrefix("EXTEND_TIMEOUT_USEC=") }
+                if run == 1 {
+                    // When it first starts, the wait is extended before it migrates, and the migration ran.
+                    let index = try #require(extended, "\(notify.messages)")
+                    #expect(notify.messages[index] == "EXTEND_TIMEOUT_USEC=1800000000\nSTATUS=Starting: migrating the database schema…")
+                    #expect(index < notify.messages.firstIndex { $0.hasPrefix("READY=1") }!)
+                } else {
+                    // Then a start with nothing to migrate (and a small file) asks for no more time.
+                    #expect(extended == nil, "\(notify.messages)")
+                }
+                #expect(try await meterd.terminate() == 0)
+            }
+            let regionDays = try await DatabaseQueue(path: data + "/meterd.sqlite").read { db in
+                try Row.fetchAll(db, sql: "SELECT day, region, reporting FROM region_day ORDER BY day, region").map {
+                    "\($0[0] as Int) \($0[1] as String) \($0[2] as Int)"
+                }
+            }
+            #expect(regionDays == ["20261101 North 1", "20261101 South 1", "20261102 North 1"])
+        }
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func watchdogGoesQuietWhileTheWriterIsStalled() async throws {
         try await withTemporaryDirectory { directory in

@@ -44,6 +44,10 @@ package final class MeterDatabase: Sendable {
             throw DatabaseOpenError.cannotOpen(path: path, underlying: error)
         }
         let synchronous = durability == .full ? "FULL" : "NORMAL"
+        // The integrity check reads the whole file (about 9 s per GB here): under systemd, a large
+        // database must not look like a hung start-up (the unit allows 120 s).
+        let gigabytes = Int(self.sizeInBytes() >> 30)
+        if gigabytes > 0 { Self.extendStartTimeout(seconds: 120 + 30 * gigabytes, doing: "checking the database (\(gigabytes) GB)") }
         try self.pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
             // Checkpoints run in the writer's commit: fewer, larger ones keep ack latency steady.
@@ -55,7 +59,17 @@ package final class MeterDatabase: Sendable {
                 throw DatabaseOpenError.corrupt(path: path, detail: detail.count > 200 ? String(detail.prefix(200)) + "…" : detail)
             }
         }
+        if try !self.pool.read({ db in try Self.migrator.hasCompletedMigrations(db) }) {
+            // A migration may rewrite a table row by row (v11 reads every `meter_day` row: minutes
+            // at 100,000 meters × a year); it commits whole or not at all, so a kill would only repeat it.
+            Self.extendStartTimeout(seconds: 1800, doing: "migrating the database schema")
+        }
         try Self.migrator.migrate(self.pool)
+    }
+
+    /// Tells systemd that start-up goes on for up to `seconds` more (`EXTEND_TIMEOUT_USEC`), and why; nothing outside systemd.
+    private static func extendStartTimeout(seconds: Int, doing work: String) {
+        Systemd.notify("EXTEND_TIMEOUT_USEC=\(seconds * 1_000_000)\nSTATUS=Starting: \(work)…")
     }
 
     /// The `synchronous` pragma the writer connection runs with (1 = NORMAL, 2 = FULL).
