@@ -413,7 +413,7 @@ final class LoadInterleavingStore: MeterStore {
         }
         return store
     }
-    func loadReadDayStore() async throws -> sending ReadDayStore {
+    func loadReadDayStore(months: ClosedRange<Month>?) async throws -> sending ReadDayStore {
         let first = self.readLoads.withLockedValue {
             $0 += 1
             return $0 == 1
@@ -421,7 +421,7 @@ final class LoadInterleavingStore: MeterStore {
         if first {
             while !self.monthlyDone.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(1)) }
         }
-        let store = try await self.base.loadReadDayStore()
+        let store = try await self.base.loadReadDayStore(months: months)
         if first { try self.afterReadDays() }
         return store
     }

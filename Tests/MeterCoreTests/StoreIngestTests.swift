@@ -157,6 +157,11 @@ import Testing
                             calendar: calendar, nowMs: nowMs, intervals: engine.settings.readIntervals,
                             listLimit: engine.settings.completenessListLimit)
                         #expect(loaded == direct, "\(backend) \(secondRegion) \(region ?? "all")")
+                        // The store a period before the held months is judged from: its own months only.
+                        let period = try await store.loadReadDayStore(months: first.month...last.month).figures(
+                            first: first, last: last, region: region, calendar: calendar, nowMs: nowMs, intervals: engine.settings.readIntervals,
+                            listLimit: engine.settings.completenessListLimit)
+                        #expect(period == direct, "\(backend) \(secondRegion) \(region ?? "all")")
                         // (The South has no meter left once meter 2 moved.)
                         #expect((loaded.completeness != nil) == (region != "South" || secondRegion == "South"), "\(backend) \(region ?? "all")")
                     }

@@ -220,10 +220,11 @@ package final class KPIEngine: Sendable {
                 completeness: completeness, listLimit: self.settings.completenessListLimit)
         }
         if let held { return held }
-        let facts = try await self.store.readDays(from: first, through: last, region: region)
-        return ReadSuccess(
-            facts: facts, first: first, last: last, calendar: calendar, nowMs: nowMs, intervals: self.settings.readIntervals,
-            listLimit: self.settings.completenessListLimit)
+        // The period's own months, loaded for this question: meters × months, not every meter-day.
+        let store = try await self.store.loadReadDayStore(months: first.month...last.month)
+        return store.figures(
+            first: first, last: last, region: region, calendar: calendar, nowMs: nowMs, intervals: self.settings.readIntervals,
+            completeness: completeness, listLimit: self.settings.completenessListLimit) ?? ReadSuccess()
     }
 
     /// Each region's read success on one day (today's so far): its installed and reporting meters

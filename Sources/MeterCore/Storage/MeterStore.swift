@@ -40,10 +40,13 @@ package protocol MeterStore: Sendable {
     /// Every customer, meter and meter-month aggregate, read in one consistent view, as the
     /// in-memory KPI store, with the commit position it covers (``MonthlyStore/coveredThrough``).
     func loadMonthlyStore() async throws -> sending MonthlyStore
-    /// Every meter and `meter_day` row, folded into the in-memory read success counts and sums
-    /// (``ReadDayStore``: meters, then the receive times, then the rows in any order), with the
-    /// commit position they cover (``ReadDayStore/coveredThrough``), from one snapshot.
-    func loadReadDayStore() async throws -> sending ReadDayStore
+    /// The in-memory read success counts and sums (``ReadDayStore``): every meter, the reporting
+    /// meters per region and day, and the per meter-month sums of `meter_day`, with the commit
+    /// position they cover (``ReadDayStore/coveredThrough``), from one snapshot.
+    ///
+    /// - Parameter months: the months whose meter sums to load; `nil` for the daemon's store, which
+    ///   holds the ``ReadDayStore/defaultHeldMonths`` up to the latest receipt.
+    func loadReadDayStore(months: ClosedRange<Month>?) async throws -> sending ReadDayStore
     /// Sums of dated company events (bills, feedback, maintenance, installations, complaints) per
     /// kind, month and item, for months up to `month`, of one region or all.
     func companyEventTotals(through month: Month, region: String?) async throws -> [CompanyEventTotal]
@@ -146,6 +149,11 @@ package protocol MeterStoreWriter: AnyObject {
 }
 
 extension MeterStore {
+    /// The daemon's read success store: the held months up to the latest receipt.
+    package func loadReadDayStore() async throws -> sending ReadDayStore {
+        try await self.loadReadDayStore(months: nil)
+    }
+
     package func makeCommitFeed() -> (any CommitFeedSource)? { nil }
     package func makeSingletonLock() -> (any SingletonLock)? { nil }
 }

@@ -126,9 +126,9 @@ package final class PostgreSQLMeterStore: MeterStore {
              ELSE LEAST(m.first_reading_day, replace(substr(c.installed_on, 1, 10), '-', '')::integer) END
         """
 
-    package func loadReadDayStore() async throws -> sending ReadDayStore {
+    package func loadReadDayStore(months: ClosedRange<Month>?) async throws -> sending ReadDayStore {
         try await self.withSnapshot { connection in
-            let store = ReadDayStore()
+            let store = ReadDayStore(heldMonths: months == nil ? ReadDayStore.defaultHeldMonths : nil)
             // The snapshot first: REPEATABLE READ takes it at the first statement, and it decides which
             // deltas (other nodes' too) the store holds already.
             store.coveredSnapshot = try await self.snapshot(connection)
@@ -162,12 +162,13 @@ package final class PostgreSQLMeterStore: MeterStore {
                 let (day, region, meters) = try row.decode((Int64, String, Int64).self)
                 store.addReporting(day: Int(day), region: region, meters: Int(meters))
             }
-            let firstDay = Int64(store.firstHeldMonth ?? 0) * 100
+            let firstDay = Int64(months?.lowerBound.key ?? store.firstHeldMonth ?? 0) * 100
+            let lastDay = Int64(months?.upperBound.key ?? Int(Int32.max / 100)) * 100 + 99
             for row in try await self.rows(
                 connection,
                 """
                 SELECT meter_id, day / 100, sum(readings)::bigint, sum(spacing_sum_ms)::bigint, sum(spacing_count)::bigint FROM meter_day
-                WHERE day >= \(firstDay) GROUP BY meter_id, day / 100
+                WHERE day >= \(firstDay) AND day <= \(lastDay) GROUP BY meter_id, day / 100
                 """)
             {
                 let (meter, month, readings, spacingSum, spacingCount) = try row.decode((Int64, Int64, Int64, Int64, Int64).self)

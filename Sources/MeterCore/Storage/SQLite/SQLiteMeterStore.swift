@@ -171,20 +171,20 @@ package final class SQLiteMeterStore: MeterStore {
              ELSE min(m.first_reading_day, CAST(replace(substr(c.installed_on, 1, 10), '-', '') AS INTEGER)) END
         """
 
-    package func loadReadDayStore() async throws -> sending ReadDayStore {
+    package func loadReadDayStore(months: ClosedRange<Month>?) async throws -> sending ReadDayStore {
         let pool = self.database.pool
         // Seconds of CPU at 100,000 meters × a year of days: off the cooperative threads, and off
         // the writer, which keeps committing while the snapshot is read.
         return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ReadDayStore, any Error>) in
             DispatchQueue.global(qos: .utility).async {
-                continuation.resume(with: Result { try pool.read { db in try Self.loadReadDayStore(db) } })
+                continuation.resume(with: Result { try pool.read { db in try Self.loadReadDayStore(db, months: months) } })
             }
         }
     }
 
     /// One read transaction: the rows and the watermark they cover come from the same snapshot.
-    private static func loadReadDayStore(_ db: Database) throws -> ReadDayStore {
-        let store = ReadDayStore()
+    private static func loadReadDayStore(_ db: Database, months: ClosedRange<Month>?) throws -> ReadDayStore {
+        let store = ReadDayStore(heldMonths: months == nil ? ReadDayStore.defaultHeldMonths : nil)
         store.coveredThrough = try Int64.fetchOne(db, sql: "SELECT reading_rowid FROM ingest_watermark WHERE id = 1") ?? 0
         let received = try Row.fetchOne(db, sql: "SELECT min(first_seen_ms), max(last_received_ms) FROM meter")
         store.setReceived(firstMs: received?[0], lastMs: received?[1])
@@ -205,10 +205,14 @@ package final class SQLiteMeterStore: MeterStore {
             store.addReporting(
                 day: Int(sqlite3_column_int64(row, 0)), region: text(row, 1) ?? Region.unassigned, meters: Int(sqlite3_column_int64(row, 2)))
         }
-        let firstMonth = store.firstHeldMonth ?? 0
+        let firstMonth = months?.lowerBound.key ?? store.firstHeldMonth ?? 0
+        let lastMonth = months?.upperBound.key ?? Int(Int32.max)
         try forEachRow(
             db,
-            "SELECT meter_id, month, readings, spacing_sum_ms, spacing_count FROM meter_month WHERE month >= \(firstMonth) AND readings > 0"
+            """
+            SELECT meter_id, month, readings, spacing_sum_ms, spacing_count FROM meter_month
+            WHERE month >= \(firstMonth) AND month <= \(lastMonth) AND readings > 0
+            """
         ) { row in
             store.addMonth(
                 meterID: sqlite3_column_int64(row, 0), month: Int(sqlite3_column_int64(row, 1)), readings: Int(sqlite3_column_int64(row, 2)),
