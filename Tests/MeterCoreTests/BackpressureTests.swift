@@ -27,7 +27,8 @@ import Testing
         private let stopped = Atomic<Bool>(false)
 
         func run(_ harness: IngestHarness) async {
-            while !self.stopped.load(ordering: .relaxed) {
+            // Until stopped, or the test was cancelled (its time limit): a cancelled sleep returns at once.
+            while !self.stopped.load(ordering: .relaxed), !Task.isCancelled {
                 let depth = harness.pipeline.queueDepth
                 let held = harness.pipeline.statistics.heldBytes.load(ordering: .relaxed)
                 self.state.withLock { state in
