@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
     url = urllib.parse.urlparse(args.url)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
     rng = random.Random(1)
 
     def get(path):
