@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import PostgresNIO
 import Testing
 
 @testable import MeterCore
@@ -437,6 +439,56 @@ import Testing
         try await server.restart()
         _ = try writer.commit([IngestSubmission(readings: [], quarantined: [rejected(9)], receiver: nil)])
         #expect(try await store.firstColumnText("SELECT count(*)::text FROM quarantine") == ["4"])
+    }
+
+    /// ``PostgreSQLArray`` writes the binary array format itself: what PostgreSQL reads back must be
+    /// what was bound, sentinels included (Int64.min for NULL, NaN, the empty string), and empty
+    /// arrays must arrive as empty arrays of the right type.
+    @Test(.timeLimit(.minutes(2)))
+    func binaryArraysRoundTripThroughPostgreSQL() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let connection = try await PostgreSQLConnector(address: address, logger: testLogger).connect(id: 9)
+        defer { connection.closeInBackground() }
+        let integers: [Int64] = [Int64.min, -1, 0, 1, 1_700_000_000_000, Int64.max]
+        let doubles: [Double] = [.nan, -0.5, 0, 1.25, 1e300, -.infinity]
+        let flags = [true, false, true]
+        let texts = ["", "m-1", "Zählerstand ⚡", String(repeating: "x", count: 5_000)]
+        let blobs = [ByteBuffer(), ByteBuffer(bytes: [0, 1, 255]), ByteBuffer(string: "{\"m\":1}")]
+        // Given every element type bound through PostgreSQLArray
+        var rows: [PostgresRow] = []
+        for try await row in try await connection.query(
+            """
+            SELECT \(PostgreSQLArray(integers)), \(PostgreSQLArray(doubles)), \(PostgreSQLArray(flags)), \(PostgreSQLArray(texts)),
+                   \(PostgreSQLArray(blobs)), (SELECT count(*) FROM unnest(\(PostgreSQLArray(doubles))) AS d(x) WHERE x = 'NaN'),
+                   NULLIF(\(PostgreSQLArray(integers))[1], -9223372036854775808) IS NULL, \(PostgreSQLArray(integers))::text,
+                   \(PostgreSQLArray([Int64]())), \(PostgreSQLArray([Double]())), \(PostgreSQLArray([String]())),
+                   \(PostgreSQLArray([Bool]())), \(PostgreSQLArray([ByteBuffer]())),
+                   cardinality(\(PostgreSQLArray([Int64]()))), pg_typeof(\(PostgreSQLArray([Double]())))::text
+            """, logger: testLogger)
+        {
+            rows.append(row)
+        }
+        let row = try #require(rows.first)
+        let (ints, reals, bools, strings, bytes) = try row.decode(([Int64], [Double], [Bool], [String], [ByteBuffer]).self)
+        // Then PostgreSQL read back exactly the values bound
+        #expect(ints == integers)
+        #expect(reals.count == doubles.count && reals[0].isNaN)
+        #expect(Array(reals.dropFirst()) == Array(doubles.dropFirst()))
+        #expect(bools == flags)
+        #expect(strings == texts)
+        #expect(bytes == blobs)
+        let columns = row.makeRandomAccess()
+        #expect(try columns[5].decode(Int64.self) == 1)
+        #expect(try columns[6].decode(Bool.self))
+        #expect(try columns[7].decode(String.self) == "{-9223372036854775808,-1,0,1,1700000000000,9223372036854775807}")
+        // And empty arrays arrive empty, typed as the parameter says
+        #expect(try columns[8].decode([Int64].self).isEmpty)
+        #expect(try columns[9].decode([Double].self).isEmpty)
+        #expect(try columns[10].decode([String].self).isEmpty)
+        #expect(try columns[11].decode([Bool].self).isEmpty)
+        #expect(try columns[12].decode([ByteBuffer].self).isEmpty)
+        #expect(try columns[13].decode(Int64.self) == 0)
+        #expect(try columns[14].decode(String.self) == "double precision[]")
     }
 
     @Test(.timeLimit(.minutes(2)))

@@ -198,6 +198,9 @@ protocol IngestTransaction: AnyObject {
     func quarantine(_ line: QuarantinedLine) throws
     /// Adds a meter the company data does not know, in `region`; returns its id.
     func registerMeter(named name: String, region: String) throws -> Int64
+    /// Adds meters the company data does not know, in `region`; returns their ids in the order of
+    /// `names` (distinct names). The default adds them one by one with ``registerMeter(named:region:)``.
+    func registerMeters(named names: [String], region: String) throws -> [Int64]
     /// Adds aggregates to `meter`, `meter_month`, `latency_month`, `meter_day` and the watermark.
     func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws
     /// The meter-days whose `meter_day` row the written aggregates created (a meter's first reading
@@ -216,6 +219,10 @@ extension IngestBackend {
 }
 
 extension IngestTransaction {
+    func registerMeters(named names: [String], region: String) throws -> [Int64] {
+        try names.map { try self.registerMeter(named: $0, region: region) }
+    }
+
     func publish(_ delta: AggregateDelta) {}
     var commitXid: UInt64? { nil }
 }

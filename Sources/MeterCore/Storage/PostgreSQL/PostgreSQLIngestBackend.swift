@@ -37,7 +37,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
         self.connector = connector
         self.node = node
         self.logger = logger
-        self.connection = try connector.connectBlocking(id: 1)
+        self.connection = try connector.connectBlocking(id: 1, on: PostgreSQLConnector.writerEventLoopGroup.next())
         let now = WallClock.nowMs()
         self.partitionedMonth = PostgreSQLSchema.utcMonth(ofMilliseconds: now).key
         try PostgreSQLSchema.ensurePartitions(self.connection, nowMs: now, address: connector.address, logger: logger)
@@ -60,7 +60,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
                     "the connection to PostgreSQL at \(self.connector.address.server) dropped mid-transaction, which was rolled back",
                     connectionLost: true)
             }
-            self.connection = try self.connector.connectBlocking(id: 1)
+            self.connection = try self.connector.connectBlocking(id: 1, on: PostgreSQLConnector.writerEventLoopGroup.next())
             self.logger.notice("Reconnected to PostgreSQL", metadata: ["db.store": "\(self.connector.address)"])
         }
         return try self.connection.runBlocking(query, logger: self.logger, address: self.connector.address, doing: doing)
@@ -253,6 +253,26 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
             """, "registering meter \(name)")
         guard let id = try rows.first?.decode(Int64.self) else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
         return id
+    }
+
+    /// All in one statement, outside the batch like ``registerMeter(named:region:)``. Rows go in
+    /// name order, so two nodes registering the same meters at once lock them in the same order.
+    func registerMeters(named names: [String], region: String) throws -> [Int64] {
+        let rows = try self.backend.run(
+            """
+            INSERT INTO meter (name, region) SELECT unnest(\(PostgreSQLArray(names.sorted()))), \(region)
+            ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id, name
+            """, "registering \(names.count) meters")
+        var ids: [String: Int64] = [:]
+        ids.reserveCapacity(rows.count)
+        for row in rows {
+            let (id, name) = try row.decode((Int64, String).self)
+            ids[name] = id
+        }
+        return try names.map { name in
+            guard let id = ids[name] else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
+            return id
+        }
     }
 
     func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws {

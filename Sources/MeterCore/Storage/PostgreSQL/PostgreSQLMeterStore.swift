@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
+import Synchronization
 
 /// The shared store (SPEC.md section 9): one PostgreSQL database, migrated by meterd itself
 /// (``PostgreSQLSchema``), written by the ``IngestWriter`` through ``PostgreSQLIngestBackend``.
@@ -13,6 +14,10 @@ package final class PostgreSQLMeterStore: MeterStore {
     package let connector: PostgreSQLConnector
     private let logger: Logger
     private let reader: PostgreSQLReader
+    /// The last `pg_database_size` and when it was taken (``sizeInBytes()``).
+    private let size = Mutex<(bytes: Int64, takenMs: Int64)?>(nil)
+    /// How long a database size is answered again before it is asked for anew.
+    static let sizeLifetimeMs: Int64 = 10_000
     /// This process's name in the commit feed: host, process id and a random part, so a restarted
     /// node never takes its earlier rows for its own.
     package let node: String = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
@@ -38,8 +43,17 @@ package final class PostgreSQLMeterStore: MeterStore {
 
     package var location: String { self.connector.address.description }
 
+    /// At most ``sizeLifetimeMs`` old: `pg_database_size` stats every file of the database (each
+    /// partition's, each index's), and status and `/metrics` may be polled many times a second.
+    /// Polled every 20 ms under ingest (`Benchmarks/ingest.py`), it took a quarter of PostgreSQL's CPU.
     package func sizeInBytes() async -> Int64 {
-        (try? await self.reader.query("SELECT pg_database_size(current_database())").first?.decode(Int64.self)) ?? 0
+        let now = WallClock.nowMs()
+        if let cached = self.size.withLock({ $0 }), now - cached.takenMs < Self.sizeLifetimeMs { return cached.bytes }
+        guard let bytes = try? await self.reader.query("SELECT pg_database_size(current_database())").first?.decode(Int64.self) else {
+            return self.size.withLock { $0?.bytes } ?? 0
+        }
+        self.size.withLock { $0 = (bytes, now) }
+        return bytes
     }
 
     package func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter {

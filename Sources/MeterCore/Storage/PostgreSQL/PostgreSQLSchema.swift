@@ -279,6 +279,13 @@ enum PostgreSQLSchema {
                 "CREATE TABLE commit_feed_pruned (id integer PRIMARY KEY CHECK (id = 1), before_ms bigint NOT NULL)",
                 "INSERT INTO commit_feed_pruned (id, before_ms) VALUES (1, 0)",
             ]),
+        // Issue 13 point 8: the same function, cheaper for the server (arrays unnested in the
+        // select list, generic plans), and `meterd_commit`, which calls it and writes the feed row
+        // (``PostgreSQLCommitStatement/functionDefinitionV3``, ``PostgreSQLCommitStatement/commitFunctionDefinition``).
+        // `meterd_commit_batch` keeps its signature, so a node not yet upgraded still commits.
+        Migration(
+            name: "v3-commit-batch-unnest-in-select",
+            statements: [PostgreSQLCommitStatement.functionDefinitionV3, PostgreSQLCommitStatement.commitFunctionDefinition]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
