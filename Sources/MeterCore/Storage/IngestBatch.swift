@@ -199,7 +199,8 @@ protocol IngestTransaction: AnyObject {
     /// Adds a meter the company data does not know, in `region`; returns its id.
     func registerMeter(named name: String, region: String) throws -> Int64
     /// Adds meters the company data does not know, in `region`; returns their ids in the order of
-    /// `names` (distinct names). The default adds them one by one with ``registerMeter(named:region:)``.
+    /// `names` (distinct names). Called where ``IngestBackend/registersMetersTogether``; the
+    /// default adds them one by one with ``registerMeter(named:region:)``.
     func registerMeters(named names: [String], region: String) throws -> [Int64]
     /// Adds aggregates to `meter`, `meter_month`, `latency_month`, `meter_day` and the watermark.
     func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws
@@ -214,6 +215,7 @@ protocol IngestTransaction: AnyObject {
 }
 
 extension IngestBackend {
+    var registersMetersTogether: Bool { false }
     func lostRace(_ error: any Error) -> Bool { false }
     func outcomeUnknown(_ error: any Error) -> Bool { false }
 }
@@ -233,6 +235,10 @@ protocol IngestBackend: AnyObject {
     /// Whether aggregates may commit after their readings (``IngestWriter/commit(_:deferAggregates:)``),
     /// because the store folds readings past its watermark again on open.
     var supportsDeferredAggregates: Bool { get }
+    /// Whether a batch's new meters are worth registering in one call before its readings
+    /// (``IngestTransaction/registerMeters(named:region:)``): a round trip per meter costs a server
+    /// store far more than the extra pass over the batch. SQLite registers each as its reading comes.
+    var registersMetersTogether: Bool { get }
     /// Runs `body` in one transaction, committed when it returns and rolled back when it throws.
     func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T
     /// Every meter row.

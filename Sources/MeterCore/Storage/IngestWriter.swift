@@ -158,7 +158,9 @@ package final class IngestWriter: MeterStoreWriter {
             var committed: (any IngestTransaction)?
             let (result, batch, writtenAggregates) = try self.backend.write { transaction -> (CommitResult, BatchAggregates, AggregateDelta?) in
                 committed = transaction
-                if self.unknownMeters == .register { try self.registerNewMeters(in: submissions, transaction: transaction) }
+                if self.unknownMeters == .register, self.backend.registersMetersTogether {
+                    try self.registerNewMeters(in: submissions, transaction: transaction)
+                }
                 var batch = BatchAggregates()
                 let result = try self.apply(submissions, transaction: transaction, rollback: &rollback, into: &batch)
                 guard !deferAggregates else { return (result, batch, nil) }

@@ -48,6 +48,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
     }
 
     var supportsDeferredAggregates: Bool { false }
+    var registersMetersTogether: Bool { true }
 
     /// Runs a statement on the writer's connection, opening a new one first when the last one
     /// closed (the server restarted, the network dropped): the pipeline retries failed commits

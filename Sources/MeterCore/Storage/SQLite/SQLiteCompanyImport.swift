@@ -14,16 +14,25 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
     static func importFile(_ path: String, database: MeterDatabase, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
         CompanyFileImport.importFile(path, progress: progress) { body in
             try database.pool.write { db in
-                let regions = try ReadSuccessRollups.meterRegions(db)
-                let result = try body(SQLiteCompanyImportSink(db: db))
+                let sink = SQLiteCompanyImportSink(db: db)
+                let result = try body(sink)
                 // Meters the file moved to another region take their reporting days with them.
-                let moved = try ReadSuccessRollups.meterRegions(db).contains { id, region in regions[id].map { $0 != region } ?? false }
-                if moved {
+                if let before = sink.regionsBeforeAssigning,
+                    try ReadSuccessRollups.meterRegions(db).contains(where: { id, region in before[id].map { $0 != region } ?? false })
+                {
                     try ReadSuccessRollups.rebuildRegionDays(db)
                 }
                 return result
             }
         }
+    }
+
+    /// Every meter's region before the file's first customer or meter row, which may assign meters
+    /// to regions; `nil` for a file that has none.
+    private(set) var regionsBeforeAssigning: [Int64: String]?
+
+    private func noteRegionsBeforeAssigning() throws {
+        if self.regionsBeforeAssigning == nil { self.regionsBeforeAssigning = try ReadSuccessRollups.meterRegions(self.db) }
     }
 
     private func statement(_ sql: String) throws -> RawStatement {
@@ -70,6 +79,7 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
     }
 
     func customer(id: Int64, region: String, installed: CompanyDate?, hasOwnMeters: Bool) throws {
+        try self.noteRegionsBeforeAssigning()
         let upsertCustomer = try self.statement(
             """
             INSERT INTO customer (id, region, installed_on, installed_month) VALUES (?, ?, ?, ?)
@@ -101,6 +111,7 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
     }
 
     func meter(name: String, customer: Int64, region: String) throws {
+        try self.noteRegionsBeforeAssigning()
         let upsert = try self.statement(
             """
             INSERT INTO meter (name, customer_id, region) VALUES (?, ?, ?)

@@ -295,8 +295,9 @@ final class SQLiteIngestTransaction: IngestTransaction {
         // `ts`, so each day's month has its `meter_month` delta in the batch.
         var spacings: [MonthKey: (sumMs: Int64, count: Int)] = [:]
         for (key, day) in aggregates.days where day.spacingCount > 0 {
-            spacings[MonthKey(meterID: key.meterID, month: key.day / 100), default: (0, 0)].sumMs += day.spacingSumMs
-            spacings[MonthKey(meterID: key.meterID, month: key.day / 100), default: (0, 0)].count += day.spacingCount
+            let month = MonthKey(meterID: key.meterID, month: key.day / 100)
+            spacings[month, default: (0, 0)].sumMs += day.spacingSumMs
+            spacings[month, default: (0, 0)].count += day.spacingCount
         }
         func bindAndRun(_ statement: RawStatement, _ key: MonthKey, _ delta: AggregateDelta.Month) throws {
             statement.bind(1, key.meterID)
