@@ -273,10 +273,12 @@ package final class PostgreSQLMeterStore: MeterStore {
 
     package func inactiveMeterCount(region: String?) async throws -> Int {
         // ``MeterRules/isInactive(inactiveSinceMs:lastReceivedMs:)``: flagged, or never heard from.
+        // Never heard from is `first_seen_ms IS NULL`, the predicate of `meter_never_reported`
+        // (migration v4); a meter's first commit sets it with `last_received_ms`.
         let rows = try await self.reader.query(
             """
             SELECT (SELECT count(*) FROM meter WHERE inactive_since_ms IS NOT NULL AND (\(region)::text IS NULL OR region = \(region)))
-                 + (SELECT count(*) FROM meter WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL
+                 + (SELECT count(*) FROM meter WHERE first_seen_ms IS NULL AND inactive_since_ms IS NULL
                                                  AND (\(region)::text IS NULL OR region = \(region)))
             """)
         return Int(try rows.first?.decode(Int64.self) ?? 0)
@@ -297,7 +299,7 @@ package final class PostgreSQLMeterStore: MeterStore {
             meters += try await self.reader.query(
                 """
                 SELECT name, customer_id, region FROM meter
-                WHERE last_received_ms IS NULL AND inactive_since_ms IS NULL AND (\(region)::text IS NULL OR region = \(region))
+                WHERE first_seen_ms IS NULL AND inactive_since_ms IS NULL AND (\(region)::text IS NULL OR region = \(region))
                 ORDER BY id LIMIT \(Int64(limit - meters.count))
                 """
             ).map { row in

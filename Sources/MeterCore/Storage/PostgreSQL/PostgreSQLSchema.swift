@@ -286,6 +286,21 @@ enum PostgreSQLSchema {
         Migration(
             name: "v3-commit-batch-unnest-in-select",
             statements: [PostgreSQLCommitStatement.functionDefinitionV3, PostgreSQLCommitStatement.commitFunctionDefinition]),
+        // Issue 13 point 8: every commit updates each of its meters' rows, and PostgreSQL can update a
+        // row in place (HOT: no new index entries, pruned within its page) only when no indexed
+        // column changes, predicates of partial indexes included, and its page has room. The
+        // never-reported index named `last_received_ms`, which every commit changes: it now names
+        // `first_seen_ms`, set once by a meter's first commit (both are null until then, and only
+        // the commit sets either). Half of each page of `meter` stays free for the updated rows;
+        // pages written before this migration get their room as vacuum prunes them. A node not
+        // yet upgraded still counts never-reported meters correctly, without the index.
+        Migration(
+            name: "v4-meter-updates-in-place",
+            statements: [
+                "DROP INDEX meter_never_reported",
+                "CREATE INDEX meter_never_reported ON meter (region, id) WHERE first_seen_ms IS NULL AND inactive_since_ms IS NULL",
+                "ALTER TABLE meter SET (fillfactor = 50)",
+            ]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
