@@ -312,7 +312,9 @@ final class SimulatedConnection: @unchecked Sendable {
             self.context.counters.reconnects.add(1, ordering: .relaxed)
         } else {
             self.everConnected = true
-            self.context.counters.established.add(1, ordering: .relaxed)
+            if self.context.counters.established.add(1, ordering: .relaxed).newValue == self.configuration.connectionCount {
+                self.context.counters.fleetEstablished(at: .now(), settle: .milliseconds(Int64(max(1, self.configuration.interval) * 1000)))
+            }
             if let barrier = self.context.startBarrier {
                 barrier.arrive { [self] in self.eventLoop.execute { self.pump() } }
             }
@@ -642,6 +644,7 @@ final class SimulatedConnection: @unchecked Sendable {
         let now = NIODeadline.now()
         let duplicateRate = self.configuration.faults.duplicateRate
         var latencies: [UInt64] = []
+        var steady: [UInt64] = []
         var meter = self.meters[index]
         while meter.sentCount > 0, let first = meter.outstanding.first, first.reading.seq <= seq {
             meter.outstanding.removeFirst()
@@ -649,14 +652,16 @@ final class SimulatedConnection: @unchecked Sendable {
             meter.ledger.ackedMaxSeq = max(meter.ledger.ackedMaxSeq ?? first.reading.seq, first.reading.seq)
             meter.ledger.ackedKwh += first.reading.kwh
             meter.ledger.ackedReadings += 1
-            latencies.append(UInt64(max(0, (now - first.sentAt).nanoseconds / 1000)))
+            let latency = UInt64(max(0, (now - first.sentAt).nanoseconds / 1000))
+            latencies.append(latency)
+            if self.context.counters.isSteady(writtenAt: first.sentAt) { steady.append(latency) }
             // A half-closed connection can send nothing more: no deliberate duplicates on it.
             if !self.outputClosed, self.rng.chance(duplicateRate) { self.duplicates.append(first.reading) }
         }
         self.meters[index] = meter
         if !latencies.isEmpty {
             self.context.counters.acked.add(latencies.count, ordering: .relaxed)
-            self.context.counters.recordLatencies(latencies)
+            self.context.counters.recordLatencies(latencies, steady: steady)
         }
     }
 

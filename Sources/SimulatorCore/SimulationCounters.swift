@@ -1,4 +1,5 @@
 import MeterCore
+import NIOCore
 import Synchronization
 
 /// Live counters of a simulation run, bumped from the event loops and read by the progress line.
@@ -38,6 +39,10 @@ package final class SimulationCounters: Sendable {
     package let endpoints: [EndpointCounters]
     private let errors = Mutex<[String: Int]>([:])
     private let latency = Mutex(LatencyHistogram())
+    /// Acks of readings written once the fleet was steady (``steadyFrom``).
+    private let steadyLatency = Mutex(LatencyHistogram())
+    /// Uptime nanoseconds (`NIODeadline`) from which a written reading counts as steady; `UInt64.max` until then.
+    private let steadyFromNanoseconds = Atomic<UInt64>(.max)
 
     package init(endpoints: [SimulationEndpoint] = [SimulationEndpoint(host: "127.0.0.1", port: 7700)]) {
         self.endpoints = endpoints.map(EndpointCounters.init)
@@ -49,14 +54,32 @@ package final class SimulationCounters: Sendable {
 
     package var errorsByCode: [String: Int] { self.errors.withLock { $0 } }
 
-    package func recordLatencies(_ microseconds: [UInt64]) {
+    /// Records ack latencies: all of them, and separately those of readings written once the fleet was steady.
+    package func recordLatencies(_ microseconds: [UInt64], steady: [UInt64] = []) {
         guard !microseconds.isEmpty else { return }
         self.latency.withLock { histogram in
             for value in microseconds { histogram.record(value) }
         }
+        guard !steady.isEmpty else { return }
+        self.steadyLatency.withLock { histogram in
+            for value in steady { histogram.record(value) }
+        }
     }
 
     package var latencyHistogram: LatencyHistogram { self.latency.withLock { $0 } }
+    package var steadyLatencyHistogram: LatencyHistogram { self.steadyLatency.withLock { $0 } }
+
+    /// The fleet is steady `settle` after its last connection was first established: by then every
+    /// meter has sent its first reading, so the connection storm and the registration of new meters
+    /// are behind it. Readings written from then on also go to the steady latency histogram.
+    func fleetEstablished(at moment: NIODeadline, settle: TimeAmount) {
+        self.steadyFromNanoseconds.store((moment + settle).uptimeNanoseconds, ordering: .relaxed)
+    }
+
+    /// Whether a reading written at `moment` was written once the fleet was steady.
+    func isSteady(writtenAt moment: NIODeadline) -> Bool {
+        moment.uptimeNanoseconds >= self.steadyFromNanoseconds.load(ordering: .relaxed)
+    }
 
     func connectionOpened() {
         let now = self.connections.add(1, ordering: .relaxed).newValue

@@ -94,6 +94,10 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     package var ackedPerSecond: Double
     /// From a reading's (last) write to its ack.
     package var ackLatency: Latency
+    /// The same for readings written once the fleet was steady: one reading interval (at least 1 s)
+    /// after the last connection was first established, so without the connection storm and the
+    /// registration of new meters at the start. Empty (count 0) when the run never got there.
+    package var steadyAckLatency: Latency
     /// Per endpoint, in the order given.
     package var endpoints: [Endpoint]
 
@@ -127,10 +131,14 @@ package struct SimulationReport: Sendable, Codable, Equatable {
         self.reconnects = counters.reconnects.load(ordering: .relaxed)
         self.connectFailures = counters.connectFailures.load(ordering: .relaxed)
         self.ackedPerSecond = elapsedSeconds > 0 ? (Double(acked) / elapsedSeconds).rounded() : 0
-        self.ackLatency = Latency(
-            count: histogram.count, p50Ms: ms(histogram.quantile(0.5)), p95Ms: ms(histogram.quantile(0.95)),
-            p99Ms: ms(histogram.quantile(0.99)), maxMs: ms(histogram.count > 0 ? histogram.maximum : nil),
-            meanMs: histogram.mean.map { ($0 / 10).rounded() / 100 })
+        func latency(_ histogram: LatencyHistogram) -> Latency {
+            Latency(
+                count: histogram.count, p50Ms: ms(histogram.quantile(0.5)), p95Ms: ms(histogram.quantile(0.95)),
+                p99Ms: ms(histogram.quantile(0.99)), maxMs: ms(histogram.count > 0 ? histogram.maximum : nil),
+                meanMs: histogram.mean.map { ($0 / 10).rounded() / 100 })
+        }
+        self.ackLatency = latency(histogram)
+        self.steadyAckLatency = latency(counters.steadyLatencyHistogram)
         var homeMeters = [Int](repeating: 0, count: counters.endpoints.count)
         for connection in 0..<configuration.connectionCount where !homeMeters.isEmpty {
             let lower = connection * configuration.concentrator
@@ -175,6 +183,7 @@ package struct SimulationReport: Sendable, Codable, Equatable {
             busy signals \(self.busySignals), reconnects \(self.reconnects), failed connects \(self.connectFailures), TLS errors \(self.tlsErrors)
             throughput \(Int(self.ackedPerSecond)) acked readings/s
             ack latency: p50 \(ms(self.ackLatency.p50Ms)), p95 \(ms(self.ackLatency.p95Ms)), p99 \(ms(self.ackLatency.p99Ms)), max \(ms(self.ackLatency.maxMs))
+            steady fleet (\(self.steadyAckLatency.count) acks): p50 \(ms(self.steadyAckLatency.p50Ms)), p95 \(ms(self.steadyAckLatency.p95Ms)), p99 \(ms(self.steadyAckLatency.p99Ms)), max \(ms(self.steadyAckLatency.maxMs))
             """ + endpoints
     }
 }
