@@ -260,6 +260,43 @@ import Testing
 }
 
 extension MultiNodeTests {
+    /// A lease connection the network black-holes (no answer, no reset) must not stop a node from
+    /// trying again: its try gives up after three intervals and the next one uses a new connection.
+    @Test(.timeLimit(.minutes(2)))
+    func aNodeWhoseLeaseConnectionIsBlackHoledTriesAgainOnANewOne() async throws {
+        let server = try await PostgresTestServer.shared()
+        let database = try await server.createDatabase().database
+        let proxy = try await BlackHoleProxy(upstreamPort: server.port)
+        let viaProxy = PostgreSQLAddress(user: server.user, password: server.password, host: "127.0.0.1", port: proxy.port, database: database)
+        let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger)
+        let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
+        let interval = Duration.milliseconds(250)
+        let lease = SingletonLease(lock: store.makeSingletonLock(), interval: interval, logger: testLogger)
+        do {
+            try await withRunningServices([lease]) {
+                // Given the node leads through the proxy
+                try await waitUntil(timeout: .seconds(10)) { lease.isLeader }
+                // When the path loses its lease connection's flow, and the server, as TCP keepalive
+                // would in the end, drops that session and with it the lock
+                proxy.blackHoleExisting()
+                try await waitUntil(timeout: .seconds(5)) { !lease.isLeader }
+                let killed = try await observer.firstColumnText(
+                    """
+                    SELECT pg_terminate_backend(pid)::text FROM pg_locks
+                    WHERE locktype = 'advisory' AND granted AND objid = \(PostgreSQLSingletonLock.key & 0xFFFF_FFFF)
+                      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    """)
+                #expect(killed == ["true"])
+                // Then the node leads again on a new connection, well before TCP would have given up
+                try await waitUntil(timeout: .seconds(10)) { lease.isLeader }
+            }
+        } catch {
+            try? await proxy.shutdown()
+            throw error
+        }
+        try await proxy.shutdown()
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func theFeedDeliversAnotherNodesCommitOnceAndANodeThatFellBehindThePruneReloads() async throws {
         let address = try await PostgresTestServer.shared().createDatabase()

@@ -75,10 +75,32 @@ package final class SingletonLease: Service, Sendable {
         await lock.release()
     }
 
+    /// A try that takes longer than `limit` counts as not held, and the lock drops its connection:
+    /// a connection the network black-holes gets no answer and no reset, so without a limit the
+    /// try would wait for TCP to give up (many minutes), and this node could neither lead again
+    /// until then, not even when it is the only one left, nor shut down. Leadership itself lapsed
+    /// two intervals after the last confirmation (``leads(_:now:)``); this is about trying again.
+    static func attempt(_ lock: any SingletonLock, within limit: Duration) async -> Bool {
+        await withTaskGroup(of: Bool?.self) { group in
+            group.addTask { await lock.acquireOrConfirm() }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return nil
+            }
+            if case .some(.some(let held)) = await group.next() {
+                group.cancelAll()
+                return held
+            }
+            // The group waits for the try, which ends once its connection is gone.
+            await lock.abandon()
+            return false
+        }
+    }
+
     /// One try: takes or confirms the lock, and logs a change of leadership.
     package func renew() async {
         guard let lock = self.lock else { return }
-        let held = await lock.acquireOrConfirm()
+        let held = await Self.attempt(lock, within: self.interval * 3)
         let now = ContinuousClock.now
         let (leading, changed) = self.state.withLockedValue { state -> (Bool, Bool) in
             if held {

@@ -65,6 +65,9 @@ package protocol SingletonLock: Sendable {
     /// Takes the lock, or confirms it is still held; `false` when another node holds it or the
     /// database cannot be reached (then it is not held: the server frees it with the connection).
     func acquireOrConfirm() async -> Bool
+    /// Gives up a try that hangs (a connection the network black-holes: no answer, no reset): drops
+    /// its connection, so that try returns `false` and the next one starts on a new connection.
+    func abandon() async
     /// Lets go of the lock, if held.
     func release() async
 }

@@ -178,6 +178,15 @@ actor PostgreSQLSingletonLock: SingletonLock {
         }
     }
 
+    /// Closing the socket fails the query that waits on it. Should the server still hold the
+    /// session (it cannot tell a black-holed client from a quiet one until TCP keepalive gives up),
+    /// the lock stays with that session, and nobody, this node included, takes it until then.
+    func abandon() async {
+        self.connection?.closeInBackground()
+        self.connection = nil
+        self.held = false
+    }
+
     func release() async {
         guard let connection = self.connection else { return }
         self.connection = nil
