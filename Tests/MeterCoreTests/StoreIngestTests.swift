@@ -516,7 +516,9 @@ import Testing
             _ = try writer.commit([IngestSubmission(readings: readings, receiver: nil)])
         }
         // Then (once the writer's session reports its statistics, within about 10 s of going idle)
-        // nearly every one of the 4,000 row updates was made in place
+        // most of the 4,000 row updates were made in place: before migration v4 none could be. How
+        // many more than half depends on when the server prunes a page's old row versions, which
+        // other sessions on the shared test server delay (85 % in a loaded parallel run, over 90 % alone).
         var updates: (all: Int64, inPlace: Int64) = (0, 0)
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
@@ -530,7 +532,7 @@ import Testing
             try await Task.sleep(for: .milliseconds(250))
         }
         #expect(updates.all >= 4_000)
-        #expect(Double(updates.inPlace) >= 0.9 * Double(updates.all), "\(updates.inPlace) of \(updates.all) meter updates in place")
+        #expect(Double(updates.inPlace) >= 0.5 * Double(updates.all), "\(updates.inPlace) of \(updates.all) meter updates in place")
         // And meters that never reported are still counted as inactive, through the new predicate
         #expect(try await store.inactiveMeterCount(region: nil) == 0)
         _ = try await store.firstColumnText("INSERT INTO meter (name, region) VALUES ('never-1', 'North') RETURNING name")
