@@ -39,7 +39,7 @@ package final class SimulationCounters: Sendable {
     package let endpoints: [EndpointCounters]
     private let errors = Mutex<[String: Int]>([:])
     private let latency = Mutex(LatencyHistogram())
-    /// Acks of readings written once the fleet was steady (``steadyFrom``).
+    /// Acks of readings written once the fleet was steady (``isSteady(writtenAt:)``).
     private let steadyLatency = Mutex(LatencyHistogram())
     /// Uptime nanoseconds (`NIODeadline`) from which a written reading counts as steady; `UInt64.max` until then.
     private let steadyFromNanoseconds = Atomic<UInt64>(.max)
