@@ -441,6 +441,48 @@ import Testing
         #expect(try await store.firstColumnText("SELECT count(*)::text FROM quarantine") == ["4"])
     }
 
+    /// In the extended protocol PostgreSQL answers a statement (CommandComplete) before it commits the
+    /// statement's implicit transaction, at Sync; PostgresNIO finishes the query on the answer. A
+    /// commit that fails after it (here a deferred constraint trigger; in production a crash before
+    /// the commit record is flushed) must not count as committed, or meterd acks readings it lost.
+    @Test(.timeLimit(.minutes(2)))
+    func aBatchWhoseTransactionFailsAtCommitIsNotAcknowledged() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let writer = try store.makeWriter(WriterSettings())
+        let now = WallClock.nowMs()
+        func reading(_ seq: Int64) -> IngestSubmission {
+            let reading = Reading(meter: "C1", seq: seq, timestampMs: now - 60_000 + seq, kwh: Double(seq))
+            return IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: now)], receiver: nil)
+        }
+        func storedSeqs() async throws -> [Int64] {
+            try #require(try await store.recentReadings(meter: "C1", limit: 10)).readings.map(\.seq).sorted()
+        }
+        // Given a meter with one reading, and a trigger that fails the commit of its second
+        #expect(try writer.commit([reading(1)]).stored == 1)
+        _ = try await store.firstColumnText(
+            """
+            CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'refused at commit'; END $$
+            """)
+        _ = try await store.firstColumnText(
+            """
+            CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER UPDATE ON meter DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (NEW.hwm_seq = 2) EXECUTE FUNCTION refuse_at_commit()
+            """)
+
+        // When the writer commits the second reading, the commit fails after the statement completed
+        #expect(throws: PostgreSQLStoreError.self) { try writer.commit([reading(2)]) }
+        #expect(try await storedSeqs() == [1])
+
+        // Then the batch goes again once the trigger is gone, is stored (not taken for a duplicate), once
+        _ = try await store.firstColumnText("DROP TRIGGER refuse_at_commit ON meter")
+        let retried = try writer.commit([reading(2)])
+        #expect(retried.stored == 1 && retried.duplicates == 0)
+        #expect(try await storedSeqs() == [1, 2])
+        #expect(try await store.meterRecord(named: "C1")?.readingsTotal == 2)
+    }
+
     /// ``PostgreSQLArray`` writes the binary array format itself: what PostgreSQL reads back must be
     /// what was bound, sentinels included (Int64.min for NULL, NaN, the empty string), and empty
     /// arrays must arrive as empty arrays of the right type.

@@ -18,11 +18,14 @@ func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws 
 }
 
 /// Polls a condition until it holds; never a fixed sleep.
-func waitUntil(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws {
+/// A condition that never holds is recorded at the caller's line.
+func waitUntil(
+    timeout: Duration = .seconds(20), sourceLocation: SourceLocation = #_sourceLocation, _ condition: () async throws -> Bool
+) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else {
-            Issue.record("condition not met within \(timeout)")
+            Issue.record("condition not met within \(timeout)", sourceLocation: sourceLocation)
             throw CancellationError()
         }
         try await Task.sleep(for: .milliseconds(10))

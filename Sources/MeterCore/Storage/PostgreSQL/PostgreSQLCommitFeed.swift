@@ -122,9 +122,7 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
     }
 
     private func rows(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
-        var rows: [PostgresRow] = []
-        for try await row in try await connection.query(query, logger: self.connector.logger) { rows.append(row) }
-        return rows
+        try await connection.allRows(query, logger: self.connector.logger)
     }
 }
 
@@ -161,13 +159,11 @@ actor PostgreSQLSingletonLock: SingletonLock {
             }
             if self.held {
                 // The session holds the lock as long as it lives: a round trip proves it does.
-                for try await _ in try await connection.query("SELECT 1", logger: self.connector.logger) {}
+                _ = try await connection.allRows("SELECT 1", logger: self.connector.logger)
                 return true
             }
-            var taken = false
-            for try await row in try await connection.query("SELECT pg_try_advisory_lock(\(Self.key))", logger: self.connector.logger) {
-                taken = try row.decode(Bool.self)
-            }
+            let taken = try await connection.allRows("SELECT pg_try_advisory_lock(\(Self.key))", logger: self.connector.logger).first?
+                .decode(Bool.self) ?? false
             self.held = taken
             return taken
         } catch {

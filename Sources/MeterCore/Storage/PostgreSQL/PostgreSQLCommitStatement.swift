@@ -5,10 +5,11 @@ import PostgresNIO
 /// One ingest commit on PostgreSQL: the batch's readings, flags, quarantined lines and aggregates
 /// as arrays, handed to `meterd_commit_batch` in one call.
 ///
-/// One statement is one round trip and one implicit transaction: the function's INSERTs and
-/// UPDATEs commit together, or an error rolls all of them back. Arrays unnested server-side cost
-/// one bind per column rather than per row; COPY into a staging table would need a BEGIN, the
-/// COPY, the merge and a COMMIT: four round trips. PostgresNIO's arrays carry
+/// One statement is one implicit transaction: the function's INSERTs and UPDATEs commit together,
+/// or an error rolls all of them back. With the trivial query that proves the commit
+/// (``PostgreSQLIngestBackend/runCommitted(_:_:)``) that is two round trips. Arrays unnested
+/// server-side cost one bind per column rather than per row; COPY into a staging table would need
+/// a BEGIN, the COPY, the merge and a COMMIT: four round trips. PostgresNIO's arrays carry
 /// no NULL elements, so a nullable column travels with a sentinel the function turns back into
 /// NULL: ``nullInteger``, NaN for doubles (readings' numbers are finite), and the empty string for
 /// texts that are never empty when present (fault codes, certificate identities).

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PostgresNIO
@@ -148,9 +149,40 @@ extension PostgresConnection {
     /// Runs a statement and collects its rows, blocking the calling thread (the writer's own).
     func runBlocking(_ query: PostgresQuery, logger: Logger, address: PostgreSQLAddress, doing: String) throws -> [PostgresRow] {
         do {
-            return try self.query(query, logger: logger).wait().rows
+            return try self.queryFailingOnClose(query, logger: logger).wait().rows
         } catch {
             throw PostgreSQLStoreError.describing(error, doing: doing, address: address)
         }
+    }
+
+    /// Runs a statement and collects its rows; fails if the connection closes first.
+    func allRows(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
+        try await self.queryFailingOnClose(query, logger: logger).get().rows
+    }
+
+    /// ``query(_:logger:file:line:)``, failed if the connection was closed before the query reached it.
+    ///
+    /// PostgresNIO hands a query to its channel without a write promise: a query written just as
+    /// the channel closes (the server's error after a statement's answer closes it, say) never
+    /// reaches the connection's state machine, and its future would never complete. The write is
+    /// done on the event loop, in order: a check queued after it sees whether the channel was
+    /// closed by then. A query that did reach the state machine is failed by it on close.
+    func queryFailingOnClose(_ query: PostgresQuery, logger: Logger) -> EventLoopFuture<PostgresQueryResult> {
+        let promise = self.eventLoop.makePromise(of: PostgresQueryResult.self)
+        let settled = NIOLockedValueBox(false)
+        let settle: @Sendable (Result<PostgresQueryResult, any Error>) -> Void = { result in
+            guard
+                settled.withLockedValue({ settled in
+                    defer { settled = true }
+                    return !settled
+                })
+            else { return }
+            promise.completeWith(result)
+        }
+        self.query(query, logger: logger).whenComplete(settle)
+        self.eventLoop.execute {
+            if self.isClosed { settle(.failure(ChannelError.ioOnClosedChannel)) }
+        }
+        return promise.futureResult
     }
 }

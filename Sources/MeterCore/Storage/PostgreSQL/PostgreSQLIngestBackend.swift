@@ -7,9 +7,9 @@ import PostgresNIO
 /// only, blocking on each round trip (the writer is a plain thread, not a task).
 ///
 /// A transaction collects the batch's rows in arrays and sends them at the end as one call of
-/// `meterd_commit_batch` (``PostgreSQLCommitStatement``): one statement, so one round trip and one
-/// implicit transaction, committed with `synchronous_commit = on` before the call returns, and so
-/// before any ack goes out. Aggregates always commit with their readings
+/// `meterd_commit_batch` (``PostgreSQLCommitStatement``): one statement and one implicit
+/// transaction, committed with `synchronous_commit = on`, then a trivial query that proves the
+/// commit (``runCommitted(_:_:)``); only then do acks go out. Aggregates always commit with their readings
 /// (``supportsDeferredAggregates`` is false): there is no recovery pass to fold readings again.
 final class PostgreSQLIngestBackend: IngestBackend {
     let connector: PostgreSQLConnector
@@ -62,9 +62,35 @@ final class PostgreSQLIngestBackend: IngestBackend {
                     connectionLost: true)
             }
             self.connection = try self.connector.connectBlocking(id: 1, on: PostgreSQLConnector.writerEventLoopGroup.next())
+            // A crash can undo the `nextval` that gave this block (sequences are not flushed until
+            // a commit): the sequence could give it out again, so a new one is taken.
+            self.positionLimit = self.nextPosition
             self.logger.notice("Reconnected to PostgreSQL", metadata: ["db.store": "\(self.connector.address)"])
         }
         return try self.connection.runBlocking(query, logger: self.logger, address: self.connector.address, doing: doing)
+    }
+
+    /// Runs a statement whose effect must be durable before the caller acts on it (acks, the
+    /// transition log), and returns only once its transaction has committed.
+    ///
+    /// In the extended protocol the server answers a statement (CommandComplete, which ends
+    /// PostgresNIO's query) before it commits the statement's implicit transaction at Sync, and
+    /// only then says ReadyForQuery; a crash or a failing deferred constraint in between leaves an
+    /// answered statement uncommitted. PostgresNIO sends the next query only after ReadyForQuery,
+    /// so a trivial one answered proves the commit. Its failure leaves the outcome open.
+    @discardableResult
+    func runCommitted(_ query: PostgresQuery, _ doing: String) throws -> [PostgresRow] {
+        let rows = try self.run(query, doing)
+        do {
+            _ = try self.connection.runBlocking(
+                "SELECT 1", logger: self.logger, address: self.connector.address, doing: "confirming the commit of \(doing)")
+        } catch {
+            throw PostgreSQLStoreError(
+                "PostgreSQL at \(self.connector.address.server) answered \(doing) but did not confirm its commit, "
+                    + "which may or may not have happened: \(error)",
+                connectionLost: true)
+        }
+        return rows
     }
 
     /// Any failed commit may have committed after all (a connection lost after the server took the
@@ -137,7 +163,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
     func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
         guard !candidates.isEmpty else { return [] }
         // The condition is checked again: a reading may have arrived since the candidates were read.
-        let rows = try self.run(
+        let rows = try self.runCommitted(
             """
             UPDATE meter SET inactive_since_ms = COALESCE(last_received_ms, \(startMs))
             WHERE id = ANY(\(candidates.map(\.id))) AND inactive_since_ms IS NULL AND COALESCE(last_received_ms, \(startMs)) < \(cutoffMs)
@@ -285,7 +311,7 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         self.published = delta
     }
 
-    /// Sends the batch: one statement, one round trip, one transaction.
+    /// Sends the batch: one statement and one transaction, and a trivial query proving its commit.
     func commit() throws {
         if self.backend.lastOutcomeUnknown, !self.quarantined.received.isEmpty {
             try self.dropQuarantinedLinesAlreadyStored()
@@ -296,7 +322,7 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         guard !statement.isEmpty else { return }
         let rows: [PostgresRow]
         do {
-            rows = try self.backend.run(statement.query, "committing a batch")
+            rows = try self.backend.runCommitted(statement.query, "committing a batch")
         } catch {
             if self.backend.outcomeUnknown(error) { self.backend.lastOutcomeUnknown = true }
             throw error

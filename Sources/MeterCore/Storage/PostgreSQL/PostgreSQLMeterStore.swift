@@ -554,9 +554,7 @@ package final class PostgreSQLMeterStore: MeterStore {
     }
 
     private func rows(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
-        var rows: [PostgresRow] = []
-        for try await row in try await connection.query(query, logger: self.logger) { rows.append(row) }
-        return rows
+        try await connection.allRows(query, logger: self.logger)
     }
 }
 
@@ -593,9 +591,7 @@ actor PostgreSQLReader {
     nonisolated func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
         let connection = try await self.open()
         do {
-            var rows: [PostgresRow] = []
-            for try await row in try await connection.query(query, logger: self.connector.logger) { rows.append(row) }
-            return rows
+            return try await connection.allRows(query, logger: self.connector.logger)
         } catch {
             throw PostgreSQLStoreError.describing(error, doing: "reading", address: self.connector.address)
         }
