@@ -472,7 +472,9 @@ import Testing
             """)
 
         // When the writer commits the second reading, the commit fails after the statement completed
-        #expect(throws: PostgreSQLStoreError.self) { try writer.commit([reading(2)]) }
+        let error = #expect(throws: PostgreSQLStoreError.self) { try writer.commit([reading(2)]) }
+        #expect(error?.description.contains("its commit was not confirmed") == true, "\(String(describing: error))")
+        #expect(error?.connectionLost == true, "its outcome is open")
         #expect(try await storedSeqs() == [1])
 
         // Then the batch goes again once the trigger is gone, is stored (not taken for a duplicate), once

@@ -83,12 +83,11 @@ final class PostgreSQLIngestBackend: IngestBackend {
         let rows = try self.run(query, doing)
         do {
             _ = try self.connection.runBlocking(
-                "SELECT 1", logger: self.logger, address: self.connector.address, doing: "confirming the commit of \(doing)")
-        } catch {
-            throw PostgreSQLStoreError(
-                "PostgreSQL at \(self.connector.address.server) answered \(doing) but did not confirm its commit, "
-                    + "which may or may not have happened: \(error)",
-                connectionLost: true)
+                "SELECT 1", logger: self.logger, address: self.connector.address,
+                doing: "\(doing) (answered, but its commit was not confirmed: it may or may not have happened)")
+        } catch var error as PostgreSQLStoreError {
+            error.connectionLost = true
+            throw error
         }
         return rows
     }
