@@ -162,7 +162,8 @@ actor PostgreSQLSingletonLock: SingletonLock {
                 _ = try await connection.allRows("SELECT 1", logger: self.connector.logger)
                 return true
             }
-            let taken = try await connection.allRows("SELECT pg_try_advisory_lock(\(Self.key))", logger: self.connector.logger).first?
+            let taken =
+                try await connection.allRows("SELECT pg_try_advisory_lock(\(Self.key))", logger: self.connector.logger).first?
                 .decode(Bool.self) ?? false
             self.held = taken
             return taken
