@@ -41,7 +41,7 @@ postgres_cpu_s_per_million; lock waits over 100 ms (log_lock_waits), deadlocks
 (pg_stat_database) and meterd's retried commits (meterd_commit_lost_races_total: another node
 committed some of the batch's meters first; meterd_commit_failures_total) are reported too.
 
-  Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,floor] [--json FILE] [--bin DIR] [--quick]
+  Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,pgref,floor] [--json FILE] [--bin DIR] [--quick]
                        [--store sqlite|postgresql] [--nodes N]
 """
 import argparse, calendar, csv, json, os, resource, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
