@@ -170,6 +170,21 @@ final class LineClient: Sendable {
         try await self.channel.writeAndFlush(ByteBuffer(string: text))
     }
 
+    /// Writes the lines `interval` apart, timed by the client's event loop: on a loaded machine
+    /// the test's own tasks can stall for seconds, which a meter that must look busy cannot afford.
+    func sendPaced(_ lines: [String], every interval: TimeAmount) async throws {
+        let channel = self.channel
+        var written = channel.eventLoop.makeSucceededVoidFuture()
+        for (index, line) in lines.enumerated() {
+            written = written.flatMap {
+                channel.eventLoop.flatScheduleTask(in: index == 0 ? .zero : interval) {
+                    channel.writeAndFlush(ByteBuffer(string: line))
+                }.futureResult
+            }
+        }
+        try await written.get()
+    }
+
     func send(bytes: [UInt8]) async throws {
         try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
     }
