@@ -114,7 +114,7 @@ package struct IngestServer: Service {
             // keeps then stays small, 3.7 KB per idle connection instead of 4.4 KB (conns5000 and
             // conns19000 of Benchmarks/ingest.py); a meter that sends more grows it within a few reads.
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 256, maximum: 2048))
-            .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelOption(.maxMessagesPerRead, value: UInt(IngestHandler.readsPerReadiness))
             .childChannelInitializer { channel in
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
                     statistics.refusedConnections.add(1, ordering: .relaxed)
