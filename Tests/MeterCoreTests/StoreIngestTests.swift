@@ -485,6 +485,56 @@ import Testing
         #expect(try await store.meterRecord(named: "C1")?.readingsTotal == 2)
     }
 
+    /// A connection the network black-holes (no answer, no reset, as when a firewall or NAT loses
+    /// the flow) must not hold the writer until TCP gives up, many minutes later, nor a reader: the
+    /// commit fails at its deadline with its outcome open, and the next one goes on a new connection.
+    @Test(.timeLimit(.minutes(2)))
+    func aCommitOrAReadWithoutAnAnswerFailsAtItsDeadlineAndTheNextOneReconnects() async throws {
+        let server = try await PostgresTestServer.shared()
+        let database = try await server.createDatabase().database
+        let proxy = try await BlackHoleProxy(upstreamPort: server.port)
+        let viaProxy = PostgreSQLAddress(user: server.user, password: server.password, host: "127.0.0.1", port: proxy.port, database: database)
+        var timeouts = PostgreSQLTimeouts()
+        timeouts.commit = .seconds(1)
+        timeouts.reader = .seconds(1)
+        let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger, timeouts: timeouts)
+        let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
+        let writer = try store.makeWriter(WriterSettings())
+        let now = WallClock.nowMs()
+        func reading(_ seq: Int64) -> IngestSubmission {
+            let reading = Reading(meter: "H1", seq: seq, timestampMs: now - 60_000 + seq, kwh: Double(seq))
+            return IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: now)], receiver: nil)
+        }
+        do {
+            // Given a writer and a reader whose connections pass through the proxy
+            #expect(try writer.commit([reading(1)]).stored == 1)
+            #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["1"])
+
+            // When the path black-holes both connections
+            proxy.blackHoleExisting()
+
+            // Then the commit fails at its deadline, with the outcome open, and so does the read
+            let started = ContinuousClock.now
+            let error = #expect(throws: PostgreSQLStoreError.self) { try writer.commit([reading(2)]) }
+            #expect(ContinuousClock.now - started < .seconds(10))
+            #expect(error?.description.contains("got no answer within 1 s; meterd closed the connection") == true, "\(String(describing: error))")
+            #expect(error?.connectionLost == true && error?.meansStoreUnreachable == true)
+            let readError = await #expect(throws: PostgreSQLStoreError.self) { try await store.firstColumnText("SELECT count(*)::text FROM reading") }
+            #expect(readError?.description.contains("reading got no answer within 1 s") == true, "\(String(describing: readError))")
+
+            // And the retried batch and the next read go on new connections: the reading is stored once
+            let retried = try writer.commit([reading(2)])
+            #expect(retried.stored + retried.duplicates == 1)
+            #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["2"])
+            #expect(try await observer.firstColumnText("SELECT seq::text FROM reading ORDER BY seq") == ["1", "2"])
+            #expect(try await observer.meterRecord(named: "H1")?.readingsTotal == 2)
+        } catch {
+            try? await proxy.shutdown()
+            throw error
+        }
+        try await proxy.shutdown()
+    }
+
     /// ``PostgreSQLArray`` writes the binary array format itself: what PostgreSQL reads back must be
     /// what was bound, sentinels included (Int64.min for NULL, NaN, the empty string), and empty
     /// arrays must arrive as empty arrays of the right type.

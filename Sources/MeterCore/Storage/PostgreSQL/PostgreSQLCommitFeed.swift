@@ -122,7 +122,7 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
     }
 
     private func rows(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await connection.allRows(query, logger: self.connector.logger)
+        try await connection.allRows(query, logger: self.connector.logger, timeout: self.connector.timeouts.feed)
     }
 }
 

@@ -37,6 +37,11 @@ package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvert
     /// Describes `error`, which happened while `doing` something with the database at `address`.
     static func describing(_ error: any Error, doing: String, address: PostgreSQLAddress) -> PostgreSQLStoreError {
         if let error = error as? PostgreSQLStoreError { return error }
+        if let error = error as? PostgreSQLQueryTimedOut {
+            return PostgreSQLStoreError(
+                "PostgreSQL at \(address.server): \(doing) got no answer within \(error.seconds) s; meterd closed the connection and opens a new one",
+                connectionLost: true)
+        }
         guard let error = error as? PSQLError else {
             let network = error is IOError || error is ChannelError || error is NIOConnectionError
             return PostgreSQLStoreError("PostgreSQL at \(address.server): \(doing) failed: \(Self.plain(error))", connectionLost: network)
@@ -88,10 +93,12 @@ package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvert
 package struct PostgreSQLConnector: Sendable {
     package let address: PostgreSQLAddress
     let logger: Logger
+    let timeouts: PostgreSQLTimeouts
 
-    package init(address: PostgreSQLAddress, logger: Logger) {
+    package init(address: PostgreSQLAddress, logger: Logger, timeouts: PostgreSQLTimeouts = PostgreSQLTimeouts()) {
         self.address = address
         self.logger = logger
+        self.timeouts = timeouts
     }
 
     var configuration: PostgresConnection.Configuration {
@@ -147,17 +154,20 @@ extension PostgresConnection {
     }
 
     /// Runs a statement and collects its rows, blocking the calling thread (the writer's own).
-    func runBlocking(_ query: PostgresQuery, logger: Logger, address: PostgreSQLAddress, doing: String) throws -> [PostgresRow] {
+    func runBlocking(
+        _ query: PostgresQuery, logger: Logger, address: PostgreSQLAddress, doing: String, timeout: TimeAmount? = nil
+    ) throws -> [PostgresRow] {
         do {
-            return try self.queryFailingOnClose(query, logger: logger).wait().rows
+            return try self.queryFailingOnClose(query, logger: logger, timeout: timeout).wait().rows
         } catch {
             throw PostgreSQLStoreError.describing(error, doing: doing, address: address)
         }
     }
 
-    /// Runs a statement and collects its rows; fails if the connection closes first.
-    func allRows(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
-        try await self.queryFailingOnClose(query, logger: logger).get().rows
+    /// Runs a statement and collects its rows; fails if the connection closes first, or if no
+    /// answer came within `timeout`.
+    func allRows(_ query: PostgresQuery, logger: Logger, timeout: TimeAmount? = nil) async throws -> [PostgresRow] {
+        try await self.queryFailingOnClose(query, logger: logger, timeout: timeout).get().rows
     }
 
     /// ``query(_:logger:file:line:)``, failed if the connection was closed before the query reached it.
@@ -167,7 +177,12 @@ extension PostgresConnection {
     /// reaches the connection's state machine, and its future would never complete. The write is
     /// done on the event loop, in order: a check queued after it sees whether the channel was
     /// closed by then. A query that did reach the state machine is failed by it on close.
-    func queryFailingOnClose(_ query: PostgresQuery, logger: Logger) -> EventLoopFuture<PostgresQueryResult> {
+    ///
+    /// With a `timeout`, a query not answered by then fails with ``PostgreSQLQueryTimedOut`` and
+    /// the connection is closed: its protocol state is unknown, and a connection the network
+    /// black-holes (no answer, no reset) would otherwise hold its caller until TCP gives up, which
+    /// takes many minutes.
+    func queryFailingOnClose(_ query: PostgresQuery, logger: Logger, timeout: TimeAmount? = nil) -> EventLoopFuture<PostgresQueryResult> {
         let promise = self.eventLoop.makePromise(of: PostgresQueryResult.self)
         let settled = NIOLockedValueBox(false)
         let settle: @Sendable (Result<PostgresQueryResult, any Error>) -> Void = { result in
@@ -183,6 +198,36 @@ extension PostgresConnection {
         self.eventLoop.execute {
             if self.isClosed { settle(.failure(ChannelError.ioOnClosedChannel)) }
         }
+        if let timeout {
+            let deadline = self.eventLoop.scheduleTask(in: timeout) {
+                settle(.failure(PostgreSQLQueryTimedOut(seconds: Int((timeout.nanoseconds + 999_999_999) / 1_000_000_000))))
+                self.closeInBackground()
+            }
+            promise.futureResult.whenComplete { _ in deadline.cancel() }
+        }
         return promise.futureResult
     }
+}
+
+/// A query PostgreSQL did not answer in time (``PostgresConnection/queryFailingOnClose(_:logger:timeout:)``).
+struct PostgreSQLQueryTimedOut: Error {
+    let seconds: Int
+}
+
+/// How long meterd waits for PostgreSQL's answer before it gives a connection up.
+package struct PostgreSQLTimeouts: Sendable {
+    /// A batch's commit and its confirmation: well under the watchdog's 15 s of tolerated writer
+    /// silence (`WatchdogSec=30s`), so that a black-holed connection shows as an outage the writer
+    /// retries (meters told busy, `/readyz` failing) instead of a stall systemd restarts.
+    package var commit = TimeAmount.seconds(10)
+    /// The writer's other statements (reloading meter rows after a failed commit, positions,
+    /// partitions): larger, since reloading a big fleet's rows takes longer than a commit.
+    package var writer = TimeAmount.seconds(60)
+    /// Readers (KPIs, the dashboard, snapshots): a fleet-wide KPI query may take a while on a large
+    /// database, but not minutes.
+    package var reader = TimeAmount.seconds(120)
+    /// The commit feed, which keeps a node's figures within seconds of the others'.
+    package var feed = TimeAmount.seconds(30)
+
+    package init() {}
 }

@@ -54,7 +54,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// closed (the server restarted, the network dropped): the pipeline retries failed commits
     /// with a growing delay, so that is the reconnect backoff.
     @discardableResult
-    func run(_ query: PostgresQuery, _ doing: String) throws -> [PostgresRow] {
+    func run(_ query: PostgresQuery, _ doing: String, timeout: TimeAmount? = nil) throws -> [PostgresRow] {
         if self.connection.isClosed {
             guard !self.transactionOpen else {
                 throw PostgreSQLStoreError(
@@ -67,7 +67,8 @@ final class PostgreSQLIngestBackend: IngestBackend {
             self.positionLimit = self.nextPosition
             self.logger.notice("Reconnected to PostgreSQL", metadata: ["db.store": "\(self.connector.address)"])
         }
-        return try self.connection.runBlocking(query, logger: self.logger, address: self.connector.address, doing: doing)
+        return try self.connection.runBlocking(
+            query, logger: self.logger, address: self.connector.address, doing: doing, timeout: timeout ?? self.connector.timeouts.writer)
     }
 
     /// Runs a statement whose effect must be durable before the caller acts on it (acks, the
@@ -80,11 +81,12 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// so a trivial one answered proves the commit. Its failure leaves the outcome open.
     @discardableResult
     func runCommitted(_ query: PostgresQuery, _ doing: String) throws -> [PostgresRow] {
-        let rows = try self.run(query, doing)
+        let rows = try self.run(query, doing, timeout: self.connector.timeouts.commit)
         do {
             _ = try self.connection.runBlocking(
                 "SELECT 1", logger: self.logger, address: self.connector.address,
-                doing: "\(doing) (answered, but its commit was not confirmed: it may or may not have happened)")
+                doing: "\(doing) (answered, but its commit was not confirmed: it may or may not have happened)",
+                timeout: self.connector.timeouts.commit)
         } catch var error as PostgreSQLStoreError {
             error.connectionLost = true
             throw error

@@ -24,8 +24,8 @@ package final class PostgreSQLMeterStore: MeterStore {
 
     /// Connects, checks the server and migrates the schema: a bad URL, a refused connection or a
     /// wrong password throws ``PostgreSQLStoreError`` with one line naming the problem.
-    package init(address: PostgreSQLAddress, logger: Logger) throws {
-        self.connector = PostgreSQLConnector(address: address, logger: logger)
+    package init(address: PostgreSQLAddress, logger: Logger, timeouts: PostgreSQLTimeouts = PostgreSQLTimeouts()) throws {
+        self.connector = PostgreSQLConnector(address: address, logger: logger, timeouts: timeouts)
         self.logger = logger
         let connection = try self.connector.connectBlocking(id: 0)
         defer { connection.closeInBackground() }
@@ -554,7 +554,7 @@ package final class PostgreSQLMeterStore: MeterStore {
     }
 
     private func rows(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await connection.allRows(query, logger: self.logger)
+        try await connection.allRows(query, logger: self.logger, timeout: self.connector.timeouts.reader)
     }
 }
 
@@ -591,7 +591,7 @@ actor PostgreSQLReader {
     nonisolated func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
         let connection = try await self.open()
         do {
-            return try await connection.allRows(query, logger: self.connector.logger)
+            return try await connection.allRows(query, logger: self.connector.logger, timeout: self.connector.timeouts.reader)
         } catch {
             throw PostgreSQLStoreError.describing(error, doing: "reading", address: self.connector.address)
         }
