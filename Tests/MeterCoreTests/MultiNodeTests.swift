@@ -267,7 +267,7 @@ extension MultiNodeTests {
         let server = try await PostgresTestServer.shared()
         let database = try await server.createDatabase().database
         let proxy = try await BlackHoleProxy(upstreamPort: server.port)
-        let viaProxy = PostgreSQLAddress(user: server.user, password: server.password, host: "127.0.0.1", port: proxy.port, database: database)
+        let viaProxy = server.proxiedAddress(database: database, proxy: proxy)
         let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger)
         let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
         let interval = Duration.milliseconds(250)

@@ -85,6 +85,11 @@ struct PostgresTestServer: Sendable {
         PostgreSQLAddress(user: self.user, password: password, host: "127.0.0.1", port: self.port, database: database)
     }
 
+    /// The same database through a ``BlackHoleProxy`` in front of this server's TCP port.
+    func proxiedAddress(database: String, proxy: BlackHoleProxy) -> PostgreSQLAddress {
+        PostgreSQLAddress(user: self.user, password: self.password, host: "127.0.0.1", port: proxy.port, database: database)
+    }
+
     /// `-m immediate` stop, the nearest a test gets to pulling the plug: connections drop at once,
     /// and the next start runs crash recovery.
     func crash() async throws {

@@ -493,7 +493,7 @@ import Testing
         let server = try await PostgresTestServer.shared()
         let database = try await server.createDatabase().database
         let proxy = try await BlackHoleProxy(upstreamPort: server.port)
-        let viaProxy = PostgreSQLAddress(user: server.user, password: server.password, host: "127.0.0.1", port: proxy.port, database: database)
+        let viaProxy = server.proxiedAddress(database: database, proxy: proxy)
         var timeouts = PostgreSQLTimeouts()
         timeouts.commit = .seconds(1)
         timeouts.reader = .seconds(1)
