@@ -261,6 +261,47 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
         }
     }
 
+    /// A database connection the network black-holes (no answer, no reset) must not hold meterd's
+    /// shutdown, nor its watchdog loop, until the query's deadline: systemd's status line, which asks
+    /// the store for the fleet's figures, is refreshed beside that loop, not in it.
+    @Test(.timeLimit(.minutes(2)))
+    func aBlackHoledDatabaseConnectionDoesNotHoldUpShutdown() async throws {
+        let server = try await PostgresTestServer.shared()
+        let database = try await server.createDatabase().database
+        let proxy = try await BlackHoleProxy(upstreamPort: server.port)
+        do {
+            try await withTemporaryDirectory { directory in
+                // Given meterd on PostgreSQL through the proxy, one reading acknowledged and the writer idle
+                let notify = try DatagramReceiver(path: directory + "/notify.sock")
+                defer { notify.close() }
+                let url = server.proxiedAddress(database: database, proxy: proxy).urlWithPassword
+                let daemon = try MeterdUnderTest.start(
+                    dataDirectory: directory + "/data", arguments: ["--store", url], environment: ["NOTIFY_SOCKET": notify.path])
+                defer { daemon.process.stop() }
+                let (ingest, _) = try await daemon.ports()
+                let meter = try await LineClient(port: ingest)
+                try await meter.send(readingLine(meter: "MTR-BH1", seq: 1) + "\n")
+                #expect(try await meter.readLine(timeout: .seconds(30)) == #"{"meter":"MTR-BH1","ack":1}"#)
+                await meter.close()
+
+                // When the path black-holes every connection to the database, and the status line's
+                // next refresh (every 5 s) asks the reader's
+                proxy.blackHoleExisting()
+                try await Task.sleep(for: .seconds(7))
+
+                // Then meterd still stops at once when told to, well before the reader's 60 s deadline
+                let stopping = ContinuousClock.now
+                #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")
+                #expect(ContinuousClock.now - stopping < .seconds(20))
+                #expect(notify.messages.contains { $0.hasPrefix("STOPPING=1") })
+            }
+        } catch {
+            try? await proxy.shutdown()
+            throw error
+        }
+        try await proxy.shutdown()
+    }
+
     @Test(.timeLimit(.minutes(3)))
     func whileTheDatabaseIsDownMetersAreToldBusyAndTheWatchdogStillPings() async throws {
         try await PostgresTestServer.with { server in

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import ServiceLifecycle
 
 /// How meterd talks to its service manager.
@@ -94,8 +95,27 @@ package struct SystemdNotifier: Service {
             }
             if clock.now >= nextStatus {
                 nextStatus = clock.now + self.configuration.statusInterval
-                self.send("STATUS=\(await self.reporter.systemdStatus())")
+                self.refreshStatus()
             }
+        }
+    }
+
+    private let statusInFlight = NIOLockedValueBox(false)
+
+    /// Sends a fresh `STATUS=` from a task of its own: the fleet figures come from the store, whose
+    /// answer may take until its query deadline (a black-holed database connection), and the loop
+    /// must keep pinging the watchdog and see shutdown meanwhile. One refresh at a time.
+    private func refreshStatus() {
+        guard
+            self.statusInFlight.withLockedValue({ inFlight in
+                defer { inFlight = true }
+                return !inFlight
+            })
+        else { return }
+        Task { [reporter, readiness, send, statusInFlight] in
+            let status = await reporter.systemdStatus()
+            if !readiness.isStopping { send("STATUS=\(status)") }
+            statusInFlight.withLockedValue { $0 = false }
         }
     }
 }

@@ -164,10 +164,15 @@ extension PostgresConnection {
         }
     }
 
-    /// Runs a statement and collects its rows; fails if the connection closes first, or if no
-    /// answer came within `timeout`.
+    /// Runs a statement and collects its rows; fails if the connection closes first, if no answer
+    /// came within `timeout`, or if the task is cancelled (shutdown): that closes the connection,
+    /// whose protocol state is then unknown, rather than wait out a query the network black-holed.
     func allRows(_ query: PostgresQuery, logger: Logger, timeout: TimeAmount? = nil) async throws -> [PostgresRow] {
-        try await self.queryFailingOnClose(query, logger: logger, timeout: timeout).get().rows
+        try await withTaskCancellationHandler {
+            try await self.queryFailingOnClose(query, logger: logger, timeout: timeout).get().rows
+        } onCancel: {
+            self.closeInBackground()
+        }
     }
 
     /// ``query(_:logger:file:line:)``, failed if the connection was closed before the query reached it.
@@ -225,7 +230,7 @@ package struct PostgreSQLTimeouts: Sendable {
     package var writer = TimeAmount.seconds(60)
     /// Readers (KPIs, the dashboard, snapshots): a fleet-wide KPI query may take a while on a large
     /// database, but not minutes.
-    package var reader = TimeAmount.seconds(120)
+    package var reader = TimeAmount.seconds(60)
     /// The commit feed, which keeps a node's figures within seconds of the others'.
     package var feed = TimeAmount.seconds(30)
 
