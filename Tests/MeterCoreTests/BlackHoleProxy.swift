@@ -47,6 +47,21 @@ final class BlackHoleProxy: Sendable {
         for pair in self.pairs.withLockedValue({ $0 }) { pair.dropped.withLockedValue { $0 = true } }
     }
 
+    /// Runs `body` with a proxy in front of `upstreamPort`, and shuts the proxy down whether the
+    /// body passed or threw.
+    static func with<T>(upstreamPort: Int, _ body: (BlackHoleProxy) async throws -> T) async throws -> T {
+        let proxy = try await BlackHoleProxy(upstreamPort: upstreamPort)
+        let value: T
+        do {
+            value = try await body(proxy)
+        } catch {
+            try? await proxy.shutdown()
+            throw error
+        }
+        try await proxy.shutdown()
+        return value
+    }
+
     func shutdown() async throws {
         try await self.server.close()
         try await self.group.shutdownGracefully()

@@ -266,13 +266,12 @@ extension MultiNodeTests {
     func aNodeWhoseLeaseConnectionIsBlackHoledTriesAgainOnANewOne() async throws {
         let server = try await PostgresTestServer.shared()
         let database = try await server.createDatabase().database
-        let proxy = try await BlackHoleProxy(upstreamPort: server.port)
-        let viaProxy = server.proxiedAddress(database: database, proxy: proxy)
-        let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger)
-        let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
-        let interval = Duration.milliseconds(250)
-        let lease = SingletonLease(lock: store.makeSingletonLock(), interval: interval, logger: testLogger)
-        do {
+        try await BlackHoleProxy.with(upstreamPort: server.port) { proxy in
+            let viaProxy = server.proxiedAddress(database: database, proxy: proxy)
+            let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger)
+            let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
+            let interval = Duration.milliseconds(250)
+            let lease = SingletonLease(lock: store.makeSingletonLock(), interval: interval, logger: testLogger)
             try await withRunningServices([lease]) {
                 // Given the node leads through the proxy
                 try await waitUntil(timeout: .seconds(10)) { lease.isLeader }
@@ -290,11 +289,7 @@ extension MultiNodeTests {
                 // Then the node leads again on a new connection, well before TCP would have given up
                 try await waitUntil(timeout: .seconds(10)) { lease.isLeader }
             }
-        } catch {
-            try? await proxy.shutdown()
-            throw error
         }
-        try await proxy.shutdown()
     }
 
     @Test(.timeLimit(.minutes(2)))

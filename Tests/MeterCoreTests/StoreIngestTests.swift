@@ -492,20 +492,19 @@ import Testing
     func aCommitOrAReadWithoutAnAnswerFailsAtItsDeadlineAndTheNextOneReconnects() async throws {
         let server = try await PostgresTestServer.shared()
         let database = try await server.createDatabase().database
-        let proxy = try await BlackHoleProxy(upstreamPort: server.port)
-        let viaProxy = server.proxiedAddress(database: database, proxy: proxy)
-        var timeouts = PostgreSQLTimeouts()
-        timeouts.commit = .seconds(1)
-        timeouts.reader = .seconds(1)
-        let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger, timeouts: timeouts)
-        let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
-        let writer = try store.makeWriter(WriterSettings())
-        let now = WallClock.nowMs()
-        func reading(_ seq: Int64) -> IngestSubmission {
-            let reading = Reading(meter: "H1", seq: seq, timestampMs: now - 60_000 + seq, kwh: Double(seq))
-            return IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: now)], receiver: nil)
-        }
-        do {
+        try await BlackHoleProxy.with(upstreamPort: server.port) { proxy in
+            let viaProxy = server.proxiedAddress(database: database, proxy: proxy)
+            var timeouts = PostgreSQLTimeouts()
+            timeouts.commit = .seconds(1)
+            timeouts.reader = .seconds(1)
+            let store = try PostgreSQLMeterStore(address: viaProxy, logger: testLogger, timeouts: timeouts)
+            let observer = try PostgreSQLMeterStore(address: server.tcpAddress(database: database, password: server.password), logger: testLogger)
+            let writer = try store.makeWriter(WriterSettings())
+            let now = WallClock.nowMs()
+            func reading(_ seq: Int64) -> IngestSubmission {
+                let reading = Reading(meter: "H1", seq: seq, timestampMs: now - 60_000 + seq, kwh: Double(seq))
+                return IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: now)], receiver: nil)
+            }
             // Given a writer and a reader whose connections pass through the proxy
             #expect(try writer.commit([reading(1)]).stored == 1)
             #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["1"])
@@ -528,11 +527,7 @@ import Testing
             #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["2"])
             #expect(try await observer.firstColumnText("SELECT seq::text FROM reading ORDER BY seq") == ["1", "2"])
             #expect(try await observer.meterRecord(named: "H1")?.readingsTotal == 2)
-        } catch {
-            try? await proxy.shutdown()
-            throw error
         }
-        try await proxy.shutdown()
     }
 
     /// ``PostgreSQLArray`` writes the binary array format itself: what PostgreSQL reads back must be

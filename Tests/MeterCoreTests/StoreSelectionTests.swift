@@ -268,8 +268,7 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
     func aBlackHoledDatabaseConnectionDoesNotHoldUpShutdown() async throws {
         let server = try await PostgresTestServer.shared()
         let database = try await server.createDatabase().database
-        let proxy = try await BlackHoleProxy(upstreamPort: server.port)
-        do {
+        try await BlackHoleProxy.with(upstreamPort: server.port) { proxy in
             try await withTemporaryDirectory { directory in
                 // Given meterd on PostgreSQL through the proxy, one reading acknowledged and the writer idle
                 let notify = try DatagramReceiver(path: directory + "/notify.sock")
@@ -295,11 +294,7 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
                 #expect(ContinuousClock.now - stopping < .seconds(20))
                 #expect(notify.messages.contains { $0.hasPrefix("STOPPING=1") })
             }
-        } catch {
-            try? await proxy.shutdown()
-            throw error
         }
-        try await proxy.shutdown()
     }
 
     @Test(.timeLimit(.minutes(3)))

@@ -326,13 +326,14 @@ final class IngestHandler: ChannelDuplexHandler {
     /// scenario (a)'s CPU per reading unchanged within this machine's noise.
     static let readsPerReadinessWhenFull = 1
     static let readsPerReadiness = 4
-    private var readsPerReadiness = IngestHandler.readsPerReadiness
+    /// This channel's `maxMessagesPerRead`, as last set.
+    private var channelReadsPerReadiness = IngestHandler.readsPerReadiness
 
     private func requestRead(context: ChannelHandlerContext) {
         let reads = self.pipeline.isFull ? Self.readsPerReadinessWhenFull : Self.readsPerReadiness
-        if reads != self.readsPerReadiness, let options = context.channel.syncOptions {
+        if reads != self.channelReadsPerReadiness, let options = context.channel.syncOptions {
             try? options.setOption(.maxMessagesPerRead, value: UInt(reads))
-            self.readsPerReadiness = reads
+            self.channelReadsPerReadiness = reads
         }
         context.read()
     }

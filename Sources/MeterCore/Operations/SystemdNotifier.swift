@@ -106,12 +106,12 @@ package struct SystemdNotifier: Service {
     /// answer may take until its query deadline (a black-holed database connection), and the loop
     /// must keep pinging the watchdog and see shutdown meanwhile. One refresh at a time.
     private func refreshStatus() {
-        guard
-            self.statusInFlight.withLockedValue({ inFlight in
-                defer { inFlight = true }
-                return !inFlight
-            })
-        else { return }
+        let starting = self.statusInFlight.withLockedValue { inFlight -> Bool in
+            if inFlight { return false }
+            inFlight = true
+            return true
+        }
+        guard starting else { return }
         Task { [reporter, readiness, send, statusInFlight] in
             let status = await reporter.systemdStatus()
             if !readiness.isStopping { send("STATUS=\(status)") }
