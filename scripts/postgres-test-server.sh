@@ -7,6 +7,9 @@
 #                                                   start DIR again brings it back on the same port)
 #   scripts/postgres-test-server.sh crash DIR       immediate shutdown, as near a power cut as a test gets
 #   scripts/postgres-test-server.sh createdb DIR NAME
+#   scripts/postgres-test-server.sh tls DIR CERT KEY [hostssl]
+#                                                   TLS on the running cluster with this certificate and
+#                                                   key (PEM); with hostssl, TCP clients must use TLS
 #
 # PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the `postgres`
 # user (Debian's package creates it), or `nobody` without it, and DIR is handed to that user.
@@ -18,7 +21,7 @@ set -euo pipefail
 
 bin=/usr/lib/postgresql/15/bin
 usage() {
-    echo "usage: scripts/postgres-test-server.sh start DIR [PID] | stop|crash DIR | createdb DIR NAME" >&2
+    echo "usage: scripts/postgres-test-server.sh start DIR [PID] | stop|crash DIR | createdb DIR NAME | tls DIR CERT KEY [hostssl]" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -96,6 +99,31 @@ createdb)
     # shellcheck disable=SC1091
     . "$dir/server.env"
     "$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$PGTEST_PORT" -U meterd -d postgres -c "CREATE DATABASE \"$3\""
+    ;;
+tls)
+    [ $# -ge 4 ] || usage
+    # The server reads its key only if its owner alone can (or root owns it): copy both into the cluster.
+    install -m 600 "$3" "$dir/data/server.crt"
+    install -m 600 "$4" "$dir/data/server.key"
+    [ "$(id -u)" -ne 0 ] || chown "$owner" "$dir/data/server.crt" "$dir/data/server.key"
+    printf '%s\n' "ssl = on" "ssl_cert_file = 'server.crt'" "ssl_key_file = 'server.key'" | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
+    if [ "${5:-}" = hostssl ]; then
+        as_owner sed -i 's/^host /hostssl /' "$dir/data/pg_hba.conf"
+    fi
+    as_owner "$bin/pg_ctl" -D "$dir/data" reload >/dev/null
+    # A reload is asynchronous: done once a TLS connection gets through.
+    # shellcheck disable=SC1091
+    . "$dir/server.env"
+    for _ in $(seq 1 100); do
+        if PGPASSWORD=$PGTEST_PASSWORD "$bin/psql" -X -q -d "host=127.0.0.1 port=$PGTEST_PORT user=meterd dbname=postgres sslmode=require" \
+            -c "SELECT 1" >/dev/null 2>&1; then
+            exit 0
+        fi
+        sleep 0.1
+    done
+    echo "PostgreSQL did not take TLS connections after the reload:" >&2
+    tail -5 "$dir/server.log" >&2
+    exit 1
     ;;
 *) usage ;;
 esac

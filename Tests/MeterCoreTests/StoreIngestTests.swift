@@ -409,7 +409,7 @@ import Testing
         let address = try await server.createDatabase()
         let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
         let backend = try PostgreSQLIngestBackend(
-            connector: PostgreSQLConnector(address: address, logger: testLogger), node: "test-node", logger: testLogger)
+            connector: try PostgreSQLConnector(address: address, logger: testLogger), node: "test-node", logger: testLogger)
         let writer = try IngestWriter(
             backend: backend, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!), tariff: Tariff(), unknownMeters: .register)
         let now = WallClock.nowMs()

@@ -23,6 +23,16 @@ import Testing
         let unix = try #require(
             { if case .postgresql(let address) = try StoreLocation(parsing: "postgresql://m@x:5433/f?host=/tmp/pg") { address } else { nil } }())
         #expect(unix.socketPath == "/tmp/pg/.s.PGSQL.5433")
+        // TLS as libpq spells it; prefer when the URL says nothing
+        #expect(
+            try StoreLocation(parsing: "postgresql://meterd@db.example/fleet?sslmode=verify-full&sslrootcert=/etc/meterd/pg-ca.pem")
+                == .postgresql(
+                    PostgreSQLAddress(
+                        user: "meterd", host: "db.example", database: "fleet",
+                        tls: PostgreSQLTLS(mode: .verifyFull, rootCertificate: "/etc/meterd/pg-ca.pem"))))
+        let withClientCertificate = "postgresql://meterd@10.0.0.5:5432/fleet?sslmode=verify-ca&sslcert=/etc/c.pem&sslkey=/etc/c.key"
+        #expect(try StoreLocation(parsing: withClientCertificate).description == withClientCertificate)
+        #expect(unix.tls.mode == .prefer)
         // The password never shows in logs or errors.
         #expect(try StoreLocation(parsing: "postgresql://meterd:hunter2@db/fleet").description == "postgresql://meterd:***@db:5432/fleet")
     }
@@ -34,7 +44,14 @@ import Testing
         ("postgresql://meterd@db.example", "no database name"),
         ("postgresql://meterd@db.example:99999/fleet", "bad port \"99999\""),
         ("postgresql://meterd@/fleet", "no host"),
-        ("postgresql://meterd@db/fleet?sslmode=require", "unsupported parameter \"sslmode\""),
+        (
+            "postgresql://meterd@db/fleet?sslmode=allow",
+            "unsupported sslmode \"allow\" (meterd understands disable, prefer, require, verify-ca, verify-full)"
+        ),
+        ("postgresql://meterd@db/fleet?sslcert=/etc/c.pem", "sslcert= and sslkey= go together"),
+        ("postgresql://meterd@10.0.0.5/fleet?sslmode=verify-full", "10.0.0.5 is an address (name the host, or use sslmode=verify-ca)"),
+        ("postgresql://meterd@db/fleet?sslrootcert=", "sslrootcert= needs a file's path"),
+        ("postgresql://meterd@db/fleet?timeout=5", "unsupported parameter \"timeout\""),
         ("postgresql://meterd@db/fleet?host=relative", "host= must name a socket directory"),
         ("postgresql://meterd:%zz@db/fleet", "malformed percent-encoding in the password"),
     ])
@@ -96,6 +113,10 @@ import Testing
                 problem: "refused user meterd: password authentication failed")
             try await self.expectStartupFailure(
                 store: "postgresql://meterd@/no_such_db?host=\(server.directory)&port=\(server.port)", problem: "has no database no_such_db")
+            // This cluster has TLS off: sslmode=require cannot be met.
+            try await self.expectStartupFailure(
+                store: server.tcpAddress(database: address.database, password: "wrong-password").urlWithPassword + "?sslmode=require",
+                problem: "does not take TLS connections, and the store URL's sslmode=require requires TLS")
         }
     }
 

@@ -8,7 +8,7 @@ import Foundation
 package enum StoreLocation: Sendable, Equatable, CustomStringConvertible {
     /// `sqlite:PATH`: the embedded default, one node.
     case sqlite(path: String)
-    /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?host=DIR]`: one or more nodes on one database.
+    /// `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?host=DIR][&sslmode=…]`: one or more nodes on one database.
     case postgresql(PostgreSQLAddress)
 
     /// Parses a store URL; the error names the `store` key and says what was expected.
@@ -57,9 +57,12 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
     package var database: String
     /// `?host=DIR`: the directory of the server's Unix socket (`DIR/.s.PGSQL.PORT`).
     package var socketDirectory: String?
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`: TLS over TCP (a Unix socket has none, as with libpq).
+    package var tls: PostgreSQLTLS
 
     package init(
-        user: String, password: String? = nil, host: String = "localhost", port: Int = 5432, database: String, socketDirectory: String? = nil
+        user: String, password: String? = nil, host: String = "localhost", port: Int = 5432, database: String, socketDirectory: String? = nil,
+        tls: PostgreSQLTLS = PostgreSQLTLS()
     ) {
         self.user = user
         self.password = password
@@ -67,10 +70,12 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
         self.port = port
         self.database = database
         self.socketDirectory = socketDirectory
+        self.tls = tls
     }
 
-    /// Parses `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?host=DIR]`; user, password and
+    /// Parses `postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAMETERS]`; user, password and
     /// database may be percent-encoded, and HOST may be empty when `host=` names a socket directory.
+    /// Parameters: `host=DIR`, `port=N`, and TLS as libpq spells it (``PostgreSQLTLS``).
     package init(parsing text: String) throws(ConfigurationError) {
         func invalid(_ problem: String) -> ConfigurationError {
             ConfigurationError(
@@ -121,6 +126,7 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
             hostPort = hostPort[..<colon]
         }
         var socketDirectory: String?
+        var tls = PostgreSQLTLS()
         for parameter in query.split(separator: "&") where !parameter.isEmpty {
             let pair = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = try decoded(pair[0], "query")
@@ -132,16 +138,36 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
             case "port":
                 guard let number = Int(value), (1...65_535).contains(number) else { throw invalid("bad port \"\(value)\"") }
                 port = number
-            case "sslmode" where value == "disable":
-                break  // what meterd does anyway: TLS to the database is not supported yet
+            case "sslmode":
+                guard let mode = PostgreSQLTLS.Mode(rawValue: value) else {
+                    throw invalid(
+                        "unsupported sslmode \"\(value)\" (meterd understands \(PostgreSQLTLS.Mode.allCases.map(\.rawValue).joined(separator: ", ")))"
+                    )
+                }
+                tls.mode = mode
+            case "sslrootcert", "sslcert", "sslkey":
+                guard !value.isEmpty else { throw invalid("\(name)= needs a file's path") }
+                switch name {
+                case "sslrootcert": tls.rootCertificate = value
+                case "sslcert": tls.clientCertificate = value
+                default: tls.clientKey = value
+                }
             default:
-                throw invalid("unsupported parameter \"\(name)\" (meterd understands host=DIR and port=N)")
+                throw invalid(
+                    "unsupported parameter \"\(name)\" (meterd understands host=DIR, port=N, sslmode, sslrootcert, sslcert and sslkey)")
             }
         }
         guard !hostPort.isEmpty || socketDirectory != nil else { throw invalid("no host (name one, or a socket directory with ?host=DIR)") }
-        self.init(
-            user: user, password: password, host: hostPort.isEmpty ? "localhost" : String(hostPort), port: port, database: database,
-            socketDirectory: socketDirectory)
+        guard (tls.clientCertificate == nil) == (tls.clientKey == nil) else {
+            throw invalid("sslcert= and sslkey= go together (a client certificate and its key)")
+        }
+        let host = hostPort.isEmpty ? "localhost" : String(hostPort)
+        if tls.mode == .verifyFull, socketDirectory == nil, host.isIPAddressLiteral {
+            throw invalid(
+                "sslmode=verify-full checks the server's certificate against a host name, and \(host) is an address (name the host, or use sslmode=verify-ca)"
+            )
+        }
+        self.init(user: user, password: password, host: host, port: port, database: database, socketDirectory: socketDirectory, tls: tls)
     }
 
     /// Path of the server's Unix socket when ``socketDirectory`` is set.
@@ -160,7 +186,56 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
         let host = self.socketDirectory == nil ? (self.host.contains(":") ? "[\(self.host)]" : self.host) : ""
         let port = self.socketDirectory == nil || self.port != 5432 ? ":\(self.port)" : ""
         let user = self.password == nil ? self.user : "\(self.user):***"
-        let query = self.socketDirectory.map { "?host=\($0)" } ?? ""
+        var parameters: [String] = []
+        if let directory = self.socketDirectory { parameters.append("host=\(directory)") }
+        if self.tls != PostgreSQLTLS() {
+            parameters.append("sslmode=\(self.tls.mode.rawValue)")
+            if let path = self.tls.rootCertificate { parameters.append("sslrootcert=\(path)") }
+            if let path = self.tls.clientCertificate { parameters.append("sslcert=\(path)") }
+            if let path = self.tls.clientKey { parameters.append("sslkey=\(path)") }
+        }
+        let query = parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&")
         return "postgresql://\(user)@\(host)\(port)/\(self.database)\(query)"
+    }
+}
+
+/// TLS to PostgreSQL over TCP, with libpq's URL parameters and meanings.
+///
+/// `sslmode`: `disable` (never), `prefer` (the default: TLS when the server offers it, the
+/// certificate not checked), `require` (TLS or no connection; the certificate checked against
+/// `sslrootcert` when one is named, as libpq does), `verify-ca` (the certificate must chain to
+/// `sslrootcert`, or to the system's trusted CAs without it), `verify-full` (that, and it must name
+/// the URL's host). `sslcert` and `sslkey`: a client certificate, for servers that ask for one
+/// (`hostssl … cert` in pg_hba.conf). A Unix socket (`?host=DIR`) never uses TLS, as with libpq.
+package struct PostgreSQLTLS: Sendable, Equatable {
+    package enum Mode: String, Sendable, CaseIterable {
+        case disable
+        case prefer
+        case require
+        case verifyCA = "verify-ca"
+        case verifyFull = "verify-full"
+    }
+
+    package var mode: Mode
+    /// `sslrootcert`: the CA certificates (PEM) the server's certificate must chain to.
+    package var rootCertificate: String?
+    /// `sslcert`, `sslkey`: the client certificate (PEM) and its key.
+    package var clientCertificate: String?
+    package var clientKey: String?
+
+    package init(mode: Mode = .prefer, rootCertificate: String? = nil, clientCertificate: String? = nil, clientKey: String? = nil) {
+        self.mode = mode
+        self.rootCertificate = rootCertificate
+        self.clientCertificate = clientCertificate
+        self.clientKey = clientKey
+    }
+}
+
+extension String {
+    /// Whether this is an IPv4 or IPv6 address rather than a host name.
+    var isIPAddressLiteral: Bool {
+        var ipv4 = in_addr()
+        var ipv6 = in6_addr()
+        return inet_pton(AF_INET, self, &ipv4) == 1 || inet_pton(AF_INET6, self, &ipv6) == 1
     }
 }

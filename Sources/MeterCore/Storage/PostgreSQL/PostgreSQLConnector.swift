@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PostgresNIO
 
 /// A PostgreSQL problem in one line an operator can act on: PostgresNIO's own errors print a
@@ -50,6 +51,12 @@ package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvert
             let state = info[.sqlState]
             let message = info[.message] ?? "error"
             switch state {
+            case "28000" where message.contains("pg_hba.conf"):
+                let hint =
+                    address.tls.mode == .disable || address.socketPath != nil
+                    ? "if it takes only TLS connections (hostssl), use TCP with sslmode=require or verify-full"
+                    : "check its pg_hba.conf for this user, database and address"
+                return PostgreSQLStoreError("PostgreSQL at \(address.server) refused user \(address.user): \(message) (\(hint))", sqlState: state)
             case "28P01", "28000":
                 return PostgreSQLStoreError(
                     "PostgreSQL at \(address.server) refused user \(address.user): \(message) (check the password in the store URL)", sqlState: state)
@@ -64,6 +71,15 @@ package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvert
             }
         }
         switch error.code {
+        case .sslUnsupported:
+            return PostgreSQLStoreError(
+                "PostgreSQL at \(address.server) does not take TLS connections, and the store URL's sslmode=\(address.tls.mode.rawValue) requires TLS (turn ssl on in the server's postgresql.conf, or set sslmode=prefer or disable)"
+            )
+        case .connectionError where error.underlying.map(Self.isTLSFailure) == true, .failedToAddSSLHandler:
+            let detail = error.underlying.map(Self.tlsReason) ?? "TLS could not be set up"
+            return PostgreSQLStoreError(
+                "cannot connect to PostgreSQL at \(address.server): the TLS handshake failed (\(detail)); with sslmode=\(address.tls.mode.rawValue) the server's certificate must \(address.tls.mode == .verifyFull ? "name \(address.host) and " : "")chain to \(address.tls.rootCertificate.map { "sslrootcert=\($0)" } ?? "a CA the system trusts")",
+                connectionLost: true)
         case .connectionError:
             let underlying = error.underlying.map(Self.plain) ?? "connection failed"
             return PostgreSQLStoreError("cannot connect to PostgreSQL at \(address.server): \(underlying)", connectionLost: true)
@@ -76,6 +92,18 @@ package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvert
         default:
             return PostgreSQLStoreError("PostgreSQL at \(address.server): \(doing) failed (\(error.code))")
         }
+    }
+
+    /// Whether a connection failed in its TLS handshake (an untrusted or misnamed certificate).
+    private static func isTLSFailure(_ error: any Error) -> Bool {
+        error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError
+    }
+
+    /// BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`) rather than its error stack with file paths.
+    private static func tlsReason(_ error: any Error) -> String {
+        let text = "\(error)"
+        guard let range = text.range(of: "OPENSSL_internal:[A-Z_]+", options: .regularExpression) else { return text }
+        return String(text[range].dropFirst("OPENSSL_internal:".count))
     }
 
     /// An error's text without type names: NIO's connect errors read "connection refused" this way.
@@ -94,27 +122,73 @@ package struct PostgreSQLConnector: Sendable {
     package let address: PostgreSQLAddress
     let logger: Logger
     let timeouts: PostgreSQLTimeouts
+    let configuration: PostgresConnection.Configuration
 
-    package init(address: PostgreSQLAddress, logger: Logger, timeouts: PostgreSQLTimeouts = PostgreSQLTimeouts()) {
+    /// Reads the TLS files the address names: one that cannot be used throws, naming it.
+    package init(address: PostgreSQLAddress, logger: Logger, timeouts: PostgreSQLTimeouts = PostgreSQLTimeouts()) throws(PostgreSQLStoreError) {
         self.address = address
         self.logger = logger
         self.timeouts = timeouts
-    }
-
-    var configuration: PostgresConnection.Configuration {
         var configuration: PostgresConnection.Configuration
-        if let socketPath = self.address.socketPath {
-            configuration = .init(
-                unixSocketPath: socketPath, username: self.address.user, password: self.address.password, database: self.address.database)
+        if let socketPath = address.socketPath {
+            configuration = .init(unixSocketPath: socketPath, username: address.user, password: address.password, database: address.database)
         } else {
             configuration = .init(
-                host: self.address.host, port: self.address.port, username: self.address.user, password: self.address.password,
-                database: self.address.database, tls: .disable)
+                host: address.host, port: address.port, username: address.user, password: address.password,
+                database: address.database, tls: try Self.connectionTLS(address.tls))
         }
         configuration.options.connectTimeout = .seconds(10)
         // Every commit must be durable before its acks go out, whatever the server's default.
         configuration.options.additionalStartupParameters = [("synchronous_commit", "on"), ("application_name", "meterd")]
-        return configuration
+        self.configuration = configuration
+    }
+
+    /// PostgresNIO's TLS setting for libpq's `sslmode` and its files.
+    static func connectionTLS(_ tls: PostgreSQLTLS) throws(PostgreSQLStoreError) -> PostgresConnection.Configuration.TLS {
+        if tls.mode == .disable { return .disable }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        switch tls.mode {
+        case .disable, .prefer:
+            configuration.certificateVerification = .none
+        case .require:
+            // libpq: with a root certificate named, require checks the chain like verify-ca.
+            configuration.certificateVerification = tls.rootCertificate == nil ? .none : .noHostnameVerification
+        case .verifyCA:
+            configuration.certificateVerification = .noHostnameVerification
+        case .verifyFull:
+            configuration.certificateVerification = .fullVerification
+        }
+        func unusable(_ parameter: String, _ path: String, _ error: any Error) -> PostgreSQLStoreError {
+            let reason =
+                FileManager.default.isReadableFile(atPath: path)
+                ? "not a PEM \(parameter == "sslkey" ? "private key" : "certificate") (\(error))" : "cannot read the file"
+            return PostgreSQLStoreError("store URL: \(parameter)=\(path): \(reason)")
+        }
+        func certificates(_ parameter: String, _ path: String) throws(PostgreSQLStoreError) -> [NIOSSLCertificate] {
+            do {
+                return try NIOSSLCertificate.fromPEMFile(path)  // a file without one throws too
+            } catch {
+                throw unusable(parameter, path, error)
+            }
+        }
+        if let path = tls.rootCertificate {
+            configuration.trustRoots = .certificates(try certificates("sslrootcert", path))
+        }
+        if let certificate = tls.clientCertificate, let key = tls.clientKey {
+            configuration.certificateChain = try certificates("sslcert", certificate).map { .certificate($0) }
+            do {
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            } catch {
+                throw unusable("sslkey", key, error)
+            }
+        }
+        let context: NIOSSLContext
+        do {
+            context = try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw PostgreSQLStoreError("store URL: the TLS settings cannot be used (\(error)); check sslcert and sslkey belong together")
+        }
+        return tls.mode == .prefer ? .prefer(context) : .require(context)
     }
 
     /// The event loop of the writer's connection, a thread of its own, so that a commit's request

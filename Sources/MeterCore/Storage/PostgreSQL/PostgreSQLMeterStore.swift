@@ -25,7 +25,7 @@ package final class PostgreSQLMeterStore: MeterStore {
     /// Connects, checks the server and migrates the schema: a bad URL, a refused connection or a
     /// wrong password throws ``PostgreSQLStoreError`` with one line naming the problem.
     package init(address: PostgreSQLAddress, logger: Logger, timeouts: PostgreSQLTimeouts = PostgreSQLTimeouts()) throws {
-        self.connector = PostgreSQLConnector(address: address, logger: logger, timeouts: timeouts)
+        self.connector = try PostgreSQLConnector(address: address, logger: logger, timeouts: timeouts)
         self.logger = logger
         let connection = try self.connector.connectBlocking(id: 0)
         defer { connection.closeInBackground() }
