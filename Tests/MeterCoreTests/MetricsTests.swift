@@ -127,10 +127,18 @@ struct MetricsTests {
                     try await waitUntil {
                         try await client.execute(uri: "/healthz", method: .get) { $0.status } == .serviceUnavailable
                     }
+                    // and not ready either, while its commit waits on the lock without failing yet (busy timeout 10 s)
+                    try await client.execute(uri: "/readyz", method: .get) { response in
+                        #expect(response.status == .serviceUnavailable)
+                        #expect(String(buffer: response.body).contains("writer stalled: no commit finished for"), "\(String(buffer: response.body))")
+                    }
                     try await blocker.writeWithoutTransaction { db in try db.execute(sql: "ROLLBACK") }
                     _ = try await meter.readLine(timeout: .seconds(30))
                     try await waitUntil {
                         try await client.execute(uri: "/healthz", method: .get) { $0.status } == .ok
+                    }
+                    try await client.execute(uri: "/readyz", method: .get) { response in
+                        #expect(response.status == .ok)
                     }
                     await meter.close()
 

@@ -50,6 +50,10 @@ package struct OperationsRoutes: Sendable {
             if let failure = self.reporter.pipeline.failure {
                 reasons.append(
                     self.reporter.pipeline.storeUnreachableSinceMs == nil ? "commits failing: \(failure)" : "store unreachable: \(failure)")
+            } else if !self.writerHealth.isMakingProgress() {
+                // A commit the store has not answered yet (a held lock, a black-holed connection):
+                // no failure to report until its timeout, but no reading is being acknowledged.
+                reasons.append("writer stalled: no commit finished for \(self.writerHealth.progressAgeMs() / 1000) s")
             }
             return Self.json(
                 reasons.isEmpty ? .ok : .serviceUnavailable,
