@@ -100,7 +100,10 @@ struct MetricsTests {
                 let readiness = Readiness(listeners: ["ingest", "http"])
                 let health = WriterHealth(pipeline: harness.pipeline, staleAfterMs: 2_000)
                 let router = Router(context: MeterRequestContext.self)
-                OperationsRoutes(metrics: DaemonMetrics(), reporter: reporter, readiness: readiness, writerHealth: health).register(on: router)
+                OperationsRoutes(
+                    metrics: DaemonMetrics(), reporter: reporter, readiness: readiness, writerHealth: health, notReadyAfterStallMs: 3_000
+                )
+                .register(on: router)
                 let app = Application(router: router)
                 try await app.test(.router) { client in
                     // Not ready until every listener is bound.
@@ -127,10 +130,12 @@ struct MetricsTests {
                     try await waitUntil {
                         try await client.execute(uri: "/healthz", method: .get) { $0.status } == .serviceUnavailable
                     }
-                    // and not ready either, while its commit waits on the lock without failing yet (busy timeout 10 s)
-                    try await client.execute(uri: "/readyz", method: .get) { response in
-                        #expect(response.status == .serviceUnavailable)
-                        #expect(String(buffer: response.body).contains("writer stalled: no commit finished for"), "\(String(buffer: response.body))")
+                    // and not ready either, once its commit has waited past the limit without failing yet (busy timeout 10 s)
+                    try await waitUntil(timeout: .seconds(6)) {
+                        try await client.execute(uri: "/readyz", method: .get) { response in
+                            response.status == .serviceUnavailable
+                                && String(buffer: response.body).contains("writer stalled: no commit finished for ")
+                        }
                     }
                     try await blocker.writeWithoutTransaction { db in try db.execute(sql: "ROLLBACK") }
                     _ = try await meter.readLine(timeout: .seconds(30))
