@@ -100,10 +100,7 @@ struct MetricsTests {
                 let readiness = Readiness(listeners: ["ingest", "http"])
                 let health = WriterHealth(pipeline: harness.pipeline, staleAfterMs: 2_000)
                 let router = Router(context: MeterRequestContext.self)
-                OperationsRoutes(
-                    metrics: DaemonMetrics(), reporter: reporter, readiness: readiness, writerHealth: health, notReadyAfterStallMs: 3_000
-                )
-                .register(on: router)
+                OperationsRoutes(metrics: DaemonMetrics(), reporter: reporter, readiness: readiness, writerHealth: health).register(on: router)
                 let app = Application(router: router)
                 try await app.test(.router) { client in
                     // Not ready until every listener is bound.
@@ -131,12 +128,17 @@ struct MetricsTests {
                         try await client.execute(uri: "/healthz", method: .get) { $0.status } == .serviceUnavailable
                     }
                     // and not ready either, once its commit has waited past the limit without failing yet (busy timeout 10 s)
-                    try await waitUntil(timeout: .seconds(6)) {
+                    try await waitUntil(timeout: .seconds(8)) {
                         try await client.execute(uri: "/readyz", method: .get) { response in
                             response.status == .serviceUnavailable
                                 && String(buffer: response.body).contains("writer stalled: no commit finished for ")
                         }
                     }
+                    // and the status socket's answer and systemd's status line say so too
+                    let stalled = await reporter.status()
+                    #expect(!stalled.writer.healthy)
+                    #expect(stalled.writer.failure?.hasPrefix("writer stalled: no commit finished for ") == true, "\(stalled.writer)")
+                    #expect(await reporter.systemdStatus().contains("; writer stalled: no commit finished for "))
                     try await blocker.writeWithoutTransaction { db in try db.execute(sql: "ROLLBACK") }
                     _ = try await meter.readLine(timeout: .seconds(30))
                     try await waitUntil {

@@ -13,19 +13,12 @@ package struct OperationsRoutes: Sendable {
     package let reporter: StatusReporter
     package let readiness: Readiness
     package let writerHealth: WriterHealth
-    /// `/readyz` fails once the writer has finished no commit for this long, before the store's
-    /// deadlines fail the commit (PostgreSQL: 10 s; SQLite's busy timeout: 10 s): a commit takes
-    /// a second or two at most, and a load balancer should move meters away sooner.
-    package let notReadyAfterStallMs: Int64
 
-    package init(
-        metrics: DaemonMetrics, reporter: StatusReporter, readiness: Readiness, writerHealth: WriterHealth, notReadyAfterStallMs: Int64 = 5_000
-    ) {
+    package init(metrics: DaemonMetrics, reporter: StatusReporter, readiness: Readiness, writerHealth: WriterHealth) {
         self.metrics = metrics
         self.reporter = reporter
         self.readiness = readiness
         self.writerHealth = writerHealth
-        self.notReadyAfterStallMs = notReadyAfterStallMs
     }
 
     package func register(on router: Router<MeterRequestContext>) {
@@ -57,10 +50,10 @@ package struct OperationsRoutes: Sendable {
             if let failure = self.reporter.pipeline.failure {
                 reasons.append(
                     self.reporter.pipeline.storeUnreachableSinceMs == nil ? "commits failing: \(failure)" : "store unreachable: \(failure)")
-            } else if case let age = self.writerHealth.progressAgeMs(), age > self.notReadyAfterStallMs {
-                // A commit the store has not answered yet (a held lock, a black-holed connection):
-                // no failure to report until its deadline, but no reading is being acknowledged.
-                reasons.append("writer stalled: no commit finished for \(age / 1000) s")
+            } else if let stall = self.reporter.pipeline.stallDescription() {
+                // Nothing has failed yet, but nothing is acknowledged either: a load balancer
+                // should move meters away before the store's deadline fails the commit.
+                reasons.append(stall)
             }
             return Self.json(
                 reasons.isEmpty ? .ok : .serviceUnavailable,

@@ -98,6 +98,8 @@ package final class IngestPipeline: Service, Sendable {
     /// Set while commits keep failing (a store outage): connections stop reading and are told
     /// busy whatever the queue's depth, because nothing they send can be acknowledged until it ends.
     private let stalled = Atomic<Bool>(false)
+    /// Counts as the last progress until the writer reports its first.
+    private let createdMs = WallClock.nowMs()
     private let wakeup = DispatchSemaphore(value: 0)
     private let logger: Logger
 
@@ -137,6 +139,25 @@ package final class IngestPipeline: Service, Sendable {
 
     /// Wall-clock time of the last successful commit, or of the last idle check when there was nothing to commit.
     package var lastProgressMs: Int64 { self.state.withLockedValue { $0.lastProgressMs } }
+
+    /// How long the writer has gone without finishing a commit (or an idle check), when that is
+    /// over ``stallLimitMs`` and no failure explains it: a commit the store has not answered yet
+    /// (a held lock, an unanswered connection), before its deadline fails it. `nil` otherwise.
+    package func unexplainedStallMs(nowMs: Int64 = WallClock.nowMs()) -> Int64? {
+        let (progress, failure) = self.state.withLockedValue { ($0.lastProgressMs, $0.failure) }
+        let last = progress == 0 ? self.createdMs : progress
+        guard failure == nil, nowMs - last > Self.stallLimitMs else { return nil }
+        return nowMs - last
+    }
+
+    /// A commit takes a second or two at most; this is well past it, and before the stores' own
+    /// deadlines (PostgreSQL's 10 s for a commit, SQLite's 10 s busy timeout) fail it.
+    package static let stallLimitMs: Int64 = 5_000
+
+    /// What ``unexplainedStallMs(nowMs:)`` reports, in the words `/readyz`, the status socket and systemd use.
+    package func stallDescription(nowMs: Int64 = WallClock.nowMs()) -> String? {
+        self.unexplainedStallMs(nowMs: nowMs).map { "writer stalled: no commit finished for \($0 / 1000) s" }
+    }
 
     /// Queues a submission for the next commit. Never drops it.
     @discardableResult

@@ -47,7 +47,7 @@ package struct StatusReporter: Sendable {
         case .failure(let error):
             meterError = "\(error)"
         }
-        let failure = self.pipeline.failure
+        let failure = self.pipeline.failure ?? self.pipeline.stallDescription(nowMs: nowMs)
         let rejects = statistics.rejectsByCode
         return StatusAnswer(
             version: MeterdVersion.current,
@@ -90,6 +90,8 @@ package struct StatusReporter: Sendable {
             } else {
                 text += "; commits failing: \(failure)"
             }
+        } else if let stall = self.pipeline.stallDescription(nowMs: nowMs) {
+            text += "; \(stall)"
         }
         return text
     }
