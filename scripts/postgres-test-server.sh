@@ -59,10 +59,14 @@ start)
         }
     fi
     # A loopback port nobody uses: pick one at random and try the next on a clash. A restart
-    # (after stop or crash) takes the port it had, so clients reconnect to the same address.
+    # (after stop or crash) takes the port it had, so clients reconnect to the same address. Below
+    # the ephemeral range: a test's client connection (thousands of meters) could otherwise hold
+    # the port as its own local end while the server is down, and the restart could not bind it.
     previous=$(sed -n 's/^PGTEST_PORT=//p' "$dir/server.env" 2>/dev/null || true)
+    ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$ephemeral_low" -gt 12000 ] || ephemeral_low=32768
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((10000 + RANDOM % (ephemeral_low - 10000)))
         if [ -n "$previous" ] && [ "$attempt" -le 3 ]; then port=$previous; fi
         if as_owner "$bin/pg_ctl" -D "$dir/data" -w -t 30 -l "$dir/server.log" \
             -o "-k $dir -c listen_addresses=127.0.0.1 -p $port -c fsync=on -c synchronous_commit=on" start >/dev/null; then

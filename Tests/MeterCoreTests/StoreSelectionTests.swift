@@ -311,7 +311,9 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
 
                 // Then meterd still stops at once when told to, well before the reader's 60 s deadline
                 let stopping = ContinuousClock.now
-                #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")
+                // Its log says what held it, should it not stop in time.
+                let status = try? await daemon.terminate()
+                #expect(status == 0, "\(daemon.process.output)")
                 #expect(ContinuousClock.now - stopping < .seconds(20))
                 #expect(notify.messages.contains { $0.hasPrefix("STOPPING=1") })
             }
