@@ -527,6 +527,19 @@ import Testing
             #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["2"])
             #expect(try await observer.firstColumnText("SELECT seq::text FROM reading ORDER BY seq") == ["1", "2"])
             #expect(try await observer.meterRecord(named: "H1")?.readingsTotal == 2)
+
+            // And a KPI snapshot, which the writer records every minute, has the commit's deadline,
+            // not the 60 s of the writer's large statements: the watchdog tolerates 15 s of silence
+            proxy.blackHoleExisting()
+            let period = try KPIPeriod(from: Month(year: 2026, month: 1), to: Month(year: 2026, month: 12))
+            let snapshotStarted = ContinuousClock.now
+            let snapshotError = #expect(throws: PostgreSQLStoreError.self) {
+                try writer.recordSnapshot("{}", period: period, generatedMs: now, history: 3)
+            }
+            #expect(ContinuousClock.now - snapshotStarted < .seconds(10))
+            #expect(
+                snapshotError?.description.contains("recording a KPI snapshot got no answer within 1 s") == true,
+                "\(String(describing: snapshotError))")
         }
     }
 

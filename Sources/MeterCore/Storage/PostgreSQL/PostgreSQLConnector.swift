@@ -295,11 +295,12 @@ struct PostgreSQLQueryTimedOut: Error {
 
 /// How long meterd waits for PostgreSQL's answer before it gives a connection up.
 package struct PostgreSQLTimeouts: Sendable {
-    /// A batch's commit and its confirmation: well under the watchdog's 15 s of tolerated writer
+    /// A batch's commit and its confirmation, and the writer's other small periodic statements (KPI
+    /// snapshots, alerts, the liveness sweep): well under the watchdog's 15 s of tolerated writer
     /// silence (`WatchdogSec=30s`), so that a black-holed connection shows as an outage the writer
     /// retries (meters told busy, `/readyz` failing) instead of a stall systemd restarts.
     package var commit = TimeAmount.seconds(10)
-    /// The writer's other statements (reloading meter rows after a failed commit, positions,
+    /// The writer's large statements (reloading meter rows after a failed commit, positions,
     /// partitions): larger, since reloading a big fleet's rows takes longer than a commit.
     package var writer = TimeAmount.seconds(60)
     /// Readers (KPIs, the dashboard, snapshots): a fleet-wide KPI query may take a while on a large

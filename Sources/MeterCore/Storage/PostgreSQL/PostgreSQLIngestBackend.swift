@@ -186,7 +186,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
                 VALUES (\(generatedMs), \(period.from.key), \(period.to.key), \(document))
             )
             DELETE FROM kpi_snapshot WHERE id <= (SELECT id FROM kpi_snapshot ORDER BY id DESC LIMIT 1 OFFSET \(history - 1))
-            """, "recording a KPI snapshot")
+            """, "recording a KPI snapshot", timeout: self.connector.timeouts.commit)
         // The DELETE sees the table as it was before the INSERT, so the snapshot just added is kept
         // with the newest `history - 1` before it.
     }
@@ -217,7 +217,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
             """
             INSERT INTO store_setting (name, value) VALUES ('time_zone', \(zone.identifier))
             ON CONFLICT (name) DO UPDATE SET value = excluded.value
-            """, "recording the time zone")
+            """, "recording the time zone", timeout: self.connector.timeouts.commit)
     }
 
     func recordAlerts(_ alerts: [Alert], history: Int) throws {
@@ -229,13 +229,13 @@ final class PostgreSQLIngestBackend: IngestBackend {
                         \(alerts.map { $0.resolvedMs ?? PostgreSQLCommitStatement.nullInteger }), \(alerts.map(\.detail)))
                  AS a(id, rule, subject, fired_ms, resolved_ms, detail)
             ON CONFLICT (id) DO UPDATE SET resolved_ms = excluded.resolved_ms, detail = excluded.detail
-            """, "recording alerts")
+            """, "recording alerts", timeout: self.connector.timeouts.commit)
         if alerts.contains(where: { $0.state == .resolved }) {
             try self.run(
                 """
                 DELETE FROM alert WHERE resolved_ms IS NOT NULL AND resolved_ms < (
                     SELECT resolved_ms FROM alert WHERE resolved_ms IS NOT NULL ORDER BY resolved_ms DESC LIMIT 1 OFFSET \(history - 1))
-                """, "trimming resolved alerts")
+                """, "trimming resolved alerts", timeout: self.connector.timeouts.commit)
         }
     }
 }
