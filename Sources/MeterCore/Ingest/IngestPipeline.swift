@@ -143,7 +143,7 @@ package final class IngestPipeline: Service, Sendable {
     /// How long the writer has gone without finishing a commit (or an idle check), when that is
     /// over ``stallLimitMs`` and no failure explains it: a commit the store has not answered yet
     /// (a held lock, an unanswered connection), before its deadline fails it. `nil` otherwise.
-    package func unexplainedStallMs(nowMs: Int64 = WallClock.nowMs()) -> Int64? {
+    private func unexplainedStallMs(nowMs: Int64) -> Int64? {
         let (progress, failure) = self.state.withLockedValue { ($0.lastProgressMs, $0.failure) }
         let last = progress == 0 ? self.createdMs : progress
         guard failure == nil, nowMs - last > Self.stallLimitMs else { return nil }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// Where meterd keeps its data (SPEC.md section 9): the `store` setting, `--store URL`, `METERD_STORE`.
 ///
@@ -162,7 +163,7 @@ package struct PostgreSQLAddress: Sendable, Equatable, CustomStringConvertible {
             throw invalid("sslcert= and sslkey= go together (a client certificate and its key)")
         }
         let host = hostPort.isEmpty ? "localhost" : String(hostPort)
-        if tls.mode == .verifyFull, socketDirectory == nil, host.isIPAddressLiteral {
+        if tls.mode == .verifyFull, socketDirectory == nil, (try? SocketAddress(ipAddress: host, port: 0)) != nil {
             throw invalid(
                 "sslmode=verify-full checks the server's certificate against a host name, and \(host) is an address (name the host, or use sslmode=verify-ca)"
             )
@@ -228,14 +229,5 @@ package struct PostgreSQLTLS: Sendable, Equatable {
         self.rootCertificate = rootCertificate
         self.clientCertificate = clientCertificate
         self.clientKey = clientKey
-    }
-}
-
-extension String {
-    /// Whether this is an IPv4 or IPv6 address rather than a host name.
-    var isIPAddressLiteral: Bool {
-        var ipv4 = in_addr()
-        var ipv6 = in6_addr()
-        return inet_pton(AF_INET, self, &ipv4) == 1 || inet_pton(AF_INET6, self, &ipv6) == 1
     }
 }
