@@ -643,6 +643,58 @@ import Testing
         #expect(try await store.inactiveMeters(region: nil, limit: 10).map(\.meter) == ["never-1"])
     }
 
+    /// Issue 13 point 8: a commit's cost follows its batch, not the fleet. The commit function's
+    /// plans are made once per session, at a node's first commit: with a handful of meters then,
+    /// `UPDATE meter` became a hash join over a sequential scan of every meter, repeated at every
+    /// commit for as long as the node ran (migration `v5-commit-updates-meters-by-key`).
+    @Test(.timeLimit(.minutes(2)))
+    func commitsFindTheirMetersByKeyWhateverTheFleetWasAtTheFirstCommit() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let writer = try store.makeWriter(WriterSettings())
+        let start = WallClock.nowMs() - 60_000
+        func commit(meters: Range<Int>, seq: Int) throws {
+            let readings = meters.map { meter in
+                SubmittedReading(
+                    reading: Reading(meter: "K\(meter)", seq: Int64(seq), timestampMs: start + Int64(seq) * 1_000, kwh: 0.1),
+                    line: seq + 1, receivedMs: start + Int64(seq) * 1_000)
+            }
+            _ = try writer.commit([IngestSubmission(readings: readings, receiver: nil)])
+        }
+        /// The meter table's row updates and sequential scans, once the writer's session has
+        /// reported at least `updates` (it does within about 10 s of going idle).
+        func meterTableCounts(reaching updates: Int64) async throws -> (updates: Int64, sequentialScans: Int64) {
+            var counts: [Int64] = []
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                counts =
+                    try await store.firstColumnText(
+                        "SELECT n_tup_upd || ' ' || seq_scan FROM pg_stat_user_tables WHERE relname = 'meter'"
+                    ).first?.split(separator: " ").compactMap { Int64($0) } ?? []
+                if counts.count == 2, counts[0] >= updates { return (counts[0], counts[1]) }
+                try await Task.sleep(for: .milliseconds(250))
+            }
+            Issue.record("the meter table's statistics never reached \(updates) updates: \(counts)")
+            return (-1, -1)
+        }
+        // Given a first commit of one meter (the session plans its statements then) and one that
+        // registers 2,000
+        try commit(meters: 0..<1, seq: 0)
+        try commit(meters: 0..<2_000, seq: 1)
+        let before = try await meterTableCounts(reaching: 2_001)
+        // When 20 more commits of 200 of those meters each follow
+        for batch in 0..<20 { try commit(meters: (batch * 90)..<(batch * 90 + 200), seq: 2 + batch) }
+        // Then every meter row was updated through its key: no commit read the whole table (each
+        // did before v5)
+        let after = try await meterTableCounts(reaching: 2_001 + 20 * 200)
+        #expect(after.updates - before.updates == 20 * 200)
+        #expect(
+            after.sequentialScans == before.sequentialScans,
+            "\(after.sequentialScans - before.sequentialScans) sequential scans of meter in 20 commits")
+        // And the readings are all there
+        #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["\(2_001 + 20 * 200)"])
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func twoNodesStartingAtOnceMigrateOnce() async throws {
         do {

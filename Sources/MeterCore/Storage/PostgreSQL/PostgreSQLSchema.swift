@@ -301,6 +301,21 @@ enum PostgreSQLSchema {
                 "CREATE INDEX meter_never_reported ON meter (region, id) WHERE first_seen_ms IS NULL AND inactive_since_ms IS NULL",
                 "ALTER TABLE meter SET (fillfactor = 50)",
             ]),
+        // Issue 13 point 8: the generic plan of the commit's `UPDATE meter … FROM (unnested
+        // arrays)` was made at a node's first commit, often while `meter` was still small or never
+        // analysed, and kept for the session: a hash join over a sequential scan of every meter, at
+        // every commit: a cost per commit that grows with the fleet, not with the batch (at 10,000
+        // meters sending 1 reading/s, a sixth of PostgreSQL's CPU). Without hash joins, merge
+        // joins, sequential scans and materialised scans the plan can only probe `meter_pkey` once
+        // per meter of the batch. No other statement of the function joins, so they keep their plans.
+        Migration(
+            name: "v5-commit-updates-meters-by-key",
+            statements: [
+                """
+                ALTER FUNCTION meterd_commit_batch
+                    SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off SET enable_material = off
+                """
+            ]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
