@@ -20,6 +20,17 @@ enum BuiltProduct {
     }
 }
 
+/// Has the child close every descriptor from `lowest` up: glibc's (2.34 and later)
+/// `posix_spawn_file_actions_addclosefrom_np`, which Swift's Glibc module does not import.
+private func closeFrom(_ lowest: CInt, in actions: inout posix_spawn_file_actions_t) {
+    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, CInt) -> CInt
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else {
+        fatalError("posix_spawn_file_actions_addclosefrom_np is missing: the tests need glibc 2.34 or later")
+    }
+    let result = unsafeBitCast(symbol, to: AddCloseFrom.self)(&actions, lowest)
+    precondition(result == 0, "posix_spawn_file_actions_addclosefrom_np: \(String(cString: strerror(result)))")
+}
+
 /// A child process started with `posix_spawn`, with chosen environment and inherited fds;
 /// stdout and stderr go to a file.
 final class ChildProcess: Sendable {
@@ -38,13 +49,17 @@ final class ChildProcess: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // The test's own descriptors are close-on-exec (NIO, SQLite, ours); only these are passed.
-        // Move the fds out of the way first, so dup2 onto 3, 4, … cannot clobber one still needed.
+        // Only these are passed. Move the fds out of the way first, so dup2 onto 3, 4, … cannot
+        // clobber one still needed.
         let high = inheritedFDs.map { fcntl($0, F_DUPFD_CLOEXEC, 200) }
         defer { high.forEach { close($0) } }
         for (index, fd) in high.enumerated() {
             posix_spawn_file_actions_adddup2(&actions, fd, CInt(3 + index))
         }
+        // Nothing else: NIO opens its sockets without close-on-exec, so a child would hold the
+        // test's connections open after the test closed them (a PostgreSQL session, and the
+        // singleton lock it held, outlived its close until the child exited).
+        closeFrom(CInt(3 + high.count), in: &actions)
         let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { envp.forEach { free($0) } }
         // setpriv --pdeathsig: the child dies with the test process even if a test crashes. The
@@ -313,6 +328,8 @@ func runProgram(
     posix_spawn_file_actions_addopen(&actions, 0, inPath, O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
     posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    // None of the test's descriptors (see ``ChildProcess``).
+    closeFrom(3, in: &actions)
     let env = environment ?? ProcessInfo.processInfo.environment
     let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { envp.forEach { free($0) } }
