@@ -412,38 +412,39 @@ final class SimulatedConnection: @unchecked Sendable {
         }
         let wallMs = WallClock.nowMs()
         let timestamp = self.context.clock.meterTime(atWallMs: wallMs)
-        var meter = self.meters[index]
-        var reading = meter.model.reading(meter: meter.name, seq: meter.nextSeq, previousMs: meter.lastTimestampMs, timestampMs: timestamp)
-        if faults.spikeRate > 0, meter.model.chance(faults.spikeRate) {
-            reading.kwh = (reading.kwh * FaultPlan.spikeMultiplier * 1_000_000).rounded() / 1_000_000
-        }
-        if faults.backwardsRate > 0, meter.model.chance(faults.backwardsRate) {
-            reading.timestampMs = meter.lastTimestampMs - Int64(faults.backwardsSeconds * 1000)
-        }
-        meter.lastTimestampMs = timestamp
-        if meter.model.chance(faults.skewRate) {
-            reading.timestampMs = wallMs + Int64(faults.skewSeconds * 1000)
-        }
-        if self.configuration.register {
-            let rules = self.configuration.meteringRules
-            if meter.lastSentRegister == nil {
-                // The first reading shows the starting register itself (meterd's baseline), so a
-                // meter that starts just below its capacity wraps at its second reading, not before
-                // meterd has seen it.
-            } else if faults.resetRate > 0, meter.model.chance(faults.resetRate) {
-                meter.register = reading.kwh  // a new meter, from 0
-            } else {
-                meter.register = (meter.register + reading.kwh).truncatingRemainder(dividingBy: rules.registerCapacity)
+        // In place: a copy of the meter would share its `outstanding` buffer, and the append would copy it.
+        self.withMeter(at: index) { meter in
+            var reading = meter.model.reading(meter: meter.name, seq: meter.nextSeq, previousMs: meter.lastTimestampMs, timestampMs: timestamp)
+            if faults.spikeRate > 0, meter.model.chance(faults.spikeRate) {
+                reading.kwh = (reading.kwh * FaultPlan.spikeMultiplier * 1_000_000).rounded() / 1_000_000
             }
-            // The consumption meterd derives, computed as it does: the ledger then matches it exactly.
-            reading.kwh = rules.step(from: meter.lastSentRegister, to: meter.register).kwh
-            reading.registerKwh = meter.register
-            meter.lastSentRegister = meter.register
+            if faults.backwardsRate > 0, meter.model.chance(faults.backwardsRate) {
+                reading.timestampMs = meter.lastTimestampMs - Int64(faults.backwardsSeconds * 1000)
+            }
+            meter.lastTimestampMs = timestamp
+            if meter.model.chance(faults.skewRate) {
+                reading.timestampMs = wallMs + Int64(faults.skewSeconds * 1000)
+            }
+            if self.configuration.register {
+                let rules = self.configuration.meteringRules
+                if meter.lastSentRegister == nil {
+                    // The first reading shows the starting register itself (meterd's baseline), so a
+                    // meter that starts just below its capacity wraps at its second reading, not before
+                    // meterd has seen it.
+                } else if faults.resetRate > 0, meter.model.chance(faults.resetRate) {
+                    meter.register = reading.kwh  // a new meter, from 0
+                } else {
+                    meter.register = (meter.register + reading.kwh).truncatingRemainder(dividingBy: rules.registerCapacity)
+                }
+                // The consumption meterd derives, computed as it does: the ledger then matches it exactly.
+                reading.kwh = rules.step(from: meter.lastSentRegister, to: meter.register).kwh
+                reading.registerKwh = meter.register
+                meter.lastSentRegister = meter.register
+            }
+            meter.nextSeq += 1
+            meter.measured += 1
+            meter.outstanding.append(OutstandingReading(reading: reading))
         }
-        meter.nextSeq += 1
-        meter.measured += 1
-        meter.outstanding.append(OutstandingReading(reading: reading))
-        self.meters[index] = meter
         self.context.counters.generated.add(1, ordering: .relaxed)
         return true
     }
@@ -639,26 +640,34 @@ final class SimulatedConnection: @unchecked Sendable {
         self.checkFinished()
     }
 
+    /// Runs `body` on the meter in its slot. Copying a meter out and back would share its
+    /// `outstanding` buffer between the copy and the slot, so every append or removal in between
+    /// copied the whole buffer (7 % of the simulator's samples in a steady fleet, as `memmove`).
+    /// `body` must not touch `meters`.
+    private func withMeter<T>(at index: Int, _ body: (inout SimulatedMeter) -> T) -> T {
+        body(&self.meters[index])
+    }
+
     private func acknowledge(meter name: String, seq: Int64) {
         guard let index = self.meters.count == 1 ? (self.meters[0].name == name ? 0 : nil) : self.meterIndex[name] else { return }
         let now = NIODeadline.now()
         let duplicateRate = self.configuration.faults.duplicateRate
         var latencies: [UInt64] = []
         var steady: [UInt64] = []
-        var meter = self.meters[index]
-        while meter.sentCount > 0, let first = meter.outstanding.first, first.reading.seq <= seq {
-            meter.outstanding.removeFirst()
-            meter.sentCount -= 1
-            meter.ledger.ackedMaxSeq = max(meter.ledger.ackedMaxSeq ?? first.reading.seq, first.reading.seq)
-            meter.ledger.ackedKwh += first.reading.kwh
-            meter.ledger.ackedReadings += 1
-            let latency = UInt64(max(0, (now - first.sentAt).nanoseconds / 1000))
-            latencies.append(latency)
-            if self.context.counters.isSteady(writtenAt: first.sentAt) { steady.append(latency) }
-            // A half-closed connection can send nothing more: no deliberate duplicates on it.
-            if !self.outputClosed, self.rng.chance(duplicateRate) { self.duplicates.append(first.reading) }
+        self.withMeter(at: index) { meter in
+            while meter.sentCount > 0, let first = meter.outstanding.first, first.reading.seq <= seq {
+                meter.outstanding.removeFirst()
+                meter.sentCount -= 1
+                meter.ledger.ackedMaxSeq = max(meter.ledger.ackedMaxSeq ?? first.reading.seq, first.reading.seq)
+                meter.ledger.ackedKwh += first.reading.kwh
+                meter.ledger.ackedReadings += 1
+                let latency = UInt64(max(0, (now - first.sentAt).nanoseconds / 1000))
+                latencies.append(latency)
+                if self.context.counters.isSteady(writtenAt: first.sentAt) { steady.append(latency) }
+                // A half-closed connection can send nothing more: no deliberate duplicates on it.
+                if !self.outputClosed, self.rng.chance(duplicateRate) { self.duplicates.append(first.reading) }
+            }
         }
-        self.meters[index] = meter
         if !latencies.isEmpty {
             self.context.counters.acked.add(latencies.count, ordering: .relaxed)
             self.context.counters.recordLatencies(latencies, steady: steady)
