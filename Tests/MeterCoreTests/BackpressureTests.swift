@@ -15,10 +15,10 @@ import Testing
         capacity + IngestHandler.linesPerSubmission * System.coreCount
     }
 
-    /// Most bytes one connection may hold unparsed: one read (4 x 2 KB) plus what the kernel's
-    /// receive buffer (Linux doubles `SO_RCVBUF`) hands over at once when the meter half-closes.
+    /// Most bytes one connection may hold unparsed: one read plus what the kernel's receive buffer
+    /// (Linux doubles `SO_RCVBUF`) hands over at once when the meter half-closes.
     static func heldBytesPerConnection(_ configuration: IngestServerConfiguration = IngestServerConfiguration()) -> Int {
-        4 * 2048 + 2 * configuration.receiveBufferSize
+        IngestReceiveBuffers.largeSize + 2 * configuration.receiveBufferSize
     }
 
     /// Samples queue depth and held bytes every millisecond until told to stop.

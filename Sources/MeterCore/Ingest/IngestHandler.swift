@@ -153,8 +153,8 @@ final class IngestHandler: ChannelDuplexHandler {
 
     /// Most lines (readings and rejected lines) in one submission: with the pipeline's full flag
     /// checked before each, the queue never holds more than its capacity plus this many per event
-    /// loop thread. One read of 4 x 2 KB holds about 75 readings of ~110 bytes, so this only bites
-    /// on unusually short lines.
+    /// loop thread. One read (at most 4 KB, see ``IngestReceiveBuffers``) holds about 37 readings of
+    /// ~110 bytes, so this only bites on unusually short lines.
     static let linesPerSubmission = 256
 
     /// Whether this connection may hand the pipeline another submission now. Checked before each
@@ -314,28 +314,8 @@ final class IngestHandler: ChannelDuplexHandler {
             self.pause(context: context, tellMeter: stalled)
             if stalled { self.flushOutput(context: context) }
         } else {
-            self.requestRead(context: context)
+            context.read()
         }
-    }
-
-    /// Reads per readiness while the queue is full, and otherwise (large submissions, few acks and
-    /// aggregate rows per reading). NIO sizes each connection's pool of receive buffers by this
-    /// option and makes every read of a readiness before the handler can pause, so under a
-    /// saturating burst one read keeps the buffers of thousands of waiting connections small:
-    /// `ingest.py --scenarios raw100` peaked at 140-151 MB against 155-171 MB with 4 throughout,
-    /// scenario (a)'s CPU per reading unchanged within this machine's noise.
-    static let readsPerReadinessWhenFull = 1
-    static let readsPerReadiness = 4
-    /// This channel's `maxMessagesPerRead`, as last set.
-    private var channelReadsPerReadiness = IngestHandler.readsPerReadiness
-
-    private func requestRead(context: ChannelHandlerContext) {
-        let reads = self.pipeline.isFull ? Self.readsPerReadinessWhenFull : Self.readsPerReadiness
-        if reads != self.channelReadsPerReadiness, let options = context.channel.syncOptions {
-            try? options.setOption(.maxMessagesPerRead, value: UInt(reads))
-            self.channelReadsPerReadiness = reads
-        }
-        context.read()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -419,7 +399,7 @@ final class IngestHandler: ChannelDuplexHandler {
             return
         }
         self.readPending = false
-        self.requestRead(context: context)
+        context.read()
     }
 
     /// Closes after everything written so far has reached the socket.

@@ -201,9 +201,10 @@ package final class IngestPipeline: Service, Sendable {
         if now { resume() }
     }
 
-    /// Room one resumed connection is expected to take: what it reads per readiness (up to 8 KB,
-    /// see `IngestServer`) holds about this many readings of ~100 bytes. A connection resumed when
-    /// others took the room first finds ``hasRoom`` false and waits again.
+    /// Room one resumed connection is expected to take. One read (at most 4 KB, see
+    /// `IngestReceiveBuffers`) holds about 37 readings of ~110 bytes, more when the meter's lines are
+    /// short; 36 and 64 measured the same in `Benchmarks/ingest.py` a, burst100 and raw100. A
+    /// connection resumed when others took the room first finds ``hasRoom`` false and waits again.
     static let readingsPerResume = 64
     /// Commits lost in a row to other nodes' writers before a conflict counts as a failure.
     static let maximumLostRaces = 20

@@ -104,17 +104,10 @@ package struct IngestServer: Service {
             // the kernel would not take, and IngestHandler stops reading from it until it drains
             // (NIO's default of 64 KB would be 640 MB at 10 k such meters).
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 2048, high: 8192))
-            // Receive buffers are capped at 2 KB because NIO keeps each connection's last one for
-            // reuse: at 10 k connections the cap is resident memory (NIO's adaptive default grows
-            // to 64 KB, 600+ MB). Scenario (a) of Benchmarks/ingest.py, measured: 4 reads of 2 KB
-            // per readiness 97-109 MB peak at 2.74-2.85 CPU-s per million readings; 4 of 4 KB
-            // 150-190 MB; 2 of 4 KB 104-125 MB; 1 of 4 KB 103-118 MB but ~3.4 CPU-s (smaller
-            // reads mean more submissions, acks and aggregate rows per reading). The first read is
-            // 256 bytes because most meters send a ~110-byte reading now and then: the buffer NIO
-            // keeps then stays small, 3.7 KB per idle connection instead of 4.4 KB (conns5000 and
-            // conns19000 of Benchmarks/ingest.py); a meter that sends more grows it within a few reads.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 256, initial: 256, maximum: 2048))
-            .childChannelOption(.maxMessagesPerRead, value: UInt(IngestHandler.readsPerReadiness))
+            // One read per readiness, into a buffer NIO does not keep unless it is the first, small
+            // one: see IngestReceiveBuffers. At 10,000 connections what NIO keeps is resident memory.
+            .childChannelOption(.recvAllocator, value: IngestReceiveBuffers())
+            .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
                     statistics.refusedConnections.add(1, ordering: .relaxed)
