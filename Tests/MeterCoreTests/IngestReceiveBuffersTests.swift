@@ -14,12 +14,12 @@ import Testing
     /// One read of `bytes` bytes (or as many as the buffer takes), then the buffer is let go, as
     /// IngestHandler does once it has parsed or copied them. Returns the buffer's capacity and storage.
     private static func read(_ bytes: Int, with pool: inout NIOPooledRecvBufferAllocator) -> (capacity: Int, storage: UInt) {
-        let (buffer, read) = pool.buffer(allocator: ByteBufferAllocator()) { buffer in
+        let (buffer, bytesRead) = pool.buffer(allocator: ByteBufferAllocator()) { buffer in
             let count = min(bytes, buffer.writableBytes)
             buffer.writeRepeatingByte(UInt8(ascii: "x"), count: count)
             return count
         }
-        pool.record(actualReadBytes: read)
+        pool.record(actualReadBytes: bytesRead)
         let storage = buffer.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
         return (buffer.capacity, storage)
     }

@@ -11,10 +11,8 @@ import NIOCore
 /// its bytes. A connection reads once per readiness (`maxMessagesPerRead` 1): with more, NIO would
 /// keep one buffer per read of a readiness.
 ///
-/// Measured with `Benchmarks/ingest.py` (10,000 connections, release build, 2026-12-01, alternating
-/// runs): raw100 peak RSS 108.5–113.3 MB against 148.5–162.3 MB with the adaptive allocator (256 B
-/// to 2 KB, up to four reads per readiness), raw1000 104.5 against 127.6 MB, scenario (a) 95.4
-/// against 127.7 MB, scenario (a)'s CPU per reading within the runs' noise.
+/// README's "Memory bound" has the figures before and after (raw100's peak RSS 149–166 MB down to
+/// 111–112 MB at 10,000 connections, CPU per reading unchanged within the runs' noise).
 struct IngestReceiveBuffers: RecvByteBufferAllocator {
     /// The buffer NIO keeps: one reading of ~110 bytes fits, so a meter that reports now and then
     /// never needs another.
