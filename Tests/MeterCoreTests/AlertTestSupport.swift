@@ -165,6 +165,11 @@ final class FailingWriter: MeterStoreWriter {
         try self.base.flushAggregates()
     }
     func reloadMeters() throws { try self.base.reloadMeters() }
+    /// An unreachable server fails the idle writer's check too; a full disk does not show there.
+    func checkReachable() throws {
+        if self.unreachable { try self.check() }
+        try self.base.checkReachable()
+    }
     func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
         try self.check()
         return try self.base.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)

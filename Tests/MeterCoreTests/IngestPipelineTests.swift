@@ -137,4 +137,48 @@ import Testing
             }
         }
     }
+    /// A store outage while nothing is committed (issue 13 point 5): the idle writer asks the store
+    /// each second, so the outage shows (and readers stop) without a commit to fail, and its end
+    /// resumes them without one. A fault that is not an outage (a full disk) does not show there.
+    @Test(.timeLimit(.minutes(1)), arguments: [true, false])
+    func anIdleWriterFindsAnUnreachableStoreAndItsReturn(unreachable: Bool) async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
+            let failure = FailSwitch()
+            let pipeline = IngestPipeline(
+                writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: unreachable),
+                configuration: PipelineConfiguration(queueCapacity: 1_000, commitInterval: .milliseconds(1), maximumBatch: 100),
+                logger: testLogger)
+            let health = WriterHealth(pipeline: pipeline, staleAfterMs: 2_000)
+            try await withRunningServices([pipeline]) {
+                // Given an idle writer whose store goes away
+                failure.isOn = true
+                if !unreachable {
+                    // Then a full disk, which only a write meets, leaves the idle writer healthy
+                    try await Task.sleep(for: .milliseconds(2_500))
+                    #expect(!pipeline.isStalled && pipeline.failure == nil && health.isMakingProgress())
+                    return
+                }
+                // Then within a few of its idle checks the outage shows, with nothing submitted
+                try await waitUntil(timeout: .seconds(5)) { pipeline.storeUnreachableSinceMs != nil }
+                #expect(pipeline.isStalled && !pipeline.hasRoom)
+                #expect(pipeline.failure?.contains("connection refused") == true)
+                let resumed = Atomic<Int>(0)
+                pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }
+                // and the writer stays alive for the watchdog while it keeps asking
+                try await Task.sleep(for: .milliseconds(2_500))
+                #expect(!health.isMakingProgress() && health.isAlive())
+                #expect(resumed.load(ordering: .relaxed) == 0)
+
+                // When the store answers again, with still nothing to commit
+                failure.isOn = false
+                // Then readers resume and the writer is healthy without a commit
+                try await waitUntil(timeout: .seconds(5)) { resumed.load(ordering: .relaxed) == 1 }
+                #expect(!pipeline.isStalled && !pipeline.isFull)
+                #expect(pipeline.failure == nil && pipeline.storeUnreachableSinceMs == nil)
+                #expect(health.isMakingProgress())
+                #expect(pipeline.statistics.commits.load(ordering: .relaxed) == 0)
+            }
+        }
+    }
 }

@@ -387,4 +387,49 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
             }
         }
     }
+    /// The outage shows on a node with nothing to commit (its meters quiet, or all on other
+    /// nodes): `/readyz` and the status socket say so within seconds, and it clears by itself.
+    @Test(.timeLimit(.minutes(3)))
+    func anIdleNodeShowsTheDatabaseOutageAndItsEnd() async throws {
+        try await PostgresTestServer.with { server in
+            let address = try await server.createDatabase()
+            try await withTemporaryDirectory { directory in
+                // Given meterd on PostgreSQL, ready, with no meter connected
+                let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let daemon = try MeterdUnderTest.start(dataDirectory: directory + "/data", arguments: ["--store", url])
+                defer { daemon.process.stop() }
+                let (ingest, http) = try await daemon.ports()
+                try await waitUntil(timeout: .seconds(30)) { try await httpGet(port: http, path: "/readyz").status == 200 }
+
+                // When the database goes away
+                try await server.crash()
+
+                // Then readiness goes down and the status socket dates the outage, with no commit attempted
+                try await waitUntil(timeout: .seconds(10)) {
+                    let ready = try await httpGet(port: http, path: "/readyz")
+                    return ready.status == 503 && ready.body.contains("store unreachable")
+                }
+                #expect(try await ask(daemon.statusSocket, "status").contains(#""store_unreachable_since":"20"#))
+                // and a meter that connects meanwhile is told busy
+                let meter = try await LineClient(port: ingest)
+                try await meter.send(readingLine(meter: "MTR-IDLE", seq: 1) + "\n")
+                #expect(try await meter.readLine(timeout: .seconds(30)) == #"{"busy":true,"retry_after_ms":500}"#)
+                await meter.close()
+
+                // When the database is back
+                try await server.restart()
+
+                // Then the node is ready again by itself, and takes readings
+                try await waitUntil(timeout: .seconds(20)) { try await httpGet(port: http, path: "/readyz").status == 200 }
+                #expect(try await ask(daemon.statusSocket, "status").contains(#""store_unreachable_since":null"#))
+                let again = try await LineClient(port: ingest)
+                try await again.send(readingLine(meter: "MTR-IDLE", seq: 1) + "\n")
+                #expect(try await again.readLine(timeout: .seconds(30)) == #"{"meter":"MTR-IDLE","ack":1}"#)
+                await again.close()
+                #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")
+                #expect(daemon.process.output.contains("Store unreachable; meters are told busy"))
+                #expect(daemon.process.output.contains("The store answers again"))
+            }
+        }
+    }
 }

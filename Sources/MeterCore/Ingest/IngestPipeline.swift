@@ -349,9 +349,7 @@ package final class IngestPipeline: Service, Sendable {
                     // Wake at least once a second so the watchdog sees an idle but healthy writer.
                     if self.wakeup.wait(timeout: .now() + .seconds(1)) == .timedOut {
                         if self.writer.withLock({ writer in writer.flushAggregates(logger: self.logger) }) { lastAggregateWrite = .now }
-                        self.state.withLockedValue { state in
-                            if state.failure == nil { state.lastProgressMs = WallClock.nowMs() }
-                        }
+                        self.checkStoreWhileIdle()
                     }
                 }
             case .commit(let batch, let weight, let aggregates):
@@ -468,7 +466,7 @@ package final class IngestPipeline: Service, Sendable {
         guard log else { return }
         self.logger.error(
             unreachable
-                ? "Store unreachable; meters are told busy and readings stay queued and unacknowledged until a commit succeeds"
+                ? "Store unreachable; meters are told busy and readings stay queued and unacknowledged until it answers again"
                 : "Commit failed; readings stay queued and unacknowledged until it succeeds",
             metadata: [
                 "error": "\(error)", "batch.readings": "\(weight)", "commit.attempts": "\(failures)",
@@ -476,7 +474,29 @@ package final class IngestPipeline: Service, Sendable {
             ])
     }
 
-    private func finishCommit(weight: Int) {
+    /// Asks the store whether it answers, once a second while there is nothing to commit: a node
+    /// whose meters are quiet (or all on other nodes) would otherwise show ready through a whole
+    /// database outage. An unreachable store stops the connections as a failed commit does; its
+    /// return resumes them. Any other error is left to the next commit to meet and report.
+    private func checkStoreWhileIdle() {
+        do {
+            try self.writer.withLock { try $0.checkReachable() }
+        } catch  where (error as? any StoreReachabilityError)?.meansStoreUnreachable == true {
+            self.commitFailed(error, batch: [], weight: 0, retryDelay: .seconds(1))
+            return
+        } catch {
+            // Once a second while it lasts: the next commit meets it and logs it with its batch.
+            self.logger.debug("Checking the idle store failed", metadata: ["error": "\(error)"])
+        }
+        let recovering = self.state.withLockedValue { state -> Bool in
+            guard state.failure == nil else { return state.queue.isEmpty && !state.committing }
+            state.lastProgressMs = WallClock.nowMs()
+            return false
+        }
+        if recovering { self.finishCommit(weight: 0, recovery: "The store answers again; reading from meters") }
+    }
+
+    private func finishCommit(weight: Int, recovery: Logger.Message = "Commits succeed again; acknowledging and reading from meters") {
         let now = WallClock.nowMs()
         let (resumers, drained, outage) = self.state.withLockedValue {
             state -> ([@Sendable () -> Void], [CheckedContinuation<Void, Never>], (failures: Int, sinceMs: Int64?)?) in
@@ -512,7 +532,7 @@ package final class IngestPipeline: Service, Sendable {
         if let outage {
             var metadata: Logger.Metadata = ["commit.attempts": "\(outage.failures + 1)", "queue.depth": "\(self.queueDepth)"]
             if let since = outage.sinceMs { metadata["store.unreachable_ms"] = "\(now - since)" }
-            self.logger.notice("Commits succeed again; acknowledging and reading from meters", metadata: metadata)
+            self.logger.notice(recovery, metadata: metadata)
         }
         for resume in resumers { resume() }
         for continuation in drained { continuation.resume() }

@@ -216,6 +216,7 @@ protocol IngestTransaction: AnyObject {
 
 extension IngestBackend {
     var registersMetersTogether: Bool { false }
+    func checkReachable() throws {}
     func lostRace(_ error: any Error) -> Bool { false }
     func outcomeUnknown(_ error: any Error) -> Bool { false }
 }
@@ -257,6 +258,8 @@ protocol IngestBackend: AnyObject {
     /// Whether the commit that failed with `error` may have committed all the same (the connection
     /// dropped after the server took it): then no delta says what it changed.
     func outcomeUnknown(_ error: any Error) -> Bool
+    /// ``MeterStoreWriter/checkReachable()``.
+    func checkReachable() throws
 
     func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag]
     func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws

@@ -201,6 +201,8 @@ package final class IngestWriter: MeterStoreWriter {
         }
     }
 
+    package func checkReachable() throws { try self.backend.checkReachable() }
+
     /// Writes the pending aggregates (and the watermark of the readings they cover) in one transaction.
     package func flushAggregates() throws {
         guard self.hasPendingAggregates else { return }

@@ -146,6 +146,10 @@ package protocol MeterStoreWriter: AnyObject {
     func recordTimeZone(_ zone: TimeZone) throws
     /// Inserts or updates alerts by id, then keeps the newest `history` resolved ones.
     func recordAlerts(_ alerts: [Alert], history: Int) throws
+    /// Asks a database server whether it still answers (reconnecting if the connection closed):
+    /// an idle writer has no commit to find out by, and `/readyz` must show an outage all the same.
+    /// An embedded store has nothing to ask.
+    func checkReachable() throws
 }
 
 extension MeterStore {
@@ -159,6 +163,8 @@ extension MeterStore {
 }
 
 extension MeterStoreWriter {
+    package func checkReachable() throws {}
+
     package func lostRace(_ error: any Error) -> Bool { false }
 
     /// Commits a batch with its aggregates.

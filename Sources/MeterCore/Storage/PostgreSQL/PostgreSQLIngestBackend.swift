@@ -71,6 +71,10 @@ final class PostgreSQLIngestBackend: IngestBackend {
             query, logger: self.logger, address: self.connector.address, doing: doing, timeout: timeout ?? self.connector.timeouts.writer)
     }
 
+    func checkReachable() throws {
+        try self.run("SELECT 1", "checking that the database answers", timeout: self.connector.timeouts.commit)
+    }
+
     /// Runs a statement whose effect must be durable before the caller acts on it (acks, the
     /// transition log), and returns only once its transaction has committed.
     ///
