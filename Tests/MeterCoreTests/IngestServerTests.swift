@@ -312,6 +312,8 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
                 #expect(acks.allSatisfy { if case .ack = $0 { true } else { false } })
                 #expect(try await silent.readLine() == nil)
                 #expect(ContinuousClock.now - started >= .seconds(4))
+                // and not long after it: the server's sweep looks every half second at this timeout
+                #expect(ContinuousClock.now - started < .seconds(8))
                 await silent.close()
                 await talker.close()
             }
