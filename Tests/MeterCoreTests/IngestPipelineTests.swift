@@ -88,60 +88,88 @@ import Testing
     /// as alive for the watchdog only while the failure is an unreachable store it keeps retrying.
     @Test(.timeLimit(.minutes(1)), arguments: [true, false])
     func failingCommitsStopEveryReaderUntilOneSucceeds(unreachable: Bool) async throws {
-        try await withTemporaryDirectory { directory in
-            let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
-            let failure = FailSwitch()
-            let pipeline = IngestPipeline(
-                writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: unreachable),
-                configuration: PipelineConfiguration(queueCapacity: 1_000, commitInterval: .milliseconds(1), maximumBatch: 100),
-                logger: testLogger)
-            let health = WriterHealth(pipeline: pipeline, staleAfterMs: 2_000)
-            try await withRunningServices([pipeline]) {
-                func submission(_ meter: String) -> IngestSubmission {
-                    let now = WallClock.nowMs()
-                    return IngestSubmission(
-                        readings: [SubmittedReading(reading: Reading(meter: meter, seq: 1, timestampMs: now, kwh: 0.5), line: 1, receivedMs: now)],
-                        receiver: nil)
-                }
-                // Given a store that fails every commit
-                failure.isOn = true
-                #expect(pipeline.submit(submission("S1")) == .accepted)
-                // When the writer has failed at it
-                try await waitUntil(timeout: .seconds(10)) { pipeline.isStalled }
-                // Then one reading in a queue of 1,000 stops every reader, and a submission hears it
-                #expect(pipeline.isFull)
-                #expect(!pipeline.hasRoom)
-                #expect(pipeline.submit(submission("S2")) == .full)
-                #expect((pipeline.storeUnreachableSinceMs != nil) == unreachable)
-                #expect(pipeline.statistics.commitFailures.load(ordering: .relaxed) >= 1)
-                // and nobody is resumed however much room the queue has
-                let resumed = Atomic<Int>(0)
-                pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }
-                try await Task.sleep(for: .milliseconds(2_500))
-                #expect(resumed.load(ordering: .relaxed) == 0)
-                // and past the stale limit the writer is not progressing, but alive only if it waits out an outage
-                #expect(!health.isMakingProgress())
-                #expect(health.isAlive() == unreachable)
-
-                // When commits succeed again
-                failure.isOn = false
-                await pipeline.drain()
-                // Then the waiting reader is resumed and every reading was committed
-                try await waitUntil(timeout: .seconds(5)) { resumed.load(ordering: .relaxed) == 1 }
-                #expect(!pipeline.isStalled)
-                #expect(!pipeline.isFull)
-                #expect(pipeline.failure == nil)
-                #expect(pipeline.storeUnreachableSinceMs == nil)
-                #expect(health.isMakingProgress())
-                #expect(pipeline.statistics.stored.load(ordering: .relaxed) == 2)
+        try await withFailingPipeline(unreachable: unreachable) { pipeline, failure, health in
+            func submission(_ meter: String) -> IngestSubmission {
+                let now = WallClock.nowMs()
+                return IngestSubmission(
+                    readings: [SubmittedReading(reading: Reading(meter: meter, seq: 1, timestampMs: now, kwh: 0.5), line: 1, receivedMs: now)],
+                    receiver: nil)
             }
+            // Given a store that fails every commit
+            failure.isOn = true
+            #expect(pipeline.submit(submission("S1")) == .accepted)
+            // When the writer has failed at it
+            try await waitUntil(timeout: .seconds(10)) { pipeline.isStalled }
+            // Then one reading in a queue of 1,000 stops every reader, and a submission hears it
+            #expect(pipeline.isFull)
+            #expect(!pipeline.hasRoom)
+            #expect(pipeline.submit(submission("S2")) == .full)
+            #expect((pipeline.storeUnreachableSinceMs != nil) == unreachable)
+            #expect(pipeline.statistics.commitFailures.load(ordering: .relaxed) >= 1)
+            // and nobody is resumed however much room the queue has
+            let resumed = Atomic<Int>(0)
+            pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }
+            try await Task.sleep(for: .milliseconds(2_500))
+            #expect(resumed.load(ordering: .relaxed) == 0)
+            // and past the stale limit the writer is not progressing, but alive only if it waits out an outage
+            #expect(!health.isMakingProgress())
+            #expect(health.isAlive() == unreachable)
+
+            // When commits succeed again
+            failure.isOn = false
+            await pipeline.drain()
+            // Then the waiting reader is resumed and every reading was committed
+            try await waitUntil(timeout: .seconds(5)) { resumed.load(ordering: .relaxed) == 1 }
+            #expect(!pipeline.isStalled)
+            #expect(!pipeline.isFull)
+            #expect(pipeline.failure == nil)
+            #expect(pipeline.storeUnreachableSinceMs == nil)
+            #expect(health.isMakingProgress())
+            #expect(pipeline.statistics.stored.load(ordering: .relaxed) == 2)
         }
     }
+
     /// A store outage while nothing is committed (issue 13 point 5): the idle writer asks the store
     /// each second, so the outage shows (and readers stop) without a commit to fail, and its end
     /// resumes them without one. A fault that is not an outage (a full disk) does not show there.
     @Test(.timeLimit(.minutes(1)), arguments: [true, false])
     func anIdleWriterFindsAnUnreachableStoreAndItsReturn(unreachable: Bool) async throws {
+        try await withFailingPipeline(unreachable: unreachable) { pipeline, failure, health in
+            // Given an idle writer whose store goes away
+            failure.isOn = true
+            if !unreachable {
+                // Then a full disk, which only a write meets, leaves the idle writer healthy
+                try await Task.sleep(for: .milliseconds(2_500))
+                #expect(!pipeline.isStalled && pipeline.failure == nil && health.isMakingProgress())
+                return
+            }
+            // Then within a few of its idle checks the outage shows, with nothing submitted
+            try await waitUntil(timeout: .seconds(5)) { pipeline.storeUnreachableSinceMs != nil }
+            #expect(pipeline.isStalled && !pipeline.hasRoom)
+            #expect(pipeline.failure?.contains("connection refused") == true)
+            let resumed = Atomic<Int>(0)
+            pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }
+            // and the writer stays alive for the watchdog while it keeps asking
+            try await Task.sleep(for: .milliseconds(2_500))
+            #expect(!health.isMakingProgress() && health.isAlive())
+            #expect(resumed.load(ordering: .relaxed) == 0)
+
+            // When the store answers again, with still nothing to commit
+            failure.isOn = false
+            // Then readers resume and the writer is healthy without a commit
+            try await waitUntil(timeout: .seconds(5)) { resumed.load(ordering: .relaxed) == 1 }
+            #expect(!pipeline.isStalled && !pipeline.isFull)
+            #expect(pipeline.failure == nil && pipeline.storeUnreachableSinceMs == nil)
+            #expect(health.isMakingProgress())
+            #expect(pipeline.statistics.commits.load(ordering: .relaxed) == 0)
+        }
+    }
+
+    /// A pipeline on a real SQLite file whose writer fails while the switch is on (as an
+    /// unreachable server or a full disk), running, with its health as the watchdog sees it.
+    private func withFailingPipeline(
+        unreachable: Bool, _ body: (IngestPipeline, FailSwitch, WriterHealth) async throws -> Void
+    ) async throws {
         try await withTemporaryDirectory { directory in
             let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
             let failure = FailSwitch()
@@ -149,35 +177,8 @@ import Testing
                 writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: unreachable),
                 configuration: PipelineConfiguration(queueCapacity: 1_000, commitInterval: .milliseconds(1), maximumBatch: 100),
                 logger: testLogger)
-            let health = WriterHealth(pipeline: pipeline, staleAfterMs: 2_000)
             try await withRunningServices([pipeline]) {
-                // Given an idle writer whose store goes away
-                failure.isOn = true
-                if !unreachable {
-                    // Then a full disk, which only a write meets, leaves the idle writer healthy
-                    try await Task.sleep(for: .milliseconds(2_500))
-                    #expect(!pipeline.isStalled && pipeline.failure == nil && health.isMakingProgress())
-                    return
-                }
-                // Then within a few of its idle checks the outage shows, with nothing submitted
-                try await waitUntil(timeout: .seconds(5)) { pipeline.storeUnreachableSinceMs != nil }
-                #expect(pipeline.isStalled && !pipeline.hasRoom)
-                #expect(pipeline.failure?.contains("connection refused") == true)
-                let resumed = Atomic<Int>(0)
-                pipeline.whenCapacityAvailable { resumed.add(1, ordering: .relaxed) }
-                // and the writer stays alive for the watchdog while it keeps asking
-                try await Task.sleep(for: .milliseconds(2_500))
-                #expect(!health.isMakingProgress() && health.isAlive())
-                #expect(resumed.load(ordering: .relaxed) == 0)
-
-                // When the store answers again, with still nothing to commit
-                failure.isOn = false
-                // Then readers resume and the writer is healthy without a commit
-                try await waitUntil(timeout: .seconds(5)) { resumed.load(ordering: .relaxed) == 1 }
-                #expect(!pipeline.isStalled && !pipeline.isFull)
-                #expect(pipeline.failure == nil && pipeline.storeUnreachableSinceMs == nil)
-                #expect(health.isMakingProgress())
-                #expect(pipeline.statistics.commits.load(ordering: .relaxed) == 0)
+                try await body(pipeline, failure, WriterHealth(pipeline: pipeline, staleAfterMs: 2_000))
             }
         }
     }
