@@ -125,6 +125,11 @@ struct RunCommand: AsyncParsableCommand {
     var startTogether = false
     @Option(help: ArgumentHelp("Connection attempts in flight at once.", valueName: "n"))
     var maxConnecting = 512
+    @Option(
+        help: ArgumentHelp(
+            "Local addresses to connect from, ADDR,ADDR,... (connections take them in turn): one address has about 28,000 ephemeral ports, and the kernel's search for a free one slows as they fill.",
+            valueName: "list"))
+    var sourceAddresses: String?
     @Option(help: ArgumentHelp("Seconds to wait for outstanding acks once the meters stop.", valueName: "seconds"))
     var drainTimeout = 30.0
     @Option(help: ArgumentHelp("Fail if no connection succeeds within this many seconds.", valueName: "seconds"))
@@ -177,6 +182,8 @@ struct RunCommand: AsyncParsableCommand {
         configuration.meterPrefix = self.meterPrefix
         configuration.firstMeter = self.firstMeter
         configuration.maximumConnecting = self.maxConnecting
+        configuration.sourceAddresses =
+            self.sourceAddresses.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } } ?? []
         configuration.drainTimeout = self.drainTimeout
         configuration.connectTimeout = self.connectTimeout
         configuration.burst = self.burst

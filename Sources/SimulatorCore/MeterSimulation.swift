@@ -79,6 +79,14 @@ package final class MeterSimulation: Sendable {
                 throw SimulationError.cannotResolve(host: endpoint.host, reason: "\(error)")
             }
         }
+        var sources: [SocketAddress] = []
+        for source in configuration.sourceAddresses {
+            do {
+                sources.append(try SocketAddress(ipAddress: source, port: 0))
+            } catch {
+                throw SimulationError.invalidConfiguration("--source-addresses: \(source) is not an IP address")
+            }
+        }
         let tls: SimulationTLSContexts?
         if let files = configuration.tls {
             tls = try SimulationTLSContexts(
@@ -90,7 +98,7 @@ package final class MeterSimulation: Sendable {
         let start = ContinuousClock.now
         let clock = SimulatedClock(startWallMs: startWallMs, timeScale: configuration.timeScale, spanSeconds: configuration.expectedSpanSeconds)
         let context = SimulationContext(
-            configuration: configuration, addresses: addresses, counters: self.counters, clock: clock,
+            configuration: configuration, addresses: addresses, sources: sources, counters: self.counters, clock: clock,
             firstSeq: configuration.firstSeq ?? startWallMs * 1000, events: self.eventSink, tls: tls)
         let connectionCount = configuration.connectionCount
         var connections: [SimulatedConnection] = []

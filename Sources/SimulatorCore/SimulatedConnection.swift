@@ -19,6 +19,8 @@ final class SimulationContext: Sendable {
     let firstSeq: Int64
     /// Each endpoint's address, resolved once: a resolver per connection costs more than the connection.
     let addresses: [SocketAddress]
+    /// Local addresses to connect from (``SimulationConfiguration/sourceAddresses``), port 0.
+    let sources: [SocketAddress]
     /// Each endpoint's name for SNI and the certificate check; `nil` for an IP address.
     let serverHostnames: [String?]
     let events: AsyncStream<SimulationEvent>.Continuation
@@ -28,7 +30,8 @@ final class SimulationContext: Sendable {
     let tls: SimulationTLSContexts?
 
     init(
-        configuration: SimulationConfiguration, addresses: [SocketAddress], counters: SimulationCounters, clock: SimulatedClock,
+        configuration: SimulationConfiguration, addresses: [SocketAddress], sources: [SocketAddress] = [], counters: SimulationCounters,
+        clock: SimulatedClock,
         firstSeq: Int64,
         events: AsyncStream<SimulationEvent>.Continuation, tls: SimulationTLSContexts? = nil
     ) {
@@ -36,6 +39,7 @@ final class SimulationContext: Sendable {
         self.startBarrier = configuration.startTogether ? StartBarrier(expected: configuration.connectionCount) : nil
         self.configuration = configuration
         self.addresses = addresses
+        self.sources = sources
         self.serverHostnames = configuration.targets.map { SimulationTLSContexts.isIPAddress($0.host) ? nil : $0.host }
         self.counters = counters
         self.clock = clock
@@ -178,6 +182,8 @@ final class SimulatedConnection: @unchecked Sendable {
     private var finished = false
     private var duplicates: [Reading] = []
     private var cursor = 0
+    /// The local address this connection connects from, when the run names some.
+    private let source: SocketAddress?
     /// The current channel's write side is shut down (`halfClose`): nothing more can go on it.
     private var outputClosed = false
 
@@ -189,6 +195,7 @@ final class SimulatedConnection: @unchecked Sendable {
         var rng = SeededGenerator(seed: configuration.seed &+ 0x5DEE_CE66 &* UInt64(index + 1))
         self.bytewise = rng.chance(configuration.faults.bytewiseRate)
         self.endpoint = configuration.homeEndpoint(ofConnection: index)
+        self.source = context.sources.isEmpty ? nil : context.sources[index % context.sources.count]
         let stepMs = Int64((configuration.interval > 0 ? configuration.interval : 1) * configuration.timeScale * 1000)
         let startMs = context.clock.meterTime(atWallMs: context.clock.startWallMs)
         let capacity = configuration.meteringRules.registerCapacity
@@ -266,7 +273,9 @@ final class SimulatedConnection: @unchecked Sendable {
             self.configuration.burst
             ? ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 1024 * 1024)
             : ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
-        ClientBootstrap(group: self.eventLoop)
+        var bootstrap = ClientBootstrap(group: self.eventLoop)
+        if let source = self.source { bootstrap = bootstrap.bind(to: source) }
+        bootstrap
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16_384))
             .channelOption(.allowRemoteHalfClosure, value: false)
             .channelOption(.writeBufferWaterMark, value: waterMark)

@@ -154,6 +154,31 @@ struct SimulatorFleetTests {
         }
     }
 
+    /// `--source-addresses`: connections bind to the listed local addresses in turn, as the
+    /// quarantine's peer column shows, and an address that is not one stops the run before it starts.
+    @Test(.timeLimit(.minutes(1)))
+    func connectionsComeFromTheSourceAddressesInTurn() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let result = try await Self.simulate(port: harness.port, meters: 8, readings: 20, faults: "malformed=0.5") {
+                    $0.sourceAddresses = ["127.0.0.2", "127.0.0.3"]
+                }
+                #expect(result.report.acked == 160)
+                #expect(result.report.malformedSent > 8)
+                try await waitUntil { try await Self.quarantined(harness.database, code: "invalid_json") > 0 }
+                let peers = try await harness.database.pool.read { db in
+                    try String.fetchAll(db, sql: "SELECT DISTINCT peer FROM quarantine")
+                }
+                let addresses = Set(peers.map { $0.split(separator: "/")[1].split(separator: ":")[0] })
+                #expect(addresses == ["127.0.0.2", "127.0.0.3"], "\(peers)")
+
+                await #expect(throws: SimulationError.self) {
+                    try await Self.simulate(port: harness.port, meters: 1, readings: 1) { $0.sourceAddresses = ["meterd.example"] }
+                }
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func malformedLinesAreRejectedAndQuarantinedWhileReadingsAreStored() async throws {
         try await withTemporaryDirectory { directory in
