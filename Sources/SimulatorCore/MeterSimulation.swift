@@ -79,14 +79,8 @@ package final class MeterSimulation: Sendable {
                 throw SimulationError.cannotResolve(host: endpoint.host, reason: "\(error)")
             }
         }
-        var sources: [SocketAddress] = []
-        for source in configuration.sourceAddresses {
-            do {
-                sources.append(try SocketAddress(ipAddress: source, port: 0))
-            } catch {
-                throw SimulationError.invalidConfiguration("--source-addresses: \(source) is not an IP address")
-            }
-        }
+        // Checked by validate(): each is an IP address.
+        let sources = try configuration.sourceAddresses.map { try SocketAddress(ipAddress: $0, port: 0) }
         let tls: SimulationTLSContexts?
         if let files = configuration.tls {
             tls = try SimulationTLSContexts(

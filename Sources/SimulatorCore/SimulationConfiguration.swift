@@ -1,4 +1,5 @@
 import MeterCore
+import NIOCore
 
 /// Everything a simulation run needs (the flags of `meter-sim run`).
 package struct SimulationConfiguration: Sendable {
@@ -111,7 +112,9 @@ package struct SimulationConfiguration: Sendable {
         }
         if Set(self.endpoints).count != self.endpoints.count { return "--endpoints lists an endpoint twice" }
         if self.maximumConnecting < 1 { return "--max-connecting must be at least 1" }
-        if self.sourceAddresses.contains(where: \.isEmpty) { return "--source-addresses lists an empty address" }
+        if let bad = self.sourceAddresses.first(where: { (try? SocketAddress(ipAddress: $0, port: 0)) == nil }) {
+            return "--source-addresses: \(bad) is not an IP address"
+        }
         if let firstSeq, firstSeq < 0 { return "--first-seq must not be negative" }
         if self.registerDigits < 1 || self.registerDigits > 15 { return "--register-digits must be between 1 and 15" }
         if !self.register, self.faults.rolloverRate > 0 || self.faults.resetRate > 0 {

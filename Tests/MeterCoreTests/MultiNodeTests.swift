@@ -335,7 +335,7 @@ extension MultiNodeTests {
     func whenTheLeaderProcessIsKilledTheOtherNodeTakesOverAndBothAnswerTheSameKPIs() async throws {
         let server = try await PostgresTestServer.shared()
         let address = try await server.createDatabase()
-        let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+        let url = server.socketURL(address)
         try await withTemporaryDirectory { root in
             let nodes = try ["a", "b"].map { try MeterdUnderTest.start(dataDirectory: root + "/" + $0, arguments: ["--store", url]) }
             defer { for node in nodes { node.process.stop() } }

@@ -116,7 +116,7 @@ struct PostgreSQLClusterTests {
             let address = try await server.createDatabase()
             try await withTemporaryDirectory { directory in
                 // Given two meterd nodes on one database (over its Unix socket)
-                let store = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let store = server.socketURL(address)
                 step("PostgreSQL up")
                 var a = try await Node.start("A", directory: directory + "/a", store: store)
                 defer { a.daemon.process.stop() }

@@ -80,6 +80,11 @@ struct PostgresTestServer: Sendable {
         return PostgreSQLAddress(user: self.user, port: self.port, database: name, socketDirectory: self.directory)
     }
 
+    /// A database's `--store` URL over this server's Unix socket, as an operator writes it.
+    func socketURL(_ address: PostgreSQLAddress) -> String {
+        "postgresql://\(address.user)@/\(address.database)?host=\(self.directory)&port=\(self.port)"
+    }
+
     /// The same database over loopback TCP, where the server asks for the password.
     func tcpAddress(database: String, password: String?) -> PostgreSQLAddress {
         PostgreSQLAddress(user: self.user, password: password, host: "127.0.0.1", port: self.port, database: database)

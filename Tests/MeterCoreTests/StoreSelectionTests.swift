@@ -247,7 +247,7 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
             let address = try await server.createDatabase()
             try await withTemporaryDirectory { directory in
                 // Given meterd on PostgreSQL over its Unix socket, and meters sending for a few seconds
-                let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let url = server.socketURL(address)
                 let daemon = try MeterdUnderTest.start(dataDirectory: directory, arguments: ["--store", url])
                 defer { daemon.process.stop() }
                 let (ingest, http) = try await daemon.ports()
@@ -328,7 +328,7 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
                 // Given meterd on PostgreSQL under a 1 s watchdog, and a meter whose first reading is acknowledged
                 let notify = try DatagramReceiver(path: directory + "/notify.sock")
                 defer { notify.close() }
-                let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let url = server.socketURL(address)
                 let daemon = try MeterdUnderTest.start(
                     dataDirectory: directory + "/data", arguments: ["--store", url],
                     environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"])
@@ -395,7 +395,7 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
             let address = try await server.createDatabase()
             try await withTemporaryDirectory { directory in
                 // Given meterd on PostgreSQL, ready, with no meter connected
-                let url = "postgresql://\(address.user)@/\(address.database)?host=\(server.directory)&port=\(server.port)"
+                let url = server.socketURL(address)
                 let daemon = try MeterdUnderTest.start(dataDirectory: directory + "/data", arguments: ["--store", url])
                 defer { daemon.process.stop() }
                 let (ingest, http) = try await daemon.ports()
