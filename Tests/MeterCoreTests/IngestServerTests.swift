@@ -319,4 +319,39 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
             }
         }
     }
+
+    @Test func aConnectionWaitingForMeterdIsNotClosedAsIdle() async throws {
+        try await withTemporaryDirectory { directory in
+            var configuration = DaemonConfiguration()
+            configuration.limits.idleTimeout = .seconds(2)
+            configuration.pipeline.queueCapacity = 10
+            try await IngestHarness.with(directory: directory, configuration: configuration) { harness in
+                // The writer cannot commit while another connection holds the database (SQLite's
+                // busy timeout, 10 s, is longer than the wait below).
+                var sqlite = Configuration()
+                sqlite.allowsUnsafeTransactions = true
+                let blocker = try DatabaseQueue(path: directory + "/meterd.sqlite", configuration: sqlite)
+                try await blocker.writeWithoutTransaction { db in try db.execute(sql: "BEGIN EXCLUSIVE") }
+                // One meter waits for the commit of its reading, the other, with more readings than
+                // the queue holds, is paused as well.
+                let waiting = try await LineClient(port: harness.port)
+                let paused = try await LineClient(port: harness.port)
+                try await waiting.send(readingLine(meter: "W", seq: 1) + "\n")
+                try await paused.send((1...40).map { readingLine(meter: "P", seq: Int64($0)) + "\n" }.joined())
+                try await Task.sleep(for: .seconds(6))  // three idle timeouts
+                try await blocker.writeWithoutTransaction { db in try db.execute(sql: "ROLLBACK") }
+
+                let waited = try await waiting.collect { lastAck($0, meter: "W") == 1 }
+                #expect(lastAck(waited, meter: "W") == 1)
+                let acks = try await paused.collect { lastAck($0, meter: "P") == 40 }
+                #expect(lastAck(acks, meter: "P") == 40)  // an ack covers its meter's readings up to it
+                // Silent once answered: closed after the idle timeout as any other.
+                for client in [waiting, paused] {
+                    while try await client.readLine(timeout: .seconds(10)) != nil {}
+                }
+                await paused.close()
+                await waiting.close()
+            }
+        }
+    }
 }

@@ -132,7 +132,15 @@ final class IngestHandler: ChannelDuplexHandler {
 
     /// Closes the connection if nothing arrived for `idle_timeout`: called by the server's
     /// ``IdleConnectionSweep``, not by a timer of its own.
+    ///
+    /// A connection that waits for meterd (paused on a full queue, or for the commit of readings it
+    /// sent) is not silent: closing it would drop the acks the meter waits for and make it resend
+    /// everything. Its clock starts once meterd has answered.
     func closeIfIdle(now: NIODeadline) {
+        if self.paused || self.held != nil || self.unsettledSubmissions > 0 {
+            self.lastReadTime = now
+            return
+        }
         guard now - self.lastReadTime >= self.limits.idleTimeout else { return }
         self.finish()
     }
