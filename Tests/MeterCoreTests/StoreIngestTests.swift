@@ -543,6 +543,50 @@ import Testing
         }
     }
 
+    /// Each read has a connection of its own: one that outlasts its deadline or whose task is
+    /// cancelled (both close their connection) fails no other read, and a slow one holds none up.
+    @Test(.timeLimit(.minutes(2)))
+    func aSlowOrCancelledReadFailsNoOtherRead() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        var timeouts = PostgreSQLTimeouts()
+        timeouts.reader = .seconds(3)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger, timeouts: timeouts)
+        let observer = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        #expect(try await store.firstColumnText("SELECT 1::text") == ["1"])
+
+        // Given a read that outlasts its deadline and one whose task will be cancelled, both running
+        let slow = Task { try await store.firstColumnText("SELECT pg_sleep(10)::text") }
+        let cancelled = Task { try await store.firstColumnText("SELECT pg_sleep(10)::text") }
+        try await waitUntil {
+            try await observer.firstColumnText(
+                "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)::text' AND state = 'active'") == ["2"]
+        }
+
+        // When other reads come meanwhile, they are answered at once
+        let started = ContinuousClock.now
+        for value in 0..<5 { #expect(try await store.firstColumnText("SELECT \(value)::text") == ["\(value)"]) }
+        #expect(ContinuousClock.now - started < .seconds(2))
+
+        // Then the cancelled read fails and the others are still answered
+        cancelled.cancel()
+        await #expect(throws: (any Error).self) { try await cancelled.value }
+        #expect(try await store.firstColumnText("SELECT 'after cancel'") == ["after cancel"])
+        // and the slow read fails at its deadline, alone
+        let error = await #expect(throws: PostgreSQLStoreError.self) { try await slow.value }
+        #expect(error?.description.contains("reading got no answer within 3 s") == true, "\(String(describing: error))")
+        #expect(try await store.firstColumnText("SELECT 'after timeout'") == ["after timeout"])
+
+        // And many reads at once share a few connections (PostgreSQLReader.maximumConnections) and all get their answers
+        let answers = try await withThrowingTaskGroup(of: [String].self) { group in
+            for value in 0..<12 { group.addTask { try await store.firstColumnText("SELECT \(value)::text FROM pg_sleep(0.2)") } }
+            return try await group.reduce(into: [String]()) { $0 += $1 }
+        }
+        #expect(answers.sorted() == (0..<12).map { "\($0)" }.sorted())
+        let open = try await observer.firstColumnText(
+            "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'active'")
+        #expect(Int(open.first ?? "") ?? 99 <= PostgreSQLReader.maximumConnections, "idle reader connections: \(open)")
+    }
+
     /// ``PostgreSQLArray`` writes the binary array format itself: what PostgreSQL reads back must be
     /// what was bound, sentinels included (Int64.min for NULL, NaN, the empty string), and empty
     /// arrays must arrive as empty arrays of the right type.

@@ -558,41 +558,83 @@ package final class PostgreSQLMeterStore: MeterStore {
     }
 }
 
-/// The readers' shared connection, opened on first use and again after it closed.
+/// The readers' connections: each query has one to itself while it runs, and up to
+/// ``maximumConnections`` are open (more readers wait for one). A query that times out, or whose task
+/// is cancelled, closes its connection (its protocol state is unknown); on a shared connection that
+/// failed every other query in flight on it, and a slow fleet-wide KPI query held the dashboard's
+/// small ones behind it. Idle connections are kept for the next reader, and replaced once closed.
+///
+/// Not PostgresNIO's `PostgresClient` pool: its requests wait through failed connects until its
+/// circuit breaker trips (15 s or more) and then fail without the reason, where a reader here fails
+/// at once with it (`cannot connect to PostgreSQL at …: Connection refused`).
 actor PostgreSQLReader {
+    /// Enough for the dashboard, the KPI engine and the status socket at once; a node's share of
+    /// the server's `max_connections` stays small.
+    static let maximumConnections = 4
+
     private let connector: PostgreSQLConnector
-    private var connection: PostgresConnection?
+    private var idle: [PostgresConnection] = []
+    /// Connections lent to queries or being opened for one.
+    private var lent = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
 
     init(connector: PostgreSQLConnector) {
         self.connector = connector
     }
 
     deinit {
-        self.connection?.closeInBackground()
+        for connection in self.idle { connection.closeInBackground() }
     }
 
-    /// A connect in progress: readers that arrive meanwhile wait for it rather than open their
-    /// own (the actor is re-entered at the `await`).
-    private var connecting: Task<PostgresConnection, any Error>?
-
-    private func open() async throws -> PostgresConnection {
-        if let connection = self.connection, !connection.isClosed { return connection }
-        if let connecting = self.connecting { return try await connecting.value }
-        let connector = self.connector
-        let connecting = Task { try await connector.connect(id: 3) }
-        self.connecting = connecting
-        defer { self.connecting = nil }
-        let connection = try await connecting.value
-        self.connection = connection
-        return connection
+    /// An open connection for one query, given back with ``giveBack(_:)``.
+    private func lend() async throws -> PostgresConnection {
+        while true {
+            while let connection = self.idle.popLast() {
+                if !connection.isClosed {
+                    self.lent += 1
+                    return connection
+                }
+            }
+            if self.lent < Self.maximumConnections {
+                self.lent += 1
+                do {
+                    return try await self.connector.connect(id: 3)
+                } catch {
+                    self.lent -= 1
+                    self.wakeOne()
+                    throw error
+                }
+            }
+            await withCheckedContinuation { self.waiting.append($0) }
+        }
     }
 
-    /// Runs a query and collects its rows.
+    /// - Parameter reusable: false after anything but an answer from the server (a timeout or a
+    ///   cancelled task is closing the connection, and `isClosed` does not say so yet).
+    private func giveBack(_ connection: PostgresConnection, reusable: Bool) {
+        self.lent -= 1
+        if reusable, !connection.isClosed {
+            self.idle.append(connection)
+        } else {
+            connection.closeInBackground()
+        }
+        self.wakeOne()
+    }
+
+    private func wakeOne() {
+        if !self.waiting.isEmpty { self.waiting.removeFirst().resume() }
+    }
+
+    /// Runs a query on a connection of its own and collects its rows.
     nonisolated func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        let connection = try await self.open()
+        let connection = try await self.lend()
         do {
-            return try await connection.allRows(query, logger: self.connector.logger, timeout: self.connector.timeouts.reader)
+            let rows = try await connection.allRows(query, logger: self.connector.logger, timeout: self.connector.timeouts.reader)
+            await self.giveBack(connection, reusable: true)
+            return rows
         } catch {
+            // The server's error (bad SQL, a constraint) leaves the connection as good as before.
+            await self.giveBack(connection, reusable: (error as? PSQLError)?.serverInfo != nil)
             throw PostgreSQLStoreError.describing(error, doing: "reading", address: self.connector.address)
         }
     }

@@ -225,7 +225,8 @@ final class SQLiteIngestTransaction: IngestTransaction {
     }
 
     func registerMeter(named name: String, region: String) throws -> Int64 {
-        try self.db.execute(sql: "INSERT INTO meter (name, region) VALUES (?, ?)", arguments: [name, region])
+        // Cached: a storm of new meters registers thousands in a row (3 % of the writer's time compiling it).
+        try self.db.cachedStatement(sql: "INSERT INTO meter (name, region) VALUES (?, ?)").execute(arguments: [name, region])
         return self.db.lastInsertedRowID
     }
 
