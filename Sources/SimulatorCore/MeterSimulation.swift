@@ -97,10 +97,22 @@ package final class MeterSimulation: Sendable {
         let connectionCount = configuration.connectionCount
         var connections: [SimulatedConnection] = []
         connections.reserveCapacity(connectionCount)
+        // One metronome per event loop ticks its connections (interval runs).
+        var metronomes: [ObjectIdentifier: Metronome] = [:]
         for index in 0..<connectionCount {
             let lower = index * configuration.concentrator
             let meters = lower..<min(lower + configuration.concentrator, configuration.meters)
-            connections.append(SimulatedConnection(index: index, meterIndices: meters, eventLoop: self.group.next(), context: context))
+            let eventLoop = self.group.next()
+            var metronome: Metronome?
+            if configuration.interval > 0 {
+                metronome = metronomes[ObjectIdentifier(eventLoop)]
+                if metronome == nil {
+                    metronome = Metronome(eventLoop: eventLoop, interval: .nanoseconds(Int64(configuration.interval * 1e9)))
+                    metronomes[ObjectIdentifier(eventLoop)] = metronome
+                }
+            }
+            connections.append(
+                SimulatedConnection(index: index, meterIndices: meters, eventLoop: eventLoop, metronome: metronome, context: context))
         }
         for connection in connections {
             connection.eventLoop.execute { connection.start() }

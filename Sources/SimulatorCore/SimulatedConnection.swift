@@ -176,7 +176,9 @@ final class SimulatedConnection: @unchecked Sendable {
     private var reconnectDelayMs = 100.0
     private var lineNumber = 0
     private var pausedUntil: NIODeadline?
-    private var tick: RepeatedTask?
+    /// Ticked by its event loop's metronome (interval runs): measures its meters once per interval.
+    private let metronome: Metronome?
+    private var ticking = false
     private var stopping = false
     private var measuringDone = false
     private var finished = false
@@ -187,8 +189,9 @@ final class SimulatedConnection: @unchecked Sendable {
     /// The current channel's write side is shut down (`halfClose`): nothing more can go on it.
     private var outputClosed = false
 
-    init(index: Int, meterIndices: Range<Int>, eventLoop: any EventLoop, context: SimulationContext) {
+    init(index: Int, meterIndices: Range<Int>, eventLoop: any EventLoop, metronome: Metronome? = nil, context: SimulationContext) {
         self.eventLoop = eventLoop
+        self.metronome = metronome
         self.context = context
         let configuration = context.configuration
         self.configuration = configuration
@@ -221,13 +224,18 @@ final class SimulatedConnection: @unchecked Sendable {
     func start() {
         self.eventLoop.assertInEventLoop()
         let interval = self.configuration.interval
-        if interval > 0 {
-            let phase = TimeAmount.nanoseconds(Int64(self.rng.unit() * interval * 1e9))
-            self.tick = self.eventLoop.scheduleRepeatedTask(initialDelay: phase, delay: .nanoseconds(Int64(interval * 1e9))) { [self] _ in
-                self.measureAll()
-            }
+        if interval > 0, let metronome = self.metronome {
+            self.ticking = true
+            metronome.add(self, phase: .nanoseconds(Int64(self.rng.unit() * interval * 1e9)))
         }
         self.connect()
+    }
+
+    /// One interval's readings; false once the connection measures no more (the metronome drops it).
+    func metronomeTick() -> Bool {
+        guard self.ticking else { return false }
+        self.measureAll()
+        return self.ticking
     }
 
     /// The meters stop measuring; what they have is still delivered.
@@ -470,8 +478,7 @@ final class SimulatedConnection: @unchecked Sendable {
         guard !self.measuringDone else { return }
         guard self.stopping || self.meters.indices.allSatisfy({ !self.canMeasure($0) }) else { return }
         self.measuringDone = true
-        self.tick?.cancel()
-        self.tick = nil
+        self.ticking = false
         self.context.events.yield(.measuringDone)
     }
 
@@ -485,7 +492,7 @@ final class SimulatedConnection: @unchecked Sendable {
     private func finish() {
         guard !self.finished else { return }
         self.finished = true
-        self.tick?.cancel()
+        self.ticking = false
         self.channel?.close(promise: nil)
         self.context.events.yield(.finished)
     }

@@ -154,6 +154,29 @@ struct SimulatorFleetTests {
         }
     }
 
+    /// Each meter measures once per interval at a phase of its own (one metronome per event loop
+    /// ticks its connections): a meter's readings an interval apart, the fleet's spread over it.
+    @Test(.timeLimit(.minutes(1)))
+    func metersMeasureOncePerIntervalAtPhasesSpreadOverIt() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let result = try await Self.simulate(port: harness.port, meters: 200, readings: 4) { $0.interval = 0.5 }
+                #expect(result.report.acked == 800)
+                try await Self.expectLedgerMatches(result.ledger, harness.database)
+                let rows = try await harness.database.pool.read { db in
+                    try Row.fetchAll(db, sql: "SELECT m.name, r.ts_ms FROM reading r JOIN meter m ON m.id = r.meter_id ORDER BY m.name, r.seq")
+                }
+                let timestamps = Dictionary(grouping: rows, by: { $0["name"] as String }).mapValues { $0.map { $0["ts_ms"] as Int64 } }
+                #expect(timestamps.count == 200 && timestamps.values.allSatisfy { $0.count == 4 })
+                let gaps = timestamps.values.flatMap { ts in zip(ts.dropFirst(), ts).map { $0 - $1 } }.sorted()
+                #expect((450...550).contains(gaps[gaps.count / 2]), "median gap \(gaps[gaps.count / 2]) ms")
+                let firsts = timestamps.values.map { $0[0] }
+                #expect(firsts.max()! - firsts.min()! >= 300, "first readings within \(firsts.max()! - firsts.min()!) ms")
+                #expect(Set(firsts.map { $0 / 10 }).count >= 20, "first readings in \(Set(firsts.map { $0 / 10 }).count) 10 ms steps")
+            }
+        }
+    }
+
     /// `--source-addresses`: connections bind to the listed local addresses in turn, as the
     /// quarantine's peer column shows, and an address that is not one stops the run before it starts.
     @Test(.timeLimit(.minutes(1)))
