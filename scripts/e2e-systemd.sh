@@ -215,6 +215,12 @@ answer=$(send "{\"meter\":\"MTR-TLS-1\",\"seq\":2,\"ts\":\"$now\",\"kwh\":0.5}
 " 1 2>/dev/null) || true
 # (It gets a TLS alert record at most.)
 case "$answer" in *'"ack"'*) fail "a plain TCP connection was acked: '$answer'" ;; esac
+# `systemctl reload` (the unit's ExecReload, SIGHUP) reloads the certificate and leaves meterd running.
+inside systemctl reload meterd.service || fail "systemctl reload meterd failed"
+reloaded() { inside journalctl -u meterd --no-pager | grep -q 'Ingest TLS certificate reloaded'; }
+until_ok 100 reloaded || fail "no 'Ingest TLS certificate reloaded' in the journal after systemctl reload"
+[ "$(inside systemctl show -P ActiveState meterd.service)" = active ] || fail "meterd not active after systemctl reload"
+pass "systemctl reload: the ingest certificate reloaded, meterd still active"
 inside systemctl stop meterd.service
 stored=$(inside sqlite3 /var/lib/meterd/meterd.sqlite "SELECT group_concat(m.name || '#' || r.seq) FROM reading r JOIN meter m ON m.id = r.meter_id WHERE m.name LIKE 'MTR-TLS-%'" 2>&1) ||
     fail "reading the database: $stored"

@@ -105,7 +105,7 @@ struct MeterDaemonCommand: AsyncParsableCommand {
         name: .customLong("http-tls-cert"),
         help: ArgumentHelp("PEM certificate of the HTTP listener; with --http-tls-key the dashboard is served over HTTPS.", valueName: "file"))
     var httpTLSCert: String?
-    @Option(name: .customLong("http-tls-key"), help: ArgumentHelp("PEM private key of --http-tls-cert.", valueName: "file"))
+    @Option(name: .customLong("http-tls-key"), help: ArgumentHelp("PEM private key of --http-tls-cert (SIGHUP reloads both).", valueName: "file"))
     var httpTLSKey: String?
     @Option(
         help: ArgumentHelp(

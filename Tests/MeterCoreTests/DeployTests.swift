@@ -23,6 +23,8 @@ struct DeployTests {
             try manager.createDirectory(atPath: root + "/usr/local/bin", withIntermediateDirectories: true)
             try manager.copyItem(atPath: "/usr/lib/systemd/system", toPath: root + "/usr/lib/systemd/system")
             try manager.copyItem(atPath: try BuiltProduct.path("meterd"), toPath: root + "/usr/local/bin/meterd")
+            try manager.createDirectory(atPath: root + "/usr/bin", withIntermediateDirectories: true)
+            try manager.copyItem(atPath: "/usr/bin/kill", toPath: root + "/usr/bin/kill")  // ExecReload
             let unit = try service ?? String(contentsOfFile: Self.deploy + "/meterd.service", encoding: .utf8)
             try unit.write(toFile: root + "/etc/systemd/system/meterd.service", atomically: true, encoding: .utf8)
             try manager.copyItem(atPath: Self.deploy + "/meterd.socket", toPath: root + "/etc/systemd/system/meterd.socket")

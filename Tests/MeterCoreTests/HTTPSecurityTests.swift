@@ -370,6 +370,60 @@ struct SecuredMeterd {
         }
     }
 
+    /// SIGHUP reloads the HTTPS certificate and key as it does the ingest port's: new connections
+    /// get the new pair; unusable files are logged and the old pair stays.
+    @Test(.timeLimit(.minutes(2)))
+    func sighupReloadsTheHTTPSCertificate() async throws {
+        try await withTemporaryDirectory { directory in
+            let old = try await TestPKI.make(in: directory + "/old")
+            let new = try await TestPKI.make(in: directory + "/new")
+            let live = (certificate: directory + "/live.pem", key: directory + "/live.key")
+            func install(_ pki: TestPKI) throws {
+                for (from, to) in [(pki.serverCertificate, live.certificate), (pki.serverKey, live.key)] {
+                    try? FileManager.default.removeItem(atPath: to)
+                    try FileManager.default.copyItem(atPath: from, toPath: to)
+                }
+            }
+            try install(old)
+            let daemon = try await SecuredMeterd.start(in: directory, arguments: ["--http-tls-cert", live.certificate, "--http-tls-key", live.key])
+            defer { daemon.meterd.process.stop() }
+            #expect(try await httpRequest(port: daemon.http, "/healthz", tls: try old.clientContext(nil)).status == 200)
+
+            // Given files that cannot be used, the old pair stays
+            try "not a key\n".write(toFile: live.key, atomically: true, encoding: .utf8)
+            daemon.meterd.process.signal(SIGHUP)
+            try await waitUntil { daemon.meterd.process.output.contains("HTTPS reload failed; new HTTP connections keep the previous certificate") }
+            #expect(try await httpRequest(port: daemon.http, "/healthz", tls: try old.clientContext(nil)).status == 200)
+
+            // When the new pair is in place and meterd gets SIGHUP
+            try install(new)
+            daemon.meterd.process.signal(SIGHUP)
+            try await waitUntil { daemon.meterd.process.output.contains("HTTPS certificate reloaded; new HTTP connections use it") }
+            #expect(daemon.meterd.process.exitStatus == nil, "SIGHUP must not stop meterd")
+
+            // Then new connections get it: a client of the new CA is served, one that trusts only the old CA refuses it
+            #expect(try await httpRequest(port: daemon.http, "/healthz", tls: try new.clientContext(nil)).status == 200)
+            let stale = try? await httpRequest(port: daemon.http, "/healthz", tls: try old.clientContext(nil))
+            #expect(stale == nil || stale?.status == 0, "a client of the old CA was served: \(String(describing: stale))")
+            try await daemon.stop()
+        }
+    }
+
+    /// Without certificates SIGHUP changes nothing and does not stop meterd: `systemctl reload` is safe.
+    @Test(.timeLimit(.minutes(2)))
+    func sighupWithoutCertificatesLeavesMeterdRunning() async throws {
+        try await withTemporaryDirectory { directory in
+            let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
+            defer { meterd.process.stop() }
+            let port = try await meterd.ports().http
+            meterd.process.signal(SIGHUP)
+            try await waitUntil { meterd.process.output.contains("SIGHUP: nothing to reload") }
+            #expect(meterd.process.exitStatus == nil)
+            #expect(try await httpRequest(port: port, "/healthz").status == 200)
+            #expect(try await meterd.terminate() == 0)
+        }
+    }
+
     // MARK: Refusing to start
 
     /// Runs the real meterd to its exit; its one line and status.

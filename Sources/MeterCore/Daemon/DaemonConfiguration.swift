@@ -256,7 +256,7 @@ package struct DaemonConfiguration: Sendable {
         ("http_session_ttl", "Seconds a dashboard login lasts (default 28800); sessions live in memory and end when meterd restarts."),
         ("metrics_token_file", "File holding the bearer token /metrics asks for; with http_users and no token, /metrics is closed."),
         ("http_tls_cert", "PEM certificate (then any intermediates) of the HTTP listener; with http_tls_key the dashboard is served over HTTPS."),
-        ("http_tls_key", "PEM private key of http_tls_cert."),
+        ("http_tls_key", "PEM private key of http_tls_cert. SIGHUP reloads both for new connections."),
         (
             "allow_insecure",
             "true: start even when http binds a non-loopback address without http_users, or ingest one with meter_auth = none (default false)."

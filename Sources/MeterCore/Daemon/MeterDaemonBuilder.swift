@@ -104,7 +104,7 @@ package struct MeterDaemon: Sendable {
                     "tls.client_ca": "\(configuration.ingestTLSClientCA ?? "none")", "meter_auth": "\(configuration.meterAuth.rawValue)",
                     "concentrators": "\(concentrators.concentratorCount)",
                 ])
-            IngestTLSReloader.warnIfExpiring(loaded, logger: logger)
+            TLSReloader.warnIfExpiring(loaded, listener: .ingest(tls), logger: logger)
         }
         let ingest = IngestServer(
             configuration: IngestServerConfiguration(
@@ -186,8 +186,10 @@ package struct MeterDaemon: Sendable {
         // The liveness, alert and snapshot services hand work to the writer, so they stop before it;
         // the webhooks outlive the alert engine, which hands them its last changes.
         var services: [any Service] = [pipeline, ingest]
-        // SIGHUP reloads the ingest certificate only when there is one (otherwise it ends meterd, as before).
-        if let tls { services.append(IngestTLSReloader(tls: tls, logger: logger)) }
+        // SIGHUP reloads the certificates; without any it is logged and changes nothing, so that
+        // `systemctl reload` (the unit's ExecReload) never ends meterd.
+        let reloadable = [tls.map(TLSReloader.Listener.ingest), httpTLS.map(TLSReloader.Listener.https)].compactMap { $0 }
+        services.append(TLSReloader(listeners: reloadable, logger: logger))
         // The lease starts before the services that ask it and stops after them; the feed follower needs no writer.
         services += [lease]
         if let feed { services.append(feed) }
@@ -211,7 +213,7 @@ package struct MeterDaemon: Sendable {
         }
         if let httpTLS {
             logger.info("HTTPS on", metadata: ["tls.subject": "\(httpTLS.current.subject)"])
-            IngestTLSReloader.warnIfExpiring(httpTLS.current, logger: logger)
+            TLSReloader.warnIfExpiring(httpTLS.current, listener: .https(httpTLS), logger: logger)
         }
         var strict = configuration
         strict.allowInsecure = false

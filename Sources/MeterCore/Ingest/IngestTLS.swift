@@ -232,13 +232,29 @@ final class IngestTLSPeerHandler: ChannelInboundHandler {
     }
 }
 
-/// Reloads the ingest listener's certificate, key and client CA on SIGHUP.
-package struct IngestTLSReloader: Service {
-    private let tls: IngestTLS
+/// Reloads the listeners' certificates, keys and client CA on SIGHUP: the ingest port's and
+/// HTTPS's, each on its own (one whose new files are unusable keeps its old ones; the other still
+/// reloads).
+package struct TLSReloader: Service {
+    /// A listener whose certificate SIGHUP reloads, with the words its log lines use.
+    package struct Listener: Sendable {
+        package var tls: IngestTLS
+        /// "Ingest TLS" or "HTTPS".
+        package var name: String
+        /// Who uses it: "meter" or "HTTP".
+        package var clients: String
+        /// Who refuses an expired certificate: "meters" or "browsers".
+        package var refusers: String
+
+        package static func ingest(_ tls: IngestTLS) -> Listener { Listener(tls: tls, name: "Ingest TLS", clients: "meter", refusers: "meters") }
+        package static func https(_ tls: IngestTLS) -> Listener { Listener(tls: tls, name: "HTTPS", clients: "HTTP", refusers: "browsers") }
+    }
+
+    private let listeners: [Listener]
     private let logger: Logger
 
-    package init(tls: IngestTLS, logger: Logger) {
-        self.tls = tls
+    package init(listeners: [Listener], logger: Logger) {
+        self.listeners = listeners
         self.logger = logger
     }
 
@@ -249,29 +265,36 @@ package struct IngestTLSReloader: Service {
         }
     }
 
-    /// Reloads off the event loops (file I/O); logs the outcome, keeping the old context on failure.
+    /// Reloads off the event loops (file I/O); logs each outcome, keeping the old context on failure.
     package func reload() async {
-        let tls = self.tls
-        do {
-            let loaded = try await NIOThreadPool.singleton.runIfActive { try tls.reload() }
-            self.logger.info(
-                "Ingest TLS certificate reloaded; new meter connections use it",
-                metadata: [
-                    "tls.subject": "\(loaded.subject)", "tls.not_after": "\(RFC3339.format(millisecondsSinceEpoch: loaded.notValidAfter * 1000))",
-                ])
-            Self.warnIfExpiring(loaded, logger: self.logger)
-        } catch {
-            self.logger.error(
-                "Ingest TLS reload failed; new meter connections keep the previous certificate", metadata: ["error": "\(error)"])
+        if self.listeners.isEmpty { self.logger.notice("SIGHUP: nothing to reload (no TLS certificate is configured)") }
+        for listener in self.listeners {
+            let tls = listener.tls
+            do {
+                let loaded = try await NIOThreadPool.singleton.runIfActive { try tls.reload() }
+                self.logger.info(
+                    "\(listener.name) certificate reloaded; new \(listener.clients) connections use it",
+                    metadata: [
+                        "tls.subject": "\(loaded.subject)",
+                        "tls.not_after": "\(RFC3339.format(millisecondsSinceEpoch: loaded.notValidAfter * 1000))",
+                    ])
+                Self.warnIfExpiring(loaded, listener: listener, logger: self.logger)
+            } catch {
+                self.logger.error(
+                    "\(listener.name) reload failed; new \(listener.clients) connections keep the previous certificate",
+                    metadata: ["error": "\(error)"])
+            }
         }
     }
 
-    /// A warning when the server certificate has expired or expires within a week: meters will refuse it.
-    package static func warnIfExpiring(_ loaded: IngestTLS.Loaded, logger: Logger, nowMs: Int64 = WallClock.nowMs()) {
+    /// A warning when the server certificate has expired or expires within a week: clients will refuse it.
+    package static func warnIfExpiring(_ loaded: IngestTLS.Loaded, listener: Listener, logger: Logger, nowMs: Int64 = WallClock.nowMs()) {
         let remainingMs = loaded.notValidAfter * 1000 - nowMs
         guard remainingMs < 7 * 86_400_000 else { return }
         logger.warning(
-            remainingMs <= 0 ? "Ingest TLS certificate has expired; meters will refuse it" : "Ingest TLS certificate expires within a week",
+            remainingMs <= 0
+                ? "\(listener.name) certificate has expired; \(listener.refusers) will refuse it"
+                : "\(listener.name) certificate expires within a week",
             metadata: ["tls.subject": "\(loaded.subject)", "tls.not_after": "\(RFC3339.format(millisecondsSinceEpoch: loaded.notValidAfter * 1000))"])
     }
 }
