@@ -136,7 +136,9 @@ final class SQLiteIngestBackend: IngestBackend {
                 ON CONFLICT (day, region) DO UPDATE SET reporting = reporting + 1
                 """)
         var started: [AggregateDelta.MeterDayKey] = []
-        for (key, delta) in days.sorted(by: { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }) {
+        // The keys are sorted, not the (key, delta) pairs: a sort moves its elements n log n times.
+        for key in days.keys.sorted(by: { ($0.day, $0.meterID) < ($1.day, $1.meterID) }) {
+            let delta = days[key]!
             try bindAndRun(update, key, delta)
             if update.changes == 0 {
                 try bindAndRun(insert, key, delta)
@@ -249,7 +251,10 @@ final class SQLiteIngestTransaction: IngestTransaction {
                 WHERE id = ?12
                 """)
         // In id order: neighbouring rows share pages, and the B-tree is walked forwards.
-        for (id, delta) in aggregates.meters.sorted(by: { $0.key < $1.key }) {
+        // The ids are sorted, not the (id, delta) pairs: a MeterDelta is ~180 bytes, and a sort moves
+        // its elements n log n times (4.6 % of the writer's instructions per reading at 10,000 meters).
+        for id in aggregates.meters.keys.sorted() {
+            let delta = aggregates.meters[id]!
             updateMeter.bind(1, delta.highWaterMark)
             updateMeter.bind(2, delta.firstSeenMs)
             updateMeter.bind(3, delta.lastReceivedMs)
@@ -320,7 +325,8 @@ final class SQLiteIngestTransaction: IngestTransaction {
             statement.bind(16, spacing.count)
             try statement.execute()
         }
-        for (key, delta) in aggregates.months.sorted(by: { ($0.key.meterID, $0.key.month) < ($1.key.meterID, $1.key.month) }) {
+        for key in aggregates.months.keys.sorted(by: { ($0.meterID, $0.month) < ($1.meterID, $1.month) }) {
+            let delta = aggregates.months[key]!
             try bindAndRun(updateMonth, key, delta)
             if updateMonth.changes == 0 { try bindAndRun(insertMonth, key, delta) }
         }
