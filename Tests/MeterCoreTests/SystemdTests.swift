@@ -28,6 +28,8 @@ struct SystemdTests {
             #expect(FileManager.default.fileExists(atPath: meterd.statusSocket))
             let ready = try #require(notify.messages.first { $0.hasPrefix("READY=1") })
             #expect(ready.contains("STATUS="))
+            // READY=1 does not wait for the KPI store's first load; the fleet's counts follow in the next STATUS=.
+            #expect(ready.contains("fleet figures loading"), "\(ready)")
             #expect(notify.messages.firstIndex { $0 == "WATCHDOG=1" } ?? .max > notify.messages.firstIndex(of: ready)!)
 
             // WATCHDOG=1 keeps coming while the idle writer is healthy.

@@ -76,11 +76,17 @@ package struct StatusReporter: Sendable {
     }
 
     /// The one-line summary systemd shows as the unit's status.
-    package func systemdStatus(nowMs: Int64 = WallClock.nowMs()) async -> String {
+    ///
+    /// - Parameter includingFleet: false for the line sent with READY=1: the fleet's counts wait for
+    ///   the KPI store's first load (seconds at 100,000 meters and two years of months), and meters
+    ///   are served before it; the next refresh has them.
+    package func systemdStatus(nowMs: Int64 = WallClock.nowMs(), includingFleet: Bool = true) async -> String {
         let statistics = self.pipeline.statistics
         let rate = statistics.throughput.perSecond(nowMs: nowMs)
         var text = "\(statistics.connections.load(ordering: .relaxed)) connections, \(String(format: "%.0f", rate)) readings/s"
-        if case .success(let counts) = await self.meterStates(nowMs: nowMs) {
+        if !includingFleet {
+            text += ", fleet figures loading"
+        } else if case .success(let counts) = await self.meterStates(nowMs: nowMs) {
             text += ", \(counts.inactive) inactive meters, \(counts.faulty) faulty"
         }
         text += ", queue \(self.pipeline.queueDepth)"

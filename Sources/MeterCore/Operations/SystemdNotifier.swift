@@ -59,7 +59,8 @@ package struct SystemdNotifier: Service {
             self.readiness.markStopping()
         }
         guard !self.readiness.isStopping, !Task.isCancelled else { return }
-        let status = await self.reporter.systemdStatus()
+        // Ready once the listeners are bound: the KPI store's first load does not hold meters up.
+        let status = await self.reporter.systemdStatus(includingFleet: false)
         self.send("READY=1\nSTATUS=\(status)")
         self.logger.info(
             "meterd ready", metadata: ["systemd.watchdog_ms": "\(self.configuration.watchdogInterval.map { "\($0.milliseconds)" } ?? "off")"])
@@ -67,7 +68,8 @@ package struct SystemdNotifier: Service {
         // Ping several times per watchdog interval so one late tick is not fatal.
         let tick = self.configuration.watchdogInterval.map { min($0 / 4, self.configuration.statusInterval) } ?? self.configuration.statusInterval
         let clock = ContinuousClock()
-        var nextStatus = clock.now + self.configuration.statusInterval
+        // The first full STATUS= at the first tick: it waits, in a task of its own, for the fleet figures.
+        var nextStatus = clock.now
         var watchdogSilent = false
         while !self.readiness.isStopping {
             do {
