@@ -177,6 +177,7 @@ final class SimulatedConnection: @unchecked Sendable {
     private var lineNumber = 0
     private var pausedUntil: NIODeadline?
     /// Ticked by its event loop's metronome (interval runs): measures its meters once per interval.
+    /// No default: an interval run without one would never measure.
     private let metronome: Metronome?
     private var ticking = false
     private var stopping = false
@@ -189,7 +190,7 @@ final class SimulatedConnection: @unchecked Sendable {
     /// The current channel's write side is shut down (`halfClose`): nothing more can go on it.
     private var outputClosed = false
 
-    init(index: Int, meterIndices: Range<Int>, eventLoop: any EventLoop, metronome: Metronome? = nil, context: SimulationContext) {
+    init(index: Int, meterIndices: Range<Int>, eventLoop: any EventLoop, metronome: Metronome?, context: SimulationContext) {
         self.eventLoop = eventLoop
         self.metronome = metronome
         self.context = context
