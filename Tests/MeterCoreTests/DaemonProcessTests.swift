@@ -155,24 +155,67 @@ final class AckTally: Sendable {
 }
 
 @Suite(.timeLimit(.minutes(1))) struct CorruptDatabaseTests {
+    /// 5,000 readings of 50 meters in `path`, checkpointed into the main file.
+    private static func makeDatabase(at path: String) throws -> MeterDatabase {
+        let database = try MeterDatabase(path: path)
+        let writer = try IngestWriter(
+            database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+            tariff: Tariff(), unknownMeters: .register)
+        let now = WallClock.nowMs()
+        _ = try writer.commit([
+            IngestSubmission(
+                readings: (1...5000).map {
+                    SubmittedReading(
+                        reading: Reading(meter: "M\($0 % 50)", seq: Int64($0), timestampMs: now, kwh: 1), line: $0, receivedMs: now)
+                }, receiver: nil)
+        ])
+        _ = try database.pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
+        return database
+    }
+
+    @Test func theCheckBesideTheMeterLoadStopsTheWriterBeforeItWrites() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given a database whose readings' middle leaf pages were damaged on disk: the meter
+            // rows and the newest readings, all that opening a writer reads, are intact
+            let path = directory + "/meterd.sqlite"
+            let (pageSize, damaged): (Int, [Int]) = try {
+                let database = try Self.makeDatabase(at: path)
+                return try database.pool.read { db in
+                    let leaves = try Int.fetchAll(db, sql: "SELECT pageno FROM dbstat WHERE name = 'reading' AND pagetype = 'leaf' ORDER BY pageno")
+                    return (try Int.fetchOne(db, sql: "PRAGMA page_size") ?? 4096, Array(leaves.dropFirst(2).dropLast(2)))
+                }
+            }()
+            #expect(damaged.count > 10)
+            let handle = try #require(FileHandle(forUpdatingAtPath: path))
+            for page in damaged {
+                try handle.seek(toOffset: UInt64((page - 1) * pageSize))
+                handle.write(Data(repeating: 0xA5, count: 64))
+            }
+            try handle.close()
+
+            // When the daemon's way opens it (the check runs beside the meter load), the writer
+            // is refused with the check's verdict, not handed out to write
+            let store = try SQLiteMeterStore(path: path, integrityCheck: .alongsideStartUp)
+            let settings = WriterSettings(timeZone: TimeZone(identifier: "UTC")!, tariff: Tariff(), unknownMeters: .register)
+            #expect {
+                _ = try store.makeWriter(settings)
+            } throws: { error in
+                guard case DatabaseOpenError.corrupt(let file, _) = error else { return false }
+                return file == path
+            }
+            // And opened the careful way it is refused at once
+            #expect {
+                _ = try MeterDatabase(path: path)
+            } throws: { error in
+                if case DatabaseOpenError.corrupt = error { true } else { false }
+            }
+        }
+    }
+
     @Test func aCorruptDatabaseIsRefusedWithOneClearLine() async throws {
         try await withTemporaryDirectory { directory in
             // Given a database with data whose pages were then damaged on disk
-            do {
-                let database = try MeterDatabase(path: directory + "/meterd.sqlite")
-                let writer = try IngestWriter(
-                    database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
-                    tariff: Tariff(), unknownMeters: .register)
-                let now = WallClock.nowMs()
-                _ = try writer.commit([
-                    IngestSubmission(
-                        readings: (1...5000).map {
-                            SubmittedReading(
-                                reading: Reading(meter: "M\($0 % 50)", seq: Int64($0), timestampMs: now, kwh: 1), line: $0, receivedMs: now)
-                        }, receiver: nil)
-                ])
-                _ = try await database.pool.writeWithoutTransaction { db in try db.checkpoint(.truncate) }
-            }
+            _ = try Self.makeDatabase(at: directory + "/meterd.sqlite")
             let handle = try #require(FileHandle(forUpdatingAtPath: directory + "/meterd.sqlite"))
             let size = try handle.seekToEnd()
             for offset in stride(from: UInt64(4096 * 2 + 100), to: size, by: 4096 * 3) {

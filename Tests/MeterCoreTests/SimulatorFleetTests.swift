@@ -163,7 +163,7 @@ struct SimulatorFleetTests {
                 let result = try await Self.simulate(port: harness.port, meters: 200, readings: 4) { $0.interval = 0.5 }
                 #expect(result.report.acked == 800)
                 try await Self.expectLedgerMatches(result.ledger, harness.database)
-                let rows = try await harness.database.pool.read { db in
+                let rows = try harness.database.pool.read { db in
                     try Row.fetchAll(db, sql: "SELECT m.name, r.ts_ms FROM reading r JOIN meter m ON m.id = r.meter_id ORDER BY m.name, r.seq")
                 }
                 let timestamps = Dictionary(grouping: rows, by: { $0["name"] as String }).mapValues { $0.map { $0["ts_ms"] as Int64 } }

@@ -55,7 +55,8 @@ package struct MeterDaemon: Sendable {
         } catch {
             throw ConfigurationError(key: "data_dir", "cannot create \(configuration.dataDirectory): \(error.localizedDescription)")
         }
-        let store = try configuration.storeLocation.open(durability: configuration.durability, logger: logger)
+        let store = try configuration.storeLocation.open(
+            durability: configuration.durability, integrityCheck: .alongsideStartUp, logger: logger)
         self.store = store
         let writer = try store.makeWriter(
             WriterSettings(

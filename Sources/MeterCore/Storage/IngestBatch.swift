@@ -244,6 +244,9 @@ protocol IngestBackend: AnyObject {
     func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T
     /// Every meter row.
     func loadMeters() throws -> [StoredMeterState]
+    /// Returns once the store may be written: SQLite's integrity check may still run beside the
+    /// meter load (``MeterDatabase/IntegrityCheckTiming/alongsideStartUp``).
+    func awaitWritable() throws
     /// Readings past the aggregates' watermark, in the order they were stored.
     func readingsPastWatermark() throws -> [RecoveredReading]
     /// Fills read-success facts the schema added after readings were stored (SQLite's `v9-read-success`).

@@ -93,6 +93,7 @@ package final class IngestWriter: MeterStoreWriter {
         self.unknownMeters = unknownMeters
         self.metering = metering
         try self.reloadMeters()
+        try backend.awaitWritable()
         try backend.backfillReadDays(calendar: &self.calendar)
         try self.recoverAggregates()
     }

@@ -5,9 +5,13 @@ extension StoreLocation {
     ///
     /// - Parameter durability: SQLite's `synchronous` level; PostgreSQL always commits with
     ///   `synchronous_commit = on`.
-    package func open(durability: Durability = .full, logger: Logger) throws -> any MeterStore {
+    /// - Parameter integrityCheck: when SQLite's integrity check runs; the daemon runs it beside its
+    ///   meter load, and its writer waits for it before writing.
+    package func open(
+        durability: Durability = .full, integrityCheck: MeterDatabase.IntegrityCheckTiming = .beforeOpening, logger: Logger
+    ) throws -> any MeterStore {
         switch self {
-        case .sqlite(let path): try SQLiteMeterStore(path: path, durability: durability)
+        case .sqlite(let path): try SQLiteMeterStore(path: path, durability: durability, integrityCheck: integrityCheck)
         case .postgresql(let address): try PostgreSQLMeterStore(address: address, logger: logger)
         }
     }

@@ -142,6 +142,9 @@ final class PostgreSQLIngestBackend: IngestBackend {
         return self.nextPosition
     }
 
+    /// Nothing to wait for: the server checks its own pages.
+    func awaitWritable() throws {}
+
     func loadMeters() throws -> [StoredMeterState] {
         let rows = try self.run(
             """

@@ -1,5 +1,7 @@
+import Dispatch
 import Foundation
 import GRDB
+import NIOConcurrencyHelpers
 
 /// How hard a commit pushes data to stable storage before meters are acknowledged.
 package enum Durability: String, Sendable, CaseIterable {
@@ -32,39 +34,83 @@ package final class MeterDatabase: Sendable {
     package let pool: DatabasePool
     package let path: String
 
+    /// When the integrity check (`PRAGMA quick_check`) runs.
+    package enum IntegrityCheckTiming: Sendable {
+        /// Before ``init(path:durability:integrityCheck:)`` returns.
+        case beforeOpening
+        /// On a reader connection alongside whatever the caller does next (the daemon's meter
+        /// load), finished by ``awaitIntegrityCheck()``, which every write path calls first. A
+        /// database with a migration pending is always checked before it is migrated.
+        case alongsideStartUp
+    }
+
+    private let integrity: IntegrityCheck
+
     /// Opens (creating if needed) and migrates the database.
-    package init(path: String, durability: Durability = .full) throws {
+    package init(path: String, durability: Durability = .full, integrityCheck timing: IntegrityCheckTiming = .beforeOpening) throws {
         self.path = path
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
         configuration.label = "meterd"
+        let pool: DatabasePool
         do {
-            self.pool = try DatabasePool(path: path, configuration: configuration)
+            pool = try DatabasePool(path: path, configuration: configuration)
         } catch {
             throw DatabaseOpenError.cannotOpen(path: path, underlying: error)
         }
+        self.pool = pool
         let synchronous = durability == .full ? "FULL" : "NORMAL"
         // The integrity check reads the whole file (about 9 s per GB here): under systemd, a large
         // database must not look like a hung start-up (the unit allows 120 s).
-        let gigabytes = Int(self.sizeInBytes() >> 30)
+        let gigabytes = Int(Self.sizeInBytes(path: path) >> 30)
         if gigabytes > 0 { Self.extendStartTimeout(seconds: 120 + 30 * gigabytes, doing: "checking the database (\(gigabytes) GB)") }
-        try self.pool.writeWithoutTransaction { db in
+        try pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
             // Checkpoints run in the writer's commit: fewer, larger ones keep ack latency steady.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 4000")
-            let check = try String.fetchAll(db, sql: "PRAGMA quick_check")
-            guard check == ["ok"] else {
-                // One line for the operator: SQLite's report spans many.
-                let detail = check.joined(separator: "; ").split(whereSeparator: \.isNewline).joined(separator: "; ")
-                throw DatabaseOpenError.corrupt(path: path, detail: detail.count > 200 ? String(detail.prefix(200)) + "…" : detail)
-            }
         }
-        if try !self.pool.read({ db in try Self.migrator.hasCompletedMigrations(db) }) {
+        let migrated: Bool
+        do {
+            migrated = try pool.read { db in try Self.migrator.hasCompletedMigrations(db) }
+        } catch {
+            // A damaged file may fail this first read: the check says why in the operator's terms.
+            try Self.quickCheck(pool, path: path)
+            throw error
+        }
+        if timing == .alongsideStartUp && migrated {
+            // Half of a large database's start-up: on the other core while the writer loads its meters.
+            self.integrity = IntegrityCheck { try Self.quickCheck(pool, path: path) }
+        } else {
+            try Self.quickCheck(pool, path: path)
+            self.integrity = IntegrityCheck()
+        }
+        if !migrated {
             // A migration may rewrite a table row by row (v11 reads every `meter_day` row: minutes
             // at 100,000 meters × a year); it commits whole or not at all, so a kill would only repeat it.
             Self.extendStartTimeout(seconds: 1800, doing: "migrating the database schema")
         }
-        try Self.migrator.migrate(self.pool)
+        try Self.migrator.migrate(pool)
+    }
+
+    /// Waits for the integrity check of ``IntegrityCheckTiming/alongsideStartUp`` (at once when it
+    /// is done) and throws ``DatabaseOpenError/corrupt(path:detail:)`` if it failed.
+    package func awaitIntegrityCheck() throws {
+        try self.integrity.result()
+    }
+
+    private static func quickCheck(_ pool: DatabasePool, path: String) throws {
+        let check: [String]
+        do {
+            check = try pool.read { db in try String.fetchAll(db, sql: "PRAGMA quick_check") }
+        } catch let error as DatabaseError where [.SQLITE_CORRUPT, .SQLITE_NOTADB].contains(error.resultCode) {
+            // Damage the check cannot walk past (a page that is no B-tree page) fails the check itself.
+            throw DatabaseOpenError.corrupt(path: path, detail: error.message ?? "\(error.resultCode)")
+        }
+        guard check == ["ok"] else {
+            // One line for the operator: SQLite's report spans many.
+            let detail = check.joined(separator: "; ").split(whereSeparator: \.isNewline).joined(separator: "; ")
+            throw DatabaseOpenError.corrupt(path: path, detail: detail.count > 200 ? String(detail.prefix(200)) + "…" : detail)
+        }
     }
 
     /// Tells systemd that start-up goes on for up to `seconds` more (`EXTEND_TIMEOUT_USEC`), and why; nothing outside systemd.
@@ -79,8 +125,12 @@ package final class MeterDatabase: Sendable {
 
     /// Size of the database and its WAL in bytes.
     package func sizeInBytes() -> Int64 {
+        Self.sizeInBytes(path: self.path)
+    }
+
+    private static func sizeInBytes(path: String) -> Int64 {
         let manager = FileManager.default
-        return [self.path, self.path + "-wal"].reduce(0) { total, file in
+        return [path, path + "-wal"].reduce(0) { total, file in
             let size = (try? manager.attributesOfItem(atPath: file)[.size] as? NSNumber)?.int64Value ?? 0
             return total + size
         }
@@ -348,5 +398,33 @@ enum ReadSuccessRollups {
         let rows = try Row.fetchCursor(db, sql: "SELECT id, region FROM meter")
         while let row = try rows.next() { regions[row[0]] = row[1] }
         return regions
+    }
+}
+
+/// The outcome of a check that runs on a thread of its own, waited for by ``result()``.
+private final class IntegrityCheck: Sendable {
+    private let outcome: NIOLockedValueBox<Result<Void, any Error>?>
+    private let done = DispatchGroup()
+
+    /// A check that already passed.
+    init() {
+        self.outcome = NIOLockedValueBox(.success(()))
+    }
+
+    init(running check: @escaping @Sendable () throws -> Void) {
+        self.outcome = NIOLockedValueBox(nil)
+        self.done.enter()
+        let outcome = self.outcome
+        let done = self.done
+        Thread.detachNewThread {
+            let result = Result { try check() }
+            outcome.withLockedValue { $0 = result }
+            done.leave()
+        }
+    }
+
+    func result() throws {
+        self.done.wait()
+        try self.outcome.withLockedValue { $0 }?.get()
     }
 }

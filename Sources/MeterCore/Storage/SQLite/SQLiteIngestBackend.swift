@@ -38,21 +38,29 @@ final class SQLiteIngestBackend: IngestBackend {
 
     func loadMeters() throws -> [StoredMeterState] {
         try self.database.pool.read { db in
-            try Row.fetchAll(
+            // Columns by position: by name, GRDB lowercases and compares each name per row, a quarter
+            // of the load at 100,000 meters.
+            let rows = try Row.fetchCursor(
                 db,
                 sql: """
-                    SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0) AS last_reading_rowid, last_ts_ms,
+                    SELECT id, name, hwm_seq, region, COALESCE(last_reading_rowid, 0), last_ts_ms,
                            last_register_kwh, last_register_ts_ms, zero_since_ms, zero_flagged
                     FROM meter
-                    """
-            ).map { row in
-                StoredMeterState(
-                    id: row["id"], name: row["name"], region: row["region"], highWaterMark: row["hwm_seq"],
-                    lastReadingRowID: row["last_reading_rowid"], lastTimestampMs: row["last_ts_ms"], lastRegister: row["last_register_kwh"],
-                    lastRegisterTimestampMs: row["last_register_ts_ms"],
-                    zeroRun: MeteringRules.ZeroRun(sinceMs: row["zero_since_ms"], flagged: row["zero_flagged"]))
+                    """)
+            var meters: [StoredMeterState] = []
+            meters.reserveCapacity(try Int.fetchOne(db, sql: "SELECT count(*) FROM meter") ?? 0)
+            while let row = try rows.next() {
+                meters.append(
+                    StoredMeterState(
+                        id: row[0], name: row[1], region: row[3], highWaterMark: row[2], lastReadingRowID: row[4], lastTimestampMs: row[5],
+                        lastRegister: row[6], lastRegisterTimestampMs: row[7], zeroRun: MeteringRules.ZeroRun(sinceMs: row[8], flagged: row[9])))
             }
+            return meters
         }
+    }
+
+    func awaitWritable() throws {
+        try self.database.awaitIntegrityCheck()
     }
 
     func readingsPastWatermark() throws -> [RecoveredReading] {

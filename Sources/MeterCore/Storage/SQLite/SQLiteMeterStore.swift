@@ -10,8 +10,10 @@ package final class SQLiteMeterStore: MeterStore {
     package let database: MeterDatabase
 
     /// Opens (creating and migrating if needed) the database file at `path`.
-    package convenience init(path: String, durability: Durability = .full) throws {
-        self.init(database: try MeterDatabase(path: path, durability: durability))
+    package convenience init(
+        path: String, durability: Durability = .full, integrityCheck: MeterDatabase.IntegrityCheckTiming = .beforeOpening
+    ) throws {
+        self.init(database: try MeterDatabase(path: path, durability: durability, integrityCheck: integrityCheck))
     }
 
     package init(database: MeterDatabase) {
@@ -23,9 +25,15 @@ package final class SQLiteMeterStore: MeterStore {
     package func sizeInBytes() async -> Int64 { self.database.sizeInBytes() }
 
     package func makeWriter(_ settings: WriterSettings) throws -> any MeterStoreWriter {
-        try IngestWriter(
-            database: self.database, calendar: MonthCalendar(timeZone: settings.timeZone), tariff: settings.tariff,
-            unknownMeters: settings.unknownMeters, metering: settings.metering)
+        do {
+            return try IngestWriter(
+                database: self.database, calendar: MonthCalendar(timeZone: settings.timeZone), tariff: settings.tariff,
+                unknownMeters: settings.unknownMeters, metering: settings.metering)
+        } catch {
+            // A corrupt file may fail the meter load before the check beside it says why.
+            try self.database.awaitIntegrityCheck()
+            throw error
+        }
     }
 
     package func concentratorAssignments() async throws -> [String: Set<String>] {
