@@ -159,6 +159,66 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(3)))
+    func aLoginOnOneNodeIsHonouredByEveryNodeAndALogoutEndsItOnAll() async throws {
+        let server = try await PostgresTestServer.shared()
+        let address = try await server.createDatabase()
+        try await withTemporaryDirectory { root in
+            // Given two real meterd nodes on one database with the same users file
+            let users = root + "/users"
+            try await SecuredMeterd.addUser("ana", [], file: users)
+            let arguments = ["--store", server.socketURL(address), "--http-users", users]
+            var a = try MeterdUnderTest.start(dataDirectory: root + "/a", arguments: arguments)
+            let b = try MeterdUnderTest.start(dataDirectory: root + "/b", arguments: arguments)
+            var aHTTP = try await a.ports().http
+            let bHTTP = try await b.ports().http
+            func session(port: Int, _ cookie: String) async throws -> HTTPExchange {
+                try await httpRequest(port: port, "/api/session", headers: ["Cookie": "\(HTTPAccess.cookieName)=\(cookie)"])
+            }
+
+            // When ana logs in on node A
+            let body = "username=ana&password=" + SecuredMeterd.password.replacingOccurrences(of: " ", with: "+")
+            let login = try await httpRequest(port: aHTTP, "/login", method: "POST", body: body)
+            #expect(login.status == 303)
+            let cookie = try #require(login.sessionCookie)
+
+            // Then node B knows her session (a browser behind a load balancer may reach either)
+            let onB = try await session(port: bHTTP, cookie)
+            #expect(onB.status == 200 && onB.json["user"] as? String == "ana", "\(onB.status) \(onB.body)")
+            // …and the database holds only the token's SHA-256, not the token
+            let store = try #require(try StoreLocation.postgresql(address).open(logger: testLogger) as? PostgreSQLMeterStore)
+            #expect(try await store.firstColumnText("SELECT count(*)::text FROM http_session") == ["1"])
+            #expect(try await store.firstColumnText("SELECT encode(token_sha256, 'hex') FROM http_session") == [Self.sha256Hex(cookie)])
+
+            // When node A restarts, the session outlives it
+            #expect(try await a.terminate() == 0, "\(a.process.output)")
+            try FileManager.default.removeItem(atPath: root + "/a/ports.json")  // the old ports, until the new process removes it
+            a = try MeterdUnderTest.start(dataDirectory: root + "/a", arguments: arguments)
+            aHTTP = try await a.ports().http
+            let afterRestart = try await session(port: aHTTP, cookie)
+            #expect(afterRestart.status == 200 && afterRestart.json["user"] as? String == "ana", "\(afterRestart.status) \(afterRestart.body)")
+
+            // When she logs out on node B, node A stops honouring the session too, within its
+            // confirmation interval
+            let logout = try await httpRequest(
+                port: bHTTP, "/logout", method: "POST", headers: ["Cookie": "\(HTTPAccess.cookieName)=\(cookie)"], body: "")
+            #expect(logout.status == 303)
+            #expect(try await session(port: bHTTP, cookie).status == 401)
+            try await waitUntil(timeout: .seconds(10)) { try await session(port: aHTTP, cookie).status == 401 }
+            #expect(try await store.firstColumnText("SELECT count(*)::text FROM http_session") == ["0"])
+            // A made-up token is refused on both without a row to find
+            #expect(try await session(port: aHTTP, String(repeating: "ab", count: 32)).status == 401)
+
+            #expect(try await a.terminate() == 0, "\(a.process.output)")
+            #expect(try await b.terminate() == 0, "\(b.process.output)")
+        }
+    }
+
+    static func sha256Hex(_ text: String) -> String {
+        let result = try? runProgram(["/usr/bin/sha256sum"], input: text)
+        return String(result?.stdout.prefix(64) ?? "")
+    }
+
+    @Test(.timeLimit(.minutes(3)))
     func everyNodeShowsTheSameFiguresAndOneNodeDoesTheSingletonWork() async throws {
         let address = try await PostgresTestServer.shared().createDatabase()
         try await withTemporaryDirectory { root in

@@ -160,7 +160,7 @@ package struct MeterDaemon: Sendable {
             configuration: HTTPAccessConfiguration(
                 users: users, metricsToken: metricsToken, sessionTTL: .seconds(configuration.httpSessionTTLSeconds),
                 secureCookies: httpTLS != nil),
-            logger: logger
+            sessionStore: store.makeSessionStore(), logger: logger
         ).register(on: router)
         Self.logAccess(configuration, users: users, metricsToken: metricsToken, httpTLS: httpTLS, environment: environment, logger: logger)
         OperationsRoutes(metrics: metrics, reporter: reporter, readiness: readiness, writerHealth: writerHealth).register(on: router)

@@ -50,51 +50,93 @@ package struct HTTPAccessConfiguration: Sendable {
     }
 }
 
-/// Logged-in sessions, in memory: they end when meterd restarts (users log in again).
+/// Where dashboard sessions live beyond one node's memory (``MeterStore/makeSessionStore()``), so
+/// that every node of a shared store honours a login and a logout made on any of them.
+package protocol HTTPSessionStore: Sendable {
+    /// Records a session; sessions expired by `nowMs` may go at the same time.
+    func create(token: String, username: String, expiresMs: Int64, nowMs: Int64) async throws
+    /// The user name of the session, if it exists and has not expired by `nowMs`.
+    func username(token: String, nowMs: Int64) async throws -> String?
+    func end(token: String) async throws
+}
+
+/// Logged-in sessions. In memory on a store of one node (they end when meterd restarts, and users
+/// log in again); with an ``HTTPSessionStore`` (PostgreSQL) they are recorded there as well, and a
+/// node asks it again once its own knowledge of a session is ``confirmationMs`` old.
 package final class HTTPSessions: Sendable {
     private struct Session {
         var username: String
         var expiresMs: Int64
+        /// When the store last said the session exists (the login, on the node that made it).
+        var confirmedMs: Int64
     }
     private let sessions = Mutex<[String: Session]>([:])
     private let ttlMs: Int64
+    private let store: (any HTTPSessionStore)?
     private let clock: @Sendable () -> Int64
+    /// How long a node answers from memory for a session kept in the store: a logout on another
+    /// node ends the session here within this, at the cost of one query per session this often.
+    package static let confirmationMs: Int64 = 2_000
+    /// Tokens are 32 bytes in hex: anything else is refused without asking the store.
+    static let tokenLength = 64
 
-    package init(ttl: Duration, clock: @escaping @Sendable () -> Int64 = { WallClock.nowMs() }) {
+    package init(ttl: Duration, store: (any HTTPSessionStore)? = nil, clock: @escaping @Sendable () -> Int64 = { WallClock.nowMs() }) {
         self.ttlMs = ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000
+        self.store = store
         self.clock = clock
     }
 
     /// Starts a session and returns its token: 32 random bytes as hex, from the system's CSPRNG.
-    package func start(username: String) -> String {
+    /// Throws when the store does not take it: a login other nodes would not honour is no login.
+    package func start(username: String) async throws -> String {
         var generator = SystemRandomNumberGenerator()
         let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
         let now = self.clock()
+        try await self.store?.create(token: token, username: username, expiresMs: now + self.ttlMs, nowMs: now)
         self.sessions.withLock { sessions in
             sessions = sessions.filter { $0.value.expiresMs > now }  // expired ones go when a new one comes
-            sessions[token] = Session(username: username, expiresMs: now + self.ttlMs)
+            sessions[token] = Session(username: username, expiresMs: now + self.ttlMs, confirmedMs: now)
         }
         return token
     }
 
     /// The user name of a live session; an expired one is forgotten.
-    package func username(for token: String) -> String? {
+    package func username(for token: String) async -> String? {
+        guard token.utf8.count == Self.tokenLength else { return nil }
         let now = self.clock()
-        return self.sessions.withLock { sessions in
+        let known = self.sessions.withLock { sessions -> Session? in
             guard let session = sessions[token] else { return nil }
             guard session.expiresMs > now else {
                 sessions[token] = nil
                 return nil
             }
-            return session.username
+            return session
+        }
+        guard let store = self.store else { return known?.username }
+        if let known, now - known.confirmedMs < Self.confirmationMs { return known.username }
+        do {
+            let username = try await store.username(token: token, nowMs: now)
+            self.sessions.withLock { sessions in
+                sessions[token] = username.map {
+                    Session(username: $0, expiresMs: known?.expiresMs ?? now + self.ttlMs, confirmedMs: now)
+                }
+            }
+            return username
+        } catch {
+            // The store does not answer: a session this node knows stays usable until it expires
+            // (a logout elsewhere takes effect once the store answers again); others wait for it.
+            return known?.username
         }
     }
 
-    package func end(_ token: String) {
+    /// Ends a session here and, with a store, on every node; throws when the store did not take it.
+    package func end(_ token: String) async throws {
         _ = self.sessions.withLock { $0.removeValue(forKey: token) }
+        guard token.utf8.count == Self.tokenLength else { return }
+        try await self.store?.end(token: token)
     }
 
-    /// Sessions that have not expired.
+    /// Sessions this node knows that have not expired.
     package var count: Int {
         let now = self.clock()
         return self.sessions.withLock { $0.values.filter { $0.expiresMs > now }.count }
@@ -157,9 +199,11 @@ package struct HTTPAccess: Sendable {
     let throttle: LoginThrottle
     private let logger: Logger
 
-    package init(configuration: HTTPAccessConfiguration, logger: Logger) {
+    /// - Parameter sessionStore: where sessions live so that several nodes honour them
+    ///   (``MeterStore/makeSessionStore()``); `nil` keeps them in this node's memory.
+    package init(configuration: HTTPAccessConfiguration, sessionStore: (any HTTPSessionStore)? = nil, logger: Logger) {
         self.configuration = configuration
-        self.sessions = HTTPSessions(ttl: configuration.sessionTTL)
+        self.sessions = HTTPSessions(ttl: configuration.sessionTTL, store: sessionStore)
         self.throttle = LoginThrottle(window: configuration.failureWindow)
         self.logger = logger
     }
@@ -172,7 +216,7 @@ package struct HTTPAccess: Sendable {
                 ? Response(status: .seeOther, headers: [.location: "/"]) : Self.loginPage(status: .ok, message: nil)
         }
         router.post("login") { request, context in try await self.login(request, context: context) }
-        router.post("logout") { request, _ in self.logout(request) }
+        router.post("logout") { request, _ in await self.logout(request) }
         // Who is logged in, for the dashboard's header and its region filter.
         router.get("api/session") { _, context in
             let user = context.user
@@ -194,15 +238,15 @@ package struct HTTPAccess: Sendable {
         case refuse(Response)
     }
 
-    func decide(_ request: Request, context: MeterRequestContext) -> Decision {
+    func decide(_ request: Request, context: MeterRequestContext) async -> Decision {
         let path = request.uri.path
         if path == "/healthz" || path == "/readyz" { return .open }
         if path == "/metrics" { return self.metricsDecision(request) }
         guard let users = self.configuration.users else { return .open }
         if path == "/login" { return .open }
-        if let token = request.cookies[Self.cookieName]?.value, let name = self.sessions.username(for: token) {
+        if let token = request.cookies[Self.cookieName]?.value, let name = await self.sessions.username(for: token) {
             if let user = users.user(named: name) { return .user(user) }
-            self.sessions.end(token)  // the user was removed from the file
+            try? await self.sessions.end(token)  // the user was removed from the file
         }
         if path == "/logout" { return .refuse(Self.redirectToLogin(clearCookie: self.configuration.secureCookies)) }
         if path.hasPrefix("/api/") {
@@ -285,15 +329,30 @@ package struct HTTPAccess: Sendable {
             return Self.loginPage(status: .unauthorized, message: "Wrong user name or password.", username: username)
         }
         self.throttle.clear(userKey)
-        let token = self.sessions.start(username: user.username)
+        let token: String
+        do {
+            token = try await self.sessions.start(username: user.username)
+        } catch {
+            logger.error("HTTP login failed: the session could not be recorded", metadata: ["error": "\(error)"])
+            return Self.loginPage(
+                status: .serviceUnavailable, message: "Logins are unavailable: the database does not answer. Try again shortly.",
+                username: username)
+        }
         logger.info("HTTP login", metadata: ["http.role": "\(user.role.rawValue)", "http.scope": "\(user.scope)"])
         var response = Response(status: .seeOther, headers: [.location: "/", .cacheControl: "no-store"])
         response.setCookie(self.sessionCookie(token, maxAge: Int(self.configuration.sessionTTL.components.seconds)))
         return response
     }
 
-    func logout(_ request: Request) -> Response {
-        if let token = request.cookies[Self.cookieName]?.value { self.sessions.end(token) }
+    func logout(_ request: Request) async -> Response {
+        if let token = request.cookies[Self.cookieName]?.value {
+            do {
+                try await self.sessions.end(token)
+            } catch {
+                // Ended here; other nodes still honour it until it expires or the next logout reaches the store.
+                self.logger.warning("HTTP logout not recorded in the store: other nodes keep the session", metadata: ["error": "\(error)"])
+            }
+        }
         return Self.redirectToLogin(clearCookie: self.configuration.secureCookies)
     }
 
@@ -379,7 +438,7 @@ struct HTTPAccessMiddleware: RouterMiddleware {
     let access: HTTPAccess
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        switch self.access.decide(request, context: context) {
+        switch await self.access.decide(request, context: context) {
         case .open: return try await next(request, context)
         case .user(let user):
             var context = context

@@ -29,6 +29,9 @@ package protocol MeterStore: Sendable {
     func makeCommitFeed() -> (any CommitFeedSource)?
     /// The lock that elects the one node doing singleton work; `nil` for a store of one node (always the leader).
     func makeSingletonLock() -> (any SingletonLock)?
+    /// Where dashboard sessions live so that every node honours them; `nil` for a store of one
+    /// node, whose sessions stay in its memory.
+    func makeSessionStore() -> (any HTTPSessionStore)?
 
     // MARK: Settings the store remembers
 
@@ -160,6 +163,7 @@ extension MeterStore {
 
     package func makeCommitFeed() -> (any CommitFeedSource)? { nil }
     package func makeSingletonLock() -> (any SingletonLock)? { nil }
+    package func makeSessionStore() -> (any HTTPSessionStore)? { nil }
 }
 
 extension MeterStoreWriter {

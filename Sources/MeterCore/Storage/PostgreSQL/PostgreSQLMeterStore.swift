@@ -71,6 +71,10 @@ package final class PostgreSQLMeterStore: MeterStore {
         PostgreSQLSingletonLock(connector: self.connector)
     }
 
+    package func makeSessionStore() -> (any HTTPSessionStore)? {
+        PostgreSQLSessionStore(reader: self.reader)
+    }
+
     package func recordedTimeZone() async throws -> TimeZone? {
         try await self.reader.query("SELECT value FROM store_setting WHERE name = 'time_zone'").first
             .flatMap { TimeZone(identifier: try $0.decode(String.self)) }
@@ -637,5 +641,30 @@ actor PostgreSQLReader {
             await self.giveBack(connection, reusable: (error as? PSQLError)?.serverInfo != nil)
             throw PostgreSQLStoreError.describing(error, doing: "reading", address: self.connector.address)
         }
+    }
+}
+
+/// Dashboard sessions in the shared database (migration `v6-http-sessions`), keyed by the SHA-256
+/// of their token, which PostgreSQL computes: the token itself is never stored.
+struct PostgreSQLSessionStore: HTTPSessionStore {
+    let reader: PostgreSQLReader
+
+    func create(token: String, username: String, expiresMs: Int64, nowMs: Int64) async throws {
+        // Expired sessions go when a new one comes, as in memory.
+        _ = try await self.reader.query(
+            """
+            WITH expired AS (DELETE FROM http_session WHERE expires_ms <= \(nowMs))
+            INSERT INTO http_session (token_sha256, username, expires_ms) VALUES (sha256(convert_to(\(token), 'UTF8')), \(username), \(expiresMs))
+            """)
+    }
+
+    func username(token: String, nowMs: Int64) async throws -> String? {
+        try await self.reader.query(
+            "SELECT username FROM http_session WHERE token_sha256 = sha256(convert_to(\(token), 'UTF8')) AND expires_ms > \(nowMs)"
+        ).first?.decode(String.self)
+    }
+
+    func end(token: String) async throws {
+        _ = try await self.reader.query("DELETE FROM http_session WHERE token_sha256 = sha256(convert_to(\(token), 'UTF8'))")
     }
 }

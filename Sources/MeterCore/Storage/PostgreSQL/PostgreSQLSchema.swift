@@ -316,6 +316,21 @@ enum PostgreSQLSchema {
                     SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off SET enable_material = off
                 """
             ]),
+        // Dashboard sessions every node honours (``PostgreSQLSessionStore``): a browser may reach any
+        // node behind the load balancer, and a logout on one ends the session on all. Only the
+        // token's SHA-256 is kept, so reading the table does not let anyone in.
+        Migration(
+            name: "v6-http-sessions",
+            statements: [
+                """
+                CREATE TABLE http_session (
+                    token_sha256 bytea PRIMARY KEY,
+                    username text NOT NULL,
+                    expires_ms bigint NOT NULL
+                )
+                """,
+                "CREATE INDEX http_session_expiry ON http_session (expires_ms)",
+            ]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
