@@ -39,8 +39,9 @@ package final class MeterDatabase: Sendable {
         /// Before ``init(path:durability:integrityCheck:)`` returns.
         case beforeOpening
         /// On a reader connection alongside whatever the caller does next (the daemon's meter
-        /// load), finished by ``awaitIntegrityCheck()``, which every write path calls first. A
-        /// database with a migration pending is always checked before it is migrated.
+        /// load), finished by ``awaitIntegrityCheck()``: the writer, made before anything else
+        /// writes, calls it before its first write. A database with a migration pending is always
+        /// checked before it is migrated.
         case alongsideStartUp
     }
 
