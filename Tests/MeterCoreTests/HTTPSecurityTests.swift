@@ -104,8 +104,12 @@ struct SecuredMeterd {
     }
 
     func login(_ user: String, password: String = Self.password) async throws -> HTTPExchange {
-        let body = "username=\(user)&password=" + password.replacingOccurrences(of: " ", with: "+")
-        return try await httpRequest(port: self.http, "/login", method: "POST", body: body)
+        try await httpRequest(port: self.http, "/login", method: "POST", body: Self.loginForm(user, password: password))
+    }
+
+    /// The form `/login` takes, encoded.
+    static func loginForm(_ user: String, password: String = Self.password) -> String {
+        "username=\(user)&password=" + password.replacingOccurrences(of: " ", with: "+")
     }
 
     /// Logs in and returns the session cookie.

@@ -176,8 +176,7 @@ import Testing
             }
 
             // When ana logs in on node A
-            let body = "username=ana&password=" + SecuredMeterd.password.replacingOccurrences(of: " ", with: "+")
-            let login = try await httpRequest(port: aHTTP, "/login", method: "POST", body: body)
+            let login = try await httpRequest(port: aHTTP, "/login", method: "POST", body: SecuredMeterd.loginForm("ana"))
             #expect(login.status == 303)
             let cookie = try #require(login.sessionCookie)
 

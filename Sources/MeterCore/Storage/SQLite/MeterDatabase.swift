@@ -1,7 +1,7 @@
-import Dispatch
 import Foundation
 import GRDB
-import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 
 /// How hard a commit pushes data to stable storage before meters are acknowledged.
 package enum Durability: String, Sendable, CaseIterable {
@@ -45,7 +45,8 @@ package final class MeterDatabase: Sendable {
         case alongsideStartUp
     }
 
-    private let integrity: IntegrityCheck
+    /// The integrity check's verdict (succeeded at once unless it runs ``IntegrityCheckTiming/alongsideStartUp``).
+    private let integrity: EventLoopFuture<Void>
 
     /// Opens (creating if needed) and migrates the database.
     package init(path: String, durability: Durability = .full, integrityCheck timing: IntegrityCheckTiming = .beforeOpening) throws {
@@ -80,10 +81,12 @@ package final class MeterDatabase: Sendable {
         }
         if timing == .alongsideStartUp && migrated {
             // Half of a large database's start-up: on the other core while the writer loads its meters.
-            self.integrity = IntegrityCheck { try Self.quickCheck(pool, path: path) }
+            self.integrity = NIOThreadPool.singleton.runIfActive(eventLoop: MultiThreadedEventLoopGroup.singleton.any()) {
+                try Self.quickCheck(pool, path: path)
+            }
         } else {
             try Self.quickCheck(pool, path: path)
-            self.integrity = IntegrityCheck()
+            self.integrity = MultiThreadedEventLoopGroup.singleton.any().makeSucceededVoidFuture()
         }
         if !migrated {
             // A migration may rewrite a table row by row (v11 reads every `meter_day` row: minutes
@@ -96,7 +99,7 @@ package final class MeterDatabase: Sendable {
     /// Waits for the integrity check of ``IntegrityCheckTiming/alongsideStartUp`` (at once when it
     /// is done) and throws ``DatabaseOpenError/corrupt(path:detail:)`` if it failed.
     package func awaitIntegrityCheck() throws {
-        try self.integrity.result()
+        try self.integrity.wait()
     }
 
     private static func quickCheck(_ pool: DatabasePool, path: String) throws {
@@ -399,33 +402,5 @@ enum ReadSuccessRollups {
         let rows = try Row.fetchCursor(db, sql: "SELECT id, region FROM meter")
         while let row = try rows.next() { regions[row[0]] = row[1] }
         return regions
-    }
-}
-
-/// The outcome of a check that runs on a thread of its own, waited for by ``result()``.
-private final class IntegrityCheck: Sendable {
-    private let outcome: NIOLockedValueBox<Result<Void, any Error>?>
-    private let done = DispatchGroup()
-
-    /// A check that already passed.
-    init() {
-        self.outcome = NIOLockedValueBox(.success(()))
-    }
-
-    init(running check: @escaping @Sendable () throws -> Void) {
-        self.outcome = NIOLockedValueBox(nil)
-        self.done.enter()
-        let outcome = self.outcome
-        let done = self.done
-        Thread.detachNewThread {
-            let result = Result { try check() }
-            outcome.withLockedValue { $0 = result }
-            done.leave()
-        }
-    }
-
-    func result() throws {
-        self.done.wait()
-        try self.outcome.withLockedValue { $0 }?.get()
     }
 }
