@@ -13,7 +13,8 @@ packages=(
     openssl          # the CLI: scripts/make-certs.sh, which the TLS tests and the demo use for throw-away certificates
     systemd-container  # systemd-nspawn: scripts/e2e-systemd.sh boots Deploy/ under real systemd in a container
     procps           # pgrep, which scripts/e2e-systemd.sh finds the container's systemd with
-    postgresql-15    # the second store (--store postgresql://...): scripts/postgres-test-server.sh runs a throw-away cluster for the tests
+    postgresql-15    # the second store (--store postgresql://...): scripts/postgres-test-server.sh runs a throw-away cluster for the tests;
+                     # its client postgresql-client-15 has pg_dump, which `meterctl backup` runs on a PostgreSQL store
 )
 # node checks the dashboard's JavaScript (scripts/test.sh); a node from elsewhere (NodeSource, nvm) will do.
 command -v node >/dev/null || packages+=(nodejs)

@@ -25,7 +25,7 @@ timed+="|whenTheLeaderProcessIsKilledTheOtherNodeTakesOverAndBothAnswerTheSameKP
 timed+="|killedFiveTimesWhileAThousandMetersSendNothingAckedIsLostOrDoubled|burstingMetersThatHalfCloseNeverPushTheQueuePastItsBound"
 # The PostgreSQL store's tests start throw-away clusters (scripts/postgres-test-server.sh): in a pass
 # of their own, so initdb and the servers do not compete with the main suite's deadlines.
-postgres="StoreIngestTests|StoreSelectionTests|PostgreSQLStoreTests|PostgreSQLFaultTests|PostgreSQLTLSTests|MultiNodeTests|PostgreSQLClusterTests"
+postgres="StoreIngestTests|StoreSelectionTests|PostgreSQLStoreTests|PostgreSQLFaultTests|PostgreSQLTLSTests|MultiNodeTests|PostgreSQLClusterTests|PostgreSQLBackupTests"
 # At most 8 tests at once: all 42 suites starting together on two cores starved a 1,000-meter fleet
 # test past its minute (each passes alone in a few seconds).
 swift test --skip-build --experimental-maximum-parallelization-width 8 --skip "$timed|$postgres"

@@ -168,7 +168,10 @@ extension MeterCtl {
     struct Backup: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Writes a consistent copy of the database to FILE while meters keep sending.",
-            discussion: "meterd writes the file itself, so FILE must be a new path that meterd may write to.")
+            discussion: """
+                meterd writes the file itself, so FILE must be a new path that meterd may write to. On SQLite it is a \
+                database file; on PostgreSQL a pg_dump archive (custom format), which pg_restore loads into an empty database.
+                """)
         @OptionGroup var options: ConnectionOptions
         @Argument(help: "Where the copy goes; it must not exist yet.")
         var file: String

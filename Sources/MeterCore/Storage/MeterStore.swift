@@ -694,4 +694,26 @@ package struct BackupReport: Sendable, Equatable {
     package var path: String
     package var bytes: Int64
     package var seconds: Double
+
+    /// Refuses a backup path that is relative, already taken, or in no directory: meterd writes
+    /// the copy itself and never overwrites a file.
+    static func checkNewFile(_ path: String) throws {
+        guard path.hasPrefix("/") else { throw OperatorQueryError("invalid_path", "the backup path must be absolute, got \(path)") }
+        guard !FileManager.default.fileExists(atPath: path) else {
+            throw OperatorQueryError("file_exists", "\(path) already exists; meterd does not overwrite it")
+        }
+        let directory = (path as NSString).deletingLastPathComponent
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw OperatorQueryError("invalid_path", "no directory \(directory) to write the backup into")
+        }
+    }
+
+    /// The report of a finished copy: the file's size and the time since `started`.
+    static func written(_ path: String, since started: ContinuousClock.Instant) -> BackupReport {
+        let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
+        let elapsed = ContinuousClock.now - started
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return BackupReport(path: path, bytes: bytes, seconds: seconds)
+    }
 }

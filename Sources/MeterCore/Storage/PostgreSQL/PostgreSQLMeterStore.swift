@@ -522,9 +522,12 @@ package final class PostgreSQLMeterStore: MeterStore {
 
     // MARK: Operations
 
+    /// A `pg_dump` archive of the database (``PostgreSQLDump``), restorable with `pg_restore`.
     package func backup(to path: String) async throws -> BackupReport {
-        throw OperatorQueryError(
-            "not_supported", "meterctl backup copies the SQLite file; back a PostgreSQL store up with pg_dump or pg_basebackup")
+        try BackupReport.checkNewFile(path)
+        let started = ContinuousClock.now
+        try await PostgreSQLDump(address: self.connector.address).write(to: path)
+        return BackupReport.written(path, since: started)
     }
 
     // MARK: Plumbing

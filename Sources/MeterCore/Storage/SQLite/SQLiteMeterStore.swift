@@ -489,15 +489,7 @@ package final class SQLiteMeterStore: MeterStore {
     /// Writes a snapshot of the database to a new file with `VACUUM INTO`, from a reader
     /// connection: WAL readers see one consistent state and never block the writer.
     package func backup(to path: String) async throws -> BackupReport {
-        guard path.hasPrefix("/") else { throw OperatorQueryError("invalid_path", "the backup path must be absolute, got \(path)") }
-        guard !FileManager.default.fileExists(atPath: path) else {
-            throw OperatorQueryError("file_exists", "\(path) already exists; meterd does not overwrite it")
-        }
-        let directory = (path as NSString).deletingLastPathComponent
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw OperatorQueryError("invalid_path", "no directory \(directory) to write the backup into")
-        }
+        try BackupReport.checkNewFile(path)
         let started = ContinuousClock.now
         do {
             // VACUUM refuses to run inside a transaction; alone it still reads one consistent snapshot.
@@ -508,10 +500,7 @@ package final class SQLiteMeterStore: MeterStore {
             try? FileManager.default.removeItem(atPath: path)
             throw OperatorQueryError("backup_failed", "cannot write the backup to \(path): \(error)")
         }
-        let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
-        let elapsed = ContinuousClock.now - started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return BackupReport(path: path, bytes: bytes, seconds: seconds)
+        return BackupReport.written(path, since: started)
     }
 }
 
