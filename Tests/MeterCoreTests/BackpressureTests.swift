@@ -12,7 +12,7 @@ import Testing
     /// Most readings the queue may hold: its capacity, plus one submission per event loop thread
     /// that checked for room just before another filled it (see `IngestHandler.linesPerSubmission`).
     static func queueBound(capacity: Int) -> Int {
-        capacity + IngestHandler.linesPerSubmission * System.coreCount
+        capacity + IngestHandler.linesPerSubmission * IngestServer.meterEventLoopCount
     }
 
     /// Most bytes one connection may hold unparsed: one read plus what the kernel's receive buffer
