@@ -71,8 +71,8 @@ package struct IngestServer: Service {
     /// On two cores one loop and the writer each have a core. With a loop per core, the two
     /// loops and the writer took turns on two cores: each loop slept and woke more often with fewer
     /// events per wakeup, and the connections' NIO objects moved between the cores' caches.
-    /// Scenario (b) with one loop instead of two cost 6–14 % less CPU per reading, and (a) 8–23 %
-    /// less with 14–30 % more throughput (README, Performance).
+    /// Scenario (b) with one loop instead of two cost 6–14 % less CPU per reading in every pair of
+    /// runs; (a) stayed within its run-to-run spread (README, Performance).
     package static let meterEventLoops = MultiThreadedEventLoopGroup(numberOfThreads: meterEventLoopCount)
     package static let meterEventLoopCount = max(1, System.coreCount - 1)
 
