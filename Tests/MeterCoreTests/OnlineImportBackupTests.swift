@@ -19,14 +19,7 @@ struct OnlineImportBackupTests {
 
             // A meter keeps sending for the whole test.
             let client = try await LineClient(port: ports.ingest)
-            let sender = Task {
-                var seq: Int64 = 0
-                while !Task.isCancelled {
-                    seq += 1
-                    try await client.send(readingLine(meter: "MTR-000001", seq: seq, kwh: 0.5))
-                    try await Task.sleep(for: .milliseconds(5))
-                }
-            }
+            let sender = keepSending(client, meter: "MTR-000001")
             defer { sender.cancel() }
 
             #expect(try await ask(socket, "progress") == #"{"import":null}"#)

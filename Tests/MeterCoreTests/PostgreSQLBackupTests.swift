@@ -26,14 +26,7 @@ struct PostgreSQLBackupTests {
 
             // …and one meter that keeps sending through the backup
             let client = try await LineClient(port: ingest)
-            let sender = Task {
-                var seq: Int64 = 0
-                while !Task.isCancelled {
-                    seq += 1
-                    try await client.send(readingLine(meter: "MTR-LIVE", seq: seq, kwh: 0.5))
-                    try await Task.sleep(for: .milliseconds(5))
-                }
-            }
+            let sender = keepSending(client, meter: "MTR-LIVE")
             defer { sender.cancel() }
             try await Task.sleep(for: .milliseconds(300))
 

@@ -226,6 +226,18 @@ final class LineClient: Sendable {
     }
 }
 
+/// A meter that sends a reading every 5 ms on `client` (seq 1, 2, …) until the task is cancelled.
+func keepSending(_ client: LineClient, meter: String) -> Task<Void, any Error> {
+    Task {
+        var seq: Int64 = 0
+        while !Task.isCancelled {
+            seq += 1
+            try await client.send(readingLine(meter: meter, seq: seq, kwh: 0.5))
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}
+
 /// A reading line for tests, `ts` now unless given.
 func readingLine(
     meter: String, seq: Int64, kwh: Double = 0.5, timestampMs: Int64 = WallClock.nowMs(),
