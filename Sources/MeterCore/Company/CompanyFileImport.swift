@@ -350,10 +350,7 @@ struct CompanyFileImport {
     ) -> FileImportResult {
         let name = (path as NSString).lastPathComponent
         let start = ContinuousClock.now
-        func seconds() -> Double {
-            let elapsed = ContinuousClock.now - start
-            return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        }
+        func seconds() -> Double { (ContinuousClock.now - start).seconds }
         do {
             let rows = try inTransaction { sink in
                 var context = CompanyFileImport(file: name, sink: sink, progress: progress)

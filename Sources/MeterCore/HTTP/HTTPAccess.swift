@@ -81,7 +81,7 @@ package final class HTTPSessions: Sendable {
     static let tokenLength = 64
 
     package init(ttl: Duration, store: (any HTTPSessionStore)? = nil, clock: @escaping @Sendable () -> Int64 = { WallClock.nowMs() }) {
-        self.ttlMs = ttl.components.seconds * 1000 + ttl.components.attoseconds / 1_000_000_000_000_000
+        self.ttlMs = ttl.milliseconds
         self.store = store
         self.clock = clock
     }

@@ -380,7 +380,7 @@ package final class IngestPipeline: Service, Sendable {
                 } catch {
                     lostRaces = 0
                     self.commitFailed(error, batch: batch, weight: weight, retryDelay: retryDelay)
-                    Thread.sleep(forTimeInterval: Double(retryDelay.components.seconds) + Double(retryDelay.components.attoseconds) / 1e18)
+                    Thread.sleep(forTimeInterval: retryDelay.seconds)
                     retryDelay = min(retryDelay * 2, Self.maximumRetryDelay)
                 }
             }

@@ -127,4 +127,9 @@ extension Duration {
     var milliseconds: Int64 {
         self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000
     }
+
+    /// Seconds with their fraction.
+    var seconds: Double {
+        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
+    }
 }

@@ -712,8 +712,6 @@ package struct BackupReport: Sendable, Equatable {
     /// The report of a finished copy: the file's size and the time since `started`.
     static func written(_ path: String, since started: ContinuousClock.Instant) -> BackupReport {
         let bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
-        let elapsed = ContinuousClock.now - started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        return BackupReport(path: path, bytes: bytes, seconds: seconds)
+        return BackupReport(path: path, bytes: bytes, seconds: (ContinuousClock.now - started).seconds)
     }
 }

@@ -18,8 +18,8 @@ struct PostgreSQLDump: Sendable {
 
     /// Where `pg_dump` is looked for: `PATH`, then Debian's versioned directories, newest first
     /// (`postgresql-client-common` puts a wrapper in /usr/bin that picks one of them).
-    static func executable(path: String? = ProcessInfo.processInfo.environment["PATH"]) -> String? {
-        let searched = (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":").map(String.init)
+    static func executable() -> String? {
+        let searched = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":").map(String.init)
         let versions = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? [])
             .compactMap(Int.init).sorted(by: >).map { "/usr/lib/postgresql/\($0)/bin" }
         return (searched + versions).map { $0 + "/pg_dump" }.first { FileManager.default.isExecutableFile(atPath: $0) }
