@@ -270,8 +270,8 @@ struct ClusterDatabase {
             """
             WITH r AS (SELECT meter_id, count(*) AS n, count(DISTINCT seq) AS seqs, max(seq) AS max_seq, sum(kwh) AS kwh
                        FROM reading GROUP BY meter_id),
-                 mm AS (SELECT meter_id, sum(readings) AS n, sum(kwh) AS kwh FROM meter_month GROUP BY meter_id),
-                 md AS (SELECT meter_id, sum(readings) AS n FROM meter_day GROUP BY meter_id)
+                 mm AS (SELECT meter_id, sum(readings) AS n, sum(kwh) AS kwh FROM meter_month_all GROUP BY meter_id),
+                 md AS (SELECT meter_id, sum(readings) AS n FROM meter_day_all GROUP BY meter_id)
             SELECT m.name, COALESCE(r.n, 0), COALESCE(r.seqs, 0), COALESCE(r.max_seq, -1), COALESCE(r.kwh, 0),
                    m.hwm_seq, m.readings_total, COALESCE(mm.n, 0), COALESCE(mm.kwh, 0), COALESCE(md.n, 0)
             FROM meter m LEFT JOIN r ON r.meter_id = m.id LEFT JOIN mm ON mm.meter_id = m.id LEFT JOIN md ON md.meter_id = m.id

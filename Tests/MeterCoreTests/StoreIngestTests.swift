@@ -237,6 +237,100 @@ import Testing
         }
     }
 
+    /// Issue 13 point 8: on PostgreSQL a meter's newest month and day are summed in its own row
+    /// (migration `v7-open-periods-in-meter-rows`) and move to `meter_month` and `meter_day` when a
+    /// newer one starts; late readings of closed periods go to those tables directly. Whatever the
+    /// path, both stores answer with the sums of the readings, and every meter-day is started once.
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func openMonthsAndDaysMoveOutWhenANewOneStartsAndLateReadingsFindTheirPeriod(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            let writer = try store.makeWriter(WriterSettings())
+            func at(_ time: String) throws -> Int64 { try #require(RFC3339.parseMilliseconds(time)) }
+            func commit(_ readings: [(meter: String, seq: Int64, time: String)]) throws {
+                let batch = try readings.map { Reading(meter: $0.meter, seq: $0.seq, timestampMs: try at($0.time), kwh: Double($0.seq)) }
+                _ = try writer.commit([self.submission(batch, receivedMs: try at("2026-12-01T12:00:00Z"))])
+            }
+            try commit([("A", 1, "2026-11-10T10:00:00Z"), ("B", 1, "2026-11-10T10:00:00Z")])
+            try commit([("A", 2, "2026-11-10T11:00:00Z")])
+            try commit([("A", 3, "2026-11-10T12:00:00Z")])
+            try commit([("A", 4, "2026-11-10T13:00:00Z")])
+            let steadyTableRows = try await self.periodTableRows(store)
+            try commit([("A", 5, "2026-11-11T09:00:00Z")])  // A's next day
+            try commit([("A", 6, "2026-11-10T23:00:00Z")])  // late, its month still open
+            try commit([("A", 7, "2026-11-11T10:00:00Z"), ("A", 8, "2026-11-12T08:00:00Z")])  // two days, the newer one opens
+            try commit([("A", 9, "2026-12-01T00:30:00Z")])  // a new month and day
+            try commit([("A", 10, "2026-11-20T12:00:00Z")])  // late, of a closed month and a day never seen
+            try commit([("B", 2, "2026-11-10T11:00:00Z")])
+
+            let months = try await store.meterMonths(named: "A").map { [$0.month.key: [$0.readings, Int64($0.kwh)]] }
+            #expect(months == [[202611: [9, 46]], [202612: [1, 9]]])
+            #expect(try await store.meterMonths(named: "B").map { [$0.month.key: [$0.readings, Int64($0.kwh)]] } == [[202611: [2, 3]]])
+            let facts = try await store.readDays(from: Day(key: 20261101), through: Day(key: 20261231), region: nil)
+            let names = Dictionary(uniqueKeysWithValues: facts.meters.map { ($0.id, $0.name) })
+            let days = Set(facts.days.map { "\(names[$0.meterID] ?? "?") \($0.day.key) \($0.readings)" })
+            #expect(
+                days == [
+                    "A 20261110 5", "A 20261111 2", "A 20261112 1", "A 20261120 1", "A 20261201 1", "B 20261110 2",
+                ])
+
+            guard let postgres = store as? PostgreSQLMeterStore else { return }
+            // On PostgreSQL, commits within a meter's open day and month wrote no row of either table
+            #expect(steadyTableRows == [0, 0])
+            // and the closed periods are rows now, the open ones (A's December, B's November) are not
+            #expect(try await self.periodTableRows(store) == [1, 4])
+            #expect(
+                try await postgres.firstColumnText("SELECT meter_id || ' ' || month || ' ' || readings FROM meter_month")
+                    == ["1 202611 9"])
+            // Every meter-day was started once, whichever path started it (the commit feed's rows)
+            #expect(try await postgres.firstColumnText("SELECT sum(cardinality(started_days))::text FROM commit_feed") == ["6"])
+        }
+    }
+
+    /// Two nodes' writers each know a meter's open periods as of their own last commit of it. A
+    /// writer that decides on periods another node has moved on from must lose the race (its batch
+    /// rolls back on the meter's high-water mark), reload, and then file its readings right.
+    @Test(.timeLimit(.minutes(2)))
+    func aWriterThatKnowsAnOldOpenDayLosesTheRaceAndThenFilesItsReadingsRight() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let first = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let second = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let one = try first.makeWriter(WriterSettings())
+        let other = try second.makeWriter(WriterSettings())
+        var lostRaces = 0
+        func commit(_ writer: any MeterStoreWriter, seq: Int64, _ time: String) throws {
+            let reading = Reading(meter: "A", seq: seq, timestampMs: try #require(RFC3339.parseMilliseconds(time)), kwh: Double(seq))
+            for _ in 0..<3 {
+                do {
+                    _ = try writer.commit([self.submission([reading], receivedMs: WallClock.nowMs())])
+                    return
+                } catch where writer.lostRace(error) {
+                    lostRaces += 1
+                }
+            }
+            Issue.record("reading \(seq) was not committed in three attempts")
+        }
+        try commit(one, seq: 1, "2026-11-10T10:00:00Z")
+        try commit(other, seq: 2, "2026-11-11T10:00:00Z")  // knew nothing of A: loses once, then moves day 10 out
+        try commit(one, seq: 3, "2026-11-12T10:00:00Z")  // still thinks day 10 is open: loses once
+        try commit(one, seq: 4, "2026-11-11T12:00:00Z")  // late, of a closed day
+        #expect(lostRaces == 2)
+
+        let facts = try await first.readDays(from: Day(key: 20261101), through: Day(key: 20261130), region: nil)
+        #expect(Set(facts.days.map { "\($0.day.key) \($0.readings)" }) == ["20261110 1", "20261111 2", "20261112 1"])
+        #expect(try await first.meterMonths(named: "A").map { [$0.readings, Int64($0.kwh)] } == [[4, 10]])
+        #expect(try await first.firstColumnText("SELECT day || ' ' || readings FROM meter_day ORDER BY day") == ["20261110 1", "20261111 2"])
+        #expect(try await first.firstColumnText("SELECT sum(cardinality(started_days))::text FROM commit_feed") == ["3"])
+    }
+
+    /// Rows of `meter_month` and `meter_day` themselves (PostgreSQL), not of the views.
+    private func periodTableRows(_ store: any MeterStore) async throws -> [Int] {
+        guard let postgres = store as? PostgreSQLMeterStore else { return [] }
+        return try await postgres.firstColumnText(
+            "SELECT count(*)::text FROM meter_month UNION ALL SELECT count(*)::text FROM meter_day"
+        ).compactMap { Int($0) }
+    }
+
     @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
     func monthsFollowTheConfiguredTimeZone(backend: StoreBackend) async throws {
         try await backend.withFreshStore { location in

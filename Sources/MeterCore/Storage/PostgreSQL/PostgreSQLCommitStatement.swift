@@ -117,7 +117,10 @@ struct PostgreSQLCommitStatement {
     let readings: Readings
     let flags: Flags
     let quarantined: Quarantined
+    /// The month and day deltas left for `meter_month` and `meter_day`: the rest are in ``openShares``.
     let aggregates: BatchAggregates
+    /// What the batch adds to its meters' open month and day (``PostgreSQLOpenPeriods``).
+    let openShares: [Int64: PostgreSQLOpenPeriods.Share]
     let regionNames: [String]
     /// This node's name in the commit feed, and the batch's ``CommitFeedPayload``.
     let node: String
@@ -141,8 +144,11 @@ struct PostgreSQLCommitStatement {
         let r = self.readings
         let f = self.flags
         let q = self.quarantined
+        let shares = meters.map { self.openShares[$0.key] }
+        let openMonths = shares.map { $0?.month }
+        let openDays = shares.map { $0?.day }
         // The batch and its commit feed row (migration `v2-commit-feed`) in one call of
-        // `meterd_commit` (``commitFunctionDefinition``), so one transaction: the feed row takes the
+        // `meterd_commit` (``commitFunctionDefinitionV7``), so one transaction: the feed row takes the
         // meter-days the batch started, and its `xid` comes back as the last row (the started days
         // come with a NULL `xid`). A call of one function is cheaper for the server to parse and plan
         // at every commit than the statement that did this before (a CTE around the call, an INSERT
@@ -161,6 +167,16 @@ struct PostgreSQLCommitStatement {
                 \(PostgreSQLArray(meters.map { $0.value.lastRegister ?? .nan })), \(PostgreSQLArray(meters.map { $0.value.lastRegisterTimestampMs ?? null })),
                 \(PostgreSQLArray(meters.map { $0.value.zeroRun.sinceMs ?? null })), \(PostgreSQLArray(meters.map(\.value.zeroRun.flagged))),
                 \(PostgreSQLArray(meters.map { $0.value.firstDay.map(Int64.init) ?? null })),
+                \(PostgreSQLArray(openMonths.map { $0.map { Int64($0.key) } ?? null })), \(PostgreSQLArray(openMonths.map { $0?.starts ?? false })),
+                \(PostgreSQLArray(openMonths.map { $0?.delta.kwh ?? 0 })), \(PostgreSQLArray(openMonths.map { $0?.delta.revenue ?? 0 })),
+                \(PostgreSQLArray(openMonths.map { Int64($0?.delta.readings ?? 0) })), \(PostgreSQLArray(openMonths.map { Int64($0?.delta.faults ?? 0) })),
+                \(PostgreSQLArray(openMonths.map { Int64($0?.delta.good ?? 0) })), \(PostgreSQLArray(openMonths.map { Int64($0?.delta.fair ?? 0) })),
+                \(PostgreSQLArray(openMonths.map { Int64($0?.delta.poor ?? 0) })), \(PostgreSQLArray(openMonths.map { $0?.delta.latencySumMs ?? 0 })),
+                \(PostgreSQLArray(openMonths.map { $0?.delta.latencyMaxMs ?? 0 })), \(PostgreSQLArray(openMonths.map { Int64($0?.delta.estimated ?? 0) })),
+                \(PostgreSQLArray(openMonths.map { $0?.delta.estimatedKwh ?? 0 })),
+                \(PostgreSQLArray(openDays.map { $0.map { Int64($0.key) } ?? null })), \(PostgreSQLArray(openDays.map { $0?.starts ?? false })),
+                \(PostgreSQLArray(openDays.map { Int64($0?.delta.readings ?? 0) })), \(PostgreSQLArray(openDays.map { $0?.delta.spacingSumMs ?? 0 })),
+                \(PostgreSQLArray(openDays.map { Int64($0?.delta.spacingCount ?? 0) })),
                 \(PostgreSQLArray(months.map(\.key.meterID))), \(PostgreSQLArray(months.map { Int64($0.key.month) })), \(PostgreSQLArray(months.map(\.value.kwh))), \(PostgreSQLArray(months.map(\.value.revenue))),
                 \(PostgreSQLArray(months.map { Int64($0.value.readings) })), \(PostgreSQLArray(months.map { Int64($0.value.faults) })), \(PostgreSQLArray(months.map { Int64($0.value.good) })),
                 \(PostgreSQLArray(months.map { Int64($0.value.fair) })), \(PostgreSQLArray(months.map { Int64($0.value.poor) })), \(PostgreSQLArray(months.map(\.value.latencySumMs))),
@@ -427,6 +443,241 @@ struct PostgreSQLCommitStatement {
             WITH written AS (
                 INSERT INTO meter_day AS md (day, meter_id, readings, spacing_sum_ms, spacing_count)
                 SELECT * FROM unnest(d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count)
+                ON CONFLICT (day, meter_id) DO UPDATE SET readings = md.readings + excluded.readings,
+                    spacing_sum_ms = md.spacing_sum_ms + excluded.spacing_sum_ms, spacing_count = md.spacing_count + excluded.spacing_count
+                RETURNING md.day, md.meter_id, md.xmax::text = '0' AS inserted
+            )
+            SELECT written.day::bigint, written.meter_id FROM written WHERE written.inserted;
+
+            IF watermark <> null_integer THEN
+                UPDATE ingest_watermark SET reading_position = GREATEST(reading_position, watermark) WHERE id = 1;
+            END IF;
+        END
+        $$
+        """
+}
+
+extension PostgreSQLCommitStatement {
+    /// The parameters of `meterd_commit_batch` since migration `v7-open-periods-in-meter-rows`: those
+    /// of ``batchParameters`` with each meter's share of its open month (`om_`) and open day (`od_`)
+    /// after its row's (``PostgreSQLOpenPeriods``). `om_month` (`od_day`) is NULL's sentinel where the
+    /// batch leaves the meter's open month (day) as it is; `om_starts` (`od_starts`) says the row's
+    /// open period moves out to `meter_month` (`meter_day`) and this one takes its place.
+    private static let batchParametersV7 = """
+            r_meter bigint[], r_ts bigint[], r_seq bigint[], r_position bigint[], r_received bigint[], r_kwh double precision[],
+            r_status bigint[], r_fault text[], r_voltage double precision[], r_register double precision[], r_span bigint[],
+            f_meter bigint[], f_seq bigint[], f_ts bigint[], f_month bigint[], f_rule text[], f_detail text[],
+            q_received bigint[], q_peer text[], q_line bigint[], q_code text[], q_detail text[], q_raw bytea[], q_identity text[],
+            m_id bigint[], m_previous_hwm bigint[], m_hwm bigint[], m_first_seen bigint[], m_last_received bigint[], m_last_ts bigint[],
+            m_last_status bigint[], m_has_readings boolean[], m_last_fault text[], m_readings bigint[], m_faults bigint[],
+            m_duplicates bigint[], m_last_position bigint[], m_last_register double precision[], m_last_register_ts bigint[],
+            m_zero_since bigint[], m_zero_flagged boolean[], m_first_day bigint[],
+            om_month bigint[], om_starts boolean[], om_kwh double precision[], om_revenue double precision[], om_readings bigint[],
+            om_faults bigint[], om_good bigint[], om_fair bigint[], om_poor bigint[], om_latency_sum bigint[], om_latency_max bigint[],
+            om_estimated bigint[], om_estimated_kwh double precision[],
+            od_day bigint[], od_starts boolean[], od_readings bigint[], od_spacing_sum bigint[], od_spacing_count bigint[],
+            mm_meter bigint[], mm_month bigint[], mm_kwh double precision[], mm_revenue double precision[], mm_readings bigint[],
+            mm_faults bigint[], mm_good bigint[], mm_fair bigint[], mm_poor bigint[], mm_latency_sum bigint[], mm_latency_max bigint[],
+            mm_estimated bigint[], mm_estimated_kwh double precision[],
+            l_month bigint[], l_region text[], l_bucket bigint[], l_count bigint[], l_sum bigint[],
+            d_day bigint[], d_meter bigint[], d_readings bigint[], d_spacing_sum bigint[], d_spacing_count bigint[],
+            watermark bigint
+        """
+
+    /// `meterd_commit` as migration `v7-open-periods-in-meter-rows` creates it: as
+    /// ``commitFunctionDefinition``, with the parameters of ``batchParametersV7``.
+    static let commitFunctionDefinitionV7 = """
+        CREATE FUNCTION meterd_commit(
+            p_node text, p_payload bytea,
+        \(Self.batchParametersV7)
+        ) RETURNS TABLE (started_day bigint, started_meter bigint, commit_xid bigint) LANGUAGE plpgsql
+        SET plan_cache_mode = force_generic_plan
+        AS $$
+        DECLARE
+            days bigint[];
+            meters bigint[];
+            feed_xid bigint;
+        BEGIN
+            SELECT COALESCE(array_agg(s.started_day), '{}'), COALESCE(array_agg(s.started_meter), '{}') INTO days, meters
+            FROM meterd_commit_batch(
+                r_meter, r_ts, r_seq, r_position, r_received, r_kwh, r_status, r_fault, r_voltage, r_register, r_span,
+                f_meter, f_seq, f_ts, f_month, f_rule, f_detail,
+                q_received, q_peer, q_line, q_code, q_detail, q_raw, q_identity,
+                m_id, m_previous_hwm, m_hwm, m_first_seen, m_last_received, m_last_ts, m_last_status, m_has_readings, m_last_fault,
+                m_readings, m_faults, m_duplicates, m_last_position, m_last_register, m_last_register_ts, m_zero_since,
+                m_zero_flagged, m_first_day,
+                om_month, om_starts, om_kwh, om_revenue, om_readings, om_faults, om_good, om_fair, om_poor, om_latency_sum,
+                om_latency_max, om_estimated, om_estimated_kwh,
+                od_day, od_starts, od_readings, od_spacing_sum, od_spacing_count,
+                mm_meter, mm_month, mm_kwh, mm_revenue, mm_readings, mm_faults, mm_good, mm_fair, mm_poor, mm_latency_sum,
+                mm_latency_max, mm_estimated, mm_estimated_kwh,
+                l_month, l_region, l_bucket, l_count, l_sum,
+                d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count,
+                watermark) AS s;
+            INSERT INTO commit_feed (node, payload, started_days, started_meters) VALUES (p_node, p_payload, days, meters)
+            RETURNING commit_feed.xid INTO feed_xid;
+            RETURN QUERY SELECT unnest(days), unnest(meters), NULL::bigint;
+            started_day := NULL;
+            started_meter := NULL;
+            commit_xid := feed_xid;
+            RETURN NEXT;
+        END
+        $$
+        """
+
+    /// `meterd_commit_batch` as migration `v7-open-periods-in-meter-rows` creates it: the effects of
+    /// ``functionDefinitionV3`` (with v5's planner settings), except that each meter's newest month
+    /// and day of the batch add to the open sums in its `meter` row (``PostgreSQLOpenPeriods``).
+    ///
+    /// A meter whose open period ends has its old sums moved to `meter_month` (`meter_day`) first,
+    /// read from its row before the row's update; the update's `hwm_seq` check then proves that no
+    /// other node changed the row in between, since open sums change only with readings. A
+    /// meter-day the batch opens was started by it unless `meter_day` has its row already (rows
+    /// written before v7, or by a late reading).
+    static let functionDefinitionV7 = """
+        CREATE FUNCTION meterd_commit_batch(
+        \(Self.batchParametersV7)
+        ) RETURNS TABLE (started_day bigint, started_meter bigint) LANGUAGE plpgsql
+        SET plan_cache_mode = force_generic_plan
+        SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off SET enable_material = off
+        AS $$
+        DECLARE
+            null_integer constant bigint := -9223372036854775808;
+            updated bigint;
+            months_ending bigint[];
+            days_ending bigint[];
+        BEGIN
+            INSERT INTO reading (meter_id, ts_ms, seq, position, received_ms, kwh, status, fault, voltage, register_kwh, span_start_ms)
+            SELECT meter, ts, seq, position, received, kwh, status, NULLIF(fault, ''), NULLIF(voltage, 'NaN'), NULLIF(register, 'NaN'),
+                   NULLIF(span, null_integer)
+            FROM (SELECT unnest(r_meter) AS meter, unnest(r_ts) AS ts, unnest(r_seq) AS seq, unnest(r_position) AS position,
+                         unnest(r_received) AS received, unnest(r_kwh) AS kwh, unnest(r_status) AS status, unnest(r_fault) AS fault,
+                         unnest(r_voltage) AS voltage, unnest(r_register) AS register, unnest(r_span) AS span) AS r;
+
+            INSERT INTO validation_flag (meter_id, seq, ts_ms, month, rule, detail)
+            SELECT unnest(f_meter), unnest(f_seq), unnest(f_ts), unnest(f_month), unnest(f_rule), unnest(f_detail);
+
+            INSERT INTO quarantine (received_ms, peer, line, code, detail, raw, peer_identity)
+            SELECT received, peer, line, code, detail, raw, NULLIF(identity, '')
+            FROM (SELECT unnest(q_received) AS received, unnest(q_peer) AS peer, unnest(q_line) AS line, unnest(q_code) AS code,
+                         unnest(q_detail) AS detail, unnest(q_raw) AS raw, unnest(q_identity) AS identity) AS q;
+
+            IF true = ANY(om_starts) THEN
+                SELECT array_agg(e.id ORDER BY e.id) INTO months_ending
+                FROM (SELECT unnest(m_id) AS id, unnest(om_starts) AS starts) AS e WHERE e.starts;
+                INSERT INTO meter_month AS mm (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
+                                               latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh)
+                SELECT id, open_month, open_kwh, open_revenue, open_readings, open_faults, open_good, open_fair, open_poor,
+                       open_latency_sum_ms, open_latency_count, open_latency_max_ms, open_estimated, open_estimated_kwh
+                FROM meter WHERE id = ANY(months_ending) AND open_month IS NOT NULL ORDER BY id
+                ON CONFLICT (meter_id, month) DO UPDATE SET
+                    kwh = mm.kwh + excluded.kwh, revenue = mm.revenue + excluded.revenue, readings = mm.readings + excluded.readings,
+                    faults = mm.faults + excluded.faults, good = mm.good + excluded.good, fair = mm.fair + excluded.fair,
+                    poor = mm.poor + excluded.poor, latency_sum_ms = mm.latency_sum_ms + excluded.latency_sum_ms,
+                    latency_count = mm.latency_count + excluded.latency_count,
+                    latency_max_ms = GREATEST(mm.latency_max_ms, excluded.latency_max_ms),
+                    estimated = mm.estimated + excluded.estimated, estimated_kwh = mm.estimated_kwh + excluded.estimated_kwh;
+            END IF;
+            IF true = ANY(od_starts) THEN
+                SELECT array_agg(e.id ORDER BY e.id) INTO days_ending
+                FROM (SELECT unnest(m_id) AS id, unnest(od_starts) AS starts) AS e WHERE e.starts;
+                INSERT INTO meter_day AS md (day, meter_id, readings, spacing_sum_ms, spacing_count)
+                SELECT open_day, id, open_day_readings, open_day_spacing_sum_ms, open_day_spacing_count
+                FROM meter WHERE id = ANY(days_ending) AND open_day IS NOT NULL ORDER BY open_day, id
+                ON CONFLICT (day, meter_id) DO UPDATE SET readings = md.readings + excluded.readings,
+                    spacing_sum_ms = md.spacing_sum_ms + excluded.spacing_sum_ms, spacing_count = md.spacing_count + excluded.spacing_count;
+                -- Opened here and absent from the table: the meter's first reading of that day.
+                RETURN QUERY
+                SELECT o.day, o.id FROM (SELECT unnest(m_id) AS id, unnest(od_day) AS day, unnest(od_starts) AS starts) AS o
+                WHERE o.starts AND NOT EXISTS (SELECT 1 FROM meter_day WHERE meter_day.day = o.day AND meter_day.meter_id = o.id);
+            END IF;
+
+            UPDATE meter SET
+                hwm_seq = d.hwm,
+                first_seen_ms = COALESCE(meter.first_seen_ms, d.first_seen),
+                last_received_ms = d.last_received,
+                last_ts_ms = COALESCE(NULLIF(d.last_ts, null_integer), meter.last_ts_ms),
+                last_status = COALESCE(NULLIF(d.last_status, null_integer), meter.last_status),
+                last_fault = CASE WHEN d.has_readings THEN NULLIF(d.last_fault, '') ELSE meter.last_fault END,
+                readings_total = meter.readings_total + d.readings,
+                faults_total = meter.faults_total + d.faults,
+                duplicates_total = meter.duplicates_total + d.duplicates,
+                inactive_since_ms = NULL,
+                last_reading_position = COALESCE(NULLIF(d.last_position, null_integer), meter.last_reading_position),
+                last_register_kwh = CASE WHEN d.has_readings THEN NULLIF(d.last_register, 'NaN') ELSE meter.last_register_kwh END,
+                last_register_ts_ms = CASE WHEN d.has_readings THEN NULLIF(d.last_register_ts, null_integer) ELSE meter.last_register_ts_ms END,
+                zero_since_ms = CASE WHEN d.has_readings THEN NULLIF(d.zero_since, null_integer) ELSE meter.zero_since_ms END,
+                zero_flagged = CASE WHEN d.has_readings THEN d.zero_flagged ELSE meter.zero_flagged END,
+                first_reading_day = CASE WHEN d.first_day = null_integer THEN meter.first_reading_day
+                                         ELSE LEAST(COALESCE(meter.first_reading_day, d.first_day), d.first_day) END,
+                open_month = CASE WHEN d.om_month = null_integer THEN meter.open_month ELSE d.om_month END,
+                open_kwh = CASE WHEN d.om_starts THEN d.om_kwh ELSE meter.open_kwh + d.om_kwh END,
+                open_revenue = CASE WHEN d.om_starts THEN d.om_revenue ELSE meter.open_revenue + d.om_revenue END,
+                open_readings = CASE WHEN d.om_starts THEN d.om_readings ELSE meter.open_readings + d.om_readings END,
+                open_faults = CASE WHEN d.om_starts THEN d.om_faults ELSE meter.open_faults + d.om_faults END,
+                open_good = CASE WHEN d.om_starts THEN d.om_good ELSE meter.open_good + d.om_good END,
+                open_fair = CASE WHEN d.om_starts THEN d.om_fair ELSE meter.open_fair + d.om_fair END,
+                open_poor = CASE WHEN d.om_starts THEN d.om_poor ELSE meter.open_poor + d.om_poor END,
+                open_latency_sum_ms = CASE WHEN d.om_starts THEN d.om_latency_sum ELSE meter.open_latency_sum_ms + d.om_latency_sum END,
+                open_latency_count = CASE WHEN d.om_starts THEN d.om_readings ELSE meter.open_latency_count + d.om_readings END,
+                open_latency_max_ms = CASE WHEN d.om_starts THEN d.om_latency_max
+                                           ELSE GREATEST(meter.open_latency_max_ms, d.om_latency_max) END,
+                open_estimated = CASE WHEN d.om_starts THEN d.om_estimated ELSE meter.open_estimated + d.om_estimated END,
+                open_estimated_kwh = CASE WHEN d.om_starts THEN d.om_estimated_kwh ELSE meter.open_estimated_kwh + d.om_estimated_kwh END,
+                open_day = CASE WHEN d.od_day = null_integer THEN meter.open_day ELSE d.od_day END,
+                open_day_readings = CASE WHEN d.od_starts THEN d.od_readings ELSE meter.open_day_readings + d.od_readings END,
+                open_day_spacing_sum_ms = CASE WHEN d.od_starts THEN d.od_spacing_sum
+                                               ELSE meter.open_day_spacing_sum_ms + d.od_spacing_sum END,
+                open_day_spacing_count = CASE WHEN d.od_starts THEN d.od_spacing_count
+                                              ELSE meter.open_day_spacing_count + d.od_spacing_count END
+            FROM (SELECT unnest(m_id) AS id, unnest(m_previous_hwm) AS previous_hwm, unnest(m_hwm) AS hwm,
+                         unnest(m_first_seen) AS first_seen, unnest(m_last_received) AS last_received, unnest(m_last_ts) AS last_ts,
+                         unnest(m_last_status) AS last_status, unnest(m_has_readings) AS has_readings,
+                         unnest(m_last_fault) AS last_fault, unnest(m_readings) AS readings, unnest(m_faults) AS faults,
+                         unnest(m_duplicates) AS duplicates, unnest(m_last_position) AS last_position,
+                         unnest(m_last_register) AS last_register, unnest(m_last_register_ts) AS last_register_ts,
+                         unnest(m_zero_since) AS zero_since, unnest(m_zero_flagged) AS zero_flagged,
+                         unnest(m_first_day) AS first_day,
+                         unnest(om_month) AS om_month, unnest(om_starts) AS om_starts, unnest(om_kwh) AS om_kwh,
+                         unnest(om_revenue) AS om_revenue, unnest(om_readings) AS om_readings, unnest(om_faults) AS om_faults,
+                         unnest(om_good) AS om_good, unnest(om_fair) AS om_fair, unnest(om_poor) AS om_poor,
+                         unnest(om_latency_sum) AS om_latency_sum, unnest(om_latency_max) AS om_latency_max,
+                         unnest(om_estimated) AS om_estimated, unnest(om_estimated_kwh) AS om_estimated_kwh,
+                         unnest(od_day) AS od_day, unnest(od_starts) AS od_starts, unnest(od_readings) AS od_readings,
+                         unnest(od_spacing_sum) AS od_spacing_sum, unnest(od_spacing_count) AS od_spacing_count) AS d
+            WHERE meter.id = d.id AND meter.hwm_seq = d.previous_hwm;
+            GET DIAGNOSTICS updated = ROW_COUNT;
+            IF updated <> cardinality(m_id) THEN
+                RAISE EXCEPTION 'the high-water mark of % meter(s) moved under this batch', cardinality(m_id) - updated
+                    USING ERRCODE = '40001';
+            END IF;
+
+            INSERT INTO meter_month AS mm (meter_id, month, kwh, revenue, readings, faults, good, fair, poor,
+                                           latency_sum_ms, latency_count, latency_max_ms, estimated, estimated_kwh)
+            SELECT meter, month, kwh, revenue, readings, faults, good, fair, poor, latency_sum, readings, latency_max, estimated, estimated_kwh
+            FROM (SELECT unnest(mm_meter) AS meter, unnest(mm_month) AS month, unnest(mm_kwh) AS kwh, unnest(mm_revenue) AS revenue,
+                         unnest(mm_readings) AS readings, unnest(mm_faults) AS faults, unnest(mm_good) AS good,
+                         unnest(mm_fair) AS fair, unnest(mm_poor) AS poor, unnest(mm_latency_sum) AS latency_sum,
+                         unnest(mm_latency_max) AS latency_max, unnest(mm_estimated) AS estimated,
+                         unnest(mm_estimated_kwh) AS estimated_kwh) AS m
+            ON CONFLICT (meter_id, month) DO UPDATE SET
+                kwh = mm.kwh + excluded.kwh, revenue = mm.revenue + excluded.revenue, readings = mm.readings + excluded.readings,
+                faults = mm.faults + excluded.faults, good = mm.good + excluded.good, fair = mm.fair + excluded.fair,
+                poor = mm.poor + excluded.poor, latency_sum_ms = mm.latency_sum_ms + excluded.latency_sum_ms,
+                latency_count = mm.latency_count + excluded.latency_count,
+                latency_max_ms = GREATEST(mm.latency_max_ms, excluded.latency_max_ms),
+                estimated = mm.estimated + excluded.estimated, estimated_kwh = mm.estimated_kwh + excluded.estimated_kwh;
+
+            INSERT INTO latency_month AS lm (month, region, bucket, count, sum_ms)
+            SELECT unnest(l_month), unnest(l_region), unnest(l_bucket), unnest(l_count), unnest(l_sum)
+            ON CONFLICT (month, region, bucket) DO UPDATE SET count = lm.count + excluded.count, sum_ms = lm.sum_ms + excluded.sum_ms;
+
+            -- The meter-days this batch created (xmax is 0 on a row inserted rather than updated): each is a
+            -- late reading's first of a day, one more reporting meter for the read success rate.
+            RETURN QUERY
+            WITH written AS (
+                INSERT INTO meter_day AS md (day, meter_id, readings, spacing_sum_ms, spacing_count)
+                SELECT unnest(d_day), unnest(d_meter), unnest(d_readings), unnest(d_spacing_sum), unnest(d_spacing_count)
                 ON CONFLICT (day, meter_id) DO UPDATE SET readings = md.readings + excluded.readings,
                     spacing_sum_ms = md.spacing_sum_ms + excluded.spacing_sum_ms, spacing_count = md.spacing_count + excluded.spacing_count
                 RETURNING md.day, md.meter_id, md.xmax::text = '0' AS inserted

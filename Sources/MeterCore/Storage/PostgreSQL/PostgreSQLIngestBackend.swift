@@ -29,6 +29,9 @@ final class PostgreSQLIngestBackend: IngestBackend {
     /// Readings and aggregates find out by themselves (the high-water marks moved); quarantined
     /// lines, which have no key, are looked up before the next commit sends them again.
     var lastOutcomeUnknown = false
+    /// Each meter's open month and day as its row held them at the cached high-water mark
+    /// (``PostgreSQLOpenPeriods``): loaded with the meters, kept by successful commits.
+    var openPeriods: [Int64: PostgreSQLOpenPeriods.Known] = [:]
 
     /// This node's name in the commit feed.
     let node: String
@@ -149,12 +152,16 @@ final class PostgreSQLIngestBackend: IngestBackend {
         let rows = try self.run(
             """
             SELECT id, name, hwm_seq, region, COALESCE(last_reading_position, 0), last_ts_ms, last_register_kwh, last_register_ts_ms,
-                   zero_since_ms, zero_flagged
+                   zero_since_ms, zero_flagged, open_month, open_day
             FROM meter
             """, "loading the meters")
+        var openPeriods: [Int64: PostgreSQLOpenPeriods.Known] = [:]
+        openPeriods.reserveCapacity(rows.count)
+        defer { self.openPeriods = openPeriods }
         return try rows.map { row in
-            let (id, name, hwm, region, position, lastTs, register, registerTs, zeroSince, zeroFlagged) = try row.decode(
-                (Int64, String, Int64, String, Int64, Int64?, Double?, Int64?, Int64?, Bool).self)
+            let (id, name, hwm, region, position, lastTs, register, registerTs, zeroSince, zeroFlagged, openMonth, openDay) = try row.decode(
+                (Int64, String, Int64, String, Int64, Int64?, Double?, Int64?, Int64?, Bool, Int64?, Int64?).self)
+            openPeriods[id] = PostgreSQLOpenPeriods.Known(month: openMonth.map(Int.init), day: openDay.map(Int.init))
             return StoredMeterState(
                 id: id, name: name, region: region, highWaterMark: hwm, lastReadingRowID: position, lastTimestampMs: lastTs,
                 lastRegister: register, lastRegisterTimestampMs: registerTs,
@@ -287,6 +294,7 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
             ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id
             """, "registering meter \(name)")
         guard let id = try rows.first?.decode(Int64.self) else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
+        self.registered(id)
         return id
     }
 
@@ -306,8 +314,16 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         }
         return try names.map { name in
             guard let id = ids[name] else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
+            self.registered(id)
             return id
         }
+    }
+
+    /// A meter new to this writer has no open periods, as its row has none unless another node
+    /// committed readings of it; then its high-water mark moved too, so the meter's first commit
+    /// here rolls back and the writer reloads it.
+    private func registered(_ id: Int64) {
+        if self.backend.openPeriods[id] == nil { self.backend.openPeriods[id] = PostgreSQLOpenPeriods.Known() }
     }
 
     func writeAggregates(_ aggregates: BatchAggregates, regionNames: [String]) throws {
@@ -324,8 +340,10 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         if self.backend.lastOutcomeUnknown, !self.quarantined.received.isEmpty {
             try self.dropQuarantinedLinesAlreadyStored()
         }
+        var aggregates = self.aggregates ?? BatchAggregates()
+        let shares = PostgreSQLOpenPeriods.split(&aggregates, known: self.backend.openPeriods)
         let statement = PostgreSQLCommitStatement(
-            readings: self.readings, flags: self.flags, quarantined: self.quarantined, aggregates: self.aggregates ?? BatchAggregates(),
+            readings: self.readings, flags: self.flags, quarantined: self.quarantined, aggregates: aggregates, openShares: shares,
             regionNames: self.regionNames, node: self.backend.node, feedPayload: ByteBuffer(bytes: CommitFeedPayload.encode(self.published)))
         guard !statement.isEmpty else { return }
         let rows: [PostgresRow]
@@ -336,6 +354,9 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
             throw error
         }
         self.backend.lastOutcomeUnknown = false
+        for (meterID, share) in shares {
+            self.backend.openPeriods[meterID] = PostgreSQLOpenPeriods.after(self.backend.openPeriods[meterID] ?? .init(), share)
+        }
         var started: [AggregateDelta.MeterDayKey] = []
         for row in rows {
             let (day, meterID, xid) = try row.decode((Int64?, Int64?, Int64?).self)

@@ -123,7 +123,7 @@ package final class PostgreSQLMeterStore: MeterStore {
                 store.addMeter(id: id, name: name, customerID: customer, region: region)
             }
             for row in try await self.rows(
-                connection, "SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status, estimated FROM meter_month")
+                connection, "SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status, estimated FROM meter_month_all")
             {
                 let (month, meter, kwh, revenue, readings, faults, good, fair, poor, imported, estimated) = try row.decode(
                     (Int64, Int64, Double, Double, Int64, Int64, Int64, Int64, Int64, Int64?, Int64).self)
@@ -173,7 +173,7 @@ package final class PostgreSQLMeterStore: MeterStore {
             for row in try await self.rows(
                 connection,
                 """
-                SELECT d.day, m.region, count(*) FROM meter_day d JOIN meter m ON m.id = d.meter_id WHERE d.readings > 0
+                SELECT d.day, m.region, count(*) FROM meter_day_all d JOIN meter m ON m.id = d.meter_id WHERE d.readings > 0
                 GROUP BY d.day, m.region
                 """)
             {
@@ -185,7 +185,7 @@ package final class PostgreSQLMeterStore: MeterStore {
             for row in try await self.rows(
                 connection,
                 """
-                SELECT meter_id, day / 100, sum(readings)::bigint, sum(spacing_sum_ms)::bigint, sum(spacing_count)::bigint FROM meter_day
+                SELECT meter_id, day / 100, sum(readings)::bigint, sum(spacing_sum_ms)::bigint, sum(spacing_count)::bigint FROM meter_day_all
                 WHERE day >= \(firstDay) AND day <= \(lastDay) GROUP BY meter_id, day / 100
                 """)
             {
@@ -262,7 +262,7 @@ package final class PostgreSQLMeterStore: MeterStore {
         }
         let days = try await self.reader.query(
             """
-            SELECT d.day, d.meter_id, d.readings, d.spacing_sum_ms, d.spacing_count FROM meter_day d JOIN meter m ON m.id = d.meter_id
+            SELECT d.day, d.meter_id, d.readings, d.spacing_sum_ms, d.spacing_count FROM meter_day_all d JOIN meter m ON m.id = d.meter_id
             WHERE d.day >= \(from.key) AND d.day <= \(through.key) AND (\(region)::text IS NULL OR m.region = \(region))
             """
         ).map { row in
@@ -338,7 +338,7 @@ package final class PostgreSQLMeterStore: MeterStore {
             """
             SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
                    mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status, mm.estimated, mm.estimated_kwh
-            FROM meter_month mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = \(name) ORDER BY mm.month
+            FROM meter_month_all mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = \(name) ORDER BY mm.month
             """
         ).map { row in
             let (month, kwh, revenue, readings, faults, good, fair, poor, latencySum, latencyCount, latencyMax, imported, estimated, estimatedKwh) =
@@ -418,7 +418,7 @@ package final class PostgreSQLMeterStore: MeterStore {
             """
             SELECT mm.month, SUM(mm.kwh), SUM(mm.revenue), SUM(mm.readings)::bigint, SUM(mm.faults)::bigint, SUM(mm.good)::bigint,
                    SUM(mm.fair)::bigint, SUM(mm.poor)::bigint, MAX(mm.imported_status), SUM(mm.estimated)::bigint
-            FROM meter_month mm JOIN meter m ON m.id = mm.meter_id
+            FROM meter_month_all mm JOIN meter m ON m.id = mm.meter_id
             WHERE m.customer_id = \(id) GROUP BY mm.month ORDER BY mm.month
             """
         ).map { row in

@@ -331,6 +331,75 @@ enum PostgreSQLSchema {
                 """,
                 "CREATE INDEX http_session_expiry ON http_session (expires_ms)",
             ]),
+        // Issue 13 point 8: each meter's newest month and day are summed in its own row, which every
+        // commit updates anyway, instead of an upsert of a `meter_month` and a `meter_day` row per
+        // meter and commit (``PostgreSQLOpenPeriods``). Readers go through the views, which add the
+        // open sums to the rows; a meter-month (meter-day) may have both a row and open sums (rows
+        // written before this migration, company imports, late readings), and the views add them.
+        // The commit functions take new parameters, so every node must run this version: one not
+        // yet upgraded fails its commits (and answers `busy`) until it is.
+        Migration(
+            name: "v7-open-periods-in-meter-rows",
+            statements: [
+                """
+                ALTER TABLE meter
+                    ADD COLUMN open_month integer,
+                    ADD COLUMN open_kwh double precision NOT NULL DEFAULT 0,
+                    ADD COLUMN open_revenue double precision NOT NULL DEFAULT 0,
+                    ADD COLUMN open_readings bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_faults bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_good bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_fair bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_poor bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_latency_sum_ms bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_latency_count bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_latency_max_ms bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_estimated bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_estimated_kwh double precision NOT NULL DEFAULT 0,
+                    ADD COLUMN open_day integer,
+                    ADD COLUMN open_day_readings bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_day_spacing_sum_ms bigint NOT NULL DEFAULT 0,
+                    ADD COLUMN open_day_spacing_count bigint NOT NULL DEFAULT 0
+                """,
+                """
+                CREATE VIEW meter_month_all AS
+                SELECT mm.meter_id, mm.month,
+                       mm.kwh + COALESCE(o.open_kwh, 0) AS kwh, mm.revenue + COALESCE(o.open_revenue, 0) AS revenue,
+                       mm.readings + COALESCE(o.open_readings, 0) AS readings, mm.faults + COALESCE(o.open_faults, 0) AS faults,
+                       mm.good + COALESCE(o.open_good, 0) AS good, mm.fair + COALESCE(o.open_fair, 0) AS fair,
+                       mm.poor + COALESCE(o.open_poor, 0) AS poor,
+                       mm.latency_sum_ms + COALESCE(o.open_latency_sum_ms, 0) AS latency_sum_ms,
+                       mm.latency_count + COALESCE(o.open_latency_count, 0) AS latency_count,
+                       GREATEST(mm.latency_max_ms, COALESCE(o.open_latency_max_ms, 0)) AS latency_max_ms,
+                       mm.imported_status, mm.imported_kwh, mm.imported_revenue,
+                       mm.estimated + COALESCE(o.open_estimated, 0) AS estimated,
+                       mm.estimated_kwh + COALESCE(o.open_estimated_kwh, 0) AS estimated_kwh
+                FROM meter_month mm LEFT JOIN meter o ON o.id = mm.meter_id AND o.open_month = mm.month
+                UNION ALL
+                SELECT o.id, o.open_month, o.open_kwh, o.open_revenue, o.open_readings, o.open_faults, o.open_good, o.open_fair,
+                       o.open_poor, o.open_latency_sum_ms, o.open_latency_count, o.open_latency_max_ms,
+                       NULL::smallint, NULL::double precision, NULL::double precision, o.open_estimated, o.open_estimated_kwh
+                FROM meter o
+                WHERE o.open_month IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM meter_month mm WHERE mm.meter_id = o.id AND mm.month = o.open_month)
+                """,
+                """
+                CREATE VIEW meter_day_all AS
+                SELECT md.day, md.meter_id, md.readings + COALESCE(o.open_day_readings, 0) AS readings,
+                       md.spacing_sum_ms + COALESCE(o.open_day_spacing_sum_ms, 0) AS spacing_sum_ms,
+                       md.spacing_count + COALESCE(o.open_day_spacing_count, 0) AS spacing_count
+                FROM meter_day md LEFT JOIN meter o ON o.id = md.meter_id AND o.open_day = md.day
+                UNION ALL
+                SELECT o.open_day, o.id, o.open_day_readings, o.open_day_spacing_sum_ms, o.open_day_spacing_count
+                FROM meter o
+                WHERE o.open_day IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM meter_day md WHERE md.day = o.open_day AND md.meter_id = o.id)
+                """,
+                "DROP FUNCTION meterd_commit",
+                "DROP FUNCTION meterd_commit_batch",
+                PostgreSQLCommitStatement.functionDefinitionV7,
+                PostgreSQLCommitStatement.commitFunctionDefinitionV7,
+            ]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
