@@ -266,7 +266,7 @@ import Testing
             let months = try await store.meterMonths(named: "A").map { [$0.month.key: [$0.readings, Int64($0.kwh)]] }
             #expect(months == [[202611: [9, 46]], [202612: [1, 9]]])
             #expect(try await store.meterMonths(named: "B").map { [$0.month.key: [$0.readings, Int64($0.kwh)]] } == [[202611: [2, 3]]])
-            let facts = try await store.readDays(from: Day(key: 20261101), through: Day(key: 20261231), region: nil)
+            let facts = try await store.readDays(from: Day(key: 20_261_101), through: Day(key: 20_261_231), region: nil)
             let names = Dictionary(uniqueKeysWithValues: facts.meters.map { ($0.id, $0.name) })
             let days = Set(facts.days.map { "\(names[$0.meterID] ?? "?") \($0.day.key) \($0.readings)" })
             #expect(
@@ -304,7 +304,7 @@ import Testing
                 do {
                     _ = try writer.commit([self.submission([reading], receivedMs: WallClock.nowMs())])
                     return
-                } catch where writer.lostRace(error) {
+                } catch let error where writer.lostRace(error) {
                     lostRaces += 1
                 }
             }
@@ -316,7 +316,7 @@ import Testing
         try commit(one, seq: 4, "2026-11-11T12:00:00Z")  // late, of a closed day
         #expect(lostRaces == 2)
 
-        let facts = try await first.readDays(from: Day(key: 20261101), through: Day(key: 20261130), region: nil)
+        let facts = try await first.readDays(from: Day(key: 20_261_101), through: Day(key: 20_261_130), region: nil)
         #expect(Set(facts.days.map { "\($0.day.key) \($0.readings)" }) == ["20261110 1", "20261111 2", "20261112 1"])
         #expect(try await first.meterMonths(named: "A").map { [$0.readings, Int64($0.kwh)] } == [[4, 10]])
         #expect(try await first.firstColumnText("SELECT day || ' ' || readings FROM meter_day ORDER BY day") == ["20261110 1", "20261111 2"])

@@ -123,7 +123,8 @@ package final class PostgreSQLMeterStore: MeterStore {
                 store.addMeter(id: id, name: name, customerID: customer, region: region)
             }
             for row in try await self.rows(
-                connection, "SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status, estimated FROM meter_month_all")
+                connection,
+                "SELECT month, meter_id, kwh, revenue, readings, faults, good, fair, poor, imported_status, estimated FROM meter_month_all")
             {
                 let (month, meter, kwh, revenue, readings, faults, good, fair, poor, imported, estimated) = try row.decode(
                     (Int64, Int64, Double, Double, Int64, Int64, Int64, Int64, Int64, Int64?, Int64).self)
