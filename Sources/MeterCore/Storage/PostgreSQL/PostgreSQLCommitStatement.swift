@@ -534,6 +534,14 @@ extension PostgreSQLCommitStatement {
     /// other node changed the row in between, since open sums change only with readings. A
     /// meter-day the batch opens was started by it unless `meter_day` has its row already (rows
     /// written before v7, or by a late reading).
+    ///
+    /// The move-out locks a month (day) row before the meter rows, the late readings' upserts
+    /// after them, and still no two commits wait for each other in a circle: a move-out takes the
+    /// period the row holds as open, and a late reading's upsert one older than the period its
+    /// writer knows as open, which is never newer than the row's; so no move-out and upsert ever
+    /// meet on one row, and move-outs lock their rows in meter order. (Moving the sums out in the
+    /// update's own statement, with data-modifying CTEs, took PostgreSQL 6 % more per reading in
+    /// (b) even when nothing moved.)
     static let functionDefinitionV7 = """
         CREATE FUNCTION meterd_commit_batch(
         \(Self.batchParametersV7)
