@@ -287,6 +287,50 @@ import Testing
         }
     }
 
+    /// A database migrated to v7 keeps its `meter_month` and `meter_day` rows, and its meters start
+    /// with no open periods: the period a meter then opens may have a row already. The views add
+    /// both, moving the open sums out adds to the row, and a day with a row is not started again.
+    @Test(.timeLimit(.minutes(2)))
+    func rowsWrittenBeforeOpenPeriodsAreAddedToNotCountedAgain() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        func commit(_ writer: any MeterStoreWriter, seq: Int64, _ time: String) throws {
+            let reading = Reading(meter: "A", seq: seq, timestampMs: try #require(RFC3339.parseMilliseconds(time)), kwh: Double(seq))
+            _ = try writer.commit([self.submission([reading], receivedMs: WallClock.nowMs())])
+        }
+        try commit(try store.makeWriter(WriterSettings()), seq: 1, "2026-11-10T10:00:00Z")
+        // The state v7 finds: the sums in the tables, none in the meter row
+        _ = try await store.firstColumnText(
+            """
+            WITH m AS (INSERT INTO meter_month (meter_id, month, kwh, revenue, readings, faults, good, fair, poor, latency_sum_ms,
+                                                latency_count, latency_max_ms, estimated, estimated_kwh)
+                       SELECT id, open_month, open_kwh, open_revenue, open_readings, open_faults, open_good, open_fair, open_poor,
+                              open_latency_sum_ms, open_latency_count, open_latency_max_ms, open_estimated, open_estimated_kwh FROM meter),
+                 d AS (INSERT INTO meter_day (day, meter_id, readings, spacing_sum_ms, spacing_count)
+                       SELECT open_day, id, open_day_readings, open_day_spacing_sum_ms, open_day_spacing_count FROM meter)
+            UPDATE meter SET open_month = NULL, open_kwh = 0, open_revenue = 0, open_readings = 0, open_faults = 0, open_good = 0,
+                             open_fair = 0, open_poor = 0, open_latency_sum_ms = 0, open_latency_count = 0, open_latency_max_ms = 0,
+                             open_estimated = 0, open_estimated_kwh = 0, open_day = NULL, open_day_readings = 0,
+                             open_day_spacing_sum_ms = 0, open_day_spacing_count = 0
+            RETURNING name
+            """)
+        #expect(try await store.meterMonths(named: "A").map { [$0.readings, Int64($0.kwh)] } == [[1, 1]])
+
+        // When a writer that loaded that state commits the same day again, then the next day
+        let writer = try store.makeWriter(WriterSettings())
+        try commit(writer, seq: 2, "2026-11-10T11:00:00Z")
+        #expect(try await store.meterMonths(named: "A").map { [$0.readings, Int64($0.kwh)] } == [[2, 3]])
+        try commit(writer, seq: 3, "2026-11-11T10:00:00Z")
+
+        // Then the views hold every reading once, the old day's row took the open sums, and only
+        // the two days' first readings started a day
+        let facts = try await store.readDays(from: Day(key: 20_261_101), through: Day(key: 20_261_130), region: nil)
+        #expect(Set(facts.days.map { "\($0.day.key) \($0.readings)" }) == ["20261110 2", "20261111 1"])
+        #expect(try await store.meterMonths(named: "A").map { [$0.readings, Int64($0.kwh)] } == [[3, 6]])
+        #expect(try await store.firstColumnText("SELECT day || ' ' || readings FROM meter_day") == ["20261110 2"])
+        #expect(try await store.firstColumnText("SELECT sum(cardinality(started_days))::text FROM commit_feed") == ["2"])
+    }
+
     /// Two nodes' writers each know a meter's open periods as of their own last commit of it. A
     /// writer that decides on periods another node has moved on from must lose the race (its batch
     /// rolls back on the meter's high-water mark), reload, and then file its readings right.
