@@ -157,8 +157,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
             """, "loading the meters")
         var openPeriods: [Int64: PostgreSQLOpenPeriods.Known] = [:]
         openPeriods.reserveCapacity(rows.count)
-        defer { self.openPeriods = openPeriods }
-        return try rows.map { row in
+        let meters = try rows.map { row in
             let (id, name, hwm, region, position, lastTs, register, registerTs, zeroSince, zeroFlagged, openMonth, openDay) = try row.decode(
                 (Int64, String, Int64, String, Int64, Int64?, Double?, Int64?, Int64?, Bool, Int64?, Int64?).self)
             openPeriods[id] = PostgreSQLOpenPeriods.Known(month: openMonth.map(Int.init), day: openDay.map(Int.init))
@@ -167,6 +166,8 @@ final class PostgreSQLIngestBackend: IngestBackend {
                 lastRegister: register, lastRegisterTimestampMs: registerTs,
                 zeroRun: MeteringRules.ZeroRun(sinceMs: zeroSince, flagged: zeroFlagged))
         }
+        self.openPeriods = openPeriods
+        return meters
     }
 
     /// Aggregates commit with their readings in the same statement: nothing is ever past the watermark.
@@ -355,7 +356,7 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
         }
         self.backend.lastOutcomeUnknown = false
         for (meterID, share) in shares {
-            self.backend.openPeriods[meterID] = PostgreSQLOpenPeriods.after(self.backend.openPeriods[meterID] ?? .init(), share)
+            self.backend.openPeriods[meterID, default: .init()].take(share)
         }
         var started: [AggregateDelta.MeterDayKey] = []
         for row in rows {

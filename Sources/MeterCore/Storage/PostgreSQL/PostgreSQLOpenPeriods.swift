@@ -36,34 +36,42 @@ struct PostgreSQLOpenPeriods {
     /// of the batch is its open one if the row's is older or the same; an older one is a late
     /// reading's and stays in the table.
     static func split(_ aggregates: inout BatchAggregates, known: [Int64: Known]) -> [Int64: Share] {
-        var newestMonth: [Int64: Int] = [:]
-        for key in aggregates.months.keys where aggregates.meters[key.meterID] != nil && known[key.meterID] != nil {
-            newestMonth[key.meterID] = max(newestMonth[key.meterID] ?? key.month, key.month)
-        }
-        var newestDay: [Int64: Int] = [:]
-        for key in aggregates.days.keys where aggregates.meters[key.meterID] != nil && known[key.meterID] != nil {
-            newestDay[key.meterID] = max(newestDay[key.meterID] ?? key.day, key.day)
-        }
         var shares: [Int64: Share] = [:]
-        for (meterID, month) in newestMonth {
+        let months = Self.newest(aggregates.months.keys.lazy.map { ($0.meterID, $0.month) }, of: aggregates, known: known)
+        for (meterID, month) in months {
             let open = known[meterID]?.month
-            guard open.map({ month >= $0 }) ?? true else { continue }
-            let key = MonthKey(meterID: meterID, month: month)
-            guard let delta = aggregates.months.removeValue(forKey: key) else { continue }
+            guard open.map({ month >= $0 }) ?? true,
+                let delta = aggregates.months.removeValue(forKey: MonthKey(meterID: meterID, month: month))
+            else { continue }
             shares[meterID, default: Share()].month = (month, open != month, delta)
         }
-        for (meterID, day) in newestDay {
+        let days = Self.newest(aggregates.days.keys.lazy.map { ($0.meterID, $0.day) }, of: aggregates, known: known)
+        for (meterID, day) in days {
             let open = known[meterID]?.day
-            guard open.map({ day >= $0 }) ?? true else { continue }
-            let key = DayKey(day: day, meterID: meterID)
-            guard let delta = aggregates.days.removeValue(forKey: key) else { continue }
+            guard open.map({ day >= $0 }) ?? true, let delta = aggregates.days.removeValue(forKey: DayKey(day: day, meterID: meterID))
+            else { continue }
             shares[meterID, default: Share()].day = (day, open != day, delta)
         }
         return shares
     }
 
-    /// The open periods a meter's row holds after a commit of `share` on top of `known`.
-    static func after(_ known: Known, _ share: Share) -> Known {
-        Known(month: share.month?.key ?? known.month, day: share.day?.key ?? known.day)
+    /// Each meter's newest period among `periods` (meter, period key), for the batch's meters whose
+    /// open periods are known: a share of any other meter would have no row update to ride on.
+    private static func newest(
+        _ periods: some Sequence<(Int64, Int)>, of aggregates: BatchAggregates, known: [Int64: Known]
+    ) -> [Int64: Int] {
+        var newest: [Int64: Int] = [:]
+        for (meterID, period) in periods where aggregates.meters[meterID] != nil && known[meterID] != nil {
+            newest[meterID] = max(newest[meterID] ?? period, period)
+        }
+        return newest
+    }
+}
+
+extension PostgreSQLOpenPeriods.Known {
+    /// The open periods the row holds once a commit of `share` has made it.
+    mutating func take(_ share: PostgreSQLOpenPeriods.Share) {
+        if let month = share.month { self.month = month.key }
+        if let day = share.day { self.day = day.key }
     }
 }
