@@ -255,10 +255,19 @@ import Testing
                 // Then within a few seconds both nodes answer the same KPI document, counting each reading once
                 let started = ContinuousClock.now
                 var documents: [KPIDocument] = []
-                try await waitUntil(timeout: .seconds(10)) {
+                try await waitUntil(
+                    timeout: .seconds(10),
+                    detail: {
+                        let keys = documents.count == 2 ? (try? PostgreSQLClusterTests.differingKeys(documents[0], documents[1])) ?? [] : []
+                        let (totals, polls) = (documents.map(\.totalConsumptionKwh), nodes.map { $0.daemon.feed?.polls ?? 0 })
+                        return "A and B differ in \(keys); total kWh \(totals), expected \(expectedKwh); feed polls \(polls)"
+                    }
+                ) {
                     let at = WallClock.nowMs()
                     documents = [try await Self.kpis(a, nowMs: at), try await Self.kpis(b, nowMs: at)]
-                    return documents[0] == documents[1] && abs(documents[0].totalConsumptionKwh - expectedKwh) < 1e-9
+                    // (each node sums the same deltas in its own order: revenue agrees to 1e-9 relative)
+                    return try sameFigures(try AnswerEncoder.json(documents[0]), try AnswerEncoder.json(documents[1]))
+                        && abs(documents[0].totalConsumptionKwh - expectedKwh) < 1e-9
                 }
                 #expect(ContinuousClock.now - started < .seconds(3), "other nodes' commits show within a poll or two")
                 #expect(abs(documents[1].totalConsumptionKwh - expectedKwh) < 1e-9)

@@ -158,8 +158,22 @@ struct PostgreSQLClusterTests {
                 try await Task.sleep(for: .seconds(2))
                 step("B is back; crashing PostgreSQL")
                 try await server.crash()
-                try await poll(timeout: .seconds(30), "A notices the outage") {
-                    (try? await httpGet(port: a.http, path: "/readyz").status) == 503
+                var lastReadyz = "no answer"
+                try await poll(
+                    timeout: .seconds(30), "A notices the outage",
+                    detail: {
+                        let exit = a.daemon.process.exitStatus.map { "exited with \($0)" } ?? "running"
+                        return "last /readyz: \(lastReadyz); A \(exit):\n\(a.daemon.process.output.suffix(3_000))"
+                    }
+                ) {
+                    do {
+                        let answer = try await httpGet(port: a.http, path: "/readyz")
+                        lastReadyz = "\(answer.status) \(answer.body)"
+                        return answer.status == 503
+                    } catch {
+                        lastReadyz = "\(error)"
+                        return false
+                    }
                 }
                 try await Task.sleep(for: .seconds(2))
                 step("A saw the outage; starting PostgreSQL")
@@ -324,12 +338,15 @@ struct ClusterDatabase {
     }
 }
 
-/// Polls `condition` every 200 ms until it holds; records an issue naming `what` on timeout.
-func poll(timeout: Duration, _ what: String, _ condition: () async throws -> Bool) async throws {
+/// Polls `condition` every 200 ms until it holds; on timeout records an issue naming `what`, with
+/// `detail()` (what was last seen) to say why.
+func poll(
+    timeout: Duration, _ what: String, detail: () -> String = { "" }, _ condition: () async throws -> Bool
+) async throws {
     let deadline = ContinuousClock.now + timeout
     while !(try await condition()) {
         guard ContinuousClock.now < deadline else {
-            Issue.record("not within \(timeout): \(what)")
+            Issue.record("not within \(timeout): \(what)\n\(detail())")
             throw CancellationError()
         }
         try await Task.sleep(for: .milliseconds(200))

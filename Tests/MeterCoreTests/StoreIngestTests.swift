@@ -780,49 +780,54 @@ import Testing
     /// changes and the row's page has room (migration `v4-meter-updates-in-place`).
     @Test(.timeLimit(.minutes(2)))
     func metersAreUpdatedInPlace() async throws {
-        let address = try await PostgresTestServer.shared().createDatabase()
-        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
-        // No index of meter names last_received_ms, and half of each page is kept free
-        let definitions = try await store.firstColumnText("SELECT indexdef FROM pg_indexes WHERE tablename = 'meter'")
-        #expect(definitions.contains { $0.contains("first_seen_ms IS NULL") })
-        for definition in definitions { #expect(!definition.contains("last_received_ms"), "\(definition)") }
-        #expect(try await store.firstColumnText("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'meter'") == ["fillfactor=50"])
+        // On a cluster of its own: how often PostgreSQL can prune a page's old row versions (and so
+        // update in place) depends on the transactions of every other database on the server, and
+        // with the other tests' on the shared one it measured anywhere from 48 to 95 %.
+        try await PostgresTestServer.with { server in
+            let address = try await server.createDatabase()
+            let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+            // No index of meter names last_received_ms, and half of each page is kept free
+            let definitions = try await store.firstColumnText("SELECT indexdef FROM pg_indexes WHERE tablename = 'meter'")
+            #expect(definitions.contains { $0.contains("first_seen_ms IS NULL") })
+            for definition in definitions { #expect(!definition.contains("last_received_ms"), "\(definition)") }
+            #expect(
+                try await store.firstColumnText("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'meter'") == ["fillfactor=50"])
 
-        // Given 200 meters that each send one reading per commit, 20 commits in a row
-        let writer = try store.makeWriter(WriterSettings())
-        let start = WallClock.nowMs() - 60_000
-        for commit in 0..<20 {
-            let readings = (0..<200).map { meter in
-                SubmittedReading(
-                    reading: Reading(meter: "H\(meter)", seq: Int64(commit), timestampMs: start + Int64(commit) * 1_000, kwh: 0.1),
-                    line: commit + 1, receivedMs: start + Int64(commit) * 1_000)
+            // Given 200 meters that each send one reading per commit, 20 commits in a row
+            let writer = try store.makeWriter(WriterSettings())
+            let start = WallClock.nowMs() - 60_000
+            for commit in 0..<20 {
+                let readings = (0..<200).map { meter in
+                    SubmittedReading(
+                        reading: Reading(meter: "H\(meter)", seq: Int64(commit), timestampMs: start + Int64(commit) * 1_000, kwh: 0.1),
+                        line: commit + 1, receivedMs: start + Int64(commit) * 1_000)
+                }
+                _ = try writer.commit([IngestSubmission(readings: readings, receiver: nil)])
             }
-            _ = try writer.commit([IngestSubmission(readings: readings, receiver: nil)])
-        }
-        // Then (once the writer's session reports its statistics, within about 10 s of going idle)
-        // most of the 4,000 row updates were made in place: before migration v4 none could be. How
-        // many more than half depends on when the server prunes a page's old row versions, which
-        // other sessions on the shared test server delay (85 % in a loaded parallel run, over 90 % alone).
-        var updates: (all: Int64, inPlace: Int64) = (0, 0)
-        let deadline = ContinuousClock.now + .seconds(30)
-        while ContinuousClock.now < deadline {
-            let row = try await store.firstColumnText(
-                "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'meter'"
-            ).first?.split(separator: " ").compactMap { Int64($0) }
-            if let row, row.count == 2, row[0] >= 4_000 {
-                updates = (row[0], row[1])
-                break
+            // Then (once the writer's session reports its statistics, within about 10 s of going idle)
+            // all but the first commit's updates were made in place: before migration v4 none could
+            // be, and the first sets `first_seen_ms`, which the inactive meters' index names.
+            var updates: (all: Int64, inPlace: Int64) = (0, 0)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                let row = try await store.firstColumnText(
+                    "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'meter'"
+                ).first?.split(separator: " ").compactMap { Int64($0) }
+                if let row, row.count == 2, row[0] >= 4_000 {
+                    updates = (row[0], row[1])
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(250))
             }
-            try await Task.sleep(for: .milliseconds(250))
+            #expect(updates.all >= 4_000)
+            #expect(Double(updates.inPlace) >= 0.9 * Double(updates.all), "\(updates.inPlace) of \(updates.all) meter updates in place")
+            // And meters that never reported are still counted as inactive, through the new predicate
+            #expect(try await store.inactiveMeterCount(region: nil) == 0)
+            _ = try await store.firstColumnText("INSERT INTO meter (name, region) VALUES ('never-1', 'North') RETURNING name")
+            #expect(try await store.inactiveMeterCount(region: nil) == 1)
+            #expect(try await store.inactiveMeterCount(region: "North") == 1)
+            #expect(try await store.inactiveMeters(region: nil, limit: 10).map(\.meter) == ["never-1"])
         }
-        #expect(updates.all >= 4_000)
-        #expect(Double(updates.inPlace) >= 0.5 * Double(updates.all), "\(updates.inPlace) of \(updates.all) meter updates in place")
-        // And meters that never reported are still counted as inactive, through the new predicate
-        #expect(try await store.inactiveMeterCount(region: nil) == 0)
-        _ = try await store.firstColumnText("INSERT INTO meter (name, region) VALUES ('never-1', 'North') RETURNING name")
-        #expect(try await store.inactiveMeterCount(region: nil) == 1)
-        #expect(try await store.inactiveMeterCount(region: "North") == 1)
-        #expect(try await store.inactiveMeters(region: nil, limit: 10).map(\.meter) == ["never-1"])
     }
 
     /// Issue 13 point 8: a commit's cost follows its batch, not the fleet. The commit function's

@@ -18,14 +18,18 @@ func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws 
 }
 
 /// Polls a condition until it holds; never a fixed sleep.
-/// A condition that never holds is recorded at the caller's line.
+/// A condition that never holds is recorded at the caller's line, with `detail()` (what was last
+/// seen) when the caller gives one.
 func waitUntil(
-    timeout: Duration = .seconds(20), sourceLocation: SourceLocation = #_sourceLocation, _ condition: () async throws -> Bool
+    timeout: Duration = .seconds(20), sourceLocation: SourceLocation = #_sourceLocation, detail: () -> String = { "" },
+    _ condition: () async throws -> Bool
 ) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
         guard ContinuousClock.now < deadline else {
-            Issue.record("condition not met within \(timeout)", sourceLocation: sourceLocation)
+            let seen = detail()
+            let comment: Comment = seen.isEmpty ? "condition not met within \(timeout)" : "condition not met within \(timeout): \(seen)"
+            Issue.record(comment, sourceLocation: sourceLocation)
             throw CancellationError()
         }
         try await Task.sleep(for: .milliseconds(10))
