@@ -19,7 +19,9 @@ Scenarios
   raw100, raw1000  burst100 and burst1000's shape from Benchmarks/burstgen.py, a Python epoll
             generator that shares no code with meter-sim (all connections at once, the whole backlog
             in user space, half-close, read acks until closed)
-  ready  start-up to READY=1 with 100,000 meters (and 24 months of their history) in the database
+  ready  start-up to READY=1, and to the first /api/kpi answer (the KPI stores' first load), with
+         100,000 meters (and 24 months of their history) in the store (SQLite, or with --store
+         postgresql one node on the cluster)
   pgref  (with --store postgresql) issue 13 point 8's yardstick in the same run: PostgreSQL alone (psql)
          inserting (a)'s million readings in 5,000-row UNNEST batches into a month-partitioned table
          keyed (meter, ts, seq), bare and with one aggregate upsert and high-water update per reading
@@ -500,20 +502,42 @@ def floor_scenario(bindir, meters, sim_args, work):
     return {**figures("floor", meters, json.load(open(report)), cpu, rss), "sim_exit": sim.returncode}
 
 
-def startup_to_ready(bindir, work, customers):
+def startup_to_ready(bindir, work, customers, backend=None):
+    """Start-up to READY=1, and to the first /api/kpi answer (the KPI stores' first load), over a
+    fleet of `customers` meters with 24 months of company history; on PostgreSQL when `backend` has a cluster."""
+    import urllib.request
     csv_dir, data = os.path.join(work, "company"), os.path.join(work, "data-ready")
     subprocess.run([os.path.join(bindir, "meter-sim"), "generate", "--customers", str(customers), "--months", "24",
                     "--year", "2024", "--out", csv_dir], check=True, stdout=subprocess.DEVNULL)
     os.makedirs(data, exist_ok=True)
-    subprocess.run([os.path.join(bindir, "meterctl"), "import", csv_dir, "--db", os.path.join(data, "meterd.sqlite")],
+    cluster = backend.cluster if backend else None
+    if cluster:
+        url = cluster.create_database("bench_ready")
+        store_args, target = ["--store", url], ["--store", url]
+    else:
+        store_args, target = [], ["--db", os.path.join(data, "meterd.sqlite")]
+    subprocess.run([os.path.join(bindir, "meterctl"), "import", csv_dir, *target],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times = []
+    times, answers = [], []
     for _ in range(3):
-        daemon = Daemon(bindir, data)
+        daemon = Daemon(bindir, data, store_args)
         times.append(daemon.wait_ready())
+        port = json.load(open(os.path.join(data, "ports.json")))["http"]
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kpi", timeout=120) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        answers.append(time.monotonic() - daemon.started)
         daemon.stop()
-    size = os.path.getsize(os.path.join(data, "meterd.sqlite")) / 1e6
-    return {"scenario": "ready", "meters": customers, "ready_s": round(sorted(times)[1], 3), "db_mb": round(size)}
+    if cluster:
+        size = int(cluster.psql("bench_ready", "SELECT pg_database_size('bench_ready')")[0][0]) / 1e6
+    else:
+        size = os.path.getsize(os.path.join(data, "meterd.sqlite")) / 1e6
+    return {"scenario": "ready", "meters": customers, "ready_s": round(sorted(times)[1], 3),
+            "first_kpi_s": round(sorted(answers)[1], 3), "db_mb": round(size)}
 
 
 def main():
@@ -529,7 +553,7 @@ def main():
     args = parser.parse_args()
     if args.nodes > 1 and args.store != "postgresql":
         parser.error("--nodes above 1 needs --store postgresql: SQLite is one node")
-    only_sqlite = {"ready", "floor", "raw100", "raw1000", "a-tls"} & set(args.scenarios.split(","))
+    only_sqlite = {"floor", "raw100", "raw1000", "a-tls"} & set(args.scenarios.split(","))
     if args.store == "postgresql" and only_sqlite:
         parser.error(f"scenarios {', '.join(sorted(only_sqlite))} run on SQLite only")
     # 10,000 connections need 10,000 descriptors on each side; meterd and meter-sim raise their
@@ -567,7 +591,7 @@ def main():
         backend = Backend(args.store, args.nodes, work)
         for name in args.scenarios.split(","):
             if name == "ready":
-                results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000))
+                results.append(startup_to_ready(bindir, work, 100_000 if not q else 10_000, backend))
             elif name in ("raw100", "raw1000"):
                 results.append(raw_burst_scenario(name, bindir, 10_000 if not q else 2_000, int(name[3:]) if not q else 20, work,
                                                   args.meterd_arg))
@@ -596,7 +620,7 @@ def main():
         print(json.dumps(line), file=sys.stderr)
         results.append(line)
     columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "idle_rss_mb", "peak_rss_mb",
-               "max_queue_depth", "ack_p50_ms", "ack_p99_ms", "steady_p50_ms", "steady_p99_ms", "lost", "stored_twice", "ready_s"]
+               "max_queue_depth", "ack_p50_ms", "ack_p99_ms", "steady_p50_ms", "steady_p99_ms", "lost", "stored_twice", "ready_s", "first_kpi_s"]
     if args.store == "postgresql":
         columns += ["bare_cpu_s_per_million", "with_aggregates_cpu_s_per_million", "nodes", "meterd_cpu_s_per_million", "postgres_cpu_s_per_million", "lock_waits", "deadlocks", "retried_commits"]
     print(" | ".join(columns))
