@@ -338,19 +338,18 @@ struct ClusterDatabase {
     }
 }
 
-/// Polls `condition` every 200 ms until it holds; on timeout records an issue naming `what`, with
-/// `detail()` (what was last seen) to say why.
+/// ``waitUntil(timeout:interval:sourceLocation:detail:_:)`` every 200 ms (each condition here asks
+/// a node or the database), its failure naming `what` and then `detail()`.
 func poll(
-    timeout: Duration, _ what: String, detail: () -> String = { "" }, _ condition: () async throws -> Bool
+    timeout: Duration, _ what: String, sourceLocation: SourceLocation = #_sourceLocation, detail: () -> String = { "" },
+    _ condition: () async throws -> Bool
 ) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while !(try await condition()) {
-        guard ContinuousClock.now < deadline else {
-            Issue.record("not within \(timeout): \(what)\n\(detail())")
-            throw CancellationError()
-        }
-        try await Task.sleep(for: .milliseconds(200))
-    }
+    try await waitUntil(
+        timeout: timeout, interval: .milliseconds(200), sourceLocation: sourceLocation,
+        detail: {
+            let seen = detail()
+            return seen.isEmpty ? what : "\(what)\n\(seen)"
+        }, condition)
 }
 
 extension JSONDecoder {

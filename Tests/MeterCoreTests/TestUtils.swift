@@ -17,12 +17,12 @@ func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws 
     return try await body(path)
 }
 
-/// Polls a condition until it holds; never a fixed sleep.
+/// Polls a condition every `interval` until it holds; never a fixed sleep.
 /// A condition that never holds is recorded at the caller's line, with `detail()` (what was last
 /// seen) when the caller gives one.
 func waitUntil(
-    timeout: Duration = .seconds(20), sourceLocation: SourceLocation = #_sourceLocation, detail: () -> String = { "" },
-    _ condition: () async throws -> Bool
+    timeout: Duration = .seconds(20), interval: Duration = .milliseconds(10), sourceLocation: SourceLocation = #_sourceLocation,
+    detail: () -> String = { "" }, _ condition: () async throws -> Bool
 ) async throws {
     let deadline = ContinuousClock.now + timeout
     while try await !condition() {
@@ -32,7 +32,7 @@ func waitUntil(
             Issue.record(comment, sourceLocation: sourceLocation)
             throw CancellationError()
         }
-        try await Task.sleep(for: .milliseconds(10))
+        try await Task.sleep(for: interval)
     }
 }
 
