@@ -725,6 +725,105 @@ import Testing
         #expect(Int(open.first ?? "") ?? 99 <= PostgreSQLReader.maximumConnections, "idle reader connections: \(open)")
     }
 
+    /// A reader's deadline bounds the wait for each next row, not the whole answer: a long answer
+    /// that keeps coming is read to its end, whole and in order, and a large one arrives intact.
+    @Test(.timeLimit(.minutes(2)))
+    func aLongAnswerThatKeepsComingOutlivesTheReadersDeadline() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        var timeouts = PostgreSQLTimeouts()
+        timeouts.reader = .seconds(1)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger, timeouts: timeouts)
+
+        // Given rows of 200 kB that come 0.4 s apart, 2.4 s in all, and a reader's deadline of 1 s
+        let started = ContinuousClock.now
+        let slow = try await store.firstColumnText(
+            "SELECT g::text || ':' || repeat('x', 200000) || left(pg_sleep(0.4)::text, 0) FROM generate_series(1, 6) AS g")
+
+        // Then every row arrives, in order, after more than the deadline
+        #expect(ContinuousClock.now - started > .seconds(2))
+        #expect(slow.map { $0.prefix(while: { $0 != ":" }) } == ["1", "2", "3", "4", "5", "6"])
+        #expect(slow.allSatisfy { $0.count == 200_002 })
+
+        // And an answer with no row within the deadline still fails at it
+        let error = await #expect(throws: PostgreSQLStoreError.self) { try await store.firstColumnText("SELECT pg_sleep(2.5)::text") }
+        #expect(error?.description.contains("reading got no answer within 1 s") == true, "\(String(describing: error))")
+
+        // And 300,000 rows come back whole and in order
+        let many = try await store.firstColumnText("SELECT g::text FROM generate_series(1, 300000) AS g")
+        #expect(many.count == 300_000)
+        #expect(many.elementsEqual((1...300_000).lazy.map(String.init)))
+    }
+
+    /// Readers that find no KPI store wait for the one load under way (at start-up the snapshot,
+    /// the alert rules and the dashboard all ask at once, and at 100,000 meters each load is
+    /// seconds of a core and a hundred megabytes). A reader that is cancelled stops waiting at
+    /// once; a load no reader waits for any more is cancelled.
+    @Test(.timeLimit(.minutes(2)))
+    func readersWithoutAKPIStoreShareOneLoadAndACancelledOneStopsWaiting() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let locker = try await PostgreSQLConnector(address: address, logger: testLogger).connect(id: 9)
+        defer { locker.closeInBackground() }
+        // So that a query waiting for a lock ends when meterd closes its connection, as a cancelled
+        // load does: PostgreSQL notices a closed client only when it next reads or writes otherwise.
+        _ = try await locker.allRows(
+            PostgresQuery(unsafeSQL: "ALTER DATABASE \"\(address.database)\" SET client_connection_check_interval = '100ms'"), logger: testLogger)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let writer = try store.makeWriter(WriterSettings())
+        let now = WallClock.nowMs()
+        let reading = Reading(meter: "L1", seq: 1, timestampMs: now - 1_000, kwh: 1.5)
+        _ = try writer.commit([IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: now)], receiver: nil)])
+        func loadsWaitingForTheLock() async throws -> Int {
+            let count = try await store.firstColumnText(
+                """
+                SELECT count(*)::text FROM pg_stat_activity
+                WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%customer%'
+                """)
+            return Int(count.first ?? "") ?? -1
+        }
+
+        // Given a lock that holds every load at its first read of the customers
+        _ = try await locker.allRows("BEGIN", logger: testLogger)
+        _ = try await locker.allRows("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE", logger: testLogger)
+        let rollups = KPIRollups()
+
+        // When six readers ask for the store at once
+        let readers = (0..<6).map { _ in Task { try await rollups.load(from: store) } }
+        try await waitUntil { try await loadsWaitingForTheLock() == 2 }
+        try await Task.sleep(for: .milliseconds(500))
+
+        // Then one load runs (its meter-month and read-day halves, one query each at the lock)
+        #expect(rollups.loadsStarted == 1)
+        #expect(try await loadsWaitingForTheLock() == 2)
+
+        // And a cancelled reader stops waiting at once, while the load goes on for the others
+        let cancelledAt = ContinuousClock.now
+        readers[0].cancel()
+        await #expect(throws: CancellationError.self) { try await readers[0].value }
+        #expect(ContinuousClock.now - cancelledAt < .seconds(2))
+        #expect(try await loadsWaitingForTheLock() == 2)
+
+        // And once the lock goes, the others get the one store
+        _ = try await locker.allRows("COMMIT", logger: testLogger)
+        for reader in readers.dropFirst() { try await reader.value }
+        #expect(rollups.loadsStarted == 1 && rollups.loads == 1)
+        #expect(rollups.withStore { $0.meterCount } == 1)
+
+        // When the store must be loaded again and every reader of that load is cancelled
+        _ = try await locker.allRows("BEGIN", logger: testLogger)
+        _ = try await locker.allRows("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE", logger: testLogger)
+        rollups.companyDataChanged()
+        let abandoned = (0..<3).map { _ in Task { try await rollups.load(from: store) } }
+        try await waitUntil { try await loadsWaitingForTheLock() == 2 }
+        for reader in abandoned { reader.cancel() }
+        for reader in abandoned { await #expect(throws: CancellationError.self) { try await reader.value } }
+
+        // Then the load is cancelled too: its queries leave the lock's queue, and the next reader starts anew
+        try await waitUntil { try await loadsWaitingForTheLock() == 0 }
+        _ = try await locker.allRows("COMMIT", logger: testLogger)
+        try await rollups.load(from: store)
+        #expect(rollups.loadsStarted == 3 && rollups.loads == 2)
+    }
+
     /// ``PostgreSQLArray`` writes the binary array format itself: what PostgreSQL reads back must be
     /// what was bound, sentinels included (Int64.min for NULL, NaN, the empty string), and empty
     /// arrays must arrive as empty arrays of the right type.

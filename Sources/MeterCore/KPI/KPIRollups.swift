@@ -34,10 +34,26 @@ package final class KPIRollups: CommitListener, Sendable {
         var readSnapshot: CommitSnapshot?
         /// Stores loaded so far.
         var loads = 0
+        /// Loads under way and who waits for each. Every reader that finds no store joins the
+        /// ``currentLoad``: at 100,000 meters a load is seconds of a core and a hundred megabytes,
+        /// and the KPI snapshot, the alert rules and the first dashboard request all ask for one
+        /// at start-up. A load an import made stale runs on for its waiters, who then load again.
+        var loadsUnderWay: [Int: LoadUnderWay] = [:]
+        var currentLoad: Int?
+        /// Loads started so far.
+        var loadsStarted = 0
+        var waitersSoFar = 0
+    }
+
+    private struct LoadUnderWay {
+        var task: Task<Void, Never>?
+        var waiters: [Int: CheckedContinuation<Void, any Error>] = [:]
     }
 
     /// How many times the stores were loaded: each commit after the first load arrives as a delta.
     package var loads: Int { self.state.withLockedValue { $0.loads } }
+    /// How many loads were started: readers that arrive while one runs wait for it.
+    package var loadsStarted: Int { self.state.withLockedValue { $0.loadsStarted } }
 
     /// Whether a store loaded in `snapshot` up to `position` holds `delta` already.
     private static func covers(_ snapshot: CommitSnapshot?, through position: Int64, _ delta: AggregateDelta) -> Bool {
@@ -78,6 +94,8 @@ package final class KPIRollups: CommitListener, Sendable {
     package func companyDataChanged() {
         self.state.withLockedValue { state in
             state.generation += 1
+            // A load under way reads the old data: the next reader starts a new one.
+            state.currentLoad = nil
             state.hasStore = false
             state.changes = [:]
             state.readChanges = ReadDayStore.Changes()
@@ -92,14 +110,61 @@ package final class KPIRollups: CommitListener, Sendable {
     /// Whether the in-memory store must be (re)loaded before the next query.
     package var needsReload: Bool { self.storeLock.withLock { self.store == nil } }
 
-    /// Loads the store from `source` unless one is loaded. Safe while the writer commits.
+    /// Loads the store from `source` unless one is loaded, or waits for the load under way. Safe
+    /// while the writer commits. A cancelled caller (shutdown) stops waiting at once; the load
+    /// stops when no caller waits for it any more.
     package func load(from source: any MeterStore) async throws {
-        let generation = self.state.withLockedValue { state -> Int? in
+        let waiter = self.state.withLockedValue { state -> (load: Int, id: Int)? in
             guard !state.hasStore else { return nil }
+            state.waitersSoFar += 1
+            if let current = state.currentLoad { return (current, state.waitersSoFar) }
             if state.duringLoad == nil { state.duringLoad = [] }
-            return state.generation
+            state.loadsStarted += 1
+            state.currentLoad = state.loadsStarted
+            state.loadsUnderWay[state.loadsStarted] = LoadUnderWay()
+            let (id, generation) = (state.loadsStarted, state.generation)
+            state.loadsUnderWay[id]?.task = Task {
+                let result: Result<Void, any Error>
+                do {
+                    result = .success(try await self.loadOnce(from: source, generation: generation))
+                } catch {
+                    result = .failure(error)
+                }
+                let waiters = self.state.withLockedValue { state in
+                    if state.currentLoad == id { state.currentLoad = nil }
+                    return state.loadsUnderWay.removeValue(forKey: id)?.waiters.values
+                }
+                for waiter in waiters ?? [:].values { waiter.resume(with: result) }
+            }
+            return (id, state.waitersSoFar)
         }
-        guard let generation else { return }
+        guard let waiter else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let joined = self.state.withLockedValue { state -> Bool in
+                    guard !Task.isCancelled, state.loadsUnderWay[waiter.load] != nil else { return false }
+                    state.loadsUnderWay[waiter.load]?.waiters[waiter.id] = continuation
+                    return true
+                }
+                // Cancelled already, or the load ended before this caller joined it (the store is
+                // there, or the load failed and the caller's retry starts the next).
+                if !joined {
+                    continuation.resume(with: Task.isCancelled ? .failure(CancellationError()) : .success(()))
+                }
+            }
+        } onCancel: {
+            let (continuation, abandoned) = self.state.withLockedValue { state -> (CheckedContinuation<Void, any Error>?, Task<Void, Never>?) in
+                let continuation = state.loadsUnderWay[waiter.load]?.waiters.removeValue(forKey: waiter.id)
+                guard continuation != nil, state.loadsUnderWay[waiter.load]?.waiters.isEmpty == true else { return (continuation, nil) }
+                if state.currentLoad == waiter.load { state.currentLoad = nil }
+                return (continuation, state.loadsUnderWay[waiter.load]?.task)
+            }
+            continuation?.resume(throwing: CancellationError())
+            abandoned?.cancel()
+        }
+    }
+
+    private func loadOnce(from source: any MeterStore, generation: Int) async throws {
         // Side by side: each is seconds of one core at 100,000 meters, and they share nothing.
         async let loadingMonths = source.loadMonthlyStore()
         async let loadingReads = source.loadReadDayStore()
