@@ -134,7 +134,7 @@ package final class KPIRollups: CommitListener, Sendable {
                     if state.currentLoad == id { state.currentLoad = nil }
                     return state.loadsUnderWay.removeValue(forKey: id)?.waiters.values
                 }
-                for waiter in waiters ?? [:].values { waiter.resume(with: result) }
+                waiters?.forEach { $0.resume(with: result) }
             }
             return (id, state.waitersSoFar)
         }

@@ -362,8 +362,9 @@ package struct PostgreSQLTimeouts: Sendable {
     /// The writer's large statements (reloading meter rows after a failed commit, positions,
     /// partitions): larger, since reloading a big fleet's rows takes longer than a commit.
     package var writer = TimeAmount.seconds(60)
-    /// Readers (KPIs, the dashboard, snapshots): a fleet-wide KPI query may take a while on a large
-    /// database, but not minutes.
+    /// Readers (KPIs, the dashboard, snapshots), for each next row of the answer: a fleet-wide KPI
+    /// query may take a while to start answering on a large database, but not minutes; a load
+    /// whose rows keep coming (millions at 100,000 meters) runs as long as it takes.
     package var reader = TimeAmount.seconds(60)
     /// The commit feed, which keeps a node's figures within seconds of the others'.
     package var feed = TimeAmount.seconds(30)
