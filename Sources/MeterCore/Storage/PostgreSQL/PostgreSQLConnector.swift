@@ -305,6 +305,8 @@ extension PostgresConnection {
             let deadline = Deadline()
             @Sendable func watch(rowsBefore: Int) {
                 deadline.task = self.eventLoop.scheduleTask(in: timeout) {
+                    // Answered before the first watch was set: the connection may serve others by now.
+                    guard !settled.withLockedValue({ $0 }) else { return }
                     if folding.rows > rowsBefore { return watch(rowsBefore: folding.rows) }
                     settle(.failure(PostgreSQLQueryTimedOut(seconds: seconds)))
                     self.closeInBackground()
