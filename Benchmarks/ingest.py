@@ -184,6 +184,22 @@ class PostgresCluster:
         subprocess.run([self.script, "stop", self.dir], capture_output=True)
 
 
+def status_answer(path):
+    """meterd's status answer (SPEC.md section 6) over the status socket at `path`; OSError or
+    ValueError if there is none."""
+    with socket.socket(socket.AF_UNIX) as status:
+        status.settimeout(5)
+        status.connect(path)
+        status.sendall(b"status\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = status.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return json.loads(answer)
+
+
 class QueueDepthSampler:
     """Polls the status socket's queue_depth in the background and keeps the largest value seen."""
 
@@ -196,17 +212,7 @@ class QueueDepthSampler:
     def _run(self):
         while not self.stopped.is_set():
             try:
-                with socket.socket(socket.AF_UNIX) as status:
-                    status.settimeout(5)
-                    status.connect(self.path)
-                    status.sendall(b"status\n")
-                    answer = b""
-                    while not answer.endswith(b"\n"):
-                        chunk = status.recv(65536)
-                        if not chunk:
-                            break
-                        answer += chunk
-                self.maximum = max(self.maximum, json.loads(answer)["queue_depth"])
+                self.maximum = max(self.maximum, status_answer(self.path)["queue_depth"])
                 self.samples += 1
             except (OSError, ValueError, KeyError):
                 pass

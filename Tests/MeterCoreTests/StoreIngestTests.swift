@@ -492,6 +492,7 @@ import Testing
             let nowMs: Int64 = 1_756_000_000_000  // 2025-08-24
 
             var documents: [StoreBackend: String] = [:]
+            var histories: [StoreBackend: [Int: [Double]]] = [:]
             for backend in StoreBackend.allCases {
                 try await backend.withFreshStore { location in
                     let store = try location.open(logger: testLogger)
@@ -522,10 +523,22 @@ import Testing
                         "\(backend)")
                     #expect(try sameFigures(try await document(), first), "\(backend): a refused file changed the KPIs")
                     #expect(try await store.customerHistory(id: 1)?.bills.first { $0.month == Month("2025-03")! }?.amount != 10.5, "\(backend)")
+
+                    // And a customer's months are its meters' months (customer 7's two meters summed)
+                    for (customer, meters) in [(3, ["MTR-000003"]), (7, ["MTR-7A", "MTR-7B"])] {
+                        let monthly = try #require(try await store.customerHistory(id: Int64(customer))?.monthly, "\(backend)")
+                        var summed: [Month: Double] = [:]
+                        for meter in meters {
+                            for month in try await store.meterMonths(named: meter) { summed[month.month, default: 0] += month.kwh }
+                        }
+                        #expect(monthly.count == 8 && Dictionary(uniqueKeysWithValues: monthly.map { ($0.month, $0.kwh) }) == summed, "\(backend)")
+                        histories[backend, default: [:]][customer] = monthly.map(\.kwh)
+                    }
                     documents[backend] = first
                 }
             }
-            // And both stores answer the same KPI document
+            // And both stores answer the same KPI document and customer months
+            #expect(histories[.sqlite] == histories[.postgresql])
             let sqlite = try #require(documents[.sqlite])
             #expect(try sameFigures(sqlite, try #require(documents[.postgresql])))
         }

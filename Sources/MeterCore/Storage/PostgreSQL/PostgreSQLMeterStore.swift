@@ -347,12 +347,15 @@ package final class PostgreSQLMeterStore: MeterStore {
         }
     }
 
+    /// The views are a UNION ALL of joins, which PostgreSQL does not join into by index: a join
+    /// to `meter` on the name scanned every meter-month (0.7–1.4 s at 100,000 meters × 24 months).
+    /// A condition on `meter_id` itself goes down into both halves of the view (under 1 ms).
     package func meterMonths(named name: String) async throws -> [MeterMonthRecord] {
         try await self.reader.query(
             """
             SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
                    mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status, mm.estimated, mm.estimated_kwh
-            FROM meter_month_all mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = \(name) ORDER BY mm.month
+            FROM meter_month_all mm WHERE mm.meter_id = (SELECT id FROM meter WHERE name = \(name)) ORDER BY mm.month
             """
         ).map { row in
             let (month, kwh, revenue, readings, faults, good, fair, poor, latencySum, latencyCount, latencyMax, imported, estimated, estimatedKwh) =
@@ -432,8 +435,8 @@ package final class PostgreSQLMeterStore: MeterStore {
             """
             SELECT mm.month, SUM(mm.kwh), SUM(mm.revenue), SUM(mm.readings)::bigint, SUM(mm.faults)::bigint, SUM(mm.good)::bigint,
                    SUM(mm.fair)::bigint, SUM(mm.poor)::bigint, MAX(mm.imported_status), SUM(mm.estimated)::bigint
-            FROM meter_month_all mm JOIN meter m ON m.id = mm.meter_id
-            WHERE m.customer_id = \(id) GROUP BY mm.month ORDER BY mm.month
+            FROM meter_month_all mm WHERE mm.meter_id = ANY(ARRAY(SELECT id FROM meter WHERE customer_id = \(id)))
+            GROUP BY mm.month ORDER BY mm.month
             """
         ).map { row in
             let (month, kwh, revenue, readings, faults, good, fair, poor, imported, estimated) = try row.decode(
