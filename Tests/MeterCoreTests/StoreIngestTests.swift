@@ -797,7 +797,8 @@ import Testing
         // Given a lock that holds every load at its first read of the customers
         _ = try await locker.allRows("BEGIN", logger: testLogger)
         _ = try await locker.allRows("LOCK TABLE customer IN ACCESS EXCLUSIVE MODE", logger: testLogger)
-        let rollups = KPIRollups()
+        let logs = CapturedLogs()
+        let rollups = KPIRollups(logger: logs.logger)
 
         // When six readers ask for the store at once
         let readers = (0..<6).map { _ in Task { try await rollups.load(from: store) } }
@@ -820,6 +821,9 @@ import Testing
         for reader in readers.dropFirst() { try await reader.value }
         #expect(rollups.loadsStarted == 1 && rollups.loads == 1)
         #expect(rollups.withStore { $0.meterCount } == 1)
+        let loaded = logs.all.filter { $0.message == "KPI stores loaded" }
+        #expect(loaded.count == 1 && loaded.first?.metadata["kpi.meters"] == "1", "\(loaded)")
+        #expect(Int(loaded.first?.metadata["kpi.load_ms"]?.description ?? "") ?? -1 >= 400, "the load waited for the lock: \(loaded)")
 
         // When the store must be loaded again and every reader of that load is cancelled
         _ = try await locker.allRows("BEGIN", logger: testLogger)

@@ -64,7 +64,7 @@ package struct MeterDaemon: Sendable {
                 unknownMeters: configuration.unknownMeters, metering: configuration.metering))
         // Offline tools (meterctl kpi --db) read the zone back, so they pick the same calendar months.
         try writer.recordTimeZone(configuration.timeZone)
-        let rollups = KPIRollups()
+        let rollups = KPIRollups(logger: logger)
         self.rollups = rollups
         // Several nodes on one store: one of them sweeps, snapshots and alerts; each follows the others' commits.
         let lock = store.makeSingletonLock()

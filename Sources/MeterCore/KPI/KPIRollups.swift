@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 
 /// Keeps the in-memory ``MonthlyStore`` and ``ReadDayStore`` the KPI engine reads in step with the
@@ -40,6 +41,8 @@ package final class KPIRollups: CommitListener, Sendable {
         /// at start-up. A load an import made stale runs on for its waiters, who then load again.
         var loadsUnderWay: [Int: LoadUnderWay] = [:]
         var currentLoad: Int?
+        /// The last load to end and how, for a reader that joins it just as it ends.
+        var lastEnded: (id: Int, result: Result<Void, any Error>)?
         /// Loads started so far.
         var loadsStarted = 0
         var waitersSoFar = 0
@@ -69,7 +72,13 @@ package final class KPIRollups: CommitListener, Sendable {
     /// Loaded and dropped with `store`, under the same lock.
     private nonisolated(unsafe) var readStore: ReadDayStore?
 
-    package init() {}
+    private let logger: Logger
+
+    /// - Parameter logger: where each load's duration goes (at 100,000 meters it is seconds, and
+    ///   `/api/kpi` waits for the first); none by default.
+    package init(logger: Logger = Logger(label: "meterd.kpi", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.logger = logger
+    }
 
     package func didCommit(_ delta: AggregateDelta) {
         guard !delta.isEmpty else { return }
@@ -132,6 +141,7 @@ package final class KPIRollups: CommitListener, Sendable {
                 }
                 let waiters = self.state.withLockedValue { state in
                     if state.currentLoad == id { state.currentLoad = nil }
+                    state.lastEnded = (id, result)
                     return state.loadsUnderWay.removeValue(forKey: id)?.waiters.values
                 }
                 waiters?.forEach { $0.resume(with: result) }
@@ -141,16 +151,16 @@ package final class KPIRollups: CommitListener, Sendable {
         guard let waiter else { return }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let joined = self.state.withLockedValue { state -> Bool in
-                    guard !Task.isCancelled, state.loadsUnderWay[waiter.load] != nil else { return false }
+                let ended = self.state.withLockedValue { state -> Result<Void, any Error>? in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    guard state.loadsUnderWay[waiter.load] != nil else {
+                        // It ended before this caller joined it.
+                        return state.lastEnded?.id == waiter.load ? state.lastEnded?.result : .success(())
+                    }
                     state.loadsUnderWay[waiter.load]?.waiters[waiter.id] = continuation
-                    return true
+                    return nil
                 }
-                // Cancelled already, or the load ended before this caller joined it (the store is
-                // there, or the load failed and the caller's retry starts the next).
-                if !joined {
-                    continuation.resume(with: Task.isCancelled ? .failure(CancellationError()) : .success(()))
-                }
+                if let ended { continuation.resume(with: ended) }
             }
         } onCancel: {
             let (continuation, abandoned) = self.state.withLockedValue { state -> (CheckedContinuation<Void, any Error>?, Task<Void, Never>?) in
@@ -165,11 +175,15 @@ package final class KPIRollups: CommitListener, Sendable {
     }
 
     private func loadOnce(from source: any MeterStore, generation: Int) async throws {
+        let started = ContinuousClock.now
         // Side by side: each is seconds of one core at 100,000 meters, and they share nothing.
         async let loadingMonths = source.loadMonthlyStore()
         async let loadingReads = source.loadReadDayStore()
         let fresh = try await loadingMonths
         let reads = try await loadingReads
+        self.logger.info(
+            "KPI stores loaded",
+            metadata: ["kpi.meters": "\(fresh.meterCount)", "kpi.load_ms": "\((ContinuousClock.now - started).milliseconds)"])
         // The same lock order as withStore: the store's, then the state's.
         self.storeLock.withLock {
             let installed = self.state.withLockedValue { state -> Bool in
