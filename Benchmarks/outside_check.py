@@ -520,14 +520,19 @@ def reset_clients(run, port, books, deadline, seed):
             for n, book in enumerate(books)]
 
 
-def check_burst(options, stores, name, half_close=False):
+def run_with_meters(name, prefix, options):
+    """A check's run over --meters meters of --readings readings each, the first one probed."""
     run = CheckRun(name)
     times = MeasurementTimes(options.readings)
-    prefix = "OC-" + ("HALF" if half_close else "BURST")
     books = [MeterReadings(f"{prefix}-{n:05d}", options.readings, times, n) for n in range(options.meters)]
     for book in books:
         run.add_meter(book.meter, book.count)
     run.probe_meters = {books[0].meter}
+    return run, books
+
+
+def check_burst(options, stores, name, half_close=False):
+    run, books = run_with_meters(name, "OC-" + ("HALF" if half_close else "BURST"), options)
 
     def drive(nodes):
         deadline = time.monotonic() + options.timeout
@@ -540,12 +545,7 @@ def check_burst(options, stores, name, half_close=False):
 
 
 def check_reset(options, stores):
-    run = CheckRun("reset")
-    times = MeasurementTimes(options.readings)
-    books = [MeterReadings(f"OC-RESET-{n:05d}", options.readings, times, n) for n in range(options.meters)]
-    for book in books:
-        run.add_meter(book.meter, book.count)
-    run.probe_meters = {books[0].meter}
+    run, books = run_with_meters("reset", "OC-RESET", options)
 
     def drive(nodes):
         deadline = time.monotonic() + options.timeout
