@@ -231,7 +231,7 @@ extension PostgresConnection {
     /// came within `timeout`, or if the task is cancelled (shutdown): that closes the connection,
     /// whose protocol state is then unknown, rather than wait out a query the network black-holed.
     func allRows(_ query: PostgresQuery, logger: Logger, timeout: TimeAmount? = nil) async throws -> [PostgresRow] {
-        try await self.fold(query, logger: logger, timeout: timeout, into: [PostgresRow]()) { rows, row in rows.append(row) }
+        try await self.fold(query, logger: logger, timeout: timeout, into: [PostgresRow](), RowFold.append)
     }
 
     /// Runs a statement and folds each row into `state` as it arrives, on the connection's event
@@ -244,7 +244,7 @@ extension PostgresConnection {
     ) async throws -> sending State {
         let folding = RowFold(state: state, fold: fold)
         try await withTaskCancellationHandler {
-            try await self.queryFailingOnClose(query, logger: logger, timeout: timeout, folding: folding).get()
+            try await self.queryFailingOnClose(query, logger: logger, timeout: timeout, extendedByRows: true, folding: folding).get()
         } onCancel: {
             self.closeInBackground()
         }
@@ -252,12 +252,13 @@ extension PostgresConnection {
     }
 
     /// Runs a statement and collects its rows, blocking the calling thread (the writer's own).
+    /// `timeout` bounds the whole answer: a commit must end well inside the watchdog's tolerance.
     func runBlocking(
         _ query: PostgresQuery, logger: Logger, address: PostgreSQLAddress, doing: String, timeout: TimeAmount? = nil
     ) throws -> [PostgresRow] {
         do {
-            let folding = RowFold(state: [PostgresRow]()) { rows, row in rows.append(row) }
-            try self.queryFailingOnClose(query, logger: logger, timeout: timeout, folding: folding).wait()
+            let folding = RowFold(state: [PostgresRow](), fold: RowFold.append)
+            try self.queryFailingOnClose(query, logger: logger, timeout: timeout, extendedByRows: false, folding: folding).wait()
             return folding.take()
         } catch {
             throw PostgreSQLStoreError.describing(error, doing: doing, address: address)
@@ -273,17 +274,17 @@ extension PostgresConnection {
     /// done on the event loop, in order: a check queued after it sees whether the channel was
     /// closed by then. A query that did reach the state machine is failed by it on close.
     ///
-    /// With a `timeout`, a query that gets no answer (no row, no completion) for that long fails
-    /// with ``PostgreSQLQueryTimedOut`` and the connection is closed: its protocol state is
-    /// unknown, and a connection the network black-holes (no answer, no reset) would otherwise hold
-    /// its caller until TCP gives up, which takes many minutes.
+    /// With a `timeout`, a query not answered by then fails with ``PostgreSQLQueryTimedOut`` and
+    /// the connection is closed: its protocol state is unknown, and a connection the network
+    /// black-holes (no answer, no reset) would otherwise hold its caller until TCP gives up, which
+    /// takes many minutes. With `extendedByRows`, each row that arrives starts the wait anew.
     ///
     /// Rows go through PostgresNIO's per-row callback, not its `PostgresQueryResult`: that one
     /// appends each network read's rows to an array its state still holds, so every read copies
     /// all rows so far. A load of 2.4 million rows (100,000 meters × 24 months) never finished
     /// that way; 720,000 rows took 16 s.
     private func queryFailingOnClose<State>(
-        _ query: PostgresQuery, logger: Logger, timeout: TimeAmount?, folding: RowFold<State>
+        _ query: PostgresQuery, logger: Logger, timeout: TimeAmount?, extendedByRows: Bool, folding: RowFold<State>
     ) -> EventLoopFuture<Void> {
         let promise = self.eventLoop.makePromise(of: Void.self)
         let settled = NIOLockedValueBox(false)
@@ -307,7 +308,7 @@ extension PostgresConnection {
                 deadline.task = self.eventLoop.scheduleTask(in: timeout) {
                     // Answered before the first watch was set: the connection may serve others by now.
                     guard !settled.withLockedValue({ $0 }) else { return }
-                    if folding.rows > rowsBefore { return watch(rowsBefore: folding.rows) }
+                    if extendedByRows, folding.rows > rowsBefore { return watch(rowsBefore: folding.rows) }
                     settle(.failure(PostgreSQLQueryTimedOut(seconds: seconds)))
                     self.closeInBackground()
                 }
@@ -344,12 +345,17 @@ private final class RowFold<State>: @unchecked Sendable {
     }
 }
 
+extension RowFold where State == [PostgresRow] {
+    /// Collects the rows, for a query whose answer is small.
+    static func append(_ rows: inout [PostgresRow], _ row: PostgresRow) { rows.append(row) }
+}
+
 /// The scheduled check of a query's progress; set and cancelled on the connection's event loop.
 private final class Deadline: @unchecked Sendable {
     var task: Scheduled<Void>?
 }
 
-/// A query PostgreSQL did not answer in time (``PostgresConnection/queryFailingOnClose(_:logger:timeout:)``).
+/// A query PostgreSQL did not answer in time (``PostgresConnection/queryFailingOnClose(_:logger:timeout:extendedByRows:folding:)``).
 struct PostgreSQLQueryTimedOut: Error {
     let seconds: Int
 }
