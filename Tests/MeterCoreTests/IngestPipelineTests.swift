@@ -83,6 +83,83 @@ import Testing
         }
     }
 
+    /// Counts the writer's commits and its aggregate writes (with a batch, or a deferred flush).
+    private final class AggregateWriteCounter: CommitListener {
+        let counts = Mutex((commits: 0, aggregateWrites: 0))
+        func didStore(_ result: CommitResult, duration: Duration) { self.counts.withLock { $0.commits += 1 } }
+        func didCommit(_ delta: AggregateDelta) { self.counts.withLock { $0.aggregateWrites += 1 } }
+    }
+
+    /// `aggregate_interval_ms` under the load it is for: readings that keep coming, a few
+    /// milliseconds apart, so the writer keeps catching up and finds its queue empty between two of
+    /// them. Those moments must not count as the load stopping: until 2026-12-03 each one wrote the
+    /// aggregates, at every other commit in scenario (b), and the deferred mode deferred nothing.
+    /// Once the queue stays empty for the quiet spell, the aggregates catch up by themselves.
+    @Test(.timeLimit(.minutes(1)))
+    func deferredAggregatesWaitThroughASteadyLoadAndCatchUpOnceItStops() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let writer = try IngestWriter(
+                database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+                tariff: Tariff(), unknownMeters: .register)
+            let counter = AggregateWriteCounter()
+            writer.commitListener = counter
+            let pipeline = IngestPipeline(
+                writer: writer,
+                configuration: PipelineConfiguration(commitInterval: .milliseconds(1), aggregateInterval: .seconds(30)), logger: testLogger)
+            let group = ServiceGroup(services: [pipeline], logger: testLogger)
+            func readingsInStep() async throws -> (stored: Int, counted: Int) {
+                try await database.pool.read { db in
+                    (
+                        try Int.fetchOne(db, sql: "SELECT count(*) FROM reading") ?? 0,
+                        try Int.fetchOne(db, sql: "SELECT COALESCE(sum(readings_total), 0) FROM meter") ?? 0
+                    )
+                }
+            }
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                // Given a steady stream: a reading of one of ten meters every 2 ms for about a second
+                let now = WallClock.nowMs()
+                var submitted = 0
+                // Pauses of the stream itself long enough to pass for the load stopping (a loaded machine)
+                var lulls = 0
+                var lastSubmit = ContinuousClock.now
+                let streamEnd = ContinuousClock.now + .seconds(1)
+                while ContinuousClock.now < streamEnd {
+                    let meter = submitted % 10
+                    let seq = Int64(submitted / 10 + 1)
+                    _ = pipeline.submit(
+                        IngestSubmission(
+                            readings: [
+                                SubmittedReading(
+                                    reading: Reading(meter: "Q\(meter)", seq: seq, timestampMs: now, kwh: 0.5), line: Int(seq), receivedMs: now)
+                            ], receiver: nil))
+                    submitted += 1
+                    try await Task.sleep(for: .milliseconds(2))
+                    if lastSubmit.duration(to: .now) >= IngestPipeline.quietSpell - .milliseconds(5) { lulls += 1 }
+                    lastSubmit = .now
+                }
+                await pipeline.drain()
+                let during = counter.counts.withLock { $0 }
+                // Then the stream's commits left their aggregates pending: the first batch, after
+                // the start's lull, wrote its own, and each lull of the stream itself may write
+                // them twice (once the queue stayed empty, and with the batch after it)
+                #expect(during.commits >= 10, "the stream should take many commits: \(during)")
+                #expect(
+                    during.aggregateWrites <= 2 + 2 * lulls,
+                    "aggregates were written at \(during.aggregateWrites) of \(during.commits) commits of a steady stream with \(lulls) lulls")
+                // And once the stream stops they catch up by themselves, every reading counted once
+                try await waitUntil(timeout: .seconds(5)) {
+                    let (stored, counted) = try await readingsInStep()
+                    return stored == submitted && counted == submitted
+                }
+                #expect(counter.counts.withLock { $0.aggregateWrites } > during.aggregateWrites)
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+        }
+    }
+
     /// A store outage (issue 13 point 5): while commits fail every reader is stopped and told busy
     /// whatever the queue's depth, nobody is resumed until a commit succeeds, and the writer counts
     /// as alive for the watchdog only while the failure is an unreachable store it keeps retrying.

@@ -132,11 +132,12 @@ package final class MeterDatabase: Sendable {
         Self.sizeInBytes(path: self.path)
     }
 
+    /// The file's and its WAL's sizes, by `stat`: the status socket asks at every answer, and
+    /// Foundation's `attributesOfItem` also reads the owner's user and group names (two files opened).
     private static func sizeInBytes(path: String) -> Int64 {
-        let manager = FileManager.default
-        return [path, path + "-wal"].reduce(0) { total, file in
-            let size = (try? manager.attributesOfItem(atPath: file)[.size] as? NSNumber)?.int64Value ?? 0
-            return total + size
+        [path, path + "-wal"].reduce(0) { total, file in
+            var info = stat()
+            return total + (stat(file, &info) == 0 ? Int64(info.st_size) : 0)
         }
     }
 
