@@ -31,9 +31,8 @@ Scenarios
 
 Figures per scenario: readings acknowledged per second, meterd CPU-seconds per million readings
 (utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), the largest
-queue_depth the status socket showed (sampled every 20 ms in raw100, raw1000, burst100 and burst1000, once a second
-elsewhere), ack latency p50/p99 (meter-sim's
-histogram), the same for the steady fleet only (readings written from one interval after the last
+queue_depth the status socket showed (sampled every 20 ms in raw100, raw1000, burst100 and
+burst1000, once a second elsewhere), ack latency p50/p99 (meter-sim's histogram), the same for the steady fleet only (readings written from one interval after the last
 connection was first established: no connection storm, no new meters) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
 With --store postgresql (issue 13 point 8) every scenario runs against a throw-away PostgreSQL 15

@@ -237,7 +237,7 @@ package struct DaemonConfiguration: Sendable {
         ("commit_max_readings", "Most readings in one transaction (default 5000)."),
         (
             "aggregate_interval_ms",
-            "0 (default): monthly aggregates commit with their readings; N: under load they wait up to N ms (or until 50 ms without readings), which saves CPU at many meters."
+            "0 (default): monthly aggregates commit with their readings; N: under load they wait up to N ms, which saves CPU at many meters."
         ),
         (
             "dashboard_chartjs",

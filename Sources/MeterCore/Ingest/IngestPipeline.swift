@@ -17,9 +17,8 @@ package struct PipelineConfiguration: Sendable {
     /// Longest time, under continuous load, that per-meter state and monthly aggregates wait in
     /// memory before they are written (readings always commit before their ack). Zero, the
     /// default, writes them in the transaction of their readings; a longer interval saves CPU at
-    /// many meters, and start-up recovers what a crash left unwritten. A writer whose queue stays
-    /// empty for ``IngestPipeline/quietSpell``, a task (``IngestPipeline/perform(_:)``) and
-    /// shutdown write them at once.
+    /// many meters, and start-up recovers what a crash left unwritten. A writer about to go idle,
+    /// a task (``IngestPipeline/perform(_:)``) and shutdown write them at once.
     package var aggregateInterval: Duration = .zero
 
     package init(
@@ -54,6 +53,8 @@ package final class IngestPipeline: Service, Sendable {
         var committing = false
         var stopping = false
         var lastCommitStart = ContinuousClock.now - .seconds(1)
+        /// The writer found the queue empty since its last commit: the next batch starts after a quiet spell.
+        var idleSinceCommit = true
         /// Paused connections, resumed oldest first as the writer makes room.
         var capacityWaiters = CircularBuffer<@Sendable () -> Void>()
         var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -274,21 +275,11 @@ package final class IngestPipeline: Service, Sendable {
         if signal { self.wakeup.signal() }
     }
 
-    /// How long the writer's queue must stay empty before deferred aggregates are written, and
-    /// before the next batch counts as the first after a lull (its aggregates go in its own
-    /// transaction). A writer that merely caught up with a steady load finds its queue empty for a
-    /// moment between two readings: writing the aggregates at each such moment wrote them at every
-    /// other commit in scenario (b), so ``PipelineConfiguration/aggregateInterval`` deferred
-    /// nothing under the load it is for.
-    static let quietSpell = Duration.milliseconds(50)
-
     private func writerLoop() {
         var retryDelay = Duration.milliseconds(50)
         // Races lost in a row; past ``maximumLostRaces`` a conflict counts as a failure (and backs off).
         var lostRaces = 0
         var lastAggregateWrite = ContinuousClock.now
-        // Since when the queue has been empty, `nil` while there is work; the first batch comes after a lull.
-        var emptySince: ContinuousClock.Instant? = .now - Self.quietSpell
         while true {
             enum Step {
                 case task(@Sendable (any MeterStoreWriter) -> Void)
@@ -301,7 +292,7 @@ package final class IngestPipeline: Service, Sendable {
                 if !state.tasks.isEmpty { return .task(state.tasks.removeFirst()) }
                 if state.queue.isEmpty {
                     if state.stopping { return .exit }
-                    if emptySince == nil { emptySince = .now }
+                    state.idleSinceCommit = true
                     state.writerWait = .idle
                     return .wait(nil)
                 }
@@ -320,11 +311,10 @@ package final class IngestPipeline: Service, Sendable {
                 state.lastCommitStart = .now
                 // Under continuous load, aggregates wait up to aggregateInterval; after a quiet
                 // spell (or when stopping) they go with this batch, in its transaction.
-                let afterLull = emptySince.map { $0.duration(to: state.lastCommitStart) >= Self.quietSpell } ?? false
                 let aggregates =
-                    afterLull || state.stopping
+                    state.idleSinceCommit || state.stopping
                     || lastAggregateWrite.duration(to: state.lastCommitStart) >= self.configuration.aggregateInterval
-                emptySince = nil
+                state.idleSinceCommit = false
                 return .commit(batch, weight: weight, aggregates: aggregates)
             }
             switch step {
@@ -352,15 +342,9 @@ package final class IngestPipeline: Service, Sendable {
                 return
             case .wait(let deadline):
                 if let deadline {
-                    _ = self.waitForWork(until: deadline)
-                } else if let quietEnd = emptySince.map({ $0 + Self.quietSpell }), quietEnd > .now,
-                    self.writer.withLock({ $0.hasPendingAggregates })
-                {
-                    // The load may have stopped: once the queue stays empty for the quiet spell, the
-                    // aggregates catch up with the readings already acknowledged.
-                    if self.waitForWork(until: quietEnd) == .timedOut {
-                        if self.writer.withLock({ writer in writer.flushAggregates(logger: self.logger) }) { lastAggregateWrite = .now }
-                    }
+                    let remaining = ContinuousClock.now.duration(to: deadline)
+                    let nanoseconds = max(0, remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000)
+                    _ = self.wakeup.wait(timeout: .now() + .nanoseconds(Int(nanoseconds)))
                 } else {
                     // Wake at least once a second so the watchdog sees an idle but healthy writer.
                     if self.wakeup.wait(timeout: .now() + .seconds(1)) == .timedOut {
@@ -371,8 +355,14 @@ package final class IngestPipeline: Service, Sendable {
             case .commit(let batch, let weight, let aggregates):
                 do {
                     let started = ContinuousClock.now
-                    let result = try self.writer.withLock { writer in try writer.commit(batch, deferAggregates: !aggregates) }
-                    if aggregates { lastAggregateWrite = started }
+                    let (result, flushed) = try self.writer.withLock { writer in
+                        let result = try writer.commit(batch, deferAggregates: !aggregates)
+                        // Going quiet: write the aggregates before these acks, so whoever saw its
+                        // last ack finds the meters and months in step with its readings.
+                        let quiet = !aggregates && self.state.withLockedValue { $0.queue.isEmpty && $0.tasks.isEmpty }
+                        return (result, aggregates || (quiet && writer.flushAggregates(logger: self.logger)))
+                    }
+                    if flushed { lastAggregateWrite = started }
                     retryDelay = .milliseconds(50)
                     lostRaces = 0
                     self.deliver(result, for: batch)
@@ -488,13 +478,6 @@ package final class IngestPipeline: Service, Sendable {
     /// whose meters are quiet (or all on other nodes) would otherwise show ready through a whole
     /// database outage. An unreachable store stops the connections as a failed commit does; its
     /// return resumes them. Any other error is left to the next commit to meet and report.
-    /// Sleeps until `deadline` or until a submission or task wakes the writer.
-    private func waitForWork(until deadline: ContinuousClock.Instant) -> DispatchTimeoutResult {
-        let remaining = ContinuousClock.now.duration(to: deadline)
-        let nanoseconds = max(0, remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000)
-        return self.wakeup.wait(timeout: .now() + .nanoseconds(Int(nanoseconds)))
-    }
-
     private func checkStoreWhileIdle() {
         do {
             try self.writer.withLock { try $0.checkReachable() }
