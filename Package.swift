@@ -122,6 +122,9 @@ let package = Package(
                 "MeterCore",
                 "SimulatorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             path: "Benchmarks/MeterBenchmarks",
             swiftSettings: swiftSettings

@@ -28,6 +28,9 @@ Scenarios
          keyed (meter, ts, seq), bare and with one aggregate upsert and high-water update per reading
   floor  scenario (b)'s load against Benchmarks/ackfloor.c, a C epoll server that only reads and
          acks (no storage): the kernel's share that any server pays at that load, for comparison
+  niofloor, niofloor-batched  the same load against the same server written on SwiftNIO with
+         meterd's channel options (`meter-bench ack-floor`), acking at once or, batched, from another
+         thread every 5 ms as meterd's writer does: what SwiftNIO adds to the floor
 
 Figures per scenario: readings acknowledged per second, meterd CPU-seconds per million readings
 (utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), the largest
@@ -44,7 +47,7 @@ postgres_cpu_s_per_million; lock waits over 100 ms (log_lock_waits), deadlocks
 (pg_stat_database) and meterd's retried commits (meterd_commit_lost_races_total: another node
 committed some of the batch's meters first; meterd_commit_failures_total) are reported too.
 
-  Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,pgref,floor] [--json FILE] [--bin DIR] [--quick]
+  Benchmarks/ingest.py [--scenarios a,a-tls,b,c,burst100,burst1000,conns5000,conns10000,conns19000,ready,pgref,floor,niofloor,niofloor-batched] [--json FILE] [--bin DIR] [--quick]
                        [--store sqlite|postgresql] [--nodes N]
 """
 import argparse, calendar, csv, json, os, resource, signal, socket, sqlite3, subprocess, sys, tempfile, threading, time
@@ -498,17 +501,28 @@ def tls_scenario(name, bindir, meters, sim_args, work, meterd_args=()):
     return run_scenario(name, bindir, meters, [*sim_args, *tls_sim], work, [*meterd_args, *tls_meterd], prepare)
 
 
-def floor_scenario(bindir, meters, sim_args, work):
-    """Scenario (b)'s load against Benchmarks/ackfloor.c: epoll, a read and an ack write per reading, no storage.
+FLOORS = {"floor", "niofloor", "niofloor-batched"}
 
-    What any server must spend in the kernel at this load, for comparison with meterd's figure."""
-    binary = os.path.join(work, "ackfloor")
-    subprocess.run(["cc", "-O2", "-o", binary, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ackfloor.c")], check=True)
-    server = subprocess.Popen([binary], stdout=subprocess.PIPE, text=True)
+
+def floor_scenario(name, bindir, meters, sim_args, work):
+    """Scenario (b)'s load against a server that only reads and acks, storing nothing.
+
+    floor: Benchmarks/ackfloor.c (epoll, a read and an ack write per reading), what any server must
+    spend in the kernel at this load. niofloor: the same server on SwiftNIO with meterd's channel
+    options and event loops (`meter-bench ack-floor`), what SwiftNIO adds to that. niofloor-batched:
+    the SwiftNIO server with acks handed back from another thread every 5 ms, as meterd's writer
+    hands a commit's acks over. meterd's own figure, less these, is what decoding, the queue and
+    the commits cost."""
+    if name == "floor":
+        command = [os.path.join(work, "ackfloor")]
+        subprocess.run(["cc", "-O2", "-o", command[0], os.path.join(os.path.dirname(os.path.abspath(__file__)), "ackfloor.c")], check=True)
+    else:
+        command = [os.path.join(bindir, "meter-bench"), "ack-floor", *(["--batched"] if name == "niofloor-batched" else [])]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
         cpu_before = cpu_seconds(server.pid)
-        report = os.path.join(work, "report-floor.json")
+        report = os.path.join(work, f"report-{name}.json")
         sim = subprocess.run(
             [os.path.join(bindir, "meter-sim"), "run", "--host", "127.0.0.1", "--port", str(port), "--meters", str(meters),
              "--report", report, "--seed", "7", *sim_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -517,7 +531,7 @@ def floor_scenario(bindir, meters, sim_args, work):
     finally:
         server.kill()
         server.wait()
-    return {**figures("floor", meters, json.load(open(report)), cpu, rss), "sim_exit": sim.returncode}
+    return {**figures(name, meters, json.load(open(report)), cpu, rss), "sim_exit": sim.returncode}
 
 
 KPI_LOAD_LIMIT_S = 600
@@ -575,7 +589,7 @@ def main():
     args = parser.parse_args()
     if args.nodes > 1 and args.store != "postgresql":
         parser.error("--nodes above 1 needs --store postgresql: SQLite is one node")
-    only_sqlite = {"floor", "raw100", "raw1000", "a-tls"} & set(args.scenarios.split(","))
+    only_sqlite = (FLOORS | {"raw100", "raw1000", "a-tls"}) & set(args.scenarios.split(","))
     if args.store == "postgresql" and only_sqlite:
         parser.error(f"scenarios {', '.join(sorted(only_sqlite))} run on SQLite only")
     # 10,000 connections need 10,000 descriptors on each side; meterd and meter-sim raise their
@@ -587,6 +601,7 @@ def main():
         subprocess.run(["swift", "build", "-c", "release", "--product", "meterd"], check=True)
         subprocess.run(["swift", "build", "-c", "release", "--product", "meter-sim"], check=True)
         subprocess.run(["swift", "build", "-c", "release", "--product", "meterctl"], check=True)
+        subprocess.run(["swift", "build", "-c", "release", "--product", "meter-bench"], check=True)
         bindir = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], check=True, capture_output=True, text=True).stdout.strip()
     q = args.quick
     scenarios = {
@@ -617,9 +632,9 @@ def main():
             elif name in ("raw100", "raw1000"):
                 results.append(raw_burst_scenario(name, bindir, 10_000 if not q else 2_000, int(name[3:]) if not q else 20, work,
                                                   args.meterd_arg))
-            elif name == "floor":
+            elif name in FLOORS:
                 meters, sim_args = scenarios["b"]
-                results.append(floor_scenario(bindir, meters, sim_args, work))
+                results.append(floor_scenario(name, bindir, meters, sim_args, work))
             elif name == "pgref":
                 results.append(postgres_reference(work, backend, *((10_000, 100) if not q else (2_000, 50))))
             elif name == "a-tls":

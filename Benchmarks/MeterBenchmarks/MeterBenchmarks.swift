@@ -5,13 +5,14 @@ import SimulatorCore
 
 /// `meter-bench`: micro-benchmarks of the ingest hot path (`swift run -c release meter-bench
 /// [--quick]`, the default subcommand `ingest`) and the KPI document over a database file
-/// (`meter-bench kpi --db PATH --to YYYY-MM`).
+/// (`meter-bench kpi --db PATH --to YYYY-MM`), and a SwiftNIO read-and-ack floor
+/// (`meter-bench ack-floor`, run by `Benchmarks/ingest.py --scenarios niofloor`).
 @main
 struct MeterBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meter-bench",
         abstract: "Benchmarks of meterd's hot paths; not tests.",
-        subcommands: [IngestBenchmark.self, KPIBenchmark.self],
+        subcommands: [IngestBenchmark.self, KPIBenchmark.self, AckFloorBenchmark.self],
         defaultSubcommand: IngestBenchmark.self)
 }
 
