@@ -363,7 +363,7 @@ final class IngestHandler: ChannelDuplexHandler {
                 buffer.writeStaticString(#"{"meter":""#)
                 buffer.writeString(ack.meter)
                 buffer.writeStaticString(#"","ack":"#)
-                buffer.writeString(String(ack.seq))
+                buffer.writeDecimal(ack.seq)
                 buffer.writeStaticString("}\n")
             }
             for (line, rejection) in outcome.rejections {
@@ -531,7 +531,7 @@ final class IngestHandler: ChannelDuplexHandler {
         buffer.writeStaticString(#"{"error":""#)
         buffer.writeString(rejection.code.rawValue)
         buffer.writeStaticString(#"","line":"#)
-        buffer.writeString(String(line))
+        buffer.writeDecimal(Int64(line))
         buffer.writeStaticString(#","detail":"#)
         buffer.writeString(JSONText.quoted(rejection.detail))
         buffer.writeStaticString("}\n")
