@@ -115,20 +115,12 @@ enum MeterBenchmarks {
         // Scenario b's shape: at 10,000 meters × 1 reading/s a 5 ms commit window holds ~50
         // readings, each of a different meter. CPU time of the writer thread, fsync waits excluded.
         do {
-            let database = try MeterDatabase(path: directory + "/bench-b.sqlite")
-            let writer = try IngestWriter(
-                database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
-                tariff: Tariff(), unknownMeters: .register)
-            let rollups = KPIRollups()
-            writer.commitListener = rollups
             let meters = 10_000
             var seq: [Int64] = Array(repeating: 0, count: meters)
             let now = WallClock.nowMs()
-            try Self.registerMeters(writer, seq: &seq, nowMs: now)
-            try await rollups.load(from: SQLiteMeterStore(database: database))  // as in the daemon, which loads the KPI store once it is up
-            let commits = quick ? 200 : 2_000
+            let writer = try await Self.steadyWriter(path: directory + "/bench-b.sqlite", seq: &seq, nowMs: now)
             var next = 0
-            let prepared: [[IngestSubmission]] = (0..<commits).map { _ in
+            let prepared: [[IngestSubmission]] = (0..<(quick ? 200 : 2_000)).map { _ in
                 (0..<50).map { _ in
                     let index = (next &* 7_919) % meters
                     next += 1
@@ -143,19 +135,35 @@ enum MeterBenchmarks {
                         ], receiver: nil)
                 }
             }
-            var round = 0
             results.append(
-                Self.measureCPU(
-                    "writer: commit of 50 readings of 50 of 10k meters (scenario b), CPU per reading",
-                    operations: 50 * (commits / 10), rounds: 10
-                ) {
-                    var stored = 0
-                    for _ in 0..<(commits / 10) {
-                        stored += try! writer.commit(prepared[round]).stored
-                        round += 1
-                    }
-                    return Double(stored)
-                })
+                Self.measureCommits("writer: commit of 50 readings of 50 of 10k meters (scenario b), CPU per reading", writer, prepared))
+        }
+
+        // Scenario a's shape: a read of a meter's connection brings about 20 of its readings (2 KB
+        // receive buffer), and a full commit holds 5,000 readings, 250 meters' runs.
+        do {
+            let meters = 10_000
+            var seq: [Int64] = Array(repeating: 0, count: meters)
+            let now = WallClock.nowMs()
+            let writer = try await Self.steadyWriter(path: directory + "/bench-a.sqlite", seq: &seq, nowMs: now)
+            var next = 0
+            let prepared: [[IngestSubmission]] = (0..<(quick ? 20 : 100)).map { _ in
+                (0..<250).map { _ in
+                    let index = next % meters
+                    next += 1
+                    return IngestSubmission(
+                        readings: (0..<20).map { _ in
+                            seq[index] += 1
+                            return SubmittedReading(
+                                reading: Reading(
+                                    meter: "MTR-\(index)", seq: seq[index], timestampMs: now + seq[index] * 1_000, kwh: 0.25,
+                                    status: .good, voltage: 231.0),
+                                line: 1, receivedMs: now + 20)
+                        }, receiver: nil)
+                }
+            }
+            results.append(
+                Self.measureCommits("writer: commit of 250 meters' runs of 20 readings (scenario a), CPU per reading", writer, prepared))
         }
 
         print(String(repeating: "-", count: 96))
@@ -171,8 +179,34 @@ enum MeterBenchmarks {
         }
     }
 
-    /// Median time per operation over several rounds of `body`.
-    @inline(never)  // a named frame for callgrind's --toggle-collect
+    /// A writer on a new database whose meters (one per element of `seq`) have one reading each, the
+    /// KPI rollups attached and loaded as in the daemon: the rounds that follow measure steady state.
+    static func steadyWriter(path: String, seq: inout [Int64], nowMs: Int64) async throws -> IngestWriter {
+        let database = try MeterDatabase(path: path)
+        let writer = try IngestWriter(
+            database: database, calendar: MonthCalendar(timeZone: TimeZone(identifier: "UTC")!),
+            tariff: Tariff(), unknownMeters: .register)
+        let rollups = KPIRollups()
+        writer.commitListener = rollups
+        try Self.registerMeters(writer, seq: &seq, nowMs: nowMs)
+        try await rollups.load(from: SQLiteMeterStore(database: database))
+        return writer
+    }
+
+    /// Median writer-thread CPU per stored reading over ten rounds, each committing a tenth of `prepared`.
+    static func measureCommits(_ name: String, _ writer: IngestWriter, _ prepared: [[IngestSubmission]]) -> Result {
+        let perRound = prepared.count / 10
+        var round = 0
+        return Self.measureCPU(name, operations: prepared.prefix(perRound).reduce(0) { $0 + $1.reduce(0) { $0 + $1.readings.count } }, rounds: 10) {
+            var stored = 0
+            for _ in 0..<perRound {
+                stored += try! writer.commit(prepared[round]).stored
+                round += 1
+            }
+            return Double(stored)
+        }
+    }
+
     /// One reading of each meter `MTR-0`…, so the rounds that follow measure steady state.
     static func registerMeters(_ writer: IngestWriter, seq: inout [Int64], nowMs: Int64) throws {
         let readings = seq.indices.map { index in

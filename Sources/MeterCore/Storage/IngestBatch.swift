@@ -133,8 +133,13 @@ struct BatchAggregates {
         let key = LatencyKey(
             month: calendar.month(ofMilliseconds: receivedMs).key, region: region,
             bucket: LatencyBuckets.bucket(ofMilliseconds: latencyMs))
-        self.latencies[key, default: (0, 0)].count += 1
-        self.latencies[key, default: (0, 0)].sumMs += latencyMs
+        Self.add(&self.latencies[key, default: (0, 0)], count: 1, sumMs: latencyMs)
+    }
+
+    /// One hash lookup for both fields, where `latencies[key, default:]` twice took two.
+    private static func add(_ entry: inout (count: Int, sumMs: Int64), count: Int, sumMs: Int64) {
+        entry.count += count
+        entry.sumMs += sumMs
     }
 
     /// These aggregates followed by `later`, as one.
@@ -151,8 +156,7 @@ struct BatchAggregates {
             self.months[key, default: AggregateDelta.Month(meterID: key.meterID, month: key.month)].merge(delta)
         }
         for (key, latency) in later.latencies {
-            self.latencies[key, default: (0, 0)].count += latency.count
-            self.latencies[key, default: (0, 0)].sumMs += latency.sumMs
+            Self.add(&self.latencies[key, default: (0, 0)], count: latency.count, sumMs: latency.sumMs)
         }
         for (key, day) in later.days {
             self.days[key, default: DayDelta()].merge(day)

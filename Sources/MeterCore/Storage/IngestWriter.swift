@@ -241,10 +241,13 @@ package final class IngestWriter: MeterStoreWriter {
         for submission in submissions {
             var outcome = SubmissionOutcome()
             var ackIndex: [String: Int] = [:]
+            // A meter's readings come in runs (a connection usually speaks for one meter): comparing
+            // the name with the last one's is cheaper than hashing it for every reading.
+            var lastMeter: (name: String, slot: Int)?
             for item in submission.readings {
                 let reading = item.reading
                 let slot: Int
-                if let known = self.meterSlots[reading.meter] {
+                if let known = lastMeter.flatMap({ $0.name == reading.meter ? $0.slot : nil }) ?? self.meterSlots[reading.meter] {
                     slot = known
                     if self.meterStates[slot].savedBy != rollback.generation {
                         rollback.saved.append((slot, self.meterStates[slot]))
@@ -263,6 +266,7 @@ package final class IngestWriter: MeterStoreWriter {
                     }
                     slot = try self.register(reading.meter, transaction: transaction)
                 }
+                lastMeter = (reading.meter, slot)
                 let state = self.meterStates[slot]
                 if reading.seq <= state.highWaterMark {
                     batch.meters[
