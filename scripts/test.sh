@@ -38,4 +38,5 @@ ARTIFACTS=${ARTIFACTS:-./artifacts} scripts/browser-tests.sh
 echo "== Deploy/ under real systemd (systemd-nspawn), plain and with TLS ingest and meter_auth = certificate"
 scripts/e2e-systemd.sh "$(swift build --show-bin-path)"
 echo "== ingest path under ThreadSanitizer"
-swift test --scratch-path .build-tsan --sanitize=thread --filter "IngestServerTests|ConnectionLimitTests|IngestWriterTests|IngestPipelineTests"
+TSAN_OPTIONS="suppressions=$PWD/scripts/tsan-suppressions.txt ${TSAN_OPTIONS:-}" \
+    swift test --scratch-path .build-tsan --sanitize=thread --filter "IngestServerTests|ConnectionLimitTests|IngestWriterTests|IngestPipelineTests"
