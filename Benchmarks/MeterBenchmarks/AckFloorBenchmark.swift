@@ -28,16 +28,7 @@ struct AckFloorBenchmark: AsyncParsableCommand {
     func run() async throws {
         let group = IngestServer.meterEventLoops
         let handOver = self.batched ? AckHandOver() : nil
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(.backlog, value: 4096)
-            .serverChannelOption(.maxMessagesPerRead, value: 256)
-            .serverChannelOption(.socketOption(.so_rcvbuf), value: 2048)
-            .serverChannelOption(.socketOption(.so_sndbuf), value: 32 * 1024)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 2048, high: 8192))
-            .childChannelOption(.recvAllocator, value: IngestReceiveBuffers())
-            .childChannelOption(.maxMessagesPerRead, value: 1)
+        let bootstrap = IngestServer.meterBootstrap(group: group, receiveBufferSize: IngestServerConfiguration().receiveBufferSize)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(AckFloorHandler(handOver: handOver))
@@ -113,7 +104,7 @@ private final class AckFloorHandler: ChannelInboundHandler {
         acks.writeStaticString(#"{"meter":""#)
         acks.writeBytes(UnsafeRawBufferPointer(rebasing: line[meterStart..<meterEnd]))
         acks.writeStaticString(#"","ack":"#)
-        acks.writeString(String(seq))
+        acks.writeDecimal(seq)
         acks.writeStaticString("}\n")
     }
 

@@ -3,7 +3,7 @@ import NIOCore
 extension ByteBuffer {
     /// Writes `value` in decimal, as `String(value)` spells it, without making the `String`: a
     /// steady fleet gets an ack line, and so a number, per reading.
-    mutating func writeDecimal(_ value: Int64) {
+    package mutating func writeDecimal(_ value: Int64) {
         // 19 digits and a sign: Int64.min.
         self.writeWithUnsafeMutableBytes(minimumWritableBytes: 20) { output in
             var magnitude = value.magnitude

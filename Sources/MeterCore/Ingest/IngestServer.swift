@@ -76,6 +76,31 @@ package struct IngestServer: Service {
     package static let meterEventLoops = MultiThreadedEventLoopGroup(numberOfThreads: meterEventLoopCount)
     package static let meterEventLoopCount = max(1, System.coreCount - 1)
 
+    /// The listener's and the meter connections' options, without handlers: meterd's, and
+    /// `meter-bench ack-floor`'s, which measures what SwiftNIO costs with exactly these.
+    package static func meterBootstrap(group: any EventLoopGroup, receiveBufferSize: Int) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
+            .serverChannelOption(.backlog, value: 4096)
+            // A busy loop otherwise accepts only a few meters per pass: 10 k reconnecting meters would queue.
+            .serverChannelOption(.maxMessagesPerRead, value: 256)
+            // Accepted sockets inherit it (and the handshake's window respects it); set on the
+            // listener so a socket passed by systemd gets it too. See receiveBufferSize.
+            .serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferSize))
+            // Acks are ~40 bytes a meter a commit: 32 KB (64 KB in the kernel) is plenty, and a
+            // meter that reads none cannot pin the 4 MB that send-buffer autotuning would grow to.
+            .serverChannelOption(.socketOption(.so_sndbuf), value: 32 * 1024)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // A meter that does not read its acks: the channel turns unwritable after 8 KB of acks
+            // the kernel would not take, and IngestHandler stops reading from it until it drains
+            // (NIO's default of 64 KB would be 640 MB at 10 k such meters).
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 2048, high: 8192))
+            // One read per readiness, into a buffer NIO does not keep unless it is the first, small
+            // one: see IngestReceiveBuffers. At 10,000 connections what NIO keeps is resident memory.
+            .childChannelOption(.recvAllocator, value: IngestReceiveBuffers())
+            .childChannelOption(.maxMessagesPerRead, value: 1)
+    }
+
     package init(
         configuration: IngestServerConfiguration, pipeline: IngestPipeline,
         eventLoopGroup: any EventLoopGroup = IngestServer.meterEventLoops, logger: Logger,
@@ -105,26 +130,7 @@ package struct IngestServer: Service {
             case .closed(let receiver): connections.remove(receiver)
             }
         }
-        let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)  // restart without waiting out TIME_WAIT
-            .serverChannelOption(.backlog, value: 4096)
-            // A busy loop otherwise accepts only a few meters per pass: 10 k reconnecting meters would queue.
-            .serverChannelOption(.maxMessagesPerRead, value: 256)
-            // Accepted sockets inherit it (and the handshake's window respects it); set on the
-            // listener so a socket passed by systemd gets it too. See receiveBufferSize.
-            .serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(self.configuration.receiveBufferSize))
-            // Acks are ~40 bytes a meter a commit: 32 KB (64 KB in the kernel) is plenty, and a
-            // meter that reads none cannot pin the 4 MB that send-buffer autotuning would grow to.
-            .serverChannelOption(.socketOption(.so_sndbuf), value: 32 * 1024)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            // A meter that does not read its acks: the channel turns unwritable after 8 KB of acks
-            // the kernel would not take, and IngestHandler stops reading from it until it drains
-            // (NIO's default of 64 KB would be 640 MB at 10 k such meters).
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: 2048, high: 8192))
-            // One read per readiness, into a buffer NIO does not keep unless it is the first, small
-            // one: see IngestReceiveBuffers. At 10,000 connections what NIO keeps is resident memory.
-            .childChannelOption(.recvAllocator, value: IngestReceiveBuffers())
-            .childChannelOption(.maxMessagesPerRead, value: 1)
+        let bootstrap = Self.meterBootstrap(group: self.eventLoopGroup, receiveBufferSize: self.configuration.receiveBufferSize)
             .childChannelInitializer { channel in
                 if statistics.connections.load(ordering: .relaxed) >= maximumConnections {
                     statistics.refusedConnections.add(1, ordering: .relaxed)

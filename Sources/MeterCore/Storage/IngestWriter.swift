@@ -247,7 +247,8 @@ package final class IngestWriter: MeterStoreWriter {
             for item in submission.readings {
                 let reading = item.reading
                 let slot: Int
-                if let known = lastMeter.flatMap({ $0.name == reading.meter ? $0.slot : nil }) ?? self.meterSlots[reading.meter] {
+                let sameAsLast = lastMeter?.name == reading.meter ? lastMeter?.slot : nil
+                if let known = sameAsLast ?? self.meterSlots[reading.meter] {
                     slot = known
                     if self.meterStates[slot].savedBy != rollback.generation {
                         rollback.saved.append((slot, self.meterStates[slot]))
