@@ -121,12 +121,39 @@ struct LatencyKey: Hashable {
 
 /// The aggregates of a run of readings: one batch's, or all those pending.
 struct BatchAggregates {
-    var meters: [Int64: MeterDelta] = [:]
-    var months: [MonthKey: AggregateDelta.Month] = [:]
+    private(set) var meters: [Int64: MeterDelta] = [:]
+    private(set) var months: [MonthKey: AggregateDelta.Month] = [:]
     var latencies: [LatencyKey: (count: Int, sumMs: Int64)] = [:]
-    var days: [DayKey: DayDelta] = [:]
+    private(set) var days: [DayKey: DayDelta] = [:]
     /// Highest rowid of a reading these aggregates cover.
     var highRowID: Int64?
+    // The three dictionaries above change only through these (or after resetting them).
+    private var meterCursor = DictionaryCursor<Int64, MeterDelta>()
+    private var monthCursor = DictionaryCursor<MonthKey, AggregateDelta.Month>()
+    private var dayCursor = DictionaryCursor<DayKey, DayDelta>()
+
+    /// Updates the meter's delta, starting it with `make()` if the batch has none.
+    mutating func updateMeter<Result>(_ id: Int64, default make: @autoclosure () -> MeterDelta, _ body: (inout MeterDelta) -> Result) -> Result {
+        self.meterCursor.update(&self.meters, id, default: make(), body)
+    }
+
+    mutating func updateMonth<Result>(_ key: MonthKey, _ body: (inout AggregateDelta.Month) -> Result) -> Result {
+        self.monthCursor.update(&self.months, key, default: AggregateDelta.Month(meterID: key.meterID, month: key.month), body)
+    }
+
+    mutating func updateDay<Result>(_ key: DayKey, _ body: (inout DayDelta) -> Result) -> Result {
+        self.dayCursor.update(&self.days, key, default: DayDelta(), body)
+    }
+
+    mutating func removeMonth(_ key: MonthKey) -> AggregateDelta.Month? {
+        self.monthCursor = DictionaryCursor()
+        return self.months.removeValue(forKey: key)
+    }
+
+    mutating func removeDay(_ key: DayKey) -> DayDelta? {
+        self.dayCursor = DictionaryCursor()
+        return self.days.removeValue(forKey: key)
+    }
 
     /// Adds one stored reading's latency, by the month it was received.
     mutating func addLatency(_ latencyMs: Int64, receivedMs: Int64, region: Int, calendar: inout MonthCalendar) {
@@ -144,6 +171,7 @@ struct BatchAggregates {
 
     /// These aggregates followed by `later`, as one.
     mutating func absorb(_ later: BatchAggregates) {
+        (self.meterCursor, self.monthCursor, self.dayCursor) = (DictionaryCursor(), DictionaryCursor(), DictionaryCursor())
         for (id, delta) in later.meters {
             if var earlier = self.meters[id] {
                 earlier.merge(delta)
@@ -162,6 +190,32 @@ struct BatchAggregates {
             self.days[key, default: DayDelta()].merge(day)
         }
         if let high = later.highRowID { self.highRowID = high }
+    }
+}
+
+/// Where the last update of one dictionary went. A meter's readings come in runs, and every
+/// reading of a run updates the same meter, day and month entries of the batch: from the run's
+/// second reading on, the cursor finds the entry by its position instead of hashing its key
+/// (in scenario (a)'s shape three hash lookups of every reading). The dictionary must change only
+/// through the cursor, or the cursor be reset after it changed, so a position it holds is valid.
+struct DictionaryCursor<Key: Hashable, Value> {
+    private var key: Key?
+    private var position: Dictionary<Key, Value>.Index?
+
+    mutating func update<Result>(
+        _ dictionary: inout [Key: Value], _ key: Key, default make: @autoclosure () -> Value, _ body: (inout Value) -> Result
+    ) -> Result {
+        guard key == self.key else {
+            // A new run: the subscript's one hash lookup, and no position yet. Finding it would
+            // cost a second lookup, which a run of one reading (scenario (b)) never pays back.
+            self.key = key
+            self.position = nil
+            return body(&dictionary[key, default: make()])
+        }
+        // Present: the previous update, through this cursor, inserted or changed it.
+        let position = self.position ?? dictionary.index(forKey: key)!
+        self.position = position
+        return body(&dictionary.values[position])
     }
 }
 

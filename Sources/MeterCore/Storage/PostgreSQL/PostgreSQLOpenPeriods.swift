@@ -41,14 +41,14 @@ struct PostgreSQLOpenPeriods {
         for (meterID, month) in months {
             let open = known[meterID]?.month
             guard open.map({ month >= $0 }) ?? true,
-                let delta = aggregates.months.removeValue(forKey: MonthKey(meterID: meterID, month: month))
+                let delta = aggregates.removeMonth(MonthKey(meterID: meterID, month: month))
             else { continue }
             shares[meterID, default: Share()].month = (month, open != month, delta)
         }
         let days = Self.newest(aggregates.days.keys.lazy.map { ($0.meterID, $0.day) }, of: aggregates, known: known)
         for (meterID, day) in days {
             let open = known[meterID]?.day
-            guard open.map({ day >= $0 }) ?? true, let delta = aggregates.days.removeValue(forKey: DayKey(day: day, meterID: meterID))
+            guard open.map({ day >= $0 }) ?? true, let delta = aggregates.removeDay(DayKey(day: day, meterID: meterID))
             else { continue }
             shares[meterID, default: Share()].day = (day, open != day, delta)
         }
