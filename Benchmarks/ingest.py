@@ -35,7 +35,8 @@ Scenarios
 Figures per scenario: readings acknowledged per second, meterd CPU-seconds per million readings
 (utime+stime of the daemon process alone, from /proc), meterd peak RSS (VmHWM), the largest
 queue_depth the status socket showed (sampled every 20 ms in raw100, raw1000, burst100 and
-burst1000, once a second elsewhere), ack latency p50/p99 (meter-sim's histogram), the same for the steady fleet only (readings written from one interval after the last
+burst1000, once a second elsewhere), the commits meterd made during the run (its
+meterd_commits_total), ack latency p50/p99 (meter-sim's histogram), the same for the steady fleet only (readings written from one interval after the last
 connection was first established: no connection storm, no new meters) and a loss check (meter-sim's ledger against what meterd stored: must be 0).
 
 With --store postgresql (issue 13 point 8) every scenario runs against a throw-away PostgreSQL 15
@@ -282,14 +283,19 @@ class Backend:
             self.cluster.stop()
 
 
-def commit_failures(daemon):
-    """Commits the node retried: meterd_commit_failures_total and meterd_commit_lost_races_total from its /metrics."""
+def metric_total(daemon, *names):
+    """The sum of the named counters in the node's /metrics."""
     import urllib.request
-    retried = 0
+    total = 0
     for line in urllib.request.urlopen(f"http://127.0.0.1:{daemon.http_port()}/metrics", timeout=10).read().decode().splitlines():
-        if line.startswith(("meterd_commit_failures_total ", "meterd_commit_lost_races_total ")):
-            retried += int(float(line.split()[1]))
-    return retried
+        if line.startswith(tuple(name + " " for name in names)):
+            total += int(float(line.split()[1]))
+    return total
+
+
+def commit_failures(daemon):
+    """Commits the node retried."""
+    return metric_total(daemon, "meterd_commit_failures_total", "meterd_commit_lost_races_total")
 
 
 def measured(name, bindir, work, meterd_args, drive, prepare=None, backend=None):
@@ -308,13 +314,16 @@ def measured(name, bindir, work, meterd_args, drive, prepare=None, backend=None)
     cluster = backend.cluster if backend else None
     idle_rss = sum(rss_mb(daemon.proc.pid) for daemon in daemons)
     cpu_before = [cpu_seconds(daemon.proc.pid) for daemon in daemons]
+    # Group commit sizes itself to the writer's pace: a faster commit can mean more, smaller ones.
+    commits_before = sum(metric_total(daemon, "meterd_commits_total") for daemon in daemons)
     pg_before, waits_before = (cluster.cpu_seconds(), cluster.lock_waits()) if cluster else (0, 0)
     interval = 0.02 if name in QUEUE_BOUND_SCENARIOS else 1.0
     samplers = [QueueDepthSampler(os.path.join(daemon.data, "status.sock"), interval) for daemon in daemons]
     exit_code = drive(daemons[0] if len(daemons) == 1 else daemons)
     meterd_cpu = sum(cpu_seconds(daemon.proc.pid) - before for daemon, before in zip(daemons, cpu_before))
     taken = {"cpu": meterd_cpu, "rss": max(peak_rss_mb(daemon.proc.pid) for daemon in daemons),
-             "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": max(sampler.stop() for sampler in samplers)}
+             "idle_rss_mb": round(idle_rss, 1), "max_queue_depth": max(sampler.stop() for sampler in samplers),
+             "commits": sum(metric_total(daemon, "meterd_commits_total") for daemon in daemons) - commits_before}
     if cluster:
         taken["postgres_cpu"] = cluster.cpu_seconds() - pg_before
         taken["lock_waits"] = cluster.lock_waits() - waits_before
@@ -328,9 +337,10 @@ def measured(name, bindir, work, meterd_args, drive, prepare=None, backend=None)
 
 
 def with_postgres_cpu(result, taken):
-    """Adds the PostgreSQL share to a result: cpu_s_per_million counts meterd and PostgreSQL together."""
+    """Adds what measured() took to a result, and the PostgreSQL share if there is one:
+    cpu_s_per_million then counts meterd and PostgreSQL together."""
     if "postgres_cpu" not in taken:
-        return result
+        return {**result, **taken}
     acked = max(result["acked"], 1)
     meterd = result["cpu_s_per_million"]
     postgres = round(taken.pop("postgres_cpu") / acked * 1e6, 2)
@@ -657,7 +667,7 @@ def main():
         print(json.dumps(line), file=sys.stderr)
         results.append(line)
     columns = ["scenario", "meters", "acked", "acked_per_s", "cpu_s_per_million", "cpu_percent_of_core", "idle_rss_mb", "peak_rss_mb",
-               "max_queue_depth", "ack_p50_ms", "ack_p99_ms", "steady_p50_ms", "steady_p99_ms", "lost", "stored_twice", "ready_s", "first_kpi_s"]
+               "max_queue_depth", "commits", "ack_p50_ms", "ack_p99_ms", "steady_p50_ms", "steady_p99_ms", "lost", "stored_twice", "ready_s", "first_kpi_s"]
     if args.store == "postgresql":
         columns += ["bare_cpu_s_per_million", "with_aggregates_cpu_s_per_million", "nodes", "meterd_cpu_s_per_million", "postgres_cpu_s_per_million", "lock_waits", "deadlocks", "retried_commits"]
     print(" | ".join(columns))
