@@ -137,19 +137,23 @@ struct BatchAggregates {
         self.meterCursor.update(&self.meters, id, default: make(), body)
     }
 
+    /// Updates the meter's month, starting it empty if the batch has none.
     mutating func updateMonth<Result>(_ key: MonthKey, _ body: (inout AggregateDelta.Month) -> Result) -> Result {
         self.monthCursor.update(&self.months, key, default: AggregateDelta.Month(meterID: key.meterID, month: key.month), body)
     }
 
+    /// Updates the meter's day, starting it empty if the batch has none.
     mutating func updateDay<Result>(_ key: DayKey, _ body: (inout DayDelta) -> Result) -> Result {
         self.dayCursor.update(&self.days, key, default: DayDelta(), body)
     }
 
+    /// Takes a month out of the batch (PostgreSQL writes a meter's open month with its row).
     mutating func removeMonth(_ key: MonthKey) -> AggregateDelta.Month? {
         self.monthCursor = DictionaryCursor()
         return self.months.removeValue(forKey: key)
     }
 
+    /// Takes a day out of the batch (PostgreSQL writes a meter's open day with its row).
     mutating func removeDay(_ key: DayKey) -> DayDelta? {
         self.dayCursor = DictionaryCursor()
         return self.days.removeValue(forKey: key)

@@ -422,11 +422,11 @@ package final class IngestWriter: MeterStoreWriter {
         // Presence and spacing for the read success rate.
         batch.updateDay(DayKey(day: day.key, meterID: state.id)) { $0.add(timestampMs: reading.timestampMs, previousMs: previousMs) }
         let latency = max(0, receivedMs - reading.timestampMs)
-        let month = MonthKey(meterID: state.id, month: day.month.key)
+        let monthKey = MonthKey(meterID: state.id, month: day.month.key)
         if let spanStartMs, spanStartMs < reading.timestampMs {
             var counted = reading
             counted.kwh = 0
-            batch.updateMonth(month) { $0.add(counted, rate: state.rate, latencyMs: latency) }
+            batch.updateMonth(monthKey) { $0.add(counted, rate: state.rate, latencyMs: latency) }
             let shares = self.calendar.spread(reading.kwh, fromMilliseconds: spanStartMs, to: reading.timestampMs)
             for share in shares {
                 batch.updateMonth(MonthKey(meterID: state.id, month: share.month.key)) {
@@ -434,7 +434,7 @@ package final class IngestWriter: MeterStoreWriter {
                 }
             }
         } else {
-            batch.updateMonth(month) { $0.add(reading, rate: state.rate, latencyMs: latency) }
+            batch.updateMonth(monthKey) { $0.add(reading, rate: state.rate, latencyMs: latency) }
         }
         batch.addLatency(latency, receivedMs: receivedMs, region: state.region, calendar: &self.calendar)
         return latency
