@@ -1,4 +1,5 @@
 import Foundation
+import MeterCore
 import NIOCore
 import NIOSSL
 
@@ -52,10 +53,10 @@ final class SimulationTLSContexts: Sendable {
             configuration.trustRoots = .certificates(authorities)
             if let certificate, let key {
                 configuration.certificateChain = try Self.certificates(certificate, flag: flag).map { .certificate($0) }
-                do {
-                    configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+                do throws(PEMFile.Unusable) {
+                    configuration.privateKey = .privateKey(try PEMFile.privateKey(at: key))
                 } catch {
-                    throw SimulationError.invalidConfiguration("\(flag): cannot read the private key \(key) (\(error))")
+                    throw SimulationError.invalidConfiguration("\(flag == "--tls-cert" ? "--tls-key" : flag): \(error)")
                 }
             }
             do {
@@ -90,15 +91,10 @@ final class SimulationTLSContexts: Sendable {
     }
 
     private static func certificates(_ path: String, flag: String) throws(SimulationError) -> [NIOSSLCertificate] {
-        guard FileManager.default.isReadableFile(atPath: path) else {
-            throw SimulationError.invalidConfiguration("\(flag): cannot read \(path)")
-        }
-        do {
-            let certificates = try NIOSSLCertificate.fromPEMFile(path)
-            guard !certificates.isEmpty else { throw NIOSSLError.failedToLoadCertificate }
-            return certificates
+        do throws(PEMFile.Unusable) {
+            return try PEMFile.certificates(at: path)
         } catch {
-            throw SimulationError.invalidConfiguration("\(flag): \(path) holds no usable PEM certificate (\(error))")
+            throw SimulationError.invalidConfiguration("\(flag): \(error)")
         }
     }
 }

@@ -101,7 +101,7 @@ import Testing
             // Port 1: nothing listens, so only the files can be the problem.
             var address = PostgreSQLAddress(user: "meterd", host: "localhost", port: 1, database: "fleet")
             address.tls = PostgreSQLTLS(mode: .verifyFull, rootCertificate: directory + "/missing.pem")
-            #expect(self.storeOpenFails(address) == "store URL: sslrootcert=\(directory)/missing.pem: cannot read the file")
+            #expect(self.storeOpenFails(address) == "store URL: sslrootcert=\(directory)/missing.pem: no such file")
             address.tls.rootCertificate = garbage
             #expect(self.storeOpenFails(address)?.hasPrefix("store URL: sslrootcert=\(garbage): not a PEM certificate") == true)
             let empty = directory + "/empty.pem"

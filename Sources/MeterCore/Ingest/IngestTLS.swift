@@ -89,12 +89,11 @@ package final class IngestTLS: Sendable {
 
     static func load(_ files: IngestTLSFiles, prefix: String = "ingest_tls") throws(ConfigurationError) -> Loaded {
         let chain = try Self.certificates(at: files.certificate, key: "\(prefix)_cert")
-        let keyBytes = try Self.read(files.key, key: "\(prefix)_key")
         let privateKey: NIOSSLPrivateKey
-        do {
-            privateKey = try NIOSSLPrivateKey(bytes: keyBytes, format: .pem)
+        do throws(PEMFile.Unusable) {
+            privateKey = try PEMFile.privateKey(at: files.key)
         } catch {
-            throw ConfigurationError(key: "\(prefix)_key", "\(files.key) holds no usable PEM private key (\(error))")
+            throw ConfigurationError(key: "\(prefix)_key", error.description)
         }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
@@ -124,26 +123,12 @@ package final class IngestTLS: Sendable {
         return Loaded(context: context, subject: subject, notValidAfter: Int64(leaf.notValidAfter))
     }
 
-    private static func read(_ path: String, key: String) throws(ConfigurationError) -> [UInt8] {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw ConfigurationError(key: key, "\(path): no such file")
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigurationError(key: key, "cannot read \(path) (permission denied?)")
-        }
-        return Array(data)
-    }
-
     private static func certificates(at path: String, key: String) throws(ConfigurationError) -> [NIOSSLCertificate] {
-        let bytes = try Self.read(path, key: key)
-        let certificates: [NIOSSLCertificate]
-        do {
-            certificates = try NIOSSLCertificate.fromPEMBytes(bytes)
+        do throws(PEMFile.Unusable) {
+            return try PEMFile.certificates(at: path)
         } catch {
-            throw ConfigurationError(key: key, "\(path) holds no usable PEM certificate (\(error))")
+            throw ConfigurationError(key: key, error.description)
         }
-        guard !certificates.isEmpty else { throw ConfigurationError(key: key, "\(path) holds no PEM certificate") }
-        return certificates
     }
 }
 

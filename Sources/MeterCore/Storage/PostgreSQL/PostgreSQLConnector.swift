@@ -158,28 +158,26 @@ package struct PostgreSQLConnector: Sendable {
         case .verifyFull:
             configuration.certificateVerification = .fullVerification
         }
-        func unusable(_ parameter: String, _ path: String, _ error: any Error) -> PostgreSQLStoreError {
-            let reason =
-                FileManager.default.isReadableFile(atPath: path)
-                ? "not a PEM \(parameter == "sslkey" ? "private key" : "certificate") (\(error))" : "cannot read the file"
-            return PostgreSQLStoreError("store URL: \(parameter)=\(path): \(reason)")
-        }
-        func certificates(_ parameter: String, _ path: String) throws(PostgreSQLStoreError) -> [NIOSSLCertificate] {
-            do {
-                return try NIOSSLCertificate.fromPEMFile(path)  // a file without one throws too
-            } catch {
-                throw unusable(parameter, path, error)
-            }
+        func unusable(_ parameter: String, _ file: PEMFile.Unusable) -> PostgreSQLStoreError {
+            PostgreSQLStoreError("store URL: \(parameter)=\(file)")
         }
         if let path = tls.rootCertificate {
-            configuration.trustRoots = .certificates(try certificates("sslrootcert", path))
+            do throws(PEMFile.Unusable) {
+                configuration.trustRoots = .certificates(try PEMFile.certificates(at: path))
+            } catch {
+                throw unusable("sslrootcert", error)
+            }
         }
         if let certificate = tls.clientCertificate, let key = tls.clientKey {
-            configuration.certificateChain = try certificates("sslcert", certificate).map { .certificate($0) }
-            do {
-                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+            do throws(PEMFile.Unusable) {
+                configuration.certificateChain = try PEMFile.certificates(at: certificate).map { .certificate($0) }
             } catch {
-                throw unusable("sslkey", key, error)
+                throw unusable("sslcert", error)
+            }
+            do throws(PEMFile.Unusable) {
+                configuration.privateKey = .privateKey(try PEMFile.privateKey(at: key))
+            } catch {
+                throw unusable("sslkey", error)
             }
         }
         let context: NIOSSLContext
