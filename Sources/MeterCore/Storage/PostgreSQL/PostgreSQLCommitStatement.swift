@@ -189,8 +189,11 @@ struct PostgreSQLCommitStatement {
             """
     }
 
-    /// The parameters of `meterd_commit_batch` (and of `meterd_commit` after its first two).
-    private static let batchParameters = """
+    /// The parameters of `meterd_commit_batch` (and of `meterd_commit` after its first two): the
+    /// readings, flags, quarantined lines and meter rows, then the aggregates.
+    private static let batchParameters = Self.readingAndMeterParameters + "\n" + Self.aggregateParameters
+
+    private static let readingAndMeterParameters = """
             r_meter bigint[], r_ts bigint[], r_seq bigint[], r_position bigint[], r_received bigint[], r_kwh double precision[],
             r_status bigint[], r_fault text[], r_voltage double precision[], r_register double precision[], r_span bigint[],
             f_meter bigint[], f_seq bigint[], f_ts bigint[], f_month bigint[], f_rule text[], f_detail text[],
@@ -199,6 +202,9 @@ struct PostgreSQLCommitStatement {
             m_last_status bigint[], m_has_readings boolean[], m_last_fault text[], m_readings bigint[], m_faults bigint[],
             m_duplicates bigint[], m_last_position bigint[], m_last_register double precision[], m_last_register_ts bigint[],
             m_zero_since bigint[], m_zero_flagged boolean[], m_first_day bigint[],
+        """
+
+    private static let aggregateParameters = """
             mm_meter bigint[], mm_month bigint[], mm_kwh double precision[], mm_revenue double precision[], mm_readings bigint[],
             mm_faults bigint[], mm_good bigint[], mm_fair bigint[], mm_poor bigint[], mm_latency_sum bigint[], mm_latency_max bigint[],
             mm_estimated bigint[], mm_estimated_kwh double precision[],
@@ -210,10 +216,17 @@ struct PostgreSQLCommitStatement {
     /// `meterd_commit`, created by migration `v3-commit-batch-unnest-in-select`: `meterd_commit_batch`
     /// and the batch's `commit_feed` row, returning the meter-days the batch started and then the
     /// feed row's `xid` (the statement ``query`` sent before it did the same with a CTE).
-    static let commitFunctionDefinition = """
+    static let commitFunctionDefinition = Self.commitFunction(
+        parameters: Self.batchParameters, batchArguments: Self.readingAndMeterArguments + ",\n" + Self.aggregateArguments)
+
+    /// `meterd_commit`: calls `meterd_commit_batch` with its own parameters after the first two
+    /// (`parameters`, passed on as `batchArguments`), writes the batch's `commit_feed` row and
+    /// returns the meter-days the batch started, then the feed row's `xid`.
+    private static func commitFunction(parameters: String, batchArguments: String) -> String {
+        """
         CREATE FUNCTION meterd_commit(
             p_node text, p_payload bytea,
-        \(Self.batchParameters)
+        \(parameters)
         ) RETURNS TABLE (started_day bigint, started_meter bigint, commit_xid bigint) LANGUAGE plpgsql
         SET plan_cache_mode = force_generic_plan
         AS $$
@@ -224,17 +237,7 @@ struct PostgreSQLCommitStatement {
         BEGIN
             SELECT COALESCE(array_agg(s.started_day), '{}'), COALESCE(array_agg(s.started_meter), '{}') INTO days, meters
             FROM meterd_commit_batch(
-                r_meter, r_ts, r_seq, r_position, r_received, r_kwh, r_status, r_fault, r_voltage, r_register, r_span,
-                f_meter, f_seq, f_ts, f_month, f_rule, f_detail,
-                q_received, q_peer, q_line, q_code, q_detail, q_raw, q_identity,
-                m_id, m_previous_hwm, m_hwm, m_first_seen, m_last_received, m_last_ts, m_last_status, m_has_readings, m_last_fault,
-                m_readings, m_faults, m_duplicates, m_last_position, m_last_register, m_last_register_ts, m_zero_since,
-                m_zero_flagged, m_first_day,
-                mm_meter, mm_month, mm_kwh, mm_revenue, mm_readings, mm_faults, mm_good, mm_fair, mm_poor, mm_latency_sum,
-                mm_latency_max, mm_estimated, mm_estimated_kwh,
-                l_month, l_region, l_bucket, l_count, l_sum,
-                d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count,
-                watermark) AS s;
+        \(batchArguments)) AS s;
             INSERT INTO commit_feed (node, payload, started_days, started_meters) VALUES (p_node, p_payload, days, meters)
             RETURNING commit_feed.xid INTO feed_xid;
             RETURN QUERY SELECT unnest(days), unnest(meters), NULL::bigint;
@@ -244,6 +247,32 @@ struct PostgreSQLCommitStatement {
             RETURN NEXT;
         END
         $$
+        """
+    }
+
+    /// The names of ``readingAndMeterParameters``, ``openPeriodParameters`` and
+    /// ``aggregateParameters``, as `meterd_commit` passes them on.
+    private static let readingAndMeterArguments = """
+                r_meter, r_ts, r_seq, r_position, r_received, r_kwh, r_status, r_fault, r_voltage, r_register, r_span,
+                f_meter, f_seq, f_ts, f_month, f_rule, f_detail,
+                q_received, q_peer, q_line, q_code, q_detail, q_raw, q_identity,
+                m_id, m_previous_hwm, m_hwm, m_first_seen, m_last_received, m_last_ts, m_last_status, m_has_readings, m_last_fault,
+                m_readings, m_faults, m_duplicates, m_last_position, m_last_register, m_last_register_ts, m_zero_since,
+                m_zero_flagged, m_first_day
+        """
+
+    private static let openPeriodArguments = """
+                om_month, om_starts, om_kwh, om_revenue, om_readings, om_faults, om_good, om_fair, om_poor, om_latency_sum,
+                om_latency_max, om_estimated, om_estimated_kwh,
+                od_day, od_starts, od_readings, od_spacing_sum, od_spacing_count
+        """
+
+    private static let aggregateArguments = """
+                mm_meter, mm_month, mm_kwh, mm_revenue, mm_readings, mm_faults, mm_good, mm_fair, mm_poor, mm_latency_sum,
+                mm_latency_max, mm_estimated, mm_estimated_kwh,
+                l_month, l_region, l_bucket, l_count, l_sum,
+                d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count,
+                watermark
         """
 
     /// `meterd_commit_batch` as migration `v3-commit-batch-unnest-in-select` replaces it: the same
@@ -357,20 +386,7 @@ struct PostgreSQLCommitStatement {
     /// with ``functionDefinitionV3``). Changing it takes a new migration with `CREATE OR REPLACE FUNCTION`.
     static let functionDefinition = """
         CREATE FUNCTION meterd_commit_batch(
-            r_meter bigint[], r_ts bigint[], r_seq bigint[], r_position bigint[], r_received bigint[], r_kwh double precision[],
-            r_status bigint[], r_fault text[], r_voltage double precision[], r_register double precision[], r_span bigint[],
-            f_meter bigint[], f_seq bigint[], f_ts bigint[], f_month bigint[], f_rule text[], f_detail text[],
-            q_received bigint[], q_peer text[], q_line bigint[], q_code text[], q_detail text[], q_raw bytea[], q_identity text[],
-            m_id bigint[], m_previous_hwm bigint[], m_hwm bigint[], m_first_seen bigint[], m_last_received bigint[], m_last_ts bigint[],
-            m_last_status bigint[], m_has_readings boolean[], m_last_fault text[], m_readings bigint[], m_faults bigint[],
-            m_duplicates bigint[], m_last_position bigint[], m_last_register double precision[], m_last_register_ts bigint[],
-            m_zero_since bigint[], m_zero_flagged boolean[], m_first_day bigint[],
-            mm_meter bigint[], mm_month bigint[], mm_kwh double precision[], mm_revenue double precision[], mm_readings bigint[],
-            mm_faults bigint[], mm_good bigint[], mm_fair bigint[], mm_poor bigint[], mm_latency_sum bigint[], mm_latency_max bigint[],
-            mm_estimated bigint[], mm_estimated_kwh double precision[],
-            l_month bigint[], l_region text[], l_bucket bigint[], l_count bigint[], l_sum bigint[],
-            d_day bigint[], d_meter bigint[], d_readings bigint[], d_spacing_sum bigint[], d_spacing_count bigint[],
-            watermark bigint
+        \(Self.batchParameters)
         ) RETURNS TABLE (started_day bigint, started_meter bigint) LANGUAGE plpgsql AS $$
         DECLARE
             null_integer constant bigint := -9223372036854775808;
@@ -463,67 +479,22 @@ extension PostgreSQLCommitStatement {
     /// after its row's (``PostgreSQLOpenPeriods``). `om_month` (`od_day`) is NULL's sentinel where the
     /// batch leaves the meter's open month (day) as it is; `om_starts` (`od_starts`) says the row's
     /// open period moves out to `meter_month` (`meter_day`) and this one takes its place.
-    private static let batchParametersV7 = """
-            r_meter bigint[], r_ts bigint[], r_seq bigint[], r_position bigint[], r_received bigint[], r_kwh double precision[],
-            r_status bigint[], r_fault text[], r_voltage double precision[], r_register double precision[], r_span bigint[],
-            f_meter bigint[], f_seq bigint[], f_ts bigint[], f_month bigint[], f_rule text[], f_detail text[],
-            q_received bigint[], q_peer text[], q_line bigint[], q_code text[], q_detail text[], q_raw bytea[], q_identity text[],
-            m_id bigint[], m_previous_hwm bigint[], m_hwm bigint[], m_first_seen bigint[], m_last_received bigint[], m_last_ts bigint[],
-            m_last_status bigint[], m_has_readings boolean[], m_last_fault text[], m_readings bigint[], m_faults bigint[],
-            m_duplicates bigint[], m_last_position bigint[], m_last_register double precision[], m_last_register_ts bigint[],
-            m_zero_since bigint[], m_zero_flagged boolean[], m_first_day bigint[],
+    private static let batchParametersV7 =
+        Self.readingAndMeterParameters + "\n" + Self.openPeriodParameters + "\n" + Self.aggregateParameters
+
+    /// Each meter's share of its open month (`om_`) and open day (`od_`), since v7.
+    private static let openPeriodParameters = """
             om_month bigint[], om_starts boolean[], om_kwh double precision[], om_revenue double precision[], om_readings bigint[],
             om_faults bigint[], om_good bigint[], om_fair bigint[], om_poor bigint[], om_latency_sum bigint[], om_latency_max bigint[],
             om_estimated bigint[], om_estimated_kwh double precision[],
             od_day bigint[], od_starts boolean[], od_readings bigint[], od_spacing_sum bigint[], od_spacing_count bigint[],
-            mm_meter bigint[], mm_month bigint[], mm_kwh double precision[], mm_revenue double precision[], mm_readings bigint[],
-            mm_faults bigint[], mm_good bigint[], mm_fair bigint[], mm_poor bigint[], mm_latency_sum bigint[], mm_latency_max bigint[],
-            mm_estimated bigint[], mm_estimated_kwh double precision[],
-            l_month bigint[], l_region text[], l_bucket bigint[], l_count bigint[], l_sum bigint[],
-            d_day bigint[], d_meter bigint[], d_readings bigint[], d_spacing_sum bigint[], d_spacing_count bigint[],
-            watermark bigint
         """
 
     /// `meterd_commit` as migration `v7-open-periods-in-meter-rows` creates it: as
     /// ``commitFunctionDefinition``, with the parameters of ``batchParametersV7``.
-    static let commitFunctionDefinitionV7 = """
-        CREATE FUNCTION meterd_commit(
-            p_node text, p_payload bytea,
-        \(Self.batchParametersV7)
-        ) RETURNS TABLE (started_day bigint, started_meter bigint, commit_xid bigint) LANGUAGE plpgsql
-        SET plan_cache_mode = force_generic_plan
-        AS $$
-        DECLARE
-            days bigint[];
-            meters bigint[];
-            feed_xid bigint;
-        BEGIN
-            SELECT COALESCE(array_agg(s.started_day), '{}'), COALESCE(array_agg(s.started_meter), '{}') INTO days, meters
-            FROM meterd_commit_batch(
-                r_meter, r_ts, r_seq, r_position, r_received, r_kwh, r_status, r_fault, r_voltage, r_register, r_span,
-                f_meter, f_seq, f_ts, f_month, f_rule, f_detail,
-                q_received, q_peer, q_line, q_code, q_detail, q_raw, q_identity,
-                m_id, m_previous_hwm, m_hwm, m_first_seen, m_last_received, m_last_ts, m_last_status, m_has_readings, m_last_fault,
-                m_readings, m_faults, m_duplicates, m_last_position, m_last_register, m_last_register_ts, m_zero_since,
-                m_zero_flagged, m_first_day,
-                om_month, om_starts, om_kwh, om_revenue, om_readings, om_faults, om_good, om_fair, om_poor, om_latency_sum,
-                om_latency_max, om_estimated, om_estimated_kwh,
-                od_day, od_starts, od_readings, od_spacing_sum, od_spacing_count,
-                mm_meter, mm_month, mm_kwh, mm_revenue, mm_readings, mm_faults, mm_good, mm_fair, mm_poor, mm_latency_sum,
-                mm_latency_max, mm_estimated, mm_estimated_kwh,
-                l_month, l_region, l_bucket, l_count, l_sum,
-                d_day, d_meter, d_readings, d_spacing_sum, d_spacing_count,
-                watermark) AS s;
-            INSERT INTO commit_feed (node, payload, started_days, started_meters) VALUES (p_node, p_payload, days, meters)
-            RETURNING commit_feed.xid INTO feed_xid;
-            RETURN QUERY SELECT unnest(days), unnest(meters), NULL::bigint;
-            started_day := NULL;
-            started_meter := NULL;
-            commit_xid := feed_xid;
-            RETURN NEXT;
-        END
-        $$
-        """
+    static let commitFunctionDefinitionV7 = Self.commitFunction(
+        parameters: Self.batchParametersV7,
+        batchArguments: Self.readingAndMeterArguments + ",\n" + Self.openPeriodArguments + ",\n" + Self.aggregateArguments)
 
     /// `meterd_commit_batch` as migration `v7-open-periods-in-meter-rows` creates it: the effects of
     /// ``functionDefinitionV3`` (with v5's planner settings), except that each meter's newest month
