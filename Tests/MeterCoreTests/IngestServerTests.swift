@@ -216,6 +216,71 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
         }
     }
 
+    /// A meter's clock reset to year 0 sends nothing meterd's calendars and latency sums can hold;
+    /// one reset decades back (1970) is stored, its latency counted as at most 365 days.
+    @Test func aTimestampBefore1970IsRejectedAndALateOnesLatencyIsCapped() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(
+                    #"{"meter":"Z","seq":1,"ts":"0000-01-01T00:00:00Z","kwh":0.1}"# + "\n"
+                        + #"{"meter":"Z","seq":2,"ts":"1969-12-31T23:59:59.999Z","kwh":0.1}"# + "\n"
+                        + #"{"meter":"Z","seq":3,"ts":"0000-01-01T00:00:00+23:59","kwh":0.1}"# + "\n"
+                        + "  \t\r\n"  // a blank line, skipped like an empty one
+                        + #"{"meter":"Z","seq":4,"ts":"1970-01-01T00:00:00Z","kwh":0.1}"# + "\n")
+                let lines = try await client.collect { lastAck($0, meter: "Z") == 4 }
+                #expect(
+                    Set(lines) == [
+                        .error(code: "invalid_field", line: 1), .error(code: "invalid_field", line: 2),
+                        .error(code: "invalid_field", line: 3), .ack(meter: "Z", seq: 4),
+                    ])
+                await client.close()
+                let (stored, latencyMax, latencySum) = try await harness.database.pool.read { db in
+                    (
+                        try Int64.fetchAll(db, sql: "SELECT seq FROM reading ORDER BY seq"),
+                        try Int64.fetchOne(db, sql: "SELECT max(latency_max_ms) FROM meter_month"),
+                        try Int64.fetchOne(db, sql: "SELECT sum(latency_sum_ms) FROM meter_month")
+                    )
+                }
+                #expect(stored == [4])
+                #expect(latencyMax == MeteringRules.maximumLatencyMs)
+                #expect(latencySum == MeteringRules.maximumLatencyMs)
+                #expect(harness.pipeline.statistics.rejects(.invalidField) == 3)
+            }
+        }
+    }
+
+    /// A meter that half-closes right after its last line, without the newline, gets that line
+    /// answered (acked, or rejected and quarantined) before meterd closes.
+    @Test func aLastLineWithoutItsNewlineIsAnsweredBeforeTheClose() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                func finishWithout(_ text: String, meter: String) async throws -> [DaemonLine] {
+                    let client = try await LineClient(port: harness.port)
+                    try await client.send(readingLine(meter: meter, seq: 1) + text)
+                    try await client.finishSending()
+                    var lines: [DaemonLine] = []
+                    while let line = try await client.readLine(timeout: .seconds(60)) { lines.append(try #require(DaemonLine(line))) }
+                    await client.close()
+                    return lines
+                }
+                let good = try await finishWithout(String(readingLine(meter: "L", seq: 2).dropLast()), meter: "L")
+                #expect(lastAck(good, meter: "L") == 2, "\(good)")
+                let bad = try await finishWithout(#"{"meter":"Q","seq":2,"#, meter: "Q")
+                #expect(bad.contains(.error(code: "invalid_json", line: 2)), "\(bad)")
+                #expect(lastAck(bad, meter: "Q") == 1)
+                let (stored, quarantined) = try await harness.database.pool.read { db in
+                    (
+                        try String.fetchAll(db, sql: "SELECT m.name || ':' || r.seq FROM reading r JOIN meter m ON m.id = r.meter_id ORDER BY 1"),
+                        try Int.fetchAll(db, sql: "SELECT line FROM quarantine")
+                    )
+                }
+                #expect(stored == ["L:1", "L:2", "Q:1"])
+                #expect(quarantined == [2])
+            }
+        }
+    }
+
     @Test func aFullQueueSaysBusyAndSlowsTheMeterWithoutDroppingAnything() async throws {
         try await withTemporaryDirectory { directory in
             var configuration = DaemonConfiguration()

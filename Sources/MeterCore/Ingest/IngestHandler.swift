@@ -423,8 +423,17 @@ final class IngestHandler: ChannelDuplexHandler {
 
     private func closeIfSettled(context: ChannelHandlerContext) {
         guard self.inputClosed, self.held == nil, self.unsettledSubmissions == 0 else { return }
+        if let last = self.carry {
+            // The meter ended its last line with the end of its input instead of a newline: it is
+            // a line all the same, answered (acked or rejected) before the connection closes.
+            self.carry = nil
+            self.receivedMs = WallClock.nowMs()
+            last.withUnsafeReadableBytes { self.processLine($0) }
+            self.submitPending(context: context)
+            self.flushOutput(context: context)
+            if self.unsettledSubmissions > 0 { return }
+        }
         self.inputClosed = false
-        self.carry = nil  // a last line without its newline is not a reading
         self.finish()
     }
 
@@ -454,7 +463,8 @@ final class IngestHandler: ChannelDuplexHandler {
         self.lineNumber += 1
         var line = raw
         if let last = line.last, last == UInt8(ascii: "\r") { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
-        if line.isEmpty { return }
+        // Blank lines (keep-alives, a stray newline) are skipped, with or without spaces and tabs.
+        if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }) { return }
         guard line.count <= self.limits.maximumLineLength else {
             self.reject(Rejection(.lineTooLong, "line of \(line.count) bytes exceeds the limit of \(self.limits.maximumLineLength)"), raw: line)
             return

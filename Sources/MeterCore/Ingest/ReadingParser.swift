@@ -248,8 +248,16 @@ private struct ReadingFields {
         guard let parsed else {
             throw Rejection(.invalidField, "ts must be an RFC 3339 date-time with Z or an offset, got \(Self.excerpt(token, in: line))")
         }
+        // A meter's clock reset to year 0 would otherwise land in months and latencies no
+        // calendar or sum of meterd is meant to hold.
+        guard parsed >= Self.earliestTimestampMs else {
+            throw Rejection(.invalidField, "ts must be 1970-01-01T00:00:00Z or later, got \(Self.excerpt(token, in: line))")
+        }
         return parsed
     }
+
+    /// The earliest `ts` taken: the Unix epoch.
+    package static let earliestTimestampMs: Int64 = 0
 
     private static func double(_ token: Token, key: Key, in line: UnsafeRawBufferPointer) throws(Rejection) -> Double {
         guard case .number(let start, let end, _) = token else {

@@ -69,6 +69,11 @@ package struct MeteringRules: Sendable, Equatable {
 
     /// Consumption values of a meter's recent regular readings the spike rule compares against.
     package static let spikeWindow = 16
+
+    /// The most a reading's latency counts for in latency sums, maxima and histograms (365 days):
+    /// a reading from a meter whose clock was reset decades back still counts as very late, and
+    /// no sum of latencies can overflow before its meter-month holds hundreds of millions of readings.
+    package static let maximumLatencyMs: Int64 = 365 * 86_400_000
     /// Fewer values than this make no median worth judging by.
     package static let spikeMinimumWindow = 5
 

@@ -421,7 +421,7 @@ package final class IngestWriter: MeterStoreWriter {
         }
         // Presence and spacing for the read success rate.
         batch.updateDay(DayKey(day: day.key, meterID: state.id)) { $0.add(timestampMs: reading.timestampMs, previousMs: previousMs) }
-        let latency = max(0, receivedMs - reading.timestampMs)
+        let latency = min(max(0, receivedMs - reading.timestampMs), MeteringRules.maximumLatencyMs)
         let monthKey = MonthKey(meterID: state.id, month: day.month.key)
         if let spanStartMs, spanStartMs < reading.timestampMs {
             var counted = reading
