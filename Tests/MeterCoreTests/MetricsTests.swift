@@ -85,6 +85,49 @@ struct MetricsTests {
         }
     }
 
+    /// HTTP as load balancers, probes and benchmark tools speak it: HEAD answers as GET without the
+    /// body, a route asked with a method it lacks answers 405 with `Allow`, an unknown path a JSON
+    /// 404, and an HTTP/1.0 request (no keep-alive) has its connection closed after the response.
+    @Test(.timeLimit(.minutes(1)))
+    func headMethodNotAllowedUnknownPathsAndHTTP10AnswerAsHTTPSays() async throws {
+        try await withTemporaryDirectory { directory in
+            let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
+            defer { meterd.process.stop() }
+            let http = try await meterd.ports().http
+
+            let get = try await httpRequest(port: http, "/healthz")
+            let head = try await httpRequest(port: http, "/healthz", method: "HEAD")
+            #expect(get.status == 200 && head.status == 200)
+            #expect(head.body.isEmpty)
+            #expect(head.header("Content-Length") == String(get.body.utf8.count), "\(head.headers)")
+            #expect(try await httpRequest(port: http, "/metrics", method: "HEAD").status == 200)
+
+            let post = try await httpRequest(port: http, "/api/kpi", method: "POST", body: "")
+            #expect(post.status == 405)
+            #expect(post.header("Allow") == "GET, HEAD")
+            #expect(post.json["error"] as? String == "method_not_allowed", "\(post.body)")
+            let delete = try await httpRequest(port: http, "/login", method: "DELETE")
+            #expect(delete.status == 405)
+            #expect(delete.header("Allow") == "GET, HEAD, POST")
+            let unknown = try await httpRequest(port: http, "/api/nothing-here")
+            #expect(unknown.status == 404)
+            #expect(unknown.json["error"] as? String == "not_found", "\(unknown.body)")
+            #expect(try await httpRequest(port: http, "/api/nothing-here", method: "POST", body: "").status == 404)
+
+            // HTTP/1.0 without keep-alive: the answer, then the close, long before the 60 s idle timeout.
+            let client = try await LineClient(port: http)
+            try await client.send("GET /healthz HTTP/1.0\r\n\r\n")
+            let started = ContinuousClock.now
+            var lines: [String] = []
+            while let line = try await client.readLine(timeout: .seconds(15)) { lines.append(line) }
+            #expect(lines.first?.hasPrefix("HTTP/1.1 200") == true, "\(lines)")
+            #expect(lines.last?.contains(#""status":"ok""#) == true, "\(lines)")
+            #expect(ContinuousClock.now - started < .seconds(10))
+            await client.close()
+            #expect(try await meterd.terminate() == 0)
+        }
+    }
+
     @Test func promtoolRejectsABrokenExposition() async throws {
         // The check above can fail: promtool does complain about bad metrics.
         let check = try await offPool { try Self.promtool("# TYPE meterd_readings counter\nmeterd_readings 1\n") }

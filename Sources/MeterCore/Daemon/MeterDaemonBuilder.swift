@@ -154,8 +154,10 @@ package struct MeterDaemon: Sendable {
             responder: StatusResponder(reporter: reporter), logger: logger,
             onListening: { readiness.listenerBound("status") })
         // Routes register here before the server is built; the dashboard and API add theirs the same way.
-        let router = Router(context: MeterRequestContext.self)
-        // First, so its checks run in front of every route registered after it.
+        // HEAD answers as GET does, without the body (load balancers check health with HEAD).
+        let router = Router(context: MeterRequestContext.self, options: .autoGenerateHeadEndpoints)
+        router.add(middleware: RouteProbeMiddleware())
+        // Next, so its checks run in front of every route registered after it.
         HTTPAccess(
             configuration: HTTPAccessConfiguration(
                 users: users, metricsToken: metricsToken, sessionTTL: .seconds(configuration.httpSessionTTLSeconds),

@@ -3,6 +3,7 @@ import HummingbirdCore
 import HTTPTypes
 import Logging
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import ServiceLifecycle
@@ -42,6 +43,25 @@ package struct MeterRequestContext: RequestContext {
 
     /// The one region this request may see, for a region-scoped user; `nil` for all regions.
     package var regionScope: String? { self.user?.scope.region }
+
+    /// Set when ``HTTPServer`` only asks whether a path has a route for a method (for `405` and
+    /// `Allow`): ``RouteProbeMiddleware`` answers before any route runs.
+    var probesRoute = false
+}
+
+/// Answers a route probe (``MeterRequestContext/probesRoute``) without running the route: `204`
+/// when the path and method have a route, `404` when not, or only a catch-all (`api/**`, whose
+/// answer is a 404 itself). Added first, so it runs before the rest.
+package struct RouteProbeMiddleware: RouterMiddleware {
+    package typealias Context = MeterRequestContext
+
+    package init() {}
+
+    package func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard context.probesRoute else { return try await next(request, context) }
+        guard let route = context.endpointPath, !route.hasSuffix("**") else { return Response(status: .notFound) }
+        return Response(status: .noContent)
+    }
 }
 
 /// meterd's HTTP server (SPEC.md section 6): a Hummingbird router served over HTTP/1.1, as a
@@ -79,7 +99,7 @@ package struct HTTPServer: Service {
                 let context = MeterRequestContext(source: .init(channel: channel, logger: logger))
                 var response: Response
                 do {
-                    response = try await responder.respond(to: request, context: context)
+                    response = try await Self.answer(request, context: context, responder: responder)
                 } catch let error as any HTTPResponseError {
                     // Bad input and unknown paths: the error says which status and body to answer with.
                     response = (try? error.response(from: request, context: context)) ?? Response(status: .internalServerError)
@@ -111,7 +131,12 @@ package struct HTTPServer: Service {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
-            return http.setup(channel: channel, logger: logger)
+            return http.setup(channel: channel, logger: logger).flatMapThrowing { value in
+                let operations = channel.pipeline.syncOperations
+                let decoder = try operations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+                try operations.addHandler(HTTPConnectionCloseHandler(), position: .after(decoder))
+                return value
+            }
         }
         let server: NIOAsyncChannel<HTTP1Channel.Value, Never>
         if let socket = self.configuration.inheritedSocket {
@@ -147,6 +172,60 @@ package struct HTTPServer: Service {
             }
         }
         self.logger.info("HTTP server stopped")
+    }
+}
+
+extension HTTPServer {
+    /// The methods a path may be asked with, besides the request's own, when it has no route for that one.
+    private static let probedMethods: [HTTPRequest.Method] = [.get, .post]
+
+    /// The router's answer, except that a path without a route for the request's method answers
+    /// `405` with `Allow` when it has one for another, and an unknown path `404`, both with a JSON
+    /// body like every other error (`{"error":…,"message":…}`).
+    static func answer(
+        _ request: Request, context: MeterRequestContext, responder: RouterResponder<MeterRequestContext>
+    ) async throws -> Response {
+        let response = try await responder.respond(to: request, context: context)
+        // A route's own 404 (an unknown meter) has a body; the router's has none.
+        guard response.status == .notFound, response.body.contentLength == 0 else { return response }
+        let path = request.uri.path
+        var allowed: [HTTPRequest.Method] = []
+        for method in Self.probedMethods where method != request.method {
+            var probe = context
+            probe.probesRoute = true
+            let head = HTTPRequest(method: method, scheme: nil, authority: nil, path: request.head.path)
+            if try await responder.respond(to: Request(head: head, body: .init(buffer: ByteBuffer())), context: probe).status == .noContent {
+                allowed.append(method)
+                if method == .get { allowed.append(.head) }
+            }
+        }
+        guard !allowed.isEmpty else {
+            return DashboardError.notFound("No such page or API route: \(path)").plainResponse
+        }
+        let methods = allowed.map(\.rawValue).joined(separator: ", ")
+        var refusal = DashboardError(
+            .methodNotAllowed, code: "method_not_allowed", message: "\(request.method.rawValue) is not allowed on \(path); use \(methods)"
+        ).plainResponse
+        refusal.headers[.allow] = methods
+        return refusal
+    }
+}
+
+/// Ends the connection after the response to a request that asks for that: HTTP/1.0 without
+/// `Connection: keep-alive`, or `Connection: close` in any spelling. Hummingbird closes only on the
+/// exact header `Connection: close`, so without this an HTTP/1.0 client (ApacheBench, old probes)
+/// waits for the idle timeout after every response.
+final class HTTPConnectionCloseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(var head) = Self.unwrapInboundIn(data), !head.isKeepAlive, head.headers["connection"] != ["close"] else {
+            context.fireChannelRead(data)
+            return
+        }
+        head.headers.replaceOrAdd(name: "connection", value: "close")
+        context.fireChannelRead(Self.wrapInboundOut(.head(head)))
     }
 }
 
