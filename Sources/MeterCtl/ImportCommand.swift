@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import MeterCore
 
 #if canImport(Glibc)
@@ -42,8 +43,16 @@ struct ImportCommand: AsyncParsableCommand {
         }
         let writer = try store.makeWriter(WriterSettings())
         let terminal = isatty(STDERR_FILENO) == 1
+        // Off a terminal, a line per tenth of a file is enough (progress comes every 65,536 rows).
+        let shown = Mutex<(file: String, tenth: Int)>(("", -1))
         let report = try CompanyImporter.importDirectory(self.directory, into: writer) { progress in
             let percent = Int((progress.fraction * 100).rounded())
+            let tenth = percent / 10
+            let fresh = shown.withLock { shown in
+                defer { shown = (progress.file, tenth) }
+                return shown.file != progress.file || shown.tenth != tenth
+            }
+            guard terminal || fresh else { return }
             let line = "\(progress.file): \(percent)% (\(progress.rows) rows)"
             FileHandle.standardError.write(Data((terminal ? "\r\(line)\u{1B}[K" + (percent >= 100 ? "\n" : "") : line + "\n").utf8))
         }

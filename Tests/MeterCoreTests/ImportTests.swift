@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import GRDB
 import Testing
 
@@ -171,6 +172,36 @@ import Testing
                 #expect(try await CompanyImporter.importDirectory(directory, through: .pipeline(harness.pipeline)).succeeded)
                 let kwh = try await harness.database.pool.read { db in try Double.fetchOne(db, sql: "SELECT SUM(kwh) FROM meter_month") }
                 #expect(close(kwh, 102.5))
+            }
+        }
+    }
+
+    /// An import through the daemon holds the writer for as long as its largest file takes (tens of
+    /// seconds at 100,000 customers): its progress must count as the writer's, or the watchdog
+    /// and `/healthz` would take the import for a stall and systemd would kill meterd mid-import.
+    @Test(.timeLimit(.minutes(1)))
+    func aLongImportThroughThePipelineCountsAsTheWritersProgress() async throws {
+        try await withTemporaryDirectory { directory in
+            let rows = 300_000
+            var text = "TechnicianID,TechnicianName\n"
+            text.reserveCapacity(rows * 40)
+            for id in 1...rows { text += "\(id),Field technician number \(id)\n" }
+            try FileManager.default.createDirectory(atPath: directory + "/csv", withIntermediateDirectories: true)
+            try text.write(toFile: directory + "/csv/technicians.csv", atomically: true, encoding: .utf8)
+            try await IngestHarness.with(directory: directory) { harness in
+                let pipeline = harness.pipeline
+                // At each progress report: when it came, and the writer's last progress as the pipeline saw it then.
+                let seen = Mutex<[(atMs: Int64, progressMs: Int64)]>([])
+                let report = try await CompanyImporter.importDirectory(directory + "/csv", through: .pipeline(pipeline)) { _ in
+                    let progressMs = pipeline.lastProgressMs
+                    seen.withLock { $0.append((WallClock.nowMs(), progressMs)) }
+                }
+                #expect(report.succeeded, "\(report.text)")
+                let reports = seen.withLock { $0 }
+                #expect(reports.count >= rows / 65_536)
+                for (previous, next) in zip(reports, reports.dropFirst()) {
+                    #expect(next.progressMs >= previous.atMs, "\(reports)")
+                }
             }
         }
     }

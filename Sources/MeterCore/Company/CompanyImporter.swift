@@ -77,8 +77,13 @@ package enum CompanyImporter {
         progress: (@Sendable (ImportProgress) -> Void)? = nil
     ) async throws -> ImportReport {
         var report = ImportReport()
+        // A large file keeps the writer for many seconds: its progress is the writer's progress.
+        let reported: @Sendable (ImportProgress) -> Void = { step in
+            writer.reportProgress()
+            progress?(step)
+        }
         for path in try self.files(in: directory) {
-            report.files.append(try await writer.perform { writer in self.importFile(path, into: writer, progress: progress) })
+            report.files.append(try await writer.perform { writer in self.importFile(path, into: writer, progress: reported) })
         }
         return report
     }

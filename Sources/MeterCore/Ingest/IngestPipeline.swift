@@ -159,6 +159,15 @@ package final class IngestPipeline: Service, Sendable {
         self.unexplainedStallMs(nowMs: nowMs).map { "writer stalled: no commit finished for \($0 / 1000) s" }
     }
 
+    /// Counts as progress, like a finished commit: called by work that holds the writer for long
+    /// (an import of a large file) while it gets on, so that it is not taken for a stall.
+    package func workProgressed() {
+        self.state.withLockedValue { state in
+            guard state.failure == nil else { return }
+            state.lastProgressMs = WallClock.nowMs()
+        }
+    }
+
     /// Queues a submission for the next commit. Never drops it.
     @discardableResult
     package func submit(_ submission: IngestSubmission) -> SubmitResult {

@@ -12,6 +12,12 @@ package enum WriterAccess: Sendable {
         .direct(SerializedWriter(try store.makeWriter(settings)))
     }
 
+    /// Tells the pipeline that the work it runs now (an import) is getting on: the watchdog,
+    /// `/healthz` and `/readyz` take that as the writer's progress, as they take a commit.
+    package func reportProgress() {
+        if case .pipeline(let pipeline) = self { pipeline.workProgressed() }
+    }
+
     /// Runs `work` with the writer.
     package func perform<T: Sendable>(_ work: @escaping @Sendable (any MeterStoreWriter) throws -> T) async throws -> T {
         switch self {
