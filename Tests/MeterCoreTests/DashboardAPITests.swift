@@ -116,6 +116,11 @@ func expectError(
                     #expect(document.totalConsumptionKwh == 0, "\(region)")
                 }
                 #expect(try await getAnswer(client, "/api/kpi?from=2023-01&to=2023-12", as: KPIDocument.self).answer.totalCustomers == 240)
+                // Years below 1000 come back as YYYY, so the period can be asked for again.
+                let early = try await getAnswer(client, "/api/kpi?from=0999-12&to=1000-01", as: KPIDocument.self)
+                #expect(early.status == 200)
+                #expect(early.answer.period == KPIDocument.Period(from: "0999-12", to: "1000-01"))
+                #expect(Day(year: 1, month: 2, day: 3).description == "0001-02-03")
 
                 try await expectError(client, "/api/kpi?from=2023-13&to=2023-12", status: 400, mentioning: "from: expected YYYY-MM")
                 try await expectError(client, "/api/kpi?from=2023-01&to=23-12", status: 400, mentioning: "to: expected YYYY-MM")

@@ -117,6 +117,20 @@ import Testing
             #expect(result.succeeded)
             let region = try await database.pool.read { db in try String.fetchOne(db, sql: "SELECT region FROM meter WHERE name = 'MTR-000005'") }
             #expect(region == "West, coast")
+
+            // Latin-1 text (Z\u{FC}rich saved as one byte 0xFC) and a row longer than the header are refused, not stored altered.
+            var latin1 = Data("CustomerID,Region,InstallationDate\n6,Z".utf8)
+            latin1.append(0xFC)
+            latin1.append(Data("rich,2023-03-01\n7,North,2023-03-01,extra\n".utf8))
+            try latin1.write(to: URL(fileURLWithPath: directory + "/customer_data.csv"))
+            result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
+            // A row the reader cannot split ends the file's checks there, as an unterminated quote does.
+            #expect(result.errors.map(\.description) == ["customer_data.csv:2: field 2 is not valid UTF-8 (save the file as UTF-8)"])
+            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "6,North,2023-03-01", "7,North,2023-03-01,extra"])
+            result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
+            #expect(result.errors.map(\.description) == ["customer_data.csv:3: 4 fields, but the header names 3"])
+            let customers = try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM customer WHERE id IN (6, 7)") }
+            #expect(customers == 0)
         }
     }
 

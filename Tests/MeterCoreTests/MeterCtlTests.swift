@@ -184,6 +184,12 @@ struct MeterCtlTests {
         #expect(Self.value(of: "inactive_since", in: table) == "-")
         #expect(Self.value(of: "counters.readings_total", in: table) == "2")
 
+        // `inactive --limit 0` asks for the count alone: it says how many, not that there are none.
+        #expect(OperatorOutput.inactive(InactiveMetersAnswer(count: 0, truncated: false, meters: [])) == "No inactive meters.\n")
+        #expect(
+            OperatorOutput.inactive(InactiveMetersAnswer(count: 10_308, truncated: true, meters: []))
+                == "10308 inactive meters (none listed).\n")
+
         guard
             case .error(let code, let detail) = try #require(
                 OperatorAnswer<StatusAnswer>(line: #"{"error":"unknown_meter","detail":"unknown meter X"}"#))

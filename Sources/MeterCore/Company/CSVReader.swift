@@ -25,6 +25,8 @@ struct CSVReader {
     private var position = 0
     private var line = 0
     private var columnIndex: [Int] = []
+    /// Fields in the header: a row with more was cut or shifted somewhere.
+    private var headerCount = 0
     private var fields: [String] = []
 
     /// Opens the file and checks that the header names every expected column.
@@ -41,6 +43,7 @@ struct CSVReader {
             throw CompanyDataError(file: name, line: 1, "empty file: expected the header \(columns.joined(separator: ","))")
         }
         let names = header.map { $0.trimmingCharacters(in: .whitespaces) }
+        self.headerCount = names.count
         for column in columns {
             guard let index = names.firstIndex(of: column) else {
                 throw CompanyDataError(file: name, line: 1, "missing column \(column) (expected \(columns.joined(separator: ",")))")
@@ -64,6 +67,9 @@ struct CSVReader {
             if record.count == 1 && record[0].isEmpty { continue }
             guard let highest = self.columnIndex.max(), record.count > highest else {
                 throw CompanyDataError(file: self.file, line: self.line, "expected \(self.columnIndex.count) fields, found \(record.count)")
+            }
+            guard record.count <= self.headerCount else {
+                throw CompanyDataError(file: self.file, line: self.line, "\(record.count) fields, but the header names \(self.headerCount)")
             }
             return self.columnIndex.map { record[$0] }
         }
@@ -101,7 +107,7 @@ struct CSVReader {
                         value.append(byte)
                         index += 1
                     }
-                    self.fields.append(String(decoding: value, as: UTF8.self))
+                    self.fields.append(try self.text(value, line: startLine))
                 } else {
                     let start = index
                     while index < count, buffer[index] != UInt8(ascii: ","), buffer[index] != 0x0A, buffer[index] != UInt8(ascii: "\"") { index += 1 }
@@ -110,7 +116,7 @@ struct CSVReader {
                     }
                     var end = index
                     if end > start && (index >= count || buffer[index] == 0x0A) && buffer[end - 1] == 0x0D { end -= 1 }
-                    self.fields.append(String(decoding: UnsafeBufferPointer(rebasing: buffer[start..<end]), as: UTF8.self))
+                    self.fields.append(try self.text(UnsafeBufferPointer(rebasing: buffer[start..<end]), line: startLine))
                 }
                 if index >= count { break }
                 let separator = buffer[index]
@@ -127,6 +133,16 @@ struct CSVReader {
         }
         self.position = index
         return self.fields
+    }
+
+    /// A field's text; bytes that are not UTF-8 (a file saved as Latin-1) are refused rather than
+    /// stored as replacement characters.
+    private func text(_ bytes: some Collection<UInt8>, line: Int) throws(CompanyDataError) -> String {
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw CompanyDataError(
+                file: self.file, line: line, "field \(self.fields.count + 1) is not valid UTF-8 (save the file as UTF-8)")
+        }
+        return text
     }
 }
 

@@ -36,7 +36,7 @@ package struct Day: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     package var description: String {
         func two(_ value: Int) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        return "\(self.year)-\(two(self.monthOfYear))-\(two(self.dayOfMonth))"
+        return "\(Month.yearText(self.year))-\(two(self.monthOfYear))-\(two(self.dayOfMonth))"
     }
 
     package static func < (lhs: Day, rhs: Day) -> Bool { lhs.key < rhs.key }

@@ -43,7 +43,13 @@ package struct Month: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     package var description: String {
         let month = self.month < 10 ? "0\(self.month)" : "\(self.month)"
-        return "\(self.year)-\(month)"
+        return "\(Self.yearText(self.year))-\(month)"
+    }
+
+    /// A year as `YYYY` reads it, zero-padded below 1000 (`0999`), so what is written parses back.
+    static func yearText(_ year: Int) -> String {
+        let digits = String(year)
+        return year >= 0 && digits.count < 4 ? String(repeating: "0", count: 4 - digits.count) + digits : digits
     }
 
     package static func < (lhs: Month, rhs: Month) -> Bool { lhs.key < rhs.key }

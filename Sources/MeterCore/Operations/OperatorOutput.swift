@@ -60,7 +60,9 @@ package enum OperatorOutput {
 
     /// `meterctl inactive`.
     package static func inactive(_ inactive: InactiveMetersAnswer) -> String {
-        guard !inactive.meters.isEmpty else { return "No inactive meters.\n" }
+        guard inactive.count > 0 else { return "No inactive meters.\n" }
+        // `--limit 0` asks for the count alone.
+        guard !inactive.meters.isEmpty else { return "\(inactive.count) inactive meters (none listed).\n" }
         var out = Self.table(
             headers: ["METER", "CUSTOMER", "REGION", "SILENT SINCE", "SILENT FOR"],
             rows: inactive.meters.map { meter in
