@@ -174,6 +174,27 @@ struct SecuredMeterd {
             let forged = (token.first == "0" ? "1" : "0") + token.dropFirst()  // one hex digit changed
             #expect(try await daemon.get("/api/session", session: forged).status == 401)
 
+            // A shared link to a dashboard view opens that view after the login; nothing else is a destination.
+            let view = "/?from=2025-01&to=2025-06&region=\(daemon.region.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)"
+            let shared = try await daemon.get(view, session: nil)
+            let location = try #require(shared.header("Location"))
+            #expect(shared.status == 303 && location.hasPrefix("/login?next="), "\(location)")
+            let sharedForm = try await daemon.get(location, session: nil)
+            #expect(sharedForm.status == 200)
+            let escapedView = view.replacingOccurrences(of: "&", with: "&amp;")
+            #expect(sharedForm.body.contains(#"<input type="hidden" name="next" value="\#(escapedView)">"#), "\(sharedForm.body)")
+            func loginLeads(to next: String) async throws -> String? {
+                let encoded = next.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+                let answer = try await httpRequest(
+                    port: daemon.http, "/login", method: "POST", body: SecuredMeterd.loginForm("ana") + "&next=" + encoded)
+                #expect(answer.status == 303)
+                return answer.header("Location")
+            }
+            #expect(try await loginLeads(to: view) == view)
+            for elsewhere in ["//evil.example/", "https://evil.example/", "/api/kpi", "/\\evil.example", "/?a=1\r\nSet-Cookie: x=1"] {
+                #expect(try await loginLeads(to: elsewhere) == "/", "\(elsewhere)")
+            }
+
             // Logout ends the session on the server, not only in the browser.
             let logout = try await httpRequest(
                 port: daemon.http, "/logout", method: "POST", headers: ["Cookie": "\(HTTPAccess.cookieName)=\(token)"], body: "")

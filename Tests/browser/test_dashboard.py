@@ -318,6 +318,12 @@ def test_every_table_exports_as_csv(browser, meterd):
     assert [(int(r[1]), r[2]) for r in rows[1:]] == [(c["customer_id"], c["region"]) for c in document["top_consumers"]]
     assert all(same(r[3], c["kwh"]) for r, c in zip(rows[1:], document["top_consumers"]))
 
+    # Texts a spreadsheet would run as formulas are defused; numbers, negative ones too, are not.
+    cells = browser.execute_script(
+        "return arguments[0].map(v => window.meterd.csvCell(v))",
+        ['=HYPERLINK("http://x")', "+cmd", "@SUM(1)", "-1+2", "-5.25", -3, "North", "\tTab"])
+    assert cells == ['"\'=HYPERLINK(""http://x"")"', "'+cmd", "'@SUM(1)", "'-1+2", "-5.25", "-3", "North", "'\tTab"]
+
     # Every other table's CSV holds its rows (checked through the same function the button uses).
     for name in tables:
         text = browser.execute_script("return window.meterd.tableCSV(arguments[0])", name)

@@ -210,10 +210,11 @@ package struct HTTPAccess: Sendable {
 
     package func register(on router: Router<MeterRequestContext>) {
         router.add(middleware: HTTPAccessMiddleware(access: self))
-        router.get("login") { _, _ in
+        router.get("login") { request, _ in
             // Without users there is nothing to log in to: straight to the dashboard.
-            self.configuration.users == nil
-                ? Response(status: .seeOther, headers: [.location: "/"]) : Self.loginPage(status: .ok, message: nil)
+            let next = Self.dashboardView(request.uri.queryParameters["next"].map(String.init))
+            return self.configuration.users == nil
+                ? Response(status: .seeOther, headers: [.location: next]) : Self.loginPage(status: .ok, message: nil, next: next)
         }
         router.post("login") { request, context in try await self.login(request, context: context) }
         router.post("logout") { request, _ in await self.logout(request) }
@@ -254,7 +255,9 @@ package struct HTTPAccess: Sendable {
                 DashboardError(.unauthorized, code: "unauthorized", message: "Log in first: POST user and password to /login.")
                     .plainResponse)
         }
-        return .refuse(Self.redirectToLogin(clearCookie: nil))
+        // A shared link to a dashboard view (`/?from=…&region=…`) opens that view after the login.
+        let view = path == "/" && !(request.uri.query ?? "").isEmpty ? request.uri.description : nil
+        return .refuse(Self.redirectToLogin(clearCookie: nil, next: view))
     }
 
     private func metricsDecision(_ request: Request) -> Decision {
@@ -298,6 +301,7 @@ package struct HTTPAccess: Sendable {
         let form = Self.formFields(String(buffer: body))
         let username = form["username"] ?? ""
         let password = form["password"] ?? ""
+        let next = Self.dashboardView(form["next"])
         let userKey = "user:" + username
         let addressKey = "address:" + context.peer
         var logger = self.logger
@@ -308,7 +312,8 @@ package struct HTTPAccess: Sendable {
         {
             logger.warning("HTTP login refused: too many wrong passwords", metadata: ["http.retry_after_s": "\(wait)"])
             var response = Self.loginPage(
-                status: .tooManyRequests, message: "Too many wrong passwords. Try again in \(wait) seconds.", username: username)
+                status: .tooManyRequests, message: "Too many wrong passwords. Try again in \(wait) seconds.", username: username,
+                next: next)
             response.headers[.retryAfter] = "\(wait)"
             return response
         }
@@ -326,7 +331,7 @@ package struct HTTPAccess: Sendable {
             self.throttle.recordFailure(userKey)
             self.throttle.recordFailure(addressKey)
             logger.warning("HTTP login failed: wrong user name or password", metadata: ["http.user_known": "\(user != nil)"])
-            return Self.loginPage(status: .unauthorized, message: "Wrong user name or password.", username: username)
+            return Self.loginPage(status: .unauthorized, message: "Wrong user name or password.", username: username, next: next)
         }
         self.throttle.clear(userKey)
         let token: String
@@ -336,10 +341,10 @@ package struct HTTPAccess: Sendable {
             logger.error("HTTP login failed: the session could not be recorded", metadata: ["error": "\(error)"])
             return Self.loginPage(
                 status: .serviceUnavailable, message: "Logins are unavailable: the database does not answer. Try again shortly.",
-                username: username)
+                username: username, next: next)
         }
         logger.info("HTTP login", metadata: ["http.role": "\(user.role.rawValue)", "http.scope": "\(user.scope)"])
-        var response = Response(status: .seeOther, headers: [.location: "/", .cacheControl: "no-store"])
+        var response = Response(status: .seeOther, headers: [.location: next, .cacheControl: "no-store"])
         response.setCookie(self.sessionCookie(token, maxAge: Int(self.configuration.sessionTTL.components.seconds)))
         return response
     }
@@ -362,13 +367,22 @@ package struct HTTPAccess: Sendable {
             httpOnly: true, sameSite: .strict)
     }
 
-    /// 303 to `/login`; with `clearCookie` set (to whether it is `Secure`), also ends the cookie.
-    static func redirectToLogin(clearCookie secure: Bool?) -> Response {
-        var response = Response(status: .seeOther, headers: [.location: "/login", .cacheControl: "no-store"])
+    /// 303 to `/login` (with the dashboard view to open after it, `next`); with `clearCookie` set
+    /// (to whether it is `Secure`), also ends the cookie.
+    static func redirectToLogin(clearCookie secure: Bool?, next: String? = nil) -> Response {
+        let location = next.flatMap { $0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) }.map { "/login?next=" + $0 } ?? "/login"
+        var response = Response(status: .seeOther, headers: [.location: location, .cacheControl: "no-store"])
         if let secure {
             response.setCookie(Cookie(name: Self.cookieName, value: "", maxAge: 0, path: "/", secure: secure, httpOnly: true, sameSite: .strict))
         }
         return response
+    }
+
+    /// Where a login leads: the dashboard view asked for (`/?…` on this server), else the dashboard.
+    /// Nothing else: a login form must not send anyone to another site or another path.
+    static func dashboardView(_ next: String?) -> String {
+        guard let next, next.hasPrefix("/?"), !next.contains("\\"), !next.contains(where: \.isNewline) else { return "/" }
+        return next
     }
 
     /// A bcrypt hash of no one's password (cost 12, as `meterctl user add` makes them).
@@ -388,7 +402,7 @@ package struct HTTPAccess: Sendable {
     }
 
     /// The login form; `message` says why it is shown again.
-    static func loginPage(status: HTTPResponse.Status, message: String?, username: String = "") -> Response {
+    static func loginPage(status: HTTPResponse.Status, message: String?, username: String = "", next: String = "/") -> Response {
         func escape(_ text: String) -> String {
             text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
                 .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
@@ -419,6 +433,7 @@ package struct HTTPAccess: Sendable {
             <input id="username" name="username" autocomplete="username" required value="\(escape(username))">
             <label for="password">Password</label>
             <input id="password" name="password" type="password" autocomplete="current-password" required>
+            <input type="hidden" name="next" value="\(escape(next))">
             <button type="submit" id="login-submit">Log in</button>
             </form>
             </body>

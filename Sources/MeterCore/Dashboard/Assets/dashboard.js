@@ -138,9 +138,14 @@
       `<div class="table-wrap"><table data-name="${name}"><caption class="visually-hidden">${esc(options.caption || name.replace(/_/g, ' '))}</caption>` +
       `<thead><tr>${head}</tr></thead><tbody>${body}</tbody></table></div>`;
   }
+  // A text a spreadsheet would run as a formula (=, +, -, @, tab or CR first: a region or name
+  // from the company's files) gets a leading apostrophe; numbers, negative ones too, stay numbers.
   function csvCell(value) {
     if (value === null || value === undefined) { return ''; }
-    const text = String(value);
+    let text = String(value);
+    if (typeof value !== 'number' && /^[=+\-@\t\r]/.test(text) && !/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(text)) {
+      text = "'" + text;
+    }
     return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
   function tableCSV(name) {
@@ -770,7 +775,7 @@
   document.getElementById('back').addEventListener('click', () => navigate(parentOf()));
   window.addEventListener('popstate', () => { readURL(); render(); });
 
-  window.meterd = { hasCharts: HAS_CHARTS, charts, tableCSV, get state() { return Object.assign({}, state); }, get loads() { return loads; } };
+  window.meterd = { hasCharts: HAS_CHARTS, charts, tableCSV, csvCell, get state() { return Object.assign({}, state); }, get loads() { return loads; } };
   if (!HAS_CHARTS) {
     document.body.classList.add('no-charts');
     document.getElementById('no-charts').hidden = false;
