@@ -168,6 +168,13 @@ struct CompanyFileImport {
             let id = try context.customerID(fields[0], known: nil)
             let region = fields[1].trimmingCharacters(in: .whitespaces)
             guard !region.isEmpty else { throw context.fail("Region: empty") }
+            // What the API, the dashboard and meterctl can ask for by name.
+            guard region.count <= DashboardRoutes.maximumRegionLength else {
+                throw context.fail("Region: longer than \(DashboardRoutes.maximumRegionLength) characters")
+            }
+            guard !region.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+                throw context.fail("Region: control characters (a line break or tab) in \"\(region.debugDescription.dropFirst().dropLast())\"")
+            }
             let installed = try context.optionalDate(fields[2], "InstallationDate")
             guard seen.insert(id).inserted else { throw context.fail("customer \(id) appears twice") }
             guard context.errors.isEmpty else { return }
