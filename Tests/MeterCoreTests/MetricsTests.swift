@@ -95,12 +95,18 @@ struct MetricsTests {
             defer { meterd.process.stop() }
             let http = try await meterd.ports().http
 
-            let get = try await httpRequest(port: http, "/healthz")
-            let head = try await httpRequest(port: http, "/healthz", method: "HEAD")
+            let get = try await httpRequest(port: http, "/assets/dashboard.css")
+            let head = try await httpRequest(port: http, "/assets/dashboard.css", method: "HEAD")
             #expect(get.status == 200 && head.status == 200)
             #expect(head.body.isEmpty)
-            #expect(head.header("Content-Length") == String(get.body.utf8.count), "\(head.headers)")
-            #expect(try await httpRequest(port: http, "/metrics", method: "HEAD").status == 200)
+            #expect(head.header("Content-Length") == get.header("Content-Length"), "\(head.headers)")
+            #expect(get.body.count > 100)
+            for path in ["/healthz", "/readyz", "/metrics"] {
+                #expect(try await httpRequest(port: http, path, method: "HEAD").status == 200, "\(path)")
+            }
+            // A route's own 404 stays a 404 under HEAD (the body is what HEAD leaves out).
+            #expect(try await httpRequest(port: http, "/api/meters/NO-SUCH-METER", method: "HEAD").status == 404)
+            #expect(try await httpRequest(port: http, "/logout", method: "HEAD").header("Allow") == "POST")
 
             let post = try await httpRequest(port: http, "/api/kpi", method: "POST", body: "")
             #expect(post.status == 405)

@@ -192,8 +192,14 @@ def test_a_wrong_password_shows_the_form_again_and_no_dashboard(browser, secured
     assert browser.find_element(By.ID, "username").get_attribute("value") == "north-viewer"
     assert browser.get_cookie("meterd_session") is None
     shot(browser, "login-wrong-password.png")
+    # A shared link to a dashboard view goes through the login form and then opens that view.
     browser.get(secured.url + "/?" + PERIOD)
-    assert browser.current_url == secured.url + "/login"
+    assert browser.current_url.startswith(secured.url + "/login?next="), browser.current_url
+    browser.find_element(By.ID, "username").send_keys("north-viewer")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login-submit").click()
+    wait(browser, lambda d: d.current_url.startswith(secured.url + "/?") and ("from=%d-01" % YEAR) in d.current_url, 10,
+         "the login did not open the shared view")
     # The failure is in meterd's log, with the user and where the attempt came from.
     with open(os.path.join(ARTIFACTS, "meterd-browser-tests.log"), errors="replace") as handle:
         log = handle.read()

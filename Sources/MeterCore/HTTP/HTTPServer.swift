@@ -193,8 +193,13 @@ extension HTTPServer {
         for method in Self.probedMethods where method != request.method {
             var probe = context
             probe.probesRoute = true
+            // Its own endpoint box: the request's was written while it was answered (a file
+            // middleware marks a miss "NotFound"), and the box is shared by every copy of the context.
+            probe.coreContext.endpointPath = EndpointPath()
             let head = HTTPRequest(method: method, scheme: nil, authority: nil, path: request.head.path)
             if try await responder.respond(to: Request(head: head, body: .init(buffer: ByteBuffer())), context: probe).status == .noContent {
+                // HEAD runs the GET route: its empty 404 is the route's own answer, without the body.
+                if request.method == .head, method == .get { return response }
                 allowed.append(method)
                 if method == .get { allowed.append(.head) }
             }
