@@ -8,22 +8,22 @@ import Testing
 /// `sslrootcert`/`sslcert`/`sslkey` and meter-sim's `--tls-*` flags: each names the file and says
 /// what is wrong with it in the same words.
 @Suite(.timeLimit(.minutes(1))) struct PEMFileTests {
-    private func certificatesFail(_ path: String) -> PEMFile.Unusable? {
+    /// Why reading a file failed, or `nil` when it did not.
+    private func failure(_ read: () throws(PEMFile.Unusable) -> Void) -> PEMFile.Unusable? {
         do {
-            _ = try PEMFile.certificates(at: path)
+            try read()
             return nil
         } catch {
             return error
         }
     }
 
+    private func certificatesFail(_ path: String) -> PEMFile.Unusable? {
+        self.failure { () throws(PEMFile.Unusable) in _ = try PEMFile.certificates(at: path) }
+    }
+
     private func privateKeyFails(_ path: String) -> PEMFile.Unusable? {
-        do {
-            _ = try PEMFile.privateKey(at: path)
-            return nil
-        } catch {
-            return error
-        }
+        self.failure { () throws(PEMFile.Unusable) in _ = try PEMFile.privateKey(at: path) }
     }
 
     @Test func readsCertificatesAndKeysAndSaysWhatIsWrongWithAFile() async throws {
