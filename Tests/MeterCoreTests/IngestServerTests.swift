@@ -250,6 +250,37 @@ func lastAck(_ lines: [DaemonLine], meter: String) -> Int64? {
         }
     }
 
+    /// A database written before the cap may hold latency sums that overflowed into REALs beyond
+    /// any `Int64`; reading that meter's months and the latency KPI must not stop meterd.
+    @Test func latencySumsThatOverflowedBeforeTheCapStillRead() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "Z", seq: 1))
+                _ = try await client.collect { lastAck($0, meter: "Z") == 1 }
+                await client.close()
+                try await harness.database.pool.write { db in
+                    try db.execute(sql: "UPDATE meter_month SET latency_sum_ms = 1.5e20, latency_max_ms = 1.0e19")
+                    // Two integer sums whose total no `Int64` holds: SQL's SUM would fail on them.
+                    try db.execute(sql: "UPDATE latency_month SET sum_ms = 9000000000000000000")
+                    try db.execute(
+                        sql: """
+                            INSERT INTO latency_month (month, region, bucket, count, sum_ms)
+                            SELECT month, region || ' East', bucket, 1, 9000000000000000000 FROM latency_month
+                            """)
+                }
+                let store = SQLiteMeterStore(database: harness.database)
+                let months = try await store.meterMonths(named: "Z")
+                #expect(months.map(\.latencySumMs) == [Int64.max])
+                #expect(months.map(\.latencyMaxMs) == [Int64.max])
+                let month = try #require(months.first?.month)
+                let buckets = try await store.latencyBuckets(from: month, to: month, region: nil)
+                #expect(buckets.map(\.count) == [2])
+                #expect(buckets.map(\.sumMs) == [1.8e19])
+            }
+        }
+    }
+
     /// A meter that half-closes right after its last line, without the newline, gets that line
     /// answered (acked, or rejected and quarantined) before meterd closes.
     @Test func aLastLineWithoutItsNewlineIsAnsweredBeforeTheClose() async throws {

@@ -127,7 +127,7 @@ package final class SQLiteMeterStore: MeterStore {
             return try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT bucket, SUM(count) AS count, SUM(sum_ms) AS sum_ms FROM latency_month
+                    SELECT bucket, SUM(count) AS count, TOTAL(sum_ms) AS sum_ms FROM latency_month
                     WHERE month >= ? AND month <= ?\(region == nil ? "" : " AND region = ?") GROUP BY bucket ORDER BY bucket
                     """, arguments: arguments
             ).map { row in
@@ -337,13 +337,21 @@ package final class SQLiteMeterStore: MeterStore {
         }
     }
 
+    /// A latency sum written before readings' latency was capped (stop 35) may have overflowed
+    /// into a REAL that no `Int64` holds, and GRDB traps on decoding it; SQLite's CAST clamps to
+    /// the `Int64` range instead, so such a meter-month reads as the largest latency there is.
+    private static func clampedInteger(_ expression: String) -> String {
+        "CAST(\(expression) AS INTEGER)"
+    }
+
     package func meterMonths(named name: String) async throws -> [MeterMonthRecord] {
         try await self.database.pool.read { db in
             try Row.fetchAll(
                 db,
                 sql: """
                     SELECT mm.month, mm.kwh, mm.revenue, mm.readings, mm.faults, mm.good, mm.fair, mm.poor,
-                           mm.latency_sum_ms, mm.latency_count, mm.latency_max_ms, mm.imported_status, mm.estimated, mm.estimated_kwh
+                           \(Self.clampedInteger("mm.latency_sum_ms")) AS latency_sum_ms, mm.latency_count,
+                           \(Self.clampedInteger("mm.latency_max_ms")) AS latency_max_ms, mm.imported_status, mm.estimated, mm.estimated_kwh
                     FROM meter_month mm JOIN meter m ON m.id = mm.meter_id WHERE m.name = ? ORDER BY mm.month
                     """, arguments: [name]
             ).map { row in
