@@ -129,15 +129,20 @@ import Testing
             try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "6,North,2023-03-01", "7,North,2023-03-01,extra"])
             result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
             #expect(result.errors.map(\.description) == ["customer_data.csv:3: 4 fields, but the header names 3"])
-            // A region no query could name: a line break in it, or over 200 characters.
+            // A region no query could name: a line break in it, or over 200 characters. A row
+            // whose quoted field spans lines is reported at the line where it begins.
             try writeCSV(
                 directory, "customer_data.csv",
-                ["CustomerID,Region,InstallationDate", "6,\"North\nEast\",2023-03-01", "7,\(String(repeating: "R", count: 201)),2023-03-01"])
+                [
+                    "CustomerID,Region,InstallationDate", "6,\"North\nEast\",2023-03-01", "7,\(String(repeating: "R", count: 201)),2023-03-01",
+                    "8,\"South\nWest\",2023-03-01,extra",
+                ])
             result = try CompanyImporter.importFile(directory + "/customer_data.csv", database: database)
             #expect(
                 result.errors.map(\.description) == [
-                    #"customer_data.csv:3: Region: control characters (a line break or tab) in "North\nEast""#,
+                    #"customer_data.csv:2: Region: control characters (a line break or tab) in "North\nEast""#,
                     "customer_data.csv:4: Region: longer than 200 characters",
+                    "customer_data.csv:5: 4 fields, but the header names 3",
                 ])
             let customers = try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM customer WHERE id IN (6, 7)") }
             #expect(customers == 0)

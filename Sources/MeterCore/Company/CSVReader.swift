@@ -24,6 +24,9 @@ struct CSVReader {
     private let bytes: [UInt8]
     private var position = 0
     private var line = 0
+    /// Where the record last read began: a quoted field may carry line breaks, and a reader
+    /// looks for a bad row where it starts.
+    private var recordLine = 0
     private var columnIndex: [Int] = []
     /// Fields in the header: a row with more was cut or shifted somewhere.
     private var headerCount = 0
@@ -58,18 +61,18 @@ struct CSVReader {
     /// Size of the file in bytes.
     var size: Int { self.bytes.count }
 
-    /// The line number of the row last returned.
-    var currentLine: Int { self.line }
+    /// The line number where the row last returned begins.
+    var currentLine: Int { self.recordLine }
 
     /// The next data row's expected columns, or `nil` at the end. Blank lines are skipped.
     mutating func next() throws(CompanyDataError) -> [String]? {
         while let record = try self.nextRecord() {
             if record.count == 1 && record[0].isEmpty { continue }
             guard let highest = self.columnIndex.max(), record.count > highest else {
-                throw CompanyDataError(file: self.file, line: self.line, "expected \(self.columnIndex.count) fields, found \(record.count)")
+                throw CompanyDataError(file: self.file, line: self.recordLine, "expected \(self.columnIndex.count) fields, found \(record.count)")
             }
             guard record.count <= self.headerCount else {
-                throw CompanyDataError(file: self.file, line: self.line, "\(record.count) fields, but the header names \(self.headerCount)")
+                throw CompanyDataError(file: self.file, line: self.recordLine, "\(record.count) fields, but the header names \(self.headerCount)")
             }
             return self.columnIndex.map { record[$0] }
         }
@@ -82,6 +85,7 @@ struct CSVReader {
         self.line += 1
         self.fields.removeAll(keepingCapacity: true)
         let startLine = self.line
+        self.recordLine = startLine
         var index = self.position
         let count = self.bytes.count
         try self.bytes.withUnsafeBufferPointer { (buffer) throws(CompanyDataError) in
