@@ -243,6 +243,32 @@ struct SecuredMeterd {
         }
     }
 
+    /// The password check takes a few hundred milliseconds: attempts sent at once must not all
+    /// pass the limit while the first ones are still being checked.
+    @Test(.timeLimit(.minutes(2)))
+    func aBurstOfConcurrentGuessesChecksNoMoreThanTheLimit() async throws {
+        try await withTemporaryDirectory { directory in
+            let daemon = try await SecuredMeterd.start(in: directory)
+            defer { daemon.meterd.process.stop() }
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for attempt in 1...30 {
+                    group.addTask { try await daemon.login("eve", password: "guess \(attempt)").status }
+                }
+                group.addTask { try await daemon.login("eve").status }
+                return try await group.reduce(into: [Int: Int]()) { $0[$1, default: 0] += 1 }
+            }
+            // Five attempts are checked (at most one of them the right password); the rest are refused unchecked.
+            #expect(statuses[429] == 26, "\(statuses)")
+            #expect((statuses[401] ?? 0) + (statuses[303] ?? 0) == 5, "\(statuses)")
+            try await waitUntil {
+                daemon.meterd.process.output.components(separatedBy: "HTTP login failed").count - 1 == statuses[401] ?? 0
+            }
+            // Another user at the same address still gets in: 5 of the address's 20 are used.
+            #expect(try await daemon.login("root").status == 303)
+            try await daemon.stop()
+        }
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func aRegionScopedUserSeesOnlyTheirRegionOnEveryRoute() async throws {
         try await withTemporaryDirectory { directory in

@@ -154,24 +154,41 @@ package final class LoginThrottle: Sendable {
         self.clock = clock
     }
 
-    /// Seconds until `key` may try again when it has `limit` failures in the window, else `nil`.
-    package func retryAfter(_ key: String, limit: Int) -> Int? {
-        let now = self.clock()
-        return self.failures.withLock { failures in
-            let recent = (failures[key] ?? []).filter { $0 > now - self.windowMs }
-            failures[key] = recent.isEmpty ? nil : recent
-            guard recent.count >= limit else { return nil }
-            return Int((recent[recent.count - limit] + self.windowMs - now + 999) / 1000)
-        }
+    /// What `admit` decided about one login attempt.
+    package enum Admission: Equatable, Sendable {
+        /// Counted as a failure under every key until `succeeded(_:admittedAt:)` says otherwise.
+        case admitted(atMs: Int64)
+        /// A key has reached its limit: seconds until it may try again.
+        case refused(retryAfterSeconds: Int)
     }
 
-    package func recordFailure(_ key: String) {
+    /// Checks every key against its limit and, when none has reached it, counts the attempt as a
+    /// failure under each in the same step. The password check takes a few hundred milliseconds:
+    /// attempts made meanwhile must see this one, or a burst of them all pass the check at once.
+    package func admit(_ keys: [(key: String, limit: Int)]) -> Admission {
         let now = self.clock()
-        self.failures.withLock { failures in
-            failures[key, default: []].append(now)
+        return self.failures.withLock { failures in
+            for (key, limit) in keys {
+                let recent = (failures[key] ?? []).filter { $0 > now - self.windowMs }
+                failures[key] = recent.isEmpty ? nil : recent
+                if recent.count >= limit {
+                    return .refused(retryAfterSeconds: Int((recent[recent.count - limit] + self.windowMs - now + 999) / 1000))
+                }
+            }
+            for (key, _) in keys { failures[key, default: []].append(now) }
             if failures.count > 100_000 {  // a flood of made-up names must not grow this without bound
                 failures = failures.filter { $0.value.last ?? 0 > now - self.windowMs }
             }
+            return .admitted(atMs: now)
+        }
+    }
+
+    /// The attempt admitted at `admittedAt` was right: it no longer counts under `key`.
+    package func succeeded(_ key: String, admittedAt: Int64) {
+        self.failures.withLock { failures in
+            guard var times = failures[key], let index = times.lastIndex(of: admittedAt) else { return }
+            times.remove(at: index)
+            failures[key] = times.isEmpty ? nil : times
         }
     }
 
@@ -307,15 +324,17 @@ package struct HTTPAccess: Sendable {
         var logger = self.logger
         logger[metadataKey: "http.user"] = "\(username.prefix(64))"
         logger[metadataKey: "http.peer"] = "\(context.peer)"
-        if let wait = self.throttle.retryAfter(userKey, limit: self.configuration.failuresPerUser)
-            ?? self.throttle.retryAfter(addressKey, limit: self.configuration.failuresPerAddress)
-        {
+        let admittedAt: Int64
+        switch self.throttle.admit([(userKey, self.configuration.failuresPerUser), (addressKey, self.configuration.failuresPerAddress)]) {
+        case .refused(let wait):
             logger.warning("HTTP login refused: too many wrong passwords", metadata: ["http.retry_after_s": "\(wait)"])
             var response = Self.loginPage(
                 status: .tooManyRequests, message: "Too many wrong passwords. Try again in \(wait) seconds.", username: username,
                 next: next)
             response.headers[.retryAfter] = "\(wait)"
             return response
+        case .admitted(let atMs):
+            admittedAt = atMs
         }
         let user = HTTPUser.isValidUsername(username) ? users.user(named: username) : nil
         // bcrypt takes a few hundred milliseconds on purpose: off the event loops. An unknown user
@@ -328,12 +347,11 @@ package struct HTTPAccess: Sendable {
             return user.verify(password: password)
         }
         guard verified, let user else {
-            self.throttle.recordFailure(userKey)
-            self.throttle.recordFailure(addressKey)
             logger.warning("HTTP login failed: wrong user name or password", metadata: ["http.user_known": "\(user != nil)"])
             return Self.loginPage(status: .unauthorized, message: "Wrong user name or password.", username: username, next: next)
         }
         self.throttle.clear(userKey)
+        self.throttle.succeeded(addressKey, admittedAt: admittedAt)
         let token: String
         do {
             token = try await self.sessions.start(username: user.username)
