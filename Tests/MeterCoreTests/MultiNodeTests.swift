@@ -299,6 +299,51 @@ import Testing
         }
     }
 
+    /// A company import through one node reaches every node: their KPI stores, and their writers'
+    /// meters, whose regions the readings after the import are booked under.
+    @Test(.timeLimit(.minutes(3)))
+    func aCompanyImportThroughOneNodeReachesEveryNodesFiguresAndWriter() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        try await withTemporaryDirectory { root in
+            try FileManager.default.createDirectory(atPath: root + "/company", withIntermediateDirectories: true)
+            try writeCSV(root + "/company", "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2023-01-05", "2,South,2023-01-05"])
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                let a = try await Self.start(address, directory: root + "/a", in: &tasks)
+                let b = try await Self.start(address, directory: root + "/b", in: &tasks)
+                try await waitUntil(timeout: .seconds(10)) { [a, b].allSatisfy { ($0.daemon.feed?.polls ?? 0) > 0 } }
+                // Given a meter that reported through B before the company data named its customer
+                let readingTime = WallClock.nowMs() - 60_000
+                try await Self.send([Reading(meter: "MTR-000001", seq: 1, timestampMs: readingTime, kwh: 1)], to: b.ingestPort)
+                #expect(try await Self.kpis(b, nowMs: WallClock.nowMs()).totalCustomers == 0)
+
+                // When the company data is imported through A
+                let report = try await CompanyImporter.importDirectory(root + "/company", through: .pipeline(a.daemon.pipeline))
+                #expect(report.succeeded, "\(report.text)")
+
+                // Then B's figures show it within a few polls
+                try await waitUntil(timeout: .seconds(10)) { try await Self.kpis(b, nowMs: WallClock.nowMs()).totalCustomers == 2 }
+                // and B's writer books the meter's next reading under its new region
+                try await Self.send([Reading(meter: "MTR-000001", seq: 2, timestampMs: readingTime + 1000, kwh: 2)], to: b.ingestPort)
+                let store = try StoreLocation.postgresql(address).open(logger: testLogger)
+                func latencyCount(_ region: String) async throws -> Int {
+                    try await store.latencyBuckets(from: Month(key: 200001), to: Month(key: 210012), region: region).map(\.count).reduce(0, +)
+                }
+                #expect(try await latencyCount("North") == 1)
+                #expect(try await latencyCount(Region.unassigned) == 1)
+                // and both nodes answer the same figures
+                try await waitUntil(timeout: .seconds(10)) {
+                    let at = WallClock.nowMs()
+                    return try sameFigures(
+                        try AnswerEncoder.json(try await Self.kpis(a, nowMs: at)), try AnswerEncoder.json(try await Self.kpis(b, nowMs: at)))
+                }
+
+                await a.group.triggerGracefulShutdown()
+                await b.group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func whenTheLeadersLeaseConnectionDiesAnotherNodeLeadsWithinTwoIntervals() async throws {
         let address = try await PostgresTestServer.shared().createDatabase()

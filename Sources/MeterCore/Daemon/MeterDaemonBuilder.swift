@@ -70,10 +70,6 @@ package struct MeterDaemon: Sendable {
         let lock = store.makeSingletonLock()
         let lease = SingletonLease(lock: lock, interval: configuration.singletonLeaseInterval, logger: logger)
         self.lease = lease
-        let feed = store.makeCommitFeed().map { source in
-            CommitFeedFollower(feed: source, rollups: rollups, lease: lease, interval: configuration.commitFeedInterval, logger: logger)
-        }
-        self.feed = feed
         let metrics = DaemonMetrics()
         self.metrics = metrics
         writer.commitListener = CommitListeners([rollups, metrics])
@@ -95,6 +91,15 @@ package struct MeterDaemon: Sendable {
         let sockets = environment.inheritedSockets
         // Loaded now, so the first concentrator to connect finds its meters; imports refresh it.
         let concentrators = ConcentratorDirectory(try store.loadConcentratorAssignments())
+        let feed = store.makeCommitFeed().map { source in
+            CommitFeedFollower(
+                feed: source, rollups: rollups, lease: lease, interval: configuration.commitFeedInterval, logger: logger,
+                reloadCompanyData: {
+                    try await pipeline.perform { writer in try writer.reloadMeters() }
+                    concentrators.replace(with: try await store.concentratorAssignments())
+                })
+        }
+        self.feed = feed
         if let tls {
             let loaded = tls.current
             logger.info(

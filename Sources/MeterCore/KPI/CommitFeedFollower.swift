@@ -22,14 +22,19 @@ package final class CommitFeedFollower: Service, Sendable {
     private let lastPrune = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
     private let failing = NIOLockedValueBox(false)
     private let pollCount = NIOLockedValueBox(0)
+    /// Loads this node's copies of company data again (the writer's meters, the concentrator list)
+    /// after another node or `meterctl import --store` imported some.
+    private let reloadCompanyData: @Sendable () async throws -> Void
 
     /// Polls that succeeded so far.
     package var polls: Int { self.pollCount.withLockedValue { $0 } }
 
     package init(
         feed: any CommitFeedSource, rollups: KPIRollups, lease: SingletonLease, interval: Duration = .seconds(1),
-        retentionMs: Int64 = 120_000, pruneEvery: Duration = .seconds(30), logger: Logger
+        retentionMs: Int64 = 120_000, pruneEvery: Duration = .seconds(30), logger: Logger,
+        reloadCompanyData: @escaping @Sendable () async throws -> Void = {}
     ) {
+        self.reloadCompanyData = reloadCompanyData
         self.feed = feed
         self.rollups = rollups
         self.lease = lease
@@ -53,9 +58,18 @@ package final class CommitFeedFollower: Service, Sendable {
     package func follow() async {
         do {
             let poll = try await self.feed.poll()
-            if poll.restarted {
+            if poll.companyDataChanged {
+                // Before the KPI stores drop: readings committed from here on carry the new regions.
+                do {
+                    try await self.reloadCompanyData()
+                    self.logger.info("Company data changed in the store: meters and KPI stores load afresh")
+                } catch {
+                    self.logger.error("Company data changed in the store, but could not be reloaded", metadata: ["error": "\(error)"])
+                }
+            }
+            if poll.restarted || poll.companyDataChanged {
                 self.rollups.companyDataChanged()
-                self.logger.info("Commit feed followed from here on: KPI stores load afresh")
+                if poll.restarted { self.logger.info("Commit feed followed from here on: KPI stores load afresh") }
             }
             for delta in poll.deltas { self.rollups.didCommit(delta) }
             self.pollCount.withLockedValue { $0 += 1 }

@@ -44,10 +44,15 @@ package struct CommitFeedPoll: Sendable {
     /// The feed lost track (first poll, or rows this node had not read yet were pruned): the
     /// in-memory KPI stores must load again; deltas from here on are complete.
     package var restarted = false
+    /// A company import committed since the last poll (through any node, or `meterctl import
+    /// --store`): meters' customers and regions may have changed, so the writer's meter cache and
+    /// the ingest side's concentrator list must load again, as well as the KPI stores.
+    package var companyDataChanged = false
 
-    package init(deltas: [AggregateDelta] = [], restarted: Bool = false) {
+    package init(deltas: [AggregateDelta] = [], restarted: Bool = false, companyDataChanged: Bool = false) {
         self.deltas = deltas
         self.restarted = restarted
+        self.companyDataChanged = companyDataChanged
     }
 }
 

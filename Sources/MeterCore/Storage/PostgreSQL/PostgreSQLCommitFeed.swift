@@ -23,6 +23,12 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
     private let node: String
     private var connection: PostgresConnection?
     private var cursor: (snapshot: CommitSnapshot, takenMs: Int64)?
+    /// `store_setting.company_data_version` as the last poll read it (``companyDataVersionQuery``).
+    private var companyDataVersion: String?
+
+    /// Every company import's transaction bumps it (``PostgreSQLCompanyImportSink``); a poll that
+    /// finds it changed reports ``CommitFeedPoll/companyDataChanged``.
+    static let companyDataVersionQuery = "(SELECT value FROM store_setting WHERE name = 'company_data_version')"
 
     init(connector: PostgreSQLConnector, node: String) {
         self.connector = connector
@@ -37,14 +43,17 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
         let connection = try await self.open()
         do {
             guard let cursor = self.cursor else {
-                self.cursor = try await self.start(connection)
+                (self.cursor, self.companyDataVersion) = try await self.start(connection)
                 return CommitFeedPoll(restarted: true)
             }
             let rows = try await self.rows(
                 connection,
                 """
-                SELECT s.now::text, s.taken_ms, p.before_ms, f.xid, f.payload, f.started_days, f.started_meters
-                FROM (SELECT pg_current_snapshot() AS now, (extract(epoch FROM statement_timestamp()) * 1000)::bigint AS taken_ms) AS s
+                SELECT s.now::text, s.taken_ms, s.company_data_version, p.before_ms, f.xid, f.payload, f.started_days, f.started_meters
+                FROM (
+                    SELECT pg_current_snapshot() AS now, (extract(epoch FROM statement_timestamp()) * 1000)::bigint AS taken_ms,
+                           \(unescaped: Self.companyDataVersionQuery) AS company_data_version
+                ) AS s
                 CROSS JOIN commit_feed_pruned AS p
                 LEFT JOIN commit_feed AS f
                     ON f.xid >= \(Int64(cursor.snapshot.xmin)) AND f.node <> \(self.node)
@@ -55,15 +64,19 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
             var poll = CommitFeedPoll()
             var next: (snapshot: CommitSnapshot, takenMs: Int64)?
             for row in rows {
-                let (now, takenMs, prunedBefore, xid, payload, startedDays, startedMeters) = try row.decode(
-                    (String, Int64, Int64, Int64?, ByteBuffer?, [Int64]?, [Int64]?).self)
+                let (now, takenMs, companyDataVersion, prunedBefore, xid, payload, startedDays, startedMeters) = try row.decode(
+                    (String, Int64, String?, Int64, Int64?, ByteBuffer?, [Int64]?, [Int64]?).self)
                 if next == nil {
                     guard let snapshot = CommitSnapshot(now) else { throw PostgreSQLStoreError("unreadable snapshot \(now)") }
                     next = (snapshot, takenMs)
+                    if companyDataVersion != self.companyDataVersion {
+                        poll.companyDataChanged = true
+                        self.companyDataVersion = companyDataVersion
+                    }
                     if prunedBefore + Self.commitAllowanceMs > cursor.takenMs {
                         // Rows this node had not read may be gone: start again from this snapshot.
                         self.cursor = next
-                        return CommitFeedPoll(restarted: true)
+                        return CommitFeedPoll(restarted: true, companyDataChanged: poll.companyDataChanged)
                     }
                 }
                 guard let xid, let payload else { continue }
@@ -104,14 +117,20 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
     }
 
     /// The first cursor: from now on, every other node's commit is delivered.
-    private func start(_ connection: PostgresConnection) async throws -> (snapshot: CommitSnapshot, takenMs: Int64) {
+    private func start(_ connection: PostgresConnection) async throws -> (
+        cursor: (snapshot: CommitSnapshot, takenMs: Int64), companyDataVersion: String?
+    ) {
         let row = try await self.rows(
-            connection, "SELECT pg_current_snapshot()::text, (extract(epoch FROM statement_timestamp()) * 1000)::bigint"
+            connection,
+            """
+            SELECT pg_current_snapshot()::text, (extract(epoch FROM statement_timestamp()) * 1000)::bigint,
+                   \(unescaped: Self.companyDataVersionQuery)
+            """
         ).first
-        guard let (text, takenMs) = try row?.decode((String, Int64).self), let snapshot = CommitSnapshot(text) else {
+        guard let (text, takenMs, version) = try row?.decode((String, Int64, String?).self), let snapshot = CommitSnapshot(text) else {
             throw PostgreSQLStoreError("PostgreSQL returned no snapshot for the commit feed")
         }
-        return (snapshot, takenMs)
+        return ((snapshot, takenMs), version)
     }
 
     private func open() async throws -> PostgresConnection {

@@ -45,7 +45,16 @@ final class PostgreSQLCompanyImportSink: CompanyImportSink {
     /// Imports one file in one transaction on the writer's connection.
     static func importFile(_ path: String, backend: PostgreSQLIngestBackend, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
         CompanyFileImport.importFile(path, progress: progress) { body in
-            try backend.inTransaction("a company import") { try body(PostgreSQLCompanyImportSink(backend: backend)) }
+            try backend.inTransaction("a company import") {
+                let result = try body(PostgreSQLCompanyImportSink(backend: backend))
+                // Other nodes' commit feeds see this and load their meters and KPI stores again.
+                _ = try backend.run(
+                    """
+                    INSERT INTO store_setting (name, value) VALUES ('company_data_version', '1')
+                    ON CONFLICT (name) DO UPDATE SET value = (store_setting.value::bigint + 1)::text
+                    """, "recording the company data change")
+                return result
+            }
         }
     }
 
