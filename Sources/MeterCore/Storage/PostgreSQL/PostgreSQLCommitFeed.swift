@@ -22,7 +22,9 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
     private let connector: PostgreSQLConnector
     private let node: String
     private var connection: PostgresConnection?
-    private var cursor: (snapshot: CommitSnapshot, takenMs: Int64)?
+    /// A poll's snapshot and when the server took it.
+    typealias Cursor = (snapshot: CommitSnapshot, takenMs: Int64)
+    private var cursor: Cursor?
     /// `store_setting.company_data_version` as the last poll read it (``companyDataVersionQuery``).
     private var companyDataVersion: String?
 
@@ -62,7 +64,7 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
                 ORDER BY f.xid
                 """)
             var poll = CommitFeedPoll()
-            var next: (snapshot: CommitSnapshot, takenMs: Int64)?
+            var next: Cursor?
             for row in rows {
                 let (now, takenMs, companyDataVersion, prunedBefore, xid, payload, startedDays, startedMeters) = try row.decode(
                     (String, Int64, String?, Int64, Int64?, ByteBuffer?, [Int64]?, [Int64]?).self)
@@ -117,9 +119,7 @@ actor PostgreSQLCommitFeed: CommitFeedSource {
     }
 
     /// The first cursor: from now on, every other node's commit is delivered.
-    private func start(_ connection: PostgresConnection) async throws -> (
-        cursor: (snapshot: CommitSnapshot, takenMs: Int64), companyDataVersion: String?
-    ) {
+    private func start(_ connection: PostgresConnection) async throws -> (cursor: Cursor, companyDataVersion: String?) {
         let row = try await self.rows(
             connection,
             """
