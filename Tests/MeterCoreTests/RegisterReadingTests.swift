@@ -89,6 +89,14 @@ import Testing
         #expect(rules.step(from: 999_500, to: 501) == .reset(wrappedKwh: 1001))
         // 2.25 → 0.5: 999,998.25 would be a rollover's difference: a reset.
         #expect(rules.step(from: 2.25, to: 0.5) == .reset(wrappedKwh: 999_998.25))
+        // A rise above max_kwh per expected interval (at least one) is a jump, not consumption:
+        // 1000 kWh in 15 minutes or less, 2000 in half an hour, 96,000 in a day.
+        #expect(rules.step(from: 50, to: 1050, elapsedMs: 60_000) == .advance(kwh: 1000))
+        #expect(rules.step(from: 50, to: 2050, elapsedMs: 60_000) == .jump(kwh: 2000))
+        #expect(rules.step(from: 50, to: 2050, elapsedMs: 1_800_000) == .advance(kwh: 2000))
+        #expect(rules.step(from: 0, to: 96_000, elapsedMs: 86_400_000) == .advance(kwh: 96_000))
+        #expect(rules.step(from: 0, to: 96_001, elapsedMs: 86_400_000) == .jump(kwh: 96_001))
+        #expect(rules.step(from: 100, to: 5000, elapsedMs: -60_000) == .jump(kwh: 4900))
         var fourDigits = MeteringRules()
         fourDigits.registerDigits = 4
         // 9,999.5 → 1.5 on a 4-digit register: 10,000 − 9,999.5 + 1.5 = 2.
@@ -158,6 +166,60 @@ import Testing
             #expect(try await self.storedKwh(database, meter: "A")[7] == 0.5)
             #expect(try await self.months(database, meter: "A").map(\.kwh) == [7.25])
             #expect(try await self.flags(database).count == 1)
+        }
+    }
+
+    /// One corrupted register or a meter exchanged for one with a higher register must not put a
+    /// million kWh on a bill: a rise no meter could consume in the time is a new baseline, flagged.
+    @Test func aRegisterRiseBeyondMaxKwhPerIntervalIsANewBaselineNotConsumption() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            var writer = try self.makeWriter(database)
+            let readings = [
+                self.register("J", 1, "2026-11-10T12:00:00Z", 50),  // baseline: 0
+                self.register("J", 2, "2026-11-10T12:01:00Z", 2050),  // 2000 kWh in a minute: a jump, 0, flagged
+                self.register("J", 3, "2026-11-10T12:02:00Z", 2051.5),  // +1.5 from the new baseline
+                self.register("J", 4, "2026-11-10T12:03:00Z", 999_999.75),  // a jump again
+                self.register("J", 5, "2026-11-10T12:04:00Z", 0.25),  // rollover: 0.25 + 0.25 = 0.5
+            ]
+            let result = try writer.commit([self.submission(readings)])
+            #expect(result.stored == 5)
+            #expect(try await self.storedKwh(database, meter: "J") == [1: 0, 2: 0, 3: 1.5, 4: 0, 5: 0.5])
+            #expect(try await self.months(database, meter: "J").map(\.kwh) == [2])
+            #expect(try await self.flags(database).map(\.rule) == ["register_reset", "register_reset"])
+            #expect(try await self.flags(database).map(\.seq) == [2, 4])
+            // After a restart the baseline and its time are the stored ones: the rule judges alike.
+            writer = try self.makeWriter(database)
+            _ = try writer.commit([self.submission([self.register("J", 6, "2026-11-10T12:05:00Z", 1500)])])
+            #expect(try await self.storedKwh(database, meter: "J")[6] == 0)
+            #expect(try await self.flags(database).map(\.seq) == [2, 4, 6])
+        }
+    }
+
+    /// A meter whose clock fell back to 1970 for one reading (flagged `clock_backwards`) must not
+    /// stretch its next reading's gap back over decades: that reading's energy lands where its
+    /// time says, not a sliver in each of 680 months.
+    @Test func aReadingWhoseClockWentBackDoesNotStretchTheNextOnesGap() async throws {
+        try await withTemporaryDirectory { directory in
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let writer = try self.makeWriter(database)
+            _ = try writer.commit([
+                self.submission([
+                    self.register("C", 1, "2026-12-04T09:00:00Z", 100),  // baseline
+                    self.register("C", 2, "1970-01-01T00:00:00Z", 100.25),  // clock reset: 0.25 in its month, flagged
+                    self.register("C", 3, "2026-12-04T09:15:00Z", 100.5),  // 15 min after seq 1: no gap, 0.25
+                ])
+            ])
+            #expect(try await self.storedKwh(database, meter: "C") == [1: 0, 2: 0.25, 3: 0.25])
+            #expect(
+                try await self.months(database, meter: "C") == [
+                    MonthRow(month: 197001, kwh: 0.25, readings: 1, estimated: 0, estimatedKwh: 0),
+                    MonthRow(month: 202612, kwh: 0.25, readings: 2, estimated: 0, estimatedKwh: 0),
+                ])
+            #expect(try await self.flags(database).map(\.rule) == ["clock_backwards"])
+            // A real gap after it is measured from 09:15, the chain's latest time: 12 h, one month.
+            _ = try writer.commit([self.submission([self.register("C", 4, "2026-12-04T21:15:00Z", 110.5)])])
+            #expect(try await self.months(database, meter: "C").map(\.kwh) == [0.25, 10.25])
         }
     }
 

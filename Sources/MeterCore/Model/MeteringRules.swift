@@ -8,7 +8,8 @@ import Foundation
 ///   `seq`); the first register sets the baseline and contributes nothing. A register that goes
 ///   down either wrapped at its digit capacity (``registerCapacity``, `10^register_digits`), when
 ///   the wrapped difference is at most ``maximumKwh``, or was reset (a meter exchange): a new
-///   baseline, no consumption, and a `register_reset` flag.
+///   baseline, no consumption, and a `register_reset` flag. So is a register that rises by more
+///   than ``largestAdvance(elapsedMs:)`` since the previous one.
 /// - **Gap estimation**: the consumption of a register reading further than
 ///   ``expectedIntervalMs`` from the previous one is spread over the gap in proportion to time,
 ///   so each calendar month gets its share; months that got a share of a gap spanning more than one
@@ -57,11 +58,14 @@ package struct MeteringRules: Sendable, Equatable {
         case rollover(kwh: Double)
         /// The register went down and did not wrap (a reset or a meter exchange): a new baseline.
         case reset(wrappedKwh: Double)
+        /// The register went up by more than any meter consumes in the time since the previous
+        /// one (a meter exchanged for one with a higher register, a corrupted value): a new baseline.
+        case jump(kwh: Double)
 
         /// The consumption the reading contributes.
         package var kwh: Double {
             switch self {
-            case .baseline, .reset: 0
+            case .baseline, .reset, .jump: 0
             case .advance(let kwh), .rollover(let kwh): kwh
             }
         }
@@ -120,10 +124,24 @@ package struct MeteringRules: Sendable, Equatable {
         return true
     }
 
+    /// The most a register may rise in `elapsedMs`: ``maximumKwh`` (the most one reading may carry)
+    /// for each ``expectedIntervalMs`` that passed, and at least once, so a gap's consumption
+    /// still counts in full.
+    package func largestAdvance(elapsedMs: Int64) -> Double {
+        self.maximumKwh * max(1, Double(elapsedMs) / Double(self.expectedIntervalMs))
+    }
+
     /// Classifies a register against the meter's previous one (`nil`: no baseline yet).
-    package func step(from previous: Double?, to register: Double) -> RegisterStep {
+    ///
+    /// - Parameter elapsedMs: the time since the previous register reading. A rise above
+    ///   ``largestAdvance(elapsedMs:)`` is a ``RegisterStep/jump(kwh:)``, not consumption: one bad
+    ///   register value must not put a million kWh on a bill.
+    package func step(from previous: Double?, to register: Double, elapsedMs: Int64 = 0) -> RegisterStep {
         guard let previous else { return .baseline }
-        if register >= previous { return .advance(kwh: register - previous) }
+        if register >= previous {
+            let kwh = register - previous
+            return kwh <= self.largestAdvance(elapsedMs: elapsedMs) ? .advance(kwh: kwh) : .jump(kwh: kwh)
+        }
         let wrapped = self.registerCapacity - previous + register
         return wrapped <= self.maximumKwh ? .rollover(kwh: wrapped) : .reset(wrappedKwh: wrapped)
     }

@@ -32,11 +32,12 @@ struct MeterDelta {
     }
 
     /// - Parameters:
+    ///   - registerTimestampMs: the meter's register time after this reading (``IngestWriter``).
     ///   - day: the ``Day/key`` of the reading's `ts`.
     ///   - name: the meter's name, asked for with its first reading of the run only.
     mutating func record(
-        _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, zeroRun: MeteringRules.ZeroRun, day: Int,
-        name: () -> String
+        _ reading: Reading, receivedMs: Int64, highWaterMark: Int64, rowID: Int64, registerTimestampMs: Int64?,
+        zeroRun: MeteringRules.ZeroRun, day: Int, name: () -> String
     ) {
         if let first = self.firstDay {
             self.firstDay = min(first, day)
@@ -48,7 +49,7 @@ struct MeterDelta {
         self.lastReceivedMs = receivedMs
         self.lastReadingRowID = rowID
         self.lastRegister = reading.registerKwh
-        self.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
+        self.lastRegisterTimestampMs = registerTimestampMs
         self.highWaterMark = highWaterMark
         self.lastTimestampMs = reading.timestampMs
         self.lastStatus = reading.status

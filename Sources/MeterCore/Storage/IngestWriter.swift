@@ -285,14 +285,24 @@ package final class IngestWriter: MeterStoreWriter {
                     var stored = reading
                     var spanStartMs: Int64?
                     if let register = reading.registerKwh {
-                        let step = self.metering.step(from: state.lastRegister, to: register)
+                        let step = self.registerStep(to: register, at: reading.timestampMs, after: state)
                         stored.kwh = step.kwh
-                        if case .reset(let wrapped) = step, let previous = state.lastRegister {
+                        switch (step, state.lastRegister) {
+                        case (.reset(let wrapped), let previous?):
                             try flag(
                                 .registerReset,
                                 "register went down from \(previous) to \(register) kWh; a rollover would make \(wrapped) kWh, "
                                     + "more than max_kwh \(self.metering.maximumKwh): new baseline",
                                 meterID: state.id, reading: reading)
+                        case (.jump(let kwh), let previous?):
+                            let elapsedMs = reading.timestampMs - (state.lastRegisterTimestampMs ?? reading.timestampMs)
+                            try flag(
+                                .registerReset,
+                                "register went up from \(previous) to \(register) kWh: \(kwh) kWh in \(max(0, elapsedMs) / 1000) s is more than "
+                                    + "max_kwh \(self.metering.maximumKwh) per expected_interval: new baseline",
+                                meterID: state.id, reading: reading)
+                        default:
+                            break
                         }
                         // A gap: its consumption is spread over the months it spans (``fold``).
                         if stored.kwh > 0, let previousMs = state.lastRegisterTimestampMs,
@@ -398,8 +408,8 @@ package final class IngestWriter: MeterStoreWriter {
         state.lastTimestampMs = reading.timestampMs
         // A kwh reading ends the register's chain: the next register starts a new baseline rather
         // than count again the energy the kwh readings between them carried.
+        state.lastRegisterTimestampMs = self.registerTimestamp(of: reading, after: state)
         state.lastRegister = reading.registerKwh
-        state.lastRegisterTimestampMs = reading.registerKwh == nil ? nil : reading.timestampMs
         self.meterStates[slot] = state
         if let consumption, regular {
             // In place: the window's buffer is this array's alone, so nothing is copied.
@@ -417,7 +427,7 @@ package final class IngestWriter: MeterStoreWriter {
         ) {
             $0.record(
                 reading, receivedMs: receivedMs, highWaterMark: state.highWaterMark, rowID: state.lastReadingRowID,
-                zeroRun: state.zeroRun, day: day.key, name: { self.meterNames[slot] })
+                registerTimestampMs: state.lastRegisterTimestampMs, zeroRun: state.zeroRun, day: day.key, name: { self.meterNames[slot] })
         }
         // Presence and spacing for the read success rate.
         batch.updateDay(DayKey(day: day.key, meterID: state.id)) { $0.add(timestampMs: reading.timestampMs, previousMs: previousMs) }
@@ -444,10 +454,26 @@ package final class IngestWriter: MeterStoreWriter {
     /// set a baseline or followed a reset. `reading.kwh` is already derived; `state` is the meter's before it.
     private func knownConsumption(_ reading: Reading, before state: MeterState) -> Double? {
         guard let register = reading.registerKwh else { return reading.kwh }
-        switch self.metering.step(from: state.lastRegister, to: register) {
-        case .baseline, .reset: return nil
+        switch self.registerStep(to: register, at: reading.timestampMs, after: state) {
+        case .baseline, .reset, .jump: return nil
         case .advance, .rollover: return reading.kwh
         }
+    }
+
+    /// What a register reading at `timestampMs` means after the meter's previous register.
+    private func registerStep(to register: Double, at timestampMs: Int64, after state: MeterState) -> MeteringRules.RegisterStep {
+        self.metering.step(
+            from: state.lastRegister, to: register, elapsedMs: timestampMs - (state.lastRegisterTimestampMs ?? timestampMs))
+    }
+
+    /// The time a register reading's successor measures its gap and its rise from: the latest
+    /// `ts` of the register chain, so a reading whose clock went back (a `clock_backwards` flag)
+    /// does not stretch its successor's gap back to its own `ts`, decades perhaps, and spread its
+    /// consumption over every month between.
+    private func registerTimestamp(of reading: Reading, after state: MeterState) -> Int64? {
+        guard reading.registerKwh != nil else { return nil }
+        guard state.lastRegister != nil, let previousMs = state.lastRegisterTimestampMs else { return reading.timestampMs }
+        return max(previousMs, reading.timestampMs)
     }
 
     /// Whether a reading came at most the expected interval after the meter's previous one (and
