@@ -53,8 +53,8 @@ struct KPIOptions: ParsableArguments {
 }
 
 extension KPIOptions {
-    /// The store `--db PATH` or `--store URL` names, opened for offline commands; a bad URL, a
-    /// missing file or an unreachable server is one line naming the problem.
+    /// The store `--db PATH` or `--store URL` names, opened for offline commands; a bad URL is a
+    /// usage error; a missing file (exit 1) or an unreachable server (exit 3) is one line naming it.
     static func openStore(db: String?, store: String?) throws -> any MeterStore {
         let location: StoreLocation
         switch (db, store) {
@@ -64,13 +64,14 @@ extension KPIOptions {
         case (.some, .some): throw ValidationError("pass --db PATH or --store URL, not both")
         case (nil, nil): throw ValidationError("pass --db PATH or --store URL to read a store directly")
         }
+        // Not usage errors: one line, exit 1 (as `alerts --db`), and 3 when a store cannot be reached.
         if case .sqlite(let path) = location, !FileManager.default.fileExists(atPath: path) {
-            throw ValidationError("no database at \(path)")
+            ConnectionOptions.fail("no database at \(path)", code: 1)
         }
         do {
             return try location.open(logger: Logger(label: "meterctl"))
         } catch {
-            throw ValidationError("\(error)")
+            ConnectionOptions.fail("\(error)", code: 3)
         }
     }
 }

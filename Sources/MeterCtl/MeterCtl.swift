@@ -12,7 +12,8 @@ struct MeterCtl: AsyncParsableCommand {
             The socket is --socket, else $METERD_STATUS_SOCKET, else /run/meterd/status.sock when it \
             exists, else ./meterd-data/status.sock. Errors print one line and exit non-zero: 1 when \
             meterd answered with an error (such as an unknown meter), 3 when meterd cannot be reached. \
-            kpi and import also work without a daemon, on a database file given with --db.
+            kpi and import also work without a daemon, on a database file given with --db or a store \
+            given with --store URL (exit 1 when the file is missing, 3 when the store cannot be reached).
             """,
         version: MeterdVersion.current,
         subcommands: [

@@ -33,6 +33,17 @@ struct MeterCtlTests {
             #expect(none.status == 3)
             #expect(none.err == "meterctl: no meterd listening at \(missing)\n")
             #expect(none.out.isEmpty)
+            // Offline commands: a missing file or an unreachable store is one line, not a usage error (64).
+            let noFile = try await Self.meterctlAsync(["kpi", "--db", directory + "/none.sqlite"])
+            #expect(noFile.status == 1)
+            #expect(noFile.err == "meterctl: no database at \(directory)/none.sqlite\n")
+            let noServer = try await Self.meterctlAsync(["kpi", "--store", "postgresql://meterd@127.0.0.1:1/meterd"])
+            #expect(noServer.status == 3)
+            #expect(noServer.err.hasPrefix("meterctl: ") && noServer.err.contains("127.0.0.1:1"), "\(noServer.err)")
+            #expect(noServer.err.split(separator: "\n").count == 1, "\(noServer.err)")
+            let noImportServer = try await Self.meterctlAsync(["import", directory, "--store", "postgresql://meterd@127.0.0.1:1/meterd"])
+            #expect(noImportServer.status == 3)
+            #expect(noImportServer.err.split(separator: "\n").count == 1, "\(noImportServer.err)")
 
             let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
             defer { meterd.process.stop() }
