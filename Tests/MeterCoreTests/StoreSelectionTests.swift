@@ -82,9 +82,11 @@ import Testing
     }
 
     /// Runs meterd with `--store URL` and expects it to stop at once with exit 2 and one line containing `problem`.
-    func expectStartupFailure(store: String, problem: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    func expectStartupFailure(
+        store: String, arguments: [String] = [], problem: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
         try await withTemporaryDirectory { directory in
-            let daemon = try MeterdUnderTest.start(dataDirectory: directory, arguments: ["--store", store])
+            let daemon = try MeterdUnderTest.start(dataDirectory: directory, arguments: ["--store", store] + arguments)
             let status = try await daemon.process.waitForExit(timeout: .seconds(60))
             let output = daemon.process.output
             #expect(status == 2, "meterd exited with \(status):\n\(output)", sourceLocation: sourceLocation)
@@ -117,6 +119,19 @@ import Testing
             try await self.expectStartupFailure(
                 store: server.tcpAddress(database: address.database, password: "wrong-password").urlWithPassword + "?sslmode=require",
                 problem: "does not take TLS connections, and the store URL's sslmode=require requires TLS")
+            // A node whose months would follow another zone than the store's: the first node's zone stays.
+            let url = server.socketURL(address)
+            let first = try await withTemporaryDirectory { directory in
+                let daemon = try MeterdUnderTest.start(dataDirectory: directory, arguments: ["--store", url, "--timezone", "Europe/Berlin"])
+                _ = try await daemon.ports()
+                daemon.process.stop()
+                return try await StoreLocation.postgresql(address).open(logger: testLogger).recordedTimeZone()
+            }
+            #expect(first?.identifier == "Europe/Berlin")
+            try await self.expectStartupFailure(
+                store: url, arguments: ["--timezone", "Pacific/Kiritimati"],
+                problem: "invalid configuration: timezone: this node's months would follow Pacific/Kiritimati, but the store's follow "
+                    + "Europe/Berlin: every node on one store must use the same timezone (set timezone = Europe/Berlin)")
         }
     }
 

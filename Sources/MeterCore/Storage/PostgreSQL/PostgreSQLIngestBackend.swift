@@ -227,12 +227,22 @@ final class PostgreSQLIngestBackend: IngestBackend {
         }
     }
 
+    /// Records the zone the store's months follow, or checks that this node's is the one recorded:
+    /// the nodes of one store must agree, or they would book the same moment in different months
+    /// (a node at UTC+14 puts 12:00Z on 30 November into December).
     func recordTimeZone(_ zone: TimeZone) throws {
-        try self.run(
+        let rows = try self.run(
             """
-            INSERT INTO store_setting (name, value) VALUES ('time_zone', \(zone.identifier))
-            ON CONFLICT (name) DO UPDATE SET value = excluded.value
+            WITH inserted AS (
+                INSERT INTO store_setting (name, value) VALUES ('time_zone', \(zone.identifier)) ON CONFLICT (name) DO NOTHING RETURNING value
+            )
+            SELECT value FROM inserted UNION ALL SELECT value FROM store_setting WHERE name = 'time_zone'
             """, "recording the time zone", timeout: self.connector.timeouts.commit)
+        guard let recorded = try rows.first?.decode(String.self), recorded != zone.identifier else { return }
+        throw ConfigurationError(
+            key: "timezone",
+            "this node's months would follow \(zone.identifier), but the store's follow \(recorded): every node on one store "
+                + "must use the same timezone (set timezone = \(recorded))")
     }
 
     func recordAlerts(_ alerts: [Alert], history: Int) throws {
