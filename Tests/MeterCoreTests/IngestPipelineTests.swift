@@ -165,6 +165,54 @@ import Testing
         }
     }
 
+    /// A stop while the store does not answer (issue 13 point 5) keeps trying to commit what is
+    /// queued for `stopStoreWait`, commits it if the store returns meanwhile, and otherwise stops
+    /// without it: none of it was acknowledged, and systemd would SIGKILL a stop that waited out the outage.
+    @Test(.timeLimit(.minutes(1)), arguments: [true, false])
+    func aStopDuringAnOutageWaitsBoundedForTheStore(storeReturns: Bool) async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
+            let failure = FailSwitch()
+            let pipeline = IngestPipeline(
+                writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: true),
+                configuration: PipelineConfiguration(
+                    queueCapacity: 1_000, commitInterval: .milliseconds(1), maximumBatch: 100, stopStoreWait: .seconds(2)),
+                logger: testLogger)
+            let group = ServiceGroup(services: [pipeline], logger: testLogger)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                // Given a store that went away and a reading queued for it
+                failure.isOn = true
+                let reading = Reading(meter: "MTR-STOP", seq: 1, timestampMs: WallClock.nowMs(), kwh: 1)
+                _ = pipeline.submit(
+                    IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: WallClock.nowMs())], receiver: nil))
+                try await waitUntil(timeout: .seconds(5)) { pipeline.storeUnreachableSinceMs != nil }
+
+                // When meterd is told to stop
+                let stopping = ContinuousClock.now
+                await group.triggerGracefulShutdown()
+                if storeReturns {
+                    try await Task.sleep(for: .milliseconds(500))
+                    failure.isOn = false
+                }
+                try await tasks.waitForAll()
+                let took = ContinuousClock.now - stopping
+
+                // Then the stop took no longer than the wait and a retry, and committed the reading if the store came back in time
+                #expect(took < .seconds(6), "\(took)")
+                let stored = try await store.meterRecord(named: "MTR-STOP")?.readingsTotal ?? 0
+                if storeReturns {
+                    #expect(stored == 1)
+                    #expect(pipeline.statistics.stored.load(ordering: .relaxed) == 1)
+                } else {
+                    #expect(took >= .seconds(2), "it tried for the whole wait: \(took)")
+                    #expect(stored == 0)
+                    #expect(pipeline.queueDepth == 0)
+                }
+            }
+        }
+    }
+
     /// A pipeline on a real SQLite file whose writer fails while the switch is on (as an
     /// unreachable server or a full disk), running, with its health as the watchdog sees it.
     private func withFailingPipeline(

@@ -20,15 +20,20 @@ package struct PipelineConfiguration: Sendable {
     /// many meters, and start-up recovers what a crash left unwritten. A writer about to go idle,
     /// a task (``IngestPipeline/perform(_:)``) and shutdown write them at once.
     package var aggregateInterval: Duration = .zero
+    /// How long a stop keeps trying to commit what is queued while the store does not answer.
+    /// Nothing queued was acknowledged, so its meters send it again to whichever node they reach
+    /// next; waiting out the outage would only end in systemd's stop timeout and a SIGKILL.
+    package var stopStoreWait: Duration = .seconds(10)
 
     package init(
         queueCapacity: Int = 50_000, commitInterval: Duration = .milliseconds(5), maximumBatch: Int = 5_000,
-        aggregateInterval: Duration = .zero
+        aggregateInterval: Duration = .zero, stopStoreWait: Duration = .seconds(10)
     ) {
         self.queueCapacity = queueCapacity
         self.commitInterval = commitInterval
         self.maximumBatch = maximumBatch
         self.aggregateInterval = aggregateInterval
+        self.stopStoreWait = stopStoreWait
     }
 }
 
@@ -52,6 +57,8 @@ package final class IngestPipeline: Service, Sendable {
         var writerWait = WriterWait.busy
         var committing = false
         var stopping = false
+        /// When graceful shutdown asked the writer to stop.
+        var stopRequested: ContinuousClock.Instant?
         var lastCommitStart = ContinuousClock.now - .seconds(1)
         /// The writer found the queue empty since its last commit: the next batch starts after a quiet spell.
         var idleSinceCommit = true
@@ -278,6 +285,7 @@ package final class IngestPipeline: Service, Sendable {
     private func requestStop() {
         let signal = self.state.withLockedValue { state -> Bool in
             state.stopping = true
+            state.stopRequested = state.stopRequested ?? .now
             state.writerWait = .busy
             return true
         }
@@ -389,6 +397,7 @@ package final class IngestPipeline: Service, Sendable {
                 } catch {
                     lostRaces = 0
                     self.commitFailed(error, batch: batch, weight: weight, retryDelay: retryDelay)
+                    if self.abandonQueueWhenStoppingWithoutStore(error) { continue }
                     Thread.sleep(forTimeInterval: retryDelay.seconds)
                     retryDelay = min(retryDelay * 2, Self.maximumRetryDelay)
                 }
@@ -481,6 +490,28 @@ package final class IngestPipeline: Service, Sendable {
                 "error": "\(error)", "batch.readings": "\(weight)", "commit.attempts": "\(failures)",
                 "commit.retry_ms": "\(retryDelay.milliseconds)",
             ])
+    }
+
+    /// Past ``PipelineConfiguration/stopStoreWait`` into a stop, with the store still unreachable,
+    /// drops the queue (none of it was acknowledged) so the stop can finish. Returns whether it did.
+    private func abandonQueueWhenStoppingWithoutStore(_ error: any Error) -> Bool {
+        guard (error as? any StoreReachabilityError)?.meansStoreUnreachable == true else { return false }
+        let abandoned = self.state.withLockedValue { state -> (readings: Int, waiters: [CheckedContinuation<Void, Never>])? in
+            guard state.stopping, let requested = state.stopRequested, requested.duration(to: .now) >= self.configuration.stopStoreWait
+            else { return nil }
+            let readings = state.queuedWeight
+            state.queue.removeAll()
+            state.queuedWeight = 0
+            self.depth.store(0, ordering: .relaxed)
+            defer { state.drainWaiters = [] }
+            return (readings, state.drainWaiters)
+        }
+        guard let abandoned else { return false }
+        self.logger.error(
+            "Stopping without committing the queued readings: the store has not answered since the stop began; none of them was acknowledged, so their meters send them again",
+            metadata: ["batch.readings": "\(abandoned.readings)", "stop.waited_s": "\(self.configuration.stopStoreWait.components.seconds)"])
+        for waiter in abandoned.waiters { waiter.resume() }
+        return true
     }
 
     /// Asks the store whether it answers, once a second while there is nothing to commit: a node
