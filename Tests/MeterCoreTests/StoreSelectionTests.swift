@@ -115,6 +115,9 @@ import Testing
                 problem: "refused user meterd: password authentication failed")
             try await self.expectStartupFailure(
                 store: "postgresql://meterd@/no_such_db?host=\(server.directory)&port=\(server.port)", problem: "has no database no_such_db")
+            try await self.expectStartupFailure(
+                store: "postgresql://nouser@/\(address.database)?host=\(server.directory)&port=\(server.port)",
+                problem: #"refused user nouser: role "nouser" does not exist (check the user name in the store URL, or create the role)"#)
             // This cluster has TLS off: sslmode=require cannot be met.
             try await self.expectStartupFailure(
                 store: server.tcpAddress(database: address.database, password: "wrong-password").urlWithPassword + "?sslmode=require",

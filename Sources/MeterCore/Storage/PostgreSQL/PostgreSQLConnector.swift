@@ -57,6 +57,10 @@ package struct PostgreSQLStoreError: StoreReachabilityError, CustomStringConvert
                     ? "if it takes only TLS connections (hostssl), use TCP with sslmode=require or verify-full"
                     : "check its pg_hba.conf for this user, database and address"
                 return PostgreSQLStoreError("PostgreSQL at \(address.server) refused user \(address.user): \(message) (\(hint))", sqlState: state)
+            case "28000" where message.hasPrefix("role ") && message.hasSuffix(" does not exist"):
+                return PostgreSQLStoreError(
+                    "PostgreSQL at \(address.server) refused user \(address.user): \(message) (check the user name in the store URL, or create the role)",
+                    sqlState: state)
             case "28P01", "28000":
                 return PostgreSQLStoreError(
                     "PostgreSQL at \(address.server) refused user \(address.user): \(message) (check the password in the store URL)", sqlState: state)
