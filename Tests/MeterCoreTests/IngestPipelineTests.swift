@@ -168,8 +168,8 @@ import Testing
     /// A stop while the store does not answer (issue 13 point 5) keeps trying to commit what is
     /// queued for `stopStoreWait`, commits it if the store returns meanwhile, and otherwise stops
     /// without it: none of it was acknowledged, and systemd would SIGKILL a stop that waited out the outage.
-    @Test(.timeLimit(.minutes(1)), arguments: [true, false])
-    func aStopDuringAnOutageWaitsBoundedForTheStore(storeReturns: Bool) async throws {
+    @Test(.timeLimit(.minutes(1)), arguments: [true, false], [true, false])
+    func aStopDuringAnOutageWaitsBoundedForTheStore(storeReturns: Bool, throughTheIngestServersDrain: Bool) async throws {
         try await withTemporaryDirectory { directory in
             let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
             let failure = FailSwitch()
@@ -188,13 +188,17 @@ import Testing
                     IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: WallClock.nowMs())], receiver: nil))
                 try await waitUntil(timeout: .seconds(5)) { pipeline.storeUnreachableSinceMs != nil }
 
-                // When meterd is told to stop
+                // When meterd is told to stop: the ingest server, stopped first, drains the
+                // writer before the service group stops the writer itself
                 let stopping = ContinuousClock.now
-                await group.triggerGracefulShutdown()
                 if storeReturns {
-                    try await Task.sleep(for: .milliseconds(500))
-                    failure.isOn = false
+                    tasks.addTask {
+                        try await Task.sleep(for: .milliseconds(500))
+                        failure.isOn = false
+                    }
                 }
+                if throughTheIngestServersDrain { await pipeline.drainForStop() }
+                await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
                 let took = ContinuousClock.now - stopping
 

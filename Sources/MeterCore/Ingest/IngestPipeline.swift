@@ -57,7 +57,8 @@ package final class IngestPipeline: Service, Sendable {
         var writerWait = WriterWait.busy
         var committing = false
         var stopping = false
-        /// When graceful shutdown asked the writer to stop.
+        /// When the stop began: the ingest server's last drain (``drainForStop()``), or graceful
+        /// shutdown of the writer itself, whichever came first.
         var stopRequested: ContinuousClock.Instant?
         var lastCommitStart = ContinuousClock.now - .seconds(1)
         /// The writer found the queue empty since its last commit: the next batch starts after a quiet spell.
@@ -238,6 +239,15 @@ package final class IngestPipeline: Service, Sendable {
             }
             if done { continuation.resume() }
         }
+    }
+
+    /// The ingest server's drain at a stop: as ``drain()``, but it starts the stop's wait for an
+    /// unreachable store (``PipelineConfiguration/stopStoreWait``). The service group stops the
+    /// writer only after the ingest server, so this drain, not the writer's own stop, is where a
+    /// stop first waits for the store.
+    package func drainForStop() async {
+        self.state.withLockedValue { state in state.stopRequested = state.stopRequested ?? .now }
+        await self.drain()
     }
 
     /// Runs work on the writer thread between two group commits: the single writer applies
@@ -497,8 +507,7 @@ package final class IngestPipeline: Service, Sendable {
     private func abandonQueueWhenStoppingWithoutStore(_ error: any Error) -> Bool {
         guard (error as? any StoreReachabilityError)?.meansStoreUnreachable == true else { return false }
         let abandoned = self.state.withLockedValue { state -> (readings: Int, waiters: [CheckedContinuation<Void, Never>])? in
-            guard state.stopping, let requested = state.stopRequested, requested.duration(to: .now) >= self.configuration.stopStoreWait
-            else { return nil }
+            guard let requested = state.stopRequested, requested.duration(to: .now) >= self.configuration.stopStoreWait else { return nil }
             let readings = state.queuedWeight
             state.queue.removeAll()
             state.queuedWeight = 0

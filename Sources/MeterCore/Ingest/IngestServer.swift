@@ -182,7 +182,7 @@ package struct IngestServer: Service {
             return receiver.channel.eventLoop.submit { handler.value?.stopReading() }
         }
         for future in stopping { try? await future.get() }
-        await pipeline.drain()
+        await pipeline.drainForStop()
         let closing = connections.all.map { receiver in
             let handler = receiver.handler
             return receiver.channel.eventLoop.submit { handler.value?.finish() }.flatMap { receiver.channel.closeFuture }
