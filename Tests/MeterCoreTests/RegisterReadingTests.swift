@@ -220,6 +220,22 @@ import Testing
             // A real gap after it is measured from 09:15, the chain's latest time: 12 h, one month.
             _ = try writer.commit([self.submission([self.register("C", 4, "2026-12-04T21:15:00Z", 110.5)])])
             #expect(try await self.months(database, meter: "C").map(\.kwh) == [0.25, 10.25])
+
+            // A chain that starts after a kwh reading with its baseline in 1970 is timed from the
+            // kwh reading too: 900 kWh in the 30 minutes since lies in December, and 999,000 a
+            // minute later is a jump, not 56 years' consumption.
+            let kwhReading = Reading(meter: "K", seq: 1, timestampMs: RFC3339.parseMilliseconds("2026-12-04T09:30:00Z")!, kwh: 1)
+            _ = try writer.commit([
+                self.submission([
+                    kwhReading, self.register("K", 2, "1970-01-01T00:00:00Z", 0), self.register("K", 3, "2026-12-04T10:00:00Z", 900),
+                    self.register("K", 4, "2026-12-04T10:01:00Z", 999_900),
+                ])
+            ])
+            #expect(try await self.storedKwh(database, meter: "K") == [1: 1, 2: 0, 3: 900, 4: 0])
+            let kMonths = try await self.months(database, meter: "K")
+            #expect(kMonths.map(\.month) == [197001, 202612], "\(kMonths)")
+            #expect(kMonths.map(\.kwh) == [0, 901])
+            #expect(try await self.flags(database).map(\.rule) == ["clock_backwards", "clock_backwards", "register_reset"])
         }
     }
 

@@ -405,10 +405,11 @@ package final class IngestWriter: MeterStoreWriter {
         // The highest seq stored, whatever order recovered rows come in.
         state.highWaterMark = max(state.highWaterMark, reading.seq)
         state.lastReadingRowID = max(state.lastReadingRowID, rowID)
+        // From the state before this reading, as ``apply`` judged it.
+        state.lastRegisterTimestampMs = self.registerTimestamp(of: reading, after: state)
         state.lastTimestampMs = reading.timestampMs
         // A kwh reading ends the register's chain: the next register starts a new baseline rather
         // than count again the energy the kwh readings between them carried.
-        state.lastRegisterTimestampMs = self.registerTimestamp(of: reading, after: state)
         state.lastRegister = reading.registerKwh
         self.meterStates[slot] = state
         if let consumption, regular {
@@ -467,13 +468,15 @@ package final class IngestWriter: MeterStoreWriter {
     }
 
     /// The time a register reading's successor measures its gap and its rise from: the latest
-    /// `ts` of the register chain, so a reading whose clock went back (a `clock_backwards` flag)
-    /// does not stretch its successor's gap back to its own `ts`, decades perhaps, and spread its
-    /// consumption over every month between.
+    /// `ts` the meter has shown (its previous reading's, and the register chain's), so a reading
+    /// whose clock went back (a `clock_backwards` flag), a chain's baseline included, does not
+    /// stretch its successor's gap back to its own `ts`, decades perhaps, spreading its
+    /// consumption over every month between and allowing it a rise as large.
     private func registerTimestamp(of reading: Reading, after state: MeterState) -> Int64? {
         guard reading.registerKwh != nil else { return nil }
-        guard state.lastRegister != nil, let previousMs = state.lastRegisterTimestampMs else { return reading.timestampMs }
-        return max(previousMs, reading.timestampMs)
+        var latest = max(reading.timestampMs, state.lastTimestampMs ?? reading.timestampMs)
+        if state.lastRegister != nil, let chainMs = state.lastRegisterTimestampMs { latest = max(latest, chainMs) }
+        return latest
     }
 
     /// Whether a reading came at most the expected interval after the meter's previous one (and
