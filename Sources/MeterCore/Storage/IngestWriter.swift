@@ -295,7 +295,7 @@ package final class IngestWriter: MeterStoreWriter {
                                     + "more than max_kwh \(self.metering.maximumKwh): new baseline",
                                 meterID: state.id, reading: reading)
                         case (.jump(let kwh), let previous?):
-                            let elapsedMs = reading.timestampMs - (state.lastRegisterTimestampMs ?? reading.timestampMs)
+                            let elapsedMs = Self.registerElapsedMs(at: reading.timestampMs, after: state)
                             try flag(
                                 .registerReset,
                                 "register went up from \(previous) to \(register) kWh: \(kwh) kWh in \(max(0, elapsedMs) / 1000) s is more than "
@@ -463,8 +463,12 @@ package final class IngestWriter: MeterStoreWriter {
 
     /// What a register reading at `timestampMs` means after the meter's previous register.
     private func registerStep(to register: Double, at timestampMs: Int64, after state: MeterState) -> MeteringRules.RegisterStep {
-        self.metering.step(
-            from: state.lastRegister, to: register, elapsedMs: timestampMs - (state.lastRegisterTimestampMs ?? timestampMs))
+        self.metering.step(from: state.lastRegister, to: register, elapsedMs: Self.registerElapsedMs(at: timestampMs, after: state))
+    }
+
+    /// The time since the meter's previous register reading (``registerTimestamp(of:after:)``).
+    private static func registerElapsedMs(at timestampMs: Int64, after state: MeterState) -> Int64 {
+        timestampMs - (state.lastRegisterTimestampMs ?? timestampMs)
     }
 
     /// The time a register reading's successor measures its gap and its rise from: the latest
