@@ -22,6 +22,28 @@ struct MeterCtl: AsyncParsableCommand {
 
     // Declared here too so `meterctl --socket PATH status` works as well as `meterctl status --socket PATH`.
     @OptionGroup var options: ConnectionOptions
+
+    /// Usage errors keep ArgumentParser's form (with the usage line); a command that fails says so
+    /// in the same one-line form as every other meterctl error.
+    static func main() async {
+        var command: any ParsableCommand
+        do {
+            command = try Self.parseAsRoot()
+        } catch {
+            Self.exit(withError: error)
+        }
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
+            Self.exit(withError: error)
+        } catch {
+            ConnectionOptions.fail("\(error)", code: 1)
+        }
+    }
 }
 
 /// Options every subcommand takes.

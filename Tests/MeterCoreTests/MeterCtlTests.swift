@@ -44,6 +44,18 @@ struct MeterCtlTests {
             let noImportServer = try await Self.meterctlAsync(["import", directory, "--store", "postgresql://meterd@127.0.0.1:1/meterd"])
             #expect(noImportServer.status == 3)
             #expect(noImportServer.err.split(separator: "\n").count == 1, "\(noImportServer.err)")
+            // A failure inside a command is the same one line as the others, not ArgumentParser's "Error:".
+            let unopenable = try await Self.meterctlAsync(["import", directory, "--db", directory + "/no/such/dir/x.sqlite"])
+            #expect(unopenable.status == 1)
+            #expect(unopenable.err.hasPrefix("meterctl: ") && unopenable.err.contains("/no/such/dir/x.sqlite"), "\(unopenable.err)")
+            #expect(unopenable.err.split(separator: "\n").count == 1, "\(unopenable.err)")
+            let noDirectory = try await Self.meterctlAsync(["import", directory + "/absent", "--db", directory + "/import.sqlite"])
+            #expect(noDirectory.status == 1)
+            #expect(noDirectory.err == "meterctl: \(directory)/absent: no such directory\n")
+            // A usage error keeps ArgumentParser's form, with the usage line and exit 64.
+            let usage = try await Self.meterctlAsync(["kpi", "--frm", "2026-01"])
+            #expect(usage.status == 64)
+            #expect(usage.err.hasPrefix("Error: Unknown option '--frm'"), "\(usage.err)")
 
             let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
             defer { meterd.process.stop() }
