@@ -105,6 +105,118 @@ import Testing
         #expect(nodes[0].lostRaces + nodes[1].lostRaces > 0)
     }
 
+    /// This node's writer, with the other node committing a meter's next reading before each of
+    /// its commits, as a meter sent to both nodes at once does at its worst: this node loses every
+    /// race for that meter.
+    final class RivalFirstWriter: MeterStoreWriter, @unchecked Sendable {
+        private let base: any MeterStoreWriter
+        private let rival: Node
+        private let meter: Int
+        private var nextSeq: Int64 = 1_000
+        let rivalSends = Atomic<Bool>(true)
+
+        init(_ base: any MeterStoreWriter, rival: Node, meter: Int) {
+            self.base = base
+            self.rival = rival
+            self.meter = meter
+        }
+
+        var commitListener: (any CommitListener)? {
+            get { self.base.commitListener }
+            set { self.base.commitListener = newValue }
+        }
+        var meterCount: Int { self.base.meterCount }
+        var hasPendingAggregates: Bool { self.base.hasPendingAggregates }
+
+        func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult {
+            if self.rivalSends.load(ordering: .relaxed) {
+                _ = try self.rival.commit([MultiNodeTests.reading(meter: self.meter, seq: self.nextSeq)])
+                self.nextSeq += 1
+            }
+            return try self.base.commit(submissions, deferAggregates: deferAggregates)
+        }
+        func flushAggregates() throws { try self.base.flushAggregates() }
+        func reloadMeters() throws { try self.base.reloadMeters() }
+        func lostRace(_ error: any Error) -> Bool { self.base.lostRace(error) }
+        func takeContestedMeters() -> Set<String> { self.base.takeContestedMeters() }
+        func checkReachable() throws { try self.base.checkReachable() }
+        func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
+            try self.base.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)
+        }
+        func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
+            try self.base.recordSnapshot(document, period: period, generatedMs: generatedMs, history: history)
+        }
+        func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
+            self.base.importCompanyFile(path, progress: progress)
+        }
+        func recordTimeZone(_ zone: TimeZone) throws { try self.base.recordTimeZone(zone) }
+        func recordAlerts(_ alerts: [Alert], history: Int) throws { try self.base.recordAlerts(alerts, history: history) }
+    }
+
+    /// The highest seq acked to one sender, per meter.
+    final class AckedSeqs: AckReceiver {
+        let seqs = Mutex<[String: Int64]>([:])
+        func deliver(_ outcome: SubmissionOutcome) {
+            self.seqs.withLock { seqs in
+                for ack in outcome.acks { seqs[ack.meter] = max(seqs[ack.meter] ?? -1, ack.seq) }
+            }
+        }
+    }
+
+    /// A meter sent to two nodes at once used to make the node that lost the race for it lose its
+    /// whole batch, commit after commit: after 20 in a row every meter on it was told busy and its
+    /// `/readyz` failed. Now the contested meter waits and the rest of each batch commits.
+    @Test(.timeLimit(.minutes(2)))
+    func aMeterThatLosesEveryRaceWaitsWhileTheOtherMetersCommit() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let rival = try Node(address)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let twin = 0
+        let writer = RivalFirstWriter(try store.makeWriter(WriterSettings()), rival: rival, meter: twin)
+        let pipeline = IngestPipeline(
+            writer: writer, configuration: PipelineConfiguration(queueCapacity: 10_000, commitInterval: .milliseconds(1), maximumBatch: 500),
+            logger: testLogger)
+        func submit(meter: Int, seq: Int64, to receiver: AckedSeqs) {
+            let submission = IngestSubmission(
+                readings: [SubmittedReading(reading: Self.reading(meter: meter, seq: seq), line: 1, receivedMs: WallClock.nowMs())],
+                receiver: receiver)
+            _ = pipeline.submit(submission)
+        }
+        try await withRunningServices([pipeline]) {
+            // Given the twin's reading first in this node's queue, and the other node committing
+            // the twin's next reading before each of this node's commits
+            let twinSender = AckedSeqs()
+            submit(meter: twin, seq: 1, to: twinSender)
+            // When 40 other meters send a reading each, one after another
+            let others = AckedSeqs()
+            for meter in 1...40 {
+                submit(meter: meter, seq: 1, to: others)
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            // Then each of them is acked while the twin keeps losing, and no commit counts as failed
+            try await waitUntil(timeout: .seconds(20)) { others.seqs.withLock { $0.count } == 40 }
+            #expect(twinSender.seqs.withLock { $0.isEmpty })
+            #expect(pipeline.statistics.lostRaces.load(ordering: .relaxed) >= 2)
+            #expect(pipeline.statistics.commitFailures.load(ordering: .relaxed) == 0)
+            #expect(pipeline.failure == nil)
+
+            // When the other node stops sending the twin, this node acks its reading (a duplicate of
+            // one the other node stored: its seq is below theirs)
+            writer.rivalSends.store(false, ordering: .relaxed)
+            try await waitUntil(timeout: .seconds(10)) { twinSender.seqs.withLock { $0["MTR-0"] } == 1 }
+            await pipeline.drain()
+        }
+        // Then every reading is stored once
+        for meter in 1...40 {
+            let readings = try #require(try await store.recentReadings(meter: "MTR-\(meter)", limit: 10)).readings
+            #expect(readings.map(\.seq) == [1])
+        }
+        let rivalReadings = try #require(try await store.recentReadings(meter: "MTR-0", limit: 10_000)).readings
+        #expect(Set(rivalReadings.map(\.seq)).count == rivalReadings.count)
+        #expect(rivalReadings.allSatisfy { $0.seq >= 1_000 })
+        #expect(try await store.meterRecord(named: "MTR-0")?.readingsTotal == Int64(rivalReadings.count))
+    }
+
     /// A daemon on a shared store, with its own data directory and ports, and short intervals.
     struct RunningNode {
         let daemon: MeterDaemon

@@ -53,6 +53,10 @@ package final class IngestPipeline: Service, Sendable {
     private struct State {
         var queue = CircularBuffer<IngestSubmission>()
         var queuedWeight = 0
+        /// Meters another node moved on in the race a commit lost: batches hold their submissions
+        /// back (``takeBatch(from:maximumWeight:holdingBack:)``) until `contestedUntil`.
+        var contested: Set<String> = []
+        var contestedUntil = ContinuousClock.now
         /// What the writer thread is waiting for, so a submission wakes it only when it must.
         var writerWait = WriterWait.busy
         var committing = false
@@ -304,14 +308,17 @@ package final class IngestPipeline: Service, Sendable {
 
     private func writerLoop() {
         var retryDelay = Duration.milliseconds(50)
-        // Races lost in a row; past ``maximumLostRaces`` a conflict counts as a failure (and backs off).
+        // Races lost in a row without a meter to hold back (a deadlock the server broke); past
+        // ``maximumLostRaces`` such a conflict counts as a failure (and backs off).
         var lostRaces = 0
+        // Races lost in a row over contested meters, which are held back longer each time.
+        var contestedRaces = 0
         var lastAggregateWrite = ContinuousClock.now
         while true {
             enum Step {
                 case task(@Sendable (any MeterStoreWriter) -> Void)
                 case wait(ContinuousClock.Instant?)
-                case commit([IngestSubmission], weight: Int, aggregates: Bool)
+                case commit([IngestSubmission], weight: Int, aggregates: Bool, holdingBack: Bool)
                 case exit
             }
             let step = self.state.withLockedValue { state -> Step in
@@ -328,11 +335,14 @@ package final class IngestPipeline: Service, Sendable {
                     state.writerWait = .window
                     return .wait(windowEnd)
                 }
-                var batch: [IngestSubmission] = []
-                var weight = 0
-                while let next = state.queue.first, batch.isEmpty || weight + next.weight <= self.configuration.maximumBatch {
-                    batch.append(state.queue.removeFirst())
-                    weight += next.weight
+                if state.stopping || ContinuousClock.now >= state.contestedUntil { state.contested = [] }
+                let (batch, weight) = Self.takeBatch(
+                    from: &state.queue, maximumWeight: self.configuration.maximumBatch, holdingBack: state.contested)
+                guard !batch.isEmpty else {
+                    // Only contested meters' readings are queued: they wait for their hold to end,
+                    // or for another meter's reading to commit meanwhile.
+                    state.writerWait = .idle
+                    return .wait(state.contestedUntil)
                 }
                 state.committing = true
                 state.lastCommitStart = .now
@@ -342,7 +352,7 @@ package final class IngestPipeline: Service, Sendable {
                     state.idleSinceCommit || state.stopping
                     || lastAggregateWrite.duration(to: state.lastCommitStart) >= self.configuration.aggregateInterval
                 state.idleSinceCommit = false
-                return .commit(batch, weight: weight, aggregates: aggregates)
+                return .commit(batch, weight: weight, aggregates: aggregates, holdingBack: !state.contested.isEmpty)
             }
             switch step {
             case .task(let task):
@@ -379,7 +389,7 @@ package final class IngestPipeline: Service, Sendable {
                         self.checkStoreWhileIdle()
                     }
                 }
-            case .commit(let batch, let weight, let aggregates):
+            case .commit(let batch, let weight, let aggregates, let holdingBack):
                 do {
                     let started = ContinuousClock.now
                     let (result, flushed) = try self.writer.withLock { writer in
@@ -392,17 +402,38 @@ package final class IngestPipeline: Service, Sendable {
                     if flushed { lastAggregateWrite = started }
                     retryDelay = .milliseconds(50)
                     lostRaces = 0
+                    if !holdingBack { contestedRaces = 0 }
                     self.deliver(result, for: batch)
                     self.finishCommit(weight: weight)
                 } catch let error where self.writer.withLock({ $0.lostRace(error) }) && lostRaces < Self.maximumLostRaces {
-                    // Another node committed some of these meters first: the writer reloaded its
-                    // cache, so the batch goes again now and finds those readings as duplicates.
-                    lostRaces += 1
+                    // Another node committed some of these meters first: the writer reloaded them,
+                    // so the batch goes again now and finds those readings as duplicates. The
+                    // meters it moved on wait a little, 2 ms doubling to 128 ms while they keep
+                    // losing (one sent to two nodes at once), so the rest commits meanwhile and
+                    // nobody else is told busy for them.
                     self.statistics.lostRaces.add(1, ordering: .relaxed)
-                    self.logger.debug("Commit lost a race with another node; retrying", metadata: ["error": "\(error)"])
+                    let contested = self.writer.withLock { $0.takeContestedMeters() }
+                    if contested.isEmpty {
+                        lostRaces += 1
+                    } else {
+                        contestedRaces += 1
+                    }
+                    let hold = Duration.milliseconds(1 << min(contestedRaces, 7))
+                    self.logger.debug(
+                        "Commit lost a race with another node; retrying",
+                        metadata: ["error": "\(error)", "contested_meters": "\(contested.count)"])
                     self.state.withLockedValue { state in
                         for submission in batch.reversed() { state.queue.prepend(submission) }
+                        state.contested = contested
+                        state.contestedUntil = ContinuousClock.now + hold
                         state.committing = false
+                        if !contested.isEmpty {
+                            // The store answered and the writer knows why: it is working, even
+                            // while the queue holds only a meter that keeps losing.
+                            let now = WallClock.nowMs()
+                            state.lastProgressMs = now
+                            state.lastAttemptMs = now
+                        }
                     }
                 } catch {
                     lostRaces = 0
@@ -413,6 +444,47 @@ package final class IngestPipeline: Service, Sendable {
                 }
             }
         }
+    }
+
+    /// The next batch: submissions from the front of the queue up to `maximumWeight` (at least one).
+    ///
+    /// After a lost race, the submissions of the `contested` meters wait, so that a meter sent to
+    /// two nodes at once (or hopping between them) cannot make every other meter's readings lose
+    /// with it, commit after commit. Whatever a held submission's sender sent later waits too, as
+    /// does every later submission with one of its meters: a meter's readings and a connection's
+    /// acks keep their order. The batch is empty when every queued submission waits.
+    static func takeBatch(
+        from queue: inout CircularBuffer<IngestSubmission>, maximumWeight: Int, holdingBack contested: Set<String>
+    ) -> (batch: [IngestSubmission], weight: Int) {
+        var batch: [IngestSubmission] = []
+        var weight = 0
+        if !contested.isEmpty {
+            var heldMeters = contested
+            var heldSenders = Set<ObjectIdentifier>()
+            var held: [IngestSubmission] = []
+            var scanned = 0
+            for next in queue {
+                guard batch.isEmpty || weight + next.weight <= maximumWeight else { break }
+                scanned += 1
+                let sender = next.receiver.map { ObjectIdentifier($0) }
+                if sender.map(heldSenders.contains) == true || next.readings.contains(where: { heldMeters.contains($0.reading.meter) }) {
+                    if let sender { heldSenders.insert(sender) }
+                    for item in next.readings { heldMeters.insert(item.reading.meter) }
+                    held.append(next)
+                } else {
+                    batch.append(next)
+                    weight += next.weight
+                }
+            }
+            queue.removeFirst(scanned)
+            for submission in held.reversed() { queue.prepend(submission) }
+            return (batch, weight)
+        }
+        while let next = queue.first, batch.isEmpty || weight + next.weight <= maximumWeight {
+            batch.append(queue.removeFirst())
+            weight += next.weight
+        }
+        return (batch, weight)
     }
 
     private func deliver(_ result: CommitResult, for batch: [IngestSubmission]) {

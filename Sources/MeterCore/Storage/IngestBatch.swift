@@ -307,6 +307,8 @@ protocol IngestBackend: AnyObject {
     func write<T>(_ body: (any IngestTransaction) throws -> T) throws -> T
     /// Every meter row.
     func loadMeters() throws -> [StoredMeterState]
+    /// The rows of these meters (those that exist).
+    func loadMeters(named names: [String]) throws -> [StoredMeterState]
     /// Returns once the store may be written: SQLite's integrity check may still run beside the
     /// meter load (``MeterDatabase/IntegrityCheckTiming/alongsideStartUp``).
     func awaitWritable() throws
@@ -332,4 +334,12 @@ protocol IngestBackend: AnyObject {
     func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult
     func recordTimeZone(_ zone: TimeZone) throws
     func recordAlerts(_ alerts: [Alert], history: Int) throws
+}
+
+extension IngestBackend {
+    /// Only a server store loses races, and then its own version reads just these rows.
+    func loadMeters(named names: [String]) throws -> [StoredMeterState] {
+        let wanted = Set(names)
+        return try self.loadMeters().filter { wanted.contains($0.name) }
+    }
 }

@@ -78,6 +78,8 @@ package final class IngestWriter: MeterStoreWriter {
     /// and a failed commit may leave its readings in it.
     @exclusivity(unchecked) private var trailing: [[Float]] = []
     private var commitGeneration = 0
+    /// See ``takeContestedMeters()``.
+    private var contestedMeters: Set<String> = []
     /// Learns what each write of aggregates changed (the KPI rollups).
     package var commitListener: (any CommitListener)?
     /// Region names of the meters' `region` indexes.
@@ -123,12 +125,7 @@ package final class IngestWriter: MeterStoreWriter {
         names.reserveCapacity(rows.count)
         for row in rows {
             slots[row.name] = states.count
-            states.append(
-                MeterState(
-                    id: row.id, highWaterMark: row.highWaterMark, rate: self.tariff.rate(forRegion: row.region),
-                    region: self.index(ofRegion: row.region), lastReadingRowID: row.lastReadingRowID,
-                    lastTimestampMs: row.lastTimestampMs, lastRegister: row.lastRegister,
-                    lastRegisterTimestampMs: row.lastRegisterTimestampMs, zeroRun: row.zeroRun))
+            states.append(self.meterState(row))
             names.append(row.name)
         }
         // Kept across a reload for the meters still known: the window is in memory only.
@@ -140,6 +137,45 @@ package final class IngestWriter: MeterStoreWriter {
         self.meterSlots = slots
         self.meterStates = states
         self.meterNames = names
+    }
+
+    private func meterState(_ row: StoredMeterState) -> MeterState {
+        MeterState(
+            id: row.id, highWaterMark: row.highWaterMark, rate: self.tariff.rate(forRegion: row.region),
+            region: self.index(ofRegion: row.region), lastReadingRowID: row.lastReadingRowID,
+            lastTimestampMs: row.lastTimestampMs, lastRegister: row.lastRegister,
+            lastRegisterTimestampMs: row.lastRegisterTimestampMs, zeroRun: row.zeroRun)
+    }
+
+    /// After a lost race: reloads only the batch's meters (a whole-fleet reload made the window for
+    /// the next race longer the larger the fleet) and returns those another writer moved on, whose
+    /// high-water marks differ from what the cache held, or that it did not hold.
+    private func reloadMeters(of submissions: [IngestSubmission]) throws -> Set<String> {
+        var names = Set<String>()
+        for submission in submissions {
+            for item in submission.readings { names.insert(item.reading.meter) }
+        }
+        var moved = Set<String>()
+        for row in try self.backend.loadMeters(named: Array(names)) {
+            if let slot = self.meterSlots[row.name] {
+                if self.meterStates[slot].highWaterMark != row.highWaterMark { moved.insert(row.name) }
+                self.meterStates[slot] = self.meterState(row)
+            } else {
+                if row.highWaterMark >= 0 { moved.insert(row.name) }
+                self.meterSlots[row.name] = self.meterStates.count
+                self.meterStates.append(self.meterState(row))
+                self.meterNames.append(row.name)
+                self.trailing.append([])
+            }
+        }
+        return moved
+    }
+
+    /// The meters another writer moved on in the last lost race, once; the pipeline holds their
+    /// submissions back for a commit so that the rest of the batch is not held hostage by them.
+    package func takeContestedMeters() -> Set<String> {
+        defer { self.contestedMeters = [] }
+        return self.contestedMeters
     }
 
     private func index(ofRegion region: String) -> Int {
@@ -195,7 +231,11 @@ package final class IngestWriter: MeterStoreWriter {
             self.meterStates.removeSubrange(rollback.firstRegisteredSlot...)
             self.trailing.removeSubrange(rollback.firstRegisteredSlot...)
             self.meterNames.removeSubrange(rollback.firstRegisteredSlot...)
-            if self.backend.invalidatesMeterCache(error) {
+            self.contestedMeters = []
+            if self.backend.lostRace(error), !self.hasPendingAggregates, let moved = try? self.reloadMeters(of: submissions) {
+                // The server rolled the batch back: only its meters' rows may differ from the cache.
+                self.contestedMeters = moved
+            } else if self.backend.invalidatesMeterCache(error) {
                 // If this fails too (the store is still down), the next failed attempt tries again.
                 try? self.reloadMeters()
                 // The batch may have committed before the connection dropped, and no delta said

@@ -137,6 +137,8 @@ package protocol MeterStoreWriter: AnyObject {
     /// high-water mark moved, or the same readings committed first): nothing of it committed, the
     /// cache is reloaded, and the batch may go again at once. Not a fault of the store.
     func lostRace(_ error: any Error) -> Bool
+    /// After a lost race, the meters whose rows another writer had moved on (each reported once).
+    func takeContestedMeters() -> Set<String>
 
     /// Flags meters silent since before `cutoffMs` (never-reported ones since `startMs`) as
     /// inactive; returns those it flagged with their last receive time.
@@ -170,6 +172,8 @@ extension MeterStoreWriter {
     package func checkReachable() throws {}
 
     package func lostRace(_ error: any Error) -> Bool { false }
+
+    package func takeContestedMeters() -> Set<String> { [] }
 
     /// Commits a batch with its aggregates.
     package func commit(_ submissions: [IngestSubmission]) throws -> CommitResult {

@@ -149,12 +149,26 @@ final class PostgreSQLIngestBackend: IngestBackend {
     func awaitWritable() throws {}
 
     func loadMeters() throws -> [StoredMeterState] {
-        let rows = try self.run(
-            """
-            SELECT id, name, hwm_seq, region, COALESCE(last_reading_position, 0), last_ts_ms, last_register_kwh, last_register_ts_ms,
-                   zero_since_ms, zero_flagged, open_month, open_day
-            FROM meter
-            """, "loading the meters")
+        let (meters, openPeriods) = try self.decodeMeters(self.run("\(unescaped: Self.meterColumns) FROM meter", "loading the meters"))
+        self.openPeriods = openPeriods
+        return meters
+    }
+
+    /// The rows of a lost race's meters, found by name: the batch's meters it registered were
+    /// dropped from the cache with its rollback.
+    func loadMeters(named names: [String]) throws -> [StoredMeterState] {
+        let rows = try self.run("\(unescaped: Self.meterColumns) FROM meter WHERE name = ANY(\(names))", "reloading \(names.count) meters")
+        let (meters, openPeriods) = try self.decodeMeters(rows)
+        self.openPeriods.merge(openPeriods) { _, reloaded in reloaded }
+        return meters
+    }
+
+    private static let meterColumns = """
+        SELECT id, name, hwm_seq, region, COALESCE(last_reading_position, 0), last_ts_ms, last_register_kwh, last_register_ts_ms,
+               zero_since_ms, zero_flagged, open_month, open_day
+        """
+
+    private func decodeMeters(_ rows: [PostgresRow]) throws -> ([StoredMeterState], [Int64: PostgreSQLOpenPeriods.Known]) {
         var openPeriods: [Int64: PostgreSQLOpenPeriods.Known] = [:]
         openPeriods.reserveCapacity(rows.count)
         let meters = try rows.map { row in
@@ -166,8 +180,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
                 lastRegister: register, lastRegisterTimestampMs: registerTs,
                 zeroRun: MeteringRules.ZeroRun(sinceMs: zeroSince, flagged: zeroFlagged))
         }
-        self.openPeriods = openPeriods
-        return meters
+        return (meters, openPeriods)
     }
 
     /// Aggregates commit with their readings in the same statement: nothing is ever past the watermark.
