@@ -68,6 +68,11 @@ struct ConnectionOptions: ParsableArguments {
         } catch {
             Self.fail("\(error)", code: 3)
         }
+        self.present(line, as: answerType, render: render)
+    }
+
+    /// Prints meterd's answer line as JSON or, decoded as `Answer`, through `render`; exits 1 on an error answer.
+    func present<Answer: Decodable>(_ line: String, as answerType: Answer.Type, render: (Answer) -> String) {
         guard let answer = OperatorAnswer<Answer>(line: line) else {
             Self.fail("meterd sent an answer that is not the JSON expected: \(line.prefix(200))", code: 1)
         }

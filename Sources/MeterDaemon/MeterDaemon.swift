@@ -193,7 +193,14 @@ struct MeterDaemonCommand: AsyncParsableCommand {
                 "max_connections lowered to fit the open-file limit",
                 metadata: ["limit.nofile": "\(limit)", "max_connections": "\(configuration.maximumConnections)"])
         }
-        try await daemon.run()
+        do {
+            try await daemon.run()
+        } catch let error as ListenError {
+            Self.fail(error)
+        } catch {
+            FileHandle.standardError.write(Data("meterd: \(error)\n".utf8))
+            Foundation.exit(1)
+        }
     }
 
     /// One line naming the problem, then exit 2: systemd and scripts see a clear failure.

@@ -413,6 +413,20 @@ struct AlertTests {
             #expect(api.status == 200)
             #expect(try JSONDecoder().decode(AlertListAnswer.self, from: Data(api.body.utf8)) == AlertListAnswer(firing: 1, alerts: [fired]))
             #expect(try await httpGet(port: ports.http, path: "/api/alerts?state=loud").status == 400)
+            // meterctl asks the running daemon through the socket it is told, whatever the store
+            let meterctl = try BuiltProduct.path("meterctl")
+            let asked = try await offPool {
+                try runProgram(
+                    [meterctl, "alerts", "--socket", daemon.statusSocket, "--state", "firing", "--json"], environment: ["PATH": "/usr/bin:/bin"])
+            }
+            #expect(asked.status == 0, "\(asked.stderr)")
+            #expect(try JSONDecoder().decode(AlertListAnswer.self, from: Data(asked.stdout.utf8)) == AlertListAnswer(firing: 1, alerts: [fired]))
+            let badLimit = try await ask(daemon.statusSocket, "alerts firing many")
+            #expect(badLimit.contains(#""error":"malformed_command""#) && badLimit.contains("many"), "\(badLimit)")
+            let elsewhere = try await offPool {
+                try runProgram([meterctl, "alerts", "--socket", directory + "/no.sock"], environment: ["PATH": "/usr/bin:/bin"])
+            }
+            #expect(elsewhere.status == 3, "a named socket that does not answer is an error, not a silent fallback: \(elsewhere.stderr)")
 
             // E-1 reports again: the next sweep resolves the same alert
             try await client.send(readingLine(meter: "E-1", seq: 2))
@@ -434,7 +448,6 @@ struct AlertTests {
             try await receiver.stop()
 
             // meterctl reads the alert back from the database file, meterd stopped
-            let meterctl = try BuiltProduct.path("meterctl")
             let json = try runProgram([meterctl, "alerts", "--db", data + "/meterd.sqlite", "--state", "resolved", "--json"])
             #expect(json.status == 0)
             let listed = try JSONDecoder().decode(AlertListAnswer.self, from: Data(json.stdout.utf8))

@@ -150,6 +150,25 @@ final class AckTally: Sendable {
             #expect(try await daemon.exitStatus() == 2)
             #expect(daemon.log.hasPrefix("meterd: invalid configuration: tariff.North:"), "\(daemon.log)")
             #expect(daemon.log.contains("meterd.conf:3"))
+
+            // A key set twice (also spelled two ways) and a file that is not UTF-8 are refused the same way
+            for (bytes, expected) in [
+                (
+                    Array("inactive_after = 60\nsynchronous = full\ninactive_after = 900\n".utf8),
+                    "inactive_after: set twice (\(directory)/meterd.conf:1 and \(directory)/meterd.conf:3)"
+                ),
+                (Array("alert_flag_rate = 0.1\n[alert]\nflag_rate = 0.2\n".utf8), "alert.flag_rate: set twice"),
+                (
+                    Array("inactive_after = 60\n# caf".utf8) + [0xE9] + Array(" in Latin-1\n".utf8),
+                    "config: \(directory)/meterd.conf:2 is not valid UTF-8"
+                ),
+            ] {
+                try Data(bytes).write(to: URL(fileURLWithPath: directory + "/meterd.conf"))
+                let daemon = try DaemonProcess(dataDirectory: directory, arguments: ["--config", directory + "/meterd.conf"])
+                #expect(try await daemon.exitStatus() == 2)
+                #expect(daemon.log.split(separator: "\n").count == 1, "\(daemon.log)")
+                #expect(daemon.log.hasPrefix("meterd: invalid configuration: \(expected)"), "\(daemon.log)")
+            }
         }
     }
 }
@@ -231,6 +250,123 @@ final class AckTally: Sendable {
             #expect(lines.count == 1, "\(daemon.log)")
             #expect(daemon.log.hasPrefix("meterd: The database at \(directory)/meterd.sqlite is corrupt"), "\(daemon.log)")
             #expect(daemon.log.contains("backup"))
+        }
+    }
+}
+
+/// Start-up refuses what would harm a daemon already running, with one line saying what and why.
+@Suite(.timeLimit(.minutes(2))) struct StartUpRefusalTests {
+    /// Runs meterd to its exit with these arguments (ephemeral TCP ports) and returns its status and stderr.
+    private static func refusedStart(_ arguments: [String]) async throws -> (status: Int32, stderr: String) {
+        let result = try await offPool {
+            try runProgram([try BuiltProduct.path("meterd"), "--ingest", "127.0.0.1:0", "--http", "127.0.0.1:0"] + arguments)
+        }
+        return (result.status, result.stderr)
+    }
+
+    /// A listening socket the test holds, so meterd finds its port taken.
+    private static func occupiedPort() throws -> (fd: CInt, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 4) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        #expect(bound)
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    @Test func aSecondDaemonOnTheSameDataDirectoryIsRefusedAndChangesNothing() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given a running daemon, whose ports.json is complete the first time it appears
+            let first = try DaemonProcess(dataDirectory: directory)
+            var firstSeen: [String: Int]?
+            try await waitUntil(timeout: .seconds(60), interval: .milliseconds(1)) {
+                guard let data = FileManager.default.contents(atPath: directory + "/ports.json") else { return false }
+                firstSeen = try? JSONSerialization.jsonObject(with: data) as? [String: Int]
+                return true
+            }
+            #expect(firstSeen?.keys.sorted() == ["http", "ingest"], "ports.json appeared as \(String(describing: firstSeen))")
+            _ = try await first.ingestPort()
+            let ports = try String(contentsOfFile: directory + "/ports.json", encoding: .utf8)
+
+            // When a second meterd starts on the same data directory (with its own status socket)
+            let second = try await Self.refusedStart(["--data-dir", directory, "--status-socket", directory + "/second.sock"])
+
+            // Then it stops with one line naming the directory and the daemon holding it, and the first one goes on untouched
+            #expect(second.status == 2)
+            #expect(second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
+            #expect(
+                second.stderr.hasPrefix("meterd: invalid configuration: data_dir: \(directory) is in use by another meterd (pid \(first.pid))"),
+                "\(second.stderr)")
+            #expect(try String(contentsOfFile: directory + "/ports.json", encoding: .utf8) == ports)
+            #expect(first.isRunning)
+            #expect(try await ask(directory + "/status.sock", "status").contains("\"queue_depth\""))
+
+            // And once the first has stopped, the directory is free again
+            first.terminate()
+            #expect(try await first.exitStatus() == 0)
+            let next = try DaemonProcess(dataDirectory: directory)
+            _ = try await next.ingestPort()
+            next.terminate()
+            #expect(try await next.exitStatus() == 0, "\(next.log)")
+        }
+    }
+
+    @Test func aSecondDaemonDoesNotTakeOverALiveStatusSocket() async throws {
+        try await withTemporaryDirectory { directory in
+            let first = try DaemonProcess(dataDirectory: directory + "/first")
+            _ = try await first.ingestPort()
+            let socket = directory + "/first/status.sock"
+
+            let second = try await Self.refusedStart(["--data-dir", directory + "/second", "--status-socket", socket])
+
+            #expect(second.status == 2)
+            #expect(second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
+            #expect(
+                second.stderr.hasPrefix("meterd: invalid configuration: status_socket: \(socket) is in use by a running daemon"), "\(second.stderr)")
+            #expect(try await ask(socket, "status").contains("\"queue_depth\""))
+            first.terminate()
+            #expect(try await first.exitStatus() == 0)
+            #expect(!FileManager.default.fileExists(atPath: socket), "the stopped daemon removes its socket")
+        }
+    }
+
+    @Test func aStatusSocketThatCannotBeBoundIsNamedInOneLine() async throws {
+        try await withTemporaryDirectory { directory in
+            let long = directory + "/" + String(repeating: "s", count: 120) + ".sock"
+            for (path, reason) in [
+                (directory + "/missing/status.sock", "\(directory)/missing: No such file or directory"),
+                (long, "a Unix socket path must be at most 107 bytes"),
+            ] {
+                let result = try await Self.refusedStart(["--data-dir", directory + "/data", "--status-socket", path])
+                #expect(result.status == 2)
+                #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+                #expect(result.stderr.hasPrefix("meterd: invalid configuration: status_socket: "), "\(result.stderr)")
+                #expect(result.stderr.contains(reason), "\(result.stderr)")
+            }
+        }
+    }
+
+    @Test(arguments: ["ingest", "http"])
+    func aPortInUseStopsStartUpWithOneLineNamingTheListener(listener: String) async throws {
+        try await withTemporaryDirectory { directory in
+            let occupied = try Self.occupiedPort()
+            defer { close(occupied.fd) }
+
+            let result = try await Self.refusedStart(["--data-dir", directory, "--\(listener)", "127.0.0.1:\(occupied.port)"])
+
+            #expect(result.status == 2)
+            let lines = result.stderr.split(separator: "\n")
+            #expect(
+                lines.last == "meterd: \(listener): cannot listen on 127.0.0.1:\(occupied.port): Address already in use", "\(result.stderr)")
+            // The services stopped because of it do not report their cancellation as errors
+            #expect(!lines.contains { $0.contains(" error ") || $0.contains("CancellationError") }, "\(result.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: directory + "/status.sock"))
         }
     }
 }

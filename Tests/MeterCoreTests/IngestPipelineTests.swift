@@ -165,16 +165,20 @@ import Testing
         }
     }
 
-    /// A stop while the store does not answer (issue 13 point 5) keeps trying to commit what is
-    /// queued for `stopStoreWait`, commits it if the store returns meanwhile, and otherwise stops
-    /// without it: none of it was acknowledged, and systemd would SIGKILL a stop that waited out the outage.
-    @Test(.timeLimit(.minutes(1)), arguments: [true, false], [true, false])
-    func aStopDuringAnOutageWaitsBoundedForTheStore(storeReturns: Bool, throughTheIngestServersDrain: Bool) async throws {
+    /// A stop while the store does not answer (issue 13 point 5), or refuses every commit (a full
+    /// disk, a read-only database), keeps trying to commit what is queued for `stopStoreWait`,
+    /// commits it if the store recovers meanwhile, and otherwise stops without it: none of it was
+    /// acknowledged, and systemd would SIGKILL a stop that waited out the outage.
+    @Test(
+        .timeLimit(.minutes(1)),
+        arguments: [true, false], [(storeReturns: true, drain: true), (true, false), (false, true), (false, false)])
+    func aStopDuringAnOutageWaitsBoundedForTheStore(unreachable: Bool, stop: (storeReturns: Bool, drain: Bool)) async throws {
+        let (storeReturns, throughTheIngestServersDrain) = stop
         try await withTemporaryDirectory { directory in
             let store = try StoreLocation.sqlite(path: directory + "/meterd.sqlite").open(logger: testLogger)
             let failure = FailSwitch()
             let pipeline = IngestPipeline(
-                writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: true),
+                writer: FailingWriter(try store.makeWriter(WriterSettings()), failure: failure, unreachable: unreachable),
                 configuration: PipelineConfiguration(
                     queueCapacity: 1_000, commitInterval: .milliseconds(1), maximumBatch: 100, stopStoreWait: .seconds(2)),
                 logger: testLogger)
@@ -186,7 +190,9 @@ import Testing
                 let reading = Reading(meter: "MTR-STOP", seq: 1, timestampMs: WallClock.nowMs(), kwh: 1)
                 _ = pipeline.submit(
                     IngestSubmission(readings: [SubmittedReading(reading: reading, line: 1, receivedMs: WallClock.nowMs())], receiver: nil))
-                try await waitUntil(timeout: .seconds(5)) { pipeline.storeUnreachableSinceMs != nil }
+                try await waitUntil(timeout: .seconds(5)) {
+                    unreachable ? pipeline.storeUnreachableSinceMs != nil : pipeline.statistics.commitFailures.load(ordering: .relaxed) >= 2
+                }
 
                 // When meterd is told to stop: the ingest server, stopped first, drains the
                 // writer before the service group stops the writer itself

@@ -130,6 +130,8 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
             do {
                 guard let observation = try await self.observe(rule, nowMs: nowMs) else { continue }
                 changes += self.apply(rule, observation, nowMs: nowMs)
+            } catch is CancellationError {
+                break  // stopping: a rule left unevaluated changes nothing
             } catch {
                 self.logger.error("Alert rule could not be evaluated", metadata: ["alert.rule": "\(rule.rawValue)", "error": "\(error)"])
             }
@@ -334,6 +336,8 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
         var loaded: [Alert] = []
         do {
             loaded = try await self.store.alerts(state: .firing, limit: .max).alerts
+        } catch is CancellationError {
+            return  // stopping: the next run takes them over
         } catch {
             self.logger.error("Cannot read the firing alerts; they may fire again", metadata: ["error": "\(error)"])
         }

@@ -375,6 +375,9 @@ package struct DaemonConfiguration: Sendable {
     /// `webhook = …` sets `alert.webhook`, the same as `alert_webhook`). Values may be quoted.
     package mutating func load(configFile text: String, path: String) throws(ConfigurationError) {
         var section = ""
+        // A key given twice is most likely an edit that meant to replace the first; which one wins
+        // must not be left to the reader's guess.
+        var seen: [String: Int] = [:]
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let where_ = "\(path):\(index + 1)"
             var line = rawLine.trimmingCharacters(in: .whitespaces)
@@ -394,6 +397,11 @@ package struct DaemonConfiguration: Sendable {
             var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
             let key = section.isEmpty ? name : "\(section).\(name)"
+            // `alert_webhook` and `[alert] webhook` are one key; repeated webhooks add URLs.
+            let canonical = key.hasPrefix("alert_") ? "alert." + key.dropFirst("alert_".count) : key
+            if canonical != "alert.webhook", let earlier = seen.updateValue(index + 1, forKey: canonical) {
+                throw ConfigurationError(key: key, "set twice (\(path):\(earlier) and \(where_)); keep one")
+            }
             do {
                 try self.set(key, to: value)
             } catch {
@@ -418,11 +426,16 @@ package struct DaemonConfiguration: Sendable {
         if let state = environment["STATE_DIRECTORY"]?.split(separator: ":").first { configuration.dataDirectory = String(state) }
         if let runtime = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first { configuration.runtimeDirectory = String(runtime) }
         if let configFile {
-            let text: String
+            let bytes: Data
             do {
-                text = try String(contentsOfFile: configFile, encoding: .utf8)
+                bytes = try Data(contentsOf: URL(fileURLWithPath: configFile))
             } catch {
                 throw ConfigurationError(key: "config", "cannot read \(configFile): \((error as NSError).localizedDescription)")
+            }
+            guard let text = String(bytes: bytes, encoding: .utf8) else {
+                let lines = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+                let bad = lines.firstIndex { String(bytes: $0, encoding: .utf8) == nil }.map { "\(configFile):\($0 + 1)" } ?? configFile
+                throw ConfigurationError(key: "config", "\(bad) is not valid UTF-8; save the file as UTF-8 text")
             }
             try configuration.load(configFile: text, path: configFile)
         }

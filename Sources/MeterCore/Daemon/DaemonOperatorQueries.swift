@@ -14,17 +14,24 @@ package final class DaemonOperatorQueries: OperatorQueries {
     private let runningImport = NIOLockedValueBox<ImportProgress?>(nil)
     /// The ingest side's copy of `concentrators.csv`, refreshed after each import.
     private let concentrators: ConcentratorDirectory?
+    private let alertEngine: AlertEngine?
 
     package init(
         store: any MeterStore, writer: WriterAccess, kpi: KPIEngine, snapshots: SnapshotService, cacheTTLms: Int64 = 2_000,
-        concentrators: ConcentratorDirectory? = nil
+        concentrators: ConcentratorDirectory? = nil, alerts: AlertEngine? = nil
     ) {
         self.concentrators = concentrators
+        self.alertEngine = alerts
         self.store = store
         self.writer = writer
         self.kpi = kpi
         self.snapshots = snapshots
         self.cacheTTLms = cacheTTLms
+    }
+
+    package func alerts(_ filter: AlertFilter, limit: Int) async throws -> AlertListAnswer {
+        guard let alertEngine = self.alertEngine else { throw OperatorQueryError.unavailable("alerts") }
+        return try await alertEngine.list(filter, limit: limit)
     }
 
     /// Cached for a moment: `status`, `/metrics` and systemd's STATUS= all ask every few seconds.

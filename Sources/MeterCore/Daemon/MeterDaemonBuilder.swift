@@ -25,6 +25,8 @@ package struct MeterDaemon: Sendable {
     /// The in-memory KPI stores the writer and the commit feed keep current.
     package let rollups: KPIRollups
     package let services: [any Service]
+    /// This daemon's claim on its data directory, given up when it stops.
+    private let dataDirectoryLock: DataDirectoryLock
     private let logger: Logger
 
     /// Opens the data directory and database and builds every service, without starting any.
@@ -54,6 +56,11 @@ package struct MeterDaemon: Sendable {
             try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         } catch {
             throw ConfigurationError(key: "data_dir", "cannot create \(configuration.dataDirectory): \(error.localizedDescription)")
+        }
+        // Before the database and ports.json: a second daemon on this directory must change nothing.
+        self.dataDirectoryLock = try DataDirectoryLock(directory: configuration.dataDirectory)
+        if environment.inheritedSockets.status == nil {
+            try StatusSocketServer.checkPathIsFree(configuration.statusSocketPath)
         }
         let store = try configuration.storeLocation.open(
             durability: configuration.durability, integrityCheck: .alongsideStartUp, logger: logger)
@@ -86,7 +93,7 @@ package struct MeterDaemon: Sendable {
         let portsPath = (configuration.dataDirectory as NSString).appendingPathComponent("ports.json")
         // A stale file from the last run would send scripts to a port nobody listens on.
         try? FileManager.default.removeItem(atPath: portsPath)
-        let ports = ListenerPorts(path: portsPath, logger: logger)
+        let ports = ListenerPorts(path: portsPath, listeners: ["ingest", "http"], logger: logger)
         let readiness = Readiness(listeners: ["ingest", "status", "http"])
         let sockets = environment.inheritedSockets
         // Loaded now, so the first concentrator to connect finds its meters; imports refresh it.
@@ -148,7 +155,7 @@ package struct MeterDaemon: Sendable {
             beforeFirst: { await readiness.waitUntilListening() }, lease: lease)
         self.snapshots = snapshots
         let queries = DaemonOperatorQueries(
-            store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots, concentrators: concentrators)
+            store: store, writer: .pipeline(pipeline), kpi: kpi, snapshots: snapshots, concentrators: concentrators, alerts: alerts)
         let reporter = StatusReporter(pipeline: pipeline, store: store, queries: queries, lease: lock == nil ? nil : lease)
         self.reporter = reporter
         let writerHealth = WriterHealth(
@@ -241,6 +248,7 @@ package struct MeterDaemon: Sendable {
                 services: self.services.map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: self.logger))
+        defer { self.dataDirectoryLock.release() }
         try await group.run()
         self.logger.info("meterd stopped")
     }
@@ -258,14 +266,17 @@ package struct DaemonEnvironment: Sendable {
     }
 }
 
-/// Records the ports bound and keeps `<data-dir>/ports.json` in step, for scripts that asked for port 0.
+/// Records the ports bound and writes `<data-dir>/ports.json`, for scripts that asked for port 0.
 final class ListenerPorts: Sendable {
     private let path: String
+    private let listeners: Set<String>
     private let logger: Logger
     private let ports = NIOLockedValueBox<[String: Int]>([:])
 
-    init(path: String, logger: Logger) {
+    /// - Parameter listeners: the names the file appears with; it is first written when all are bound.
+    init(path: String, listeners: Set<String>, logger: Logger) {
         self.path = path
+        self.listeners = listeners
         self.logger = logger
     }
 
@@ -274,6 +285,8 @@ final class ListenerPorts: Sendable {
         // leave a file without the other's port.
         self.ports.withLockedValue { ports in
             ports[name] = port
+            // A script polls for the file and reads it once: it must not find only some of the ports.
+            guard self.listeners.isSubset(of: ports.keys) else { return }
             let json = "{" + ports.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}\n"
             do {
                 try AtomicFile.write(json, to: self.path)

@@ -142,7 +142,11 @@ package struct HTTPServer: Service {
         if let socket = self.configuration.inheritedSocket {
             server = try await bootstrap.bind(socket, cleanupExistingSocketFile: false, childChannelInitializer: initializer)
         } else {
-            server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port, childChannelInitializer: initializer)
+            server = try await ListenError.naming(
+                setting: "http", address: ListenError.address(host: self.configuration.host, port: self.configuration.port)
+            ) {
+                try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port, childChannelInitializer: initializer)
+            }
         }
         let address = server.channel.localAddress!
         self.logger.info(

@@ -20,7 +20,8 @@ package struct PipelineConfiguration: Sendable {
     /// many meters, and start-up recovers what a crash left unwritten. A writer about to go idle,
     /// a task (``IngestPipeline/perform(_:)``) and shutdown write them at once.
     package var aggregateInterval: Duration = .zero
-    /// How long a stop keeps trying to commit what is queued while the store does not answer.
+    /// How long a stop keeps trying to commit what is queued while commits fail (the store does
+    /// not answer, or refuses them).
     /// Nothing queued was acknowledged, so its meters send it again to whichever node they reach
     /// next; waiting out the outage would only end in systemd's stop timeout and a SIGKILL.
     package var stopStoreWait: Duration = .seconds(10)
@@ -245,8 +246,8 @@ package final class IngestPipeline: Service, Sendable {
         }
     }
 
-    /// The ingest server's drain at a stop: as ``drain()``, but it starts the stop's wait for an
-    /// unreachable store (``PipelineConfiguration/stopStoreWait``). The service group stops the
+    /// The ingest server's drain at a stop: as ``drain()``, but it starts the stop's wait for a
+    /// failing store (``PipelineConfiguration/stopStoreWait``). The service group stops the
     /// writer only after the ingest server, so this drain, not the writer's own stop, is where a
     /// stop first waits for the store.
     package func drainForStop() async {
@@ -438,7 +439,7 @@ package final class IngestPipeline: Service, Sendable {
                 } catch {
                     lostRaces = 0
                     self.commitFailed(error, batch: batch, weight: weight, retryDelay: retryDelay)
-                    if self.abandonQueueWhenStoppingWithoutStore(error) { continue }
+                    if self.abandonQueueWhenStoppingWithFailingCommits() { continue }
                     Thread.sleep(forTimeInterval: retryDelay.seconds)
                     retryDelay = min(retryDelay * 2, Self.maximumRetryDelay)
                 }
@@ -574,10 +575,10 @@ package final class IngestPipeline: Service, Sendable {
             ])
     }
 
-    /// Past ``PipelineConfiguration/stopStoreWait`` into a stop, with the store still unreachable,
-    /// drops the queue (none of it was acknowledged) so the stop can finish. Returns whether it did.
-    private func abandonQueueWhenStoppingWithoutStore(_ error: any Error) -> Bool {
-        guard (error as? any StoreReachabilityError)?.meansStoreUnreachable == true else { return false }
+    /// Past ``PipelineConfiguration/stopStoreWait`` into a stop, with commits still failing (an
+    /// unreachable store, or one that refuses them: a full disk, a read-only database), drops the
+    /// queue (none of it was acknowledged) so the stop can finish. Returns whether it did.
+    private func abandonQueueWhenStoppingWithFailingCommits() -> Bool {
         let abandoned = self.state.withLockedValue { state -> (readings: Int, waiters: [CheckedContinuation<Void, Never>])? in
             guard let requested = state.stopRequested, requested.duration(to: .now) >= self.configuration.stopStoreWait else { return nil }
             let readings = state.queuedWeight
@@ -589,7 +590,7 @@ package final class IngestPipeline: Service, Sendable {
         }
         guard let abandoned else { return false }
         self.logger.error(
-            "Stopping without committing the queued readings: the store has not answered since the stop began; none of them was acknowledged, so their meters send them again",
+            "Stopping without committing the queued readings: no commit has succeeded since the stop began; none of them was acknowledged, so their meters send them again",
             metadata: ["batch.readings": "\(abandoned.readings)", "stop.waited_s": "\(self.configuration.stopStoreWait.components.seconds)"])
         for waiter in abandoned.waiters { waiter.resume() }
         return true

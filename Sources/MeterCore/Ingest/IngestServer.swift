@@ -164,7 +164,11 @@ package struct IngestServer: Service {
         if let socket = self.configuration.inheritedSocket {
             server = try await bootstrap.withBoundSocket(socket).get()
         } else {
-            server = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+            server = try await ListenError.naming(
+                setting: "ingest", address: ListenError.address(host: self.configuration.host, port: self.configuration.port)
+            ) {
+                try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+            }
         }
         let address = server.localAddress!
         self.logger.info("Ingest server listening", metadata: ["ingest.address": "\(address)"])

@@ -81,9 +81,12 @@ package protocol OperatorQueries: Sendable {
     func importProgress() -> ImportProgress?
     /// Each region's read success so far today (``KPIEngine/readSuccessByRegion(on:nowMs:)``), for `/metrics`.
     func readSuccessToday(nowMs: Int64) async throws -> [ReadSuccess.RegionDay]
+    /// The alerts as `/api/alerts` lists them (``AlertEngine/list(_:limit:)``).
+    func alerts(_ filter: AlertFilter, limit: Int) async throws -> AlertListAnswer
 }
 
 extension OperatorQueries {
     package func importProgress() -> ImportProgress? { nil }
     package func readSuccessToday(nowMs: Int64) async throws -> [ReadSuccess.RegionDay] { [] }
+    package func alerts(_ filter: AlertFilter, limit: Int) async throws -> AlertListAnswer { throw OperatorQueryError.unavailable("alerts") }
 }

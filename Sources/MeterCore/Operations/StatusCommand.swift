@@ -12,13 +12,16 @@ package enum StatusCommand: Equatable, Sendable {
     case backup(String)
     /// Where a running import stands (answers at once, for a progress display).
     case progress
+    /// The alerts, as `/api/alerts` lists them.
+    case alerts(AlertFilter, limit: Int)
     case help
 
     /// Commands and their arguments, for `help` and error messages.
     package static let usage =
-        "status | inactive [LIMIT] | meter ID | kpi [FROM|- TO|- [REGION]] | snapshot | import DIR | progress | backup FILE | help"
+        "status | inactive [LIMIT] | meter ID | kpi [FROM|- TO|- [REGION]] | snapshot | import DIR | progress | backup FILE | alerts [firing|resolved|all] [LIMIT] | help"
 
     package static let defaultInactiveLimit = 1_000
+    package static let defaultAlertLimit = 100
 
     /// Parses one line: words separated by spaces; a region may contain spaces when it comes last.
     package init(line: String) throws(OperatorQueryError) {
@@ -84,6 +87,25 @@ package enum StatusCommand: Equatable, Sendable {
         case "progress":
             try noArguments()
             self = .progress
+        case "alerts":
+            // Either argument may be left out: `alerts`, `alerts firing`, `alerts 20`, `alerts all 20`.
+            var filter = AlertFilter.all
+            var limit = Self.defaultAlertLimit
+            var rest = arguments[...]
+            if let first = rest.first, let chosen = AlertFilter(rawValue: first.lowercased()) {
+                filter = chosen
+                rest = rest.dropFirst()
+            }
+            if let text = rest.first {
+                guard let number = Int(text), (1...1_000_000).contains(number) else {
+                    throw OperatorQueryError(
+                        "malformed_command", "alerts takes firing, resolved or all, then a limit from 1 to 1000000, got \"\(text.prefix(40))\"")
+                }
+                limit = number
+                rest = rest.dropFirst()
+            }
+            guard rest.isEmpty else { throw OperatorQueryError("malformed_command", "alerts takes at most a state and a limit") }
+            self = .alerts(filter, limit: limit)
         case "help":
             self = .help
         default:
@@ -134,6 +156,8 @@ package struct StatusResponder: Sendable {
             return try AnswerEncoder.json(try await queries.importDirectory(path))
         case .backup(let path):
             return try AnswerEncoder.json(try await queries.backup(to: path))
+        case .alerts(let filter, let limit):
+            return try AnswerEncoder.json(try await queries.alerts(filter, limit: limit))
         case .progress:
             let progress = queries.importProgress().map {
                 ImportProgressAnswer.Progress(file: $0.file, rows: $0.rows, fraction: $0.fraction)

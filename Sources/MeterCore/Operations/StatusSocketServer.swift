@@ -46,6 +46,35 @@ package struct StatusSocketServer: Service {
         self.onListening = onListening
     }
 
+    /// Checks, before anything starts, that meterd can bind its status socket at `path` without
+    /// taking it from a running daemon: binding replaces the file, so a second daemon would
+    /// silently take over the first one's socket and delete it when it stops.
+    package static func checkPathIsFree(_ path: String) throws(ConfigurationError) {
+        let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        var info = stat()
+        guard stat(directory.isEmpty ? "/" : directory, &info) == 0 else {
+            throw ConfigurationError(key: "status_socket", "cannot use \(path): \(directory): \(String(cString: strerror(errno)))")
+        }
+        let answered = UnixSocketAddress.with(path: path) { address, length -> Bool in
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            return connect(fd, address, length) == 0
+        }
+        guard let answered else {
+            throw ConfigurationError(
+                key: "status_socket", "\(path) is \(path.utf8.count) bytes long; a Unix socket path must be at most 107 bytes")
+        }
+        if answered {
+            throw ConfigurationError(
+                key: "status_socket", "\(path) is in use by a running daemon; give each meterd its own status socket")
+        }
+        guard lstat(path, &info) == 0 else { return }  // nothing there yet
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
+            throw ConfigurationError(key: "status_socket", "\(path) exists and is not a socket; meterd will not replace it")
+        }
+    }
+
     package func run() async throws {
         let maximum = self.configuration.maximumLineLength
         let bootstrap = ServerBootstrap(group: self.eventLoopGroup)
@@ -63,7 +92,9 @@ package struct StatusSocketServer: Service {
             self.logger.info("Status socket inherited from systemd", metadata: ["status.path": "\(self.configuration.path)"])
         } else {
             let path = self.configuration.path
-            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true, childChannelInitializer: initializer)
+            server = try await ListenError.naming(setting: "status_socket", address: path) {
+                try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true, childChannelInitializer: initializer)
+            }
             guard chmod(path, self.configuration.mode) == 0 else {
                 let reason = String(cString: strerror(errno))
                 try? await server.channel.close()
@@ -71,6 +102,8 @@ package struct StatusSocketServer: Service {
             }
             self.logger.info("Status socket listening", metadata: ["status.path": "\(path)"])
         }
+        // Also when the group is cancelled (another listener failed to bind): no stale file is left.
+        defer { if self.configuration.inheritedSocket == nil { unlink(self.configuration.path) } }
         await self.onListening()
 
         try await withThrowingDiscardingTaskGroup { group in  // reaps finished connections
@@ -86,7 +119,6 @@ package struct StatusSocketServer: Service {
                 server.channel.close(promise: nil)
             }
         }
-        if self.configuration.inheritedSocket == nil { unlink(self.configuration.path) }
         self.logger.info("Status socket closed")
     }
 
