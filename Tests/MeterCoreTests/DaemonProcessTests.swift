@@ -352,6 +352,37 @@ final class AckTally: Sendable {
         }
     }
 
+    /// An SQLite database whose readings were counted in one zone's months refuses another zone
+    /// (as a PostgreSQL store does); an empty one takes any.
+    @Test func aDatabaseWithCountedMonthsRefusesAnotherTimeZone() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given a database first opened in UTC with nothing counted, then in Chatham with one reading
+            let empty = try DaemonProcess(dataDirectory: directory, arguments: ["--timezone", "UTC"])
+            _ = try await empty.ingestPort()
+            empty.terminate()
+            #expect(try await empty.exitStatus() == 0)
+            let chatham = try DaemonProcess(dataDirectory: directory, arguments: ["--timezone", "Pacific/Chatham"])
+            let client = try await LineClient(port: try await chatham.ingestPort())
+            try await client.send(readingLine(meter: "Z-1", seq: 1))
+            #expect(try await client.readLine() == #"{"meter":"Z-1","ack":1}"#)
+            await client.close()
+            chatham.terminate()
+            #expect(try await chatham.exitStatus() == 0, "\(chatham.log)")
+
+            // When meterd starts on it in Berlin, it refuses with one line; in Chatham it starts
+            let refused = try await Self.refusedStart(["--data-dir", directory, "--timezone", "Europe/Berlin"])
+            #expect(refused.status == 2)
+            #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
+            #expect(
+                refused.stderr.hasPrefix("meterd: invalid configuration: timezone: the database's months follow Pacific/Chatham, not Europe/Berlin"),
+                "\(refused.stderr)")
+            let again = try DaemonProcess(dataDirectory: directory, arguments: ["--timezone", "Pacific/Chatham"])
+            _ = try await again.ingestPort()
+            again.terminate()
+            #expect(try await again.exitStatus() == 0, "\(again.log)")
+        }
+    }
+
     @Test(arguments: ["ingest", "http"])
     func aPortInUseStopsStartUpWithOneLineNamingTheListener(listener: String) async throws {
         try await withTemporaryDirectory { directory in

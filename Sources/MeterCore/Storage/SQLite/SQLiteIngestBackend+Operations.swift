@@ -40,8 +40,20 @@ extension SQLiteIngestBackend {
         SQLiteCompanyImportSink.importFile(path, database: self.database, progress: progress)
     }
 
+    /// Records the zone of the calendar months, or refuses another zone once months are stored:
+    /// readings already counted stay in the months of the zone they were counted in, so a new zone
+    /// would silently mix two calendars in one figure.
     func recordTimeZone(_ zone: TimeZone) throws {
         try self.database.pool.write { db in
+            let recorded = try String.fetchOne(db, sql: "SELECT value FROM store_setting WHERE name = 'time_zone'")
+            if let recorded, recorded != zone.identifier,
+                try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM meter_month) OR EXISTS (SELECT 1 FROM meter_day)") == true
+            {
+                throw ConfigurationError(
+                    key: "timezone",
+                    "the database's months follow \(recorded), not \(zone.identifier): its readings were counted in "
+                        + "\(recorded)'s months (set timezone = \(recorded), or start \(zone.identifier) on a new data directory)")
+            }
             try db.execute(
                 sql: """
                     INSERT INTO store_setting (name, value) VALUES ('time_zone', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value
