@@ -123,7 +123,8 @@ extension MeterCtl {
         var id: String
 
         func validate() throws {
-            guard !self.id.isEmpty, !self.id.contains(where: { $0 == " " || $0 == "\n" || $0 == "\r" }) else {
+            guard !self.id.isEmpty else { throw ValidationError("Please give a meter id; it is empty.") }
+            guard !self.id.contains(where: { $0 == " " || $0 == "\n" || $0 == "\r" }) else {
                 throw ValidationError("Please give a meter id without spaces.")
             }
         }

@@ -56,6 +56,9 @@ struct MeterCtlTests {
             let usage = try await Self.meterctlAsync(["kpi", "--frm", "2026-01"])
             #expect(usage.status == 64)
             #expect(usage.err.hasPrefix("Error: Unknown option '--frm'"), "\(usage.err)")
+            let emptyID = try await Self.meterctlAsync(["meter", ""])
+            #expect(emptyID.status == 64)
+            #expect(emptyID.err.hasPrefix("Error: Please give a meter id; it is empty."), "\(emptyID.err)")
 
             let meterd = try MeterdUnderTest.start(dataDirectory: directory + "/data")
             defer { meterd.process.stop() }
