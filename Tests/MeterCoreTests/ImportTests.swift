@@ -92,6 +92,27 @@ import Testing
         }
     }
 
+    /// An amount so large that the totals would overflow to infinity (null in the KPI JSON) rejects its file.
+    @Test(.timeLimit(.minutes(1)))
+    func anAmountBeyondAnyMeterOrBillRejectsItsFile() async throws {
+        try await withTemporaryDirectory { directory in
+            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2023-01-05", "2,South,2023-02-10"])
+            try writeCSV(
+                directory, "monthly_data.csv",
+                ["CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus", "1,2023-01-01,1e308,15.0,Good", "2,2023-01-01,1e308,30,Fair"])
+            try writeCSV(directory, "bills.csv", ["CustomerID,Month,Amount_$,Status", "1,2023-01,-2e12,paid", "2,2023-01,999999999999,paid"])
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            let report = try CompanyImporter.importDirectory(directory, database: database)
+            let byFile = Dictionary(uniqueKeysWithValues: report.files.map { ($0.file, $0) })
+            #expect(
+                byFile["monthly_data.csv"]?.errors.map(\.description).first
+                    == "monthly_data.csv:2: Consumption_kWh: 1e308 is out of range (at most 1e12 either way)")
+            #expect(byFile["bills.csv"]?.errors.map(\.description) == ["bills.csv:2: Amount_$: -2e12 is out of range (at most 1e12 either way)"])
+            let months = try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM meter_month")! }
+            #expect(months == 0)
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func rejectsMalformedFiles() async throws {
         try await withTemporaryDirectory { directory in

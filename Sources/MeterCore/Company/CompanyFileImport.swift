@@ -128,9 +128,16 @@ struct CompanyFileImport {
         return id
     }
 
+    /// Larger than any meter or bill records; sums of values up to it stay finite and exact
+    /// enough, where 1e308 kWh would make every total infinite (null in the JSON).
+    static let largestAmount = 1e12
+
     func number(_ text: String, _ column: String) throws(CompanyDataError) -> Double {
         guard let value = Double(text.trimmingCharacters(in: .whitespaces)), value.isFinite else {
             throw self.fail("\(column): expected a number, got \"\(text)\"")
+        }
+        guard abs(value) <= Self.largestAmount else {
+            throw self.fail("\(column): \(text) is out of range (at most 1e12 either way)")
         }
         return value
     }
