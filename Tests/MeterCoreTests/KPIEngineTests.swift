@@ -302,3 +302,52 @@ let kpiKeys: Set<String> = [
         #expect(throws: KPIError.self) { try KPIPeriod.parse(from: "2024-13", to: nil, nowMs: now, timeZone: utc) }
     }
 }
+
+/// SPEC.md section 5 counts average consumption and meter health over customer-months: a customer
+/// with two meters is one record a month, not two.
+@Suite struct CustomerMonthTests {
+    @Test(.timeLimit(.minutes(1)))
+    func aCustomersMetersMakeOneRecordAMonth() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given customer 5 (West) with meters M5a and M5b, customer 6 (West) with one meter, and an unknown meter
+            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "5,West,2024-01-01", "6,West,2024-01-01"])
+            try writeCSV(directory, "meters.csv", ["MeterID,CustomerID", "M5a,5", "M5b,5", "M6,6"])
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
+            let store = SQLiteMeterStore(database: database)
+            let writer = try store.makeWriter(WriterSettings())
+            let rollups = KPIRollups()
+            writer.commitListener = rollups
+
+            // When in November M5a reports 10 kWh good, M5b 2 × 10 kWh poor, M6 4 kWh good, the stranger 6 kWh fair
+            let november = try #require(RFC3339.parseMilliseconds("2026-11-02T00:00:00Z"))
+            let readings = [
+                Reading(meter: "M5a", seq: 1, timestampMs: november, kwh: 10, status: .good),
+                Reading(meter: "M5b", seq: 1, timestampMs: november, kwh: 10, status: .poor),
+                Reading(meter: "M5b", seq: 2, timestampMs: november + 900_000, kwh: 10, status: .poor),
+                Reading(meter: "M6", seq: 1, timestampMs: november, kwh: 4, status: .good),
+                Reading(meter: "STRANGER", seq: 1, timestampMs: november, kwh: 6, status: .fair),
+            ]
+            _ = try writer.commit([
+                IngestSubmission(
+                    readings: readings.enumerated().map { SubmittedReading(reading: $1, line: $0 + 1, receivedMs: november + 1_000) },
+                    receiver: nil)
+            ])
+
+            // Then three records: customer 5's (30 kWh, poor by two readings to one), customer 6's, the stranger's
+            let period = try KPIPeriod(from: Month(year: 2026, month: 11), to: Month(year: 2026, month: 11))
+            for engine in [KPIEngine(store: store, rollups: rollups, settings: KPISettings()), KPIEngine(store: store, settings: KPISettings())] {
+                let document = try await kpiAnswer(engine, period)
+                #expect(document.totalConsumptionKwh == 40)
+                #expect(close(document.averageConsumptionKwh, 40.0 / 3))
+                #expect(close(document.meterHealth.good, 100.0 / 3))
+                #expect(close(document.meterHealth.fair, 100.0 / 3))
+                #expect(close(document.meterHealth.poor, 100.0 / 3))
+                let west = try await kpiAnswer(engine, period, region: "West")
+                #expect(west.averageConsumptionKwh == 17)
+                #expect(west.meterHealth.poor == 50)
+                #expect(west.meterHealth.good == 50)
+            }
+        }
+    }
+}

@@ -334,6 +334,11 @@ package final class KPIEngine: Sendable {
             figures.meters += 1
             regionHasMeters[Int(store.meterRegion[index])] = true
         }
+        // SPEC counts average consumption and health over customer-months: a customer's meters
+        // pool their readings into one record per month, whose status follows the same rule as a
+        // meter's (the imported row's, else what the readings said most often). A meter without
+        // a customer is a record of its own.
+        var customerMonth = CustomerMonthTally(customers: customerCount)
         for month in period.months {
             var monthKwh = 0.0
             var estimated = false
@@ -341,10 +346,15 @@ package final class KPIEngine: Sendable {
                 for index in 0..<meterCount {
                     let region = store.meterRegion[index]
                     guard wanted(region), column.hasRecord(index) else { continue }
-                    let status = column.status(index)
                     let kwh = column.kwh[index]
-                    figures.records += 1
-                    if status >= 0 { figures.health[status] += 1 }
+                    let customer = store.meterCustomer[index]
+                    if customer >= 0 {
+                        customerMonth.add(customer: Int(customer), column, index)
+                    } else {
+                        figures.records += 1
+                        let status = column.status(index)
+                        if status >= 0 { figures.health[status] += 1 }
+                    }
                     if column.estimated[index] > 0 { estimated = true }
                     monthKwh += kwh
                     figures.totalRevenue += column.revenue[index]
@@ -353,6 +363,10 @@ package final class KPIEngine: Sendable {
                     meterKwh[index] += kwh
                     if kwh > 0 { consuming[index] = true }
                 }
+            }
+            customerMonth.close { status in
+                figures.records += 1
+                if status >= 0 { figures.health[status] += 1 }
             }
             figures.totalKwh += monthKwh
             figures.byMonth.append((month, monthKwh, estimated))
@@ -505,5 +519,57 @@ package final class KPIEngine: Sendable {
             latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
             complaintsInPeriod: .init(received: sum("complaint_received").count, resolved: sum("complaint_resolved").count),
             installationDays: mean(sum("installation")), installations: sum("installation").count, maintenance: maintenance, technicians: technicians)
+    }
+}
+
+/// One month's records of the customers whose meters have one, pooled per customer: arrays by
+/// customer index, so a month over 100,000 meters stays a tight loop; only the touched customers
+/// are visited and reset.
+private struct CustomerMonthTally {
+    private var touched: [Int] = []
+    private var open: [Bool]
+    private var readings: [Int32]
+    private var good: [Int32]
+    private var fair: [Int32]
+    private var poor: [Int32]
+    private var imported: [Int8]
+
+    init(customers: Int) {
+        self.open = Array(repeating: false, count: customers)
+        self.readings = Array(repeating: 0, count: customers)
+        self.good = Array(repeating: 0, count: customers)
+        self.fair = Array(repeating: 0, count: customers)
+        self.poor = Array(repeating: 0, count: customers)
+        self.imported = Array(repeating: -1, count: customers)
+    }
+
+    mutating func add(customer: Int, _ column: MonthlyStore.Column, _ index: Int) {
+        if !self.open[customer] {
+            self.open[customer] = true
+            self.touched.append(customer)
+        }
+        self.readings[customer] += column.readings[index]
+        self.good[customer] += column.good[index]
+        self.fair[customer] += column.fair[index]
+        self.poor[customer] += column.poor[index]
+        // The company's row is per customer; should two meters carry one, the worse stands.
+        self.imported[customer] = max(self.imported[customer], column.imported[index])
+    }
+
+    /// Hands over each touched customer's status for the month (-1 for none), then starts afresh.
+    mutating func close(_ record: (Int) -> Void) {
+        for customer in self.touched {
+            record(
+                MeterRules.monthStatusCode(
+                    imported: self.imported[customer], readings: self.readings[customer], good: self.good[customer],
+                    fair: self.fair[customer], poor: self.poor[customer]))
+            self.open[customer] = false
+            self.readings[customer] = 0
+            self.good[customer] = 0
+            self.fair[customer] = 0
+            self.poor[customer] = 0
+            self.imported[customer] = -1
+        }
+        self.touched.removeAll(keepingCapacity: true)
     }
 }
