@@ -543,6 +543,51 @@ import Testing
             #expect(try sameFigures(sqlite, try #require(documents[.postgresql])))
         }
     }
+
+    /// Monthly data imported before meters.csv sits on the customer's default `MTR-%06d` meter;
+    /// when meters.csv then names the customer's own meters, the months move to its first meter
+    /// and the placeholder, which never reported, goes: it must not stay in the fleet as a meter
+    /// that never reads (counted inactive, lowering the read success rate).
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func monthsImportedBeforeMetersCSVMoveToTheCustomersOwnMeter(backend: StoreBackend) async throws {
+        try await withTemporaryDirectory { directory in
+            try FileManager.default.createDirectory(atPath: directory + "/first", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: directory + "/then", withIntermediateDirectories: true)
+            try writeCSV(
+                directory + "/first", "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2024-01-01", "2,North,2024-01-01"])
+            try writeCSV(
+                directory + "/first", "monthly_data.csv",
+                [
+                    "CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus", "1,2026-09-01,100,15,Good", "1,2026-10-01,80,12,Poor",
+                    "2,2026-10-01,50,7,Fair",
+                ])
+            try writeCSV(directory + "/then", "meters.csv", ["MeterID,CustomerID", "X-1,1", "X-2,1"])
+            try await backend.withFreshStore { location in
+                let store = try location.open(logger: testLogger)
+                let writer = try store.makeWriter(WriterSettings())
+                #expect(try CompanyImporter.importDirectory(directory + "/first", into: writer).succeeded)
+                // X-1 reports live in October before meters.csv assigns it
+                let october = try #require(RFC3339.parseMilliseconds("2026-10-05T00:00:00Z"))
+                _ = try writer.commit([self.submission([Reading(meter: "X-1", seq: 1, timestampMs: october, kwh: 3)], receivedMs: october)])
+
+                #expect(try CompanyImporter.importDirectory(directory + "/then", into: writer).succeeded)
+
+                #expect(try await store.meterRecord(named: "MTR-000001") == nil, "\(backend)")
+                #expect(try await store.meterRecord(named: "MTR-000002")?.customerID == 2, "\(backend): customer 2 keeps its default meter")
+                let months = try await store.meterMonths(named: "X-1").map { [$0.month.key: $0.kwh] }
+                #expect(months == [[202609: 100], [202610: 83]], "\(backend): the imported months with X-1's own reading")
+                let period = try KPIPeriod(from: Month("2026-09")!, to: Month("2026-10")!)
+                let document = try await kpiAnswer(KPIEngine(store: store, settings: KPISettings()), period)
+                #expect(document.totalConsumptionKwh == 233, "\(backend)")
+                #expect(document.meters.active + document.meters.inactive == 3, "\(backend): X-1, X-2 and MTR-000002")
+                #expect(close(document.meterHealth.poor, 100.0 / 3), "\(backend): customer 1's October is still poor")
+
+                // Importing the same meters.csv again changes nothing
+                #expect(try CompanyImporter.importDirectory(directory + "/then", into: writer).succeeded)
+                #expect(try await store.meterMonths(named: "X-1").map { [$0.month.key: $0.kwh] } == months, "\(backend)")
+            }
+        }
+    }
 }
 
 /// What only the PostgreSQL store has: its schema, partitions and the way it fails at start-up.

@@ -137,6 +137,29 @@ final class PostgreSQLCompanyImportSink: CompanyImportSink {
 
     func dropReplacedDefaultMeter(customer: Int64) throws {
         try self.flush()
+        let placeholder = defaultMeterName(customer: customer)
+        // A default meter that never reported holds only imported months: they move to the
+        // customer's first own meter (merged as a re-import would), so the placeholder can go.
+        try self.backend.run(
+            """
+            WITH source AS (
+                SELECT id FROM meter WHERE name = \(placeholder) AND customer_id = \(customer) AND readings_total = 0
+            ), target AS (
+                SELECT id FROM meter WHERE customer_id = \(customer) AND name <> \(placeholder) ORDER BY id LIMIT 1
+            ), moved AS (
+                DELETE FROM meter_month USING source, target
+                WHERE meter_month.meter_id = source.id AND imported_status IS NOT NULL AND readings = 0 AND estimated = 0
+                RETURNING target.id AS meter_id, month, imported_kwh, imported_revenue, imported_status
+            )
+            INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
+            SELECT meter_id, month, imported_kwh, imported_revenue, imported_status, imported_kwh, imported_revenue FROM moved
+            ON CONFLICT (meter_id, month) DO UPDATE SET
+                kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
+                revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
+                imported_status = excluded.imported_status,
+                imported_kwh = excluded.imported_kwh,
+                imported_revenue = excluded.imported_revenue
+            """, "moving a replaced default meter's imported months")
         try self.backend.run(
             """
             DELETE FROM meter WHERE name = \(defaultMeterName(customer: customer)) AND customer_id = \(customer) AND readings_total = 0

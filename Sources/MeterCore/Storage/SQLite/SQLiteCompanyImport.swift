@@ -124,6 +124,37 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
     }
 
     func dropReplacedDefaultMeter(customer: Int64) throws {
+        // A default meter that never reported holds only imported months: they move to the
+        // customer's first own meter (merged as a re-import would), so the placeholder can go.
+        let move = try self.statement(
+            """
+            INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
+            SELECT (SELECT id FROM meter WHERE customer_id = ?2 AND name <> ?1 ORDER BY id LIMIT 1),
+                   month, imported_kwh, imported_revenue, imported_status, imported_kwh, imported_revenue
+            FROM meter_month
+            WHERE meter_id = (SELECT id FROM meter WHERE name = ?1 AND customer_id = ?2 AND readings_total = 0)
+                AND imported_status IS NOT NULL AND readings = 0 AND estimated = 0
+                AND EXISTS (SELECT 1 FROM meter WHERE customer_id = ?2 AND name <> ?1)
+            ON CONFLICT (meter_id, month) DO UPDATE SET
+                kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
+                revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
+                imported_status = excluded.imported_status,
+                imported_kwh = excluded.imported_kwh,
+                imported_revenue = excluded.imported_revenue
+            """)
+        move.bind(1, defaultMeterName(customer: customer))
+        move.bind(2, customer)
+        try move.execute()
+        let clear = try self.statement(
+            """
+            DELETE FROM meter_month
+            WHERE meter_id = (SELECT id FROM meter WHERE name = ?1 AND customer_id = ?2 AND readings_total = 0)
+                AND imported_status IS NOT NULL AND readings = 0 AND estimated = 0
+                AND EXISTS (SELECT 1 FROM meter WHERE customer_id = ?2 AND name <> ?1)
+            """)
+        clear.bind(1, defaultMeterName(customer: customer))
+        clear.bind(2, customer)
+        try clear.execute()
         let drop = try self.statement(
             """
             DELETE FROM meter WHERE name = ? AND customer_id = ? AND readings_total = 0
