@@ -462,7 +462,9 @@ import Testing
         let stores = [
             try PostgreSQLMeterStore(address: address, logger: testLogger), try PostgreSQLMeterStore(address: address, logger: testLogger),
         ]
-        let interval = Duration.milliseconds(250)
+        // Long enough that a loaded machine's scheduling (up to a second seen in the parallel pg
+        // pass beside a benchmark) does not decide the outcome; the bound below is in intervals.
+        let interval = Duration.seconds(1)
         let leases = stores.map { SingletonLease(lock: $0.makeSingletonLock(), interval: interval, logger: testLogger) }
         try await withRunningServices(leases) {
             // Given one leader
@@ -476,13 +478,13 @@ import Testing
                 """)
             #expect(killed == ["true"])
             let cut = ContinuousClock.now
-            // Then a node leads again (the other one, or the same after it reconnects) within three intervals, and never two at once
+            // Then a node leads again (the other one, or the same after it reconnects) within two intervals, and never two at once
             try await Task.sleep(for: .milliseconds(50))
             try await waitUntil(timeout: .seconds(10)) {
                 #expect(leases.filter(\.isLeader).count <= 1)
                 return leases.filter(\.isLeader).count == 1
             }
-            #expect(ContinuousClock.now - cut < interval * 3 + .milliseconds(500))
+            #expect(ContinuousClock.now - cut < interval * 2 + .milliseconds(500))
         }
     }
 }
