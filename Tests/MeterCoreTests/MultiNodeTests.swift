@@ -139,6 +139,7 @@ import Testing
         func reloadMeters() throws { try self.base.reloadMeters() }
         func lostRace(_ error: any Error) -> Bool { self.base.lostRace(error) }
         func takeContestedMeters() -> Set<String> { self.base.takeContestedMeters() }
+        func refreshMeters(named names: Set<String>) throws -> [String: Int64] { try self.base.refreshMeters(named: names) }
         func checkReachable() throws { try self.base.checkReachable() }
         func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
             try self.base.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)
@@ -215,6 +216,57 @@ import Testing
         #expect(Set(rivalReadings.map(\.seq)).count == rivalReadings.count)
         #expect(rivalReadings.allSatisfy { $0.seq >= 1_000 })
         #expect(try await store.meterRecord(named: "MTR-0")?.readingsTotal == Int64(rivalReadings.count))
+    }
+
+    /// The same stream sent to two nodes at once, the other one storing each reading as this one
+    /// gets it: this node used to retry its whole backlog of the meter, lose again, and ack none of
+    /// it for as long as the stream went on (seconds to a minute at 100 readings/s). Now what the
+    /// other node stored is acked here as its duplicates within a few milliseconds.
+    @Test(.timeLimit(.minutes(2)))
+    func aStreamTheOtherNodeAlsoStoresIsAckedHereAsItsDuplicates() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let rival = try Node(address)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let twin = 0
+        let pipeline = IngestPipeline(
+            writer: try store.makeWriter(WriterSettings()),
+            configuration: PipelineConfiguration(queueCapacity: 10_000, commitInterval: .milliseconds(1), maximumBatch: 500),
+            logger: testLogger)
+        try await withRunningServices([pipeline]) {
+            // Given the twin's readings every 10 ms, each sent here and stored by the other node at once,
+            // over a concentrator's connection that carries another meter's reading with each
+            let twinSender = AckedSeqs()
+            let others = AckedSeqs()
+            var lagging = 0
+            for seq in Int64(1)...150 {
+                let reading = Self.reading(meter: twin, seq: seq)
+                let neighbour = Self.reading(meter: 1_000 + Int(seq), seq: 1)
+                _ = pipeline.submit(
+                    IngestSubmission(
+                        readings: [reading, neighbour].enumerated().map {
+                            SubmittedReading(reading: $1, line: $0 + 1, receivedMs: WallClock.nowMs())
+                        },
+                        receiver: twinSender))
+                _ = pipeline.submit(
+                    IngestSubmission(
+                        readings: [SubmittedReading(reading: Self.reading(meter: Int(seq), seq: 1), line: 1, receivedMs: WallClock.nowMs())],
+                        receiver: others))
+                _ = try rival.commit([reading])
+                try await Task.sleep(for: .milliseconds(10))
+                // Then the twin's acks, and its neighbours' on the same connection, keep up with the stream
+                let (twinAcked, neighboursAcked) = twinSender.seqs.withLock { ($0["MTR-0"] ?? 0, $0.count - ($0["MTR-0"] == nil ? 0 : 1)) }
+                if seq > 20, twinAcked < seq - 20 || neighboursAcked < Int(seq) - 20 { lagging += 1 }
+            }
+            try await waitUntil(timeout: .seconds(10)) { twinSender.seqs.withLock { $0["MTR-0"] == 150 && $0.count == 151 } }
+            try await waitUntil(timeout: .seconds(10)) { others.seqs.withLock { $0.count } == 150 }
+            #expect(lagging <= 13, "the twin's acks fell over 20 readings (200 ms) behind at \(lagging) of 130 points")
+            #expect(pipeline.statistics.commitFailures.load(ordering: .relaxed) == 0)
+            #expect(pipeline.statistics.duplicates.load(ordering: .relaxed) >= 100, "acked as the other node's duplicates")
+            await pipeline.drain()
+        }
+        // And every twin reading is stored once
+        let readings = try #require(try await store.recentReadings(meter: "MTR-0", limit: 1_000)).readings
+        #expect(readings.map(\.seq).sorted() == Array(1...150))
     }
 
     /// A daemon on a shared store, with its own data directory and ports, and short intervals.

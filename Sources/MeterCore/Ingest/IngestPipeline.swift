@@ -55,9 +55,15 @@ package final class IngestPipeline: Service, Sendable {
         var queue = CircularBuffer<IngestSubmission>()
         var queuedWeight = 0
         /// Meters another node moved on in the race a commit lost: batches hold their submissions
-        /// back (``takeBatch(from:maximumWeight:holdingBack:)``) until `contestedUntil`.
+        /// back (``takeBatch(from:maximumWeight:holdingBack:settled:)``) until `contestedUntil`,
+        /// except readings at or below `settledMarks` (the other node stored them: duplicates here).
         var contested: Set<String> = []
         var contestedUntil = ContinuousClock.now
+        var contestedHold = Duration.milliseconds(2)
+        /// The contested meters' high-water marks in the store at the end of the last hold.
+        var settledMarks: [String: Int64] = [:]
+        /// Since when those marks have not moved: the other node may have stopped storing them.
+        var settledQuietSince: ContinuousClock.Instant?
         /// What the writer thread is waiting for, so a submission wakes it only when it must.
         var writerWait = WriterWait.busy
         var committing = false
@@ -316,6 +322,11 @@ package final class IngestPipeline: Service, Sendable {
         var contestedRaces = 0
         var lastAggregateWrite = ContinuousClock.now
         while true {
+            let holdEnded = self.state.withLockedValue { state -> Set<String>? in
+                guard !state.contested.isEmpty, !state.stopping, ContinuousClock.now >= state.contestedUntil else { return nil }
+                return state.contested
+            }
+            if let holdEnded { self.settleContested(holdEnded) }
             enum Step {
                 case task(@Sendable (any MeterStoreWriter) -> Void)
                 case wait(ContinuousClock.Instant?)
@@ -336,9 +347,14 @@ package final class IngestPipeline: Service, Sendable {
                     state.writerWait = .window
                     return .wait(windowEnd)
                 }
-                if state.stopping || ContinuousClock.now >= state.contestedUntil { state.contested = [] }
+                if state.stopping {
+                    state.contested = []
+                    state.settledMarks = [:]
+                    state.settledQuietSince = nil
+                }
                 let (batch, weight) = Self.takeBatch(
-                    from: &state.queue, maximumWeight: self.configuration.maximumBatch, holdingBack: state.contested)
+                    from: &state.queue, maximumWeight: self.configuration.maximumBatch, holdingBack: state.contested,
+                    settled: state.settledMarks)
                 guard !batch.isEmpty else {
                     // Only contested meters' readings are queued: they wait for their hold to end,
                     // or for another meter's reading to commit meanwhile.
@@ -427,6 +443,11 @@ package final class IngestPipeline: Service, Sendable {
                         for submission in batch.reversed() { state.queue.prepend(submission) }
                         state.contested = contested
                         state.contestedUntil = ContinuousClock.now + hold
+                        state.contestedHold = hold
+                        // Even a duplicate updates its meter's row, so it can lose too: the
+                        // meters wait whole until the next look at their marks.
+                        state.settledMarks = [:]
+                        state.settledQuietSince = nil
                         state.committing = false
                         if !contested.isEmpty {
                             // The store answered and the writer knows why: it is working, even
@@ -447,28 +468,70 @@ package final class IngestPipeline: Service, Sendable {
         }
     }
 
+    /// The longest wait between two looks at contested meters' marks while another node moves them on.
+    static let settleHold = Duration.milliseconds(8)
+    /// How long the marks must stay still before this node commits the rest itself: one look is
+    /// not enough (a stream at 100 readings/s leaves them still for 10 ms at a time), and this
+    /// node's attempt while the other node still stores them loses, acks included.
+    static let settleQuiet = Duration.milliseconds(64)
+
+    /// At the end of a hold, reads the contested meters' marks in the store again. What the other
+    /// node committed of their readings meanwhile is a duplicate here now, acked without a race;
+    /// while that node keeps moving them on, their newer readings wait another hold (it is likely
+    /// to store those too, and this node's attempt would lose again, taking the acks of the
+    /// duplicates with it). Once it stops, or the marks cannot be read, they are released.
+    private func settleContested(_ meters: Set<String>) {
+        let marks = (try? self.writer.withLock { writer in try writer.refreshMeters(named: meters) }) ?? [:]
+        self.state.withLockedValue { state in
+            let now = ContinuousClock.now
+            let moved = meters.contains { meter in marks[meter].map { $0 != state.settledMarks[meter] } ?? false }
+            if moved {
+                state.settledQuietSince = nil
+            } else if marks.isEmpty || state.settledQuietSince.map({ $0.duration(to: now) >= Self.settleQuiet }) == true {
+                state.contested = []
+                state.settledMarks = [:]
+                state.settledQuietSince = nil
+                return
+            } else if state.settledQuietSince == nil {
+                state.settledQuietSince = now
+            }
+            state.settledMarks = marks
+            // No commit of them is tried meanwhile, so nothing can lose: a short hold costs only
+            // the next look at the marks, and acks the other node's readings soon after it stores them.
+            state.contestedUntil = ContinuousClock.now + min(state.contestedHold, Self.settleHold)
+        }
+    }
+
     /// The next batch: submissions from the front of the queue up to `maximumWeight` (at least one).
     ///
     /// After a lost race, the submissions of the `contested` meters wait, so that a meter sent to
     /// two nodes at once (or hopping between them) cannot make every other meter's readings lose
-    /// with it, commit after commit. Whatever a held submission's sender sent later waits too, as
-    /// does every later submission with one of its meters: a meter's readings and a connection's
-    /// acks keep their order. The batch is empty when every queued submission waits.
+    /// with it, commit after commit; readings at or below their `settled` marks do not (the other
+    /// node stored them). Whatever a held submission's sender sent later waits too, as does every
+    /// later submission with one of its meters: a meter's readings and a connection's acks keep
+    /// their order. The batch is empty when every queued submission waits.
     static func takeBatch(
-        from queue: inout CircularBuffer<IngestSubmission>, maximumWeight: Int, holdingBack contested: Set<String>
+        from queue: inout CircularBuffer<IngestSubmission>, maximumWeight: Int, holdingBack contested: Set<String>,
+        settled: [String: Int64] = [:]
     ) -> (batch: [IngestSubmission], weight: Int) {
         var batch: [IngestSubmission] = []
         var weight = 0
         if !contested.isEmpty {
-            var heldMeters = contested
+            var heldMeters = Set<String>()
             var heldSenders = Set<ObjectIdentifier>()
             var held: [IngestSubmission] = []
             var scanned = 0
+            func waits(_ item: SubmittedReading) -> Bool {
+                let meter = item.reading.meter
+                if heldMeters.contains(meter) { return true }
+                guard contested.contains(meter) else { return false }
+                return !(settled[meter].map { item.reading.seq <= $0 } ?? false)
+            }
             for next in queue {
                 guard batch.isEmpty || weight + next.weight <= maximumWeight else { break }
                 scanned += 1
                 let sender = next.receiver.map { ObjectIdentifier($0) }
-                if sender.map(heldSenders.contains) == true || next.readings.contains(where: { heldMeters.contains($0.reading.meter) }) {
+                if sender.map(heldSenders.contains) == true || next.readings.contains(where: waits) {
                     if let sender { heldSenders.insert(sender) }
                     for item in next.readings { heldMeters.insert(item.reading.meter) }
                     held.append(next)

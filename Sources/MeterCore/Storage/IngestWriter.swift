@@ -155,8 +155,23 @@ package final class IngestWriter: MeterStoreWriter {
         for submission in submissions {
             for item in submission.readings { names.insert(item.reading.meter) }
         }
+        return try self.reloadMeters(named: names).moved
+    }
+
+    /// Reads the contested meters' rows again between commits and returns their high-water marks:
+    /// whatever the other node committed of their readings is a duplicate here from now on, acked
+    /// without a race. Empty while aggregates are pending (the cached marks are then ahead of the
+    /// table, and a reload would move them back).
+    package func refreshMeters(named names: Set<String>) throws -> [String: Int64] {
+        guard !names.isEmpty, !self.hasPendingAggregates else { return [:] }
+        return try self.reloadMeters(named: names).marks
+    }
+
+    private func reloadMeters(named names: Set<String>) throws -> (moved: Set<String>, marks: [String: Int64]) {
         var moved = Set<String>()
+        var marks: [String: Int64] = [:]
         for row in try self.backend.loadMeters(named: Array(names)) {
+            marks[row.name] = row.highWaterMark
             if let slot = self.meterSlots[row.name] {
                 if self.meterStates[slot].highWaterMark != row.highWaterMark { moved.insert(row.name) }
                 self.meterStates[slot] = self.meterState(row)
@@ -168,7 +183,7 @@ package final class IngestWriter: MeterStoreWriter {
                 self.trailing.append([])
             }
         }
-        return moved
+        return (moved, marks)
     }
 
     /// The meters another writer moved on in the last lost race, once; the pipeline holds their

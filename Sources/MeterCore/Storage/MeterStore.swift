@@ -139,6 +139,9 @@ package protocol MeterStoreWriter: AnyObject {
     func lostRace(_ error: any Error) -> Bool
     /// After a lost race, the meters whose rows another writer had moved on (each reported once).
     func takeContestedMeters() -> Set<String>
+    /// Reads these meters' rows again between commits; returns their high-water marks (empty when
+    /// the store has no other writers, or the cache cannot be refreshed now).
+    func refreshMeters(named names: Set<String>) throws -> [String: Int64]
 
     /// Flags meters silent since before `cutoffMs` (never-reported ones since `startMs`) as
     /// inactive; returns those it flagged with their last receive time.
@@ -174,6 +177,8 @@ extension MeterStoreWriter {
     package func lostRace(_ error: any Error) -> Bool { false }
 
     package func takeContestedMeters() -> Set<String> { [] }
+
+    package func refreshMeters(named names: Set<String>) throws -> [String: Int64] { [:] }
 
     /// Commits a batch with its aggregates.
     package func commit(_ submissions: [IngestSubmission]) throws -> CommitResult {
