@@ -221,6 +221,71 @@ func expectError(
         }
     }
 
+    /// A region's customer table counts customer-months, as the KPIs do: a customer with two meters
+    /// has one record a month, not two, and its poor months and last status are those of its
+    /// monthly history (its meters' readings pooled), not of each meter.
+    @Test(.timeLimit(.minutes(1)))
+    func aRegionsCustomerWithTwoMetersHasOneRecordAMonth() async throws {
+        try await withTemporaryDirectory { directory in
+            // Given customer 5 (West) with meters M5a and M5b and customer 6 (West) with M6
+            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "5,West,2024-01-01", "6,West,2024-01-01"])
+            try writeCSV(directory, "meters.csv", ["MeterID,CustomerID", "M5a,5", "M5b,5", "M6,6"])
+            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+            #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
+            let store = SQLiteMeterStore(database: database)
+            let writer = try store.makeWriter(WriterSettings())
+
+            // When in October M5a reports once good and M5b twice poor (a poor customer-month), and
+            // in November M5a twice good and M5b once poor (a good one), M6 once fair
+            let october = try #require(RFC3339.parseMilliseconds("2026-10-02T00:00:00Z"))
+            let november = try #require(RFC3339.parseMilliseconds("2026-11-02T00:00:00Z"))
+            let quarter: Int64 = 900_000
+            let readings = [
+                Reading(meter: "M5a", seq: 1, timestampMs: october, kwh: 10, status: .good),
+                Reading(meter: "M5b", seq: 1, timestampMs: october, kwh: 10, status: .poor),
+                Reading(meter: "M5b", seq: 2, timestampMs: october + quarter, kwh: 10, status: .poor),
+                Reading(meter: "M5a", seq: 2, timestampMs: november, kwh: 5, status: .good),
+                Reading(meter: "M5a", seq: 3, timestampMs: november + quarter, kwh: 5, status: .good),
+                Reading(meter: "M5b", seq: 3, timestampMs: november, kwh: 5, status: .poor),
+                Reading(meter: "M6", seq: 1, timestampMs: november, kwh: 4, status: .fair),
+            ]
+            _ = try writer.commit([
+                IngestSubmission(
+                    readings: readings.enumerated().map { SubmittedReading(reading: $1, line: $0 + 1, receivedMs: november + 1_000) },
+                    receiver: nil)
+            ])
+            let engine = KPIEngine(store: store, settings: KPISettings())
+            let queries = DashboardQueries(
+                store: store, kpi: engine,
+                operatorQueries: makeOfflineOperatorQueries(store: store, engine: engine, writer: try .direct(store), directory: directory))
+            let routes = DashboardRoutes(
+                queries: queries, reporter: nil, assets: DashboardAssets(chartJSPath: directory + "/no-chart.js"), logger: testLogger)
+            let router = Router(context: MeterRequestContext.self)
+            routes.register(on: router)
+
+            // Then customer 5 has two months, one of them poor, and November's status is good
+            try await Application(router: router).test(.router) { client in
+                let (status, json) = try await getJSON(client, "/api/regions/West?from=2026-10&to=2026-11&sort=customer_id&order=asc")
+                #expect(status == 200)
+                let customers = list(json["customers"])
+                #expect(customers.map { number($0["customer_id"]) } == [5, 6])
+                #expect(number(json["meters"]) == 3)
+                guard customers.count == 2 else { return }
+                let five = customers[0], six = customers[1]
+                #expect(close(number(five["kwh"]), 45))
+                #expect(number(five["records"]) == 2, "customer-months, not meter-months")
+                #expect(number(five["poor_months"]) == 1)
+                #expect(five["last_status"] as? String == "good")
+                #expect(number(six["records"]) == 1 && number(six["poor_months"]) == 0)
+                #expect(six["last_status"] as? String == "fair")
+
+                // The same statuses as the customer's monthly history
+                let history = list(try await getJSON(client, "/api/customers/5").json["monthly"])
+                #expect(history.map { $0["status"] as? String } == ["poor", "good"])
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func aCustomerHasHistoryBillsMaintenanceFeedbackAndComplaints() async throws {
         try await withTemporaryDirectory { directory in

@@ -86,7 +86,6 @@ package final class DashboardQueries: Sendable {
         var faults = 0
         /// Status of the latest month with a record in the period, -1 when none.
         var lastStatus = -1
-        var lastMonth = 0
     }
 
     /// A region's customers with their figures over `period`, sorted and paged; `nil` for a region
@@ -113,25 +112,26 @@ package final class DashboardQueries: Sendable {
                 if customer >= 0, slot[Int(customer)] >= 0 { members.append((meter, Int(slot[Int(customer)]))) }
             }
             if rows.isEmpty && meters == 0 { return nil }
+            // Months and poor months are customer-months, as the KPIs count them: a customer's
+            // meters pool each month into one record (CustomerMonthTally), so a customer with two
+            // meters is not counted twice, and its status is the one its monthly history shows.
+            var customerMonth = CustomerMonthTally(customers: rows.count)
             for month in period.months {
                 guard let column = store.column(month) else { continue }
                 for (meter, row) in members {
                     guard column.hasRecord(meter) else { continue }
                     rows[row].kwh += column.kwh[meter]
                     rows[row].revenue += column.revenue[meter]
-                    rows[row].records += 1
                     rows[row].faults += Int(column.faults[meter])
+                    customerMonth.add(customer: row, column, meter)
+                }
+                customerMonth.close { row, status in
+                    rows[row].records += 1
                     // A month with only energy a gap spread into it has no status.
-                    let status = column.status(meter)
-                    guard status >= 0 else { continue }
+                    guard status >= 0 else { return }
                     if status == 2 { rows[row].poorMonths += 1 }
-                    // Months go forward; a customer's meters in the same month: the worse status.
-                    if month.key > rows[row].lastMonth {
-                        rows[row].lastMonth = month.key
-                        rows[row].lastStatus = status
-                    } else {
-                        rows[row].lastStatus = max(rows[row].lastStatus, status)
-                    }
+                    // Months go forward: the latest month with a status stands.
+                    rows[row].lastStatus = status
                 }
             }
             return (rows, meters)

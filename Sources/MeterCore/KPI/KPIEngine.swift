@@ -364,7 +364,7 @@ package final class KPIEngine: Sendable {
                     if kwh > 0 { consuming[index] = true }
                 }
             }
-            customerMonth.close { status in
+            customerMonth.close { _, status in
                 figures.records += 1
                 if status >= 0 { figures.health[status] += 1 }
             }
@@ -519,57 +519,5 @@ package final class KPIEngine: Sendable {
             latency: latency, payments: payments, satisfaction: satisfaction, complaints: complaints,
             complaintsInPeriod: .init(received: sum("complaint_received").count, resolved: sum("complaint_resolved").count),
             installationDays: mean(sum("installation")), installations: sum("installation").count, maintenance: maintenance, technicians: technicians)
-    }
-}
-
-/// One month's records of the customers whose meters have one, pooled per customer: arrays by
-/// customer index, so a month over 100,000 meters stays a tight loop; only the touched customers
-/// are visited and reset.
-private struct CustomerMonthTally {
-    private var touched: [Int] = []
-    private var open: [Bool]
-    private var readings: [Int32]
-    private var good: [Int32]
-    private var fair: [Int32]
-    private var poor: [Int32]
-    private var imported: [Int8]
-
-    init(customers: Int) {
-        self.open = Array(repeating: false, count: customers)
-        self.readings = Array(repeating: 0, count: customers)
-        self.good = Array(repeating: 0, count: customers)
-        self.fair = Array(repeating: 0, count: customers)
-        self.poor = Array(repeating: 0, count: customers)
-        self.imported = Array(repeating: -1, count: customers)
-    }
-
-    mutating func add(customer: Int, _ column: MonthlyStore.Column, _ index: Int) {
-        if !self.open[customer] {
-            self.open[customer] = true
-            self.touched.append(customer)
-        }
-        self.readings[customer] += column.readings[index]
-        self.good[customer] += column.good[index]
-        self.fair[customer] += column.fair[index]
-        self.poor[customer] += column.poor[index]
-        // The company's row is per customer; should two meters carry one, the worse stands.
-        self.imported[customer] = max(self.imported[customer], column.imported[index])
-    }
-
-    /// Hands over each touched customer's status for the month (-1 for none), then starts afresh.
-    mutating func close(_ record: (Int) -> Void) {
-        for customer in self.touched {
-            record(
-                MeterRules.monthStatusCode(
-                    imported: self.imported[customer], readings: self.readings[customer], good: self.good[customer],
-                    fair: self.fair[customer], poor: self.poor[customer]))
-            self.open[customer] = false
-            self.readings[customer] = 0
-            self.good[customer] = 0
-            self.fair[customer] = 0
-            self.poor[customer] = 0
-            self.imported[customer] = -1
-        }
-        self.touched.removeAll(keepingCapacity: true)
     }
 }
