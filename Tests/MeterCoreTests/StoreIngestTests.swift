@@ -581,6 +581,9 @@ import Testing
                 #expect(document.totalConsumptionKwh == 233, "\(backend)")
                 #expect(document.meters.active + document.meters.inactive == 3, "\(backend): X-1, X-2 and MTR-000002")
                 #expect(close(document.meterHealth.poor, 100.0 / 3), "\(backend): customer 1's October is still poor")
+                // The read success rate judges and MTR-000002, not the placeholder: one of three read on 5 October
+                let fifth = document.readSuccessDaily.first { $0.date == "2026-10-05" }
+                #expect(close(fifth?.rate, 1.0 / 3), "\(backend): \(String(describing: fifth))")
 
                 // Importing the same meters.csv again changes nothing
                 #expect(try CompanyImporter.importDirectory(directory + "/then", into: writer).succeeded)
