@@ -591,6 +591,38 @@ import Testing
             }
         }
     }
+
+    /// A default meter that really reports (a meter of that name sends) is a meter, not a
+    /// placeholder: when meters.csv then names other meters for its customer, it keeps its
+    /// readings and its imported months, and nothing moves.
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func aDefaultMeterThatReportsKeepsItsMonthsWhenMetersCSVNamesOthers(backend: StoreBackend) async throws {
+        try await withTemporaryDirectory { directory in
+            try FileManager.default.createDirectory(atPath: directory + "/first", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: directory + "/then", withIntermediateDirectories: true)
+            try writeCSV(directory + "/first", "customer_data.csv", ["CustomerID,Region,InstallationDate", "1,North,2024-01-01"])
+            try writeCSV(
+                directory + "/first", "monthly_data.csv",
+                ["CustomerID,Date,Consumption_kWh,Revenue_$,MeterStatus", "1,2026-09-01,100,15,Good", "1,2026-10-01,80,12,Poor"])
+            try writeCSV(directory + "/then", "meters.csv", ["MeterID,CustomerID", "X-1,1"])
+            try await backend.withFreshStore { location in
+                let store = try location.open(logger: testLogger)
+                let writer = try store.makeWriter(WriterSettings())
+                #expect(try CompanyImporter.importDirectory(directory + "/first", into: writer).succeeded)
+                // MTR-000001 itself reports in October
+                let october = try #require(RFC3339.parseMilliseconds("2026-10-05T00:00:00Z"))
+                _ = try writer.commit([self.submission([Reading(meter: "MTR-000001", seq: 1, timestampMs: october, kwh: 3)], receivedMs: october)])
+
+                #expect(try CompanyImporter.importDirectory(directory + "/then", into: writer).succeeded)
+
+                #expect(try await store.meterRecord(named: "MTR-000001")?.customerID == 1, "\(backend)")
+                let months = try await store.meterMonths(named: "MTR-000001").map { [$0.month.key: $0.kwh] }
+                #expect(months == [[202609: 100], [202610: 83]], "\(backend): its imported months and its reading stay")
+                #expect(try await store.meterMonths(named: "X-1").isEmpty, "\(backend)")
+                #expect(try await store.meterRecord(named: "X-1")?.customerID == 1, "\(backend)")
+            }
+        }
+    }
 }
 
 /// What only the PostgreSQL store has: its schema, partitions and the way it fails at start-up.
