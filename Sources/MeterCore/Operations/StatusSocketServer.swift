@@ -3,11 +3,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-// Depending on module build order, glibc's struct stat may be attributed to Dispatch's C module;
-// importing it keeps MemberImportVisibility satisfied either way (as in JournalLogHandler.swift).
-#if canImport(CDispatch)
-import CDispatch
-#endif
 import Logging
 import NIOCore
 import NIOPosix
