@@ -3,6 +3,11 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+// glibc's struct stat may be attributed to Dispatch's C module, depending on module build order;
+// importing it keeps MemberImportVisibility satisfied either way (as in JournalLogHandler.swift).
+#if canImport(CDispatch)
+import CDispatch
+#endif
 import Foundation
 import HummingbirdBcrypt
 import Logging

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -51,9 +52,12 @@ package struct StatusSocketServer: Service {
     /// silently take over the first one's socket and delete it when it stops.
     package static func checkPathIsFree(_ path: String) throws(ConfigurationError) {
         let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-        var info = stat()
-        guard stat(directory.isEmpty ? "/" : directory, &info) == 0 else {
-            throw ConfigurationError(key: "status_socket", "cannot use \(path): \(directory): \(String(cString: strerror(errno)))")
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory.isEmpty ? "/" : directory, isDirectory: &isDirectory) else {
+            throw ConfigurationError(key: "status_socket", "cannot use \(path): \(directory): No such file or directory")
+        }
+        guard isDirectory.boolValue else {
+            throw ConfigurationError(key: "status_socket", "cannot use \(path): \(directory) is not a directory")
         }
         let answered = UnixSocketAddress.with(path: path) { address, length -> Bool in
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -69,8 +73,8 @@ package struct StatusSocketServer: Service {
             throw ConfigurationError(
                 key: "status_socket", "\(path) is in use by a running daemon; give each meterd its own status socket")
         }
-        guard lstat(path, &info) == 0 else { return }  // nothing there yet
-        guard info.st_mode & S_IFMT == S_IFSOCK else {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return }  // nothing there yet
+        guard attributes[.type] as? FileAttributeType == .typeSocket else {
             throw ConfigurationError(key: "status_socket", "\(path) exists and is not a socket; meterd will not replace it")
         }
     }

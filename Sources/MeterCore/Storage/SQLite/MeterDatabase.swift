@@ -1,3 +1,8 @@
+// glibc's struct stat may be attributed to Dispatch's C module, depending on module build order;
+// importing it keeps MemberImportVisibility satisfied either way (as in JournalLogHandler.swift).
+#if canImport(CDispatch)
+import CDispatch
+#endif
 import Foundation
 import GRDB
 import NIOCore
