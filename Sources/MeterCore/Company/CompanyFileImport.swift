@@ -381,3 +381,16 @@ struct CompanyFileImport {
         }
     }
 }
+
+/// How an imported monthly row lands on a meter-month that may hold one already (both stores'
+/// SQL): the earlier import's share is replaced, live readings' share kept.
+enum ImportedMonthSQL {
+    static let onConflict = """
+        ON CONFLICT (meter_id, month) DO UPDATE SET
+            kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
+            revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
+            imported_status = excluded.imported_status,
+            imported_kwh = excluded.imported_kwh,
+            imported_revenue = excluded.imported_revenue
+        """
+}

@@ -153,12 +153,7 @@ final class PostgreSQLCompanyImportSink: CompanyImportSink {
             )
             INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
             SELECT meter_id, month, imported_kwh, imported_revenue, imported_status, imported_kwh, imported_revenue FROM moved
-            ON CONFLICT (meter_id, month) DO UPDATE SET
-                kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
-                revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
-                imported_status = excluded.imported_status,
-                imported_kwh = excluded.imported_kwh,
-                imported_revenue = excluded.imported_revenue
+            \(unescaped: ImportedMonthSQL.onConflict)
             """, "moving a replaced default meter's imported months")
         try self.backend.run(
             """
@@ -305,12 +300,7 @@ final class PostgreSQLCompanyImportSink: CompanyImportSink {
                 INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
                 SELECT meter_id, month, kwh, revenue, status, kwh, revenue
                 FROM unnest(\(m.meters), \(m.months), \(m.kwh), \(m.revenue), \(m.statuses)) AS u(meter_id, month, kwh, revenue, status)
-                ON CONFLICT (meter_id, month) DO UPDATE SET
-                    kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
-                    revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
-                    imported_status = excluded.imported_status,
-                    imported_kwh = excluded.imported_kwh,
-                    imported_revenue = excluded.imported_revenue
+                \(unescaped: ImportedMonthSQL.onConflict)
                 """, "importing monthly data")
             self.monthly = ([], [], [], [], [])
         }

@@ -135,12 +135,7 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
             WHERE meter_id = (SELECT id FROM meter WHERE name = ?1 AND customer_id = ?2 AND readings_total = 0)
                 AND imported_status IS NOT NULL AND readings = 0 AND estimated = 0
                 AND EXISTS (SELECT 1 FROM meter WHERE customer_id = ?2 AND name <> ?1)
-            ON CONFLICT (meter_id, month) DO UPDATE SET
-                kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
-                revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
-                imported_status = excluded.imported_status,
-                imported_kwh = excluded.imported_kwh,
-                imported_revenue = excluded.imported_revenue
+            \(ImportedMonthSQL.onConflict)
             """)
         move.bind(1, defaultMeterName(customer: customer))
         move.bind(2, customer)
@@ -181,12 +176,7 @@ final class SQLiteCompanyImportSink: CompanyImportSink {
             """
             INSERT INTO meter_month (meter_id, month, kwh, revenue, imported_status, imported_kwh, imported_revenue)
             VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (meter_id, month) DO UPDATE SET
-                kwh = meter_month.kwh - COALESCE(meter_month.imported_kwh, 0) + excluded.kwh,
-                revenue = meter_month.revenue - COALESCE(meter_month.imported_revenue, 0) + excluded.revenue,
-                imported_status = excluded.imported_status,
-                imported_kwh = excluded.imported_kwh,
-                imported_revenue = excluded.imported_revenue
+            \(ImportedMonthSQL.onConflict)
             """)
         upsert.bind(1, meterID)
         upsert.bind(2, month)
