@@ -1,3 +1,8 @@
+// Depending on module build order, glibc's struct timeval may be attributed to Dispatch's C
+// module; importing it keeps MemberImportVisibility satisfied either way (as in Clock.swift).
+#if canImport(CDispatch)
+import CDispatch
+#endif
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
