@@ -322,14 +322,11 @@ package final class IngestPipeline: Service, Sendable {
         var contestedRaces = 0
         var lastAggregateWrite = ContinuousClock.now
         while true {
-            let holdEnded = self.state.withLockedValue { state -> Set<String>? in
-                guard !state.contested.isEmpty, !state.stopping, ContinuousClock.now >= state.contestedUntil else { return nil }
-                return state.contested
-            }
-            if let holdEnded { self.settleContested(holdEnded) }
             enum Step {
                 case task(@Sendable (any MeterStoreWriter) -> Void)
                 case wait(ContinuousClock.Instant?)
+                /// A hold on contested meters ended: look at their marks before the next batch.
+                case settle(Set<String>)
                 case commit([IngestSubmission], weight: Int, aggregates: Bool, holdingBack: Bool)
                 case exit
             }
@@ -351,6 +348,8 @@ package final class IngestPipeline: Service, Sendable {
                     state.contested = []
                     state.settledMarks = [:]
                     state.settledQuietSince = nil
+                } else if !state.contested.isEmpty, ContinuousClock.now >= state.contestedUntil {
+                    return .settle(state.contested)
                 }
                 let (batch, weight) = Self.takeBatch(
                     from: &state.queue, maximumWeight: self.configuration.maximumBatch, holdingBack: state.contested,
@@ -372,6 +371,8 @@ package final class IngestPipeline: Service, Sendable {
                 return .commit(batch, weight: weight, aggregates: aggregates, holdingBack: !state.contested.isEmpty)
             }
             switch step {
+            case .settle(let meters):
+                self.settleContested(meters)
             case .task(let task):
                 // Tasks (imports, liveness, snapshots, backups) see aggregates equal to the readings.
                 let flushed = self.writer.withLock { writer in
