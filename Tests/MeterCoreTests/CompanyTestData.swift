@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 
 @testable import MeterCore
 
@@ -94,4 +95,15 @@ func writeCSV(_ directory: String, _ name: String, _ lines: [String]) throws {
 func offlineEngine(_ database: MeterDatabase, timeZone: String = "UTC", faultyListLimit: Int = 100_000) -> KPIEngine {
     let zone = TimeZone(identifier: timeZone)!
     return KPIEngine(store: SQLiteMeterStore(database: database), settings: KPISettings(timeZone: zone, faultyListLimit: faultyListLimit))
+}
+
+/// A real SQLite store with customer 5 (West) owning meters M5a and M5b and customer 6 (West)
+/// owning M6, imported from CSV, and a writer on it.
+func twoMeterCustomerStore(in directory: String) throws -> (SQLiteMeterStore, any MeterStoreWriter) {
+    try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "5,West,2024-01-01", "6,West,2024-01-01"])
+    try writeCSV(directory, "meters.csv", ["MeterID,CustomerID", "M5a,5", "M5b,5", "M6,6"])
+    let database = try MeterDatabase(path: directory + "/meterd.sqlite")
+    #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
+    let store = SQLiteMeterStore(database: database)
+    return (store, try store.makeWriter(WriterSettings()))
 }

@@ -228,12 +228,7 @@ func expectError(
     func aRegionsCustomerWithTwoMetersHasOneRecordAMonth() async throws {
         try await withTemporaryDirectory { directory in
             // Given customer 5 (West) with meters M5a and M5b and customer 6 (West) with M6
-            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "5,West,2024-01-01", "6,West,2024-01-01"])
-            try writeCSV(directory, "meters.csv", ["MeterID,CustomerID", "M5a,5", "M5b,5", "M6,6"])
-            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
-            #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
-            let store = SQLiteMeterStore(database: database)
-            let writer = try store.makeWriter(WriterSettings())
+            let (store, writer) = try twoMeterCustomerStore(in: directory)
 
             // When in October M5a reports once good and M5b twice poor (a poor customer-month), and
             // in November M5a twice good and M5b once poor (a good one), M6 once fair

@@ -310,12 +310,7 @@ let kpiKeys: Set<String> = [
     func aCustomersMetersMakeOneRecordAMonth() async throws {
         try await withTemporaryDirectory { directory in
             // Given customer 5 (West) with meters M5a and M5b, customer 6 (West) with one meter, and an unknown meter
-            try writeCSV(directory, "customer_data.csv", ["CustomerID,Region,InstallationDate", "5,West,2024-01-01", "6,West,2024-01-01"])
-            try writeCSV(directory, "meters.csv", ["MeterID,CustomerID", "M5a,5", "M5b,5", "M6,6"])
-            let database = try MeterDatabase(path: directory + "/meterd.sqlite")
-            #expect(try CompanyImporter.importDirectory(directory, database: database).succeeded)
-            let store = SQLiteMeterStore(database: database)
-            let writer = try store.makeWriter(WriterSettings())
+            let (store, writer) = try twoMeterCustomerStore(in: directory)
             let rollups = KPIRollups()
             writer.commitListener = rollups
 
