@@ -119,9 +119,44 @@ final class FailSwitch: Sendable {
     }
 }
 
+/// A store writer that passes everything to a real one; test writers override what they change.
+class ForwardingWriter: MeterStoreWriter, @unchecked Sendable {
+    let base: any MeterStoreWriter
+
+    init(_ base: any MeterStoreWriter) { self.base = base }
+
+    var commitListener: (any CommitListener)? {
+        get { self.base.commitListener }
+        set { self.base.commitListener = newValue }
+    }
+    var meterCount: Int { self.base.meterCount }
+    var hasPendingAggregates: Bool { self.base.hasPendingAggregates }
+
+    func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult {
+        try self.base.commit(submissions, deferAggregates: deferAggregates)
+    }
+    func flushAggregates() throws { try self.base.flushAggregates() }
+    func reloadMeters() throws { try self.base.reloadMeters() }
+    func lostRace(_ error: any Error) -> Bool { self.base.lostRace(error) }
+    func takeContestedMeters() -> Set<String> { self.base.takeContestedMeters() }
+    func refreshMeters(named names: Set<String>) throws -> [String: Int64] { try self.base.refreshMeters(named: names) }
+    func checkReachable() throws { try self.base.checkReachable() }
+    func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
+        try self.base.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)
+    }
+    func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
+        try self.base.recordSnapshot(document, period: period, generatedMs: generatedMs, history: history)
+    }
+    func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
+        self.base.importCompanyFile(path, progress: progress)
+    }
+    func recordTimeZone(_ zone: TimeZone) throws { try self.base.recordTimeZone(zone) }
+    func recordAlerts(_ alerts: [Alert], history: Int) throws { try self.base.recordAlerts(alerts, history: history) }
+}
+
 /// A store writer that fails every write while its switch is on, like a full disk, and otherwise
 /// passes everything to the real one.
-final class FailingWriter: MeterStoreWriter {
+final class FailingWriter: ForwardingWriter, @unchecked Sendable {
     struct DiskFull: Error, CustomStringConvertible {
         var description: String { "database or disk is full" }
     }
@@ -132,15 +167,14 @@ final class FailingWriter: MeterStoreWriter {
         var description: String { "cannot connect to the database: connection refused" }
     }
 
-    private let base: any MeterStoreWriter
     private let failure: FailSwitch
     private let unreachable: Bool
 
     /// - Parameter unreachable: fail as an unreachable server does, rather than as a full disk.
     init(_ base: any MeterStoreWriter, failure: FailSwitch, unreachable: Bool = false) {
-        self.base = base
         self.failure = failure
         self.unreachable = unreachable
+        super.init(base)
     }
 
     private func check() throws {
@@ -149,44 +183,33 @@ final class FailingWriter: MeterStoreWriter {
         throw DiskFull()
     }
 
-    var commitListener: (any CommitListener)? {
-        get { self.base.commitListener }
-        set { self.base.commitListener = newValue }
-    }
-    var meterCount: Int { self.base.meterCount }
-    var hasPendingAggregates: Bool { self.base.hasPendingAggregates }
-
-    func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult {
+    override func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult {
         try self.check()
-        return try self.base.commit(submissions, deferAggregates: deferAggregates)
+        return try super.commit(submissions, deferAggregates: deferAggregates)
     }
-    func flushAggregates() throws {
+    override func flushAggregates() throws {
         try self.check()
-        try self.base.flushAggregates()
+        try super.flushAggregates()
     }
-    func reloadMeters() throws { try self.base.reloadMeters() }
     /// An unreachable server fails the idle writer's check too; a full disk does not show there.
-    func checkReachable() throws {
+    override func checkReachable() throws {
         if self.unreachable { try self.check() }
-        try self.base.checkReachable()
+        try super.checkReachable()
     }
-    func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
+    override func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
         try self.check()
-        return try self.base.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)
+        return try super.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)
     }
-    func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
+    override func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
         try self.check()
-        try self.base.recordSnapshot(document, period: period, generatedMs: generatedMs, history: history)
+        try super.recordSnapshot(document, period: period, generatedMs: generatedMs, history: history)
     }
-    func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
-        self.base.importCompanyFile(path, progress: progress)
-    }
-    func recordTimeZone(_ zone: TimeZone) throws {
+    override func recordTimeZone(_ zone: TimeZone) throws {
         try self.check()
-        try self.base.recordTimeZone(zone)
+        try super.recordTimeZone(zone)
     }
-    func recordAlerts(_ alerts: [Alert], history: Int) throws {
+    override func recordAlerts(_ alerts: [Alert], history: Int) throws {
         try self.check()
-        try self.base.recordAlerts(alerts, history: history)
+        try super.recordAlerts(alerts, history: history)
     }
 }

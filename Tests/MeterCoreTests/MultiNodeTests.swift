@@ -108,50 +108,25 @@ import Testing
     /// This node's writer, with the other node committing a meter's next reading before each of
     /// its commits, as a meter sent to both nodes at once does at its worst: this node loses every
     /// race for that meter.
-    final class RivalFirstWriter: MeterStoreWriter, @unchecked Sendable {
-        private let base: any MeterStoreWriter
+    final class RivalFirstWriter: ForwardingWriter, @unchecked Sendable {
         private let rival: Node
         private let meter: Int
         private var nextSeq: Int64 = 1_000
         let rivalSends = Atomic<Bool>(true)
 
         init(_ base: any MeterStoreWriter, rival: Node, meter: Int) {
-            self.base = base
             self.rival = rival
             self.meter = meter
+            super.init(base)
         }
 
-        var commitListener: (any CommitListener)? {
-            get { self.base.commitListener }
-            set { self.base.commitListener = newValue }
-        }
-        var meterCount: Int { self.base.meterCount }
-        var hasPendingAggregates: Bool { self.base.hasPendingAggregates }
-
-        func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult {
+        override func commit(_ submissions: [IngestSubmission], deferAggregates: Bool) throws -> CommitResult {
             if self.rivalSends.load(ordering: .relaxed) {
                 _ = try self.rival.commit([MultiNodeTests.reading(meter: self.meter, seq: self.nextSeq)])
                 self.nextSeq += 1
             }
-            return try self.base.commit(submissions, deferAggregates: deferAggregates)
+            return try super.commit(submissions, deferAggregates: deferAggregates)
         }
-        func flushAggregates() throws { try self.base.flushAggregates() }
-        func reloadMeters() throws { try self.base.reloadMeters() }
-        func lostRace(_ error: any Error) -> Bool { self.base.lostRace(error) }
-        func takeContestedMeters() -> Set<String> { self.base.takeContestedMeters() }
-        func refreshMeters(named names: Set<String>) throws -> [String: Int64] { try self.base.refreshMeters(named: names) }
-        func checkReachable() throws { try self.base.checkReachable() }
-        func flagInactive(_ candidates: [StoredMeterName], cutoffMs: Int64, startMs: Int64) throws -> [InactiveFlag] {
-            try self.base.flagInactive(candidates, cutoffMs: cutoffMs, startMs: startMs)
-        }
-        func recordSnapshot(_ document: String, period: KPIPeriod, generatedMs: Int64, history: Int) throws {
-            try self.base.recordSnapshot(document, period: period, generatedMs: generatedMs, history: history)
-        }
-        func importCompanyFile(_ path: String, progress: (@Sendable (ImportProgress) -> Void)?) -> FileImportResult {
-            self.base.importCompanyFile(path, progress: progress)
-        }
-        func recordTimeZone(_ zone: TimeZone) throws { try self.base.recordTimeZone(zone) }
-        func recordAlerts(_ alerts: [Alert], history: Int) throws { try self.base.recordAlerts(alerts, history: history) }
     }
 
     /// The highest seq acked to one sender, per meter.
