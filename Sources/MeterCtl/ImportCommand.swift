@@ -53,7 +53,7 @@ struct ImportCommand: AsyncParsableCommand {
                 return shown.file != progress.file || shown.tenth != tenth
             }
             guard terminal || fresh else { return }
-            let line = "\(progress.file): \(percent)% (\(progress.rows) rows)"
+            let line = ImportProgressAnswer.Progress(file: progress.file, rows: progress.rows, fraction: progress.fraction).line
             FileHandle.standardError.write(Data((terminal ? "\r\(line)\u{1B}[K" + (percent >= 100 ? "\n" : "") : line + "\n").utf8))
         }
         print(report.text, terminator: "")
@@ -81,8 +81,7 @@ struct ImportCommand: AsyncParsableCommand {
                     let answer = try? JSONDecoder().decode(ImportProgressAnswer.self, from: Data(line.utf8)),
                     let progress = answer.import
                 else { continue }
-                let percent = Int((progress.fraction * 100).rounded())
-                let text = "\(progress.file): \(percent)% (\(progress.rows) rows)"
+                let text = progress.line
                 guard text != shown else { continue }
                 shown = text
                 FileHandle.standardError.write(Data((terminal ? "\r\(text)\u{1B}[K" : text + "\n").utf8))

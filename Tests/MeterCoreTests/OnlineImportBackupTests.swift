@@ -8,6 +8,16 @@ import Testing
 /// `meterctl import` and `meterctl backup` through a running meterd while meters keep sending.
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct OnlineImportBackupTests {
+    /// Before the writer takes an import up, the daemon's progress names the directory with nothing
+    /// read; `meterctl import` says it is starting rather than showing the directory as a file at 0 %.
+    @Test func anImportNotYetTakenUpShowsAsStarting() {
+        #expect(ImportProgressAnswer.Progress(file: "csv", rows: 0, fraction: 0).line == "csv: starting")
+        #expect(
+            ImportProgressAnswer.Progress(file: "monthly_data.csv", rows: 65_536, fraction: 0.404).line
+                == "monthly_data.csv: 40% (65536 rows)")
+        #expect(ImportProgressAnswer.Progress(file: "feedback.csv", rows: 0, fraction: 1).line == "feedback.csv: 100% (0 rows)")
+    }
+
     @Test func importsThroughTheDaemonAndBacksUpWhileMetersSend() async throws {
         try await withTemporaryDirectory { directory in
             let csv = directory + "/csv"

@@ -27,5 +27,18 @@ package struct ImportProgressAnswer: Codable, Sendable, Equatable {
         package var rows: Int
         /// Share of the file read, 0...1.
         package var fraction: Double
+
+        package init(file: String, rows: Int, fraction: Double) {
+            self.file = file
+            self.rows = rows
+            self.fraction = fraction
+        }
+
+        /// What `meterctl import` shows. Until the writer takes the import up, the daemon names the
+        /// directory with nothing read: a percentage of it would read as a file's.
+        package var line: String {
+            let percent = Int((self.fraction * 100).rounded())
+            return self.rows == 0 && percent == 0 ? "\(self.file): starting" : "\(self.file): \(percent)% (\(self.rows) rows)"
+        }
     }
 }
