@@ -287,6 +287,23 @@ let kpiKeys: Set<String> = [
                 await tamper.close()
                 #expect(try await engine.faultyMeters(period: both) == [FaultyMeter(meter: "MTR-000001", customerID: 1, poorMonths: 0, faults: 3)])
                 #expect(try await engine.faultyMeters(period: february).isEmpty)
+
+                // A meter the company data does not know, registered by the writer after the store
+                // loaded, is listed by its name (its rows reached the store as deltas, not a load).
+                let stranger = try await LineClient(port: harness.port)
+                for seq in 1...3 {
+                    try await stranger.send(
+                        readingLine(
+                            meter: "NEW-0001", seq: Int64(seq), kwh: 0.1,
+                            timestampMs: RFC3339.parseMilliseconds("2024-02-11T10:00:00Z")!, fault: "voltage_sag"))
+                    #expect(try await stranger.readLine() == "{\"meter\":\"NEW-0001\",\"ack\":\(seq)}")
+                }
+                await stranger.close()
+                #expect(
+                    try await engine.faultyMeters(period: february) == [
+                        FaultyMeter(meter: "NEW-0001", customerID: nil, poorMonths: 0, faults: 3)
+                    ])
+                #expect(try await kpiAnswer(engine, february).faultyMeters.map(\.meter) == ["NEW-0001"])
             }
         }
     }

@@ -23,6 +23,8 @@ package final class KPIRollups: CommitListener, Sendable {
         /// Deltas since the last query, merged per meter-month so they stay as small as the set of
         /// meters reporting, however long no query comes; only while a store is loaded.
         var changes: [MeterMonth: AggregateDelta.Month] = [:]
+        /// The names of the meters in ``changes``: one the writer registered is not in the store yet.
+        var changedMeterNames: [Int64: String] = [:]
         /// The same for the read success facts.
         var readChanges = ReadDayStore.Changes()
         var hasStore = false
@@ -64,6 +66,10 @@ package final class KPIRollups: CommitListener, Sendable {
         return (delta.position ?? Int64.max) <= position
     }
 
+    private static func names(of delta: AggregateDelta) -> [Int64: String] {
+        Dictionary(delta.meterReads.map { ($0.meterID, $0.name) }, uniquingKeysWith: { first, _ in first })
+    }
+
     private let state = NIOLockedValueBox(State())
     /// The store and the lock that guards it; a KPI query holds it for its few milliseconds of work.
     /// (A value lock would demand the non-Sendable store be `sending` in and out.)
@@ -93,6 +99,7 @@ package final class KPIRollups: CommitListener, Sendable {
                     ]
                     .merge(change)
                 }
+                for meter in delta.meterReads { state.changedMeterNames[meter.meterID] = meter.name }
             }
             state.readChanges.add(delta, days: !(delta.commitXid.map { state.readSnapshot?.sees($0) ?? false } ?? false))
         }
@@ -191,7 +198,9 @@ package final class KPIRollups: CommitListener, Sendable {
                 guard state.generation == generation, !state.hasStore, let arrived = state.duringLoad else { return false }
                 var readChanges = ReadDayStore.Changes()
                 for delta in arrived {
-                    if !Self.covers(fresh.coveredSnapshot, through: fresh.coveredThrough, delta) { fresh.apply(delta.months) }
+                    if !Self.covers(fresh.coveredSnapshot, through: fresh.coveredThrough, delta) {
+                        fresh.apply(delta.months, names: Self.names(of: delta))
+                    }
                     // The two stores load in snapshots of their own: each takes the days it lacks.
                     readChanges.add(delta, days: !Self.covers(reads.coveredSnapshot, through: reads.coveredThrough, delta))
                 }
@@ -216,11 +225,14 @@ package final class KPIRollups: CommitListener, Sendable {
     func withStore<T>(_ body: (MonthlyStore) throws -> T) rethrows -> T? {
         try self.storeLock.withLock { () -> T? in
             guard let store = self.store else { return nil }
-            let changes = self.state.withLockedValue { state in
-                defer { state.changes = [:] }
-                return Array(state.changes.values)
+            let (changes, names) = self.state.withLockedValue { state in
+                defer {
+                    state.changes = [:]
+                    state.changedMeterNames = [:]
+                }
+                return (Array(state.changes.values), state.changedMeterNames)
             }
-            store.apply(changes)
+            store.apply(changes, names: names)
             return try body(store)
         }
     }

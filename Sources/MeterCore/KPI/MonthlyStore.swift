@@ -147,8 +147,9 @@ package final class MonthlyStore {
         self.columns[slot].estimated[index] = estimated
     }
 
-    /// Adds one commit's deltas. A meter it has not seen was registered by the writer: unassigned.
-    func apply(_ changes: some Sequence<AggregateDelta.Month>) {
+    /// Adds one commit's deltas. A meter it has not seen was registered by the writer: unassigned,
+    /// named from `names` (the commit's ``AggregateDelta/meterReads``).
+    func apply(_ changes: some Sequence<AggregateDelta.Month>, names: [Int64: String]) {
         for change in changes {
             let index: Int
             if let known = self.meterIndex[change.meterID] {
@@ -157,7 +158,7 @@ package final class MonthlyStore {
                 index = self.meterIDs.count
                 self.meterIndex[change.meterID] = Int32(index)
                 self.meterIDs.append(change.meterID)
-                self.meterNames.append("")  // named on the next reload; unassigned meters are not listed by name
+                self.meterNames.append(names[change.meterID] ?? "")
                 self.meterCustomer.append(-1)
                 self.meterRegion.append(self.region(Region.unassigned))
                 for slot in self.columns.indices { self.columns[slot].append() }
