@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import PostgresNIO
+import Synchronization
 import Testing
 
 @testable import MeterCore
@@ -365,6 +366,90 @@ import Testing
         #expect(try await first.meterMonths(named: "A").map { [$0.readings, Int64($0.kwh)] } == [[4, 10]])
         #expect(try await first.firstColumnText("SELECT day || ' ' || readings FROM meter_day ORDER BY day") == ["20261110 1", "20261111 2"])
         #expect(try await first.firstColumnText("SELECT sum(cardinality(started_days))::text FROM commit_feed") == ["3"])
+    }
+
+    /// Meters that move between nodes under load reach both nodes' batches in different orders.
+    /// Each batch inserts its readings in (meter, seq) order whatever order they arrived in, so two
+    /// nodes committing the same readings at once never wait for each other in a circle: the later
+    /// one waits and loses the race. In arrival order they deadlocked, and PostgreSQL broke each
+    /// deadlock only after `deadlock_timeout` (1 s) with both writers stalled.
+    @Test(.timeLimit(.minutes(2)))
+    func twoNodesStoringTheSameMetersInOppositeOrdersDoNotDeadlock() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let meters = (0..<400).map { String(format: "X-%03d", $0) }
+        let rounds = 16
+        let start = try #require(RFC3339.parseMilliseconds("2026-11-10T10:00:00Z"))
+        nonisolated(unsafe) let writers = [
+            try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings()),
+            try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings()),
+        ]
+        // Both writers know every meter and its mark, so each round's commits are the race itself
+        // (the second one's first try loses to the first's, and its retry finds duplicates).
+        let first = [self.submission(meters.map { Reading(meter: $0, seq: 0, timestampMs: start, kwh: 0) })]
+        _ = try writers[0].commit(first)
+        do {
+            _ = try writers[1].commit(first)
+        } catch let error where writers[1].lostRace(error) {
+            #expect(try writers[1].commit(first).duplicates == meters.count)
+        }
+        let barrier = RoundBarrier(parties: 2)
+        let errors = Mutex<[String]>([])
+        let submission = self.submission
+        DispatchQueue.concurrentPerform(iterations: 2) { node in
+            for round in 1...rounds {
+                // One node has the meters in one order, the other in the reverse: each a single submission.
+                let order = node == 0 ? meters : meters.reversed()
+                let batch = [
+                    submission(
+                        order.map { Reading(meter: $0, seq: Int64(round), timestampMs: start + Int64(round) * 60_000, kwh: 1) }, WallClock.nowMs())
+                ]
+                barrier.arriveAndWait()
+                for _ in 0..<5 {
+                    do {
+                        _ = try writers[node].commit(batch)
+                        break
+                    } catch {
+                        let state = (error as? PostgreSQLStoreError)?.sqlState ?? "?"
+                        errors.withLock { $0.append(state) }
+                        guard writers[node].lostRace(error) else { break }
+                    }
+                }
+            }
+        }
+        let states = errors.withLock { $0 }
+        #expect(!states.contains("40P01"), "deadlocks: \(states.filter { $0 == "40P01" }.count) of \(rounds) rounds")
+        #expect(states.allSatisfy { ["40001", "23505", "40P01"].contains($0) }, "\(states)")
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        #expect(
+            try await store.firstColumnText("SELECT count(*) || ' ' || count(DISTINCT (meter_id, seq)) FROM reading")
+                == ["\(meters.count * (rounds + 1)) \(meters.count * (rounds + 1))"])
+        #expect(try await store.firstColumnText("SELECT DISTINCT hwm_seq::text FROM meter WHERE name LIKE 'X-%'") == ["\(rounds)"])
+    }
+
+    /// Holds each party until all have arrived, round after round.
+    private final class RoundBarrier: Sendable {
+        private let state: Mutex<(arrived: Int, round: Int)> = Mutex((0, 0))
+        private let condition = NSCondition()
+        private let parties: Int
+
+        init(parties: Int) { self.parties = parties }
+
+        func arriveAndWait() {
+            self.condition.lock()
+            defer { self.condition.unlock() }
+            let round = self.state.withLock { state -> Int? in
+                state.arrived += 1
+                guard state.arrived == self.parties else { return state.round }
+                state.arrived = 0
+                state.round += 1
+                return nil
+            }
+            guard let round else {
+                self.condition.broadcast()
+                return
+            }
+            while self.state.withLock({ $0.round }) == round { self.condition.wait() }
+        }
     }
 
     /// Rows of `meter_month` and `meter_day` themselves (PostgreSQL), not of the views.

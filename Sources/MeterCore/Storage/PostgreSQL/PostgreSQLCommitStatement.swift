@@ -47,6 +47,27 @@ struct PostgreSQLCommitStatement {
             self.registers.append(reading.registerKwh ?? .nan)
             self.spanStarts.append(spanStartMs ?? PostgreSQLCommitStatement.nullInteger)
         }
+
+        /// The readings in (meter, seq) order, as they are inserted. A reading another node's open
+        /// transaction inserted too makes the insert wait for that transaction; two nodes storing
+        /// the same meters' readings in their arrival orders could wait for each other in a
+        /// circle, which PostgreSQL breaks only after `deadlock_timeout` (1 s), with both writers
+        /// and every meter behind them stalled (meters moving between nodes under load did it
+        /// about once a second). In one order the later transaction waits, and then loses the race.
+        func inKeyOrder() -> Readings {
+            let meters = self.meterIDs
+            let seqs = self.seqs
+            guard meters.count > 1, (1..<meters.count).contains(where: { (meters[$0], seqs[$0]) < (meters[$0 - 1], seqs[$0 - 1]) }) else {
+                return self
+            }
+            let order = meters.indices.sorted { (meters[$0], seqs[$0]) < (meters[$1], seqs[$1]) }
+            return Readings(
+                meterIDs: order.map { meters[$0] }, timestamps: order.map { self.timestamps[$0] }, seqs: order.map { seqs[$0] },
+                positions: order.map { self.positions[$0] }, received: order.map { self.received[$0] }, kwh: order.map { self.kwh[$0] },
+                statuses: order.map { self.statuses[$0] }, faults: order.map { self.faults[$0] },
+                voltages: order.map { self.voltages[$0] }, registers: order.map { self.registers[$0] },
+                spanStarts: order.map { self.spanStarts[$0] })
+        }
     }
 
     struct Flags {
@@ -141,7 +162,7 @@ struct PostgreSQLCommitStatement {
             ($0.key.month, $0.key.region, $0.key.bucket) < ($1.key.month, $1.key.region, $1.key.bucket)
         }
         let days = self.aggregates.days.sorted { ($0.key.day, $0.key.meterID) < ($1.key.day, $1.key.meterID) }
-        let r = self.readings
+        let r = self.readings.inKeyOrder()
         let f = self.flags
         let q = self.quarantined
         let shares = meters.map { self.openShares[$0.key] }
