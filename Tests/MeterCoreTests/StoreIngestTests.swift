@@ -426,6 +426,34 @@ import Testing
         #expect(try await store.firstColumnText("SELECT DISTINCT hwm_seq::text FROM meter WHERE name LIKE 'X-%'") == ["\(rounds)"])
     }
 
+    /// After a lost race a node reads its batches' meters again before committing, for a while:
+    /// meters that keep moving between nodes are then stored at the first attempt. Before, every
+    /// meter the other node had stored since lost the race for the whole batch, and a node that
+    /// fell behind lost every attempt until the other node went quiet.
+    @Test(.timeLimit(.minutes(2)))
+    func afterALostRaceMetersTheOtherNodeMovedOnAreStoredAtTheFirstAttempt() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let meters = (0..<10).map { "H-\($0)" }
+        let start = try #require(RFC3339.parseMilliseconds("2026-11-10T10:00:00Z"))
+        func batch(_ seqs: ClosedRange<Int64>) -> [IngestSubmission] {
+            [self.submission(meters.flatMap { meter in seqs.map { Reading(meter: meter, seq: $0, timestampMs: start + $0 * 60_000, kwh: 1) } })]
+        }
+        let here = try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings())
+        _ = try here.commit(batch(0...0))
+        let there = try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings())
+        _ = try there.commit(batch(1...1))
+        // The meters' first move: this node learns of it by losing, and its retry finds duplicates.
+        #expect(throws: (any Error).self) { try here.commit(batch(1...1)) }
+        #expect(try here.commit(batch(1...1)).duplicates == meters.count)
+        // They move on over there, and come back here with newer readings.
+        _ = try there.commit(batch(2...3))
+        let result = try here.commit(batch(2...4))
+        #expect(result.stored == meters.count && result.duplicates == 2 * meters.count)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        #expect(try await store.firstColumnText("SELECT DISTINCT hwm_seq::text FROM meter") == ["4"])
+        #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["\(meters.count * 5)"])
+    }
+
     /// Holds each party until all have arrived, round after round.
     private final class RoundBarrier: Sendable {
         private let state: Mutex<(arrived: Int, round: Int)> = Mutex((0, 0))

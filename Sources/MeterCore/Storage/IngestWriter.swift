@@ -80,6 +80,11 @@ package final class IngestWriter: MeterStoreWriter {
     private var commitGeneration = 0
     /// See ``takeContestedMeters()``.
     private var contestedMeters: Set<String> = []
+    /// Commits left that first read their meters' rows again: set by a lost race, while another
+    /// node stores some of the same meters (see ``commit(_:deferAggregates:)``).
+    private var refreshingCommits = 0
+    /// How many commits after a lost race read their meters first.
+    static let commitsRefreshedAfterALostRace = 256
     /// Learns what each write of aggregates changed (the KPI rollups).
     package var commitListener: (any CommitListener)?
     /// Region names of the meters' `region` indexes.
@@ -205,6 +210,15 @@ package final class IngestWriter: MeterStoreWriter {
     /// With `deferAggregates` the batch's readings commit now and its aggregates join the pending
     /// ones; without it the pending aggregates and the batch's are written in this transaction.
     package func commit(_ submissions: [IngestSubmission], deferAggregates: Bool = false) throws -> CommitResult {
+        if self.refreshingCommits > 0 {
+            // Another node stores some of these meters too (they moved between nodes): a cached
+            // high-water mark it moved on loses the race for the whole batch. A node behind the
+            // other lost every attempt, its batches ever larger and more of their meters moved,
+            // until the other node went quiet (30 s in a probe). One round trip reads the batch's
+            // meters first; their readings the other node stored pass here as duplicates.
+            self.refreshingCommits -= 1
+            if !self.hasPendingAggregates { _ = try self.reloadMeters(of: submissions) }
+        }
         self.commitGeneration += 1
         let started = ContinuousClock.now
         var rollback = Rollback(generation: self.commitGeneration, firstRegisteredSlot: self.meterStates.count)
@@ -250,6 +264,7 @@ package final class IngestWriter: MeterStoreWriter {
             if self.backend.lostRace(error), !self.hasPendingAggregates, let moved = try? self.reloadMeters(of: submissions) {
                 // The server rolled the batch back: only its meters' rows may differ from the cache.
                 self.contestedMeters = moved
+                self.refreshingCommits = Self.commitsRefreshedAfterALostRace
             } else if self.backend.invalidatesMeterCache(error) {
                 // If this fails too (the store is still down), the next failed attempt tries again.
                 try? self.reloadMeters()

@@ -312,29 +312,36 @@ final class PostgreSQLIngestTransaction: IngestTransaction {
     /// Registered at once, outside the batch, and idempotent: if the batch then fails, the meter
     /// stays known with no readings, and registering it again finds the same row.
     func registerMeter(named name: String, region: String) throws -> Int64 {
-        let rows = try self.backend.run(
-            """
-            INSERT INTO meter (name, region) VALUES (\(name), \(region))
-            ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id
-            """, "registering meter \(name)")
-        guard let id = try rows.first?.decode(Int64.self) else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
-        self.registered(id)
-        return id
+        try self.registerMeters(named: [name], region: region)[0]
     }
 
-    /// All in one statement, outside the batch like ``registerMeter(named:region:)``. Rows go in
-    /// name order, so two nodes registering the same meters at once lock them in the same order.
+    /// All in one statement, outside the batch like ``registerMeter(named:region:)``, in name order.
+    /// A meter already there is only looked up: locking its row (as `DO UPDATE` does, to return
+    /// it) took meter rows in name order while commits take them in id order, and a node
+    /// registering meters another node was committing readings of deadlocked with it. A name
+    /// another node is inserting waits for that node's insert, which waits for nothing else.
     func registerMeters(named names: [String], region: String) throws -> [Int64] {
         let rows = try self.backend.run(
             """
             INSERT INTO meter (name, region) SELECT unnest(\(PostgreSQLArray(names.sorted()))), \(region)
-            ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id, name
+            ON CONFLICT (name) DO NOTHING RETURNING id, name
             """, "registering \(names.count) meters")
         var ids: [String: Int64] = [:]
-        ids.reserveCapacity(rows.count)
+        ids.reserveCapacity(names.count)
         for row in rows {
             let (id, name) = try row.decode((Int64, String).self)
             ids[name] = id
+        }
+        // The names already there: committed by now (an insert of the same name in flight was
+        // waited for), so a new statement sees them.
+        let existing = names.filter { ids[$0] == nil }
+        if !existing.isEmpty {
+            for row in try self.backend.run(
+                "SELECT id, name FROM meter WHERE name = ANY(\(PostgreSQLArray(existing)))", "looking up \(existing.count) meters")
+            {
+                let (id, name) = try row.decode((Int64, String).self)
+                ids[name] = id
+            }
         }
         return try names.map { name in
             guard let id = ids[name] else { throw PostgreSQLStoreError("registering meter \(name) returned no id") }
