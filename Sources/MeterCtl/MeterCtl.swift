@@ -41,6 +41,8 @@ struct MeterCtl: AsyncParsableCommand {
         } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
             Self.exit(withError: error)
         } catch {
+            // `--help` and `help CMD` parse as ArgumentParser's help command, whose run throws the help.
+            if Self.exitCode(for: error) == .success { Self.exit(withError: error) }
             ConnectionOptions.fail("\(error)", code: 1)
         }
     }

@@ -56,6 +56,13 @@ struct MeterCtlTests {
             let usage = try await Self.meterctlAsync(["kpi", "--frm", "2026-01"])
             #expect(usage.status == 64)
             #expect(usage.err.hasPrefix("Error: Unknown option '--frm'"), "\(usage.err)")
+            // Help, of meterctl or of a command, goes to stdout with exit 0.
+            for arguments in [["--help"], ["kpi", "--help"], ["help", "import"]] {
+                let help = try await Self.meterctlAsync(arguments)
+                #expect(help.status == 0, "\(arguments): \(help.err)")
+                #expect(help.out.contains("USAGE: meterctl"), "\(arguments): \(help.out)")
+                #expect(!help.err.contains("CommandError"), "\(arguments): \(help.err)")
+            }
             let emptyID = try await Self.meterctlAsync(["meter", ""])
             #expect(emptyID.status == 64)
             #expect(emptyID.err.hasPrefix("Error: Please give a meter id; it is empty."), "\(emptyID.err)")
