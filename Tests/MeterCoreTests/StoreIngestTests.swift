@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import NIOCore
 import PostgresNIO
 import Synchronization
@@ -424,6 +425,30 @@ import Testing
             try await store.firstColumnText("SELECT count(*) || ' ' || count(DISTINCT (meter_id, seq)) FROM reading")
                 == ["\(meters.count * (rounds + 1)) \(meters.count * (rounds + 1))"])
         #expect(try await store.firstColumnText("SELECT DISTINCT hwm_seq::text FROM meter WHERE name LIKE 'X-%'") == ["\(rounds)"])
+    }
+
+    /// A store a newer meterd migrated is refused, naming the migrations this one does not know:
+    /// an older meterd reading and writing it got marks, day counts and KPI snapshots wrong for good.
+    @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
+    func aStoreANewerMeterdMigratedIsRefused(backend: StoreBackend) async throws {
+        try await backend.withFreshStore { location in
+            let store = try self.open(location)
+            _ = try store.makeWriter(WriterSettings()).commit([self.submission([Reading(meter: "M", seq: 1, timestampMs: 1_795_947_300_000, kwh: 1)])]
+            )
+            let future = "v99-from-a-newer-meterd"
+            switch location {
+            case .sqlite(let path):
+                let file = try DatabaseQueue(path: path)
+                try file.inDatabase { db in try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES (?)", arguments: [future]) }
+            case .postgresql:
+                let postgres = try #require(store as? PostgreSQLMeterStore)
+                #expect(try await postgres.firstColumnText("INSERT INTO meterd_migration (name) VALUES ('\(future)') RETURNING name") == [future])
+            }
+            let refusal = #expect(throws: (any Error).self) { try self.open(location) }
+            #expect(
+                "\(refusal.map { "\($0)" } ?? "")".contains("migrated by a newer meterd (\(future) unknown to this one)"),
+                "\(String(describing: refusal))")
+        }
     }
 
     /// After a lost race a node reads its batches' meters again before committing, for a while:

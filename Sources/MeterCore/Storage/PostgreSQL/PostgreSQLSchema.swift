@@ -419,6 +419,14 @@ enum PostgreSQLSchema {
             for row in try run("SELECT name FROM meterd_migration", "reading the applied migrations") {
                 applied.insert(try row.decode(String.self))
             }
+            // A downgrade, or an older node joining newer ones: it would miss what the newer
+            // schema keeps (an older node took the singleton work and wrote KPI snapshots that went back).
+            let unknown = applied.subtracting(Self.migrations.map(\.name)).sorted()
+            guard unknown.isEmpty else {
+                throw PostgreSQLStoreError(
+                    "the database was migrated by a newer meterd (\(unknown.joined(separator: ", ")) unknown to this one); "
+                        + "run that version or a newer one: this one would read and write it wrongly")
+            }
             var newlyApplied: [String] = []
             for migration in Self.migrations where !applied.contains(migration.name) {
                 for statement in migration.statements {

@@ -20,6 +20,8 @@ package enum Durability: String, Sendable, CaseIterable {
 package enum DatabaseOpenError: Error, CustomStringConvertible {
     case corrupt(path: String, detail: String)
     case cannotOpen(path: String, underlying: any Error)
+    /// Migrations this meterd does not know: a newer one wrote the file.
+    case newerSchema(path: String, migrations: [String])
 
     package var description: String {
         switch self {
@@ -27,6 +29,9 @@ package enum DatabaseOpenError: Error, CustomStringConvertible {
             "The database at \(path) is corrupt (\(detail)); restore it from a backup (meterctl backup) or move it aside."
         case .cannotOpen(let path, let underlying):
             "Cannot open the database at \(path): \(underlying)"
+        case .newerSchema(let path, let migrations):
+            "The database at \(path) was migrated by a newer meterd (\(migrations.joined(separator: ", ")) unknown to this one); "
+                + "run that version or a newer one: this one would read and write it wrongly."
         }
     }
 }
@@ -84,6 +89,14 @@ package final class MeterDatabase: Sendable {
             try Self.quickCheck(pool, path: path)
             throw error
         }
+        // A downgrade: the older code would miss what the newer schema keeps (a probe saw marks
+        // and day counts go wrong for good), so it refuses before anything reads or writes.
+        let unknown = try pool.read { db -> [String] in
+            guard try db.tableExists("grdb_migrations") else { return [] }
+            let known = Set(Self.migrator.migrations)
+            return try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier").filter { !known.contains($0) }
+        }
+        guard unknown.isEmpty else { throw DatabaseOpenError.newerSchema(path: path, migrations: unknown) }
         if timing == .alongsideStartUp && migrated {
             // Half of a large database's start-up: on the other core while the writer loads its meters.
             self.integrity = NIOThreadPool.singleton.runIfActive(eventLoop: MultiThreadedEventLoopGroup.singleton.any()) {
