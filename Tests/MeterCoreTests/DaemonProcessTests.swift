@@ -383,6 +383,29 @@ final class AckTally: Sendable {
         }
     }
 
+    /// `UTC` is recorded as `GMT` here; `Etc/UTC`, `Zulu` and `GMT` never differ, so a database
+    /// counted in one takes the others. Zones with transitions must be named alike.
+    @Test func namesOfOneFixedOffsetKeepTheSameCalendar() async throws {
+        let gmt = try #require(TimeZone(identifier: "UTC"))
+        #expect(gmt.keepsTheSameCalendar(as: "Etc/UTC") && gmt.keepsTheSameCalendar(as: "Zulu") && gmt.keepsTheSameCalendar(as: "GMT"))
+        #expect(!gmt.keepsTheSameCalendar(as: "Etc/GMT-1") && !gmt.keepsTheSameCalendar(as: "Europe/London"))
+        #expect(!(try #require(TimeZone(identifier: "Europe/Berlin"))).keepsTheSameCalendar(as: "Europe/Paris"))
+        #expect(!(try #require(TimeZone(identifier: "Etc/GMT-1"))).keepsTheSameCalendar(as: "Europe/Berlin"))
+        try await withTemporaryDirectory { directory in
+            let first = try DaemonProcess(dataDirectory: directory, arguments: ["--timezone", "UTC"])
+            let client = try await LineClient(port: try await first.ingestPort())
+            try await client.send(readingLine(meter: "Z-1", seq: 1))
+            #expect(try await client.readLine() == #"{"meter":"Z-1","ack":1}"#)
+            await client.close()
+            first.terminate()
+            #expect(try await first.exitStatus() == 0, "\(first.log)")
+            let again = try DaemonProcess(dataDirectory: directory, arguments: ["--timezone", "Etc/UTC"])
+            _ = try await again.ingestPort()
+            again.terminate()
+            #expect(try await again.exitStatus() == 0, "\(again.log)")
+        }
+    }
+
     @Test(arguments: ["ingest", "http"])
     func aPortInUseStopsStartUpWithOneLineNamingTheListener(listener: String) async throws {
         try await withTemporaryDirectory { directory in

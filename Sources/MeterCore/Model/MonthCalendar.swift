@@ -112,3 +112,17 @@ package struct MonthCalendar: Sendable {
         return Int64((date.timeIntervalSince1970 * 1000).rounded())
     }
 }
+
+extension TimeZone {
+    /// Whether this zone puts every moment in the same month and day as the zone named
+    /// `identifier`: the same zone, or two names of one fixed offset (`UTC` is `GMT` here, and
+    /// `Etc/UTC` is not, yet the two never differ). Zones with transitions must be named alike.
+    package func keepsTheSameCalendar(as identifier: String) -> Bool {
+        if identifier == self.identifier { return true }
+        guard let other = TimeZone(identifier: identifier) else { return false }
+        if other.identifier == self.identifier { return true }
+        let origin = Date(timeIntervalSince1970: -2_208_988_800)  // 1900-01-01, before any zone's first rule
+        return self.nextDaylightSavingTimeTransition(after: origin) == nil && other.nextDaylightSavingTimeTransition(after: origin) == nil
+            && self.secondsFromGMT(for: origin) == other.secondsFromGMT(for: origin)
+    }
+}

@@ -251,7 +251,7 @@ final class PostgreSQLIngestBackend: IngestBackend {
             )
             SELECT value FROM inserted UNION ALL SELECT value FROM store_setting WHERE name = 'time_zone'
             """, "recording the time zone", timeout: self.connector.timeouts.commit)
-        guard let recorded = try rows.first?.decode(String.self), recorded != zone.identifier else { return }
+        guard let recorded = try rows.first?.decode(String.self), !zone.keepsTheSameCalendar(as: recorded) else { return }
         throw ConfigurationError(
             key: "timezone",
             "this node's months would follow \(zone.identifier), but the store's follow \(recorded): every node on one store "

@@ -46,7 +46,7 @@ extension SQLiteIngestBackend {
     func recordTimeZone(_ zone: TimeZone) throws {
         try self.database.pool.write { db in
             let recorded = try String.fetchOne(db, sql: "SELECT value FROM store_setting WHERE name = 'time_zone'")
-            if let recorded, recorded != zone.identifier,
+            if let recorded, !zone.keepsTheSameCalendar(as: recorded),
                 try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM meter_month) OR EXISTS (SELECT 1 FROM meter_day)") == true
             {
                 throw ConfigurationError(
