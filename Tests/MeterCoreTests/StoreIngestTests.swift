@@ -480,28 +480,27 @@ import Testing
     }
 
     /// Holds each party until all have arrived, round after round.
-    private final class RoundBarrier: Sendable {
-        private let state: Mutex<(arrived: Int, round: Int)> = Mutex((0, 0))
+    /// (`@unchecked`: `condition` guards `arrived` and `round`.)
+    private final class RoundBarrier: @unchecked Sendable {
         private let condition = NSCondition()
         private let parties: Int
+        private var arrived = 0
+        private var round = 0
 
         init(parties: Int) { self.parties = parties }
 
         func arriveAndWait() {
             self.condition.lock()
             defer { self.condition.unlock() }
-            let round = self.state.withLock { state -> Int? in
-                state.arrived += 1
-                guard state.arrived == self.parties else { return state.round }
-                state.arrived = 0
-                state.round += 1
-                return nil
-            }
-            guard let round else {
+            self.arrived += 1
+            guard self.arrived < self.parties else {
+                self.arrived = 0
+                self.round += 1
                 self.condition.broadcast()
                 return
             }
-            while self.state.withLock({ $0.round }) == round { self.condition.wait() }
+            let round = self.round
+            while self.round == round { self.condition.wait() }
         }
     }
 
