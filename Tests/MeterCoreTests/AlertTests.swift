@@ -119,9 +119,15 @@ struct AlertTests {
                 try await engine.recordPending()
 
                 // A restarted engine takes the firing alert over from the database and does not fire again
-                let restarted = self.engine(harness, alertConfiguration([.faulty]), kpi: kpi)
-                #expect(await restarted.evaluate(nowMs: now + 2).isEmpty)
+                // (with the liveness sweep's result arriving while the rules are evaluated: it is said once)
+                let logs = CapturedLogs()
+                let restarted = self.engine(harness, alertConfiguration([.faulty, .inactive]), kpi: kpi, logger: logs.logger)
+                async let swept = restarted.applyLiveness(inactive: [:], nowMs: now + 2)
+                async let evaluated = restarted.evaluate(nowMs: now + 2)
+                #expect(await swept.isEmpty)
+                #expect(await evaluated.isEmpty)
                 #expect(restarted.firing == [fired])
+                #expect(logs.all.filter { $0.message == "Alerts still firing from the last run" }.count == 1)
 
                 // 400 days on, the faults are outside the 12-month period: resolved
                 let later = now + 400 * 86_400_000

@@ -341,12 +341,14 @@ package final class AlertEngine: Service, LivenessObserver, Sendable {
         } catch {
             self.logger.error("Cannot read the firing alerts; they may fire again", metadata: ["error": "\(error)"])
         }
-        self.state.withLock { state in
-            guard !state.loaded else { return }
+        // Rules evaluated at once may each load; only the one that takes the alerts over says so.
+        let tookOver = self.state.withLock { state in
+            guard !state.loaded else { return false }
             state.loaded = true
             for alert in loaded where state.firing[alert.key] == nil { state.firing[alert.key] = alert }
+            return true
         }
-        if !loaded.isEmpty {
+        if tookOver && !loaded.isEmpty {
             self.logger.info("Alerts still firing from the last run", metadata: ["alerts.firing": "\(loaded.count)"])
         }
     }
