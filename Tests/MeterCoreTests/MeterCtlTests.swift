@@ -203,6 +203,15 @@ struct MeterCtlTests {
         #expect(text.contains("latency p50 / p99  5 ms / -"))
         #expect(text.contains("meters             active 10, inactive 2, faulty 1"))
         #expect(text.contains("writer             healthy"))
+        // An answer without `commit_failures_total` (a node older than the key) shows no such row;
+        // failed commits since start show beside the last commit.
+        #expect(Self.value(of: "failed commits", in: text) == nil)
+        let failing = line.replacingOccurrences(of: #""commits_total":40,"#, with: #""commits_total":40,"commit_failures_total":3,"#)
+        guard case .value(let afterFailures) = try #require(OperatorAnswer<StatusAnswer>(line: failing)) else {
+            Issue.record("not a value")
+            return
+        }
+        #expect(Self.value(of: "failed commits", in: OperatorOutput.status(afterFailures)) == "3 since start (retried)")
 
         // Integers print as integers, however large (a seq is microseconds since the epoch).
         let meter = MeterDetailAnswer(

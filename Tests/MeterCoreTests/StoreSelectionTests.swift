@@ -391,9 +391,11 @@ func expectLedgerMatches(_ ledger: [LedgerEntry], _ store: any MeterStore) async
                 #expect(acks.allSatisfy { $0.hasPrefix(#"{"meter":"MTR-PG1","ack":"#) }, "\(acks)")
                 #expect(try await newcomer.readLine(timeout: .seconds(30)) == #"{"meter":"MTR-PG2","ack":1}"#)
                 try await waitUntil(timeout: .seconds(10)) { try await httpGet(port: http, path: "/readyz").status == 200 }
-                #expect(
-                    try await ask(daemon.statusSocket, "status").contains(#""writer":{"healthy":true,"failure":null,"store_unreachable_since":null}"#)
-                )
+                let recovered = try await ask(daemon.statusSocket, "status")
+                #expect(recovered.contains(#""writer":{"healthy":true,"failure":null,"store_unreachable_since":null}"#))
+                // and the status keeps count of the commits the outage failed
+                let failedCommits = try JSONDecoder().decode(StatusAnswer.self, from: Data(recovered.utf8)).commitFailuresTotal
+                #expect((failedCommits ?? 0) >= 1, "\(recovered)")
                 await meter.close()
                 await newcomer.close()
                 #expect(try await daemon.terminate() == 0, "\(daemon.process.output)")

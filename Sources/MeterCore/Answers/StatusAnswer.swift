@@ -17,6 +17,9 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
     /// `nil` before the first commit.
     package var lastCommitAgeMs: Int64?
     package var commitsTotal: Int
+    /// Commits that failed since start (each retried); `nil` only in an answer from a meterd that
+    /// predates the key, as an older node's answer to a newer `meterctl`.
+    package var commitFailuresTotal: Int?
     package var busySignalsTotal: Int
     package var dbBytes: Int64
     package var latencyMs: Latency
@@ -41,6 +44,7 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
         case queueDepth = "queue_depth"
         case lastCommitAgeMs = "last_commit_age_ms"
         case commitsTotal = "commits_total"
+        case commitFailuresTotal = "commit_failures_total"
         case busySignalsTotal = "busy_signals_total"
         case dbBytes = "db_bytes"
         case latencyMs = "latency_ms"
@@ -63,6 +67,7 @@ package struct StatusAnswer: Codable, Sendable, Equatable {
         try container.encode(self.queueDepth, forKey: .queueDepth)
         try container.encode(self.lastCommitAgeMs, forKey: .lastCommitAgeMs)  // null before the first commit
         try container.encode(self.commitsTotal, forKey: .commitsTotal)
+        try container.encode(self.commitFailuresTotal ?? 0, forKey: .commitFailuresTotal)
         try container.encode(self.busySignalsTotal, forKey: .busySignalsTotal)
         try container.encode(self.dbBytes, forKey: .dbBytes)
         try container.encode(self.latencyMs, forKey: .latencyMs)

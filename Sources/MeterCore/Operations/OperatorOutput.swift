@@ -37,6 +37,7 @@ package enum OperatorOutput {
         rows.append(("rejects", rejects))
         rows.append(("queue depth", "\(status.queueDepth)"))
         rows.append(("last commit", status.lastCommitAgeMs.map { "\($0) ms ago" } ?? "never"))
+        if let failures = status.commitFailuresTotal, failures > 0 { rows.append(("failed commits", "\(failures) since start (retried)")) }
         rows.append(("database", Self.bytes(Double(status.dbBytes))))
         rows.append(("latency p50 / p99", "\(Self.milliseconds(status.latencyMs.p50)) / \(Self.milliseconds(status.latencyMs.p99))"))
         let meters = status.meters

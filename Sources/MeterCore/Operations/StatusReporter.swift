@@ -62,6 +62,7 @@ package struct StatusReporter: Sendable {
             queueDepth: self.pipeline.queueDepth,
             lastCommitAgeMs: lastCommitMs > 0 ? max(0, nowMs - lastCommitMs) : nil,
             commitsTotal: statistics.commits.load(ordering: .relaxed),
+            commitFailuresTotal: statistics.commitFailures.load(ordering: .relaxed),
             busySignalsTotal: statistics.busySignals.load(ordering: .relaxed),
             dbBytes: await self.store.sizeInBytes(),
             latencyMs: StatusAnswer.Latency(
