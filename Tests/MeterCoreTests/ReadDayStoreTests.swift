@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Logging
 import NIOConcurrencyHelpers
 import Testing
 
@@ -234,7 +235,14 @@ struct ReadDayStoreTests {
                             """)
                 }
             }
-            let database = try MeterDatabase(path: path)
+            // Opened as meterd opens its store: the migration it applies is logged
+            let logs = CapturedLogs()
+            let store = try #require(try StoreLocation.sqlite(path: path).open(logger: logs.logger) as? SQLiteMeterStore)
+            let database = store.database
+            #expect(database.migrationsApplied == ["v11-read-success-rollups"])
+            #expect(logs.all.map(\.message) == ["SQLite schema migrated"])
+            #expect(logs.all.first?.metadata["db.migrations"]?.description == "v11-read-success-rollups")
+            #expect(try MeterDatabase(path: path).migrationsApplied.isEmpty)
             try await Self.expectRollupsFollowDays(database)
             let (regionDays, spacings) = try await database.pool.read { db in
                 (

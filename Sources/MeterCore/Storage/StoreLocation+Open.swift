@@ -11,8 +11,13 @@ extension StoreLocation {
         durability: Durability = .full, integrityCheck: MeterDatabase.IntegrityCheckTiming = .beforeOpening, logger: Logger
     ) throws -> any MeterStore {
         switch self {
-        case .sqlite(let path): try SQLiteMeterStore(path: path, durability: durability, integrityCheck: integrityCheck)
-        case .postgresql(let address): try PostgreSQLMeterStore(address: address, logger: logger)
+        case .sqlite(let path):
+            let database = try MeterDatabase(path: path, durability: durability, integrityCheck: integrityCheck)
+            if !database.migrationsApplied.isEmpty {
+                logger.info("SQLite schema migrated", metadata: ["db.migrations": "\(database.migrationsApplied.joined(separator: ","))"])
+            }
+            return SQLiteMeterStore(database: database)
+        case .postgresql(let address): return try PostgreSQLMeterStore(address: address, logger: logger)
         }
     }
 }

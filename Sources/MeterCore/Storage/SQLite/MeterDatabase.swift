@@ -57,6 +57,8 @@ package final class MeterDatabase: Sendable {
 
     /// The integrity check's verdict (succeeded at once unless it runs ``IntegrityCheckTiming/alongsideStartUp``).
     private let integrity: EventLoopFuture<Void>
+    /// The migrations this open applied, in order; empty when the schema was current.
+    package let migrationsApplied: [String]
 
     /// Opens (creating if needed) and migrates the database.
     package init(path: String, durability: Durability = .full, integrityCheck timing: IntegrityCheckTiming = .beforeOpening) throws {
@@ -106,12 +108,16 @@ package final class MeterDatabase: Sendable {
             try Self.quickCheck(pool, path: path)
             self.integrity = MultiThreadedEventLoopGroup.singleton.any().makeSucceededVoidFuture()
         }
-        if !migrated {
+        if migrated {
+            self.migrationsApplied = []
+        } else {
             // A migration may rewrite a table row by row (v11 reads every `meter_day` row: minutes
             // at 100,000 meters × a year); it commits whole or not at all, so a kill would only repeat it.
             Self.extendStartTimeout(seconds: 1800, doing: "migrating the database schema")
+            let before = try pool.read { db in try Self.migrator.appliedIdentifiers(db) }
+            try Self.migrator.migrate(pool)
+            self.migrationsApplied = Self.migrator.migrations.filter { !before.contains($0) }
         }
-        try Self.migrator.migrate(pool)
     }
 
     /// Waits for the integrity check of ``IntegrityCheckTiming/alongsideStartUp`` (at once when it
