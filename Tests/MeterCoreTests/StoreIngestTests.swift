@@ -380,39 +380,44 @@ import Testing
         let meters = (0..<400).map { String(format: "X-%03d", $0) }
         let rounds = 16
         let start = try #require(RFC3339.parseMilliseconds("2026-11-10T10:00:00Z"))
-        nonisolated(unsafe) let writers = [
-            try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings()),
-            try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings()),
+        nonisolated(unsafe) let stores = [
+            try PostgreSQLMeterStore(address: address, logger: testLogger), try PostgreSQLMeterStore(address: address, logger: testLogger),
         ]
-        // Both writers know every meter and its mark, so each round's commits are the race itself
-        // (the second one's first try loses to the first's, and its retry finds duplicates).
-        let first = [self.submission(meters.map { Reading(meter: $0, seq: 0, timestampMs: start, kwh: 0) })]
-        _ = try writers[0].commit(first)
-        do {
-            _ = try writers[1].commit(first)
-        } catch let error where writers[1].lostRace(error) {
-            #expect(try writers[1].commit(first).duplicates == meters.count)
-        }
+        _ = try stores[0].makeWriter(WriterSettings()).commit([
+            self.submission(meters.map { Reading(meter: $0, seq: 0, timestampMs: start, kwh: 0) })
+        ])
         let barrier = RoundBarrier(parties: 2)
         let errors = Mutex<[String]>([])
         let submission = self.submission
         DispatchQueue.concurrentPerform(iterations: 2) { node in
             for round in 1...rounds {
-                // One node has the meters in one order, the other in the reverse: each a single submission.
+                // Each round both nodes start with writers made after the last round's commits: both
+                // know every meter's current mark and neither reads its meters before committing (as
+                // a writer does for a while after a lost race), so both insert the same readings at
+                // once, one node in one order and the other in the reverse, each as a single submission.
+                barrier.arriveAndWait()
+                let writer: (any MeterStoreWriter)?
+                do {
+                    writer = try stores[node].makeWriter(WriterSettings())
+                } catch {
+                    errors.withLock { $0.append("writer: \(error)") }
+                    writer = nil
+                }
                 let order = node == 0 ? meters : meters.reversed()
                 let batch = [
                     submission(
                         order.map { Reading(meter: $0, seq: Int64(round), timestampMs: start + Int64(round) * 60_000, kwh: 1) }, WallClock.nowMs())
                 ]
                 barrier.arriveAndWait()
+                guard let writer else { continue }
                 for _ in 0..<5 {
                     do {
-                        _ = try writers[node].commit(batch)
+                        _ = try writer.commit(batch)
                         break
                     } catch {
-                        let state = (error as? PostgreSQLStoreError)?.sqlState ?? "?"
+                        let state = (error as? PostgreSQLStoreError)?.sqlState ?? "\(error)"
                         errors.withLock { $0.append(state) }
-                        guard writers[node].lostRace(error) else { break }
+                        guard writer.lostRace(error) else { break }
                     }
                 }
             }
@@ -420,7 +425,7 @@ import Testing
         let states = errors.withLock { $0 }
         #expect(!states.contains("40P01"), "deadlocks: \(states.filter { $0 == "40P01" }.count) of \(rounds) rounds")
         #expect(states.allSatisfy { ["40001", "23505", "40P01"].contains($0) }, "\(states)")
-        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let store = stores[0]
         #expect(
             try await store.firstColumnText("SELECT count(*) || ' ' || count(DISTINCT (meter_id, seq)) FROM reading")
                 == ["\(meters.count * (rounds + 1)) \(meters.count * (rounds + 1))"])
