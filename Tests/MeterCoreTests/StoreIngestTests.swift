@@ -432,6 +432,59 @@ import Testing
         #expect(try await store.firstColumnText("SELECT DISTINCT hwm_seq::text FROM meter WHERE name LIKE 'X-%'") == ["\(rounds)"])
     }
 
+    /// A node registering meters another node is committing readings of (a meter new to this node
+    /// but not to the store) only looks their rows up. Registering with `ON CONFLICT DO UPDATE` locked
+    /// the rows in name order while a commit takes them in id order: with names and ids in opposite
+    /// orders the two deadlocked as soon as each held part of the rows the other wanted.
+    @Test(.timeLimit(.minutes(2)))
+    func registeringMetersAnotherNodeIsCommittingDoesNotDeadlock() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        // Given node B, started before 400 meters whose ids run opposite to their names reached the store
+        nonisolated(unsafe) let latecomer = try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings())
+        let meters = (0..<400).map { String(format: "R-%03d", $0) }
+        _ = try await store.firstColumnText(
+            "INSERT INTO meter (name) SELECT 'R-' || lpad((399 - g)::text, 3, '0') FROM generate_series(0, 399) g ORDER BY g RETURNING name")
+        // and node A, which knows them
+        nonisolated(unsafe) let knowing = try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings())
+        let start = try #require(RFC3339.parseMilliseconds("2026-11-10T10:00:00Z"))
+        let batch = [self.submission(meters.map { Reading(meter: $0, seq: 1, timestampMs: start, kwh: 1) })]
+
+        // When a third session holds the middle meter's row while A commits their readings and B,
+        // getting readings of the same meters, registers them: each goes as far as that row
+        let holder = Task {
+            try await store.firstColumnText(
+                "SELECT pg_sleep(2)::text FROM (SELECT id FROM meter WHERE name = 'R-200' FOR UPDATE) AS held")
+        }
+        try await waitUntil(timeout: .seconds(10)) {
+            let holding = try await store.firstColumnText(
+                "SELECT count(*)::text FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND state = 'active' AND pid <> pg_backend_pid()")
+            return holding == ["1"]
+        }
+        let errors = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { node in
+            let writer = node == 0 ? knowing : latecomer
+            if node == 1 { usleep(200_000) }  // A first: it holds the rows before the middle one
+            for _ in 0..<5 {
+                do {
+                    _ = try writer.commit(batch)
+                    break
+                } catch {
+                    errors.withLock { $0.append((error as? PostgreSQLStoreError)?.sqlState ?? "\(error)") }
+                    guard writer.lostRace(error) else { break }
+                }
+            }
+        }
+        _ = try await holder.value
+
+        // Then neither waited for the other in a circle, and each reading is stored once
+        let states = errors.withLock { $0 }
+        #expect(!states.contains("40P01"), "deadlocks: \(states)")
+        #expect(states.allSatisfy { ["40001", "23505"].contains($0) }, "\(states)")
+        #expect(try await store.firstColumnText("SELECT count(*) || ' ' || count(DISTINCT meter_id) FROM reading") == ["400 400"])
+        #expect(try await store.firstColumnText("SELECT count(*)::text FROM meter") == ["400"])
+    }
+
     /// A store a newer meterd migrated is refused, naming the migrations this one does not know:
     /// an older meterd reading and writing it got marks, day counts and KPI snapshots wrong for good.
     @Test(.timeLimit(.minutes(2)), arguments: StoreBackend.allCases)
