@@ -142,6 +142,38 @@ struct AlertTests {
         }
     }
 
+    /// A meter a sweep flagged before the inactive rule was on (an older meterd, or alerts turned
+    /// on later) fires with the time it went silent, as a meter flagged now does.
+    @Test func aMeterFlaggedBeforeTheRuleWasOnFiresWithTheTimeItWentSilent() async throws {
+        try await withTemporaryDirectory { directory in
+            try await IngestHarness.with(directory: directory) { harness in
+                let client = try await LineClient(port: harness.port)
+                try await client.send(readingLine(meter: "A-1", seq: 1))
+                #expect(try await client.readLine() == #"{"meter":"A-1","ack":1}"#)
+                await client.close()
+                let silentSince = try await self.lastReceived(harness, "A-1")
+                // Given a sweep without the rule flagged A-1
+                let unobserved = LivenessMonitor(
+                    store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1, logger: testLogger)
+                #expect(try await unobserved.check(nowMs: silentSince + 2000).wentInactive == ["A-1"])
+
+                // When a sweep with the rule runs
+                let engine = self.engine(harness, alertConfiguration([.inactive]))
+                let monitor = LivenessMonitor(
+                    store: harness.store, writer: .pipeline(harness.pipeline), inactiveAfterSeconds: 1, logger: testLogger, observer: engine)
+                let checkMs = silentSince + 3000
+                #expect(try await monitor.check(nowMs: checkMs).wentInactive.isEmpty)
+
+                // Then A-1's alert names the time it went silent
+                let since = RFC3339.format(millisecondsSinceEpoch: silentSince)
+                #expect(
+                    engine.firing == [
+                        Alert(rule: .inactive, subject: "A-1", firedMs: checkMs, detail: "no reading since \(since) (inactive_after 1 s)")
+                    ])
+            }
+        }
+    }
+
     @Test func validationFlagsAboveTheRateFireAndResolveWhenCleanReadingsBringTheShareDown() async throws {
         try await withTemporaryDirectory { directory in
             try await IngestHarness.with(directory: directory) { harness in

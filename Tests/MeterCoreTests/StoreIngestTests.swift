@@ -639,6 +639,8 @@ import Testing
             #expect(flagged.map(\.meter.name) == ["A"])
             #expect(flagged.first?.lastReceivedMs == start)
             #expect(try writer.flagInactive(candidates.silent, cutoffMs: cutoff, startMs: start).isEmpty)
+            // The next sweep finds it flagged, with the time it went silent
+            #expect(try await store.livenessCandidates(cutoffMs: cutoff, startMs: start).flagged == flagged)
             #expect(try await store.inactiveMeterCount(region: nil) == 1)
             #expect(try await store.inactiveMeters(region: nil, limit: 10).map(\.meter) == ["A"])
 

@@ -96,7 +96,7 @@ package final class LivenessMonitor: Service, Sendable {
         let cutoff = nowMs - self.inactiveAfterMs
         let start = self.startMs
         let candidates = try await self.store.livenessCandidates(cutoffMs: cutoff, startMs: start)
-        let flagged = candidates.flagged.map { ($0.id, $0.name) }
+        let flagged = candidates.flagged.map { ($0.meter.id, $0.meter.name) }
         var transitions = LivenessTransitions()
         var newlyInactive: [(Int64, String, Int64?)] = []
         if !candidates.silent.isEmpty {
@@ -138,7 +138,10 @@ package final class LivenessMonitor: Service, Sendable {
                 ])
         }
         if let observer = self.observer {
-            var inactive: [String: Int64?] = Dictionary(candidates.flagged.map { ($0.name, nil) }, uniquingKeysWith: { first, _ in first })
+            // Meters flagged before this run (or before alerts were on) fire with the same silence
+            // as those flagged now; a meter that never reported has none to name.
+            var inactive: [String: Int64?] = Dictionary(
+                candidates.flagged.map { ($0.meter.name, $0.lastReceivedMs) }, uniquingKeysWith: { first, _ in first })
             for (_, name, last) in newlyInactive { inactive[name] = last ?? start }
             await observer.livenessChecked(inactive: inactive, nowMs: nowMs)
         }

@@ -612,8 +612,8 @@ package struct StoredMeterName: Sendable, Equatable {
 package struct LivenessCandidates: Sendable {
     /// Unflagged meters silent since before the cutoff.
     package var silent: [StoredMeterName]
-    /// Meters flagged inactive now.
-    package var flagged: [StoredMeterName]
+    /// Meters flagged inactive now, with their last reading's receive time (`nil`: never reported).
+    package var flagged: [InactiveFlag]
 }
 
 /// A meter the sweep flagged inactive.

@@ -412,9 +412,9 @@ package final class PostgreSQLMeterStore: MeterStore {
             let (id, name) = try row.decode((Int64, String).self)
             return StoredMeterName(id: id, name: name)
         }
-        let flagged = try await self.reader.query("SELECT id, name FROM meter WHERE inactive_since_ms IS NOT NULL").map { row in
-            let (id, name) = try row.decode((Int64, String).self)
-            return StoredMeterName(id: id, name: name)
+        let flagged = try await self.reader.query("SELECT id, name, last_received_ms FROM meter WHERE inactive_since_ms IS NOT NULL").map { row in
+            let (id, name, lastReceivedMs) = try row.decode((Int64, String, Int64?).self)
+            return InactiveFlag(meter: StoredMeterName(id: id, name: name), lastReceivedMs: lastReceivedMs)
         }
         return LivenessCandidates(silent: silent, flagged: flagged)
     }

@@ -374,8 +374,8 @@ package final class SQLiteMeterStore: MeterStore {
                     SELECT id, name FROM meter WHERE inactive_since_ms IS NULL AND COALESCE(last_received_ms, ?) < ?
                     """, arguments: [startMs, cutoffMs]
             ).map { StoredMeterName(id: $0["id"], name: $0["name"]) }
-            let flagged = try Row.fetchAll(db, sql: "SELECT id, name FROM meter WHERE \(Self.flaggedInactive)")
-                .map { StoredMeterName(id: $0["id"], name: $0["name"]) }
+            let flagged = try Row.fetchAll(db, sql: "SELECT id, name, last_received_ms FROM meter WHERE \(Self.flaggedInactive)")
+                .map { InactiveFlag(meter: StoredMeterName(id: $0["id"], name: $0["name"]), lastReceivedMs: $0["last_received_ms"]) }
             return LivenessCandidates(silent: silent, flagged: flagged)
         }
     }
