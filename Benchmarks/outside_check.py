@@ -159,6 +159,11 @@ class CheckRun:
             elif reply.get("busy") is True:
                 busy = True
                 self.count("busy")
+            elif "error" in reply and connection.cut_line is not None and reply.get("line") == connection.cut_line:
+                # The line this client cut short before its half-close: SPEC.md section 2 answers a
+                # last line ended by end of input like any other, and a cut reading is invalid.
+                self.count("cut_line_errors")
+                connection.cut_line_answered += 1
             elif "error" in reply:
                 # Every line these clients send is a valid reading: any error is meterd's.
                 self.count("error_replies")
@@ -199,6 +204,8 @@ class MeterConnection:
         self.partial = b""
         self.sent_high = {}      # meter -> highest seq whose whole line this connection wrote
         self.closed_by_peer = False
+        self.cut_line = None     # the number of a line this connection left unfinished at its half-close
+        self.cut_line_answered = 0
 
     def write(self, data, timeout):
         self.sock.settimeout(max(timeout, 0.001))
@@ -648,6 +655,9 @@ def check_non_reader(options, stores):
                 if stop_writing.is_set():
                     break
             lines = concentrator.whole_lines_written()
+            cut = concentrator.written > (concentrator.ends[lines - 1] if lines else 0)
+            if cut:
+                connection.cut_line = lines + 1  # meterd numbers a connection's lines from 1
             for meter_index, meter in enumerate(concentrator.meters):
                 run.records[meter].written_high = concentrator.seq_high(meter_index, lines + 1)  # + the partial one
                 connection.sent_high[meter] = concentrator.seq_high(meter_index, lines)
@@ -657,6 +667,9 @@ def check_non_reader(options, stores):
                 run.absorb(connection, connection.read_replies(min(1.0, deadline - time.monotonic())))
             if connection.closed_by_peer:
                 concentrator.drained_at = time.monotonic()
+                if cut and connection.cut_line_answered != 1:
+                    run.problem(f"non-reader {concentrator.index}: its cut line {connection.cut_line} was answered "
+                                f"{connection.cut_line_answered} times before meterd closed (expected once)")
             for meter_index, meter in enumerate(concentrator.meters):
                 if run.records[meter].acked_high < connection.sent_high[meter]:
                     run.problem(f"{meter}: wrote whole lines through seq {connection.sent_high[meter]} on non-reader "
