@@ -380,7 +380,7 @@ import Testing
         let meters = (0..<400).map { String(format: "X-%03d", $0) }
         let rounds = 16
         let start = try #require(RFC3339.parseMilliseconds("2026-11-10T10:00:00Z"))
-        nonisolated(unsafe) let stores = [
+        let stores = [
             try PostgreSQLMeterStore(address: address, logger: testLogger), try PostgreSQLMeterStore(address: address, logger: testLogger),
         ]
         _ = try stores[0].makeWriter(WriterSettings()).commit([
@@ -535,6 +535,42 @@ import Testing
         let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
         #expect(try await store.firstColumnText("SELECT DISTINCT hwm_seq::text FROM meter") == ["4"])
         #expect(try await store.firstColumnText("SELECT count(*)::text FROM reading") == ["\(meters.count * 5)"])
+    }
+
+    /// A node acking another node's stream of a meter as its duplicates (the meter sent to both)
+    /// brings them in batches with other meters' readings. The duplicates only count and mark the
+    /// meter heard from, which cannot contradict what the other node stored meanwhile, so the
+    /// batch commits at the first attempt. Before migration `v8-duplicates-never-lose` it lost the
+    /// race whenever the other node had moved the meter on, every other reading of it with it.
+    @Test(.timeLimit(.minutes(2)))
+    func duplicatesOfAMeterAnotherNodeMovedOnCommitAtTheFirstAttempt() async throws {
+        let address = try await PostgresTestServer.shared().createDatabase()
+        let start = try #require(RFC3339.parseMilliseconds("2026-11-10T10:00:00Z"))
+        func reading(_ meter: String, _ seq: Int64) -> Reading {
+            Reading(meter: meter, seq: seq, timestampMs: start + seq * 60_000, kwh: 1)
+        }
+        let here = try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings())
+        _ = try here.commit([self.submission((0...2).map { reading("TWIN", $0) } + [reading("OTHER", 0)], receivedMs: start)])
+        // Given the other node storing the meter's next readings, heard later than this node's duplicate
+        let there = try PostgreSQLMeterStore(address: address, logger: testLogger).makeWriter(WriterSettings())
+        _ = try there.commit([self.submission([reading("TWIN", 3), reading("TWIN", 4)], receivedMs: start + 20_000)])
+
+        // When this node, which still knows the meter at seq 2, commits a batch with a duplicate of it
+        let result = try here.commit([self.submission([reading("TWIN", 1), reading("OTHER", 1)], receivedMs: start + 10_000)])
+
+        // Then the batch commits at once, its duplicate counted, the other meter's reading stored,
+        // and the meter's row keeps what the other node wrote: its seq and the later receive time
+        #expect(result.duplicates == 1 && result.stored == 1)
+        let store = try PostgreSQLMeterStore(address: address, logger: testLogger)
+        let twin = try #require(try await store.meterRecord(named: "TWIN"))
+        #expect(twin.highWaterMark == 4)
+        #expect(twin.readingsTotal == 5 && twin.duplicatesTotal == 1)
+        #expect(twin.lastReceivedMs == start + 20_000)
+        #expect(try await self.storedReadings(store, meter: "TWIN").map(\.seq).sorted() == Array(0...4))
+        #expect(try await store.meterRecord(named: "OTHER")?.highWaterMark == 1)
+        // And a batch with a newer reading of it than this node knows still loses the race
+        #expect(throws: (any Error).self) { try here.commit([self.submission([reading("TWIN", 5), reading("OTHER", 2)])]) }
+        #expect(try await store.meterRecord(named: "OTHER")?.highWaterMark == 1)
     }
 
     /// Holds each party until all have arrived, round after round.

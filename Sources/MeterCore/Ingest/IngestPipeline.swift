@@ -445,9 +445,9 @@ package final class IngestPipeline: Service, Sendable {
                         state.contested = contested
                         state.contestedUntil = ContinuousClock.now + hold
                         state.contestedHold = hold
-                        // Even a duplicate updates its meter's row, so it can lose too: the
-                        // meters wait whole until the next look at their marks.
-                        state.settledMarks = [:]
+                        // Marks only grow, and duplicates commit whatever the other node did
+                        // meanwhile (migration `v8-duplicates-never-lose`): readings at or below
+                        // the last look's marks still pass.
                         state.settledQuietSince = nil
                         state.committing = false
                         if !contested.isEmpty {

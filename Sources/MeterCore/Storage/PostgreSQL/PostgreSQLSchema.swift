@@ -400,6 +400,10 @@ enum PostgreSQLSchema {
                 PostgreSQLCommitStatement.functionDefinitionV7,
                 PostgreSQLCommitStatement.commitFunctionDefinitionV7,
             ]),
+        // A batch's duplicates of a meter another node moved on commit rather than lose the race
+        // (``PostgreSQLCommitStatement/functionDefinitionV8``). Same signature: a node not yet
+        // upgraded commits through it as before.
+        Migration(name: "v8-duplicates-never-lose", statements: [PostgreSQLCommitStatement.functionDefinitionV8]),
     ]
 
     /// Applies the migrations this database lacks, then makes sure the partitions around `nowMs`
