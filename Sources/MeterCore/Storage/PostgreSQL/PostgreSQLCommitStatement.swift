@@ -537,35 +537,6 @@ extension PostgreSQLCommitStatement {
     /// the tables, and a deadlock the server breaks is one more lost race.) (Moving the sums out in the
     /// update's own statement, with data-modifying CTEs, took PostgreSQL 6 % more per reading in
     /// (b) even when nothing moved.)
-    /// `meterd_commit_batch` as migration `v8-duplicates-never-lose` replaces it: ``functionDefinitionV7``
-    /// (same signature and effects), except that a meter row the batch brings only duplicates to
-    /// is updated whatever its `hwm_seq` now holds.
-    ///
-    /// Such a row's update only counts the duplicates, takes the later receive time and clears
-    /// the inactive mark: no reading, period or register of it changes, so it cannot contradict
-    /// what another node committed meanwhile, and its `hwm_seq` stays the higher of the two. It
-    /// used to lose the race like a batch with readings whenever the other node moved that meter
-    /// on, taking every other meter's readings of the batch back with it: a node acking another
-    /// node's stream as its duplicates (a meter sent to both) lost every few commits on a busy
-    /// machine, and each loss held the meter back longer.
-    static let functionDefinitionV8: String = {
-        var definition = Self.functionDefinitionV7
-        for (old, new) in [
-            ("CREATE FUNCTION meterd_commit_batch(", "CREATE OR REPLACE FUNCTION meterd_commit_batch("),
-            ("hwm_seq = d.hwm,", "hwm_seq = GREATEST(meter.hwm_seq, d.hwm),"),
-            ("last_received_ms = d.last_received,", "last_received_ms = GREATEST(meter.last_received_ms, d.last_received),"),
-            (
-                "WHERE meter.id = d.id AND meter.hwm_seq = d.previous_hwm;",
-                "WHERE meter.id = d.id AND (meter.hwm_seq = d.previous_hwm OR NOT d.has_readings);"
-            ),
-        ] {
-            let parts = definition.components(separatedBy: old)
-            precondition(parts.count == 2, "v8 changes exactly one \(old) of functionDefinitionV7")
-            definition = parts.joined(separator: new)
-        }
-        return definition
-    }()
-
     static let functionDefinitionV7 = """
         CREATE FUNCTION meterd_commit_batch(
         \(Self.batchParametersV7)
@@ -722,4 +693,33 @@ extension PostgreSQLCommitStatement {
         END
         $$
         """
+
+    /// `meterd_commit_batch` as migration `v8-duplicates-never-lose` replaces it: ``functionDefinitionV7``
+    /// (same signature and effects), except that a meter row the batch brings only duplicates to
+    /// is updated whatever its `hwm_seq` now holds.
+    ///
+    /// Such a row's update only counts the duplicates, takes the later receive time and clears
+    /// the inactive mark: no reading, period or register of it changes, so it cannot contradict
+    /// what another node committed meanwhile, and its `hwm_seq` stays the higher of the two. It
+    /// used to lose the race like a batch with readings whenever the other node moved that meter
+    /// on, taking every other meter's readings of the batch back with it: a node acking another
+    /// node's stream as its duplicates (a meter sent to both) lost every few commits on a busy
+    /// machine, and each loss held the meter back longer.
+    static let functionDefinitionV8: String = {
+        var definition = Self.functionDefinitionV7
+        for (old, new) in [
+            ("CREATE FUNCTION meterd_commit_batch(", "CREATE OR REPLACE FUNCTION meterd_commit_batch("),
+            ("hwm_seq = d.hwm,", "hwm_seq = GREATEST(meter.hwm_seq, d.hwm),"),
+            ("last_received_ms = d.last_received,", "last_received_ms = GREATEST(meter.last_received_ms, d.last_received),"),
+            (
+                "WHERE meter.id = d.id AND meter.hwm_seq = d.previous_hwm;",
+                "WHERE meter.id = d.id AND (meter.hwm_seq = d.previous_hwm OR NOT d.has_readings);"
+            ),
+        ] {
+            let parts = definition.components(separatedBy: old)
+            precondition(parts.count == 2, "v8 changes exactly one \(old) of functionDefinitionV7")
+            definition = parts.joined(separator: new)
+        }
+        return definition
+    }()
 }
